@@ -1,0 +1,71 @@
+"""The one batch type: scheduler produces it, cost model prices it, engine runs it, metrics record it."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from sim.request import Request
+
+
+class BatchItem(NamedTuple):
+    """``num_new_tokens`` tokens of ``request`` processed over ``num_cached_tokens`` of cached context."""
+
+    request: Request
+    num_new_tokens: int
+    num_cached_tokens: int
+
+    @property
+    def is_decode(self) -> bool:
+        """A decode processes the request's last sampled token (only valid before the batch completes)."""
+        r = self.request
+        return self.num_new_tokens == 1 and r.num_generated > 0 and self.num_cached_tokens == r.num_known - 1
+
+
+class Batch:
+    """A list of items plus the aggregates every consumer needs, computed once."""
+
+    __slots__ = (
+        "items", "batch_id", "num_prefill_tokens", "num_decode_tokens", "decode_context",
+        "prefill_items", "kv_blocks_used",
+    )
+
+    def __init__(self, items: list[BatchItem], batch_id: int = 0, kv_blocks_used: int = 0) -> None:
+        self.items = items
+        self.batch_id = batch_id
+        self.kv_blocks_used = kv_blocks_used
+        prefill: list[BatchItem] = []
+        decode_tokens = 0
+        decode_context = 0
+        for it in items:
+            if it.is_decode:
+                decode_tokens += 1
+                decode_context += it.num_cached_tokens + 1
+            else:
+                prefill.append(it)
+        self.prefill_items = prefill
+        self.num_decode_tokens = decode_tokens
+        self.decode_context = decode_context  # keys read by all decodes together
+        self.num_prefill_tokens = sum(it.num_new_tokens for it in prefill)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_tokens
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def kind(self) -> str:
+        """``prefill``, ``decode`` or ``mixed``: how validation and plots group batches."""
+        if not self.prefill_items:
+            return "decode"
+        return "prefill" if self.num_decode_tokens == 0 else "mixed"
+
+    def composition(self) -> tuple[tuple[str, int, int], ...]:
+        """Hashable description (request id, new, cached) used to compare engine and simulator batches."""
+        return tuple((it.request.request_id, it.num_new_tokens, it.num_cached_tokens) for it in self.items)
+
+    def __repr__(self) -> str:
+        return (f"Batch(id={self.batch_id}, size={self.size}, prefill_tokens={self.num_prefill_tokens}, "
+                f"decode_tokens={self.num_decode_tokens})")

@@ -1,0 +1,165 @@
+"""The simpy model of a deployment: arrivals, a router over replicas, each replica a scheduler feeding pipeline stages.
+
+A replica's scheduler keeps up to ``pp`` micro-batches in flight. Forming a
+batch costs host time (CPU scheduling and input preparation); then each stage
+takes the batch in FIFO order, runs its share of the layers for the cost
+model's time and hands it on. When the last stage finishes, the scheduler
+advances the requests. A stage that waits for work while the replica still
+has a micro-batch in flight is in a pipeline bubble.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable
+
+import simpy
+
+from sim.batch import Batch
+from sim.cost.base import CostModel
+from sim.request import Request
+from sim.schedulers.base import Scheduler
+
+# one row per stage execution (batches.csv)
+STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tokens", "num_decode_tokens",
+                "batch_size", "num_prefill_items", "kv_blocks_used", "flops", "bytes")
+# one row per micro-batch: when scheduling began and when the last stage finished
+MICROBATCH_FIELDS = ("replica", "batch_id", "scheduled", "host_time", "completed")
+
+
+class Recorder:
+    """Append-only logs of what happened, turned into tables by ``sim.metrics``."""
+
+    def __init__(self) -> None:
+        self.stage_rows: list[tuple] = []
+        self.microbatch_rows: list[tuple] = []
+
+
+class Replica:
+    """One model instance (TP x PP GPUs) with its own scheduler and KV cache."""
+
+    def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
+                 pp: int, recorder: Recorder, on_done: Callable[["Replica", list[Request]], None]) -> None:
+        self.env = env
+        self.index = index
+        self.scheduler = scheduler
+        self.cost = cost
+        self.pp = pp
+        self.recorder = recorder
+        self.on_done = on_done
+        self.outstanding = 0  # requests routed here and not finished (for the router)
+        self.in_flight = 0
+        self._wakeup = env.event()
+        self._stage_inbox: list[deque] = [deque() for _ in range(pp)]
+        self._stage_ready = [env.event() for _ in range(pp)]
+        self._scheduled: dict[int, tuple[float, float]] = {}  # batch id -> (scheduling start, host time)
+        env.process(self._scheduling_loop())
+        for s in range(pp):
+            env.process(self._stage_loop(s))
+
+    def submit(self, request: Request) -> None:
+        request.replica = self.index
+        self.outstanding += 1
+        self.scheduler.add_request(request)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self._wakeup.triggered:
+            self._wakeup.succeed()
+
+    def _hand_to_stage(self, stage: int, batch: Batch) -> None:
+        self._stage_inbox[stage].append(batch)
+        ev = self._stage_ready[stage]
+        if not ev.triggered:
+            ev.succeed()
+
+    def _scheduling_loop(self):
+        env, sched, rec = self.env, self.scheduler, self.recorder
+        while True:
+            batch = sched.schedule(env.now) if self.in_flight < self.pp else None
+            if batch is None:
+                self._wakeup = env.event()
+                yield self._wakeup
+                continue
+            self.in_flight += 1
+            start = env.now
+            host = self.cost.host_time(batch)
+            if host > 0:
+                yield env.timeout(host)
+            self._scheduled[batch.batch_id] = (start, host)
+            self._hand_to_stage(0, batch)
+
+    def _stage_loop(self, stage: int):
+        env, rec, cost = self.env, self.recorder, self.cost
+        inbox = self._stage_inbox[stage]
+        last = stage == self.pp - 1
+        while True:
+            if not inbox:
+                self._stage_ready[stage] = env.event()
+                yield self._stage_ready[stage]
+                continue
+            batch = inbox.popleft()
+            c = cost.stage_cost(batch, stage)
+            start = env.now
+            yield env.timeout(c.time)
+            rec.stage_rows.append((self.index, stage, batch.batch_id, start, env.now, batch.num_prefill_tokens,
+                                   batch.num_decode_tokens, len(batch.items), len(batch.prefill_items),
+                                   batch.kv_blocks_used, c.flops, c.bytes))
+            if not last:
+                self._hand_to_stage(stage + 1, batch)
+                continue
+            finished = self.scheduler.on_batch_done(batch, env.now)
+            sched_start, host = self._scheduled.pop(batch.batch_id)
+            rec.microbatch_rows.append((self.index, batch.batch_id, sched_start, host, env.now))
+            self.in_flight -= 1
+            self.outstanding -= len(finished)
+            if finished:
+                self.on_done(self, finished)
+            self._wake()
+
+
+class Router:
+    """Assigns each arriving request to a replica: round-robin or least outstanding requests."""
+
+    POLICIES = ("round_robin", "least_outstanding")
+
+    def __init__(self, replicas: list[Replica], policy: str = "round_robin") -> None:
+        if policy not in self.POLICIES:
+            raise ValueError(f"unknown router {policy!r}; choose one of {', '.join(self.POLICIES)}")
+        self.replicas = replicas
+        self.policy = policy
+        self._next = 0
+
+    def route(self, request: Request) -> Replica:
+        if self.policy == "round_robin":
+            r = self.replicas[self._next]
+            self._next = (self._next + 1) % len(self.replicas)
+            return r
+        return min(self.replicas, key=lambda rep: (rep.outstanding, rep.index))
+
+
+def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
+                router_policy: str = "round_robin",
+                on_finish: Callable[[Request], None] | None = None) -> Recorder:
+    """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs."""
+    env = simpy.Environment()
+    rec = Recorder()
+
+    def done(replica: Replica, finished: list[Request]) -> None:
+        if on_finish is not None:
+            for r in finished:
+                on_finish(r)
+
+    replicas = [Replica(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
+    router = Router(replicas, router_policy)
+
+    def arrivals():
+        for r in requests:
+            delay = r.arrival_time - env.now
+            if delay > 0:
+                yield env.timeout(delay)
+            router.route(r).submit(r)
+
+    env.process(arrivals())
+    env.run()
+    return rec

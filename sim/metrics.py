@@ -1,0 +1,109 @@
+"""Turn the simulator's (or engine's) logs into the metrics DESIGN.md defines: per request, per batch, summary.
+
+TTFT = first token time - arrival; TBT = every gap between consecutive output
+tokens (P99 over all gaps); TPOT = (e2e - TTFT) / (output tokens - 1);
+scheduling delay = first scheduled - arrival. Bubble time of a stage = the
+time it sits idle while its replica has a micro-batch in flight (fill and
+drain included).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from sim.request import Request
+
+PERCENTILES = (50, 90, 99)
+
+
+def describe(values: Iterable[float] | np.ndarray) -> dict[str, float | int | None]:
+    """count, mean, P50, P90, P99 and max of ``values`` (None when empty)."""
+    a = np.asarray(values, dtype=float)
+    a = a[~np.isnan(a)]
+    if a.size == 0:
+        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    p = np.percentile(a, PERCENTILES)
+    return {"count": int(a.size), "mean": float(a.mean()), "p50": float(p[0]), "p90": float(p[1]),
+            "p99": float(p[2]), "max": float(a.max())}
+
+
+def token_gaps(requests: list[Request]) -> np.ndarray:
+    """All gaps between consecutive output tokens of each request, concatenated."""
+    counts = np.fromiter((len(r.token_times) for r in requests), dtype=np.int64, count=len(requests))
+    if counts.sum() == 0:
+        return np.empty(0)
+    times = np.fromiter((t for r in requests for t in r.token_times), dtype=float, count=int(counts.sum()))
+    gaps = np.diff(times)
+    # drop the differences that straddle two requests
+    boundaries = np.cumsum(counts)[:-1] - 1
+    keep = np.ones(gaps.size, dtype=bool)
+    keep[boundaries[(boundaries >= 0) & (boundaries < gaps.size)]] = False
+    return gaps[keep]
+
+
+def requests_frame(requests: list[Request]) -> pd.DataFrame:
+    """One row per simulated request, in trace order."""
+    rows = []
+    for r in sorted(requests, key=lambda r: r.index):
+        tt = r.token_times
+        first = tt[0] if tt else np.nan
+        done = r.completion_time if r.completion_time is not None else np.nan
+        n = len(tt)
+        ttft = first - r.arrival_time
+        e2e = done - r.arrival_time
+        gaps = np.diff(tt) if n > 1 else None
+        rows.append((r.request_id, r.replica, r.arrival_time, r.prompt_tokens, r.output_tokens, n,
+                     np.nan if r.first_scheduled_time is None else r.first_scheduled_time, first, done,
+                     np.nan if r.first_scheduled_time is None else r.first_scheduled_time - r.arrival_time,
+                     ttft, e2e, (e2e - ttft) / (n - 1) if n > 1 else np.nan,
+                     float(gaps.max()) if gaps is not None else np.nan, r.num_preemptions))
+    return pd.DataFrame(rows, columns=[
+        "request_id", "replica", "arrival_time", "prompt_tokens", "output_tokens", "generated_tokens",
+        "first_scheduled_time", "first_token_time", "completion_time", "scheduling_delay", "ttft", "e2e", "tpot",
+        "tbt_max", "num_preemptions"])
+
+
+def _merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of intervals [starts, ends) as sorted disjoint (starts, ends)."""
+    order = np.argsort(starts, kind="stable")
+    s, e = starts[order], ends[order]
+    run_end = np.maximum.accumulate(e)
+    new = np.ones(s.size, dtype=bool)
+    new[1:] = s[1:] > run_end[:-1]
+    idx = np.flatnonzero(new)
+    last = np.append(idx[1:] - 1, s.size - 1)
+    return s[idx], run_end[last]
+
+
+def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataFrame:
+    """Busy and bubble time per (replica, stage): idle gaps while the replica has work in flight."""
+    rows = []
+    for replica, mb in microbatches.groupby("replica", sort=True):
+        a_start, a_end = _merge_intervals(mb["scheduled"].to_numpy(float), mb["completed"].to_numpy(float))
+        active = float((a_end - a_start).sum())
+        rb = batches[batches["replica"] == replica]
+        for stage, sb in rb.groupby("stage", sort=True):
+            st = sb["start"].to_numpy(float)
+            en = sb["end"].to_numpy(float)
+            order = np.argsort(st, kind="stable")
+            st, en = st[order], en[order]
+            iv = np.searchsorted(a_start, st, side="right") - 1
+            same = iv[1:] == iv[:-1]
+            gaps = [(st[1:] - en[:-1])[same]]
+            first = np.ones(st.size, dtype=bool)
+            first[1:] = ~same
+            lastm = np.ones(st.size, dtype=bool)
+            lastm[:-1] = ~same
+            gaps.append(st[first] - a_start[iv[first]])
+            gaps.append(a_end[iv[lastm]] - en[lastm])
+            g = np.concatenate(gaps)
+            g = g[g > 1e-12]
+            busy = float((en - st).sum())
+            rows.append((int(replica), int(stage), busy, max(active - busy, 0.0),
+                         (active - busy) / active if active > 0 else 0.0,
+                         float(np.median(g)) if g.size else 0.0, int(g.size)))
+    return pd.DataFrame(rows, columns=["replica", "stage", "busy_s", "bubble_s", "bubble_fraction",
+                                       "median_bubble_s", "num_bubbles"])

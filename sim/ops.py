@@ -1,0 +1,37 @@
+"""The operator list, written once: engine layers run these, calibration times them, cost models price them.
+
+Per-layer ops run once per decoder layer on every pipeline stage; ``first_stage``
+ops run on stage 0 only, ``last_stage`` ops on the last stage only, and
+``per_iteration`` costs are paid once per scheduled micro-batch on the host.
+"""
+
+from __future__ import annotations
+
+# ops executed once per decoder layer, in execution order
+LAYER_OPS: tuple[str, ...] = (
+    "input_norm",        # RMSNorm before attention
+    "qkv_proj",          # fused q, k, v projection
+    "rotary",            # rotary position embedding on q and k
+    "attn_prefill",      # attention of prefill chunks over cached context (+ KV cache write)
+    "attn_decode",       # attention of decode tokens over their context (+ KV cache write)
+    "o_proj",            # attention output projection
+    "tp_all_reduce",     # tensor-parallel all-reduce after o_proj (communication)
+    "residual_add",      # residual connection after attention
+    "post_attn_norm",    # RMSNorm before the MLP
+    "gate_up_proj",      # fused gate and up projection
+    "act",               # SiLU(gate) * up
+    "down_proj",         # MLP down projection
+    "tp_all_reduce_mlp", # tensor-parallel all-reduce after down_proj (communication)
+    "residual_add_mlp",  # residual connection after the MLP
+)
+
+FIRST_STAGE_OPS: tuple[str, ...] = ("embedding",)
+LAST_STAGE_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling")
+STAGE_OPS: tuple[str, ...] = ("pp_send_recv",)  # activations to the next pipeline stage
+HOST_OPS: tuple[str, ...] = ("host_overhead",)  # scheduling and input preparation on the CPU
+
+ALL_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS + HOST_OPS
+
+# ops whose cost depends on per-item context (2-D tables in a profile); all others depend on token count
+ATTENTION_OPS: tuple[str, ...] = ("attn_prefill", "attn_decode")
+COMMUNICATION_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp", "pp_send_recv")

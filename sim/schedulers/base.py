@@ -1,0 +1,161 @@
+"""Shared mechanics of every scheduler policy: queues, admission, KV growth, recompute preemption.
+
+A policy only decides *which* items form the next batch (``_form_batch``).
+Everything else, including the bookkeeping after a batch finishes, lives
+here once. No clock, no simpy, no torch: the simulator and the real engine
+drive the same objects and pass the current time in as data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import deque
+from dataclasses import dataclass
+
+from sim.batch import Batch, BatchItem
+from sim.kv_cache import BlockManager
+from sim.request import Request, Status
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Knobs shared by the policies; each policy documents which ones it reads."""
+
+    max_batch_size: int = 128          # max requests running at once (vLLM's max_num_seqs)
+    token_budget: int | None = None    # max tokens per iteration (Sarathi budget, vLLM max_num_batched_tokens)
+    chunk_align: int = 0               # Sarathi: round chunked batches down to this tile multiple (0: off)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.token_budget is not None and self.token_budget < 1:
+            raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
+        if self.chunk_align < 0:
+            raise ValueError(f"chunk_align must be >= 0, got {self.chunk_align}")
+
+
+class Scheduler(ABC):
+    """Iteration-level scheduler: ``add_request``, ``schedule(now)``, ``on_batch_done(batch, now)``."""
+
+    name: str = "abstract"
+    #: whether a prompt may be split over several iterations
+    chunks_prefills: bool = False
+    #: whether admission reserves the request's maximum length (Orca, FasterTransformer)
+    reserves_max_length: bool = False
+    #: default per-iteration token budget when the user gives none (None: unlimited)
+    default_token_budget: int | None = None
+
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+        self.config = config
+        self.bm = block_manager
+        self.token_budget = config.token_budget if config.token_budget is not None else self.default_token_budget
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.num_preemptions = 0
+        self._next_batch_id = 0
+
+    # ---- interface used by the simulator and the engine -------------------------------------
+    def add_request(self, request: Request) -> None:
+        """A request arrives: it joins the back of the waiting queue."""
+        request.status = Status.WAITING
+        self.waiting.append(request)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting) or bool(self.running)
+
+    def schedule(self, now: float = 0.0) -> Batch | None:
+        """Form the next batch (allocating KV blocks), or None when nothing can run now."""
+        items = self._form_batch()
+        if not items:
+            return None
+        for it in items:
+            r = it.request
+            r.in_flight = True
+            if r.first_scheduled_time is None:
+                r.first_scheduled_time = now
+        batch = Batch(items, self._next_batch_id, self.bm.num_used)
+        self._next_batch_id += 1
+        return batch
+
+    def on_batch_done(self, batch: Batch, now: float = 0.0) -> list[Request]:
+        """Advance every item's request; sample a token where its known tokens are all computed."""
+        finished: list[Request] = []
+        for req, new, _cached in batch.items:
+            req.in_flight = False
+            req.num_computed += new
+            if req.num_computed == req.prompt_tokens + req.num_generated:
+                req.num_generated += 1
+                req.token_times.append(now)
+                if req.num_generated >= req.output_tokens:
+                    req.status = Status.FINISHED
+                    req.completion_time = now
+                    self.bm.free(req)
+                    finished.append(req)
+        if finished:
+            self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        return finished
+
+    # ---- what a policy implements -------------------------------------------------------------
+    @abstractmethod
+    def _form_batch(self) -> list[BatchItem]:
+        """The policy: which requests run next and how many tokens each."""
+
+    # ---- shared mechanics for policies ---------------------------------------------------------
+    def _schedulable_running(self) -> deque[Request]:
+        """Running requests not already part of a micro-batch in flight, in admission order."""
+        return deque(r for r in self.running if not r.in_flight)
+
+    def _admit_tokens(self, request: Request) -> int:
+        """Tokens whose blocks admission must find: the whole known sequence, or the maximum length."""
+        return request.max_tokens if self.reserves_max_length else request.num_known
+
+    def _can_admit(self, request: Request, num_tokens: int | None = None) -> bool:
+        """Batch-size cap and KV admission (watermark for paged policies, none for reservations)."""
+        if len(self.running) >= self.config.max_batch_size:
+            return False
+        n = self._admit_tokens(request) if num_tokens is None else num_tokens
+        return self.bm.can_admit(n, use_watermark=not self.reserves_max_length)
+
+    def _admit(self, request: Request, num_tokens: int | None = None) -> None:
+        """Move the head of the waiting queue to running, allocating its blocks."""
+        popped = self.waiting.popleft()
+        assert popped is request
+        self.bm.grow(request, self._admit_tokens(request) if num_tokens is None else num_tokens)
+        request.status = Status.RUNNING
+        self.running.append(request)
+
+    def _grow_or_preempt(self, request: Request, num_tokens: int, victims: deque[Request]) -> bool:
+        """Give ``request`` blocks for ``num_tokens``, preempting ``victims`` newest first; False if it was preempted itself."""
+        bm = self.bm
+        while not bm.can_grow(request, num_tokens):
+            if victims:
+                self._preempt(victims.pop())
+            else:
+                self._preempt(request)
+                return False
+        bm.grow(request, num_tokens)
+        return True
+
+    def _preempt(self, request: Request) -> None:
+        """Preemption by recompute: free the blocks, back to the front of the waiting queue."""
+        self.bm.free(request)
+        request.reset_for_recompute()
+        self.running.remove(request)
+        self.waiting.appendleft(request)
+        self.num_preemptions += 1
+
+    def _chunk(self, remaining: int, budget_left: int, batch_tokens: int) -> int:
+        """Prefill chunk size: min(remaining, budget left), optionally aligned so the batch is a tile multiple."""
+        c = min(remaining, budget_left)
+        align = self.config.chunk_align
+        if align and c < remaining:
+            aligned = (batch_tokens + c) // align * align - batch_tokens
+            if aligned > 0:
+                c = aligned
+        return c
+
+    def max_iteration_tokens(self, request: Request) -> int | None:
+        """Most tokens this request will ever need in one iteration, or None if the policy chunks it."""
+        if self.chunks_prefills:
+            return None
+        return request.max_tokens - 1

@@ -1,0 +1,28 @@
+"""Orca: iteration-level batching of whole prefills with all running decodes; max length reserved, no preemption."""
+
+from __future__ import annotations
+
+from sim.batch import BatchItem
+from sim.schedulers.base import Scheduler
+
+
+class OrcaScheduler(Scheduler):
+    """Every iteration: all running decodes, then new requests' whole prompts (FCFS) while the batch cap and reservation allow."""
+
+    name = "orca"
+    reserves_max_length = True
+
+    def _form_batch(self) -> list[BatchItem]:
+        items = [BatchItem(r, 1, r.num_computed) for r in self._schedulable_running()]
+        budget = self.token_budget
+        tokens = len(items)
+        while self.waiting:
+            r = self.waiting[0]
+            if budget is not None and tokens + r.num_known > budget:
+                break
+            if not self._can_admit(r):
+                break
+            self._admit(r)
+            items.append(BatchItem(r, r.num_known, 0))
+            tokens += r.num_known
+        return items

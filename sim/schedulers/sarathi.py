@@ -1,0 +1,50 @@
+"""Sarathi-Serve: stall-free batching. Decodes first, then chunked prefills fill the token budget."""
+
+from __future__ import annotations
+
+from sim.batch import BatchItem
+from sim.request import Request
+from sim.schedulers.base import Scheduler
+
+DEFAULT_TOKEN_BUDGET = 512
+
+
+class SarathiScheduler(Scheduler):
+    """Under a per-iteration token budget: every running decode (preempting from the tail when blocks run out),
+    then partially done prefills, then new requests, each chunk min(remaining prompt, budget left)."""
+
+    name = "sarathi"
+    chunks_prefills = True
+    default_token_budget = DEFAULT_TOKEN_BUDGET
+
+    def _form_batch(self) -> list[BatchItem]:
+        items: list[BatchItem] = []
+        budget_left = self.token_budget
+        queue = self._schedulable_running()
+        partial: list[Request] = []
+        while queue and budget_left > 0:
+            r = queue.popleft()
+            if not r.is_decoding:
+                partial.append(r)  # prefill (or recompute) still under way: its blocks are already allocated
+                continue
+            if self._grow_or_preempt(r, r.num_computed + 1, queue):
+                items.append(BatchItem(r, 1, r.num_computed))
+                budget_left -= 1
+        tokens = len(items)
+        for r in partial:
+            if budget_left <= 0:
+                break
+            c = self._chunk(r.num_pending, budget_left, tokens)
+            items.append(BatchItem(r, c, r.num_computed))
+            tokens += c
+            budget_left -= c
+        while self.waiting and budget_left > 0:
+            r = self.waiting[0]
+            if not self._can_admit(r):
+                break
+            c = self._chunk(r.num_pending, budget_left, tokens)
+            self._admit(r)  # blocks for the whole prompt, as Sarathi-Serve allocates at admission
+            items.append(BatchItem(r, c, 0))
+            tokens += c
+            budget_left -= c
+        return items

@@ -1,0 +1,40 @@
+"""vLLM v1 unified scheduler: one token budget shared by running requests first, then new ones."""
+
+from __future__ import annotations
+
+from sim.batch import BatchItem
+from sim.schedulers.base import Scheduler
+
+DEFAULT_TOKEN_BUDGET = 2048
+
+
+class VLLMV1Scheduler(Scheduler):
+    """Running requests in order take min(tokens they need, budget left), allocating blocks for just those tokens
+    and preempting the newest when blocks run out; waiting requests are admitted only if nothing was preempted."""
+
+    name = "vllm_v1"
+    chunks_prefills = True
+    default_token_budget = DEFAULT_TOKEN_BUDGET
+
+    def _form_batch(self) -> list[BatchItem]:
+        items: list[BatchItem] = []
+        budget_left = self.token_budget
+        preemptions_before = self.num_preemptions
+        queue = self._schedulable_running()
+        while queue and budget_left > 0:
+            r = queue.popleft()
+            n = min(r.num_pending, budget_left)
+            if self._grow_or_preempt(r, r.num_computed + n, queue):
+                items.append(BatchItem(r, n, r.num_computed))
+                budget_left -= n
+        if self.num_preemptions != preemptions_before:
+            return items
+        while self.waiting and budget_left > 0:
+            r = self.waiting[0]
+            n = min(r.num_pending, budget_left)
+            if not self._can_admit(r, n):
+                break
+            self._admit(r, n)
+            items.append(BatchItem(r, n, 0))
+            budget_left -= n
+        return items

@@ -1,0 +1,35 @@
+"""Small builders shared by the tests: requests, schedulers and a constant-cost run."""
+
+from __future__ import annotations
+
+from sim.cluster import run_cluster
+from sim.cost.constant import ConstantCostModel
+from sim.kv_cache import BlockManager
+from sim.request import Request
+from sim.schedulers import SchedulerConfig, make_scheduler
+
+
+def make_requests(spec: list[tuple[float, int, int]]) -> list[Request]:
+    """Requests named A, B, C, ... from (arrival, prompt, output) tuples."""
+    return [Request(chr(ord("A") + i) if len(spec) <= 26 else str(i), a, p, o, index=i)
+            for i, (a, p, o) in enumerate(spec)]
+
+
+def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=1000, block_size=16,
+                 iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0):
+    """Simulate ``spec`` with a constant-time cost model; returns (requests, compositions, recorder, schedulers)."""
+    reqs = make_requests(spec) if spec and isinstance(spec[0], tuple) else spec
+    cfg = SchedulerConfig(max_batch, budget, chunk_align)
+    scheds = [make_scheduler(scheduler, cfg, BlockManager(blocks, block_size, watermark)) for _ in range(replicas)]
+    compositions: list[tuple] = []
+    for s in scheds:
+        orig = s.schedule
+
+        def logged(now=0.0, _orig=orig):
+            b = _orig(now)
+            if b is not None:
+                compositions.append((now, b.composition()))
+            return b
+        s.schedule = logged
+    rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp)
+    return reqs, compositions, rec, scheds
