@@ -16,7 +16,7 @@ def make_requests(spec: list[tuple[float, int, int]]) -> list[Request]:
 
 
 def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=1000, block_size=16,
-                 iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0):
+                 iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0, hook=None):
     """Simulate ``spec`` with a constant-time cost model; returns (requests, compositions, recorder, schedulers)."""
     reqs = make_requests(spec) if spec and isinstance(spec[0], tuple) else spec
     cfg = SchedulerConfig(max_batch, budget, chunk_align)
@@ -25,10 +25,12 @@ def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=100
     for s in scheds:
         orig = s.schedule
 
-        def logged(now=0.0, _orig=orig):
+        def logged(now=0.0, _orig=orig, s=s):
             b = _orig(now)
             if b is not None:
                 compositions.append((now, b.composition()))
+                if hook is not None:
+                    hook(s, b)
             return b
         s.schedule = logged
     rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp)
