@@ -36,10 +36,11 @@ class Batch:
         prefill: list[BatchItem] = []
         decode_tokens = 0
         decode_context = 0
-        for it in items:
-            if it.is_decode:
+        for it in items:  # hot path: BatchItem.is_decode inlined
+            r, new, cached = it
+            if new == 1 and r.num_generated and cached == r.prompt_tokens + r.num_generated - 1:
                 decode_tokens += 1
-                decode_context += it.num_cached_tokens + 1
+                decode_context += cached + 1
             else:
                 prefill.append(it)
         self.prefill_items = prefill

@@ -53,6 +53,7 @@ class Scheduler(ABC):
         self.running: list[Request] = []
         self.num_preemptions = 0
         self._next_batch_id = 0
+        self._batches_in_flight = 0
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -75,10 +76,12 @@ class Scheduler(ABC):
                 r.first_scheduled_time = now
         batch = Batch(items, self._next_batch_id, self.bm.num_used)
         self._next_batch_id += 1
+        self._batches_in_flight += 1
         return batch
 
     def on_batch_done(self, batch: Batch, now: float = 0.0) -> list[Request]:
         """Advance every item's request; sample a token where its known tokens are all computed."""
+        self._batches_in_flight -= 1
         finished: list[Request] = []
         for req, new, _cached in batch.items:
             req.in_flight = False
@@ -103,6 +106,8 @@ class Scheduler(ABC):
     # ---- shared mechanics for policies ---------------------------------------------------------
     def _schedulable_running(self) -> deque[Request]:
         """Running requests not already part of a micro-batch in flight, in admission order."""
+        if not self._batches_in_flight:
+            return deque(self.running)
         return deque(r for r in self.running if not r.in_flight)
 
     def _admit_tokens(self, request: Request) -> int:
@@ -127,6 +132,8 @@ class Scheduler(ABC):
     def _grow_or_preempt(self, request: Request, num_tokens: int, victims: deque[Request]) -> bool:
         """Give ``request`` blocks for ``num_tokens``, preempting ``victims`` newest first; False if it was preempted itself."""
         bm = self.bm
+        if len(request.block_table) * bm.block_size >= num_tokens:
+            return True  # fast path: most decodes stay inside their last block
         while not bm.can_grow(request, num_tokens):
             if victims:
                 self._preempt(victims.pop())

@@ -1,0 +1,55 @@
+"""Simulator speed: wall time and simulated output tokens per wall second.
+
+Default: 10,000 requests of ShareGPT-like lengths (the generator's ``sharegpt``
+preset, clipped to 4096 tokens) arriving as a Poisson process at --qps, on
+Llama-2-7B / A100-80GB, once per scheduler; then 64 replicas with 100,000
+requests at 64x the rate. Targets (on a 2-core machine): < 5 s for 10,000
+requests on one replica, < 60 s for the 64-replica case.
+
+    python benchmarks/sim_speed.py            # both cases
+    python benchmarks/sim_speed.py --quick    # 2,000 requests, no 64-replica case
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from sim.simulator import SimConfig, simulate
+from sim.tracegen import generate_trace
+
+SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
+
+
+def run(n: int, qps: float, scheduler: str, replicas: int = 1, seed: int = 0) -> tuple[float, dict]:
+    trace = generate_trace(n, arrival="poisson", qps=qps, max_total_tokens=4096, seed=seed)
+    cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler=scheduler, replicas=replicas,
+                    router="least_outstanding" if replicas > 1 else "round_robin")
+    t0 = time.perf_counter()
+    res = simulate(trace, cfg)
+    return time.perf_counter() - t0, res.summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--requests", type=int, default=10_000)
+    ap.add_argument("--qps", type=float, default=2.0, help="arrival rate per replica (default: %(default)s)")
+    ap.add_argument("--schedulers", default=",".join(SCHEDULERS))
+    ap.add_argument("--quick", action="store_true", help="2,000 requests and skip the 64-replica case")
+    args = ap.parse_args()
+    n = 2000 if args.quick else args.requests
+    print(f"{'case':<34}{'wall s':>8}{'iterations':>12}{'sim out tok':>13}{'tok/wall s':>12}{'P99 TBT ms':>12}")
+    for sched in args.schedulers.split(","):
+        wall, s = run(n, args.qps, sched)
+        out = s["throughput"]["output_tokens"]
+        print(f"{f'{sched}, {n} req, 1 replica':<34}{wall:>8.2f}{s['batches']['iterations']:>12}{out:>13}"
+              f"{out / wall:>12.0f}{s['latency_s']['tbt']['p99'] * 1e3:>12.1f}")
+    if not args.quick:
+        wall, s = run(100_000, args.qps * 64, "sarathi", replicas=64)
+        out = s["throughput"]["output_tokens"]
+        print(f"{'sarathi, 100000 req, 64 replicas':<34}{wall:>8.2f}{s['batches']['iterations']:>12}{out:>13}"
+              f"{out / wall:>12.0f}{s['latency_s']['tbt']['p99'] * 1e3:>12.1f}")
+
+
+if __name__ == "__main__":
+    main()

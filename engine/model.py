@@ -1,0 +1,208 @@
+"""Llama-family decoder built from a ``ModelSpec``: seeded random weights, or a local HF safetensors checkpoint.
+
+Each decoder layer is the sequence of ``engine.ops`` calls named in ``sim.ops.LAYER_OPS``,
+looked up in ``engine.ops.OPS`` at call time, so calibration times exactly this code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from engine.attention import AttnMetadata
+from engine.kv_cache import PagedKVCache
+from engine.ops import OPS
+from sim.models import ModelSpec
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer's tensors, fused the way the ops consume them."""
+
+    input_norm: torch.Tensor  # [E]
+    qkv: torch.Tensor  # [(H + 2 Hkv) D, E]
+    o: torch.Tensor  # [E, H D]
+    post_attn_norm: torch.Tensor  # [E]
+    gate_up: torch.Tensor  # [2I, E] (gate rows first), or [I, E] for a plain MLP
+    down: torch.Tensor  # [E, I]
+
+
+class LlamaModel:
+    """Weights plus the forward pass over a flat batch of tokens with paged attention."""
+
+    def __init__(self, spec: ModelSpec, *, device: torch.device | str = "cpu",
+                 dtype: torch.dtype | None = None, seed: int = 0,
+                 checkpoint: str | Path | None = None) -> None:
+        if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
+            raise ValueError(f"{spec.name}: heads must divide hidden size and kv heads must divide heads")
+        self.spec = spec
+        self.device = torch.device(device)
+        self.dtype = dtype or default_dtype(self.device)
+        self.scale = spec.head_dim ** -0.5
+        if checkpoint is not None:
+            self.load_state_dict(load_safetensors_dir(checkpoint))
+        else:
+            self._init_random(seed)
+        self._rope_len = 0
+        self.ensure_rope(spec.max_context)
+
+    # ------------------------------------------------------------ weights
+
+    def _init_random(self, seed: int) -> None:
+        """Gaussian weights with 1/sqrt(fan_in) scale; residual branches shrunk by 1/sqrt(2L) to stay finite."""
+        s, dev, dt = self.spec, self.device, self.dtype
+        gen = torch.Generator(device=dev).manual_seed(seed)
+
+        def randn(*shape: int, std: float) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen, device=dev, dtype=dt).mul_(std)
+
+        e, d = s.hidden_size, s.head_dim
+        branch = 1.0 / math.sqrt(2 * s.num_layers)
+        mlp_rows = 2 * s.intermediate_size if s.gated_mlp else s.intermediate_size
+        ones = torch.ones(e, device=dev, dtype=dt)
+        self.embed = randn(s.vocab_size, e, std=1.0)
+        self.layers = [
+            LayerWeights(
+                input_norm=ones.clone(),
+                qkv=randn((s.num_heads + 2 * s.num_kv_heads) * d, e, std=e ** -0.5),
+                o=randn(e, s.num_heads * d, std=branch * (s.num_heads * d) ** -0.5),
+                post_attn_norm=ones.clone(),
+                gate_up=randn(mlp_rows, e, std=e ** -0.5),
+                down=randn(e, s.intermediate_size, std=branch * s.intermediate_size ** -0.5),
+            )
+            for _ in range(s.num_layers)
+        ]
+        self.norm = ones.clone()
+        self.lm_head = self.embed if s.tie_embeddings else randn(s.vocab_size, e, std=e ** -0.5)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Take weights named as in HF Llama (``model.layers.{i}.self_attn.q_proj.weight`` ...)."""
+        s = self.spec
+
+        def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+            if name not in state:
+                raise KeyError(f"checkpoint lacks {name}")
+            t = state[name]
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {s.name}'s {shape}")
+            return t.to(device=self.device, dtype=self.dtype)
+
+        e, d, i_sz = s.hidden_size, s.head_dim, s.intermediate_size
+        self.embed = get("model.embed_tokens.weight", (s.vocab_size, e))
+        self.layers = []
+        for i in range(s.num_layers):
+            p = f"model.layers.{i}."
+            qkv = torch.cat([get(p + "self_attn.q_proj.weight", (s.num_heads * d, e)),
+                             get(p + "self_attn.k_proj.weight", (s.num_kv_heads * d, e)),
+                             get(p + "self_attn.v_proj.weight", (s.num_kv_heads * d, e))])
+            up = get(p + "mlp.up_proj.weight", (i_sz, e))
+            gate_up = torch.cat([get(p + "mlp.gate_proj.weight", (i_sz, e)), up]) if s.gated_mlp else up
+            self.layers.append(LayerWeights(
+                input_norm=get(p + "input_layernorm.weight", (e,)), qkv=qkv,
+                o=get(p + "self_attn.o_proj.weight", (e, s.num_heads * d)),
+                post_attn_norm=get(p + "post_attention_layernorm.weight", (e,)),
+                gate_up=gate_up, down=get(p + "mlp.down_proj.weight", (e, i_sz))))
+        self.norm = get("model.norm.weight", (e,))
+        if s.tie_embeddings or "lm_head.weight" not in state:
+            self.lm_head = self.embed
+        else:
+            self.lm_head = get("lm_head.weight", (s.vocab_size, e))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under HF Llama names (the inverse of ``load_state_dict``); for writing checkpoints."""
+        s = self.spec
+        hd, kd, i_sz = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
+        out = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm}
+        for i, w in enumerate(self.layers):
+            p = f"model.layers.{i}."
+            q, k, v = w.qkv.split([hd, kd, kd])
+            out |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                    p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": w.o,
+                    p + "input_layernorm.weight": w.input_norm,
+                    p + "post_attention_layernorm.weight": w.post_attn_norm,
+                    p + "mlp.down_proj.weight": w.down}
+            if s.gated_mlp:
+                out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = w.gate_up.split([i_sz, i_sz])
+            else:
+                out[p + "mlp.up_proj.weight"] = w.gate_up
+        if not s.tie_embeddings:
+            out["lm_head.weight"] = self.lm_head
+        return {k: t.contiguous() for k, t in out.items()}
+
+    @property
+    def num_bytes(self) -> int:
+        """Device bytes of the weights (tied heads counted once)."""
+        ts = [self.embed, self.norm] + [t for w in self.layers for t in vars(w).values()]
+        if self.lm_head is not self.embed:
+            ts.append(self.lm_head)
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    # ------------------------------------------------------------ forward
+
+    def ensure_rope(self, length: int) -> None:
+        """Make the rotary cos/sin tables cover positions [0, length)."""
+        if length <= self._rope_len:
+            return
+        d = self.spec.head_dim
+        inv_freq = 1.0 / (self.spec.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+        self.cos = angles.cos().to(device=self.device, dtype=self.dtype)
+        self.sin = angles.sin().to(device=self.device, dtype=self.dtype)
+        self._rope_len = length
+
+    def layer_forward(self, i: int, h: torch.Tensor, positions: torch.Tensor, attn: AttnMetadata,
+                      kv_cache: PagedKVCache) -> torch.Tensor:
+        """Decoder layer ``i``: exactly the ops of ``sim.ops.LAYER_OPS``, in order."""
+        s, w, op = self.spec, self.layers[i], OPS
+        k_cache, v_cache = kv_cache.layer(i)
+        residual = h
+        x = op["input_norm"](h, w.input_norm, s.norm_eps)
+        q, k, v = op["qkv_proj"](x, w.qkv, s.num_heads, s.num_kv_heads, s.head_dim)
+        q, k = op["rotary"](q, k, positions, self.cos, self.sin)
+        out = torch.empty_like(q)
+        out = op["attn_prefill"](q, k, v, k_cache, v_cache, attn, out)
+        out = op["attn_decode"](q, k, v, k_cache, v_cache, attn, out)
+        x = op["o_proj"](out, w.o)
+        x = op["tp_all_reduce"](x)
+        h = op["residual_add"](x, residual)
+        residual = h
+        x = op["post_attn_norm"](h, w.post_attn_norm, s.norm_eps)
+        x = op["gate_up_proj"](x, w.gate_up)
+        x = op["act"](x, s.gated_mlp)
+        x = op["down_proj"](x, w.down)
+        x = op["tp_all_reduce_mlp"](x)
+        return op["residual_add_mlp"](x, residual)
+
+    def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attn: AttnMetadata,
+                kv_cache: PagedKVCache, logits_rows: torch.Tensor) -> torch.Tensor:
+        """Run all layers over the flat batch; float32 logits ``[len(logits_rows), V]`` for the chosen rows."""
+        op = OPS
+        h = op["embedding"](token_ids, self.embed)
+        for i in range(self.spec.num_layers):
+            h = self.layer_forward(i, h, positions, attn, kv_cache)
+        h = op["pp_send_recv"](h)
+        h = op["final_norm"](h[logits_rows], self.norm, self.spec.norm_eps)
+        return op["lm_head"](h, self.lm_head)
+
+
+def load_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of the ``*.safetensors`` files in a checkpoint directory (on the CPU)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("loading a checkpoint needs the safetensors package") from exc
+    files = sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {path}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state

@@ -1,0 +1,172 @@
+"""Executes one scheduled ``Batch`` as a single forward pass and samples the next token of finished items.
+
+The runner owns the model, the device KV cache and each request's token ids (a
+reproducible, per-request seeded prompt plus the ids it sampled). It never changes a
+``Request``'s counters: the shared scheduler advances them after the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import torch
+
+from engine.attention import AttnMetadata, build_metadata, select_backend
+from engine.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache, blocks_from_free_memory
+from engine.model import LlamaModel, default_dtype
+from engine.ops import OPS
+from sim.batch import Batch, BatchItem
+from sim.models import ModelSpec
+from sim.request import Request
+
+
+def prompt_token_ids(request_id: str, num_tokens: int, vocab_size: int, seed: int = 0) -> list[int]:
+    """Reproducible prompt ids for a request: drawn from a generator seeded by (seed, request id)."""
+    digest = hashlib.sha256(f"{seed}:{request_id}".encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    return torch.randint(0, vocab_size, (num_tokens,), generator=gen).tolist()
+
+
+def _completes(item: BatchItem) -> bool:
+    """Whether the item reaches the request's known tokens, so the model samples the next one."""
+    r = item.request
+    return item.num_cached_tokens + item.num_new_tokens == r.prompt_tokens + r.num_generated
+
+
+class ModelRunner:
+    """One model replica on one device: ``execute(batch)`` runs it and returns sampled ids per item."""
+
+    def __init__(self, model_spec: ModelSpec, *, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, kv_blocks: int | None = None,
+                 block_size: int = DEFAULT_BLOCK_SIZE, backend: str = "auto", seed: int = 0,
+                 checkpoint: str | Path | None = None, kv_memory_fraction: float = 0.9,
+                 cuda_graphs: bool | None = None) -> None:
+        self.spec = model_spec
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or default_dtype(self.device)
+        self.block_size = block_size
+        self.seed = seed
+        self.model = LlamaModel(model_spec, device=self.device, dtype=self.dtype, seed=seed,
+                                checkpoint=checkpoint)
+        if kv_blocks is None:
+            kv_blocks = blocks_from_free_memory(model_spec, block_size, self.dtype, self.device,
+                                                kv_memory_fraction)
+        self.num_blocks = kv_blocks
+        self.kv_cache = PagedKVCache(model_spec, kv_blocks, block_size, device=self.device, dtype=self.dtype)
+        self.backend = select_backend(self.device, backend, self.dtype)
+        # TODO(cuda-graphs): capture decode-only batches per padded batch size (static input,
+        # slot and block-table buffers; a graph-safe paged decode kernel). The flag is kept so
+        # callers and reports can ask for it; every batch runs eagerly for now.
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self._tokens: dict[str, list[int]] = {}
+        self.last_timing: dict[str, float | int | str | bool] = {}
+        self.last_logits: list[torch.Tensor | None] = []
+
+    # ------------------------------------------------------------ token store
+
+    def token_ids(self, request: Request) -> list[int]:
+        """The runner's ids for ``request``: its prompt, then every id sampled so far."""
+        toks = self._tokens.get(request.request_id)
+        if toks is None:
+            toks = prompt_token_ids(request.request_id, request.prompt_tokens, self.spec.vocab_size, self.seed)
+            self._tokens[request.request_id] = toks
+        return toks
+
+    def release(self, request: Request) -> None:
+        """Forget a finished request's token ids."""
+        self._tokens.pop(request.request_id, None)
+
+    # ------------------------------------------------------------ execution
+
+    def prepare(self, batch: Batch, all_logits: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, AttnMetadata, torch.Tensor, list[int], list[list[int]]]:
+        """Device inputs for ``batch``: token ids, positions, attention metadata, logits rows.
+
+        Tokens are laid out prefill items first, then decodes. Also returns that order of
+        item indices and, per item (batch order), the flat token indices whose logits are
+        computed; ``logits_rows`` concatenates them in batch order.
+        """
+        items = batch.items
+        if not items:
+            raise ValueError("cannot execute an empty batch")
+        order = [i for i, it in enumerate(items) if not it.is_decode]
+        n_prefill_items = len(order)
+        order += [i for i, it in enumerate(items) if it.is_decode]
+        ids: list[int] = []
+        rows: list[list[int]] = [[] for _ in items]
+        seqs: list[tuple[list[int], int, int]] = []
+        max_len = 0
+        for i in order:
+            it = items[i]
+            r, start, end = it.request, it.num_cached_tokens, it.num_cached_tokens + it.num_new_tokens
+            toks = self.token_ids(r)
+            if end > r.prompt_tokens + r.num_generated or end > len(toks):
+                raise ValueError(f"request {r.request_id}: item covers tokens [{start}, {end}) but only "
+                                 f"{min(r.num_known, len(toks))} are known")
+            first = len(ids)
+            ids.extend(toks[start:end])
+            if all_logits:
+                rows[i] = list(range(first, first + it.num_new_tokens))
+            elif _completes(it):
+                rows[i] = [first + it.num_new_tokens - 1]
+            seqs.append((r.block_table, start, it.num_new_tokens))
+            max_len = max(max_len, end)
+        self.model.ensure_rope(max_len)
+        dev = self.device
+        attn = build_metadata(seqs[:n_prefill_items], seqs[n_prefill_items:], self.block_size, dev,
+                              self.backend, self.model.scale)
+        positions = torch.cat([p.positions for p in (attn.prefill, attn.decode) if p is not None])
+        flat_rows = [row for i in range(len(items)) for row in rows[i]]
+        logits_rows = torch.tensor(flat_rows, dtype=torch.int64).to(dev)
+        token_ids = torch.tensor(ids, dtype=torch.int64).to(dev)
+        return token_ids, positions, attn, logits_rows, order, rows
+
+    @torch.inference_mode()
+    def execute(self, batch: Batch, *, all_logits: bool = False) -> list[int | None]:
+        """Run ``batch``; per item, the sampled next id if it completes the request's known tokens, else None.
+
+        ``all_logits`` keeps logits for every new token (tests); ``self.last_logits`` holds
+        each item's float32 logits rows (or None) and ``self.last_timing`` host/device seconds.
+        """
+        t0 = time.perf_counter()
+        token_ids, positions, attn, logits_rows, _order, rows = self.prepare(batch, all_logits)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            start_ev = torch.cuda.Event(enable_timing=True)
+            end_ev = torch.cuda.Event(enable_timing=True)
+            start_ev.record()
+        t1 = time.perf_counter()
+        logits = self.model.forward(token_ids, positions, attn, self.kv_cache, logits_rows)
+        sampled = OPS["sampling"](logits) if logits.shape[0] else logits.new_zeros(0, dtype=torch.int64)
+        if cuda:
+            end_ev.record()
+            torch.cuda.synchronize(self.device)
+        sampled_ids = sampled.tolist()
+        t2 = time.perf_counter()
+
+        results: list[int | None] = []
+        self.last_logits = []
+        cursor = 0
+        for it, item_rows in zip(batch.items, rows):
+            n = len(item_rows)
+            self.last_logits.append(logits[cursor:cursor + n] if n else None)
+            if n and _completes(it):
+                tok = sampled_ids[cursor + n - 1]
+                store = self._tokens[it.request.request_id]
+                del store[it.request.num_known:]  # a re-executed or recomputed item overwrites
+                store.append(tok)
+                results.append(tok)
+            else:
+                results.append(None)
+            cursor += n
+        device_s = start_ev.elapsed_time(end_ev) / 1e3 if cuda else t2 - t1
+        self.last_timing = {
+            "host_s": t1 - t0, "device_s": device_s, "total_s": time.perf_counter() - t0,
+            "num_tokens": attn.num_tokens,
+            "num_prefill_tokens": attn.prefill.num_tokens if attn.prefill else 0,
+            "num_decode_tokens": attn.decode.num_tokens if attn.decode else 0,
+            "backend": self.backend.name, "cuda_graph": False,
+        }
+        return results

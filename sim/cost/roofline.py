@@ -1,0 +1,322 @@
+"""Roofline cost model: every op priced as max(compute time, memory time) plus a launch overhead.
+
+For each op of ``sim.ops`` on one GPU's tensor-parallel shard:
+
+    time = max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x memory_efficiency)) + launch
+
+Matmul token counts are rounded up to the ``tile`` multiple in the compute term (a GEMM
+processes whole tiles, so 257 tokens cost like 320 when compute-bound). Attention is priced from
+the exact causal query-key pair counts. Communication (TP all-reduce, PP send/recv) is priced from
+the interconnect. Needs only the model shape and the GPU datasheet numbers, so it works for any
+entry of the catalogues. The reported FLOPs are the useful (unpadded) ones and the bytes are
+device-memory traffic (communication excluded), for MFU and bandwidth utilisation.
+"""
+
+from __future__ import annotations
+
+from sim.batch import Batch
+from sim.cost.base import CostModel, StageCost
+from sim.hardware import GPUSpec, get_gpu
+from sim.models import ModelSpec, get_model, layers_per_stage
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+
+# ---- defaults (all rough, all overridable) ------------------------------------------------------
+# Large bf16 GEMMs reach ~70-80% of the dense peak with cuBLAS (about 230 of 312 TFLOP/s on A100);
+# FlashAttention-2's forward pass reaches 60-73%. One number for both.
+DEFAULT_COMPUTE_EFFICIENCY = 0.70
+# Streaming kernels (GEMV over weights, KV reads, elementwise) reach 85-92% of datasheet bandwidth
+# (about 1.8 of 2.04 TB/s on A100-80GB).
+DEFAULT_MEMORY_EFFICIENCY = 0.88
+# Fixed cost per kernel: CUDA-graph replay gap between dependent kernels plus the ramp-up and tail
+# of a small kernel, ~1-2 us on A100/H100.
+DEFAULT_KERNEL_LAUNCH_OVERHEAD_S = 1.5e-6
+# Per-iteration host (CPU) time of a vLLM-like Python scheduler and input preparation: a few
+# hundred us fixed plus a few us per scheduled sequence (block tables, positions, sampling metadata).
+DEFAULT_HOST_OVERHEAD_BASE_S = 400e-6
+DEFAULT_HOST_OVERHEAD_PER_ITEM_S = 5e-6
+# Latency of one small collective / point-to-point transfer: ~10 us for custom or NCCL all-reduce
+# over NVLink, ~25 us over PCIe.
+NVLINK_COMM_LATENCY_S = 10e-6
+PCIE_COMM_LATENCY_S = 25e-6
+# NCCL reaches ~75% of the link rate as bus bandwidth on large messages (about 230 of 300 GB/s on A100).
+DEFAULT_COMM_EFFICIENCY = 0.75
+DEFAULT_TILE = 64
+# Sampling reads the float32 logits a few times (temperature/softmax, top-p/top-k, draw) in a few kernels.
+SAMPLING_PASSES = 4
+SAMPLING_FLOPS_PER_LOGIT = 10
+SAMPLING_KERNELS = 6
+
+_OpCost = tuple[float, float, float]  # (seconds, flops, bytes)
+_ZERO: _OpCost = (0.0, 0.0, 0.0)
+_CACHE_LIMIT = 500_000
+
+
+class RooflineCostModel(CostModel):
+    """Analytical per-op roofline for one replica (tp x pp GPUs); the embedded default cost model."""
+
+    name = "roofline"
+
+    def __init__(self, model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: int = 1,
+                 dtype_bytes: int = 2,
+                 compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
+                 memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY,
+                 tile: int = DEFAULT_TILE,
+                 kernel_launch_overhead: float = DEFAULT_KERNEL_LAUNCH_OVERHEAD_S,
+                 host_overhead_base: float = DEFAULT_HOST_OVERHEAD_BASE_S,
+                 host_overhead_per_item: float = DEFAULT_HOST_OVERHEAD_PER_ITEM_S,
+                 comm_latency: float | None = None,
+                 pp_link_bandwidth: float | None = None,
+                 comm_efficiency: float = DEFAULT_COMM_EFFICIENCY) -> None:
+        """Precompute the shard shapes and rates; ``comm_latency``/``pp_link_bandwidth`` default from the GPU's link."""
+        self.model = m = get_model(model)
+        self.gpu = g = get_gpu(gpu)
+        m.check_tp(tp)
+        for label, v in (("compute_efficiency", compute_efficiency), ("memory_efficiency", memory_efficiency),
+                         ("comm_efficiency", comm_efficiency)):
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"{label} must be in (0, 1], got {v}")
+        if tile < 1:
+            raise ValueError(f"tile must be >= 1, got {tile}")
+        self.tp, self.pp, self.dtype_bytes, self.tile = tp, pp, dtype_bytes, tile
+        self.layers = layers_per_stage(m.num_layers, pp)
+        self.num_stages = pp
+        self.compute_efficiency = compute_efficiency
+        self.memory_efficiency = memory_efficiency
+        self.comm_efficiency = comm_efficiency
+        self.kernel_launch_overhead = kernel_launch_overhead
+        self.host_overhead_base = host_overhead_base
+        self.host_overhead_per_item = host_overhead_per_item
+        if comm_latency is None:
+            comm_latency = NVLINK_COMM_LATENCY_S if g.interconnect == "nvlink" else PCIE_COMM_LATENCY_S
+        self.comm_latency = comm_latency
+        self.pp_link_bandwidth = g.interconnect_bw if pp_link_bandwidth is None else pp_link_bandwidth
+
+        self._flop_rate = g.bf16_flops * compute_efficiency
+        self._byte_rate = g.mem_bandwidth * memory_efficiency
+        self._tp_rate = g.interconnect_bw * comm_efficiency
+        self._pp_rate = self.pp_link_bandwidth * comm_efficiency
+
+        d, h, hd = dtype_bytes, m.hidden_size, m.head_dim
+        qh, kvh = m.q_heads_per_gpu(tp), m.kv_heads_per_gpu(tp)
+        self._h, self._qh, self._kvh, self._hd = h, qh, kvh, hd
+        self._inter = m.intermediate_per_gpu(tp)
+        self._vocab_shard = m.vocab_per_gpu(tp)
+        self._linears: dict[str, tuple[int, int]] = {  # op -> (in features, out features) on one GPU
+            "qkv_proj": (h, (qh + 2 * kvh) * hd),
+            "o_proj": (qh * hd, h),
+            "gate_up_proj": (h, (2 if m.gated_mlp else 1) * self._inter),
+            "down_proj": (self._inter, h),
+        }
+        # attention coefficients, per layer: FLOPs per query-key pair, bytes per new token / per key read
+        self._attn_flops_per_pair = 4.0 * qh * hd                 # QK^T and PV, 2 FLOPs per MAC
+        q_and_out = 2.0 * qh * hd * d                              # read q, write output
+        kv_row = 2.0 * kvh * hd * d                                # one token's k and v
+        self._attn_bytes_per_new = q_and_out + kv_row + 2.0 * kv_row  # + its own k,v read, cache write (read+write)
+        self._attn_bytes_per_key = kv_row                          # cached keys/values read
+        self._cache: dict[tuple[int, int, int], _OpCost] = {}
+
+    # ---- primitive pricing ----------------------------------------------------------------------
+
+    def _roof(self, flops: float, nbytes: float) -> float:
+        """Roofline time of one kernel, launch overhead included."""
+        t_c = flops / self._flop_rate
+        t_m = nbytes / self._byte_rate
+        return (t_c if t_c > t_m else t_m) + self.kernel_launch_overhead
+
+    def _linear(self, rows: int, k: int, n: int) -> _OpCost:
+        """A [rows, k] x [k, n] GEMM: tile-padded rows in the compute term, weights + activations in bytes."""
+        if rows <= 0:
+            return _ZERO
+        d = self.dtype_bytes
+        padded = -(-rows // self.tile) * self.tile
+        nbytes = d * (k * n + rows * k + rows * n)
+        t = max(2.0 * padded * k * n / self._flop_rate, nbytes / self._byte_rate) + self.kernel_launch_overhead
+        return (t, 2.0 * rows * k * n, float(nbytes))
+
+    def _elementwise(self, flops: float, nbytes: float) -> _OpCost:
+        return (self._roof(flops, nbytes), float(flops), float(nbytes))
+
+    def _all_reduce(self, nbytes: float) -> float:
+        """Ring all-reduce of ``nbytes`` across the TP group (zero when tp = 1)."""
+        tp = self.tp
+        if tp == 1:
+            return 0.0
+        return 2.0 * (tp - 1) / tp * nbytes / self._tp_rate + self.comm_latency
+
+    # ---- token-count-dependent ops --------------------------------------------------------------
+
+    def token_op_costs(self, num_tokens: int, num_items: int) -> dict[str, _OpCost]:
+        """(seconds, flops, bytes) of one invocation of every op that depends only on token/item counts.
+
+        Layer ops are per layer; ``embedding``, ``final_norm``, ``lm_head``, ``sampling`` and
+        ``pp_send_recv`` are per stage execution (the caller decides which stages run them).
+        """
+        T, N, d = num_tokens, num_items, self.dtype_bytes
+        h, qh, kvh, hd, inter = self._h, self._qh, self._kvh, self._hd, self._inter
+        act_hidden = T * h * d  # bytes of one [T, hidden] activation
+        norm = self._elementwise(4.0 * T * h, 2.0 * act_hidden + h * d)
+        resid = self._elementwise(1.0 * T * h, 3.0 * act_hidden)
+        rot_elems = T * (qh + kvh) * hd
+        gated = self.model.gated_mlp
+        act = (self._elementwise(5.0 * T * inter, 3.0 * T * inter * d) if gated
+               else self._elementwise(8.0 * T * inter, 2.0 * T * inter * d))
+        ar = self._all_reduce(act_hidden)
+        costs: dict[str, _OpCost] = {
+            "input_norm": norm,
+            "qkv_proj": self._linear(T, *self._linears["qkv_proj"]),
+            "rotary": self._elementwise(3.0 * rot_elems, 2.0 * rot_elems * d),
+            "o_proj": self._linear(T, *self._linears["o_proj"]),
+            "tp_all_reduce": (ar, 0.0, 0.0),
+            "residual_add": resid,
+            "post_attn_norm": norm,
+            "gate_up_proj": self._linear(T, *self._linears["gate_up_proj"]),
+            "act": act,
+            "down_proj": self._linear(T, *self._linears["down_proj"]),
+            "tp_all_reduce_mlp": (ar, 0.0, 0.0),
+            "residual_add_mlp": resid,
+        }
+        # embedding: gather rows of the vocab-parallel table (+ all-reduce of the masked lookups when tp > 1)
+        emb_t, emb_f, emb_b = self._elementwise(0.0, 2.0 * act_hidden + 8.0 * T)
+        costs["embedding"] = (emb_t + ar, emb_f, emb_b)
+        costs["final_norm"] = norm
+        # lm head only for the rows that sample; with TP the logit shards are gathered on one rank
+        lm_t, lm_f, lm_b = self._linear(N, h, self._vocab_shard)
+        if self.tp > 1 and N > 0:
+            V = self.model.vocab_size
+            lm_t += (self.tp - 1) / self.tp * N * V * d / self._tp_rate + self.comm_latency
+        costs["lm_head"] = (lm_t, lm_f, lm_b)
+        logits = float(N) * self.model.vocab_size
+        if N > 0:
+            samp_b = SAMPLING_PASSES * 4.0 * logits
+            samp_f = SAMPLING_FLOPS_PER_LOGIT * logits
+            t = max(samp_f / self._flop_rate, samp_b / self._byte_rate) + SAMPLING_KERNELS * self.kernel_launch_overhead
+            costs["sampling"] = (t, samp_f, samp_b)
+        else:
+            costs["sampling"] = _ZERO
+        # hidden states and the residual go to the next stage (as vLLM's IntermediateTensors)
+        pp_t = 2.0 * act_hidden / self._pp_rate + self.comm_latency if self.pp > 1 else 0.0
+        costs["pp_send_recv"] = (pp_t, 0.0, 0.0)
+        return costs
+
+    def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int) -> dict[str, _OpCost]:
+        """Stage totals (layer ops times the stage's layer count) of the token-dependent ops; all op names present."""
+        costs = self.token_op_costs(num_tokens, num_items)
+        L = self.layers[stage]
+        out: dict[str, _OpCost] = {}
+        for op in LAYER_OPS:
+            if op in costs:
+                t, f, b = costs[op]
+                out[op] = (L * t, L * f, L * b)
+        first, last = stage == 0, stage == self.pp - 1
+        for op in FIRST_STAGE_OPS:
+            out[op] = costs[op] if first else _ZERO
+        for op in LAST_STAGE_OPS:
+            out[op] = costs[op] if last else _ZERO
+        for op in STAGE_OPS:
+            out[op] = _ZERO if last else costs[op]
+        return out
+
+    def _token_part(self, num_tokens: int, num_items: int, stage: int) -> _OpCost:
+        key = (num_tokens, num_items, stage)
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        ops = self._stage_token_ops(num_tokens, num_items, stage)
+        res = (sum(v[0] for v in ops.values()), sum(v[1] for v in ops.values()), sum(v[2] for v in ops.values()))
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = res
+        return res
+
+    # ---- attention ------------------------------------------------------------------------------
+
+    def attn_prefill_cost(self, new_tokens: int, cached_tokens: int, causal_pairs: int) -> _OpCost:
+        """One layer's prefill attention over summed chunk sizes, cached contexts and causal query-key pairs."""
+        if new_tokens <= 0:
+            return _ZERO
+        f = self._attn_flops_per_pair * causal_pairs
+        b = self._attn_bytes_per_new * new_tokens + self._attn_bytes_per_key * cached_tokens
+        return (self._roof(f, b), f, b)
+
+    def attn_decode_cost(self, num_decodes: int, total_context: int) -> _OpCost:
+        """One layer's decode attention: ``num_decodes`` queries reading ``total_context`` keys in all."""
+        if num_decodes <= 0:
+            return _ZERO
+        f = self._attn_flops_per_pair * total_context
+        # total_context includes each decode's own key, already counted in the per-new-token bytes
+        b = self._attn_bytes_per_new * num_decodes + self._attn_bytes_per_key * (total_context - num_decodes)
+        return (self._roof(f, b), f, b)
+
+    @staticmethod
+    def _prefill_sums(batch: Batch) -> tuple[int, int, int]:
+        new = cached = pairs = 0
+        for it in batch.prefill_items:
+            c, p = it.num_new_tokens, it.num_cached_tokens
+            new += c
+            cached += p
+            pairs += c * p + c * (c + 1) // 2  # query j of the chunk sees p + j + 1 keys
+        return new, cached, pairs
+
+    # ---- CostModel interface --------------------------------------------------------------------
+
+    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
+        """Device time, FLOPs and bytes of ``batch`` on pipeline ``stage`` (host overhead excluded)."""
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return StageCost(0.0, 0.0, 0.0)
+        t, f, b = self._token_part(num_tokens, len(batch.items), stage)
+        L = self.layers[stage]
+        if batch.prefill_items:
+            at, af, ab = self.attn_prefill_cost(*self._prefill_sums(batch))
+            t += L * at
+            f += L * af
+            b += L * ab
+        nd = batch.num_decode_tokens
+        if nd:
+            at, af, ab = self.attn_decode_cost(nd, batch.decode_context)
+            t += L * at
+            f += L * af
+            b += L * ab
+        return StageCost(t, f, b)
+
+    def host_time(self, batch: Batch) -> float:
+        """Per-iteration CPU time: base plus per scheduled item."""
+        return self.host_overhead_base + self.host_overhead_per_item * batch.size
+
+    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
+        """Seconds per non-host op of ``sim.ops`` (zero where it does not run); sums to ``stage_cost().time``."""
+        names = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return {op: 0.0 for op in names}
+        ops = self._stage_token_ops(num_tokens, len(batch.items), stage)
+        L = self.layers[stage]
+        pre = self.attn_prefill_cost(*self._prefill_sums(batch)) if batch.prefill_items else _ZERO
+        dec = self.attn_decode_cost(batch.num_decode_tokens, batch.decode_context)
+        ops["attn_prefill"] = (L * pre[0], 0.0, 0.0)
+        ops["attn_decode"] = (L * dec[0], 0.0, 0.0)
+        return {op: ops[op][0] for op in names}
+
+    def describe(self) -> dict:
+        """Parameters and derived rates, for summary.json."""
+        return {
+            "name": self.name,
+            "model": self.model.name,
+            "gpu": self.gpu.name,
+            "tp": self.tp,
+            "pp": self.pp,
+            "layers_per_stage": list(self.layers),
+            "dtype_bytes": self.dtype_bytes,
+            "compute_efficiency": self.compute_efficiency,
+            "memory_efficiency": self.memory_efficiency,
+            "comm_efficiency": self.comm_efficiency,
+            "tile": self.tile,
+            "kernel_launch_overhead_s": self.kernel_launch_overhead,
+            "host_overhead_base_s": self.host_overhead_base,
+            "host_overhead_per_item_s": self.host_overhead_per_item,
+            "comm_latency_s": self.comm_latency,
+            "tp_link_bandwidth": self.gpu.interconnect_bw,
+            "pp_link_bandwidth": self.pp_link_bandwidth,
+            "peak_flops": self.gpu.bf16_flops,
+            "mem_bandwidth": self.gpu.mem_bandwidth,
+        }

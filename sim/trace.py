@@ -1,0 +1,230 @@
+"""Request traces in JSON Lines: one request per line, read strictly and written deterministically.
+
+A line is a JSON object with ``arrival_time`` (seconds, finite, >= 0),
+``prompt_tokens`` and ``output_tokens`` (integers >= 1) and an optional
+``request_id`` (string or integer, kept as a string; default: the request's
+0-based index in the file). Other fields are kept in ``TraceRequest.extra`` and
+ignored by the simulator. Blank lines are skipped. An integral float such as
+``3.0`` is accepted as the integer 3 (some tools write every number as a float);
+``3.5``, booleans, NaN and Infinity are refused. See traces/README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from sim.request import TraceRequest
+
+REQUIRED_FIELDS = ("arrival_time", "prompt_tokens", "output_tokens")
+_CORE_FIELDS = frozenset(("request_id",) + REQUIRED_FIELDS)
+_UNSORTED_POLICIES = ("sort", "error")
+
+
+class TraceError(ValueError):
+    """A trace that cannot be used; the message names the file, the 1-based line and the field."""
+
+    def __init__(self, path: str, message: str, line: int | None = None, field: str | None = None) -> None:
+        self.path = str(path)
+        self.line = line
+        self.field = field
+        self.reason = message
+        where = self.path if line is None else f"{self.path}:{line}"
+        what = message if field is None else f"field '{field}': {message}"
+        super().__init__(f"{where}: {what}")
+
+
+@dataclass
+class Trace:
+    """A parsed trace: its requests sorted by arrival, and what was noticed while reading it."""
+
+    path: str
+    requests: list[TraceRequest]
+    warnings: list[str] = field(default_factory=list)
+
+
+class _NonFinite(Exception):
+    """Raised by the JSON decoder on NaN/Infinity so that they never reach the data."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _show(value: Any) -> str:
+    """A short JSON-ish rendering of a bad value for an error message."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _contains_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_contains_non_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_non_finite(v) for v in value)
+    return False
+
+
+def _decode_line(path: str, lineno: int, text: str) -> dict:
+    """Parse one line into a dict, refusing invalid JSON, NaN/Infinity and non-objects."""
+    try:
+        obj = _DECODER.decode(text)
+    except _NonFinite as exc:
+        obj = json.loads(text)  # NaN is allowed here, only to find which field holds it
+        bad = next((k for k, v in obj.items() if _contains_non_finite(v)), None) if isinstance(obj, dict) else None
+        raise TraceError(path, f"expected a finite number, got {exc.args[0]}", lineno, bad) from None
+    except json.JSONDecodeError as exc:
+        raise TraceError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", lineno) from None
+    if not isinstance(obj, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
+        raise TraceError(path, f"expected a JSON object {{...}}, got {kind}", lineno)
+    return obj
+
+
+def _as_int(path: str, lineno: int, name: str, value: Any) -> int:
+    """A token count: an int >= 1 (an integral float like 3.0 counts as 3)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or value < 1:
+        raise TraceError(path, f"expected an integer >= 1, got {_show(value)}", lineno, name)
+    return value
+
+
+def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceRequest:
+    """Validate one decoded line and turn it into a TraceRequest."""
+    for name in REQUIRED_FIELDS:
+        if name not in obj:
+            raise TraceError(path, "missing (required: arrival_time, prompt_tokens, output_tokens)", lineno, name)
+    t = obj["arrival_time"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+        raise TraceError(path, f"expected a finite number of seconds >= 0, got {_show(t)}", lineno, "arrival_time")
+    prompt = _as_int(path, lineno, "prompt_tokens", obj["prompt_tokens"])
+    output = _as_int(path, lineno, "output_tokens", obj["output_tokens"])
+    rid = obj.get("request_id", index)
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise TraceError(path, f"expected a non-empty string or an integer, got {_show(rid)}", lineno, "request_id")
+    extra = {k: v for k, v in obj.items() if k not in _CORE_FIELDS} if len(obj) > 3 else {}
+    for name, value in extra.items():
+        if _contains_non_finite(value):  # e.g. 1e999, which json parses to inf
+            raise TraceError(path, f"expected finite numbers, got {_show(value)}", lineno, name)
+    return TraceRequest(str(rid), float(t), prompt, output, extra, lineno)
+
+
+def _read_text(path: str) -> str:
+    """The file's text, with clear messages for missing, unreadable or non-UTF-8 files."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise TraceError(path, "trace file not found") from None
+    except IsADirectoryError:
+        raise TraceError(path, "is a directory, not a trace file") from None
+    except OSError as exc:
+        raise TraceError(path, f"cannot read trace file: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data[: exc.start].count(b"\n") + 1
+        raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", lineno) from None
+
+
+def _check_order(path: str, requests: list[TraceRequest], on_unsorted: str) -> list[str]:
+    """Sort requests by arrival (stably) if needed; return the warning, or refuse in 'error' mode."""
+    first: TraceRequest | None = None
+    prev: TraceRequest | None = None
+    running_max = -math.inf
+    out_of_order = 0
+    for r in requests:
+        if r.arrival_time < running_max:
+            out_of_order += 1
+            if first is None:
+                first = r
+        else:
+            running_max = r.arrival_time
+        if first is None:
+            prev = r
+    if first is None:
+        return []
+    assert prev is not None
+    what = (
+        f"arrival_time goes backwards ({first.arrival_time!r} after {prev.arrival_time!r} on line {prev.line}); "
+        f"{out_of_order} of {len(requests)} requests arrive earlier than a request above them"
+    )
+    if on_unsorted == "error":
+        raise TraceError(path, what + " (the trace must be sorted by arrival_time)", first.line, "arrival_time")
+    requests.sort(key=lambda r: r.arrival_time)  # list.sort is stable: ties keep file order
+    return [f"{path}:{first.line}: {what}; sorted by arrival_time (stable)"]
+
+
+def read_trace(path: str | os.PathLike[str], *, on_unsorted: str = "sort") -> Trace:
+    """Read and validate a JSONL trace; unsorted arrivals are sorted with a warning ('sort') or refused ('error')."""
+    if on_unsorted not in _UNSORTED_POLICIES:
+        raise ValueError(f"on_unsorted must be one of {_UNSORTED_POLICIES}, got {on_unsorted!r}")
+    path = os.fspath(path)
+    requests: list[TraceRequest] = []
+    seen: dict[str, int] = {}
+    for lineno, text in enumerate(_read_text(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        req = _parse_request(path, lineno, len(requests), _decode_line(path, lineno, text))
+        first_line = seen.setdefault(req.request_id, lineno)
+        if first_line != lineno:
+            raise TraceError(path, f"duplicate id {req.request_id!r} (first on line {first_line})", lineno, "request_id")
+        requests.append(req)
+    if not requests:
+        raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
+    warnings = _check_order(path, requests, on_unsorted)
+    return Trace(path, requests, warnings)
+
+
+def _format_request(r: TraceRequest) -> str:
+    """One request as a JSON line with a fixed key order; refuses values that read_trace would refuse."""
+    t = float(r.arrival_time)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"request {r.request_id!r}: arrival_time must be finite and >= 0, got {t!r}")
+    counts = []
+    for name in ("prompt_tokens", "output_tokens"):
+        v = getattr(r, name)
+        if isinstance(v, bool) or int(v) != v or v < 1:
+            raise ValueError(f"request {r.request_id!r}: {name} must be an integer >= 1, got {v!r}")
+        counts.append(int(v))
+    clash = _CORE_FIELDS.intersection(r.extra)
+    if clash:
+        raise ValueError(f"request {r.request_id!r}: extra fields shadow core fields {sorted(clash)}")
+    parts = [
+        f'"request_id": {json.dumps(str(r.request_id))}',
+        f'"arrival_time": {t!r}',
+        f'"prompt_tokens": {counts[0]}',
+        f'"output_tokens": {counts[1]}',
+    ]
+    for key in sorted(r.extra):
+        value = json.dumps(r.extra[key], sort_keys=True, allow_nan=False)
+        parts.append(f"{json.dumps(key)}: {value}")
+    return "{" + ", ".join(parts) + "}\n"
+
+
+def write_trace(path: str | os.PathLike[str], requests: Iterable[TraceRequest]) -> None:
+    """Write requests as JSONL with deterministic bytes (fixed key order, floats by repr) that read back exactly."""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for r in requests:
+        rid = str(r.request_id)
+        if not rid or rid in seen:
+            raise ValueError(f"request_id {rid!r} is empty or duplicated; read_trace would refuse the file")
+        seen.add(rid)
+        lines.append(_format_request(r))
+    with open(path, "wb") as fh:
+        fh.write("".join(lines).encode("utf-8"))
