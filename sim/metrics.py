@@ -9,7 +9,7 @@ drain included).
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -107,3 +107,81 @@ def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataF
                          float(np.median(g)) if g.size else 0.0, int(g.size)))
     return pd.DataFrame(rows, columns=["replica", "stage", "busy_s", "bubble_s", "bubble_fraction",
                                        "median_bubble_s", "num_bubbles"])
+
+
+def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches: pd.DataFrame,
+              stages: pd.DataFrame, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
+              peak_flops: float, mem_bandwidth: float, source: str, config: dict, cost: dict,
+              versions: dict) -> dict[str, Any]:
+    """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
+
+    ``batches`` has the columns of ``sim.cluster.STAGE_FIELDS``; ``skipped`` holds ``SkippedRequest``s.
+    """
+    done = [r for r in requests if r.completion_time is not None]
+    ttft = [r.token_times[0] - r.arrival_time for r in done]
+    e2e = [r.completion_time - r.arrival_time for r in done]
+    tpot = [(r.completion_time - r.token_times[0]) / (len(r.token_times) - 1) for r in done if len(r.token_times) > 1]
+    delay = [r.first_scheduled_time - r.arrival_time for r in done]
+    out_tokens = sum(len(r.token_times) for r in done)
+    in_tokens = sum(r.prompt_tokens for r in done)
+    start = min((r.arrival_time for r in requests), default=0.0)
+    end = max((r.completion_time for r in done), default=start)
+    makespan = end - start
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        reasons[s.code] = reasons.get(s.code, 0) + 1
+    first_stage = batches[batches["stage"] == 0] if len(batches) else batches
+    kinds = {"prefill": 0, "decode": 0, "mixed": 0}
+    if len(first_stage):
+        pre = first_stage["num_prefill_tokens"].to_numpy() > 0
+        dec = first_stage["num_decode_tokens"].to_numpy() > 0
+        kinds = {"prefill": int((pre & ~dec).sum()), "decode": int((dec & ~pre).sum()), "mixed": int((pre & dec).sum())}
+    flops = float(batches["flops"].sum()) if len(batches) else 0.0
+    nbytes = float(batches["bytes"].sum()) if len(batches) else 0.0
+    denom = makespan * num_gpus
+    return {
+        "source": source,
+        "config": config,
+        "cost_model": cost,
+        "requests": {
+            "in_trace": trace_len, "simulated": len(requests), "completed": len(done), "skipped": len(skipped),
+            "skipped_by_reason": reasons,
+            "skipped_examples": [s.where(source) for s in skipped[:20]],
+        },
+        "latency_s": {
+            "ttft": describe(ttft), "tbt": describe(token_gaps(done)),
+            "tpot": describe(tpot), "e2e": describe(e2e),
+            "scheduling_delay": describe(delay),
+        },
+        "throughput": {
+            "makespan_s": makespan,
+            "requests_per_s": len(done) / makespan if makespan > 0 else None,
+            "output_tokens_per_s": out_tokens / makespan if makespan > 0 else None,
+            "total_tokens_per_s": (out_tokens + in_tokens) / makespan if makespan > 0 else None,
+            "input_tokens": in_tokens, "output_tokens": out_tokens,
+        },
+        "kv_cache": {
+            "blocks_per_replica": num_blocks, "block_size": block_size,
+            "mean_utilization": float(first_stage["kv_blocks_used"].mean() / num_blocks) if len(first_stage) else 0.0,
+            "max_utilization": float(first_stage["kv_blocks_used"].max() / num_blocks) if len(first_stage) else 0.0,
+            "preemptions": num_preemptions,
+            "preempted_requests": sum(1 for r in requests if r.num_preemptions),
+        },
+        "batches": {
+            "iterations": len(first_stage), **{f"{k}_only" if k != "mixed" else k: v for k, v in kinds.items()},
+            "mean_size": float(first_stage["batch_size"].mean()) if len(first_stage) else 0.0,
+            "mean_tokens": float((first_stage["num_prefill_tokens"] + first_stage["num_decode_tokens"]).mean())
+            if len(first_stage) else 0.0,
+        },
+        "pipeline": {
+            "stages": stages.to_dict(orient="records") if len(stages) else [],
+            "mean_bubble_fraction": float(stages["bubble_fraction"].mean()) if len(stages) else 0.0,
+            "median_bubble_s": float(stages["median_bubble_s"].median()) if len(stages) else 0.0,
+        },
+        "utilization": {
+            "num_gpus": num_gpus,
+            "mfu": flops / (denom * peak_flops) if denom > 0 else None,
+            "memory_bandwidth_utilization": nbytes / (denom * mem_bandwidth) if denom > 0 else None,
+        },
+        "versions": versions,
+    }

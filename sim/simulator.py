@@ -13,7 +13,7 @@ import pandas as pd
 from sim import metrics
 from sim.cluster import MICROBATCH_FIELDS, STAGE_FIELDS, run_cluster
 from sim.cost.base import CostModel
-from sim.hardware import GPUSpec, get_gpu
+from sim.hardware import get_gpu
 from sim.kv_cache import BlockManager
 from sim.memory import kv_cache_blocks
 from sim.models import ModelSpec, get_model
@@ -110,82 +110,10 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     micro = pd.DataFrame(rec.microbatch_rows, columns=list(MICROBATCH_FIELDS))
     req_df = metrics.requests_frame(requests)
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
-    summary = summarize(requests, skipped, trace_len=len(trace), batches=batches, stages=stages,
-                        num_blocks=num_blocks, config=config, gpu=gpu, cost_model=cost_model,
-                        num_preemptions=sum(s.num_preemptions for s in schedulers), source=source)
+    summary = metrics.summarize(
+        requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
+        block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
+        num_gpus=config.replicas * config.tp * config.pp, peak_flops=gpu.bf16_flops,
+        mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
+        cost=cost_model.describe(), versions=_versions())
     return SimResult(summary, req_df, batches, micro, stages, skipped)
-
-
-def summarize(requests: list[Request], skipped: list[SkippedRequest], *, trace_len: int, batches: pd.DataFrame,
-              stages: pd.DataFrame, num_blocks: int, config: SimConfig, gpu: GPUSpec, cost_model: CostModel,
-              num_preemptions: int, source: str) -> dict[str, Any]:
-    """The summary.json dictionary (every metric, the config, versions)."""
-    done = [r for r in requests if r.completion_time is not None]
-    ttft = [r.token_times[0] - r.arrival_time for r in done]
-    e2e = [r.completion_time - r.arrival_time for r in done]
-    tpot = [(r.completion_time - r.token_times[0]) / (len(r.token_times) - 1) for r in done if len(r.token_times) > 1]
-    delay = [r.first_scheduled_time - r.arrival_time for r in done]
-    out_tokens = sum(len(r.token_times) for r in done)
-    in_tokens = sum(r.prompt_tokens for r in done)
-    start = min((r.arrival_time for r in requests), default=0.0)
-    end = max((r.completion_time for r in done), default=start)
-    makespan = end - start
-    reasons: dict[str, int] = {}
-    for s in skipped:
-        reasons[s.code] = reasons.get(s.code, 0) + 1
-    num_gpus = config.replicas * config.tp * config.pp
-    first_stage = batches[batches["stage"] == 0] if len(batches) else batches
-    kinds = {"prefill": 0, "decode": 0, "mixed": 0}
-    if len(first_stage):
-        pre = first_stage["num_prefill_tokens"].to_numpy() > 0
-        dec = first_stage["num_decode_tokens"].to_numpy() > 0
-        kinds = {"prefill": int((pre & ~dec).sum()), "decode": int((dec & ~pre).sum()), "mixed": int((pre & dec).sum())}
-    flops = float(batches["flops"].sum()) if len(batches) else 0.0
-    nbytes = float(batches["bytes"].sum()) if len(batches) else 0.0
-    denom = makespan * num_gpus
-    return {
-        "source": source,
-        "config": dataclasses.asdict(config),
-        "cost_model": cost_model.describe(),
-        "requests": {
-            "in_trace": trace_len, "simulated": len(requests), "completed": len(done), "skipped": len(skipped),
-            "skipped_by_reason": reasons,
-            "skipped_examples": [s.where(source) for s in skipped[:20]],
-        },
-        "latency_s": {
-            "ttft": metrics.describe(ttft), "tbt": metrics.describe(metrics.token_gaps(done)),
-            "tpot": metrics.describe(tpot), "e2e": metrics.describe(e2e),
-            "scheduling_delay": metrics.describe(delay),
-        },
-        "throughput": {
-            "makespan_s": makespan,
-            "requests_per_s": len(done) / makespan if makespan > 0 else None,
-            "output_tokens_per_s": out_tokens / makespan if makespan > 0 else None,
-            "total_tokens_per_s": (out_tokens + in_tokens) / makespan if makespan > 0 else None,
-            "input_tokens": in_tokens, "output_tokens": out_tokens,
-        },
-        "kv_cache": {
-            "blocks_per_replica": num_blocks, "block_size": config.block_size,
-            "mean_utilization": float(first_stage["kv_blocks_used"].mean() / num_blocks) if len(first_stage) else 0.0,
-            "max_utilization": float(first_stage["kv_blocks_used"].max() / num_blocks) if len(first_stage) else 0.0,
-            "preemptions": num_preemptions,
-            "preempted_requests": sum(1 for r in requests if r.num_preemptions),
-        },
-        "batches": {
-            "iterations": len(first_stage), **{f"{k}_only" if k != "mixed" else k: v for k, v in kinds.items()},
-            "mean_size": float(first_stage["batch_size"].mean()) if len(first_stage) else 0.0,
-            "mean_tokens": float((first_stage["num_prefill_tokens"] + first_stage["num_decode_tokens"]).mean())
-            if len(first_stage) else 0.0,
-        },
-        "pipeline": {
-            "stages": stages.to_dict(orient="records") if len(stages) else [],
-            "mean_bubble_fraction": float(stages["bubble_fraction"].mean()) if len(stages) else 0.0,
-            "median_bubble_s": float(stages["median_bubble_s"].median()) if len(stages) else 0.0,
-        },
-        "utilization": {
-            "num_gpus": num_gpus,
-            "mfu": flops / (denom * gpu.bf16_flops) if denom > 0 else None,
-            "memory_bandwidth_utilization": nbytes / (denom * gpu.mem_bandwidth) if denom > 0 else None,
-        },
-        "versions": _versions(),
-    }
