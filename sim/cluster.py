@@ -67,29 +67,34 @@ class Replica:
         if not self._wakeup.triggered:
             self._wakeup.succeed()
 
-    def _hand_to_stage(self, stage: int, batch: Batch) -> None:
-        self._stage_inbox[stage].append(batch)
+    def _hand_to_stage(self, stage: int, batch: Batch, ready_at: float) -> None:
+        self._stage_inbox[stage].append((batch, ready_at))
         ev = self._stage_ready[stage]
         if not ev.triggered:
             ev.succeed()
 
     def _scheduling_loop(self):
-        env, sched, rec = self.env, self.scheduler, self.recorder
+        """Form micro-batches while fewer than ``pp`` are in flight; the host (CPU) prepares one at a time."""
+        env, sched, cost = self.env, self.scheduler, self.cost
+        host_free_at = 0.0
         while True:
-            batch = sched.schedule(env.now) if self.in_flight < self.pp else None
-            if batch is None:
-                self._wakeup = env.event()
-                yield self._wakeup
-                continue
-            self.in_flight += 1
-            start = env.now
-            host = self.cost.host_time(batch)
-            if host > 0:
-                yield env.timeout(host)
-            self._scheduled[batch.batch_id] = (start, host)
-            self._hand_to_stage(0, batch)
+            if self.in_flight < self.pp:
+                if env.now < host_free_at:  # still preparing the previous micro-batch
+                    yield env.timeout(host_free_at - env.now)
+                    continue
+                batch = sched.schedule(env.now)
+                if batch is not None:
+                    self.in_flight += 1
+                    host = cost.host_time(batch)
+                    host_free_at = env.now + host
+                    self._scheduled[batch.batch_id] = (env.now, host)
+                    self._hand_to_stage(0, batch, host_free_at)
+                    continue
+            self._wakeup = env.event()
+            yield self._wakeup
 
     def _stage_loop(self, stage: int):
+        """Run micro-batches in arrival order; the last stage hands results back to the scheduler."""
         env, rec, cost = self.env, self.recorder, self.cost
         inbox = self._stage_inbox[stage]
         last = stage == self.pp - 1
@@ -98,15 +103,15 @@ class Replica:
                 self._stage_ready[stage] = env.event()
                 yield self._stage_ready[stage]
                 continue
-            batch = inbox.popleft()
+            batch, ready_at = inbox.popleft()
             c = cost.stage_cost(batch, stage)
-            start = env.now
-            yield env.timeout(c.time)
+            start = ready_at if ready_at > env.now else env.now
+            yield env.timeout(start - env.now + c.time)
             rec.stage_rows.append((self.index, stage, batch.batch_id, start, env.now, batch.num_prefill_tokens,
                                    batch.num_decode_tokens, len(batch.items), len(batch.prefill_items),
                                    batch.kv_blocks_used, c.flops, c.bytes))
             if not last:
-                self._hand_to_stage(stage + 1, batch)
+                self._hand_to_stage(stage + 1, batch, env.now)
                 continue
             finished = self.scheduler.on_batch_done(batch, env.now)
             sched_start, host = self._scheduled.pop(batch.batch_id)

@@ -45,7 +45,6 @@ class Request:
     num_computed: int = 0  # tokens whose KV entries are in the cache
     num_generated: int = 0  # output tokens sampled so far
     block_table: list[int] = field(default_factory=list)
-    in_flight: bool = False  # part of a micro-batch that has not finished yet
     num_preemptions: int = 0
     replica: int = -1
     first_scheduled_time: float | None = None

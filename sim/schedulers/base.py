@@ -16,6 +16,8 @@ from sim.batch import Batch, BatchItem
 from sim.kv_cache import BlockManager
 from sim.request import Request, Status
 
+_new_item = tuple.__new__  # builds a BatchItem without the NamedTuple's Python-level __new__ (hot path)
+
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -53,7 +55,7 @@ class Scheduler(ABC):
         self.running: list[Request] = []
         self.num_preemptions = 0
         self._next_batch_id = 0
-        self._batches_in_flight = 0
+        self._in_flight: dict[int, Batch] = {}  # micro-batches scheduled and not yet done (pipeline parallelism)
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -69,22 +71,19 @@ class Scheduler(ABC):
         items = self._form_batch()
         if not items:
             return None
-        for it in items:
-            r = it.request
-            r.in_flight = True
+        batch = Batch(items, self._next_batch_id, self.bm.num_used)
+        for r, _new, _cached in batch.prefill_items:  # a decode was necessarily scheduled before
             if r.first_scheduled_time is None:
                 r.first_scheduled_time = now
-        batch = Batch(items, self._next_batch_id, self.bm.num_used)
         self._next_batch_id += 1
-        self._batches_in_flight += 1
+        self._in_flight[batch.batch_id] = batch
         return batch
 
     def on_batch_done(self, batch: Batch, now: float = 0.0) -> list[Request]:
         """Advance every item's request; sample a token where its known tokens are all computed."""
-        self._batches_in_flight -= 1
+        del self._in_flight[batch.batch_id]
         finished: list[Request] = []
         for req, new, _cached in batch.items:
-            req.in_flight = False
             req.num_computed += new
             if req.num_computed == req.prompt_tokens + req.num_generated:
                 req.num_generated += 1
@@ -106,9 +105,10 @@ class Scheduler(ABC):
     # ---- shared mechanics for policies ---------------------------------------------------------
     def _schedulable_running(self) -> deque[Request]:
         """Running requests not already part of a micro-batch in flight, in admission order."""
-        if not self._batches_in_flight:
+        if not self._in_flight:
             return deque(self.running)
-        return deque(r for r in self.running if not r.in_flight)
+        busy = {r for b in self._in_flight.values() for r, _new, _cached in b.items}
+        return deque(r for r in self.running if r not in busy)
 
     def _admit_tokens(self, request: Request) -> int:
         """Tokens whose blocks admission must find: the whole known sequence, or the maximum length."""
@@ -142,6 +142,40 @@ class Scheduler(ABC):
                 return False
         bm.grow(request, num_tokens)
         return True
+
+    def _decode_pass(self, queue: deque[Request], budget: int | None) -> tuple[list[BatchItem], list[Request]]:
+        """One-token decode items for the decoding requests of ``queue`` (at most ``budget``), in order.
+
+        Blocks are grown where a decode crosses a block boundary; when they run out, requests are
+        preempted from the tail of ``queue``, newest first. Returns the items and the requests of
+        ``queue`` that are not decoding (prefills under way), in order. ``queue`` is consumed.
+        """
+        decoding = [r for r in queue if r.num_generated and r.num_computed + 1 == r.prompt_tokens + r.num_generated]
+        bs = self.bm.block_size
+        if budget is None or len(decoding) <= budget:
+            # fast path: everyone fits in the free blocks, so no preemption can happen
+            crossing = [r for r in decoding if len(r.block_table) * bs <= r.num_computed]
+            if len(crossing) <= self.bm.num_free:
+                grow = self.bm.grow
+                for r in crossing:
+                    grow(r, r.num_computed + 1)
+                others = [r for r in queue if r.num_generated == 0 or r.num_computed + 1 != r.prompt_tokens + r.num_generated] \
+                    if len(decoding) != len(queue) else []
+                queue.clear()
+                return [_new_item(BatchItem, (r, 1, r.num_computed)) for r in decoding], others
+        items: list[BatchItem] = []
+        others: list[Request] = []
+        left = len(queue) if budget is None else budget
+        while queue and left > 0:
+            r = queue.popleft()
+            if not r.is_decoding:
+                others.append(r)
+            elif self._grow_or_preempt(r, r.num_computed + 1, queue):
+                items.append(BatchItem(r, 1, r.num_computed))
+                left -= 1
+        others.extend(r for r in queue if not r.is_decoding)
+        queue.clear()
+        return items, others
 
     def _preempt(self, request: Request) -> None:
         """Preemption by recompute: free the blocks, back to the front of the waiting queue."""

@@ -14,7 +14,7 @@ class FasterTransformerScheduler(Scheduler):
 
     def _form_batch(self) -> list[BatchItem]:
         if self.running:
-            return [BatchItem(r, 1, r.num_computed) for r in self._schedulable_running()]
+            return self._decode_pass(self._schedulable_running(), None)[0]
         items: list[BatchItem] = []
         budget = self.token_budget
         tokens = 0

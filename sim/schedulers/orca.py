@@ -13,7 +13,7 @@ class OrcaScheduler(Scheduler):
     reserves_max_length = True
 
     def _form_batch(self) -> list[BatchItem]:
-        items = [BatchItem(r, 1, r.num_computed) for r in self._schedulable_running()]
+        items = self._decode_pass(self._schedulable_running(), None)[0]
         budget = self.token_budget
         tokens = len(items)
         while self.waiting:

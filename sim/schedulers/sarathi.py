@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sim.batch import BatchItem
-from sim.request import Request
 from sim.schedulers.base import Scheduler
 
 DEFAULT_TOKEN_BUDGET = 512
@@ -18,18 +17,8 @@ class SarathiScheduler(Scheduler):
     default_token_budget = DEFAULT_TOKEN_BUDGET
 
     def _form_batch(self) -> list[BatchItem]:
-        items: list[BatchItem] = []
-        budget_left = self.token_budget
-        queue = self._schedulable_running()
-        partial: list[Request] = []
-        while queue and budget_left > 0:
-            r = queue.popleft()
-            if not r.is_decoding:
-                partial.append(r)  # prefill (or recompute) still under way: its blocks are already allocated
-                continue
-            if self._grow_or_preempt(r, r.num_computed + 1, queue):
-                items.append(BatchItem(r, 1, r.num_computed))
-                budget_left -= 1
+        items, partial = self._decode_pass(self._schedulable_running(), self.token_budget)
+        budget_left = self.token_budget - len(items)
         tokens = len(items)
         for r in partial:
             if budget_left <= 0:

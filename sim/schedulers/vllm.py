@@ -28,9 +28,4 @@ class VLLMScheduler(Scheduler):
             tokens += n
         if items:
             return items
-        queue = self._schedulable_running()
-        while queue:
-            r = queue.popleft()
-            if self._grow_or_preempt(r, r.num_computed + 1, queue):
-                items.append(BatchItem(r, 1, r.num_computed))
-        return items
+        return self._decode_pass(self._schedulable_running(), None)[0]
