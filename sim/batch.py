@@ -29,24 +29,31 @@ class Batch:
         "prefill_items", "kv_blocks_used",
     )
 
-    def __init__(self, items: list[BatchItem], batch_id: int = 0, kv_blocks_used: int = 0) -> None:
+    def __init__(self, items: list[BatchItem], batch_id: int = 0, kv_blocks_used: int = 0,
+                 num_decodes: int | None = None) -> None:
+        """``num_decodes``: the first that many items are known to be decodes (schedulers pass it; saves a pass)."""
         self.items = items
         self.batch_id = batch_id
         self.kv_blocks_used = kv_blocks_used
-        prefill: list[BatchItem] = []
-        decode_tokens = 0
-        decode_context = 0
-        for it in items:  # hot path: BatchItem.is_decode inlined
-            r, new, cached = it
-            if new == 1 and r.num_generated and cached == r.prompt_tokens + r.num_generated - 1:
-                decode_tokens += 1
-                decode_context += cached + 1
-            else:
-                prefill.append(it)
+        if num_decodes is not None:
+            prefill = items[num_decodes:]
+            decode_tokens = num_decodes
+            decode_context = sum([it[2] for it in items[:num_decodes]]) + num_decodes
+        else:
+            prefill = []
+            decode_tokens = 0
+            decode_context = 0
+            for it in items:  # BatchItem.is_decode inlined
+                r, new, cached = it
+                if new == 1 and r.num_generated and cached == r.prompt_tokens + r.num_generated - 1:
+                    decode_tokens += 1
+                    decode_context += cached + 1
+                else:
+                    prefill.append(it)
         self.prefill_items = prefill
         self.num_decode_tokens = decode_tokens
         self.decode_context = decode_context  # keys read by all decodes together
-        self.num_prefill_tokens = sum(it.num_new_tokens for it in prefill)
+        self.num_prefill_tokens = sum([it[1] for it in prefill])
 
     @property
     def num_tokens(self) -> int:

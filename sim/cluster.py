@@ -54,8 +54,9 @@ class Replica:
         self._stage_ready = [env.event() for _ in range(pp)]
         self._scheduled: dict[int, tuple[float, float]] = {}  # batch id -> (scheduling start, host time)
         env.process(self._scheduling_loop())
-        for s in range(pp):
-            env.process(self._stage_loop(s))
+        if pp > 1:
+            for s in range(pp):
+                env.process(self._stage_loop(s))
 
     def submit(self, request: Request) -> None:
         request.replica = self.index
@@ -74,7 +75,11 @@ class Replica:
             ev.succeed()
 
     def _scheduling_loop(self):
-        """Form micro-batches while fewer than ``pp`` are in flight; the host (CPU) prepares one at a time."""
+        """Form micro-batches while fewer than ``pp`` are in flight; the host (CPU) prepares one at a time.
+
+        With a single stage the micro-batch runs inline (one simpy event per iteration): the same
+        timing as handing it to a stage process, at a third of the event cost.
+        """
         env, sched, cost = self.env, self.scheduler, self.cost
         host_free_at = 0.0
         while True:
@@ -88,16 +93,20 @@ class Replica:
                     host = cost.host_time(batch)
                     host_free_at = env.now + host
                     self._scheduled[batch.batch_id] = (env.now, host)
-                    self._hand_to_stage(0, batch, host_free_at)
+                    if self.pp > 1:
+                        self._hand_to_stage(0, batch, host_free_at)
+                        continue
+                    c = cost.stage_cost(batch, 0)
+                    yield env.timeout(host + c.time)
+                    self._stage_done(0, batch, host_free_at, c)
                     continue
             self._wakeup = env.event()
             yield self._wakeup
 
     def _stage_loop(self, stage: int):
-        """Run micro-batches in arrival order; the last stage hands results back to the scheduler."""
-        env, rec, cost = self.env, self.recorder, self.cost
+        """Run micro-batches in arrival order (pipeline parallelism only)."""
+        env, cost = self.env, self.cost
         inbox = self._stage_inbox[stage]
-        last = stage == self.pp - 1
         while True:
             if not inbox:
                 self._stage_ready[stage] = env.event()
@@ -107,20 +116,25 @@ class Replica:
             c = cost.stage_cost(batch, stage)
             start = ready_at if ready_at > env.now else env.now
             yield env.timeout(start - env.now + c.time)
-            rec.stage_rows.append((self.index, stage, batch.batch_id, start, env.now, batch.num_prefill_tokens,
-                                   batch.num_decode_tokens, len(batch.items), len(batch.prefill_items),
-                                   batch.kv_blocks_used, c.flops, c.bytes))
-            if not last:
-                self._hand_to_stage(stage + 1, batch, env.now)
-                continue
-            finished = self.scheduler.on_batch_done(batch, env.now)
-            sched_start, host = self._scheduled.pop(batch.batch_id)
-            rec.microbatch_rows.append((self.index, batch.batch_id, sched_start, host, env.now))
-            self.in_flight -= 1
-            self.outstanding -= len(finished)
-            if finished:
-                self.on_done(self, finished)
-            self._wake()
+            self._stage_done(stage, batch, start, c)
+
+    def _stage_done(self, stage: int, batch: Batch, start: float, c) -> None:
+        """Record a stage execution; pass the batch on, or after the last stage hand results to the scheduler."""
+        now = self.env.now
+        self.recorder.stage_rows.append((self.index, stage, batch.batch_id, start, now, batch.num_prefill_tokens,
+                                         batch.num_decode_tokens, len(batch.items), len(batch.prefill_items),
+                                         batch.kv_blocks_used, c.flops, c.bytes))
+        if stage < self.pp - 1:
+            self._hand_to_stage(stage + 1, batch, now)
+            return
+        finished = self.scheduler.on_batch_done(batch, now)
+        sched_start, host = self._scheduled.pop(batch.batch_id)
+        self.recorder.microbatch_rows.append((self.index, batch.batch_id, sched_start, host, now))
+        self.in_flight -= 1
+        self.outstanding -= len(finished)
+        if finished:
+            self.on_done(self, finished)
+        self._wake()
 
 
 class Router:

@@ -68,10 +68,10 @@ class Scheduler(ABC):
 
     def schedule(self, now: float = 0.0) -> Batch | None:
         """Form the next batch (allocating KV blocks), or None when nothing can run now."""
-        items = self._form_batch()
-        if not items:
+        decodes, prefills = self._form_batch()
+        if not decodes and not prefills:
             return None
-        batch = Batch(items, self._next_batch_id, self.bm.num_used)
+        batch = Batch(decodes + prefills, self._next_batch_id, self.bm.num_used, num_decodes=len(decodes))
         for r, _new, _cached in batch.prefill_items:  # a decode was necessarily scheduled before
             if r.first_scheduled_time is None:
                 r.first_scheduled_time = now
@@ -99,8 +99,8 @@ class Scheduler(ABC):
 
     # ---- what a policy implements -------------------------------------------------------------
     @abstractmethod
-    def _form_batch(self) -> list[BatchItem]:
-        """The policy: which requests run next and how many tokens each."""
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
+        """The policy: which requests run next and how many tokens each, as (decode items, prefill items)."""
 
     # ---- shared mechanics for policies ---------------------------------------------------------
     def _schedulable_running(self) -> deque[Request]:
@@ -150,19 +150,21 @@ class Scheduler(ABC):
         preempted from the tail of ``queue``, newest first. Returns the items and the requests of
         ``queue`` that are not decoding (prefills under way), in order. ``queue`` is consumed.
         """
-        decoding = [r for r in queue if r.num_generated and r.num_computed + 1 == r.prompt_tokens + r.num_generated]
         bs = self.bm.block_size
-        if budget is None or len(decoding) <= budget:
-            # fast path: everyone fits in the free blocks, so no preemption can happen
-            crossing = [r for r in decoding if len(r.block_table) * bs <= r.num_computed]
+        if budget is None or budget >= len(queue):
+            # fast path: one decode item per decoding request; if the crossing ones all get a free block,
+            # no preemption can happen and the items stand as built
+            items = [_new_item(BatchItem, (r, 1, r.num_computed)) for r in queue
+                     if r.num_generated and r.num_computed + 1 == r.prompt_tokens + r.num_generated]
+            crossing = [it for it in items if len(it[0].block_table) * bs <= it[2]]
             if len(crossing) <= self.bm.num_free:
                 grow = self.bm.grow
-                for r in crossing:
-                    grow(r, r.num_computed + 1)
-                others = [r for r in queue if r.num_generated == 0 or r.num_computed + 1 != r.prompt_tokens + r.num_generated] \
-                    if len(decoding) != len(queue) else []
+                for r, _new, cached in crossing:
+                    grow(r, cached + 1)
+                others = [r for r in queue if not r.num_generated or r.num_computed + 1 != r.prompt_tokens + r.num_generated] \
+                    if len(items) != len(queue) else []
                 queue.clear()
-                return [_new_item(BatchItem, (r, 1, r.num_computed)) for r in decoding], others
+                return items, others
         items: list[BatchItem] = []
         others: list[Request] = []
         left = len(queue) if budget is None else budget

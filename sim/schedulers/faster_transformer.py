@@ -12,9 +12,9 @@ class FasterTransformerScheduler(Scheduler):
     name = "faster_transformer"
     reserves_max_length = True
 
-    def _form_batch(self) -> list[BatchItem]:
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         if self.running:
-            return self._decode_pass(self._schedulable_running(), None)[0]
+            return self._decode_pass(self._schedulable_running(), None)[0], []
         items: list[BatchItem] = []
         budget = self.token_budget
         tokens = 0
@@ -27,4 +27,4 @@ class FasterTransformerScheduler(Scheduler):
             self._admit(r)
             items.append(BatchItem(r, r.num_known, 0))
             tokens += r.num_known
-        return items
+        return [], items

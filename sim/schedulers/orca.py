@@ -12,10 +12,11 @@ class OrcaScheduler(Scheduler):
     name = "orca"
     reserves_max_length = True
 
-    def _form_batch(self) -> list[BatchItem]:
-        items = self._decode_pass(self._schedulable_running(), None)[0]
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
+        decodes = self._decode_pass(self._schedulable_running(), None)[0]
+        items: list[BatchItem] = []
         budget = self.token_budget
-        tokens = len(items)
+        tokens = len(decodes)
         while self.waiting:
             r = self.waiting[0]
             if budget is not None and tokens + r.num_known > budget:
@@ -25,4 +26,4 @@ class OrcaScheduler(Scheduler):
             self._admit(r)
             items.append(BatchItem(r, r.num_known, 0))
             tokens += r.num_known
-        return items
+        return decodes, items

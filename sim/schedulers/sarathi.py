@@ -16,10 +16,11 @@ class SarathiScheduler(Scheduler):
     chunks_prefills = True
     default_token_budget = DEFAULT_TOKEN_BUDGET
 
-    def _form_batch(self) -> list[BatchItem]:
-        items, partial = self._decode_pass(self._schedulable_running(), self.token_budget)
-        budget_left = self.token_budget - len(items)
-        tokens = len(items)
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
+        decodes, partial = self._decode_pass(self._schedulable_running(), self.token_budget)
+        items: list[BatchItem] = []
+        budget_left = self.token_budget - len(decodes)
+        tokens = len(decodes)
         for r in partial:
             if budget_left <= 0:
                 break
@@ -36,4 +37,4 @@ class SarathiScheduler(Scheduler):
             items.append(BatchItem(r, c, 0))
             tokens += c
             budget_left -= c
-        return items
+        return decodes, items

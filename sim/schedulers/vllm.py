@@ -12,7 +12,7 @@ class VLLMScheduler(Scheduler):
 
     name = "vllm"
 
-    def _form_batch(self) -> list[BatchItem]:
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         items: list[BatchItem] = []
         budget = self.token_budget
         tokens = 0
@@ -27,5 +27,5 @@ class VLLMScheduler(Scheduler):
             items.append(BatchItem(r, n, 0))
             tokens += n
         if items:
-            return items
-        return self._decode_pass(self._schedulable_running(), None)[0]
+            return [], items
+        return self._decode_pass(self._schedulable_running(), None)[0], []

@@ -16,7 +16,8 @@ class VLLMV1Scheduler(Scheduler):
     chunks_prefills = True
     default_token_budget = DEFAULT_TOKEN_BUDGET
 
-    def _form_batch(self) -> list[BatchItem]:
+    def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
+        decodes: list[BatchItem] = []
         items: list[BatchItem] = []
         budget_left = self.token_budget
         preemptions_before = self.num_preemptions
@@ -25,10 +26,10 @@ class VLLMV1Scheduler(Scheduler):
             r = queue.popleft()
             n = min(r.num_pending, budget_left)
             if self._grow_or_preempt(r, r.num_computed + n, queue):
-                items.append(BatchItem(r, n, r.num_computed))
+                (decodes if r.is_decoding else items).append(BatchItem(r, n, r.num_computed))
                 budget_left -= n
         if self.num_preemptions != preemptions_before:
-            return items
+            return decodes, items
         while self.waiting and budget_left > 0:
             r = self.waiting[0]
             n = min(r.num_pending, budget_left)
@@ -37,4 +38,4 @@ class VLLMV1Scheduler(Scheduler):
             self._admit(r, n)
             items.append(BatchItem(r, n, 0))
             budget_left -= n
-        return items
+        return decodes, items
