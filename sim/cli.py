@@ -67,9 +67,15 @@ def _config_from_args(args: argparse.Namespace):
 def _load_workload(args: argparse.Namespace):
     """(trace requests, source label, warnings) from --trace or the generator flags."""
     if args.trace:
-        from sim.trace import read_trace
-        tr = read_trace(args.trace, on_unsorted=args.on_unsorted)
-        return tr.requests, args.trace, tr.warnings
+        from sim.cli_trace import load_trace
+        tr = load_trace(args.trace, args, zero_lengths="error" if args.strict else "skip")
+        if args.max_total_tokens is None:
+            return tr.requests, args.trace, tr.warnings
+        from sim.transforms import clip_total
+        clipped = clip_total(tr.requests, args.max_total_tokens)
+        n = sum(a is not b for a, b in zip(tr.requests, clipped))
+        return clipped, args.trace, tr.warnings + [f"--max-total-tokens: clipped {n} requests to "
+                                                   f"{args.max_total_tokens} tokens keeping prompt:output ratio"]
     from sim.cli_trace import trace_from_args
     return trace_from_args(args), "synthetic", []
 
@@ -80,6 +86,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from sim.outputs import format_summary, write_run
     from sim.simulator import simulate
 
+    if (args.plots or args.timeline) and not args.out:
+        raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
     config = _config_from_args(args)
     trace, source, warnings = _load_workload(args)
     for w in warnings:
@@ -92,6 +100,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     if args.out:
         write_run(args.out, result.summary, result.requests, result.batches)
+        if args.plots:
+            from sim.plots import write_plots
+            write_plots(args.out)
+        if args.timeline:
+            from sim.timeline import write_timeline
+            write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)
     if args.json:
         import json
         from sim.outputs import _clean
@@ -110,16 +124,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(f"{'name':<14}{'layers':>7}{'hidden':>8}{'heads':>6}{'kv':>4}{'ffn':>7}{'vocab':>8}{'ctx':>7}{'params':>9}")
     for m in MODELS.values():
         print(f"{m.name:<14}{m.num_layers:>7}{m.hidden_size:>8}{m.num_heads:>6}{m.num_kv_heads:>4}"
-              f"{m.intermediate_size:>7}{m.vocab_size:>8}{m.max_context:>7}{m.num_params / 1e9:>8.2f}B")
+              f"{m.intermediate_size:>7}{m.vocab_size:>8}{m.max_context:>7}{m.num_params / 1e9:>8.3g}B")
     return 0
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
     from sim.hardware import GPUS
-    print(f"{'name':<11}{'bf16 TFLOP/s':>13}{'HBM GB/s':>10}{'mem GB':>8}{'link GB/s':>10}  source")
+    print(f"{'name':<11}{'bf16 TFLOP/s':>13}{'HBM GB/s':>10}{'mem GiB':>8}{'link GB/s':>10}{'$/h':>6}  source")
     for g in GPUS.values():
-        print(f"{g.name:<11}{g.bf16_flops / 1e12:>13.0f}{g.mem_bandwidth / 1e9:>10.0f}{g.mem_bytes / 1e9:>8.0f}"
-              f"{g.interconnect_bw / 1e9:>10.0f}  {g.source}")
+        print(f"{g.name:<11}{g.bf16_flops / 1e12:>13.0f}{g.mem_bandwidth / 1e9:>10.0f}{g.mem_bytes / 2**30:>8.0f}"
+              f"{g.interconnect_bw / 1e9:>10.0f}{g.hourly_price_usd:>6.2f}  {g.source}")
     return 0
 
 
@@ -139,8 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "roofline cost model; print a summary and optionally write summary.json, requests.csv and "
                     "batches.csv. Without --trace, the synthetic-workload flags make the requests.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sim.add_argument("--trace", default=None, metavar="FILE.jsonl",
-                     help="request trace in servesim JSONL (see traces/README.md)")
+    sim.add_argument("--trace", default=None, metavar="FILE",
+                     help="request trace: servesim JSONL or any format of --trace-format (see traces/README.md)")
+    sim.add_argument("--trace-format", default="auto",
+                     choices=("auto", "jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise"),
+                     help="format of --trace; auto detects it from extension and header. A length table without "
+                          "arrived_at gets arrivals from --arrival/--qps/--cv/--seed; --max-total-tokens clips any "
+                          "trace; zero-length rows are skipped (refused with --strict)")
     sim.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
                      help="arrival times going backwards in the trace: sort them with a warning, or refuse")
     sim.add_argument("--strict", action="store_true",
@@ -148,12 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
                           "context, the KV cache or the token budget) instead of skipping it")
     sim.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv")
     sim.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
+    sim.add_argument("--plots", action="store_true",
+                     help="also write PNG plots into --out (TTFT/TBT CDFs, latency over time, batch composition, "
+                          "KV cache, stage Gantt)")
+    sim.add_argument("--timeline", action="store_true",
+                     help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
+    sim.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
+                     help="request slices in the timeline: the first N requests by arrival (0: all)")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_deployment_arguments(sim)
     add_generator_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
 
     add_trace_parser(sub)
+    from sim.report import add_report_parser
+    add_report_parser(sub)
+    from engine.cli import add_engine_parser  # parser only: torch is imported when the command runs
+    add_engine_parser(sub)
     sub.add_parser("models", help="list the model catalogue").set_defaults(func=cmd_models)
     sub.add_parser("gpus", help="list the GPU catalogue with datasheet sources").set_defaults(func=cmd_gpus)
     return parser

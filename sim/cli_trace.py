@@ -1,4 +1,8 @@
-"""The `servesim trace` command: generate synthetic traces; the generator flags are shared with `simulate`."""
+"""The `servesim trace` command: generate synthetic traces, convert other formats, print and plot trace stats.
+
+The generator flags are shared with `simulate`, and so are the import flags
+(`--trace-format`) through :func:`add_import_arguments` and :func:`load_trace`.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import statistics
 import sys
 from typing import Sequence
 
+from sim.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
 from sim.request import TraceRequest
-from sim.trace import write_trace
+from sim.trace import Trace, write_trace
+from sim.transforms import TransformSpec, apply_transforms
 from sim.tracegen import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
 
 # "%(default).0s" prints nothing but stops ArgumentDefaultsHelpFormatter from appending "(default: None)".
@@ -94,11 +100,161 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_import_arguments(parser: argparse.ArgumentParser, *, format_flag: str = "--format",
+                         arrivals: bool = True) -> None:
+    """Flags that choose how a trace file is read: its format, zero-length rows and (for length tables) arrivals."""
+    g = parser.add_argument_group(
+        "trace import",
+        "Supported formats: jsonl (servesim), azure (TIMESTAMP,ContextTokens,GeneratedTokens), mooncake "
+        "(JSONL timestamp ms, input_length, output_length, hash_ids), lengths (num_prefill_tokens,"
+        "num_decode_tokens[,arrived_at]), burstgpt (Timestamp,Model,Request tokens,Response tokens,...), "
+        "splitwise (arrival_timestamp,prompt_size,token_size). See traces/README.md.")
+    g.add_argument(format_flag, dest="trace_format", choices=("auto",) + FORMATS, default="auto",
+                   help="format of the input trace; auto detects it from the extension and the header "
+                        "(default: %(default)s)")
+    g.add_argument("--zero-lengths", choices=ZERO_POLICIES, default="skip",
+                   help="rows with a 0-token prompt or output (BurstGPT's failed requests): skip them with a "
+                        "counted warning, or refuse the file (default: %(default)s)")
+    g.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
+                   help="arrival times going backwards: sort them with a warning, or refuse (default: %(default)s)")
+    if arrivals:
+        a = parser.add_argument_group(
+            "arrivals for length tables",
+            "A length table without an arrived_at column gets generated arrival times (as `trace generate`).")
+        a.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                       help="arrival process: poisson, gamma (with --cv) or static (default: %(default)s)")
+        a.add_argument("--qps", type=float, default=1.0, metavar="Q",
+                       help="mean arrival rate in requests per second (default: %(default)s)")
+        a.add_argument("--cv", type=float, default=1.0, metavar="C",
+                       help="coefficient of variation of the gaps for --arrival gamma (default: %(default)s)")
+
+
+def load_trace(path: str, args: argparse.Namespace, *, zero_lengths: str | None = None) -> Trace:
+    """Read ``path`` as the import flags say (format, zero lengths, order; arrivals/seed for length tables)."""
+    arrivals = ArrivalSpec(getattr(args, "arrival", "poisson"), getattr(args, "qps", 1.0), getattr(args, "cv", 1.0),
+                           getattr(args, "seed", 0))
+    return read_any(path, getattr(args, "trace_format", "auto"), arrivals=arrivals,
+                    zero_lengths=zero_lengths or getattr(args, "zero_lengths", "skip"),
+                    on_unsorted=getattr(args, "on_unsorted", "sort"))
+
+
+def _window(text: str) -> tuple[float, float]:
+    """START:END in seconds (END may be empty for 'to the end')."""
+    try:
+        a, b = text.split(":")
+        start = float(a) if a else 0.0
+        end = float(b) if b else float("inf")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected START:END in seconds (e.g. 600:1200 or 600:), got {text!r}") from None
+    if not (0 <= start < end):
+        raise argparse.ArgumentTypeError(f"expected 0 <= START < END, got {text!r}")
+    return start, end
+
+
+def _jitter(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected auto or a bucket width in seconds > 0, got {text!r}")
+    return v
+
+
+def _positive(kind: type):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = 0
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"expected a {'number' if kind is float else 'whole number'} > 0, "
+                                             f"got {text!r}")
+        return v
+    return parse
+
+
+def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of the trace transforms (applied in the order listed)."""
+    g = parser.add_argument_group(
+        "transforms", "Applied in this order: jitter, window, first, sample, rate, lengths, clip. "
+                      "Request ids are kept.")
+    g.add_argument("--jitter", type=_jitter, default=None, metavar="auto|SECONDS",
+                   help="spread requests that share a timestamp uniformly (seeded) over their bucket, up to the next "
+                        "distinct timestamp and at most SECONDS wide; auto = the median gap between distinct "
+                        "timestamps (for coarse timestamps such as Mooncake's ~3 s buckets)")
+    g.add_argument("--window", type=_window, default=None, metavar="START:END",
+                   help="keep requests arriving in [START, END) seconds and shift them to start at 0")
+    g.add_argument("--first", type=_positive(int), default=None, metavar="N", help="keep the first N requests")
+    g.add_argument("--sample", type=_positive(int), default=None, metavar="N",
+                   help="keep a seeded uniform random subset of N requests (arrival order kept)")
+    g.add_argument("--rate", type=_positive(float), default=None, metavar="R",
+                   help="scale all arrival times so the mean rate, (N-1)/(last-first arrival), is R req/s; the "
+                        "burstiness (inter-arrival CV) is unchanged")
+    g.add_argument("--lengths-from", default=None, metavar="FILE",
+                   help="keep arrival times but draw (prompt, output) pairs with replacement from FILE "
+                        "(any supported trace format)")
+    g.add_argument("--max-total-tokens", type=_positive(int), default=None, metavar="N",
+                   help="scale requests whose prompt + output exceeds N down to N tokens keeping their "
+                        "prompt:output ratio (as Sarathi-Serve's benchmark does)")
+
+
+def transform_spec_from_args(args: argparse.Namespace) -> TransformSpec:
+    """The TransformSpec described by the add_transform_arguments flags."""
+    return TransformSpec(jitter=args.jitter, window=args.window, first=args.first, sample=args.sample,
+                         rate=args.rate, lengths_from=args.lengths_from, max_total_tokens=args.max_total_tokens,
+                         seed=args.seed)
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """Handler of `servesim trace convert`: import, transform, write servesim JSONL."""
+    try:
+        trace = load_trace(args.input, args)
+        for w in trace.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        requests, notes = apply_transforms(trace.requests, transform_spec_from_args(args))
+        parent = os.path.dirname(args.output)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        write_trace(args.output, requests)
+    except (ValueError, OSError) as exc:
+        print(f"servesim trace convert: error: {exc}", file=sys.stderr)
+        return 2
+    for note in notes:
+        print(note)
+    print(f"wrote {args.output}: {summary_line(requests)}")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    """Handler of `servesim trace stats`: print (and optionally plot) what a trace looks like."""
+    import json
+
+    from sim.trace_stats import format_stats, plot_stats, trace_stats
+    try:
+        trace = load_trace(args.file, args)
+        for w in trace.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        stats = trace_stats(trace.requests, args.bin)
+        if args.plot:
+            plot_stats(trace.requests, args.plot, args.bin, title=os.path.basename(args.file))
+    except (ValueError, OSError) as exc:
+        print(f"servesim trace stats: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(stats, indent=2) if args.json else format_stats(stats, args.file))
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register `trace` (with subcommand `generate`) on the main parser's subparsers."""
+    """Register `trace` (with subcommands `generate`, `convert`, `stats`) on the main parser's subparsers."""
     trace = subparsers.add_parser(
-        "trace", help="make request traces (JSON Lines)",
-        description="Request traces in JSON Lines, one request per line (see traces/README.md).",
+        "trace", help="make, convert and inspect request traces (JSON Lines)",
+        description="Request traces in JSON Lines, one request per line (see traces/README.md): generate "
+                    "synthetic ones, convert other tools' formats, print and plot their statistics.",
     )
     trace_sub = trace.add_subparsers(dest="trace_command", metavar="SUBCOMMAND")
     gen = trace_sub.add_parser(
@@ -112,6 +268,42 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                      help="trace file to write (JSONL; parent folders are created)")
     add_generator_arguments(gen)
     gen.set_defaults(func=_generate)
+
+    conv = trace_sub.add_parser(
+        "convert", help="convert a trace from another format to servesim JSONL, optionally transformed",
+        description="Read a trace in any supported format (Azure, Mooncake, BurstGPT, Splitwise, length tables, "
+                    "servesim JSONL), optionally transform it, and write servesim JSONL. Malformed rows are "
+                    "reported with file and line.",
+        epilog="examples:\n"
+               "  servesim trace convert AzureLLMInferenceTrace_conv.csv azure.jsonl --window 0:600\n"
+               "  servesim trace convert synthetic_trace.jsonl mooncake.jsonl --max-total-tokens 4096 --rate 2\n"
+               "  servesim trace convert sharegpt_stats.csv sharegpt.jsonl --qps 4 --first 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conv.add_argument("input", metavar="IN", help="trace to read")
+    conv.add_argument("output", metavar="OUT.jsonl", help="servesim JSONL trace to write (parent folders are created)")
+    add_import_arguments(conv)
+    add_transform_arguments(conv)
+    conv.add_argument("--seed", type=int, default=0, metavar="S",
+                      help="seed for generated arrivals, --jitter, --sample and --lengths-from (default: %(default)s)")
+    conv.set_defaults(func=_convert)
+
+    st = trace_sub.add_parser(
+        "stats", help="print (and plot) a trace's rate, burstiness, lengths and P:D ratio",
+        description="Print request rate over time, inter-arrival coefficient of variation, prompt/output length "
+                    "percentiles and the prompt:decode (P:D) ratio of a trace in any supported format; "
+                    "--plot also draws them.",
+        epilog="example: servesim trace stats AzureLLMInferenceTrace_conv.csv --plot azure_stats.png",
+    )
+    st.add_argument("file", metavar="FILE", help="trace to read")
+    st.add_argument("--plot", default=None, metavar="OUT.png", help="also write a PNG with four panels")
+    st.add_argument("--bin", type=_positive(float), default=None, metavar="SECONDS",
+                    help="bin width of the rate over time (default: a round width giving about 60 bins)")
+    st.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_import_arguments(st)
+    st.add_argument("--seed", type=int, default=0, metavar="S",
+                    help="seed of generated arrivals for length tables (default: %(default)s)")
+    st.set_defaults(func=_stats)
 
     def _no_subcommand(args: argparse.Namespace) -> int:
         trace.print_help(sys.stderr)

@@ -112,10 +112,11 @@ def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataF
 def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches: pd.DataFrame,
               stages: pd.DataFrame, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
               peak_flops: float, mem_bandwidth: float, source: str, config: dict, cost: dict,
-              versions: dict) -> dict[str, Any]:
+              versions: dict, gpus_per_stage: int = 1, memory: dict | None = None) -> dict[str, Any]:
     """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
 
-    ``batches`` has the columns of ``sim.cluster.STAGE_FIELDS``; ``skipped`` holds ``SkippedRequest``s.
+    ``batches`` has the columns of ``sim.cluster.STAGE_FIELDS``, whose flops and bytes are one GPU's
+    work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
     """
     done = [r for r in requests if r.completion_time is not None]
     ttft = [r.token_times[0] - r.arrival_time for r in done]
@@ -136,8 +137,8 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
         pre = first_stage["num_prefill_tokens"].to_numpy() > 0
         dec = first_stage["num_decode_tokens"].to_numpy() > 0
         kinds = {"prefill": int((pre & ~dec).sum()), "decode": int((dec & ~pre).sum()), "mixed": int((pre & dec).sum())}
-    flops = float(batches["flops"].sum()) if len(batches) else 0.0
-    nbytes = float(batches["bytes"].sum()) if len(batches) else 0.0
+    flops = float(batches["flops"].sum()) * gpus_per_stage if len(batches) else 0.0
+    nbytes = float(batches["bytes"].sum()) * gpus_per_stage if len(batches) else 0.0
     denom = makespan * num_gpus
     return {
         "source": source,
@@ -160,6 +161,7 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
             "total_tokens_per_s": (out_tokens + in_tokens) / makespan if makespan > 0 else None,
             "input_tokens": in_tokens, "output_tokens": out_tokens,
         },
+        "memory": memory or {},
         "kv_cache": {
             "blocks_per_replica": num_blocks, "block_size": block_size,
             "mean_utilization": float(first_stage["kv_blocks_used"].mean() / num_blocks) if len(first_stage) else 0.0,

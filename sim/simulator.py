@@ -15,7 +15,7 @@ from sim.cluster import MICROBATCH_FIELDS, STAGE_FIELDS, run_cluster
 from sim.cost.base import CostModel
 from sim.hardware import get_gpu
 from sim.kv_cache import BlockManager
-from sim.memory import kv_cache_blocks
+from sim.memory import InfeasibleConfigError, plan_memory
 from sim.models import ModelSpec, get_model
 from sim.request import Request, TraceRequest
 from sim.schedulers import SchedulerConfig, make_scheduler, scheduler_class
@@ -88,11 +88,16 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     if cost_model is None:
         from sim.cost.roofline import RooflineCostModel
         cost_model = RooflineCostModel(model, gpu, tp=config.tp, pp=config.pp)
+    try:
+        memory = plan_memory(model, gpu, tp=config.tp, pp=config.pp, block_size=config.block_size,
+                             gpu_memory_utilization=config.gpu_memory_utilization).to_dict()
+    except InfeasibleConfigError as e:
+        if config.kv_blocks is None:
+            raise
+        memory = {"infeasible": str(e)}  # the user fixed the capacity; say what the catalogue thinks
+    num_blocks = memory["num_blocks"] if config.kv_blocks is None else config.kv_blocks
     if config.kv_blocks is not None:
-        num_blocks = config.kv_blocks
-    else:
-        num_blocks = kv_cache_blocks(model, gpu, tp=config.tp, pp=config.pp, block_size=config.block_size,
-                                     gpu_memory_utilization=config.gpu_memory_utilization)
+        memory["kv_blocks_override"] = config.kv_blocks
     sched_cfg = SchedulerConfig(config.max_batch_size, config.token_budget, config.chunk_align)
     policy = scheduler_class(config.scheduler)
     budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
@@ -115,5 +120,5 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
         num_gpus=config.replicas * config.tp * config.pp, peak_flops=gpu.bf16_flops,
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
-        cost=cost_model.describe(), versions=_versions())
+        cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory)
     return SimResult(summary, req_df, batches, micro, stages, skipped)

@@ -14,7 +14,7 @@ from sim.batch import Batch
 
 
 class StageCost(NamedTuple):
-    """Price of one stage execution: seconds, and the work done (for MFU / bandwidth utilisation)."""
+    """Price of one stage execution: seconds, and one GPU's work (FLOPs, device-memory bytes) for MFU / bandwidth use."""
 
     time: float
     flops: float = 0.0

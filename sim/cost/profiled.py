@@ -1,0 +1,426 @@
+"""Profiled cost model: per-op interpolation in a calibration profile's measured tables, roofline outside them.
+
+Token-count ops (projections, norms, activation, residuals, embedding) and the per-sequence
+ops (final norm, lm head, sampling, host overhead) use monotone piecewise-linear tables;
+attention uses 2-D tables of measured/roofline ratios (prefill: chunk x cached context;
+decode: batch size x context per request). Outside a table an op is priced by the roofline
+scaled to agree with the table at its edge. Communication comes from the profile when it was
+measured there (several GPUs), else from the roofline's interconnect model. Every op's price
+names its source (``breakdown_sources``).
+
+Transfer: with ``gpu`` different from the profile's device, each op is scaled by the ratio of
+the two devices' rooflines at that op's shape (so compute-bound shapes scale with FLOP/s and
+memory-bound ones with bandwidth); such predictions are estimates and ``describe()`` says so.
+Host overhead is CPU time and is never scaled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from calibration.fit import RatioGrid2D, Table1D
+from calibration.grid import SEQ_AXIS_OPS
+from calibration.profile_io import Profile, ProfileError, read_profile
+from sim.batch import Batch
+from sim.cost.base import CostModel, StageCost
+from sim.cost.roofline import RooflineCostModel
+from sim.hardware import GPUSpec, get_gpu
+from sim.models import ModelSpec, get_model
+from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+
+if TYPE_CHECKING:
+    from sim.simulator import SimConfig
+
+_OpCost = tuple[float, float, float]
+_ZERO: _OpCost = (0.0, 0.0, 0.0)
+_CACHE_LIMIT = 200_000
+DEVICE_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+TABLE_OPS: tuple[str, ...] = tuple(op for op in DEVICE_OPS + ("host_overhead",)
+                                   if op not in ("attn_prefill", "attn_decode"))
+
+PROFILE = "profile"            # interpolated in the measured table
+EDGE = "profile-edge"          # roofline scaled to agree with the table at its nearest edge
+ROOFLINE = "roofline"          # not measured (communication on a single device)
+TRANSFER = "+transfer"         # suffix: scaled by the roofline ratio of another GPU (an estimate)
+
+
+def prefill_pairs(chunk: int, cached: int) -> int:
+    """Causal query-key pairs of a chunk over its cached context (query j sees cached + j + 1 keys)."""
+    return chunk * cached + chunk * (chunk + 1) // 2
+
+
+class OpRoofline:
+    """Roofline time of every op at a measurement's shape, local work only (the shape a profile row times)."""
+
+    def __init__(self, roofline: RooflineCostModel) -> None:
+        self.rl = roofline
+
+    def token_ops(self, num_tokens: int, num_seqs: int) -> dict[str, _OpCost]:
+        """(seconds, flops, bytes) per op for ``num_tokens`` tokens of which ``num_seqs`` rows sample.
+
+        Differs from ``RooflineCostModel.token_op_costs`` only where the engine's op does less
+        than the roofline prices: ``final_norm`` runs on the sampled rows only, and ``embedding``
+        and ``lm_head`` exclude their tensor-parallel communication (see ``comm_extra``).
+        """
+        rl = self.rl
+        a = rl.token_op_costs(num_tokens, num_seqs)
+        b = a if num_seqs == num_tokens else rl.token_op_costs(num_seqs, num_seqs)
+        out = dict(a)
+        out["final_norm"] = b["final_norm"]
+        emb, lm = self.comm_extra(num_tokens, num_seqs)
+        out["embedding"] = (a["embedding"][0] - emb, a["embedding"][1], a["embedding"][2])
+        out["lm_head"] = (a["lm_head"][0] - lm, a["lm_head"][1], a["lm_head"][2])
+        out["host_overhead"] = (rl.host_overhead_base + rl.host_overhead_per_item * num_seqs, 0.0, 0.0)
+        return out
+
+    def comm_extra(self, num_tokens: int, num_seqs: int) -> tuple[float, float]:
+        """TP communication the roofline folds into embedding (all-reduce) and lm head (logit gather)."""
+        rl = self.rl
+        if rl.tp == 1:
+            return 0.0, 0.0
+        # the roofline's own formulas (sim.cost.roofline.token_op_costs), read back to split them out
+        emb = rl._all_reduce(num_tokens * rl._h * rl.dtype_bytes)
+        lm = ((rl.tp - 1) / rl.tp * num_seqs * rl.model.vocab_size * rl.dtype_bytes / rl._tp_rate + rl.comm_latency
+              if num_seqs > 0 else 0.0)
+        return emb, lm
+
+    def pp_send_recv(self, num_tokens: int) -> float:
+        """Hidden states and residual to the next stage over the stage link (as when pp > 1)."""
+        rl = self.rl
+        return 2.0 * num_tokens * rl._h * rl.dtype_bytes / rl._pp_rate + rl.comm_latency
+
+    def time(self, op: str, tokens: int, seqs: int, context: int) -> float:
+        """Seconds of one call of ``op`` at a profile row's shape (per layer for layer ops)."""
+        if op == "attn_prefill":
+            return self.rl.attn_prefill_cost(tokens, context, prefill_pairs(tokens, context))[0]
+        if op == "attn_decode":
+            return self.rl.attn_decode_cost(seqs, seqs * context)[0]
+        if op == "pp_send_recv":
+            return self.pp_send_recv(tokens)
+        n = seqs if op in SEQ_AXIS_OPS else 1
+        return self.token_ops(tokens if op not in SEQ_AXIS_OPS else seqs, max(n, 1))[op][0]
+
+
+def profile_device_spec(profile: Profile) -> tuple[GPUSpec, dict[str, Any]]:
+    """The profile's device as a GPUSpec plus roofline keyword arguments.
+
+    A catalogue GPU is used as is; any other device (a CPU, an unlisted GPU) becomes a spec
+    with the rates calibration fitted to its own measurements (``device_rates``), at
+    efficiency 1 and with its measured per-call overhead.
+    """
+    dev = profile.meta["device"]
+    if dev.get("gpu"):
+        try:
+            return get_gpu(dev["gpu"]), {}
+        except ValueError as e:
+            raise ProfileError(f"{profile.path}/profile.json: device.gpu: {e}") from e
+    rates = profile.meta.get("device_rates") or {}
+    need = ("flops", "mem_bandwidth", "launch_s")
+    if not all(isinstance(rates.get(k), (int, float)) and rates[k] > 0 for k in need):
+        raise ProfileError(f"{profile.path}/profile.json: device {dev.get('name')!r} is not in the GPU catalogue and "
+                           f"device_rates lacks positive {', '.join(need)}")
+    spec = GPUSpec(name=f"measured:{dev.get('name', '?')}", bf16_flops=float(rates["flops"]),
+                   mem_bandwidth=float(rates["mem_bandwidth"]), mem_bytes=float(dev.get("memory_bytes") or 1),
+                   interconnect_bw=32e9, interconnect="pcie",
+                   source="rates fitted to the profile's own measurements")
+    return spec, {"compute_efficiency": 1.0, "memory_efficiency": 1.0, "kernel_launch_overhead": float(rates["launch_s"])}
+
+
+class ProfiledCostModel(CostModel):
+    """Prices batches from a calibration profile; see the module docstring."""
+
+    name = "profiled"
+
+    def __init__(self, profile: Profile | str | Path, model: ModelSpec | str, gpu: GPUSpec | str | None = None,
+                 tp: int = 1, pp: int = 1, **roofline_kwargs: Any) -> None:
+        """``gpu``: price for this catalogue GPU (None: the profile's device); ``roofline_kwargs`` tune the fallback."""
+        self.profile = profile if isinstance(profile, Profile) else read_profile(profile)
+        self.model = m = get_model(model)
+        self.profile.check_usable(m, tp)
+        self.tp, self.pp = tp, pp
+        src_spec, src_kw = profile_device_spec(self.profile)
+        dtype_bytes = int(self.profile.meta["dtype_bytes"])
+        src_rl = RooflineCostModel(m, src_spec, tp=tp, pp=pp, dtype_bytes=dtype_bytes, **{**roofline_kwargs, **src_kw})
+        self._src = OpRoofline(src_rl)
+        target = get_gpu(gpu) if gpu is not None else src_spec
+        self.gpu = target
+        self.transfer = target.name != src_spec.name
+        self._ref = (OpRoofline(RooflineCostModel(m, target, tp=tp, pp=pp, dtype_bytes=dtype_bytes, **roofline_kwargs))
+                     if self.transfer else self._src)
+        self.layers = src_rl.layers
+        self.num_stages = pp
+        self._suffix = TRANSFER if self.transfer else ""
+        self._comm_measured = {op: self.profile.comm_source(op, tp) == "measured" for op in COMMUNICATION_OPS}
+        self._tables: dict[str, Table1D] = {}
+        self._edge: dict[str, tuple[float, float, float, float]] = {}  # op -> (lo, scale at lo, hi, scale at hi)
+        for op in TABLE_OPS:
+            if op in COMMUNICATION_OPS and not self._comm_measured[op]:
+                continue
+            rows = self.profile.rows(op, tp)
+            axis = "seqs" if op in SEQ_AXIS_OPS else "tokens"
+            tab = Table1D(rows[axis].to_numpy(), rows["median_s"].to_numpy())
+            self._tables[op] = tab
+            lo, hi = int(tab.lo), int(tab.hi)
+            self._edge[op] = (tab.lo, tab(tab.lo) / self._src_time(op, lo), tab.hi, tab(tab.hi) / self._src_time(op, hi))
+        pre = self.profile.rows("attn_prefill", tp)
+        c, p = pre["tokens"].to_numpy(), pre["context"].to_numpy()
+        self._prefill = RatioGrid2D(c, p, pre["median_s"].to_numpy() / [
+            self._src.time("attn_prefill", int(ci), 1, int(pi)) for ci, pi in zip(c, p)])
+        dec = self.profile.rows("attn_decode", tp)
+        b, L = dec["seqs"].to_numpy(), dec["context"].to_numpy()
+        self._decode = RatioGrid2D(b, L, dec["median_s"].to_numpy() / [
+            self._src.time("attn_decode", int(bi), int(bi), int(li)) for bi, li in zip(b, L)])
+        self._token_cache: dict[tuple[int, int, int], tuple[float, float, float]] = {}
+        self._prefill_cache: dict[tuple[int, int], tuple[float, float, bool]] = {}
+        self._host_cache: dict[int, float] = {}
+
+    # ---- 1-D ops --------------------------------------------------------------------------------
+
+    def _src_time(self, op: str, x: int) -> float:
+        """Source-roofline seconds of ``op`` at its table coordinate ``x`` (tokens or sequences)."""
+        if op == "pp_send_recv":
+            return self._src.pp_send_recv(x)
+        return self._src.token_ops(x, x)[op][0]
+
+    def _table_op(self, op: str, x: int, src_t: float, ref_t: float) -> tuple[float, str]:
+        """Seconds and source of table op ``op`` at coordinate ``x``; ``src_t``/``ref_t`` its rooflines there."""
+        tab = self._tables[op]
+        if tab.lo <= x <= tab.hi:
+            t = tab(x)
+            if self.transfer:
+                t *= ref_t / src_t if src_t > 0 else 1.0
+            return t, PROFILE + self._suffix
+        lo, s_lo, _hi, s_hi = self._edge[op]
+        return ref_t * (s_lo if x < lo else s_hi), EDGE + self._suffix
+
+    def token_op_times(self, num_tokens: int, num_seqs: int) -> dict[str, tuple[float, str]]:
+        """(seconds, source) of one call of every device op except attention (layer ops: per layer)."""
+        T, N = num_tokens, num_seqs
+        src_T = self._src.token_ops(T, N)
+        src_N = self._src.token_ops(N, N) if N != T else src_T
+        if self.transfer:
+            ref_T = self._ref.token_ops(T, N)
+            ref_N = self._ref.token_ops(N, N) if N != T else ref_T
+        else:
+            ref_T, ref_N = src_T, src_N
+        out: dict[str, tuple[float, str]] = {}
+        for op in DEVICE_OPS:
+            if op in ("attn_prefill", "attn_decode"):
+                continue
+            if op == "pp_send_recv":
+                if self.pp == 1:
+                    out[op] = (0.0, ROOFLINE)
+                elif self._comm_measured[op]:
+                    out[op] = self._table_op(op, T, self._src.pp_send_recv(T), self._ref.pp_send_recv(T))
+                else:
+                    out[op] = (self._ref.pp_send_recv(T), ROOFLINE)
+                continue
+            if op in COMMUNICATION_OPS and not self._comm_measured[op]:
+                out[op] = (ref_T[op][0], ROOFLINE)
+                continue
+            if op in SEQ_AXIS_OPS:
+                out[op] = self._table_op(op, N, src_N[op][0], ref_N[op][0])
+            else:
+                out[op] = self._table_op(op, T, src_T[op][0], ref_T[op][0])
+        if self.tp > 1:  # the engine's embedding / lm head exclude TP communication: add it back
+            emb, lm = self._ref.comm_extra(T, N)
+            if self._comm_measured["tp_all_reduce"]:
+                emb = self._table_op("tp_all_reduce", T, src_T["tp_all_reduce"][0], ref_T["tp_all_reduce"][0])[0]
+            t, s = out["embedding"]
+            out["embedding"] = (t + emb, s + "+comm")
+            t, s = out["lm_head"]
+            out["lm_head"] = (t + lm, s + "+" + ROOFLINE + "-comm")
+        return out
+
+    def _stage_token_times(self, num_tokens: int, num_items: int, stage: int) -> dict[str, tuple[float, str]]:
+        """Stage totals of the token-dependent ops (layer ops times the stage's layers); zero where an op does not run."""
+        ops = self.token_op_times(num_tokens, num_items)
+        L = self.layers[stage]
+        out = {op: (L * ops[op][0], ops[op][1]) for op in LAYER_OPS if op in ops}
+        first, last = stage == 0, stage == self.pp - 1
+        for op in FIRST_STAGE_OPS:
+            out[op] = ops[op] if first else (0.0, ops[op][1])
+        for op in LAST_STAGE_OPS:
+            out[op] = ops[op] if last else (0.0, ops[op][1])
+        for op in STAGE_OPS:
+            out[op] = (0.0, ops[op][1]) if last else ops[op]
+        return out
+
+    def _token_part(self, num_tokens: int, num_items: int, stage: int) -> tuple[float, float, float]:
+        key = (num_tokens, num_items, stage)
+        hit = self._token_cache.get(key)
+        if hit is not None:
+            return hit
+        t = sum(v[0] for v in self._stage_token_times(num_tokens, num_items, stage).values())
+        # work done (for MFU): the target roofline's useful FLOPs and bytes, as RooflineCostModel reports them
+        costs = self._ref.rl.token_op_costs(num_tokens, num_items)
+        L = self.layers[stage]
+        first, last = stage == 0, stage == self.pp - 1
+        f = b = 0.0
+        for op in LAYER_OPS:
+            if op in costs:
+                f += L * costs[op][1]
+                b += L * costs[op][2]
+        for op in (FIRST_STAGE_OPS if first else ()) + (LAST_STAGE_OPS if last else ()):
+            f += costs[op][1]
+            b += costs[op][2]
+        res = (t, f, b)
+        if len(self._token_cache) >= _CACHE_LIMIT:
+            self._token_cache.clear()
+        self._token_cache[key] = res
+        return res
+
+    # ---- attention ------------------------------------------------------------------------------
+
+    def _prefill_item(self, chunk: int, cached: int) -> tuple[float, float, bool]:
+        """(ratio measured/roofline, source roofline seconds, inside the grid) of one prefill item."""
+        key = (chunk, cached)
+        hit = self._prefill_cache.get(key)
+        if hit is None:
+            g = self._prefill
+            hit = (g(chunk, cached), self._src.time("attn_prefill", chunk, 1, cached), g.contains(chunk, cached))
+            if len(self._prefill_cache) >= _CACHE_LIMIT:
+                self._prefill_cache.clear()
+            self._prefill_cache[key] = hit
+        return hit
+
+    def attn_prefill(self, batch: Batch) -> tuple[float, float, float, str]:
+        """One layer's prefill attention: (seconds, flops, bytes, source).
+
+        The batch is priced as one call (the target roofline over all chunks together) times
+        the chunks' measured/roofline ratios averaged with their roofline times as weights;
+        for a single chunk this is exactly the table.
+        """
+        new = cached = pairs = 0
+        num = den = 0.0
+        inside = True
+        for it in batch.prefill_items:
+            c, p = it.num_new_tokens, it.num_cached_tokens
+            r, rt, ins = self._prefill_item(c, p)
+            num += r * rt
+            den += rt
+            inside = inside and ins
+            new += c
+            cached += p
+            pairs += prefill_pairs(c, p)
+        t, f, b = self._ref.rl.attn_prefill_cost(new, cached, pairs)
+        return t * (num / den if den > 0 else 1.0), f, b, (PROFILE if inside else EDGE) + self._suffix
+
+    def attn_decode(self, num_decodes: int, total_context: int) -> tuple[float, float, float, str]:
+        """One layer's decode attention over ``total_context`` keys: (seconds, flops, bytes, source).
+
+        Mixed contexts are priced at their mean context per request (the table's coordinate).
+        """
+        if num_decodes <= 0:
+            return 0.0, 0.0, 0.0, PROFILE + self._suffix
+        L = total_context / num_decodes
+        r = self._decode(num_decodes, L)
+        t, f, b = self._ref.rl.attn_decode_cost(num_decodes, total_context)
+        src = PROFILE if self._decode.contains(num_decodes, L) else EDGE
+        return t * r, f, b, src + self._suffix
+
+    # ---- CostModel interface --------------------------------------------------------------------
+
+    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
+        """Device time (communication included), FLOPs and bytes of ``batch`` on ``stage``; host excluded."""
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return StageCost(0.0, 0.0, 0.0)
+        t, f, b = self._token_part(num_tokens, len(batch.items), stage)
+        L = self.layers[stage]
+        if batch.prefill_items:
+            at, af, ab, _ = self.attn_prefill(batch)
+            t += L * at
+            f += L * af
+            b += L * ab
+        if batch.num_decode_tokens:
+            at, af, ab, _ = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
+            t += L * at
+            f += L * af
+            b += L * ab
+        return StageCost(t, f, b)
+
+    def host_time(self, batch: Batch) -> float:
+        """Measured per-iteration CPU time (scheduling and input preparation) at this batch's size."""
+        n = batch.size
+        hit = self._host_cache.get(n)
+        if hit is None:
+            rt = self._src.token_ops(n, n)["host_overhead"][0]
+            hit = self._table_op("host_overhead", n, rt, rt)[0]  # CPU time: never scaled to another GPU
+            self._host_cache[n] = hit
+        return hit
+
+    def _explain(self, batch: Batch, stage: int) -> dict[str, tuple[float, str]]:
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return {op: (0.0, PROFILE) for op in DEVICE_OPS}
+        ops = self._stage_token_times(num_tokens, len(batch.items), stage)
+        L = self.layers[stage]
+        if batch.prefill_items:
+            t, _, _, s = self.attn_prefill(batch)
+            ops["attn_prefill"] = (L * t, s)
+        else:
+            ops["attn_prefill"] = (0.0, PROFILE)
+        t, _, _, s = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
+        ops["attn_decode"] = (L * t, s)
+        return {op: ops[op] for op in DEVICE_OPS}
+
+    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
+        """Seconds per device op of ``sim.ops`` (zero where it does not run); sums to ``stage_cost().time``."""
+        return {op: v[0] for op, v in self._explain(batch, stage).items()}
+
+    def breakdown_sources(self, batch: Batch, stage: int) -> dict[str, str]:
+        """Where each op's price comes from: ``profile`` (interpolated), ``profile-edge`` (roofline scaled at
+        the table's edge), ``roofline`` (not measured), ``+transfer`` (scaled to another GPU: an estimate);
+        ``host_overhead`` included."""
+        out = {op: v[1] for op, v in self._explain(batch, stage).items()}
+        n = batch.size
+        out["host_overhead"] = PROFILE if self._tables["host_overhead"].contains(n) else EDGE
+        return out
+
+    def describe(self) -> dict:
+        """Profile provenance, target GPU and whether the prices are a transfer estimate (for summary.json)."""
+        meta = self.profile.meta
+        d: dict[str, Any] = {
+            "name": self.name,
+            "profile": str(self.profile.path),
+            "profile_device": self.profile.device_name,
+            "profile_gpu": self.profile.gpu,
+            "profile_date": meta.get("date"),
+            "profile_commit": meta.get("git_commit"),
+            "dtype": meta.get("dtype"),
+            "model": self.model.name,
+            "gpu": self.gpu.name,
+            "tp": self.tp,
+            "pp": self.pp,
+            "layers_per_stage": list(self.layers),
+            "communication": {op: ("profile" if v else "roofline") for op, v in self._comm_measured.items()},
+            "fallback": "roofline scaled to agree with the measured table at its edge",
+            "estimate": self.transfer,
+            "transfer": None,
+        }
+        if self.transfer:
+            d["transfer"] = {
+                "from": self._src.rl.gpu.name, "to": self.gpu.name, "estimate": True,
+                "method": "each op scaled by the ratio of the two devices' rooflines at its shape "
+                          "(compute-bound: FLOP/s; memory-bound: bandwidth); host overhead not scaled",
+            }
+        return d
+
+    def transfer_note(self) -> str | None:
+        """One line for users when prices were transferred from another device, else None."""
+        if not self.transfer:
+            return None
+        return (f"note: profile measured on {self.profile.device_name}; times for {self.gpu.name} are an estimate "
+                f"(each op scaled by the roofline ratio of the two devices)")
+
+
+def for_simulation(profile: str | Path, config: "SimConfig", gpu: str | None) -> tuple["SimConfig", ProfiledCostModel]:
+    """The profiled cost model for a ``SimConfig``; with no explicit ``gpu`` a catalogue-GPU profile sets ``config.gpu``."""
+    prof = read_profile(profile)
+    if gpu is None and prof.gpu:
+        config = dataclasses.replace(config, gpu=prof.gpu)
+    model = get_model(config.model)
+    return config, ProfiledCostModel(prof, model, gpu=gpu, tp=config.tp, pp=config.pp)
