@@ -119,12 +119,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _params(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from sim.models import MODELS
     print(f"{'name':<14}{'layers':>7}{'hidden':>8}{'heads':>6}{'kv':>4}{'ffn':>7}{'vocab':>8}{'ctx':>7}{'params':>9}")
     for m in MODELS.values():
         print(f"{m.name:<14}{m.num_layers:>7}{m.hidden_size:>8}{m.num_heads:>6}{m.num_kv_heads:>4}"
-              f"{m.intermediate_size:>7}{m.vocab_size:>8}{m.max_context:>7}{m.num_params / 1e9:>8.3g}B")
+              f"{m.intermediate_size:>7}{m.vocab_size:>8}{m.max_context:>7}{_params(m.num_params):>9}")
     return 0
 
 

@@ -23,6 +23,7 @@ def scenarios(draw):
                 max_batch=draw(st.integers(1, 6)),
                 blocks=draw(st.integers(17, 40)),  # 4-token blocks: the longest request (64 tokens) needs 16
                 pp=draw(st.integers(1, 3)),
+                replicas=draw(st.sampled_from([1, 1, 2])),
                 host=draw(st.sampled_from([0.0, 0.1])),
                 chunk_align=draw(st.sampled_from([0, 0, 4])) if policy == "sarathi" else 0)
 
@@ -42,8 +43,7 @@ def test_invariants(sc):
     reqs, comps, rec, scheds = run_constant(sc["spec"], sc["scheduler"], budget=sc["budget"],
                                             max_batch=sc["max_batch"], blocks=capacity, block_size=4,
                                             pp=sc["pp"], host=sc["host"], chunk_align=sc["chunk_align"],
-                                            watermark=0.0, hook=check_blocks)
-    sched = scheds[0]
+                                            watermark=0.0, hook=check_blocks, replicas=sc["replicas"])
     # no request lost, each gets exactly its output tokens, and finishes
     for r in reqs:
         assert len(r.token_times) == r.output_tokens
@@ -52,7 +52,7 @@ def test_invariants(sc):
         assert all(a <= b for a, b in zip(r.token_times, r.token_times[1:]))  # time never goes backwards
         assert r.token_times[0] > r.arrival_time
         assert r.block_table == []
-    assert sched.bm.num_free == capacity and not sched.has_unfinished()
+    assert all(s.bm.num_free == capacity and not s.has_unfinished() for s in scheds)
     # blocks are conserved and never shared between requests; waiting requests hold none
     assert checks and all(checks)
     # KV blocks never exceed capacity (kv_blocks_used is sampled at every schedule)
@@ -60,7 +60,7 @@ def test_invariants(sc):
     # each stage runs one micro-batch at a time, and never ends before it starts
     by_stage = {}
     for row in rec.stage_rows:
-        by_stage.setdefault(row[1], []).append((row[3], row[4]))
+        by_stage.setdefault((row[0], row[1]), []).append((row[3], row[4]))
     for runs in by_stage.values():
         assert all(s <= e for s, e in runs)
         runs.sort()
