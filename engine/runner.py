@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from engine.attention import AttnMetadata, build_metadata, select_backend
+from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache, blocks_from_free_memory
 from engine.model import LlamaModel, default_dtype
 from engine.ops import OPS
@@ -54,12 +55,16 @@ class ModelRunner:
             kv_blocks = blocks_from_free_memory(model_spec, block_size, self.dtype, self.device,
                                                 kv_memory_fraction)
         self.num_blocks = kv_blocks
-        self.kv_cache = PagedKVCache(model_spec, kv_blocks, block_size, device=self.device, dtype=self.dtype)
-        self.backend = select_backend(self.device, backend, self.dtype)
-        # TODO(cuda-graphs): capture decode-only batches per padded batch size (static input,
-        # slot and block-table buffers; a graph-safe paged decode kernel). The flag is kept so
-        # callers and reports can ask for it; every batch runs eagerly for now.
+        # decode-only batches replay CUDA graphs (engine.cuda_graphs); on the CPU, True runs the
+        # same static padded path eagerly (for tests). Graphs need one scratch block past num_blocks.
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.kv_cache = PagedKVCache(model_spec, kv_blocks + int(self.cuda_graphs), block_size,
+                                     device=self.device, dtype=self.dtype)
+        self.backend = select_backend(self.device, backend, self.dtype)
+        self.graphs: DecodeGraphs | None = None
+        if self.cuda_graphs:
+            self.graphs = DecodeGraphs(self.model, self.kv_cache, block_size, kv_blocks,
+                                       capture=self.device.type == "cuda")
         self._tokens: dict[str, list[int]] = {}
         self.last_timing: dict[str, float | int | str | bool] = {}
         self.last_logits: list[torch.Tensor | None] = []
@@ -128,18 +133,30 @@ class ModelRunner:
         """Run ``batch``; per item, the sampled next id if it completes the request's known tokens, else None.
 
         ``all_logits`` keeps logits for every new token (tests); ``self.last_logits`` holds
-        each item's float32 logits rows (or None) and ``self.last_timing`` host/device seconds.
+        each item's float32 logits rows (or None; after a graph replay, valid until the next
+        call) and ``self.last_timing`` host/device seconds (``forward_s``: launch to outputs, wall).
         """
         t0 = time.perf_counter()
-        token_ids, positions, attn, logits_rows, _order, rows = self.prepare(batch, all_logits)
+        graph = not all_logits and self.graphs is not None and self.graphs.supports(batch)
+        if graph:  # decode-only: every item samples, one logits row each, in batch order
+            rows = [[i] for i in range(len(batch.items))]
+            num_tokens = (0, len(batch.items))
+            captures = self.graphs.captures
+            loaded = self.graphs.load(batch, self.token_ids)  # host: static buffers (and a first capture)
+        else:
+            token_ids, positions, attn, logits_rows, _order, rows = self.prepare(batch, all_logits)
+            num_tokens = tuple(p.num_tokens if p else 0 for p in (attn.prefill, attn.decode))
         cuda = self.device.type == "cuda"
         if cuda:
             start_ev = torch.cuda.Event(enable_timing=True)
             end_ev = torch.cuda.Event(enable_timing=True)
             start_ev.record()
         t1 = time.perf_counter()
-        logits = self.model.forward(token_ids, positions, attn, self.kv_cache, logits_rows)
-        sampled = OPS["sampling"](logits) if logits.shape[0] else logits.new_zeros(0, dtype=torch.int64)
+        if graph:
+            logits, sampled = self.graphs.replay(loaded)
+        else:
+            logits = self.model.forward(token_ids, positions, attn, self.kv_cache, logits_rows)
+            sampled = OPS["sampling"](logits) if logits.shape[0] else logits.new_zeros(0, dtype=torch.int64)
         if cuda:
             end_ev.record()
             torch.cuda.synchronize(self.device)
@@ -163,10 +180,9 @@ class ModelRunner:
             cursor += n
         device_s = start_ev.elapsed_time(end_ev) / 1e3 if cuda else t2 - t1
         self.last_timing = {
-            "host_s": t1 - t0, "device_s": device_s, "total_s": time.perf_counter() - t0,
-            "num_tokens": attn.num_tokens,
-            "num_prefill_tokens": attn.prefill.num_tokens if attn.prefill else 0,
-            "num_decode_tokens": attn.decode.num_tokens if attn.decode else 0,
-            "backend": self.backend.name, "cuda_graph": False,
+            "host_s": t1 - t0, "device_s": device_s, "forward_s": t2 - t1, "total_s": time.perf_counter() - t0,
+            "num_tokens": sum(num_tokens), "num_prefill_tokens": num_tokens[0], "num_decode_tokens": num_tokens[1],
+            "backend": self.backend.name, "cuda_graph": graph,
+            "graph_captured": graph and self.graphs.captures > captures,
         }
         return results

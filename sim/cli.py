@@ -27,7 +27,8 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                         "config.json or its folder (default: %(default)s)")
     g.add_argument("--model-config", default=None, metavar="PATH",
                    help="Hugging Face config.json to take the model shape from (overrides --model)")
-    g.add_argument("--gpu", default="a100-80gb", help="GPU from the catalogue (`servesim gpus`) (default: %(default)s)")
+    g.add_argument("--gpu", default=None, help="GPU from the catalogue (`servesim gpus`) (default: a100-80gb; with "
+                                               "--profile, the profile's GPU)%(default).0s")
     g.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel degree (default: %(default)s)")
     g.add_argument("--pp", type=_positive_int, default=1, help="pipeline-parallel stages (default: %(default)s)")
     g.add_argument("--replicas", type=_positive_int, default=1,
@@ -57,7 +58,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
 
 def _config_from_args(args: argparse.Namespace):
     from sim.simulator import SimConfig
-    return SimConfig(model=args.model_config or args.model, gpu=args.gpu, tp=args.tp, pp=args.pp,
+    return SimConfig(model=args.model_config or args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
                      replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
                      max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                      watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
@@ -89,13 +90,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if (args.plots or args.timeline) and not args.out:
         raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
     config = _config_from_args(args)
+    cost_model = None
+    if args.profile:
+        from sim.cost.profiled import for_simulation
+        config, cost_model = for_simulation(args.profile, config, args.gpu)
+        if cost_model.transfer_note():
+            print(cost_model.transfer_note(), file=sys.stderr)
     trace, source, warnings = _load_workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     show = not args.quiet and sys.stderr.isatty()
     bar = tqdm(total=len(trace), unit="req", desc="simulating", disable=not show, mininterval=0.5)
     t0 = time.perf_counter()
-    result = simulate(trace, config, source=source, on_finish=lambda r: bar.update())
+    result = simulate(trace, config, cost_model=cost_model, source=source, on_finish=lambda r: bar.update())
     bar.close()
     wall = time.perf_counter() - t0
     if args.out:
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
     sim.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
                      help="request slices in the timeline: the first N requests by arrival (0: all)")
+    sim.add_argument("--profile", default=None, metavar="DIR",
+                     help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline; "
+                          "with --gpu other than the profile's device, times are a roofline-scaled estimate")
     sim.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_deployment_arguments(sim)
     add_generator_arguments(sim)
@@ -188,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_parser(sub)
     from engine.cli import add_engine_parser  # parser only: torch is imported when the command runs
     add_engine_parser(sub)
+    from calibration.cli import add_calibrate_parser  # parser only: torch is imported when measuring
+    add_calibrate_parser(sub)
+    from sim.cli_plan import add_plan_parser  # `plan` and `capacity`
+    add_plan_parser(sub)
     sub.add_parser("models", help="list the model catalogue").set_defaults(func=cmd_models)
     sub.add_parser("gpus", help="list the GPU catalogue with datasheet sources").set_defaults(func=cmd_gpus)
     return parser

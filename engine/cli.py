@@ -1,0 +1,146 @@
+"""The ``servesim engine`` command: replay a trace on the real engine and write the simulator's run files.
+
+This module only builds the parser at import time (no torch), so ``servesim --help`` works
+without PyTorch; the command itself imports the engine and says how to install torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
+              "(or install servesim with the engine extra: pip install -e '.[engine]')")
+
+
+def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
+    from sim.cli import MAIN_SCHEDULERS, _positive_int
+    from sim.cli_trace import _NO_DEFAULT as NO, add_generator_arguments
+
+    p = subparsers.add_parser(
+        "engine", help="replay a trace on the real PyTorch engine and measure it",
+        description="Serve a request trace with a real Llama-family model in PyTorch (random weights unless "
+                    "--checkpoint), batched by the same scheduler objects the simulator uses. Requests arrive in "
+                    "real time (or all at once with --offline). Prints a summary and writes summary.json, "
+                    "requests.csv and batches.csv in the simulator's schema, plus measured host_s and device_s "
+                    "per iteration, so `servesim simulate` runs of the same deployment join on batch_id and "
+                    "request_id. Without --trace, the synthetic-workload flags make the requests.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trace", default=None, metavar="FILE.jsonl",
+                   help="request trace in servesim JSONL (see traces/README.md)" + NO)
+    p.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
+                   help="arrival times going backwards in the trace: sort them with a warning, or refuse")
+    p.add_argument("--offline", action="store_true",
+                   help="every request arrives at t=0 (throughput run) instead of at its trace arrival time")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a trace holding a request that can never be served (too long for the model's "
+                        "context, the KV cache or the token budget) instead of skipping it")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv" + NO)
+    p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    m = p.add_argument_group("model and device")
+    m.add_argument("--model", default="tiny",
+                   help="model name from the catalogue (`servesim models`) or a path to a Hugging Face "
+                        "config.json or its folder")
+    m.add_argument("--model-config", default=None, metavar="PATH",
+                   help="Hugging Face config.json to take the model shape from (overrides --model)" + NO)
+    m.add_argument("--checkpoint", default=None, metavar="DIR",
+                   help="load weights from the *.safetensors files in DIR (HF Llama names); default: seeded "
+                        "random weights" + NO)
+    m.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="where to run (default: cuda when available, else cpu)" + NO)
+    m.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="weights, activations and KV cache (default: bfloat16 on cuda, float32 on cpu)" + NO)
+    m.add_argument("--backend", default="auto", choices=("auto", "sdpa", "flex", "flash"),
+                   help="attention: auto picks flash-attn when installed, then FlexAttention on CUDA, else "
+                        "SDPA with an explicit mask (the reference)")
+    m.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="run decode-only iterations eagerly instead of replaying captured CUDA graphs "
+                        "(graphs are on by default on CUDA)" + NO)
+    m.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="iterations run before measuring, on copies of the first requests; excluded from the "
+                        "results and reported in summary.json (cost_model.warmup)")
+    m.add_argument("--gpu", default=None,
+                   help="GPU catalogue entry for the roofline FLOPs/bytes columns and MFU (default: detected "
+                        "from the CUDA device name; none on cpu, where they are 0)" + NO)
+
+    s = p.add_argument_group("scheduler")
+    s.add_argument("--scheduler", default="sarathi", help=f"batching policy: {', '.join(MAIN_SCHEDULERS)}")
+    s.add_argument("--token-budget", type=_positive_int, default=None, metavar="T",
+                   help="max tokens per iteration: Sarathi's budget (default 512), vLLM v1's (default 2048), "
+                        "vLLM v0's max_num_batched_tokens (default: unlimited)" + NO)
+    s.add_argument("--max-batch", type=_positive_int, default=128, metavar="B",
+                   help="max requests running at once (vLLM max_num_seqs, Orca batch size)")
+    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
+                   help="Sarathi: round chunked batches down to a multiple of TILE tokens (0: off)")
+
+    k = p.add_argument_group("KV cache")
+    k.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
+    k.add_argument("--kv-blocks", type=_positive_int, default=None, metavar="N",
+                   help="KV capacity in blocks (default: from free GPU memory and --gpu-mem-util on cuda; on "
+                        "cpu twice what every request of the trace needs at once, at most 1 GiB)" + NO)
+    k.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
+                   help="fraction of GPU memory for weights, activations and KV cache (cuda, without --kv-blocks)")
+    k.add_argument("--watermark", type=float, default=0.01, help="fraction of blocks kept free at admission")
+    add_generator_arguments(p)
+    p.set_defaults(func=cmd_engine)
+    return p
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """Run ``servesim engine``."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(TORCH_HINT, file=sys.stderr)
+        return 2
+    import json
+    import time
+
+    from engine.device import EngineOutOfMemoryError
+    from engine.replay import EngineConfig, replay
+    from sim.cli import _load_workload
+    from sim.outputs import _clean, format_summary, write_run
+
+    config = EngineConfig(
+        model=args.model_config or args.model, scheduler=args.scheduler, token_budget=args.token_budget,
+        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
+        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
+        strict=args.strict, seed=args.seed, device=args.device, dtype=args.dtype, backend=args.backend,
+        offline=args.offline, warmup=args.warmup, cuda_graphs=args.cuda_graphs, gpu=args.gpu,
+        checkpoint=args.checkpoint)
+    trace, source, warnings = _load_workload(args)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        result = replay(trace, config, source=source, progress=not args.quiet and sys.stderr.isatty())
+    except EngineOutOfMemoryError as e:
+        print(f"servesim: error: {e}", file=sys.stderr)
+        return 1
+    wall = time.perf_counter() - t0
+    if args.out:
+        write_run(args.out, result.summary, result.requests, result.batches)
+    summary = _clean(result.summary)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(format_summary(summary))
+    print(engine_line(summary))
+    for s in summary["requests"]["skipped_examples"][:5]:
+        print(f"skipped: {s}")
+    print(f"\nengine run took {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
+                                                   if args.out else ""))
+    return 0
+
+
+def engine_line(summary: dict) -> str:
+    """One line on how the run was measured: device, dtype, backend, graphs, warm-up, host share."""
+    c = summary["cost_model"]
+    w = c["warmup"]
+    host = c.get("host_fraction")
+    return (f"engine: {c['device_name']} ({c['device']}), {c['dtype']}, attention {c['backend']}, CUDA graphs "
+            f"{'on' if c['cuda_graphs'] else 'off'}; warm-up {w['iterations']} iterations ({w['wall_s']:.3f} s) "
+            f"excluded; host {'-' if host is None else format(host, '.1%')} of measured iteration time")

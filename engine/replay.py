@@ -1,0 +1,315 @@
+"""Replay a trace through the real engine, driven by the simulator's own scheduler objects, and record the run.
+
+The loop is the simulator's, with a wall clock instead of simpy: a request enters the
+scheduler's queue when the clock reaches its arrival time (or all at t=0 with
+``offline``); then ``schedule(now)`` -> ``runner.execute(batch)`` -> ``on_batch_done(batch,
+now)``. Policies, block manager and request preparation are imported from ``sim``
+unchanged, and the outputs use the simulator's schema (``summary.json``,
+``requests.csv``, ``batches.csv`` plus measured ``host_s`` and ``device_s``), so a
+measured run and a simulated one join on ``batch_id`` and ``request_id``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pandas as pd
+import torch
+
+from engine.device import (EngineOutOfMemoryError, detect_gpu, device_name, dtype_bytes, is_out_of_memory,
+                           kv_blocks_for_device, oom_message, parse_dtype, resolve_device)
+from engine.runner import ModelRunner
+from sim import metrics
+from sim.batch import Batch
+from sim.cluster import STAGE_FIELDS
+from sim.kv_cache import BlockManager, blocks_for
+from sim.models import ModelSpec, get_model
+from sim.request import Request, TraceRequest
+from sim.schedulers import SchedulerConfig, make_scheduler, scheduler_class
+from sim.simulator import SimConfig, _versions
+from sim.workload import SkippedRequest, prepare_requests
+
+#: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
+BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s")
+#: KV cache on the CPU when --kv-blocks is not given: twice what every request needs at once, at most this many bytes
+CPU_KV_BYTES = 1 << 30
+
+
+@dataclass
+class EngineConfig:
+    """What defines a measured run; ``sim_config()`` gives the matching simulator configuration."""
+
+    model: str = "tiny"
+    scheduler: str = "sarathi"
+    token_budget: int | None = None
+    max_batch_size: int = 128
+    chunk_align: int = 0
+    block_size: int = 16
+    watermark: float = 0.01
+    gpu_memory_utilization: float = 0.9
+    kv_blocks: int | None = None      # None: from device memory (CUDA) or enough for the trace (CPU)
+    strict: bool = False
+    seed: int = 0                     # random weights and prompt token ids
+    device: str | None = None         # None: cuda when available, else cpu
+    dtype: str | None = None          # None: bfloat16 on CUDA, float32 on CPU
+    backend: str = "auto"             # attention: auto, sdpa, flex, flash
+    offline: bool = False             # every request arrives at t=0
+    warmup: int = 3                   # iterations run (and discarded) before measuring
+    cuda_graphs: bool | None = None   # None: on for CUDA
+    gpu: str | None = None            # catalogue GPU for roofline FLOPs/bytes; None: detected from the device
+    checkpoint: str | None = None     # local safetensors directory; None: seeded random weights
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+        if self.kv_blocks is not None and self.kv_blocks < 1:
+            raise ValueError(f"kv_blocks must be >= 1, got {self.kv_blocks}")
+
+    def sim_config(self, *, gpu: str, kv_blocks: int) -> SimConfig:
+        """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks)."""
+        return SimConfig(model=self.model, gpu=gpu, scheduler=self.scheduler, token_budget=self.token_budget,
+                         max_batch_size=self.max_batch_size, chunk_align=self.chunk_align,
+                         block_size=self.block_size, watermark=self.watermark,
+                         gpu_memory_utilization=self.gpu_memory_utilization, kv_blocks=kv_blocks,
+                         strict=self.strict, seed=self.seed)
+
+
+@dataclass
+class EngineResult:
+    """A measured run: the simulator's summary and tables, plus what only an engine has (the generated ids)."""
+
+    summary: dict[str, Any]
+    requests: pd.DataFrame
+    batches: pd.DataFrame
+    stages: pd.DataFrame
+    skipped: list[SkippedRequest] = field(default_factory=list)
+    token_ids: dict[str, list[int]] = field(default_factory=dict)  # request id -> generated ids
+
+
+def _cpu_kv_blocks(spec: ModelSpec, requests: list[TraceRequest], block_size: int, dtype: torch.dtype) -> int:
+    """Default CPU capacity: twice what all requests need at once (never preempts), capped at ``CPU_KV_BYTES``."""
+    per_block = 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * dtype_bytes(dtype)
+    need = sum(blocks_for(r.prompt_tokens + r.output_tokens, block_size) for r in requests)
+    return max(1, min(2 * need, CPU_KV_BYTES // per_block))
+
+
+def build_runner(config: EngineConfig, spec: ModelSpec, trace: list[TraceRequest]) -> ModelRunner:
+    """The model runner of ``config``, its KV capacity from --kv-blocks, device memory, or the trace (CPU)."""
+    device = resolve_device(config.device)
+    dtype = parse_dtype(config.dtype, device)
+    if config.kv_blocks is not None:
+        blocks = config.kv_blocks
+    elif device.type == "cuda":
+        blocks = kv_blocks_for_device(spec, device, dtype, config.block_size, config.gpu_memory_utilization)
+    else:
+        blocks = _cpu_kv_blocks(spec, trace, config.block_size, dtype)
+    try:
+        return ModelRunner(spec, device=device, dtype=dtype, kv_blocks=blocks, block_size=config.block_size,
+                           backend=config.backend, seed=config.seed, checkpoint=config.checkpoint,
+                           cuda_graphs=config.cuda_graphs)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise EngineOutOfMemoryError(oom_message("kv", device, e)) from e
+        raise
+
+
+def _execute(runner: ModelRunner, batch: Batch) -> None:
+    try:
+        runner.execute(batch)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise EngineOutOfMemoryError(oom_message("batch", runner.device, e)) from e
+        raise
+
+
+def warm_up(runner: ModelRunner, config: EngineConfig, requests: list[Request], iterations: int) -> list[float]:
+    """Run up to ``iterations`` batches of copies of the first requests on a throwaway scheduler; wall seconds each.
+
+    The copies have their own ids and block manager, so the measured replay starts from a clean
+    scheduler; only the device (allocator, kernels, compiled attention, CUDA graphs) is warm.
+    """
+    if iterations <= 0 or not requests:
+        return []
+    sched = make_scheduler(config.scheduler, SchedulerConfig(config.max_batch_size, config.token_budget,
+                                                             config.chunk_align),
+                           BlockManager(runner.num_blocks, runner.block_size, config.watermark))
+    copies = [Request(f"warmup-{i}-{r.request_id}", 0.0, r.prompt_tokens, r.output_tokens, index=i)
+              for i, r in enumerate(requests[:config.max_batch_size])]
+    for r in copies:
+        sched.add_request(r)
+    times: list[float] = []
+    while len(times) < iterations:
+        t0 = time.perf_counter()
+        batch = sched.schedule(0.0)
+        if batch is None:
+            break
+        _execute(runner, batch)
+        sched.on_batch_done(batch, 0.0)
+        times.append(time.perf_counter() - t0)
+    for r in copies:
+        runner.release(r)
+    return times
+
+
+def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, runner: ModelRunner | None = None,
+           model: ModelSpec | None = None, source: str = "<trace>",
+           on_finish: Callable[[Request], None] | None = None,
+           on_batch: Callable[[Batch], None] | None = None, progress: bool = False,
+           **overrides: Any) -> EngineResult:
+    """Serve ``trace`` on the real engine and measure it; the engine-side counterpart of ``sim.simulate``.
+
+    ``runner`` reuses a built ``ModelRunner`` (its block size and KV capacity win over
+    ``config``); ``on_batch`` sees every measured batch after it completes; keyword
+    ``overrides`` patch ``config`` fields. Raises ``EngineOutOfMemoryError`` with the
+    setting to change when the device runs out of memory.
+    """
+    config = dataclasses.replace(config or EngineConfig(), **overrides)
+    spec = model or (runner.spec if runner is not None else get_model(config.model))
+    if config.offline:
+        trace = [dataclasses.replace(tr, arrival_time=0.0) for tr in trace]
+    if runner is None:
+        runner = build_runner(config, spec, trace)
+    config = dataclasses.replace(config, block_size=runner.block_size,
+                                 model=spec.name if model is not None else config.model)
+    device = runner.device
+    gpu = detect_gpu(device, config.gpu)
+    policy = scheduler_class(config.scheduler)
+    budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
+
+    probe = BlockManager(runner.num_blocks, runner.block_size, config.watermark)
+    requests, skipped = prepare_requests(trace, model=spec, block_manager=probe, token_budget=budget,
+                                         chunks_prefills=policy.chunks_prefills, strict=config.strict,
+                                         source=source)
+    requests.sort(key=lambda r: (r.arrival_time, r.index))
+    sched = make_scheduler(config.scheduler, SchedulerConfig(config.max_batch_size, config.token_budget,
+                                                             config.chunk_align),
+                           BlockManager(runner.num_blocks, runner.block_size, config.watermark))
+    warm = warm_up(runner, config, requests, config.warmup)
+
+    from tqdm import tqdm
+    bar = tqdm(total=len(requests), unit="req", desc="engine", disable=not progress, mininterval=0.5)
+    token_ids: dict[str, list[int]] = {}
+    rows: list[tuple] = []
+    micro: list[tuple] = []
+    batches: list[Batch] = []
+    pending = deque(requests)
+    clock = time.perf_counter
+    t0 = clock()
+    while True:
+        start = clock() - t0
+        while pending and pending[0].arrival_time <= start:
+            r = pending.popleft()
+            r.replica = 0
+            sched.add_request(r)
+        batch = sched.schedule(start)
+        if batch is None:
+            if pending:  # idle: sleep until the next arrival
+                wait = pending[0].arrival_time - (clock() - t0)
+                if wait > 0:
+                    time.sleep(wait)
+                continue
+            if sched.has_unfinished():
+                raise RuntimeError(f"scheduler {config.scheduler} stalled with {len(sched.waiting)} waiting and "
+                                   f"{len(sched.running)} running requests and nothing it can schedule")
+            break
+        _execute(runner, batch)
+        done = clock() - t0  # sampled ids are on the host: the tokens' time
+        finished = sched.on_batch_done(batch, done)
+        for r in finished:
+            token_ids[r.request_id] = runner.token_ids(r)[r.prompt_tokens:]
+            runner.release(r)
+        end = clock() - t0
+        tm = runner.last_timing
+        launch = done - tm["forward_s"] - (tm["total_s"] - tm["host_s"] - tm["forward_s"])
+        host = (end - start) - tm["forward_s"]
+        rows.append((0, 0, batch.batch_id, launch, done, batch.num_prefill_tokens, batch.num_decode_tokens,
+                     len(batch.items), len(batch.prefill_items), batch.kv_blocks_used, 0.0, 0.0,
+                     host, tm["device_s"]))
+        micro.append((0, batch.batch_id, start, launch - start, done))
+        batches.append(batch)
+        if finished:
+            bar.update(len(finished))
+            if on_finish is not None:
+                for r in finished:
+                    on_finish(r)
+        if on_batch is not None:
+            on_batch(batch)
+    bar.close()
+
+    frame = pd.DataFrame(rows, columns=list(BATCH_FIELDS))
+    if gpu is not None and len(batches):  # work done, priced by the roofline of this device after the run
+        from sim.cost.roofline import RooflineCostModel
+        roof = RooflineCostModel(spec, gpu, dtype_bytes=dtype_bytes(runner.dtype))
+        costs = [roof.stage_cost(b, 0) for b in batches]
+        frame["flops"] = [c.flops for c in costs]
+        frame["bytes"] = [c.bytes for c in costs]
+    micro_df = pd.DataFrame(micro, columns=["replica", "batch_id", "scheduled", "host_time", "completed"])
+    stages = metrics.stage_bubbles(frame, micro_df) if len(micro_df) else pd.DataFrame()
+    sim_cfg = config.sim_config(gpu=gpu.name if gpu else device_name(device), kv_blocks=runner.num_blocks)
+    summary = metrics.summarize(
+        requests, skipped, trace_len=len(trace), batches=frame, stages=stages, num_blocks=runner.num_blocks,
+        block_size=runner.block_size, num_preemptions=sched.num_preemptions, num_gpus=1,
+        peak_flops=gpu.bf16_flops if gpu else math.nan, mem_bandwidth=gpu.mem_bandwidth if gpu else math.nan,
+        source=source, config=dataclasses.asdict(sim_cfg) | _engine_fields(config, runner),
+        cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
+        memory=_memory(runner, config))
+    return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
+
+
+def _engine_fields(config: EngineConfig, runner: ModelRunner) -> dict[str, Any]:
+    """Engine settings added to summary.json's config, next to the simulator's fields."""
+    return {"device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
+            "backend": runner.backend.name, "offline": config.offline, "warmup": config.warmup,
+            "cuda_graphs": bool(runner.cuda_graphs), "checkpoint": config.checkpoint}
+
+
+def _memory(runner: ModelRunner, config: EngineConfig) -> dict[str, Any]:
+    """summary.json's memory entry: the engine's real split (the simulator's plan has the same keys where they apply)."""
+    spec, elem = runner.spec, dtype_bytes(runner.dtype)
+    per_block = runner.kv_cache.num_bytes // runner.kv_cache.num_blocks
+    out: dict[str, Any] = {
+        "model": spec.name, "gpu": device_name(runner.device), "tp": 1, "pp": 1, "dtype_bytes": elem,
+        "weight_bytes": runner.model.num_bytes, "kv_bytes_per_token": per_block // runner.block_size,
+        "block_size": runner.block_size, "bytes_per_block": per_block, "num_blocks": runner.num_blocks,
+        "kv_cache_bytes": runner.num_blocks * per_block, "max_tokens": runner.num_blocks * runner.block_size,
+        "kv_blocks_override": config.kv_blocks,
+    }
+    if runner.device.type == "cuda":
+        out["gpu_memory_bytes"] = torch.cuda.get_device_properties(runner.device).total_memory
+        out["gpu_memory_utilization"] = config.gpu_memory_utilization
+        out["peak_allocated_bytes"] = torch.cuda.max_memory_allocated(runner.device)
+    return out
+
+
+def _describe(runner: ModelRunner, gpu, warm: list[float], frame: pd.DataFrame) -> dict[str, Any]:
+    """summary.json's cost_model entry of a measured run: where, how, and the measured time split."""
+    host = float(frame["host_s"].sum()) if len(frame) else 0.0
+    dev = float(frame["device_s"].sum()) if len(frame) else 0.0
+    return {
+        "name": "measured",
+        "device": str(runner.device),
+        "device_name": device_name(runner.device),
+        "dtype": str(runner.dtype).removeprefix("torch."),
+        "backend": runner.backend.name,
+        "cuda_graphs": bool(runner.cuda_graphs),
+        "cuda_graph_captures": runner.graphs.captures if runner.graphs is not None else 0,
+        "device_timing": "cuda events" if runner.device.type == "cuda" else "wall clock",
+        "roofline_gpu": gpu.name if gpu else None,
+        "warmup": {"iterations": len(warm), "wall_s": float(sum(warm)),
+                   "mean_s": float(sum(warm) / len(warm)) if warm else None},
+        "host_s": host,
+        "device_s": dev,
+        "host_fraction": host / (host + dev) if host + dev > 0 else None,
+    }
