@@ -108,7 +108,7 @@ def add_import_arguments(parser: argparse.ArgumentParser, *, format_flag: str = 
         "Supported formats: jsonl (servesim), azure (TIMESTAMP,ContextTokens,GeneratedTokens), mooncake "
         "(JSONL timestamp ms, input_length, output_length, hash_ids), lengths (num_prefill_tokens,"
         "num_decode_tokens[,arrived_at]), burstgpt (Timestamp,Model,Request tokens,Response tokens,...), "
-        "splitwise (arrival_timestamp,prompt_size,token_size). See traces/README.md.")
+        "splitwise (arrival_timestamp,prompt_size,token_size). Details: sim/importers.py.")
     g.add_argument(format_flag, dest="trace_format", choices=("auto",) + FORMATS, default="auto",
                    help="format of the input trace; auto detects it from the extension and the header "
                         "(default: %(default)s)")

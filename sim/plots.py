@@ -69,10 +69,15 @@ def _title(run: Run) -> str:
 def cdf_figure(runs: Sequence[Run], column: str, xlabel: str, title: str) -> plt.Figure:
     """Overlaid CDFs of a requests.csv column (ttft, e2e, tpot, scheduling_delay, ...), one line per run."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, run in enumerate(runs):
-        _cdf(ax, run.requests[column].to_numpy(float), label=run.label, color=f"C{i}")
+    values = [run.requests[column].to_numpy(float) for run in runs]
+    for i, (run, v) in enumerate(zip(runs, values)):
+        _cdf(ax, v, label=run.label, color=f"C{i}")
+    allv = np.concatenate(values) if values else np.empty(0)
+    pos = allv[allv > 0]
+    if pos.size and pos.max() > 100 * pos.min():  # spans orders of magnitude: log scale shows every run
+        ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel="fraction of requests", title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     if len(runs) > 1 or runs[0].label:
         ax.legend()
     return fig
