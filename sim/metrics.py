@@ -30,6 +30,16 @@ def describe(values: Iterable[float] | np.ndarray) -> dict[str, float | int | No
             "p99": float(p[2]), "max": float(a.max())}
 
 
+CDF_PERCENTILES = np.round(np.concatenate([np.arange(0, 99, 1.0), np.arange(99, 100, 0.1), [100.0]]), 1)
+
+
+def quantile_table(values: np.ndarray) -> dict[str, list[float]]:
+    """Percentiles of ``values`` on a grid fine in the tail: enough to draw the CDF without every sample."""
+    if len(values) == 0:
+        return {"percentile": [], "value": []}
+    return {"percentile": CDF_PERCENTILES.tolist(), "value": np.percentile(values, CDF_PERCENTILES).tolist()}
+
+
 def token_gaps(requests: list[Request]) -> np.ndarray:
     """All gaps between consecutive output tokens of each request, concatenated."""
     counts = np.fromiter((len(r.token_times) for r in requests), dtype=np.int64, count=len(requests))
@@ -119,6 +129,7 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
     work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
     """
     done = [r for r in requests if r.completion_time is not None]
+    gaps = token_gaps(done)
     ttft = [r.token_times[0] - r.arrival_time for r in done]
     e2e = [r.completion_time - r.arrival_time for r in done]
     tpot = [(r.completion_time - r.token_times[0]) / (len(r.token_times) - 1) for r in done if len(r.token_times) > 1]
@@ -150,7 +161,7 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
             "skipped_examples": [s.where(source) for s in skipped[:20]],
         },
         "latency_s": {
-            "ttft": describe(ttft), "tbt": describe(token_gaps(done)),
+            "ttft": describe(ttft), "tbt": describe(gaps), "tbt_cdf": quantile_table(gaps),
             "tpot": describe(tpot), "e2e": describe(e2e),
             "scheduling_delay": describe(delay),
         },
