@@ -2,11 +2,11 @@
 
 Token-count ops (projections, norms, activation, residuals, embedding) and the per-sequence
 ops (final norm, lm head, sampling, host overhead) use monotone piecewise-linear tables;
-attention uses 2-D tables of measured/roofline ratios (prefill: chunk x cached context;
-decode: batch size x context per request). Outside a table an op is priced by the roofline
-scaled to agree with the table at its edge. Communication comes from the profile when it was
-measured there (several GPUs), else from the roofline's interconnect model. Every op's price
-names its source (``breakdown_sources``).
+attention uses 2-D tables (prefill: chunk x cached context; decode: batch size x context per
+request), blended across rows with the roofline's shape (``calibration.fit.Grid2D``). Outside a
+table an op is priced by the roofline scaled to agree with the table at its edge.
+Communication comes from the profile when it was measured there (several GPUs), else from the
+roofline's interconnect model. Every op's price names its source (``breakdown_sources``).
 
 Transfer: with ``gpu`` different from the profile's device, each op is scaled by the ratio of
 the two devices' rooflines at that op's shape (so compute-bound shapes scale with FLOP/s and
@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibration.fit import RatioGrid2D, Table1D
+from calibration.fit import Grid2D, Table1D
 from calibration.grid import SEQ_AXIS_OPS
 from calibration.profile_io import Profile, ProfileError, read_profile
 from sim.batch import Batch
@@ -44,6 +44,7 @@ PROFILE = "profile"            # interpolated in the measured table
 EDGE = "profile-edge"          # roofline scaled to agree with the table at its nearest edge
 ROOFLINE = "roofline"          # not measured (communication on a single device)
 TRANSFER = "+transfer"         # suffix: scaled by the roofline ratio of another GPU (an estimate)
+PADDED_BACKENDS = ("sdpa",)    # engine attention backends whose cost follows the longest sequence of a batch
 
 
 def prefill_pairs(chunk: int, cached: int) -> int:
@@ -91,6 +92,14 @@ class OpRoofline:
         rl = self.rl
         return 2.0 * num_tokens * rl._h * rl.dtype_bytes / rl._pp_rate + rl.comm_latency
 
+    def prefill_shape(self, chunk: float, cached: float) -> float:
+        """Roofline seconds of one chunk over ``cached`` context (the 2-D prefill table's shape)."""
+        return self.rl.attn_prefill_cost(chunk, cached, chunk * cached + chunk * (chunk + 1) / 2)[0]
+
+    def decode_shape(self, batch: float, context: float) -> float:
+        """Roofline seconds of ``batch`` decodes with ``context`` keys each (the 2-D decode table's shape)."""
+        return self.rl.attn_decode_cost(batch, batch * context)[0]
+
     def time(self, op: str, tokens: int, seqs: int, context: int) -> float:
         """Seconds of one call of ``op`` at a profile row's shape (per layer for layer ops)."""
         if op == "attn_prefill":
@@ -125,7 +134,8 @@ def profile_device_spec(profile: Profile) -> tuple[GPUSpec, dict[str, Any]]:
                    mem_bandwidth=float(rates["mem_bandwidth"]), mem_bytes=float(dev.get("memory_bytes") or 1),
                    interconnect_bw=32e9, interconnect="pcie",
                    source="rates fitted to the profile's own measurements")
-    return spec, {"compute_efficiency": 1.0, "memory_efficiency": 1.0, "kernel_launch_overhead": float(rates["launch_s"])}
+    return spec, {"compute_efficiency": 1.0, "memory_efficiency": 1.0,
+                  "kernel_launch_overhead": float(rates["launch_s"])}
 
 
 class ProfiledCostModel(CostModel):
@@ -163,17 +173,19 @@ class ProfiledCostModel(CostModel):
             tab = Table1D(rows[axis].to_numpy(), rows["median_s"].to_numpy())
             self._tables[op] = tab
             lo, hi = int(tab.lo), int(tab.hi)
-            self._edge[op] = (tab.lo, tab(tab.lo) / self._src_time(op, lo), tab.hi, tab(tab.hi) / self._src_time(op, hi))
+            self._edge[op] = (tab.lo, tab(tab.lo) / self._src_time(op, lo),
+                              tab.hi, tab(tab.hi) / self._src_time(op, hi))
         pre = self.profile.rows("attn_prefill", tp)
-        c, p = pre["tokens"].to_numpy(), pre["context"].to_numpy()
-        self._prefill = RatioGrid2D(c, p, pre["median_s"].to_numpy() / [
-            self._src.time("attn_prefill", int(ci), 1, int(pi)) for ci, pi in zip(c, p)])
+        self._prefill = Grid2D(pre["tokens"].to_numpy(), pre["context"].to_numpy(), pre["median_s"].to_numpy(),
+                               self._src.prefill_shape)
+        self._prefill_floor = self._prefill.min_time
+        # the reference SDPA backend pads every sequence of a part to the longest: price it that way
+        self.padded = self.profile.meta.get("attention_backend") in PADDED_BACKENDS
         dec = self.profile.rows("attn_decode", tp)
-        b, L = dec["seqs"].to_numpy(), dec["context"].to_numpy()
-        self._decode = RatioGrid2D(b, L, dec["median_s"].to_numpy() / [
-            self._src.time("attn_decode", int(bi), int(bi), int(li)) for bi, li in zip(b, L)])
+        self._decode = Grid2D(dec["seqs"].to_numpy(), dec["context"].to_numpy(), dec["median_s"].to_numpy(),
+                              self._src.decode_shape)
         self._token_cache: dict[tuple[int, int, int], tuple[float, float, float]] = {}
-        self._prefill_cache: dict[tuple[int, int], tuple[float, float, bool]] = {}
+        self._prefill_cache: dict[tuple[int, int], tuple[float, bool]] = {}
         self._host_cache: dict[int, float] = {}
 
     # ---- 1-D ops --------------------------------------------------------------------------------
@@ -235,7 +247,7 @@ class ProfiledCostModel(CostModel):
         return out
 
     def _stage_token_times(self, num_tokens: int, num_items: int, stage: int) -> dict[str, tuple[float, str]]:
-        """Stage totals of the token-dependent ops (layer ops times the stage's layers); zero where an op does not run."""
+        """Stage totals of the token-dependent ops (layer ops times the stage's layers); zero where one does not run."""
         ops = self.token_op_times(num_tokens, num_items)
         L = self.layers[stage]
         out = {op: (L * ops[op][0], ops[op][1]) for op in LAYER_OPS if op in ops}
@@ -274,13 +286,13 @@ class ProfiledCostModel(CostModel):
 
     # ---- attention ------------------------------------------------------------------------------
 
-    def _prefill_item(self, chunk: int, cached: int) -> tuple[float, float, bool]:
-        """(ratio measured/roofline, source roofline seconds, inside the grid) of one prefill item."""
+    def _prefill_item(self, chunk: int, cached: int) -> tuple[float, bool]:
+        """(measured-table seconds, inside the grid) of one chunk on the profiled device."""
         key = (chunk, cached)
         hit = self._prefill_cache.get(key)
         if hit is None:
             g = self._prefill
-            hit = (g(chunk, cached), self._src.time("attn_prefill", chunk, 1, cached), g.contains(chunk, cached))
+            hit = (g(chunk, cached), g.contains(chunk, cached))
             if len(self._prefill_cache) >= _CACHE_LIMIT:
                 self._prefill_cache.clear()
             self._prefill_cache[key] = hit
@@ -289,37 +301,66 @@ class ProfiledCostModel(CostModel):
     def attn_prefill(self, batch: Batch) -> tuple[float, float, float, str]:
         """One layer's prefill attention: (seconds, flops, bytes, source).
 
-        The batch is priced as one call (the target roofline over all chunks together) times
-        the chunks' measured/roofline ratios averaged with their roofline times as weights;
-        for a single chunk this is exactly the table.
+        The engine attends all chunks in one call. For a varlen backend the chunks' table times
+        are summed, each less the table's smallest time (a call's fixed cost, counted once); a
+        padded backend (SDPA) pays for every chunk as if it were the longest chunk over the
+        longest context. A single chunk gets exactly its table time.
         """
         new = cached = pairs = 0
-        num = den = 0.0
-        inside = True
-        for it in batch.prefill_items:
-            c, p = it.num_new_tokens, it.num_cached_tokens
-            r, rt, ins = self._prefill_item(c, p)
-            num += r * rt
-            den += rt
-            inside = inside and ins
-            new += c
-            cached += p
-            pairs += prefill_pairs(c, p)
-        t, f, b = self._ref.rl.attn_prefill_cost(new, cached, pairs)
-        return t * (num / den if den > 0 else 1.0), f, b, (PROFILE if inside else EDGE) + self._suffix
+        floor = self._prefill_floor
+        items = batch.prefill_items
+        if self.padded and len(items) > 1:
+            c_max = max(it.num_new_tokens for it in items)
+            k_max = max(it.num_new_tokens + it.num_cached_tokens for it in items)
+            ti, inside = self._prefill_item(c_max, k_max - c_max)
+            t = floor + len(items) * (ti - floor if ti > floor else 0.0)
+            for it in items:
+                c, p = it.num_new_tokens, it.num_cached_tokens
+                new += c
+                cached += p
+                pairs += prefill_pairs(c, p)
+        else:
+            t = 0.0
+            inside = True
+            for it in items:
+                c, p = it.num_new_tokens, it.num_cached_tokens
+                ti, ins = self._prefill_item(c, p)
+                t += ti - floor if ti > floor else 0.0
+                inside = inside and ins
+                new += c
+                cached += p
+                pairs += prefill_pairs(c, p)
+            t += floor
+        rt, f, b = self._ref.rl.attn_prefill_cost(new, cached, pairs)
+        if self.transfer:
+            t *= rt / self._src.rl.attn_prefill_cost(new, cached, pairs)[0]
+        return t, f, b, (PROFILE if inside else EDGE) + self._suffix
 
-    def attn_decode(self, num_decodes: int, total_context: int) -> tuple[float, float, float, str]:
+    def attn_decode(self, num_decodes: int, total_context: int, max_context: int | None = None
+                    ) -> tuple[float, float, float, str]:
         """One layer's decode attention over ``total_context`` keys: (seconds, flops, bytes, source).
 
-        Mixed contexts are priced at their mean context per request (the table's coordinate).
+        Mixed contexts are priced at their mean context per request (the table's coordinate),
+        or at ``max_context`` for a padded backend when it is given.
         """
         if num_decodes <= 0:
             return 0.0, 0.0, 0.0, PROFILE + self._suffix
-        L = total_context / num_decodes
-        r = self._decode(num_decodes, L)
-        t, f, b = self._ref.rl.attn_decode_cost(num_decodes, total_context)
+        L = max_context if self.padded and max_context else total_context / num_decodes
+        t = self._decode(num_decodes, L)
+        rt, f, b = self._ref.rl.attn_decode_cost(num_decodes, total_context)
+        if self.transfer:
+            t *= rt / self._src.rl.attn_decode_cost(num_decodes, total_context)[0]
         src = PROFILE if self._decode.contains(num_decodes, L) else EDGE
-        return t * r, f, b, src + self._suffix
+        return t, f, b, src + self._suffix
+
+    def _decode_args(self, batch: Batch) -> tuple[int, int, int | None]:
+        """(decodes, their total context, their longest context when the backend pads, else None)."""
+        nd = batch.num_decode_tokens
+        if not self.padded or nd <= 1:
+            return nd, batch.decode_context, None
+        longest = max([c for r, n, c in batch.items  # Batch's decode test, inlined
+                       if n == 1 and r.num_generated and c == r.prompt_tokens + r.num_generated - 1]) + 1
+        return nd, batch.decode_context, longest
 
     # ---- CostModel interface --------------------------------------------------------------------
 
@@ -336,7 +377,7 @@ class ProfiledCostModel(CostModel):
             f += L * af
             b += L * ab
         if batch.num_decode_tokens:
-            at, af, ab, _ = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
+            at, af, ab, _ = self.attn_decode(*self._decode_args(batch))
             t += L * at
             f += L * af
             b += L * ab
@@ -363,7 +404,7 @@ class ProfiledCostModel(CostModel):
             ops["attn_prefill"] = (L * t, s)
         else:
             ops["attn_prefill"] = (0.0, PROFILE)
-        t, _, _, s = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
+        t, _, _, s = self.attn_decode(*self._decode_args(batch))
         ops["attn_decode"] = (L * t, s)
         return {op: ops[op] for op in DEVICE_OPS}
 
@@ -397,6 +438,8 @@ class ProfiledCostModel(CostModel):
             "pp": self.pp,
             "layers_per_stage": list(self.layers),
             "communication": {op: ("profile" if v else "roofline") for op, v in self._comm_measured.items()},
+            "attention_backend": meta.get("attention_backend"),
+            "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
             "estimate": self.transfer,
             "transfer": None,
@@ -418,7 +461,7 @@ class ProfiledCostModel(CostModel):
 
 
 def for_simulation(profile: str | Path, config: "SimConfig", gpu: str | None) -> tuple["SimConfig", ProfiledCostModel]:
-    """The profiled cost model for a ``SimConfig``; with no explicit ``gpu`` a catalogue-GPU profile sets ``config.gpu``."""
+    """The profiled cost model for ``config``; with no explicit ``gpu`` a catalogue-GPU profile sets ``config.gpu``."""
     prof = read_profile(profile)
     if gpu is None and prof.gpu:
         config = dataclasses.replace(config, gpu=prof.gpu)

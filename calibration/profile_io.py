@@ -1,0 +1,319 @@
+"""The profile format: a folder with ``profile.json`` (provenance) and ``measurements.csv`` (one row per timing).
+
+``measurements.csv`` columns (diff-friendly, one measured shape per line):
+
+==========  =================================================================================
+op          a name from ``sim.ops``
+tp          tensor-parallel degree of the shard shapes; 0 for ops whose shapes do not depend on TP
+tokens      new tokens the op processed (attn_prefill: the chunk; attn_decode: the batch size)
+seqs        sequences: rows of lm_head / sampling / final_norm, batch items of host_overhead and
+            attention (0 where it does not apply)
+context     attn_prefill: cached tokens before the chunk; attn_decode: keys per request (its own
+            new one included; the mean for ``mixed`` rows); else 0
+variant     empty, or ``mixed`` for decode batches whose requests have different contexts
+median_s    median seconds of one call; ``p10_s``, ``p90_s`` the spread; ``repeats`` timed calls
+==========  =================================================================================
+
+Readers refuse malformed input with the file, line and field in the message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from calibration.grid import MIXED, TP_INDEPENDENT_OPS
+from sim.models import ModelSpec
+from sim.ops import ALL_OPS, COMMUNICATION_OPS
+
+FORMAT = "servesim-profile"
+VERSION = 1
+PROFILE_JSON = "profile.json"
+MEASUREMENTS_CSV = "measurements.csv"
+REPORT_MD = "report.md"
+COLUMNS: tuple[str, ...] = ("op", "tp", "tokens", "seqs", "context", "variant", "median_s", "p10_s", "p90_s",
+                            "repeats")
+KEY_COLUMNS: tuple[str, ...] = ("op", "tp", "tokens", "seqs", "context", "variant")
+INT_COLUMNS: tuple[str, ...] = ("tp", "tokens", "seqs", "context", "repeats")
+FLOAT_COLUMNS: tuple[str, ...] = ("median_s", "p10_s", "p90_s")
+#: the ModelSpec fields that decide every op's shapes; a profile only serves a model that agrees on all
+SHAPE_FIELDS: tuple[str, ...] = ("hidden_size", "num_heads", "num_kv_heads", "head_dim", "intermediate_size",
+                                 "vocab_size", "gated_mlp")
+REQUIRED_META: tuple[str, ...] = ("format", "version", "status", "device", "dtype", "dtype_bytes", "model", "tp",
+                                  "grid", "communication")
+
+
+class ProfileError(ValueError):
+    """A profile that is missing, malformed or does not fit the requested model/TP."""
+
+
+def model_shape(model: ModelSpec) -> dict[str, Any]:
+    """The model block of profile.json: name, layers, context and the shape fields."""
+    d: dict[str, Any] = {"name": model.name, "num_layers": model.num_layers, "max_context": model.max_context}
+    d.update({f: getattr(model, f) for f in SHAPE_FIELDS})
+    return d
+
+
+@dataclass
+class Profile:
+    """A calibration profile read from disk: metadata plus the measurement table."""
+
+    path: Path
+    meta: dict[str, Any]
+    table: pd.DataFrame
+
+    @property
+    def tps(self) -> list[int]:
+        return [int(t) for t in self.meta["tp"]]
+
+    @property
+    def device_name(self) -> str:
+        return str(self.meta["device"].get("name", "?"))
+
+    @property
+    def gpu(self) -> str | None:
+        """Catalogue name of the measured GPU, or None (a CPU or a GPU not in the catalogue)."""
+        return self.meta["device"].get("gpu")
+
+    def rows(self, op: str, tp: int, variant: str = "") -> pd.DataFrame:
+        """Measurements of ``op`` for ``tp`` (rows stored with tp 0 serve every TP)."""
+        t = self.table
+        sel = (t["op"] == op) & ((t["tp"] == tp) | (t["tp"] == 0)) & (t["variant"] == variant)
+        return t[sel]
+
+    def comm_source(self, op: str, tp: int) -> str:
+        """'measured' when the profile holds timings of communication ``op`` at ``tp``, else 'roofline'."""
+        comm = self.meta["communication"]
+        if op == "pp_send_recv":
+            return "measured" if comm.get("pp") == "measured" else "roofline"
+        return "measured" if tp in comm.get("measured_tp", []) else "roofline"
+
+    def check_model(self, model: ModelSpec) -> None:
+        """Refuse a model whose op shapes differ from the profiled one."""
+        m = self.meta["model"]
+        diff = [f"{f} {m.get(f)!r} (profile) vs {getattr(model, f)!r} ({model.name})"
+                for f in SHAPE_FIELDS if m.get(f) != getattr(model, f)]
+        if diff:
+            raise ProfileError(f"profile {self.path} was measured for model {m.get('name')!r}, whose shapes differ "
+                               f"from {model.name!r}: " + "; ".join(diff))
+
+    def missing_ops(self, tp: int, ops: tuple[str, ...] = ALL_OPS) -> list[str]:
+        """Ops with no measurement for ``tp`` (communication counts as present when delegated to the roofline)."""
+        have = set(self.table.loc[(self.table["tp"] == tp) | (self.table["tp"] == 0), "op"])
+        out = []
+        for op in ops:
+            if op in COMMUNICATION_OPS and self.comm_source(op, tp) == "roofline":
+                continue
+            if op not in have:
+                out.append(op)
+        return out
+
+    def check_usable(self, model: ModelSpec, tp: int) -> None:
+        """Refuse a profile that is partial, of another model shape, of other TPs, or that lacks an op."""
+        self.check_model(model)
+        if tp not in self.tps:
+            raise ProfileError(f"profile {self.path} holds TP {', '.join(map(str, self.tps))}, not TP {tp}; "
+                               f"calibrate with --tp {tp}")
+        missing = self.missing_ops(tp)
+        if missing:
+            raise ProfileError(f"profile {self.path} has no measurements for op(s) {', '.join(missing)} at TP {tp}"
+                               + (" (calibration was stopped early; rerun `servesim calibrate` with the same "
+                                  "--out to resume)" if self.meta.get("status") != "complete" else ""))
+        if self.meta.get("status") != "complete":
+            raise ProfileError(f"profile {self.path} is {self.meta.get('status')!r}, not complete (calibration "
+                               f"was stopped early); rerun `servesim calibrate` with the same --out to resume")
+
+
+def _folder(path: str | Path) -> Path:
+    p = Path(path)
+    return p.parent if p.name in (PROFILE_JSON, MEASUREMENTS_CSV) else p
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """profile.json of a profile folder, validated."""
+    folder = _folder(path)
+    f = folder / PROFILE_JSON
+    if not folder.is_dir():
+        raise ProfileError(f"profile {folder} does not exist (expected a folder with {PROFILE_JSON} and "
+                           f"{MEASUREMENTS_CSV}, as written by `servesim calibrate --out`)")
+    if not f.is_file():
+        raise ProfileError(f"{f}: missing; {folder} is not a calibration profile")
+    try:
+        meta = json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{f}:{e.lineno}: not valid JSON: {e.msg}") from e
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{f}: must hold a JSON object")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ProfileError(f"{f}: missing field(s) {', '.join(missing)}")
+    if meta["format"] != FORMAT:
+        raise ProfileError(f"{f}: format is {meta['format']!r}, expected {FORMAT!r}")
+    if meta["version"] != VERSION:
+        raise ProfileError(f"{f}: version {meta['version']!r} is not supported (this servesim reads {VERSION})")
+    for key in ("device", "model", "grid", "communication"):
+        if not isinstance(meta[key], dict):
+            raise ProfileError(f"{f}: field {key} must be an object")
+    tps = meta["tp"]
+    if not (isinstance(tps, list) and tps and all(isinstance(t, int) and t >= 1 for t in tps)):
+        raise ProfileError(f"{f}: field tp must be a non-empty list of integers >= 1, got {tps!r}")
+    model = meta["model"]
+    miss_shape = [k for k in SHAPE_FIELDS if k not in model]
+    if miss_shape:
+        raise ProfileError(f"{f}: field model lacks {', '.join(miss_shape)}")
+    if not isinstance(meta["dtype_bytes"], int) or meta["dtype_bytes"] not in (1, 2, 4, 8):
+        raise ProfileError(f"{f}: field dtype_bytes must be 1, 2, 4 or 8, got {meta['dtype_bytes']!r}")
+    return meta
+
+
+def _empty_table() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="int64") for c in COLUMNS})
+    df["op"] = df["op"].astype(str)
+    df["variant"] = df["variant"].astype(str)
+    for c in FLOAT_COLUMNS:
+        df[c] = df[c].astype(float)
+    return df
+
+
+def read_measurements(path: str | Path, allow_missing: bool = False) -> pd.DataFrame:
+    """measurements.csv of a profile folder, validated (messages name the line and field)."""
+    f = _folder(path) / MEASUREMENTS_CSV
+    if not f.is_file():
+        if allow_missing:
+            return _empty_table()
+        raise ProfileError(f"{f}: missing; calibration wrote no measurements")
+    try:
+        raw = pd.read_csv(f, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{f}: not a readable CSV: {e}") from e
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise ProfileError(f"{f}:1: header lacks column(s) {', '.join(missing)} (expected {','.join(COLUMNS)})")
+    raw = raw[list(COLUMNS)]
+    line = np.arange(len(raw)) + 2  # 1-based, after the header
+
+    def fail(mask: np.ndarray, field: str, what: str) -> None:
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            raise ProfileError(f"{f}:{line[i]}: {field} {what}, got {raw[field].iloc[i]!r}")
+
+    fail(~raw["op"].isin(ALL_OPS).to_numpy(), "op", "must be an op of sim.ops")
+    fail(~raw["variant"].isin(["", MIXED]).to_numpy(), "variant", f"must be empty or {MIXED!r}")
+    out = pd.DataFrame({"op": raw["op"], "variant": raw["variant"]})
+    for c in INT_COLUMNS:
+        v = pd.to_numeric(raw[c], errors="coerce")
+        least = 1 if c == "repeats" else 0
+        bad = v.isna().to_numpy() | (v.fillna(0) % 1 != 0).to_numpy() | (v.fillna(-1) < least).to_numpy()
+        fail(bad, c, "must be an integer >= 1" if c == "repeats" else "must be an integer >= 0")
+        out[c] = v.astype("int64")
+    for c in FLOAT_COLUMNS:
+        v = pd.to_numeric(raw[c], errors="coerce").to_numpy(dtype=float)
+        fail(~np.isfinite(v) | (v <= 0), c, "must be a positive number of seconds")
+        out[c] = v
+    eps = 1e-12
+    fail((out["p10_s"] > out["median_s"] * (1 + 1e-6) + eps).to_numpy(), "p10_s", "must not exceed median_s")
+    fail((out["p90_s"] < out["median_s"] * (1 - 1e-6) - eps).to_numpy(), "p90_s", "must not be below median_s")
+    tp0 = out["op"].isin(TP_INDEPENDENT_OPS).to_numpy()
+    fail(~tp0 & (out["tp"] == 0).to_numpy(), "tp", "must be >= 1 for a TP-dependent op")
+    dup = out.duplicated(list(KEY_COLUMNS)).to_numpy()
+    fail(dup, "op", "row repeats an earlier (op, tp, tokens, seqs, context, variant)")
+    return out[list(COLUMNS)].reset_index(drop=True)
+
+
+def read_profile(path: str | Path) -> Profile:
+    """Read and validate a profile folder (or its profile.json)."""
+    folder = _folder(path)
+    meta = read_meta(folder)
+    table = read_measurements(folder)
+    bad_tp = sorted(set(table["tp"]) - set(meta["tp"]) - {0})
+    if bad_tp:
+        raise ProfileError(f"{folder / MEASUREMENTS_CSV}: rows for TP {bad_tp} that profile.json's tp "
+                           f"{meta['tp']} does not list")
+    return Profile(folder, meta, table)
+
+
+def write_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Write profile.json (sorted keys, indented: diff-friendly)."""
+    folder = _folder(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / PROFILE_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if hasattr(x, "item"):
+        return x.item()
+    if isinstance(x, tuple):
+        return list(x)
+    raise TypeError(f"not JSON-serialisable: {x!r}")
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    """One measurement as CSV fields (seconds with 6 significant digits)."""
+    return [str(row["op"]), str(int(row["tp"])), str(int(row["tokens"])), str(int(row["seqs"])),
+            str(int(row["context"])), str(row.get("variant", "") or ""),
+            *(f"{float(row[c]):.6g}" for c in FLOAT_COLUMNS), str(int(row["repeats"]))]
+
+
+class MeasurementWriter:
+    """Appends measurements to measurements.csv as they are taken, so a stopped run keeps what it measured."""
+
+    def __init__(self, path: str | Path) -> None:
+        f = _folder(path) / MEASUREMENTS_CSV
+        f.parent.mkdir(parents=True, exist_ok=True)
+        new = not f.exists() or f.stat().st_size == 0
+        self._fh = open(f, "a", newline="")
+        self._w = csv.writer(self._fh, lineterminator="\n")
+        if new:
+            self._w.writerow(COLUMNS)
+            self._fh.flush()
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._w.writerow(format_row(row))
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "MeasurementWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_profile(path: str | Path, meta: dict[str, Any], table: pd.DataFrame) -> Path:
+    """Write a whole profile (metadata and table, rows sorted by key) into folder ``path``."""
+    folder = _folder(path)
+    write_meta(folder, meta)
+    t = table.copy()
+    t["variant"] = t["variant"].fillna("").astype(str)
+    t = t.sort_values(list(KEY_COLUMNS), kind="stable")
+    f = folder / MEASUREMENTS_CSV
+    with open(f, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for row in t.to_dict("records"):
+            w.writerow(format_row(row))
+    return folder
+
+
+def measured_keys(table: pd.DataFrame) -> set[tuple]:
+    """(op, tp, tokens, seqs, context, variant) of every row, to skip on resume."""
+    return {tuple(r) for r in table[list(KEY_COLUMNS)].itertuples(index=False, name=None)}
+
+
+def profile_model(profile: Profile) -> ModelSpec:
+    """A ModelSpec with the profiled shapes (for reports on a profile alone)."""
+    m = profile.meta["model"]
+    heads, hidden = int(m["num_heads"]), int(m["hidden_size"])
+    return ModelSpec(name=str(m.get("name", "profiled")), num_layers=int(m.get("num_layers", 1)), hidden_size=hidden,
+                     num_heads=heads, num_kv_heads=int(m["num_kv_heads"]),
+                     intermediate_size=int(m["intermediate_size"]), vocab_size=int(m["vocab_size"]),
+                     max_context=int(m.get("max_context", 4096)), gated_mlp=bool(m["gated_mlp"]),
+                     head_dim_override=None if int(m["head_dim"]) * heads == hidden else int(m["head_dim"]))
