@@ -9,6 +9,7 @@ drain included).
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any, Iterable
 
 import numpy as np
@@ -43,14 +44,14 @@ def quantile_table(values: np.ndarray) -> dict[str, list[float]]:
 def token_gaps(requests: list[Request]) -> np.ndarray:
     """All gaps between consecutive output tokens of each request, concatenated."""
     counts = np.fromiter((len(r.token_times) for r in requests), dtype=np.int64, count=len(requests))
-    if counts.sum() == 0:
+    total = int(counts.sum())
+    if total == 0:
         return np.empty(0)
-    times = np.fromiter((t for r in requests for t in r.token_times), dtype=float, count=int(counts.sum()))
+    times = np.fromiter(chain.from_iterable(r.token_times for r in requests), dtype=float, count=total)
     gaps = np.diff(times)
-    # drop the differences that straddle two requests
-    boundaries = np.cumsum(counts)[:-1] - 1
     keep = np.ones(gaps.size, dtype=bool)
-    keep[boundaries[(boundaries >= 0) & (boundaries < gaps.size)]] = False
+    ends = np.cumsum(counts)[:-1] - 1  # last token of each request but the final one: its diff straddles two
+    keep[ends[(ends >= 0) & (ends < gaps.size)]] = False
     return gaps[keep]
 
 
