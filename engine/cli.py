@@ -15,7 +15,7 @@ TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
 
 def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
-    from sim.cli import MAIN_SCHEDULERS, _positive_int
+    from sim.cli import MAIN_SCHEDULERS, _positive_int, add_run_folder_arguments
     from sim.cli_trace import _NO_DEFAULT as NO, add_generator_arguments
 
     p = subparsers.add_parser(
@@ -38,6 +38,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                         "context, the KV cache or the token budget) instead of skipping it")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv" + NO)
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
+    add_run_folder_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     m = p.add_argument_group("model and device")
@@ -101,8 +102,10 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     from engine.device import EngineOutOfMemoryError
     from engine.replay import EngineConfig, replay
-    from sim.cli import _load_workload
-    from sim.outputs import _clean, format_summary, write_run
+    from sim.cli import _load_workload, check_run_folder_args, write_run_folder
+    from sim.outputs import _clean, format_summary
+
+    check_run_folder_args(args)
 
     config = EngineConfig(
         model=args.model_config or args.model, scheduler=args.scheduler, token_budget=args.token_budget,
@@ -121,8 +124,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         print(f"servesim: error: {e}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - t0
-    if args.out:
-        write_run(args.out, result.summary, result.requests, result.batches)
+    write_run_folder(args, result)
     summary = _clean(result.summary)
     if args.json:
         print(json.dumps(summary, indent=2))

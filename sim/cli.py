@@ -81,14 +81,43 @@ def _load_workload(args: argparse.Namespace):
     return trace_from_args(args), "synthetic", []
 
 
+def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
+    """--plots and --timeline: extra files written into --out (simulate and engine)."""
+    p.add_argument("--plots", action="store_true",
+                   help="also write PNG plots into --out (TTFT/TBT CDFs, latency over time, batch composition, "
+                        "KV cache, stage Gantt)")
+    p.add_argument("--timeline", action="store_true",
+                   help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
+    p.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
+                   help="request slices in the timeline: the first N requests by arrival (0: all)")
+
+
+def check_run_folder_args(args: argparse.Namespace) -> None:
+    if (args.plots or args.timeline) and not args.out:
+        raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
+
+
+def write_run_folder(args: argparse.Namespace, result) -> None:
+    """summary.json, requests.csv, batches.csv, and the plots / timeline asked for, into --out."""
+    if not args.out:
+        return
+    from sim.outputs import write_run
+    write_run(args.out, result.summary, result.requests, result.batches)
+    if args.plots:
+        from sim.plots import write_plots
+        write_plots(args.out)
+    if args.timeline:
+        from sim.timeline import write_timeline
+        write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sim.outputs import format_summary, write_run
+    from sim.outputs import format_summary
     from sim.simulator import simulate
 
-    if (args.plots or args.timeline) and not args.out:
-        raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
+    check_run_folder_args(args)
     config = _config_from_args(args)
     cost_model = None
     if args.profile:
@@ -105,14 +134,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(trace, config, cost_model=cost_model, source=source, on_finish=lambda r: bar.update())
     bar.close()
     wall = time.perf_counter() - t0
-    if args.out:
-        write_run(args.out, result.summary, result.requests, result.batches)
-        if args.plots:
-            from sim.plots import write_plots
-            write_plots(args.out)
-        if args.timeline:
-            from sim.timeline import write_timeline
-            write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)
+    write_run_folder(args, result)
     if args.json:
         import json
         from sim.outputs import _clean
@@ -178,13 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "context, the KV cache or the token budget) instead of skipping it")
     sim.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv")
     sim.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
-    sim.add_argument("--plots", action="store_true",
-                     help="also write PNG plots into --out (TTFT/TBT CDFs, latency over time, batch composition, "
-                          "KV cache, stage Gantt)")
-    sim.add_argument("--timeline", action="store_true",
-                     help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
-    sim.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
-                     help="request slices in the timeline: the first N requests by arrival (0: all)")
+    add_run_folder_arguments(sim)
     sim.add_argument("--profile", default=None, metavar="DIR",
                      help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline; "
                           "with --gpu other than the profile's device, times are a roofline-scaled estimate")
