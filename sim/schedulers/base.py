@@ -129,6 +129,23 @@ class Scheduler(ABC):
         request.status = Status.RUNNING
         self.running.append(request)
 
+    def _admit_whole_prompts(self, tokens: int) -> list[BatchItem]:
+        """Admit waiting requests FCFS, each with its whole (re-)prefill, while the token budget
+        (counting ``tokens`` already in the batch), the batch cap and KV admission allow; stop at the first misfit."""
+        items: list[BatchItem] = []
+        budget = self.token_budget
+        while self.waiting:
+            r = self.waiting[0]
+            n = r.num_known  # a preempted request re-prefills its prompt plus the tokens it generated
+            if budget is not None and tokens + n > budget:
+                break
+            if not self._can_admit(r):
+                break
+            self._admit(r)
+            items.append(BatchItem(r, n, 0))
+            tokens += n
+        return items
+
     def _grow_or_preempt(self, request: Request, num_tokens: int, victims: deque[Request]) -> bool:
         """Give ``request`` blocks for ``num_tokens``, preempting ``victims`` newest first; False if it was preempted itself."""
         bm = self.bm

@@ -15,16 +15,4 @@ class FasterTransformerScheduler(Scheduler):
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         if self.running:
             return self._decode_pass(self._schedulable_running(), None)[0], []
-        items: list[BatchItem] = []
-        budget = self.token_budget
-        tokens = 0
-        while self.waiting:
-            r = self.waiting[0]
-            if budget is not None and tokens + r.num_known > budget:
-                break
-            if not self._can_admit(r):
-                break
-            self._admit(r)
-            items.append(BatchItem(r, r.num_known, 0))
-            tokens += r.num_known
-        return [], items
+        return [], self._admit_whole_prompts(0)

@@ -14,16 +14,4 @@ class OrcaScheduler(Scheduler):
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes = self._decode_pass(self._schedulable_running(), None)[0]
-        items: list[BatchItem] = []
-        budget = self.token_budget
-        tokens = len(decodes)
-        while self.waiting:
-            r = self.waiting[0]
-            if budget is not None and tokens + r.num_known > budget:
-                break
-            if not self._can_admit(r):
-                break
-            self._admit(r)
-            items.append(BatchItem(r, r.num_known, 0))
-            tokens += r.num_known
-        return decodes, items
+        return decodes, self._admit_whole_prompts(len(decodes))

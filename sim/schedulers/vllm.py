@@ -13,19 +13,7 @@ class VLLMScheduler(Scheduler):
     name = "vllm"
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
-        items: list[BatchItem] = []
-        budget = self.token_budget
-        tokens = 0
-        while self.waiting:
-            r = self.waiting[0]
-            n = r.num_known  # a preempted request re-prefills prompt plus generated tokens
-            if budget is not None and tokens + n > budget:
-                break
-            if not self._can_admit(r):
-                break
-            self._admit(r)
-            items.append(BatchItem(r, n, 0))
-            tokens += n
-        if items:
-            return [], items
+        prefills = self._admit_whole_prompts(0)
+        if prefills:
+            return [], prefills
         return self._decode_pass(self._schedulable_running(), None)[0], []
