@@ -7,15 +7,24 @@ as P99 TTFT or P90 TPOT, are configurable (:class:`Slo`).
 How it is found (:class:`CapacitySearch`):
 
 1. a *probe*: the workload's N requests all at t=0 give the deployment's saturated throughput T;
-2. per seed, *bracketing*: start at T/2, double while the rate passes, halve while it fails, until
-   one passing rate ``lo`` and one failing rate ``hi`` are known (:class:`RateSearch`);
-3. per seed, *bisection* on [lo, hi] until ``hi - lo <= rel_tol * lo``; that seed's capacity is ``lo``.
+2. the first seed *brackets* the rate (:class:`RateSearch`): start at T, multiply by 1.5 while it
+   passes or divide while it fails (galloping: 1.5, 1.5, 1.5^2, 1.5^4, ...) until one passing rate
+   ``lo`` and one failing rate ``hi`` are known, then *bisects* [lo, hi] until
+   ``hi - lo <= rel_tol * lo``; the seed's capacity is ``lo``;
+3. every other seed does the same starting at the first seed's capacity with steps of
+   1 + 2 rel_tol (seeds rarely differ by more than a few tens of percent).
 
 Each seed draws its own request lengths and arrival pattern; within a seed a rate change only
-rescales the same arrival pattern, so the verdict is (nearly) monotone in the rate. The reported
-capacity aggregates the per-seed capacities by ``pass_rule``: ``median`` (default; a rate counts
-as sustained when at least half of the seeds sustain it) or ``all`` (every seed must: the minimum).
-The spread is the min and max over seeds. Same seeds and settings give the same answer.
+rescales the same arrival pattern (and a longer run extends it), so the verdict is (nearly)
+monotone in the rate. The reported capacity aggregates the per-seed capacities by ``pass_rule``:
+``median`` (default; a rate counts as sustained when at least half of the seeds sustain it) or
+``all`` (every seed must: the minimum). The spread is the min and max over seeds. The same
+seeds and settings give the same answer, whatever the order in which parallel points finish.
+
+A point at rate Q simulates ``max(N, Q x duration)`` requests (:class:`Workload`): a short run
+hides a growing queue (a 300-request run at 100 req/s lasts 3 s, too short for a 2-s median
+delay to appear), so capacity needs runs long against the delay bound. A point stops as soon as
+its verdict is certain (an SLO bound is surely broken), which makes overloaded points cheap.
 
 Simulation points are independent jobs (:func:`evaluate_point`), so :func:`run_searches` can run
 many searches' points in parallel and record every finished point in a :class:`ResultsFile`
@@ -39,7 +48,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sim.cost.base import CostModel
+from sim.batch import Batch
+from sim.cost.base import CostModel, StageCost
 from sim.models import get_model
 from sim.request import Request, TraceRequest
 from sim.simulator import SimConfig
@@ -49,9 +59,11 @@ STATS = ("p50", "p90", "p99", "mean", "max")
 _METRIC_RE = re.compile(rf"^({'|'.join(LATENCIES)})_({'|'.join(STATS)})$")
 PASS_RULES = ("median", "all")
 
-# Bracketing starts at this fraction of the saturated (all-at-once) throughput of the probe.
-START_FRACTION = 0.5
-GROWTH_FACTOR = 2.0
+# The first seed's bracketing starts at the saturated (all-at-once) throughput of the probe and
+# moves by GROWTH_FACTOR (then its square, ...); the other seeds start at the first seed's capacity
+# and move by 1 + 2 x rel_tol, since seeds rarely differ by more than a few tens of percent.
+START_FRACTION = 1.0
+GROWTH_FACTOR = 1.5
 # Give up below/above these multiples of the probe's throughput (capacity 0 / unbounded).
 MIN_RATE_FRACTION = 1.0 / 1024
 MAX_RATE_FACTOR = 16.0
@@ -111,15 +123,20 @@ class Slo:
 
 @dataclass(frozen=True)
 class Workload:
-    """How to make the N requests of one simulation point: lengths and an arrival process at a rate.
+    """How to make the requests of one simulation point: lengths and an arrival process at a rate.
 
-    Lengths come from ``lengths_from`` (a JSONL trace or a CSV length table, pairs drawn jointly with
-    replacement) or from the generator's ``prompt_len``/``output_len`` specs (default ``sharegpt``);
-    ``max_total_tokens`` scales longer requests down (keeping their prompt:output ratio).
-    ``arrival`` is ``poisson`` or ``gamma`` (with ``cv``); see ``sim.tracegen``.
+    A point at rate ``qps`` has ``max(num_requests, ceil(qps x duration))`` requests: a run must be
+    long against the scheduling-delay bound, or a queue that grows without limit still shows a
+    small median delay (a 300-request run at 100 req/s lasts 3 s). The probe (all requests at
+    t=0) has ``num_requests``. Lengths come from ``lengths_from`` (a JSONL trace or a CSV length
+    table, pairs drawn jointly with replacement) or from the generator's ``prompt_len``/``output_len``
+    specs (default ``sharegpt``); ``max_total_tokens`` scales longer requests down (keeping their
+    prompt:output ratio). ``arrival`` is ``poisson`` or ``gamma`` (with ``cv``); see ``sim.tracegen``.
+    The same seed draws the same lengths and arrival pattern at every rate (longer runs extend it).
     """
 
-    num_requests: int = 300
+    num_requests: int = 500
+    duration: float = 60.0
     prompt_len: str | None = None
     output_len: str | None = None
     lengths_from: str | None = None
@@ -130,6 +147,8 @@ class Workload:
     def __post_init__(self) -> None:
         if self.num_requests < 1:
             raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if not (math.isfinite(self.duration) and self.duration >= 0):
+            raise ValueError(f"duration must be a finite number of seconds >= 0, got {self.duration}")
         if self.arrival not in ("poisson", "gamma"):
             raise ValueError(f"arrival must be poisson or gamma for a capacity search, got {self.arrival!r}")
         if self.lengths_from is not None and (self.prompt_len or self.output_len):
@@ -141,10 +160,16 @@ class Workload:
             return self
         return dataclasses.replace(self, max_total_tokens=get_model(model).max_context)
 
+    def size(self, qps: float | None) -> int:
+        """Requests in a point at rate ``qps`` (None: the probe)."""
+        if qps is None:
+            return self.num_requests
+        return max(self.num_requests, math.ceil(qps * self.duration))
+
     def trace(self, seed: int, qps: float | None) -> list[TraceRequest]:
         """The requests of seed ``seed`` at rate ``qps`` (None: all at t=0, for the probe)."""
         from sim.tracegen import generate_trace
-        return generate_trace(self.num_requests, arrival="static" if qps is None else self.arrival,
+        return generate_trace(self.size(qps), arrival="static" if qps is None else self.arrival,
                               qps=qps or 1.0, cv=self.cv, prompt_len=self.prompt_len, output_len=self.output_len,
                               lengths_from=self.lengths_from, max_total_tokens=self.max_total_tokens, seed=seed)
 
@@ -183,47 +208,133 @@ class _Stop(Exception):
         self.metric, self.bound = metric, bound
 
 
-class _EarlyStop:
-    """``on_finish`` hook: stops a run as soon as enough values exceed a bound that the final percentile must.
+def _needed(stat: str, g: int) -> int:
+    """Values above a bound, out of at most ``g``, that force the final ``stat`` above it.
 
-    With G values in the end (G <= the upper bound used here), numpy's linear-interpolated q-quantile
-    is at least the value at sorted index floor(q (G-1)); it exceeds the bound once k >= G - floor(q (G-1))
-    values do. The threshold grows with G, so using an upper bound on G (every request of the trace
-    completes, every output token yields a gap) is conservative; one extra value covers rounding.
-    The verdict is therefore the same as a full run's.
+    numpy's linear-interpolated q-quantile of G values is at least the value at sorted index
+    floor(q (G-1)), so it exceeds the bound once k >= G - floor(q (G-1)) values do. The threshold
+    grows with G, so an upper bound on G is conservative; one extra value covers float rounding.
+    """
+    if stat == "max":
+        return 1
+    return g - math.floor(int(stat[1:]) / 100 * (g - 1)) + 1
+
+
+class _Watch:
+    """Stops a run as soon as its verdict is certain, so overloaded points cost less; same verdict as a full run.
+
+    Per-request latencies are counted as requests finish (``on_finish``). Scheduling delay is
+    counted as batches are formed (``on_batch``, through the cost model's ``host_time``): a request
+    that is still unscheduled ``bound`` seconds after its arrival will certainly exceed the bound.
     """
 
-    def __init__(self, slo: Slo, trace: list[TraceRequest]) -> None:
-        outputs = np.array([t.output_tokens for t in trace])
+    def __init__(self, slo: Slo, trace: list[TraceRequest], simulated: list[int]) -> None:
+        outputs = np.array([trace[i].output_tokens for i in simulated], dtype=np.int64)
         sizes = {"tbt": int((outputs - 1).sum()), "tpot": int((outputs > 1).sum())}
-        self.rules: list[tuple[str, str, float, int]] = []
+        self.finish_rules: list[tuple[str, str, float, int]] = []
+        self.delay_rule: tuple[str, float, int] | None = None
         for name, bound in slo.bounds:
             lat, stat = _METRIC_RE.match(name).groups()  # type: ignore[union-attr]
-            if stat == "mean":
+            g = sizes.get(lat, len(simulated))
+            if stat == "mean" or g == 0:
                 continue
-            g = sizes.get(lat, len(trace))
-            need = 1 if stat == "max" else g - math.floor(int(stat[1:]) / 100 * (g - 1)) + 1
-            if g > 0:
-                self.rules.append((name, lat, bound, need))
-        self.counts = [0] * len(self.rules)
+            if lat == "scheduling_delay":
+                self.delay_rule = (name, bound, _needed(stat, g))
+            else:
+                self.finish_rules.append((name, lat, bound, _needed(stat, g)))
+        self.counts = [0] * len(self.finish_rules)
+        # scheduling-delay bookkeeping, by trace index
+        order = sorted(simulated, key=lambda i: trace[i].arrival_time)
+        self._order = order
+        self._arrivals = [trace[i].arrival_time for i in order]
+        self._seen = bytearray(len(trace))
+        self._late = bytearray(len(trace))
+        self._next = 0
+        self._now = 0.0
+        self._delay_count = 0
 
-    def __call__(self, r: Request) -> None:
+    def on_finish(self, r: Request) -> None:
         tt = r.token_times
-        for i, (name, lat, bound, need) in enumerate(self.rules):
+        for i, (name, lat, bound, need) in enumerate(self.finish_rules):
             if lat == "tbt":
                 k = sum(1 for a, b in zip(tt, tt[1:]) if b - a > bound)
             elif lat == "tpot":
                 k = int(len(tt) > 1 and (r.completion_time - tt[0]) / (len(tt) - 1) > bound)
             elif lat == "ttft":
                 k = int(tt[0] - r.arrival_time > bound)
-            elif lat == "e2e":
-                k = int(r.completion_time - r.arrival_time > bound)
             else:
-                k = int(r.first_scheduled_time - r.arrival_time > bound)
+                k = int(r.completion_time - r.arrival_time > bound)
             if k:
                 self.counts[i] += k
                 if self.counts[i] >= need:
                     raise _Stop(name, bound)
+
+    def on_batch(self, batch: Batch) -> None:
+        if self.delay_rule is None:
+            return
+        name, bound, need = self.delay_rule
+        seen, late = self._seen, self._late
+        for it in batch.prefill_items:
+            r = it.request
+            if not seen[r.index]:
+                seen[r.index] = 1
+                t = r.first_scheduled_time
+                if t > self._now:
+                    self._now = t
+                if t - r.arrival_time > bound and not late[r.index]:
+                    self._delay_count += 1
+        limit = self._now - bound
+        arrivals, order, j = self._arrivals, self._order, self._next
+        while j < len(arrivals) and arrivals[j] < limit:
+            i = order[j]
+            if not seen[i]:
+                late[i] = 1
+                self._delay_count += 1
+            j += 1
+        self._next = j
+        if self._delay_count >= need:
+            raise _Stop(name, bound)
+
+
+class _WatchedCost(CostModel):
+    """Delegates to ``inner``; shows every formed batch to the watch (``host_time`` is priced once per batch)."""
+
+    def __init__(self, inner: CostModel, watch: _Watch) -> None:
+        self.inner, self.watch = inner, watch
+        self.num_stages, self.name = inner.num_stages, inner.name
+
+    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
+        return self.inner.stage_cost(batch, stage)
+
+    def host_time(self, batch: Batch) -> float:
+        self.watch.on_batch(batch)
+        return self.inner.host_time(batch)
+
+    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
+        return self.inner.breakdown(batch, stage)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
+def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int]:
+    """Trace indices that ``simulate`` will run (it skips requests that can never be served)."""
+    from sim.hardware import get_gpu
+    from sim.kv_cache import BlockManager
+    from sim.memory import kv_cache_blocks
+    from sim.schedulers import scheduler_class
+    from sim.workload import prepare_requests
+
+    model = get_model(config.model)
+    blocks = config.kv_blocks if config.kv_blocks is not None else kv_cache_blocks(
+        model, get_gpu(config.gpu), tp=config.tp, pp=config.pp, block_size=config.block_size,
+        gpu_memory_utilization=config.gpu_memory_utilization)
+    policy = scheduler_class(config.scheduler)
+    budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
+    accepted, _ = prepare_requests(trace, model=model, block_manager=BlockManager(blocks, config.block_size,
+                                                                                  config.watermark),
+                                   token_budget=budget, chunks_prefills=policy.chunks_prefills)
+    return [r.index for r in accepted]
 
 
 def _flatten(summary: dict) -> dict[str, Any]:
@@ -251,10 +362,21 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
                            "config": dataclasses.asdict(spec.config), "metrics": None, "stopped": None}
     try:
         trace = spec.workload.trace(spec.seed, spec.qps)
-        hook = _EarlyStop(spec.slo, trace) if spec.slo is not None and spec.qps is not None else None
+        cost, watch = spec.cost_model, None
+        if spec.slo is not None and spec.qps is not None:
+            simulated = _simulated_indices(spec.config, trace)
+            watch = _Watch(spec.slo, trace, simulated)
+            if cost is None:  # the model simulate() would build
+                from sim.cost.roofline import RooflineCostModel
+                cost = RooflineCostModel(spec.config.model, spec.config.gpu, tp=spec.config.tp, pp=spec.config.pp)
+            cost = _WatchedCost(cost, watch)
         try:
-            res = simulate(trace, spec.config, cost_model=spec.cost_model, source="capacity", on_finish=hook)
+            res = simulate(trace, spec.config, cost_model=cost, source="capacity",
+                           on_finish=watch.on_finish if watch is not None else None)
             rec["metrics"] = _flatten(res.summary)
+            if watch is not None and res.summary["requests"]["simulated"] != len(simulated):
+                raise RuntimeError(f"capacity: expected {len(simulated)} simulated requests, the simulator ran "
+                                   f"{res.summary['requests']['simulated']}")
         except _Stop as stop:
             rec["stopped"] = {"metric": stop.metric, "bound": stop.bound}
     except Exception as exc:  # reported per point; the search of this configuration ends with it
@@ -284,12 +406,13 @@ class ResultsFile:
     Each record is written as one line with a single write, then flushed and fsynced, so an
     interruption loses at most the point being written. On open, a partial last line (no newline,
     or not valid JSON) is ignored and cut off before anything new is appended; a bad line elsewhere
-    is an error naming the file and line. A later record for the same key replaces an earlier one.
+    is an error naming the file and line. A key may have several records (points stopped early
+    under different SLOs); :meth:`find` picks one that can judge a point under a given SLO.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None) -> None:
         self.path = Path(path) if path is not None else None
-        self.records: dict[str, dict] = {}
+        self.records: dict[str, list[dict]] = {}
         self._fh = None
         if self.path is not None and self.path.exists():
             self._load()
@@ -312,18 +435,22 @@ class ResultsFile:
                                  f"move the file away to start afresh") from None
             if not isinstance(rec, dict) or "key" not in rec:
                 raise ValueError(f"{self.path}:{lineno}: field 'key': missing (not a servesim results file?)")
-            self.records[rec["key"]] = rec
+            self.records.setdefault(rec["key"], []).append(rec)
         if keep != len(data):
             with open(self.path, "r+b") as fh:
                 fh.truncate(keep)
 
-    def get(self, key: str) -> dict | None:
-        return self.records.get(key)
+    def find(self, key: str, slo: Slo | None = None) -> dict | None:
+        """A stored record of ``key`` that decides its verdict under ``slo`` (any one when None), full runs first."""
+        recs = sorted(self.records.get(key, ()), key=lambda r: r.get("metrics") is None)
+        return next((r for r in recs if slo is None or point_passes(r, slo) is not None), None)
 
     def append(self, rec: dict) -> None:
         """Record a finished point durably (errors are kept in memory only, so a rerun retries them)."""
-        self.records[rec["key"]] = rec
-        if self.path is None or rec.get("error"):
+        if rec.get("error"):
+            return
+        self.records.setdefault(rec["key"], []).append(rec)
+        if self.path is None:
             return
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +465,8 @@ class ResultsFile:
             self._fh = None
 
     def __len__(self) -> int:
-        return len(self.records)
+        """Number of stored records."""
+        return sum(len(v) for v in self.records.values())
 
 
 def _jsonable(x: Any) -> Any:
@@ -356,9 +484,11 @@ def _round_rate(r: float) -> float:
 class RateSearch:
     """Bracketing then bisection on a pass/fail verdict that holds below some unknown rate.
 
-    ``next_rate()`` gives the rate to try (None when done); ``record(rate, passed)`` feeds the
-    verdict. Done when ``hi - lo <= rel_tol * lo``, or no passing rate down to ``min_rate``
-    (capacity 0), or still passing above ``max_rate`` (capacity ``lo``, ``bounded`` False).
+    Bracketing multiplies (or divides) the rate by ``factor`` twice, then by ``factor**2``, ``factor**4``,
+    ... until the verdict flips; bisection then halves [lo, hi]. ``next_rate()`` gives the rate to try
+    (None when done); ``record(rate, passed)`` feeds the verdict. Done when ``hi - lo <= rel_tol * lo``,
+    or when no rate passes down to ``min_rate`` (capacity 0), or when ``max_rate`` still passes
+    (capacity ``max_rate``, ``bounded`` False).
     """
 
     def __init__(self, start: float, *, rel_tol: float = 0.05, factor: float = GROWTH_FACTOR,
@@ -370,7 +500,8 @@ class RateSearch:
         if factor <= 1:
             raise ValueError(f"factor must be > 1, got {factor}")
         self.start, self.rel_tol, self.factor = _round_rate(start), rel_tol, factor
-        self.min_rate, self.max_rate = min_rate, max_rate
+        self.min_rate = _round_rate(min_rate)
+        self.max_rate = _round_rate(max_rate) if math.isfinite(max_rate) else max_rate
         self.lo: float | None = None
         self.hi: float | None = None
         self.history: list[tuple[float, bool]] = []
@@ -379,12 +510,14 @@ class RateSearch:
         lo, hi = self.lo, self.hi
         if lo is None and hi is None:
             return self.start
-        if hi is None:
-            r = _round_rate(lo * self.factor)
-            return r if r <= self.max_rate else None
+        # galloping: bracketing steps move by factor, factor, factor**2, factor**4, ...
+        step = self.factor ** (2 ** min(max(len(self.history) - 2, 0), 6))
+        if hi is None:  # the last step tries max_rate itself
+            r = _round_rate(lo * step)
+            return r if r <= self.max_rate else (self.max_rate if lo < self.max_rate else None)
         if lo is None:
-            r = _round_rate(hi / self.factor)
-            return r if r >= self.min_rate else None
+            r = _round_rate(hi / step)
+            return r if r >= self.min_rate else (self.min_rate if hi > self.min_rate else None)
         if hi - lo <= self.rel_tol * lo:
             return None
         r = _round_rate((lo + hi) / 2)
@@ -452,8 +585,9 @@ class CapacitySearch:
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         self.rel_tol, self.pass_rule, self.cost_model, self.early_stop = rel_tol, pass_rule, cost_model, early_stop
+        budget = f" budget {config.token_budget}" if config.token_budget else ""
         self.label = label or (f"{config.model} {config.replicas}x{config.gpu} TP{config.tp} PP{config.pp} "
-                               f"{config.scheduler}" + (f" budget {config.token_budget}" if config.token_budget else ""))
+                               f"{config.scheduler}{budget}")
         self.searches: dict[int, RateSearch] = {}
         self.points: list[dict] = []
         self.records: dict[tuple[int, float], dict] = {}
@@ -465,8 +599,18 @@ class CapacitySearch:
             self._start(start_qps, min_rate=start_qps * MIN_RATE_FRACTION, max_rate=math.inf)
 
     def _start(self, start: float, min_rate: float, max_rate: float) -> None:
-        for s in self.seeds:
-            self.searches[s] = RateSearch(start, rel_tol=self.rel_tol, min_rate=min_rate, max_rate=max_rate)
+        self._limits = (start, min_rate, max_rate)
+        self.searches[self.seeds[0]] = RateSearch(start, rel_tol=self.rel_tol, min_rate=min_rate,
+                                                  max_rate=max_rate)
+
+    def _start_other_seeds(self) -> None:
+        """Once the first seed is done, the others search around its capacity."""
+        start, min_rate, max_rate = self._limits
+        first = self.searches[self.seeds[0]].capacity
+        for s in self.seeds[1:]:
+            self.searches[s] = (RateSearch(first, rel_tol=self.rel_tol, factor=1 + 2 * self.rel_tol,
+                                           min_rate=min_rate, max_rate=max_rate) if first > 0 else
+                                RateSearch(start, rel_tol=self.rel_tol, min_rate=min_rate, max_rate=max_rate))
 
     def _spec(self, seed: int, qps: float | None) -> PointSpec:
         cfg = dataclasses.replace(self.config, seed=seed)
@@ -476,7 +620,8 @@ class CapacitySearch:
     def done(self) -> bool:
         if self.error is not None:
             return True
-        return bool(self.searches) and all(rs.next_rate() is None for rs in self.searches.values())
+        return len(self.searches) == len(self.seeds) and all(rs.next_rate() is None
+                                                              for rs in self.searches.values())
 
     def wants(self) -> list[PointSpec]:
         """Points to evaluate now (not already handed out)."""
@@ -510,6 +655,9 @@ class CapacitySearch:
         if passed is None:  # cannot happen for records evaluated under this SLO
             raise ValueError(f"point {spec.key} cannot be judged under {self.slo.describe()}")
         self.searches[spec.seed].record(spec.qps, passed)
+        if (spec.seed == self.seeds[0] and len(self.searches) < len(self.seeds)
+                and self.searches[spec.seed].next_rate() is None):
+            self._start_other_seeds()
         self.records[(spec.seed, spec.qps)] = rec
         self.points.append({"seed": spec.seed, "qps": spec.qps, "passed": passed, "metrics": rec.get("metrics"),
                             "stopped": rec.get("stopped")})
@@ -566,14 +714,20 @@ def run_searches(searches: list[CapacitySearch], *, executor: cf.Executor | None
     """
     from tqdm import tqdm
 
-    executor = executor or InlineExecutor()
-    results = results or ResultsFile(None)
+    executor = executor if executor is not None else InlineExecutor()
+    results = results if results is not None else ResultsFile(None)
     stats = RunStats()
     t0 = time.perf_counter()
     show = sys.stderr.isatty() if progress is None else progress
     bar = tqdm(desc="capacity search", unit="sim", disable=not show, mininterval=0.5, leave=False)
     inflight: dict[cf.Future, tuple[str, list[tuple[CapacitySearch, PointSpec]]]] = {}
     by_key: dict[str, cf.Future] = {}
+
+    def submit(s: CapacitySearch, spec: PointSpec) -> None:
+        fut = executor.submit(evaluate_point, spec)
+        inflight[fut] = (spec.key, [(s, spec)])
+        by_key[spec.key] = fut
+
     try:
         while True:
             progressed = True
@@ -581,19 +735,16 @@ def run_searches(searches: list[CapacitySearch], *, executor: cf.Executor | None
                 progressed = False
                 for s in searches:
                     for spec in s.wants():
-                        if spec.key in by_key:
+                        if spec.key in by_key:  # another search asked for the same simulation
                             inflight[by_key[spec.key]][1].append((s, spec))
                             continue
-                        rec = results.get(spec.key)
-                        if rec is not None and not rec.get("error") and (
-                                spec.qps is None or point_passes(rec, s.slo) is not None):
+                        rec = results.find(spec.key, None if spec.qps is None else s.slo)
+                        if rec is not None:
                             s.feed(spec, rec)
                             stats.reused += 1
                             progressed = True
                             continue
-                        fut = executor.submit(evaluate_point, spec)
-                        inflight[fut] = (spec.key, [(s, spec)])
-                        by_key[spec.key] = fut
+                        submit(s, spec)
             if not inflight:
                 break
             finished, _ = cf.wait(list(inflight), return_when=cf.FIRST_COMPLETED)
@@ -606,6 +757,13 @@ def run_searches(searches: list[CapacitySearch], *, executor: cf.Executor | None
                 stats.sim_wall_s += rec.get("wall_s", 0.0)
                 bar.update()
                 for s, spec in waiters:
+                    if spec.qps is not None and not rec.get("error") and point_passes(rec, s.slo) is None:
+                        # stopped early on another search's SLO: run it again under this one's
+                        if spec.key in by_key:
+                            inflight[by_key[spec.key]][1].append((s, spec))
+                        else:
+                            submit(s, spec)
+                        continue
                     s.feed(spec, rec)
             bar.set_postfix(done=f"{sum(s.done for s in searches)}/{len(searches)} configs", refresh=False)
     except BaseException:

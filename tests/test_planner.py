@@ -1,0 +1,175 @@
+"""Configuration search: infeasible ones listed with the reason, resume equals an uninterrupted run, prices, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from sim.capacity import ResultsFile, Slo, Workload
+from sim.cli import main
+from sim.planner import (RESULTS_FILE, enumerate_candidates, format_table, load_prices, pareto_front, plan,
+                         powers_of_two)
+
+# a small, fast plan: tiny runs (the numbers are not meaningful, only deterministic)
+WORKLOAD = Workload(num_requests=40, duration=0)
+SLO = Slo.make(tbt_p99=0.1, scheduling_delay_p50=2.0)
+
+
+def _small_plan(out_dir=None, executor=None):
+    cands = enumerate_candidates("llama-2-7b", ["a100-80gb"], max_gpus=2, schedulers=["vllm", "sarathi"],
+                                 budgets=[512])
+    return plan(cands, WORKLOAD, SLO, seeds=(0, 1), rel_tol=0.1, out_dir=out_dir, executor=executor, progress=False)
+
+
+def test_enumeration_respects_the_gpu_limit_and_budgets_only_for_chunking_schedulers():
+    cands = enumerate_candidates("llama-2-7b", ["a100-80gb", "h100"], max_gpus=8, pps=[1, 2], replicas=[1, 2],
+                                 schedulers=["vllm", "sarathi"], budgets=[256, 2048])
+    assert all(c.gpus <= 8 for c in cands)
+    assert {c.gpu for c in cands} == {"a100-80gb", "h100-sxm"}
+    assert {c.tp for c in cands} == set(powers_of_two(8)) == {1, 2, 4, 8}
+    assert {c.token_budget for c in cands if c.scheduler == "vllm"} == {None}
+    assert {c.token_budget for c in cands if c.scheduler == "sarathi"} == {256, 2048}
+    # (tp, pp, replicas) with tp*pp*replicas <= 8: count them by hand for one GPU and one scheduler setting
+    shapes = {(c.tp, c.pp, c.replicas) for c in cands if c.gpu == "a100-80gb"}
+    assert len(shapes) == sum(1 for tp in (1, 2, 4, 8) for pp in (1, 2) for r in (1, 2) if tp * pp * r <= 8)
+    assert len(cands) == 2 * len(shapes) * (1 + 2)
+    maxed = enumerate_candidates("llama-2-7b", ["a100-80gb"], max_gpus=8, tps=[2], replicas="max",
+                                 schedulers=["vllm"])
+    assert [(c.tp, c.replicas) for c in maxed] == [(2, 4)]
+
+
+def test_infeasible_configuration_is_listed_with_the_reason(tmp_path):
+    # Llama-2-70B's 138 GB of weights cannot fit on one or two 40 GB A100s; four can hold them
+    cands = enumerate_candidates("llama-2-70b", ["a100-40gb"], max_gpus=4, schedulers=["sarathi"], budgets=[512])
+    bad = [c for c in cands if c.infeasible]
+    assert [(c.tp, c.pp) for c in bad] == [(1, 1), (2, 1)]
+    assert all("weights need" in c.infeasible and c.config is None for c in bad)
+    # sizing only the infeasible ones: listed in the table, not dropped, with the memory planner's reason
+    res = plan(bad, WORKLOAD, SLO, seeds=(0,), out_dir=tmp_path, progress=False)
+    assert list(res.table["status"]) == ["infeasible", "infeasible"]
+    assert res.table["note"].str.contains("weights need").all()
+    assert res.table["capacity_qps"].isna().all() and res.stats.simulated == 0
+    text = format_table(res.table)
+    assert text.count("INFEASIBLE: ") == 2 and "use more tensor or pipeline parallelism" in text
+    saved = pd.read_csv(tmp_path / "plan.csv")
+    assert list(saved["status"]) == ["infeasible", "infeasible"]
+
+
+def test_resume_after_interruption_gives_the_same_table(tmp_path):
+    full = _small_plan(tmp_path / "full")
+    lines = (tmp_path / "full" / RESULTS_FILE).read_text().splitlines(keepends=True)
+    assert len(lines) == full.stats.simulated and full.stats.reused == 0
+    # an interrupted run: the first 40% of the points, then half of the next line (a torn write)
+    part = tmp_path / "part"
+    part.mkdir()
+    keep = int(len(lines) * 0.4)
+    (part / RESULTS_FILE).write_text("".join(lines[:keep]) + lines[keep][: len(lines[keep]) // 2])
+    resumed = _small_plan(part)
+    assert resumed.stats.reused == keep
+    assert resumed.stats.simulated == len(lines) - keep
+    pd.testing.assert_frame_equal(resumed.table, full.table)
+    assert (part / "plan.csv").read_text() == (tmp_path / "full" / "plan.csv").read_text()
+    # the file is whole again: every line parses, one per point
+    recs = [json.loads(x) for x in (part / RESULTS_FILE).read_text().splitlines()]
+    assert len(recs) == len(lines) and len(ResultsFile(part / RESULTS_FILE)) == len(lines)
+    # and a third run simulates nothing
+    again = _small_plan(part)
+    assert again.stats.simulated == 0
+    pd.testing.assert_frame_equal(again.table, full.table)
+
+
+def test_table_is_sorted_and_costs_follow_from_capacity_and_prices(tmp_path):
+    res = _small_plan(tmp_path)
+    t = res.table
+    assert (t["status"] == "ok").all() and len(t) == 4  # TP1, TP2 x (vllm, sarathi 512)
+    assert list(t["qps_per_gpu"]) == sorted(t["qps_per_gpu"], reverse=True)
+    for r in t.itertuples():
+        assert r.qps_per_gpu == pytest.approx(r.capacity_qps / r.gpus)
+        assert r.usd_per_hour == pytest.approx(3.5 * r.gpus)  # the catalogue's A100-80GB price
+        tokens_per_hour = r.output_tok_s_per_gpu * r.gpus * 3600
+        assert r.usd_per_m_output_tokens == pytest.approx(r.usd_per_hour / tokens_per_hour * 1e6)
+        assert r.capacity_min <= r.capacity_qps <= r.capacity_max
+    assert (tmp_path / "pareto.png").stat().st_size > 0
+    front = pd.read_csv(tmp_path / "pareto.csv")
+    assert len(front) >= 1
+
+
+def test_pareto_front_keeps_only_undominated_points():
+    pts = pd.DataFrame({"config": list("abcde"), "qps_per_gpu": [1.0, 2.0, 2.0, 3.0, 0.5],
+                        "tbt_p99": [0.01, 0.05, 0.03, 0.08, 0.02]})
+    front = pareto_front(pts)
+    assert list(front["config"]) == ["a", "c", "d"]
+
+
+def test_prices_file(tmp_path):
+    p = tmp_path / "prices.json"
+    p.write_text(json.dumps({"A100-80GB": 2.0, "h100": 4}))
+    assert load_prices(p) == {"a100-80gb": 2.0, "h100-sxm": 4.0}
+    p.write_text(json.dumps({"a100-80gb": -1}))
+    with pytest.raises(ValueError, match="field 'a100-80gb': expected a price"):
+        load_prices(p)
+    p.write_text(json.dumps({"tpu-v9": 1.0}))
+    with pytest.raises(ValueError, match="field 'tpu-v9': unknown GPU"):
+        load_prices(p)
+    p.write_text("{\n  'a100': 1\n}")
+    with pytest.raises(ValueError, match=r"prices.json:2: not valid JSON"):
+        load_prices(p)
+
+
+def test_cli_plan_and_capacity(tmp_path, capsys):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"a100-80gb": 1.0}))
+    out = tmp_path / "plan"
+    args = ["plan", "--model", "llama-2-7b", "--gpus", "a100-80gb,a100-40gb", "--max-gpus", "1",
+            "--schedulers", "sarathi", "--budgets", "512", "-n", "40", "--duration", "0", "--seeds", "1",
+            "--rel-tol", "0.2", "--jobs", "1", "--prices", str(prices), "--out", str(out), "-q"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "by capacity per GPU" in text and "cheapest 2 by cost" in text
+    cheapest = text.split("cheapest 2 by cost")[1].splitlines()
+    assert cheapest[3].startswith("a100-80gb")  # $1/h from --prices beats the 40 GB part's $3/h
+    t = pd.read_csv(out / "plan.csv")
+    assert set(t["gpu"]) == {"a100-80gb", "a100-40gb"} and (t["status"] == "ok").all()
+    a80 = t[t["gpu"] == "a100-80gb"].iloc[0]
+    assert a80["usd_per_hour"] == 1.0  # from --prices; a100-40gb keeps the catalogue price
+    assert t[t["gpu"] == "a100-40gb"].iloc[0]["usd_per_hour"] == 3.0
+    for name in ("results.jsonl", "plan.txt", "pareto.csv", "pareto.png"):
+        assert (out / name).exists()
+
+    assert main(["capacity", "--scheduler", "sarathi", "--token-budget", "512", "-n", "40", "--duration", "0",
+                 "--seeds", "2", "--rel-tol", "0.2", "--jobs", "1", "-v", "-q",
+                 "--results", str(tmp_path / "cap.jsonl")]) == 0
+    text = capsys.readouterr().out
+    assert "capacity" in text and "per seed: 0:" in text and "seed 1" in text
+    assert main(["capacity", "-n", "40", "--duration", "0", "--seeds", "1", "--json", "-q", "--jobs", "1",
+                 "--results", str(tmp_path / "cap.jsonl")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["capacity"] > 0 and d["slo"] == {"tbt_p99": 0.1, "scheduling_delay_p50": 2.0}
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["plan", "--out", str(tmp_path), "--prices", str(tmp_path / "nope.json")]) == 2
+    assert "price file not found" in capsys.readouterr().err
+    assert main(["plan", "--out", str(tmp_path), "--slo", "tbt_p95=1"]) == 2
+    assert "unknown SLO metric 'tbt_p95'" in capsys.readouterr().err
+    assert main(["plan", "--out", str(tmp_path), "--lengths-from", str(tmp_path / "nope.csv")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["plan", "--out", str(tmp_path), "--budgets", "0"])
+
+
+def test_ray_executor_matches_local(tmp_path):
+    pytest.importorskip("ray")
+    from sim.planner import RayExecutor
+
+    local = _small_plan()
+    ex = RayExecutor("local")
+    try:
+        remote = _small_plan(tmp_path, executor=ex)
+    finally:
+        ex.shutdown()
+    pd.testing.assert_frame_equal(remote.table, local.table)
+    assert not math.isnan(remote.table["capacity_qps"].iloc[0])
