@@ -1,7 +1,8 @@
 """Simulator speed: wall time and simulated output tokens per wall second.
 
-Default: 10,000 requests of ShareGPT-like lengths (the generator's ``sharegpt``
-preset, clipped to 4096 tokens) arriving as a Poisson process at --qps, on
+Default: 10,000 requests of ShareGPT lengths (sampled from Sarathi-Serve's ShareGPT
+length table when ../shared/traces is present, else the generator's ``sharegpt``
+preset), clipped to 4096 tokens, arriving as a Poisson process at --qps, on
 Llama-2-7B / A100-80GB, once per scheduler; then 64 replicas with 100,000
 requests at 64x the rate. Targets (on a 2-core machine): < 5 s for 10,000
 requests on one replica, < 60 s for the 64-replica case.
@@ -14,15 +15,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from sim.simulator import SimConfig, simulate
 from sim.tracegen import generate_trace
 
 SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
+SHAREGPT = Path(__file__).resolve().parents[1].parent / "shared/traces/sarathi/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
+LENGTHS = str(SHAREGPT) if SHAREGPT.exists() else None
 
 
 def run(n: int, qps: float, scheduler: str, replicas: int = 1, seed: int = 0) -> tuple[float, dict]:
-    trace = generate_trace(n, arrival="poisson", qps=qps, max_total_tokens=4096, seed=seed)
+    trace = generate_trace(n, arrival="poisson", qps=qps, lengths_from=LENGTHS, max_total_tokens=4096, seed=seed)
     cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler=scheduler, replicas=replicas,
                     router="least_outstanding" if replicas > 1 else "round_robin")
     t0 = time.perf_counter()
@@ -38,6 +42,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 requests and skip the 64-replica case")
     args = ap.parse_args()
     n = 2000 if args.quick else args.requests
+    print(f"lengths: {LENGTHS or 'generator sharegpt preset'}; arrivals: Poisson at {args.qps} req/s per replica")
     print(f"{'case':<34}{'wall s':>8}{'iterations':>12}{'sim out tok':>13}{'tok/wall s':>12}{'P99 TBT ms':>12}")
     for sched in args.schedulers.split(","):
         wall, s = run(n, args.qps, sched)

@@ -218,7 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_calibrate_parser(sub)
     from sim.cli_plan import add_plan_parser  # `plan` and `capacity`
     add_plan_parser(sub)
-    __import__("sim.cli_validate").cli_validate.add_validate_parser(sub)  # parser only: torch when it runs
+    from sim.cli_validate import add_validate_parser  # parser only: torch is imported when it runs
+    add_validate_parser(sub)
     sub.add_parser("models", help="list the model catalogue").set_defaults(func=cmd_models)
     sub.add_parser("gpus", help="list the GPU catalogue with datasheet sources").set_defaults(func=cmd_gpus)
     return parser

@@ -1,0 +1,260 @@
+"""servesim validate: engine (measured) against simulator (predicted) on CPU with the tiny model and its committed profile."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sim.batch import Batch, BatchItem
+from sim.request import Request, TraceRequest
+from sim.tracegen import generate_trace
+from sim.validate import LoadLevel, ValidateConfig, trace_at_rate
+from sim.validate_errors import (ExecutedBatch, batch_errors, composition_match, error_stats, request_errors,
+                                 size_bucket)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILE = ROOT / "calibration" / "profiles" / "tiny-cpu"
+# 40 requests arriving at 50 req/s: about 400-600 engine iterations per scheduler, a second or two each
+TRACE = generate_trace(40, arrival="poisson", qps=50, prompt_len="uniform:16:200", output_len="uniform:8:48", seed=0)
+BASE = dict(model="tiny", device="cpu", dtype="float32", backend="sdpa", timeline=False)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def base(torch, tmp_path_factory):
+    """The three schedulers on TRACE, with the report, plots and an op check."""
+    from sim.validate import validate
+    out = tmp_path_factory.mktemp("validate")
+    res = validate(TRACE, ValidateConfig(**BASE, warmup=10, op_check=6), PROFILE, out=out, source="test-trace")
+    return res, out
+
+
+# ---- pure helpers (no torch) -------------------------------------------------------------------------
+
+def test_error_stats_by_hand():
+    st = error_stats([-0.5, 0.0, 0.5, 1.0, np.nan])
+    assert st["count"] == 4 and st["median"] == pytest.approx(0.25) and st["mean"] == pytest.approx(0.25)
+    assert st["abs_median"] == pytest.approx(0.5)
+    assert st["p90"] == pytest.approx(np.percentile([-0.5, 0, 0.5, 1], 90))
+    assert error_stats([])["count"] == 0 and error_stats([])["median"] is None
+
+
+def test_size_buckets_and_composition_match():
+    assert size_bucket(np.array([1, 2, 4, 5, 16, 17, 300, 5000])).tolist() == [
+        "1", "2-4", "2-4", "5-16", "5-16", "17-64", "257-1024", ">4096"]
+    a, b = [(("x", 1, 3),), (("y", 5, 0),)], [(("x", 1, 3),), (("y", 4, 0),)]
+    assert composition_match(a, a) == {"engine_batches": 2, "simulator_batches": 2, "matching": 2, "fraction": 1.0,
+                                       "identical": True, "first_difference": None}
+    m = composition_match(a, b)
+    assert (m["matching"], m["identical"], m["first_difference"]) == (1, False, 1)
+    assert composition_match(a, a[:1])["first_difference"] == 1  # the simulator ran fewer batches
+
+
+def test_rebuilt_batch_is_the_scheduled_one():
+    """After on_batch_done the requests have moved on; the rebuilt batch is priced as it was scheduled."""
+    d = Request("d", 0.0, 10, 5)
+    d.num_computed, d.num_generated = 12, 3   # decoding: its 13th token (the 3rd output) is pending
+    p = Request("p", 0.0, 40, 5)              # a chunk of 16 over 16 cached prompt tokens
+    p.num_computed = 16
+    batch = Batch([BatchItem(d, 1, 12), BatchItem(p, 16, 16)], batch_id=7, kv_blocks_used=5, num_decodes=1)
+    ex = ExecutedBatch.capture(batch, 0.002)
+    d.num_computed, d.num_generated, p.num_computed = 13, 4, 32  # what on_batch_done does
+    re = ex.rebuild("x-")
+    assert re.composition() == tuple((f"x-{rid}", n, c) for rid, n, c in batch.composition())
+    assert (re.kind, re.num_decode_tokens, re.num_prefill_tokens, re.decode_context) == ("mixed", 1, 16, 13)
+    assert re.items[0].is_decode and not re.items[1].is_decode
+    assert (re.batch_id, re.kv_blocks_used) == (7, 5)
+
+
+def test_trace_at_rate_rescales_or_generates():
+    tr = [TraceRequest(str(i), t, 10, 5) for i, t in enumerate([0.0, 1.0, 2.0, 4.0])]
+    fast = trace_at_rate(tr, 3.0)  # mean rate (4 - 1) / 4 s = 0.75 req/s -> 3 req/s: times / 4
+    assert [r.arrival_time for r in fast] == [0.0, 0.25, 0.5, 1.0]
+    flat = [TraceRequest(str(i), 0.0, 10, 5) for i in range(200)]
+    gen = trace_at_rate(flat, 20.0, seed=1)
+    t = np.array([r.arrival_time for r in gen])
+    assert np.all(np.diff(t) >= 0) and 199 / t[-1] == pytest.approx(20.0, rel=0.2)
+    assert [r.prompt_tokens for r in gen] == [10] * 200
+    assert LoadLevel("load", qps=9.0, load=0.9, capacity=10.0).name == "load0.9"
+
+
+def test_request_errors_are_labelled():
+    def summary(ttft: float, rps: float) -> dict:
+        lat = {m: {"p50": ttft, "p90": ttft, "p99": ttft} for m in ("ttft", "tbt", "tpot", "e2e", "scheduling_delay")}
+        return {"latency_s": lat, "throughput": {"requests_per_s": rps, "output_tokens_per_s": rps,
+                                                 "makespan_s": 1.0}}
+    e = request_errors(summary(0.2, 10.0), summary(0.25, 8.0))
+    assert e["ttft"]["p50"] == {"measured": 0.2, "predicted": 0.25, "error": pytest.approx(0.25)}
+    assert e["throughput"]["requests_per_s"]["error"] == pytest.approx(-0.2)
+
+
+def test_config_refuses_contradictions():
+    with pytest.raises(ValueError, match="either qps or loads"):
+        ValidateConfig(qps=(1.0,), loads=(0.5,))
+    with pytest.raises(ValueError, match="offline"):
+        ValidateConfig(offline=True, qps=(1.0,))
+    with pytest.raises(ValueError, match="unknown"):
+        ValidateConfig(schedulers=("nope",))
+    with pytest.raises(ValueError, match="unknown"):
+        ValidateConfig(schedulers=("vllm",), token_budgets={"sarathii": 512})
+    assert ValidateConfig(schedulers=("vllm",), token_budgets={"sarathi": 512}).budget("vllm") is None
+    assert ValidateConfig(token_budgets={"*": 256, "sarathi": 512}).budget("vllm") == 256
+
+
+# ---- engine against simulator -------------------------------------------------------------------------
+
+def test_every_engine_batch_is_priced_and_reported(base):
+    res, out = base
+    assert [r.scheduler for r in res.runs] == ["orca", "vllm", "sarathi"]
+    for r in res.runs:
+        eng = r.engine.summary
+        assert len(r.batches) == eng["batches"]["iterations"] == len(r.executed) > 150
+        assert r.batches["batch_id"].tolist() == r.engine.batches["batch_id"].tolist()
+        kinds = r.batches["kind"].value_counts().to_dict()
+        assert kinds.get("prefill", 0) == eng["batches"]["prefill_only"]
+        assert kinds.get("decode", 0) == eng["batches"]["decode_only"]
+        assert kinds.get("mixed", 0) == eng["batches"]["mixed"]
+        assert eng["requests"]["completed"] == r.simulated.summary["requests"]["completed"] == len(TRACE)
+        # the numbers in the report are the CSV's: error = predicted / measured - 1, statistics by numpy
+        csv = pd.read_csv(out / r.name / "batch_errors.csv")
+        assert np.allclose(csv["error_total"], csv["predicted_s"] / csv["measured_s"] - 1, rtol=1e-6)
+        assert np.allclose(csv["predicted_s"], csv["predicted_host_s"] + csv["predicted_device_s"], rtol=1e-6)
+        assert r.batch_error["total"]["median"] == pytest.approx(float(np.median(r.batches["error_total"])))
+        assert sum(v["total"]["count"] for v in r.batch_error["by_kind"].values()) == len(r.batches)
+        assert sum(v["total"]["count"] for v in r.batch_error["by_size"].values()) == len(r.batches)
+        for name in ("batch_scatter.png", "ttft_cdf.png", "tbt_cdf.png", "timeline.png"):
+            assert (out / r.name / name).stat().st_size > 1000
+        assert json.loads((out / r.name / "engine" / "summary.json").read_text())["timing"] == "measured"
+        assert json.loads((out / r.name / "simulator" / "summary.json").read_text())["timing"] == "predicted"
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["overall"]["total"]["count"] == sum(len(r.batches) for r in res.runs)
+    assert set(rep["runs"][0]["request_level"]["ttft"]["p99"]) == {"measured", "predicted", "error"}
+    md = (out / "report.md").read_text()
+    assert "measured (engine)" in md and "predicted (simulator)" in md and "## Op check" in md
+    ops = res.ops.set_index("op")
+    assert {"qkv_proj", "attn_decode", "lm_head"} <= set(ops.index) and (ops["in_situ_s"] > 0).all()
+    assert res.ops_summary["batches"] == 6
+
+
+def test_median_batch_error_is_in_a_sane_band(base):
+    """Catches a cost model off by a large factor (another device's roofline, another model). The measured
+    figures on this 2-core machine: median -38% to -67% (the prediction is below the measured time)."""
+    res, _ = base
+    for r in res.runs:
+        med = r.batch_error["total"]["median"]
+        print(f"{r.name}: median batch-level error {med:+.1%} (device {r.batch_error['device']['median']:+.1%}, "
+              f"host {r.batch_error['host']['median']:+.1%}) over {len(r.batches)} batches")
+        assert -0.85 < med < 0.5, r.name
+
+
+@pytest.mark.xfail(strict=False, reason="calibration times each op in a hot loop; inside the engine's forward pass the "
+                                        "same ops take 20-50% longer on this CPU (the report's op check), so the "
+                                        "profiled model under-predicts CPU batches by about 40%")
+def test_median_batch_error_under_25_percent(base):
+    res, _ = base
+    for r in res.runs:
+        assert abs(r.batch_error["total"]["median"]) < 0.25, r.name
+
+
+def _doubled_profile(dest: Path) -> Path:
+    shutil.copytree(PROFILE, dest)
+    m = pd.read_csv(dest / "measurements.csv")
+    m[["median_s", "p10_s", "p90_s"]] *= 2
+    m.to_csv(dest / "measurements.csv", index=False)
+    return dest
+
+
+def test_doubled_profile_doubles_the_reported_error(base, tmp_path):
+    """A profile with every time doubled: each executed batch is priced exactly twice as long, and a fresh
+    validation with it reports the error moved by about +100% of the measured time."""
+    from sim.cost.profiled import ProfiledCostModel
+    from sim.validate import validate
+    from sim.validate_errors import price_batches
+
+    res, _ = base
+    doubled = _doubled_profile(tmp_path / "doubled")
+    sar = next(r for r in res.runs if r.scheduler == "sarathi")
+    again = price_batches(sar.executed, sar.engine.batches, ProfiledCostModel(doubled, "tiny"))
+    assert np.allclose(again["predicted_s"], 2 * sar.batches["predicted_s"], rtol=1e-9)
+    assert np.allclose(1 + again["error_total"], 2 * (1 + sar.batches["error_total"]), rtol=1e-9)
+
+    # the same engine run, priced by the wrong profile, reads the error moved by exactly x2 in (1 + error)
+    e1 = sar.batch_error["total"]["median"]
+    assert float(np.median(again["error_total"])) == pytest.approx(2 * (1 + e1) - 1, rel=1e-6, abs=1e-9)
+
+    # fresh engine runs, the wrong profile between two with the right one (brackets the machine's drift)
+    cfg = ValidateConfig(**BASE, warmup=10, schedulers=("sarathi",), plots=False, op_check=0)
+    right1 = validate(TRACE, cfg, PROFILE).runs[0].batch_error["total"]["median"]
+    wrong = validate(TRACE, cfg, doubled).runs[0].batch_error["total"]["median"]
+    right2 = validate(TRACE, cfg, PROFILE).runs[0].batch_error["total"]["median"]
+    right = math.sqrt((1 + right1) * (1 + right2)) - 1
+    print(f"sarathi median batch-level error: profile {right1:+.1%} and {right2:+.1%}, doubled profile {wrong:+.1%}")
+    assert 1.4 < (1 + wrong) / (1 + right) < 3.0  # separate engine runs on a noisy machine: about 2
+    if abs(right) < 0.25:  # with a profile that matches the engine, the doubled one reads about +100%
+        assert 0.6 < wrong < 1.6
+
+
+def test_offline_batches_identical_to_the_simulator(torch):
+    """One policy code: with every request at t=0 the engine and the simulator form the same batches
+    (tests/test_engine_replay.py checks the replay itself; this checks what validate reports)."""
+    from sim.validate import validate
+    trace = TRACE[:12]
+    res = validate(trace, ValidateConfig(**BASE, offline=True, plots=False, op_check=0, warmup=2,
+                                         schedulers=("orca", "vllm", "sarathi", "vllm_v1"),
+                                         token_budgets={"sarathi": 64}), PROFILE)
+    for r in res.runs:
+        cm = r.composition
+        assert r.level.kind == "offline"
+        assert cm["identical"] and cm["fraction"] == 1.0 and cm["engine_batches"] == cm["simulator_batches"] > 10
+    sar = next(r for r in res.runs if r.scheduler == "sarathi")
+    assert sar.token_budget == 64 and sar.batches["num_tokens"].max() <= 64
+
+
+def test_load_levels_use_the_predicted_capacity(torch, tmp_path):
+    from sim.validate import validate
+    res = validate(TRACE[:20], ValidateConfig(**BASE, schedulers=("sarathi",), loads=(0.5,), plots=False,
+                                              op_check=0, warmup=2, capacity_duration=5.0), PROFILE, out=tmp_path)
+    lv = res.runs[0].level
+    assert lv.kind == "load" and lv.capacity > 0 and lv.qps == pytest.approx(0.5 * lv.capacity)
+    arrivals = res.runs[0].engine.requests["arrival_time"].to_numpy()
+    assert 19 / (arrivals.max() - arrivals.min()) == pytest.approx(lv.qps, rel=1e-4)  # the trace rescaled to the target rate
+    assert json.loads((tmp_path / "report.json").read_text())["runs"][0]["level"]["capacity"] == lv.capacity
+
+
+def test_cli_offline_run_and_errors(torch, tmp_path, capsys):
+    from sim.cli import main
+    out = tmp_path / "cli"
+    rc = main(["validate", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "sdpa",
+               "--profile", str(PROFILE), "-n", "6", "--prompt-len", "uniform:8:40", "--output-len", "fixed:6",
+               "--offline", "--schedulers", "vllm,sarathi", "--token-budget", "sarathi=32", "--no-plots",
+               "--op-check", "0", "--warmup", "1", "-q", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "vllm-offline" in text and "sarathi-offline" in text
+    rep = json.loads((out / "report.json").read_text())
+    assert [r["composition_match"]["identical"] for r in rep["runs"]] == [True, True]
+    assert rep["runs"][1]["token_budget"] == 32 and rep["config"]["token_budgets"] == {"sarathi": 32}
+    assert main(["validate", "--model", "tiny", "--out", str(out)]) == 2  # no trace and no rate
+    assert "give --qps, --load or --offline" in capsys.readouterr().err
+    assert main(["validate", "--model", "tiny", "-n", "4", "--qps", "1", "--load", "0.5", "--out", str(out)]) == 2
+    assert "either qps or loads" in capsys.readouterr().err
+
+
+def test_help_lists_validate_without_torch():
+    import subprocess
+    import sys
+    code = ("import builtins, sys\nreal = builtins.__import__\n"
+            "def imp(name, *a, **k):\n    if name.split('.')[0] == 'torch': raise ImportError(name)\n"
+            "    return real(name, *a, **k)\nbuiltins.__import__ = imp\nfrom sim.cli import main\n"
+            "sys.exit(main(['validate', '--help']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and "--load F1,F2" in p.stdout and "measured" in p.stdout
