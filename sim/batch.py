@@ -22,17 +22,22 @@ class BatchItem(NamedTuple):
 
 
 class Batch:
-    """A list of items plus the aggregates every consumer needs, computed once."""
+    """A list of items plus the aggregates every consumer needs, computed once.
+
+    On the simulator's hot path schedulers hand decode items in as plain ``(request, new, cached)``
+    tuples (``entries``); ``items`` turns them into ``BatchItem``s the first time someone asks.
+    """
 
     __slots__ = (
-        "items", "batch_id", "num_prefill_tokens", "num_decode_tokens", "decode_context",
+        "entries", "_items", "batch_id", "num_prefill_tokens", "num_decode_tokens", "decode_context",
         "prefill_items", "kv_blocks_used",
     )
 
-    def __init__(self, items: list[BatchItem], batch_id: int = 0, kv_blocks_used: int = 0,
-                 num_decodes: int | None = None) -> None:
+    def __init__(self, items: list[BatchItem] | list[tuple[Request, int, int]], batch_id: int = 0,
+                 kv_blocks_used: int = 0, num_decodes: int | None = None) -> None:
         """``num_decodes``: the first that many items are known to be decodes (schedulers pass it; saves a pass)."""
-        self.items = items
+        self.entries = items
+        self._items: list[BatchItem] | None = None
         self.batch_id = batch_id
         self.kv_blocks_used = kv_blocks_used
         if num_decodes is not None:
@@ -50,10 +55,17 @@ class Batch:
                     decode_context += cached + 1
                 else:
                     prefill.append(it)
-        self.prefill_items = prefill
+        self.prefill_items = [it if type(it) is BatchItem else BatchItem(*it) for it in prefill]
         self.num_decode_tokens = decode_tokens
         self.decode_context = decode_context  # keys read by all decodes together
         self.num_prefill_tokens = sum([it[1] for it in prefill])
+
+    @property
+    def items(self) -> list[BatchItem]:
+        """Every item as a ``BatchItem`` (decodes first when a scheduler built the batch)."""
+        if self._items is None:
+            self._items = [it if type(it) is BatchItem else BatchItem(*it) for it in self.entries]
+        return self._items
 
     @property
     def num_tokens(self) -> int:
@@ -61,7 +73,7 @@ class Batch:
 
     @property
     def size(self) -> int:
-        return len(self.items)
+        return len(self.entries)
 
     @property
     def kind(self) -> str:

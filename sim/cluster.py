@@ -122,7 +122,7 @@ class Replica:
         """Record a stage execution; pass the batch on, or after the last stage hand results to the scheduler."""
         now = self.env.now
         self.recorder.stage_rows.append((self.index, stage, batch.batch_id, start, now, batch.num_prefill_tokens,
-                                         batch.num_decode_tokens, len(batch.items), len(batch.prefill_items),
+                                         batch.num_decode_tokens, batch.size, len(batch.prefill_items),
                                          batch.kv_blocks_used, c.flops, c.bytes))
         if stage < self.pp - 1:
             self._hand_to_stage(stage + 1, batch, now)

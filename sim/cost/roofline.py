@@ -264,7 +264,7 @@ class RooflineCostModel(CostModel):
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
             return StageCost(0.0, 0.0, 0.0)
-        t, f, b = self._token_part(num_tokens, len(batch.items), stage)
+        t, f, b = self._token_part(num_tokens, batch.size, stage)
         L = self.layers[stage]
         if batch.prefill_items:
             at, af, ab = self.attn_prefill_cost(*self._prefill_sums(batch))
@@ -289,7 +289,7 @@ class RooflineCostModel(CostModel):
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
             return {op: 0.0 for op in names}
-        ops = self._stage_token_ops(num_tokens, len(batch.items), stage)
+        ops = self._stage_token_ops(num_tokens, batch.size, stage)
         L = self.layers[stage]
         pre = self.attn_prefill_cost(*self._prefill_sums(batch)) if batch.prefill_items else _ZERO
         dec = self.attn_decode_cost(batch.num_decode_tokens, batch.decode_context)

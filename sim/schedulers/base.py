@@ -16,8 +16,6 @@ from sim.batch import Batch, BatchItem
 from sim.kv_cache import BlockManager
 from sim.request import Request, Status
 
-_new_item = tuple.__new__  # builds a BatchItem without the NamedTuple's Python-level __new__ (hot path)
-
 
 @dataclass(frozen=True)
 class SchedulerConfig:
@@ -83,7 +81,7 @@ class Scheduler(ABC):
         """Advance every item's request; sample a token where its known tokens are all computed."""
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
-        for req, new, _cached in batch.items:
+        for req, new, _cached in batch.entries:
             req.num_computed += new
             if req.num_computed == req.prompt_tokens + req.num_generated:
                 req.num_generated += 1
@@ -107,7 +105,7 @@ class Scheduler(ABC):
         """Running requests not already part of a micro-batch in flight, in admission order."""
         if not self._in_flight:
             return deque(self.running)
-        busy = {r for b in self._in_flight.values() for r, _new, _cached in b.items}
+        busy = {r for b in self._in_flight.values() for r, _new, _cached in b.entries}
         return deque(r for r in self.running if r not in busy)
 
     def _admit_tokens(self, request: Request) -> int:
@@ -160,30 +158,38 @@ class Scheduler(ABC):
         bm.grow(request, num_tokens)
         return True
 
-    def _decode_pass(self, queue: deque[Request], budget: int | None) -> tuple[list[BatchItem], list[Request]]:
+    def _decode_pass(self, queue: deque[Request], budget: int | None) -> tuple[list, list[Request]]:
         """One-token decode items for the decoding requests of ``queue`` (at most ``budget``), in order.
 
         Blocks are grown where a decode crosses a block boundary; when they run out, requests are
-        preempted from the tail of ``queue``, newest first. Returns the items and the requests of
-        ``queue`` that are not decoding (prefills under way), in order. ``queue`` is consumed.
+        preempted from the tail of ``queue``, newest first. Returns the items (plain
+        ``(request, 1, cached)`` tuples on the fast path: see ``Batch``) and the requests of ``queue``
+        that are not decoding (prefills under way), in order. ``queue`` is consumed.
         """
         bs = self.bm.block_size
         if budget is None or budget >= len(queue):
-            # fast path: one decode item per decoding request; if the crossing ones all get a free block,
-            # no preemption can happen and the items stand as built
-            items = [_new_item(BatchItem, (r, 1, r.num_computed)) for r in queue
-                     if r.num_generated and r.num_computed + 1 == r.prompt_tokens + r.num_generated]
-            crossing = [it for it in items if len(it[0].block_table) * bs <= it[2]]
+            # fast path: if the decodes crossing a block boundary all get a free block, no preemption happens
+            items: list = []
+            others: list[Request] = []
+            crossing: list[Request] = []
+            add = items.append
+            for r in queue:
+                c = r.num_computed
+                g = r.num_generated
+                if g and c + 1 == r.prompt_tokens + g:
+                    add((r, 1, c))
+                    if len(r.block_table) * bs <= c:
+                        crossing.append(r)
+                else:
+                    others.append(r)
             if len(crossing) <= self.bm.num_free:
                 grow = self.bm.grow
-                for r, _new, cached in crossing:
-                    grow(r, cached + 1)
-                others = [r for r in queue if not r.num_generated or r.num_computed + 1 != r.prompt_tokens + r.num_generated] \
-                    if len(items) != len(queue) else []
+                for r in crossing:
+                    grow(r, r.num_computed + 1)
                 queue.clear()
                 return items, others
-        items: list[BatchItem] = []
-        others: list[Request] = []
+        items = []
+        others = []
         left = len(queue) if budget is None else budget
         while queue and left > 0:
             r = queue.popleft()
