@@ -24,9 +24,14 @@ class VLLMV1Scheduler(Scheduler):
         queue = self._schedulable_running()
         while queue and budget_left > 0:
             r = queue.popleft()
-            n = min(r.num_pending, budget_left)
-            if self._grow_or_preempt(r, r.num_computed + n, queue):
-                (decodes if r.is_decoding else items).append(BatchItem(r, n, r.num_computed))
+            cached = r.num_computed
+            pending = r.prompt_tokens + r.num_generated - cached
+            n = pending if pending < budget_left else budget_left
+            if self._grow_or_preempt(r, cached + n, queue):
+                if pending == 1 and r.num_generated:
+                    decodes.append((r, 1, cached))  # plain tuple on the hot path (see Batch)
+                else:
+                    items.append(BatchItem(r, n, cached))
                 budget_left -= n
         if self.num_preemptions != preemptions_before:
             return decodes, items
