@@ -41,40 +41,51 @@ def quantile_table(values: np.ndarray) -> dict[str, list[float]]:
     return {"percentile": CDF_PERCENTILES.tolist(), "value": np.percentile(values, CDF_PERCENTILES).tolist()}
 
 
-def token_gaps(requests: list[Request]) -> np.ndarray:
-    """All gaps between consecutive output tokens of each request, concatenated."""
+def _gaps_and_counts(requests: list[Request]) -> tuple[np.ndarray, np.ndarray]:
+    """Every gap between consecutive output tokens (request after request) and each request's gap count."""
     counts = np.fromiter((len(r.token_times) for r in requests), dtype=np.int64, count=len(requests))
     total = int(counts.sum())
+    gap_counts = np.maximum(counts - 1, 0)
     if total == 0:
-        return np.empty(0)
+        return np.empty(0), gap_counts
     times = np.fromiter(chain.from_iterable(r.token_times for r in requests), dtype=float, count=total)
     gaps = np.diff(times)
     keep = np.ones(gaps.size, dtype=bool)
     ends = np.cumsum(counts)[:-1] - 1  # last token of each request but the final one: its diff straddles two
     keep[ends[(ends >= 0) & (ends < gaps.size)]] = False
-    return gaps[keep]
+    return gaps[keep], gap_counts
+
+
+def token_gaps(requests: list[Request]) -> np.ndarray:
+    """All gaps between consecutive output tokens of each request, concatenated."""
+    return _gaps_and_counts(requests)[0]
 
 
 def requests_frame(requests: list[Request]) -> pd.DataFrame:
     """One row per simulated request, in trace order."""
-    rows = []
-    for r in sorted(requests, key=lambda r: r.index):
-        tt = r.token_times
-        first = tt[0] if tt else np.nan
-        done = r.completion_time if r.completion_time is not None else np.nan
-        n = len(tt)
-        ttft = first - r.arrival_time
-        e2e = done - r.arrival_time
-        gaps = np.diff(tt) if n > 1 else None
-        rows.append((r.request_id, r.replica, r.arrival_time, r.prompt_tokens, r.output_tokens, n,
-                     np.nan if r.first_scheduled_time is None else r.first_scheduled_time, first, done,
-                     np.nan if r.first_scheduled_time is None else r.first_scheduled_time - r.arrival_time,
-                     ttft, e2e, (e2e - ttft) / (n - 1) if n > 1 else np.nan,
-                     float(gaps.max()) if gaps is not None else np.nan, r.num_preemptions))
-    return pd.DataFrame(rows, columns=[
-        "request_id", "replica", "arrival_time", "prompt_tokens", "output_tokens", "generated_tokens",
-        "first_scheduled_time", "first_token_time", "completion_time", "scheduling_delay", "ttft", "e2e", "tpot",
-        "tbt_max", "num_preemptions"])
+    reqs = sorted(requests, key=lambda r: r.index)
+    gaps, counts = _gaps_and_counts(reqs)
+    tbt_max = np.full(len(reqs), np.nan)
+    has = counts > 0
+    if has.any():
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
+        tbt_max[has] = np.maximum.reduceat(gaps, starts)
+    nan = np.nan
+    first = np.array([r.token_times[0] if r.token_times else nan for r in reqs], dtype=float)
+    done = np.array([nan if r.completion_time is None else r.completion_time for r in reqs], dtype=float)
+    sched = np.array([nan if r.first_scheduled_time is None else r.first_scheduled_time for r in reqs], dtype=float)
+    arrival = np.array([r.arrival_time for r in reqs], dtype=float)
+    generated = np.array([len(r.token_times) for r in reqs], dtype=np.int64)
+    ttft = first - arrival
+    e2e = done - arrival
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tpot = np.where(generated > 1, (e2e - ttft) / (generated - 1), nan)
+    return pd.DataFrame({
+        "request_id": [r.request_id for r in reqs], "replica": [r.replica for r in reqs], "arrival_time": arrival,
+        "prompt_tokens": [r.prompt_tokens for r in reqs], "output_tokens": [r.output_tokens for r in reqs],
+        "generated_tokens": generated, "first_scheduled_time": sched, "first_token_time": first,
+        "completion_time": done, "scheduling_delay": sched - arrival, "ttft": ttft, "e2e": e2e, "tpot": tpot,
+        "tbt_max": tbt_max, "num_preemptions": [r.num_preemptions for r in reqs]})
 
 
 def _merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
