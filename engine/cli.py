@@ -15,7 +15,7 @@ TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
 
 def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
-    from sim.cli import MAIN_SCHEDULERS, _positive_int, add_run_folder_arguments
+    from sim.cli import add_kv_arguments, add_run_folder_arguments, add_scheduler_arguments
     from sim.cli_trace import _NO_DEFAULT as NO, add_generator_arguments
 
     p = subparsers.add_parser(
@@ -67,24 +67,9 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                    help="GPU catalogue entry for the roofline FLOPs/bytes columns and MFU (default: detected "
                         "from the CUDA device name; none on cpu, where they are 0)" + NO)
 
-    s = p.add_argument_group("scheduler")
-    s.add_argument("--scheduler", default="sarathi", help=f"batching policy: {', '.join(MAIN_SCHEDULERS)}")
-    s.add_argument("--token-budget", type=_positive_int, default=None, metavar="T",
-                   help="max tokens per iteration: Sarathi's budget (default 512), vLLM v1's (default 2048), "
-                        "vLLM v0's max_num_batched_tokens (default: unlimited)" + NO)
-    s.add_argument("--max-batch", type=_positive_int, default=128, metavar="B",
-                   help="max requests running at once (vLLM max_num_seqs, Orca batch size)")
-    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
-                   help="Sarathi: round chunked batches down to a multiple of TILE tokens (0: off)")
-
-    k = p.add_argument_group("KV cache")
-    k.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block")
-    k.add_argument("--kv-blocks", type=_positive_int, default=None, metavar="N",
-                   help="KV capacity in blocks (default: from free GPU memory and --gpu-mem-util on cuda; on "
-                        "cpu twice what every request of the trace needs at once, at most 1 GiB)" + NO)
-    k.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
-                   help="fraction of GPU memory for weights, activations and KV cache (cuda, without --kv-blocks)")
-    k.add_argument("--watermark", type=float, default=0.01, help="fraction of blocks kept free at admission")
+    add_scheduler_arguments(p)
+    add_kv_arguments(p, "KV capacity in blocks (default: from free GPU memory and --gpu-mem-util on cuda; on "
+                        "cpu twice what every request of the trace needs at once, at most 1 GiB)")
     add_generator_arguments(p)
     p.set_defaults(func=cmd_engine)
     return p

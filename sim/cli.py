@@ -10,6 +10,7 @@ from typing import Sequence
 from sim import __version__
 
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
+NO_DEFAULT = "%(default).0s"  # in a help text: keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
 
 
 def _positive_int(s: str) -> int:
@@ -35,23 +36,33 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="independent model replicas behind the router (default: %(default)s)")
     g.add_argument("--router", choices=("round_robin", "least_outstanding"), default="round_robin",
                    help="how arriving requests are assigned to replicas (default: %(default)s)")
+    add_scheduler_arguments(p)
+    add_kv_arguments(p, "override the computed KV capacity (blocks per replica)")
+
+
+def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
+    """The scheduler policy and its knobs (simulate, engine, capacity)."""
     s = p.add_argument_group("scheduler")
     s.add_argument("--scheduler", default="sarathi",
                    help=f"batching policy: {', '.join(MAIN_SCHEDULERS)} (default: %(default)s)")
     s.add_argument("--token-budget", type=_positive_int, default=None, metavar="T",
                    help="max tokens per iteration: Sarathi's budget (default 512), vLLM v1's (default 2048), "
                         "vLLM v0's max_num_batched_tokens (default: unlimited); Orca/FasterTransformer: "
-                        "optional cap on prefill tokens")
+                        "optional cap on prefill tokens" + NO_DEFAULT)
     s.add_argument("--max-batch", type=_positive_int, default=128, metavar="B",
                    help="max requests running at once (vLLM max_num_seqs, Orca batch size) (default: %(default)s)")
     s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
-                   help="Sarathi: round chunked batches down to a multiple of TILE tokens (0: off)")
+                   help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
+                        + NO_DEFAULT)
+
+
+def add_kv_arguments(p: argparse.ArgumentParser, kv_blocks_help: str) -> None:
+    """KV-cache block size, capacity and admission watermark."""
     k = p.add_argument_group("KV cache")
     k.add_argument("--block-size", type=_positive_int, default=16, help="tokens per KV block (default: %(default)s)")
     k.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
-    k.add_argument("--kv-blocks", type=_positive_int, default=None, metavar="N",
-                   help="override the computed KV capacity (blocks per replica)")
+    k.add_argument("--kv-blocks", type=_positive_int, default=None, metavar="N", help=kv_blocks_help + NO_DEFAULT)
     k.add_argument("--watermark", type=float, default=0.01,
                    help="fraction of blocks kept free at admission (default: %(default)s)")
 
