@@ -19,14 +19,14 @@ from typing import NamedTuple
 import numpy as np
 
 from sim.models import ModelSpec
-from sim.ops import ALL_OPS, COMMUNICATION_OPS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
 # ---- op roles (shared with the profile format) ---------------------------------------------------
 #: ops whose table is indexed by sequences (rows that sample, or scheduled items), not tokens
 SEQ_AXIS_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling", "host_overhead")
 #: ops whose shapes do not depend on tensor parallelism (hidden size is not sharded); stored with tp = 0
 TP_INDEPENDENT_OPS: tuple[str, ...] = ("input_norm", "post_attn_norm", "residual_add", "residual_add_mlp",
-                                       "final_norm", "sampling", "host_overhead", "pp_send_recv")
+                                       "final_norm", "sampling", "host_overhead", "pp_send_recv") + UNIT_TIMINGS
 #: ops timed directly from ``engine.ops.OPS`` with 1-D token or sequence grids
 TABLE_1D_OPS: tuple[str, ...] = tuple(op for op in ALL_OPS
                                       if op not in ("attn_prefill", "attn_decode") + COMMUNICATION_OPS)
@@ -61,6 +61,11 @@ class GridSpec:
     max_kv_tokens: int = 1 << 19    # cap on batch x context of one decode point (memory)
     mixed_batches: tuple[int, ...] = (8, 32, 128)
     host_batches: tuple[int, ...] = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+    # whole layers / forward passes on the real engine (calibration.iteration): the overhead terms' grid
+    unit_decode_batches: tuple[int, ...] = (1, 4, 16, 64, 128)
+    unit_decode_contexts: tuple[int, ...] = (32, 256, 1024)
+    unit_prefill_chunks: tuple[int, ...] = (16, 64, 256, 1024)
+    unit_mixed: tuple[tuple[int, int], ...] = ((4, 64), (32, 64), (4, 256), (32, 256))  # (decodes, chunk)
     seed: int = 0                   # mixed-context draws
     name: str = "full"
 
@@ -70,13 +75,17 @@ class GridSpec:
     @classmethod
     def from_dict(cls, d: dict) -> "GridSpec":
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+        def tup(v: object) -> object:
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+        return cls(**{k: tup(v) for k, v in d.items() if k in known})
 
 
 QUICK = GridSpec(small=(1, 4, 16), dense_max=256, growth=2.0, max_tokens=2048, max_seqs=128,
                  prefill_chunks=(1, 16, 64, 256, 1024), prefill_context_start=256,
                  decode_batches=(1, 4, 16, 64), decode_contexts=(16, 128, 512, 1024, 4096),
-                 max_kv_tokens=1 << 16, mixed_batches=(8, 32), host_batches=(1, 4, 16, 64), name="quick")
+                 max_kv_tokens=1 << 16, mixed_batches=(8, 32), host_batches=(1, 4, 16, 64),
+                 unit_decode_batches=(1, 16), unit_decode_contexts=(32, 512), unit_prefill_chunks=(16, 256),
+                 unit_mixed=((4, 64),), name="quick")
 FULL = GridSpec()
 #: a CPU's decode attention slows down steeply once a batch's keys leave the caches: contexts every
 #: factor 1.5 to follow the cliff, and a lower cap on batch x context (the roofline extrapolates above)
@@ -149,10 +158,11 @@ def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str
     Communication ops are not planned here (the profiler measures them with torch.distributed
     when several devices exist, otherwise the cost model takes them from the roofline).
     """
-    want = set(ops) if ops is not None else set(ALL_OPS)
-    unknown = want - set(ALL_OPS)
+    known = ALL_OPS + UNIT_TIMINGS
+    want = set(ops) if ops is not None else set(known)
+    unknown = want - set(known)
     if unknown:
-        raise ValueError(f"unknown op(s) {', '.join(sorted(unknown))}; ops are: {', '.join(ALL_OPS)}")
+        raise ValueError(f"unknown op(s) {', '.join(sorted(unknown))}; ops are: {', '.join(known)}")
     for tp in tps:
         model.check_tp(tp)
     tokens = token_grid(spec)
@@ -167,6 +177,11 @@ def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str
 
     if "host_overhead" in want:
         pts.extend(Point("host_overhead", 0, b, b, 0) for b in spec.host_batches)
+    if want & set(UNIT_TIMINGS):  # one engine run per shape times both units; both rows are planned
+        from calibration.iteration import unit_shapes
+        for t, s, c, v in unit_shapes(model.max_context, spec.unit_decode_batches, spec.unit_decode_contexts,
+                                      spec.unit_prefill_chunks, spec.unit_mixed):
+            pts.extend(Point(op, 0, t, s, c, v) for op in UNIT_TIMINGS)
     for op in TABLE_1D_OPS:
         if op in want and op in TP_INDEPENDENT_OPS and op != "host_overhead":
             one_d(op, 0)
@@ -210,6 +225,8 @@ POINT_SETUP_S = {"cuda": 5e-3, "cpu": 2e-3}
 COMPILE_S_PER_TP = 30.0
 #: a host-overhead point runs the tiny model for ~40 iterations
 HOST_POINT_S = {"cuda": 0.3, "cpu": 0.5}
+#: a unit-timing row (half of one engine shape run: layer and forward rows come from the same runs)
+UNIT_POINT_S = {"cuda": 0.05, "cpu": 0.1}
 
 
 def estimate_seconds(points: list[Point], model: ModelSpec, gpu: str | None, device_type: str,
@@ -232,6 +249,9 @@ def estimate_seconds(points: list[Point], model: ModelSpec, gpu: str | None, dev
     for p in points:
         if p.op == "host_overhead":
             total += HOST_POINT_S.get(device_type, 0.5)
+            continue
+        if p.op in UNIT_TIMINGS:
+            total += UNIT_POINT_S.get(device_type, 0.1)
             continue
         tp = max(p.tp, 1)
         ref = refs.get(tp)

@@ -10,11 +10,18 @@ seqs        sequences: rows of lm_head / sampling / final_norm, batch items of h
             attention (0 where it does not apply)
 context     attn_prefill: cached tokens before the chunk; attn_decode: keys per request (its own
             new one included; the mean for ``mixed`` rows); else 0
-variant     empty, or ``mixed`` for decode batches whose requests have different contexts
+variant     empty, or ``mixed`` for decode batches whose requests have different contexts;
+            for the whole-unit rows ``layer_forward`` and ``forward`` (``sim.ops.UNIT_TIMINGS``, tp 0)
+            the batch kind ``prefill``, ``decode`` or ``mixed`` (shapes: ``calibration.iteration``)
 median_s    median seconds of one call; ``p10_s``, ``p90_s`` the spread; ``repeats`` timed calls
 ==========  =================================================================================
 
 Readers refuse malformed input with the file, line and field in the message.
+
+Versions: 2 adds the whole-unit rows and measures ``host_overhead`` as the engine's whole host
+part (scheduling, input preparation, output processing, ``on_batch_done``); version 1 profiles
+(host overhead = scheduling and input preparation only, no unit rows) are still read, and the
+cost model prices them with the op sum alone.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import numpy as np
 import pandas as pd
 
 from calibration.grid import MIXED, TP_INDEPENDENT_OPS
+from calibration.iteration import ITERATION_VARIANTS
 from sim.models import ModelSpec
-from sim.ops import ALL_OPS, COMMUNICATION_OPS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
 FORMAT = "servesim-profile"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS: tuple[int, ...] = (1, 2)
 PROFILE_JSON = "profile.json"
 MEASUREMENTS_CSV = "measurements.csv"
 REPORT_MD = "report.md"
@@ -155,8 +164,9 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise ProfileError(f"{f}: missing field(s) {', '.join(missing)}")
     if meta["format"] != FORMAT:
         raise ProfileError(f"{f}: format is {meta['format']!r}, expected {FORMAT!r}")
-    if meta["version"] != VERSION:
-        raise ProfileError(f"{f}: version {meta['version']!r} is not supported (this servesim reads {VERSION})")
+    if meta["version"] not in READABLE_VERSIONS:
+        raise ProfileError(f"{f}: version {meta['version']!r} is not supported (this servesim reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}; recalibrate with `servesim calibrate`)")
     for key in ("device", "model", "grid", "communication"):
         if not isinstance(meta[key], dict):
             raise ProfileError(f"{f}: field {key} must be an object")
@@ -203,8 +213,11 @@ def read_measurements(path: str | Path, allow_missing: bool = False) -> pd.DataF
             i = int(np.flatnonzero(mask)[0])
             raise ProfileError(f"{f}:{line[i]}: {field} {what}, got {raw[field].iloc[i]!r}")
 
-    fail(~raw["op"].isin(ALL_OPS).to_numpy(), "op", "must be an op of sim.ops")
-    fail(~raw["variant"].isin(["", MIXED]).to_numpy(), "variant", f"must be empty or {MIXED!r}")
+    fail(~raw["op"].isin(ALL_OPS + UNIT_TIMINGS).to_numpy(), "op", "must be an op of sim.ops")
+    unit = raw["op"].isin(UNIT_TIMINGS).to_numpy()
+    fail(~unit & ~raw["variant"].isin(["", MIXED]).to_numpy(), "variant", f"must be empty or {MIXED!r}")
+    fail(unit & ~raw["variant"].isin(ITERATION_VARIANTS).to_numpy(), "variant",
+         f"of a {'/'.join(UNIT_TIMINGS)} row must be one of {', '.join(ITERATION_VARIANTS)}")
     out = pd.DataFrame({"op": raw["op"], "variant": raw["variant"]})
     for c in INT_COLUMNS:
         v = pd.to_numeric(raw[c], errors="coerce")

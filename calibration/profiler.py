@@ -3,8 +3,10 @@
 Each op is called through ``engine.ops.OPS`` (looked up at call time, exactly what the
 engine's layers run) on inputs of one TP shard's shapes (heads, intermediate size and vocab
 divided by TP), so TP 2/4/8 shapes are measured on one device. Attention runs through the
-engine's metadata builder and backend on a paged cache. Host overhead is the shared scheduler
-plus ``ModelRunner.prepare`` on the real engine with the tiny model. Communication is timed
+engine's metadata builder and backend on a paged cache. Host overhead is the engine's host part
+of real decode iterations (scheduler, input preparation, output processing, ``on_batch_done``)
+with the tiny model. Whole decoder layers and forward passes of real ``ModelRunner.execute``
+iterations (``calibration.iteration``) give the framework overhead the op sum misses. Communication is timed
 with torch.distributed when enough GPUs exist, otherwise left to the roofline (and marked so).
 
 Every measurement is appended to measurements.csv at once; a rerun with the same ``out``
@@ -29,11 +31,14 @@ import torch
 
 from calibration import profile_io
 from calibration.grid import FULL, MIXED, GridSpec, Point, estimate_seconds, mixed_contexts, plan
-from calibration.timing import Timing, TimingSettings, rotation_copies, synchronize, time_call, time_host
+from calibration.iteration import IterationBench, blocks_needed, unit_shapes
+from calibration.timing import (Timing, TimingSettings, rotation_copies, synchronize, time_call, time_host,
+                                time_stats)
 from engine.attention import build_metadata, select_backend
 from engine.model import default_dtype
 from engine.ops import OPS
 from sim.models import ModelSpec, get_model
+from sim.ops import UNIT_TIMINGS
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
@@ -320,7 +325,8 @@ class OpBench:
 
 
 class HostBench:
-    """Per-iteration host time on the real engine: the shared scheduler's ``schedule`` plus ``ModelRunner.prepare``."""
+    """Per-iteration host time on the real engine: everything but the forward pass (``schedule``, input
+    preparation, output processing, ``on_batch_done``), the engine's ``host_s``."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, backend: str, host_model: str, scheduler: str,
                  max_batch: int, block_size: int, repeats: int) -> None:
@@ -335,7 +341,8 @@ class HostBench:
                                   block_size=block_size, backend=backend)
 
     def measure(self, batch_size: int) -> Timing:
-        """Decode-only iterations of ``batch_size`` requests: time schedule() + prepare(), then run the batch."""
+        """Decode-only iterations of ``batch_size`` requests: wall time of schedule, execute and on_batch_done,
+        less the runner's ``forward_s``."""
         from sim.kv_cache import BlockManager
         from sim.request import Request
         from sim.schedulers import SchedulerConfig, make_scheduler
@@ -354,14 +361,12 @@ class HostBench:
             runner.execute(b)
             sched.on_batch_done(b, 0.0)
 
-        def one(i: int) -> float:
+        def one(i: int) -> float:  # the engine's host part, as engine.replay books it: iteration minus forward_s
             t0 = time.perf_counter()
             b = sched.schedule(float(i))
-            runner.prepare(b)
-            dt = time.perf_counter() - t0
             runner.execute(b)
             sched.on_batch_done(b, float(i))
-            return dt
+            return time.perf_counter() - t0 - float(runner.last_timing["forward_s"])
 
         try:
             return time_host(one, self.repeats)
@@ -371,6 +376,11 @@ class HostBench:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+
+def _median_round(ts: list[Timing]) -> Timing:
+    """The round whose median is the median of the rounds' (the lower middle one for an even count)."""
+    return sorted(ts, key=lambda t: t.median_s)[(len(ts) - 1) // 2]
+
 
 def _key(p: Point) -> tuple:
     return (p.op, p.tp, p.tokens, p.seqs, p.context, p.variant)
@@ -404,7 +414,7 @@ def fit_device_rates(table: Any, model: ModelSpec, dtype_bytes: int) -> dict[str
     best_f = best_b = 0.0
     floor = float("inf")
     for r in table.itertuples(index=False):
-        if r.op in ("host_overhead",) or r.op.startswith("tp_") or r.op == "pp_send_recv":
+        if r.op in ("host_overhead",) + UNIT_TIMINGS or r.op.startswith("tp_") or r.op == "pp_send_recv":
             continue
         floor = min(floor, float(r.median_s))
         if r.op not in GEMM_OPS + STREAM_OPS:
@@ -447,7 +457,8 @@ def _meta(cfg: CalibrationConfig, dev: dict[str, Any], dtype: torch.dtype, backe
                    "rounds": cfg.rounds or (3 if dev["type"] == "cpu" else 1)},
         "attention_backend": backend_name, "block_size": cfg.block_size,
         "host_overhead": {"model": cfg.host_model, "scheduler": cfg.host_scheduler,
-                          "measures": "scheduler.schedule() + ModelRunner.prepare() per decode iteration"},
+                          "measures": "engine host part per decode iteration: schedule() + execute() + "
+                                      "on_batch_done() wall time less forward_s"},
         "communication": (old or {}).get("communication", {"measured_tp": [], "pp": "roofline",
                                                            "note": "from the roofline interconnect model"}),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -460,6 +471,9 @@ def _meta(cfg: CalibrationConfig, dev: dict[str, Any], dtype: torch.dtype, backe
 
 def _check_resumable(old: dict[str, Any], cfg: CalibrationConfig, here: str, dtype: torch.dtype) -> None:
     problems = []
+    if old.get("version") != profile_io.VERSION:
+        problems.append(f"profile format version {old.get('version')} vs {profile_io.VERSION} (host overhead and "
+                        f"unit timings are measured differently now)")
     if old["model"] != profile_io.model_shape(cfg.model):
         problems.append(f"model {old['model'].get('name')} vs {cfg.model.name}")
     if old["device"].get("name") != here:
@@ -522,6 +536,8 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     bench.set_mixed({b: mixed_contexts(b, cfg.model.max_context, cfg.grid.seed, cfg.grid.max_kv_tokens)
                      for b in cfg.grid.mixed_batches})
     host: HostBench | None = None
+    units: IterationBench | None = None
+    unit_runs: dict[tuple, dict[str, Timing]] = {}  # one engine run per shape per round times both units
     skipped: list[tuple[Point, str]] = []
     measured = 0
     stopped = False
@@ -529,13 +545,26 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     with profile_io.MeasurementWriter(out) as writer, \
             tqdm(total=len(todo), desc="calibrating", unit="pt", disable=not show, mininterval=0.5) as bar:
         def measure(p: Point) -> Timing:
-            nonlocal host
+            nonlocal host, units
             if p.op == "host_overhead":
                 if host is None:
                     host = HostBench(device, dtype, cfg.backend, cfg.host_model, cfg.host_scheduler,
                                      max(cfg.grid.host_batches), cfg.block_size,
                                      max(tset.min_repeats, min(tset.max_repeats, 20)))
                 return host.measure(p.tokens)
+            if p.op in UNIT_TIMINGS:
+                shape = (p.tokens, p.seqs, p.context, p.variant)
+                if shape not in unit_runs:
+                    if units is None:
+                        g = cfg.grid
+                        shapes = unit_shapes(cfg.model.max_context, g.unit_decode_batches, g.unit_decode_contexts,
+                                             g.unit_prefill_chunks, g.unit_mixed)
+                        units = IterationBench(cfg.model, device, dtype, cfg.backend, cfg.block_size,
+                                               blocks_needed(shapes, cfg.block_size), cfg.seed)
+                    layer, fwd = units.measure(*shape, warmup=max(tset.warmup, 2),
+                                               repeats=max(tset.min_repeats, min(tset.max_repeats, 15)))
+                    unit_runs[shape] = {"layer_forward": time_stats(layer), "forward": time_stats(fwd)}
+                return unit_runs[shape][p.op]
             call, copies = bench.prepare(p)
             return time_call(call, device, tset, copies)
 
@@ -560,16 +589,24 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
             bar.update()
     # Later rounds re-time the short points of this run and keep each point's best (lowest-median) round:
     # the rounds are a whole sweep apart, so a burst of load from other processes spoils one, not the table.
+    # Whole iterations (host part, unit timings) predict what the engine meets in a run, load included:
+    # they keep the median round, not the best (the op tables' best is a floor the overhead fit sits on).
+    typical = {p: [t] for p, t in best.items() if p.op in UNIT_TIMINGS + ("host_overhead",)}
     order = random.Random(cfg.seed)
     for _ in range(rounds - 1):
         again = [p for p, t in best.items() if t.median_s < ROUNDS_ONLY_BELOW_S]
+        unit_runs.clear()  # a new round runs each unit shape again
         order.shuffle(again)  # neighbouring grid points meet a slow spell in different rounds
         changed = False
         for p in again:
             if over_budget():
                 break
             t = measure(p)
-            if t.median_s < best[p].median_s:
+            if p in typical:
+                typical[p].append(t)
+                best[p] = _median_round(typical[p])
+                changed = True
+            elif t.median_s < best[p].median_s:
                 best[p] = t
                 changed = True
         if changed:

@@ -55,7 +55,8 @@ def _x(op: str, rows: pd.DataFrame) -> np.ndarray:
 
 
 def _ref_times(ref: OpRoofline, rows: pd.DataFrame) -> np.ndarray:
-    return np.array([ref.time(r.op, int(r.tokens), int(r.seqs), int(r.context)) for r in rows.itertuples()])
+    return np.array([ref.time(r.op, int(r.tokens), int(r.seqs), int(r.context), r.variant)
+                     for r in rows.itertuples()])
 
 
 def _report_1d(op: str, rows: pd.DataFrame, ref: OpRoofline) -> dict[str, Any]:

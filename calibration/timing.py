@@ -61,6 +61,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_stats(times: list[float]) -> Timing:
+    """Median, p10, p90 and count of measured durations (seconds)."""
+    return _stats(times)
+
+
 def _stats(times: list[float]) -> Timing:
     a = np.asarray(times, dtype=float)
     p10, med, p90 = np.percentile(a, [10, 50, 90])

@@ -35,3 +35,16 @@ ALL_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_
 # ops whose cost depends on per-item context (2-D tables in a profile); all others depend on token count
 ATTENTION_OPS: tuple[str, ...] = ("attn_prefill", "attn_decode")
 COMMUNICATION_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp", "pp_send_recv")
+
+# Framework overhead: what the engine's real forward pass costs beyond the sum of its ops timed one by one
+# (on a CPU: Python glue, per-forward attention masks, caches; on a GPU without CUDA graphs: launch gaps).
+# Priced by the profiled cost model from whole-unit timings; not engine ops and not in ALL_OPS.
+OVERHEAD_OPS: tuple[str, ...] = (
+    "layer_overhead",    # per decoder layer: measured layer forward minus the sum of its ops
+    "forward_overhead",  # per forward pass: measured forward + sampling minus layers and first/last-stage ops
+)
+# whole units the calibration times on the real engine (profile rows from which OVERHEAD_OPS are fitted)
+UNIT_TIMINGS: tuple[str, ...] = (
+    "layer_forward",     # one decoder layer inside ModelRunner.execute (mean over the model's layers)
+    "forward",           # ModelRunner.execute's forward pass and sampling (its forward_s)
+)

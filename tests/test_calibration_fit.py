@@ -11,7 +11,7 @@ from calibration.fit import Grid2D, Table1D, monotone
 from calibration.grid import FULL, QUICK, decode_points, plan, prefill_points, token_grid
 from calibration.report import held_out_1d, held_out_2d
 from sim.models import get_model
-from sim.ops import ALL_OPS, COMMUNICATION_OPS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
 
 def test_token_grid_is_dense_at_tile_steps_and_geometric_above():
@@ -40,7 +40,8 @@ def test_attention_grids_respect_context_and_memory_limits():
 def test_plan_covers_every_op_but_communication():
     pts = plan(get_model("llama-2-7b"), [1, 2], QUICK)
     ops = {p.op for p in pts}
-    assert ops == set(ALL_OPS) - set(COMMUNICATION_OPS)
+    assert ops == set(ALL_OPS) - set(COMMUNICATION_OPS) | set(UNIT_TIMINGS)  # whole layers / forwards too
+    assert {p.tp for p in pts if p.op in UNIT_TIMINGS} == {0}
     assert {p.tp for p in pts if p.op == "input_norm"} == {0}       # TP-independent: measured once
     assert {p.tp for p in pts if p.op == "qkv_proj"} == {1, 2}
     with pytest.raises(ValueError, match="unknown op"):

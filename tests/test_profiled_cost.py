@@ -53,7 +53,11 @@ def test_decode_batch_on_the_grid_equals_the_profile_and_breakdown_sums(tiny_h10
     cm = ProfiledCostModel(tiny_h100, "tiny")
     rl = RooflineCostModel("tiny", "h100-sxm")
     b = Batch(decodes([512] * 16))
-    assert cm.stage_cost(b, 0).time == pytest.approx(1.25 * rl.stage_cost(b, 0).time, rel=1e-5)  # CSV: 6 digits
+    over = cm.breakdown(b, 0)
+    overhead = over["layer_overhead"] + over["forward_overhead"]
+    # the synthetic unit rows are their ops' roofline sum: the fitted framework overhead is (nearly) nil
+    assert 0.0 <= overhead < 0.02 * cm.stage_cost(b, 0).time
+    assert cm.stage_cost(b, 0).time - overhead == pytest.approx(1.25 * rl.stage_cost(b, 0).time, rel=1e-5)
     assert cm.stage_cost(b, 0).flops == pytest.approx(rl.stage_cost(b, 0).flops)
     assert sum(cm.breakdown(b, 0).values()) == pytest.approx(cm.stage_cost(b, 0).time, rel=1e-12)
     src = cm.breakdown_sources(b, 0)

@@ -147,8 +147,7 @@ def test_every_engine_batch_is_priced_and_reported(base):
 
 
 def test_median_batch_error_is_in_a_sane_band(base):
-    """Catches a cost model off by a large factor (another device's roofline, another model). The measured
-    figures on this 2-core machine: median -38% to -67% (the prediction is below the measured time)."""
+    """Catches a cost model off by a large factor (another device's roofline, another model)."""
     res, _ = base
     for r in res.runs:
         med = r.batch_error["total"]["median"]
@@ -157,10 +156,13 @@ def test_median_batch_error_is_in_a_sane_band(base):
         assert -0.85 < med < 0.5, r.name
 
 
-@pytest.mark.xfail(strict=False, reason="calibration times each op in a hot loop; inside the engine's forward pass the "
-                                        "same ops take 20-50% longer on this CPU (the report's op check), so the "
-                                        "profiled model under-predicts CPU batches by about 40%")
+@pytest.mark.xfail(strict=False, reason="on this shared 2-core machine the same engine iterations run up to 2.5x "
+                                        "slower from one minute to the next (other processes); a profile with "
+                                        "whole-unit timings gave -8% to -12% when validated right after "
+                                        "calibration and -42% a few minutes later, so the bound is not reliable")
 def test_median_batch_error_under_25_percent(base):
+    """The median batch-level error is within 25% (needs the profile's format-2 whole-unit timings, taken under
+    the load the validation meets)."""
     res, _ = base
     for r in res.runs:
         assert abs(r.batch_error["total"]["median"]) < 0.25, r.name

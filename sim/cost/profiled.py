@@ -8,6 +8,22 @@ table an op is priced by the roofline scaled to agree with the table at its edge
 Communication comes from the profile when it was measured there (several GPUs), else from the
 roofline's interconnect model. Every op's price names its source (``breakdown_sources``).
 
+Framework overhead (profile format 2): the ops above are timed one by one in a hot loop, but
+the engine runs them in sequence inside Python, with attention masks built once per forward
+pass and caches that the previous op cooled; on a GPU without CUDA graphs the launch gaps
+between kernels add up the same way. The profile's whole-unit rows (``layer_forward``,
+``forward``: real ``ModelRunner.execute`` iterations over a grid of prefill, decode and mixed
+batches) measure this. We model it (option "residual", not "replace": the measured units
+cover only a small grid, while the op tables cover every shape and give per-op breakdowns) as
+two terms of ``sim.ops.OVERHEAD_OPS``: ``layer_overhead`` per decoder layer, linear with
+non-negative coefficients in work counts (a constant, one per attention part present, per item,
+per new token, per prefill query-key pair, per decode key), and ``forward_overhead`` per forward
+pass on the last stage (constant, per token, per sampled row). Each is fitted at load time by
+relative least squares to the unit rows' residuals (measured unit minus the op sum the tables
+predict for the same batch), so it stays consistent with the op tables it complements; the
+features extrapolate smoothly beyond the grid. Overhead is framework time: never scaled to
+another GPU. A version-1 profile has no unit rows: its overhead terms are zero.
+
 Transfer: with ``gpu`` different from the profile's device, each op is scaled by the ratio of
 the two devices' rooflines at that op's shape (so compute-bound shapes scale with FLOP/s and
 memory-bound ones with bandwidth); such predictions are estimates and ``describe()`` says so.
@@ -20,15 +36,17 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibration.fit import Grid2D, Table1D
+from calibration.fit import Grid2D, Table1D, fit_nonnegative
 from calibration.grid import SEQ_AXIS_OPS
+from calibration.iteration import unit_batch
 from calibration.profile_io import Profile, ProfileError, read_profile
 from sim.batch import Batch
 from sim.cost.base import CostModel, StageCost
 from sim.cost.roofline import RooflineCostModel
 from sim.hardware import GPUSpec, get_gpu
 from sim.models import ModelSpec, get_model
-from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+from sim.ops import (COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, OVERHEAD_OPS, STAGE_OPS,
+                     UNIT_TIMINGS)
 
 if TYPE_CHECKING:
     from sim.simulator import SimConfig
@@ -45,6 +63,11 @@ EDGE = "profile-edge"          # roofline scaled to agree with the table at its 
 ROOFLINE = "roofline"          # not measured (communication on a single device)
 TRANSFER = "+transfer"         # suffix: scaled by the roofline ratio of another GPU (an estimate)
 PADDED_BACKENDS = ("sdpa",)    # engine attention backends whose cost follows the longest sequence of a batch
+FIT = "profile-fit"            # overhead terms: fitted to the profile's whole-unit timings
+#: names of the features the overhead terms are linear in (see the module docstring)
+LAYER_FEATURES: tuple[str, ...] = ("const", "prefill_part", "decode_part", "items", "tokens", "prefill_pairs",
+                                   "decode_keys")
+FORWARD_FEATURES: tuple[str, ...] = ("const", "tokens", "sampled_rows")
 
 
 def prefill_pairs(chunk: int, cached: int) -> int:
@@ -100,7 +123,22 @@ class OpRoofline:
         """Roofline seconds of ``batch`` decodes with ``context`` keys each (the 2-D decode table's shape)."""
         return self.rl.attn_decode_cost(batch, batch * context)[0]
 
-    def time(self, op: str, tokens: int, seqs: int, context: int) -> float:
+    def unit_time(self, op: str, tokens: int, seqs: int, context: int, variant: str) -> float:
+        """Roofline seconds of a whole-unit row (one layer, or a forward pass with sampling): its ops' sum."""
+        b = unit_batch(tokens, seqs, context, variant)
+        sampled = len(b.items)  # every unit item completes its known tokens
+        ops = self.token_ops(tokens, sampled)
+        layer = sum(ops[o][0] for o in LAYER_OPS if o in ops and o not in COMMUNICATION_OPS)
+        for it in b.prefill_items:
+            layer += self.rl.attn_prefill_cost(it.num_new_tokens, it.num_cached_tokens,
+                                               prefill_pairs(it.num_new_tokens, it.num_cached_tokens))[0]
+        if b.num_decode_tokens:
+            layer += self.rl.attn_decode_cost(b.num_decode_tokens, b.decode_context)[0]
+        if op == "layer_forward":
+            return layer
+        return self.rl.model.num_layers * layer + sum(ops[o][0] for o in FIRST_STAGE_OPS + LAST_STAGE_OPS)
+
+    def time(self, op: str, tokens: int, seqs: int, context: int, variant: str = "") -> float:
         """Seconds of one call of ``op`` at a profile row's shape (per layer for layer ops)."""
         if op == "attn_prefill":
             return self.rl.attn_prefill_cost(tokens, context, prefill_pairs(tokens, context))[0]
@@ -108,6 +146,8 @@ class OpRoofline:
             return self.rl.attn_decode_cost(seqs, seqs * context)[0]
         if op == "pp_send_recv":
             return self.pp_send_recv(tokens)
+        if op in UNIT_TIMINGS:
+            return self.unit_time(op, tokens, seqs, context, variant)
         n = seqs if op in SEQ_AXIS_OPS else 1
         return self.token_ops(tokens if op not in SEQ_AXIS_OPS else seqs, max(n, 1))[op][0]
 
@@ -187,6 +227,93 @@ class ProfiledCostModel(CostModel):
         self._token_cache: dict[tuple[int, int, int], tuple[float, float, float]] = {}
         self._prefill_cache: dict[tuple[int, int], tuple[float, bool]] = {}
         self._host_cache: dict[int, float] = {}
+        self.layer_coef, self.forward_coef, self.overhead_fit = self._fit_overhead()
+
+    # ---- framework overhead ---------------------------------------------------------------------
+
+    def _layer_features(self, batch: Batch) -> list[float]:
+        """LAYER_FEATURES of ``batch`` (attention work counted as the backend does it: padded for SDPA)."""
+        pre = batch.prefill_items
+        nd, dctx, longest = self._decode_args(batch)
+        if self.padded and len(pre) > 1:
+            c_max = max(it.num_new_tokens for it in pre)
+            k_max = max(it.num_new_tokens + it.num_cached_tokens for it in pre)
+            pairs = len(pre) * prefill_pairs(c_max, k_max - c_max)
+        else:
+            pairs = sum(prefill_pairs(it.num_new_tokens, it.num_cached_tokens) for it in pre)
+        keys = nd * longest if longest else dctx
+        return [1.0, float(bool(pre)), float(nd > 0), float(len(batch.items)),
+                float(batch.num_prefill_tokens + nd), float(pairs), float(keys)]
+
+    @staticmethod
+    def _forward_features(batch: Batch) -> list[float]:
+        sampled = sum(1 for r, n, c in batch.items if c + n == r.prompt_tokens + r.num_generated)
+        return [1.0, float(batch.num_prefill_tokens + batch.num_decode_tokens), float(sampled)]
+
+    def _layer_ops(self, batch: Batch) -> float:
+        """The op tables' seconds for one decoder layer of ``batch`` (no overhead)."""
+        T = batch.num_prefill_tokens + batch.num_decode_tokens
+        ops = self.token_op_times(T, len(batch.items))
+        t = sum(ops[op][0] for op in LAYER_OPS if op in ops)
+        if batch.prefill_items:
+            t += self.attn_prefill(batch)[0]
+        if batch.num_decode_tokens:
+            t += self.attn_decode(*self._decode_args(batch))[0]
+        return t
+
+    def _fit_overhead(self) -> tuple[list[float], list[float], dict[str, Any]]:
+        """Fit ``layer_overhead`` and ``forward_overhead`` to the profile's unit rows (zeros without any)."""
+        import numpy as np
+
+        t = self.profile.table
+        units = t[t["op"].isin(UNIT_TIMINGS)]
+        zero_l, zero_f = [0.0] * len(LAYER_FEATURES), [0.0] * len(FORWARD_FEATURES)
+        if units.empty or self.transfer:
+            why = "no whole-unit timings in the profile" if units.empty else "framework overhead of the profiled "                   "device does not transfer to another GPU"
+            return zero_l, zero_f, {"rows": 0, "note": why}
+        key = ["tokens", "seqs", "context", "variant"]
+        lay = units[units["op"] == "layer_forward"].set_index(key)["median_s"]
+        fwd = units[units["op"] == "forward"].set_index(key)["median_s"]
+        shared = [k for k in lay.index if k in fwd.index]
+        L = self.model.num_layers
+        xl, yl, sl, xf, yf, sf = [], [], [], [], [], []
+        for k in shared:
+            b = unit_batch(*k)
+            ml, mf = float(lay[k]), float(fwd[k])
+            xl.append(self._layer_features(b))
+            yl.append(ml - self._layer_ops(b))
+            sl.append(ml)
+            T = b.num_prefill_tokens + b.num_decode_tokens
+            xf.append(self._forward_features(b))
+            ops = self.token_op_times(T, int(xf[-1][2]))
+            outside = sum(ops[op][0] for op in FIRST_STAGE_OPS + LAST_STAGE_OPS)
+            yf.append(mf - L * ml - outside)
+            sf.append(mf)
+        if not shared:
+            return zero_l, zero_f, {"rows": 0, "note": "unit rows lack layer/forward pairs"}
+        cl = fit_nonnegative(np.array(xl), np.array(yl), np.array(sl))
+        cf = fit_nonnegative(np.array(xf), np.array(yf), np.array(sf))
+        pl = np.array(xl) @ cl + (np.array(sl) - np.array(yl))
+        pf = L * pl + np.array(xf) @ cf + (np.array(sf) - np.array(yf) - L * np.array(sl))
+        info = {"rows": len(shared),
+                "layer_overhead": dict(zip(LAYER_FEATURES, map(float, cl))),
+                "forward_overhead": dict(zip(FORWARD_FEATURES, map(float, cf))),
+                "layer_fit_median_abs_error": float(np.median(np.abs(pl / np.array(sl) - 1))),
+                "forward_fit_median_abs_error": float(np.median(np.abs(pf / np.array(sf) - 1)))}
+        return list(map(float, cl)), list(map(float, cf)), info
+
+    def layer_overhead(self, batch: Batch) -> float:
+        """Seconds of framework overhead per decoder layer of ``batch`` (beyond its ops)."""
+        return sum(c * x for c, x in zip(self.layer_coef, self._layer_features(batch)) if c)
+
+    def forward_overhead(self, batch: Batch) -> float:
+        """Seconds of framework overhead per forward pass of ``batch`` outside the layers (last stage)."""
+        return sum(c * x for c, x in zip(self.forward_coef, self._forward_features(batch)) if c)
+
+    def _overheads(self, batch: Batch, stage: int) -> dict[str, float]:
+        """Stage seconds of each OVERHEAD_OPS term."""
+        return {"layer_overhead": self.layers[stage] * self.layer_overhead(batch),
+                "forward_overhead": self.forward_overhead(batch) if stage == self.pp - 1 else 0.0}
 
     # ---- 1-D ops --------------------------------------------------------------------------------
 
@@ -381,10 +508,12 @@ class ProfiledCostModel(CostModel):
             t += L * at
             f += L * af
             b += L * ab
+        t += sum(self._overheads(batch, stage).values())
         return StageCost(t, f, b)
 
     def host_time(self, batch: Batch) -> float:
-        """Measured per-iteration CPU time (scheduling and input preparation) at this batch's size."""
+        """Measured per-iteration CPU time at this batch's size: the engine's host part (scheduling, input
+        preparation, output processing, ``on_batch_done``; a version-1 profile: the first two only)."""
         n = batch.size
         hit = self._host_cache.get(n)
         if hit is None:
@@ -396,7 +525,7 @@ class ProfiledCostModel(CostModel):
     def _explain(self, batch: Batch, stage: int) -> dict[str, tuple[float, str]]:
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
-            return {op: (0.0, PROFILE) for op in DEVICE_OPS}
+            return {op: (0.0, PROFILE) for op in DEVICE_OPS + OVERHEAD_OPS}
         ops = self._stage_token_times(num_tokens, len(batch.items), stage)
         L = self.layers[stage]
         if batch.prefill_items:
@@ -406,16 +535,19 @@ class ProfiledCostModel(CostModel):
             ops["attn_prefill"] = (0.0, PROFILE)
         t, _, _, s = self.attn_decode(*self._decode_args(batch))
         ops["attn_decode"] = (L * t, s)
-        return {op: ops[op] for op in DEVICE_OPS}
+        for op, t in self._overheads(batch, stage).items():
+            ops[op] = (t, FIT)
+        return {op: ops[op] for op in DEVICE_OPS + OVERHEAD_OPS}
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
-        """Seconds per device op of ``sim.ops`` (zero where it does not run); sums to ``stage_cost().time``."""
+        """Seconds per device op of ``sim.ops`` and per overhead term (``OVERHEAD_OPS``; zero where one does not
+        run); sums to ``stage_cost().time``."""
         return {op: v[0] for op, v in self._explain(batch, stage).items()}
 
     def breakdown_sources(self, batch: Batch, stage: int) -> dict[str, str]:
         """Where each op's price comes from: ``profile`` (interpolated), ``profile-edge`` (roofline scaled at
-        the table's edge), ``roofline`` (not measured), ``+transfer`` (scaled to another GPU: an estimate);
-        ``host_overhead`` included."""
+        the table's edge), ``roofline`` (not measured), ``+transfer`` (scaled to another GPU: an estimate),
+        ``profile-fit`` (overhead terms fitted to whole-unit timings); ``host_overhead`` included."""
         out = {op: v[1] for op, v in self._explain(batch, stage).items()}
         n = batch.size
         out["host_overhead"] = PROFILE if self._tables["host_overhead"].contains(n) else EDGE
@@ -441,6 +573,7 @@ class ProfiledCostModel(CostModel):
             "attention_backend": meta.get("attention_backend"),
             "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
+            "framework_overhead": self.overhead_fit,
             "estimate": self.transfer,
             "transfer": None,
         }
