@@ -61,8 +61,8 @@ def token_gaps(requests: list[Request]) -> np.ndarray:
     return _gaps_and_counts(requests)[0]
 
 
-def requests_frame(requests: list[Request]) -> pd.DataFrame:
-    """One row per simulated request, in trace order."""
+def requests_frame(requests: list[Request], *, return_gaps: bool = False):
+    """One row per simulated request, in trace order; with ``return_gaps`` also every token gap (for ``summarize``)."""
     reqs = sorted(requests, key=lambda r: r.index)
     gaps, counts = _gaps_and_counts(reqs)
     tbt_max = np.full(len(reqs), np.nan)
@@ -80,12 +80,13 @@ def requests_frame(requests: list[Request]) -> pd.DataFrame:
     e2e = done - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(generated > 1, (e2e - ttft) / (generated - 1), nan)
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "request_id": [r.request_id for r in reqs], "replica": [r.replica for r in reqs], "arrival_time": arrival,
         "prompt_tokens": [r.prompt_tokens for r in reqs], "output_tokens": [r.output_tokens for r in reqs],
         "generated_tokens": generated, "first_scheduled_time": sched, "first_token_time": first,
         "completion_time": done, "scheduling_delay": sched - arrival, "ttft": ttft, "e2e": e2e, "tpot": tpot,
         "tbt_max": tbt_max, "num_preemptions": [r.num_preemptions for r in reqs]})
+    return (frame, gaps) if return_gaps else frame
 
 
 def _merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,14 +135,17 @@ def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataF
 def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches: pd.DataFrame,
               stages: pd.DataFrame, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
               peak_flops: float, mem_bandwidth: float, source: str, config: dict, cost: dict,
-              versions: dict, gpus_per_stage: int = 1, memory: dict | None = None) -> dict[str, Any]:
+              versions: dict, gpus_per_stage: int = 1, memory: dict | None = None,
+              gaps: np.ndarray | None = None) -> dict[str, Any]:
     """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
 
     ``batches`` has the columns of ``sim.cluster.STAGE_FIELDS``, whose flops and bytes are one GPU's
     work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
+    ``gaps``: the completed requests' token gaps when the caller already has them (else computed here).
     """
     done = [r for r in requests if r.completion_time is not None]
-    gaps = token_gaps(done)
+    if gaps is None:
+        gaps = token_gaps(done)
     ttft = [r.token_times[0] - r.arrival_time for r in done]
     e2e = [r.completion_time - r.arrival_time for r in done]
     tpot = [(r.completion_time - r.token_times[0]) / (len(r.token_times) - 1) for r in done if len(r.token_times) > 1]

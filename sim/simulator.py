@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sim import metrics
-from sim.cluster import MICROBATCH_FIELDS, STAGE_FIELDS, run_cluster
+from sim.cluster import run_cluster
 from sim.cost.base import CostModel
 from sim.hardware import get_gpu
 from sim.kv_cache import BlockManager
@@ -111,14 +111,16 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
                   for _ in range(config.replicas)]
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
 
-    batches = pd.DataFrame(rec.stage_rows, columns=list(STAGE_FIELDS))
-    micro = pd.DataFrame(rec.microbatch_rows, columns=list(MICROBATCH_FIELDS))
-    req_df = metrics.requests_frame(requests)
+    batches = rec.stage_frame()
+    micro = rec.microbatch_frame()
+    req_df, gaps = metrics.requests_frame(requests, return_gaps=True)
+    if any(r.completion_time is None for r in requests):
+        gaps = None  # the summary counts completed requests only
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
     summary = metrics.summarize(
         requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
         block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
         num_gpus=config.replicas * config.tp * config.pp, peak_flops=gpu.bf16_flops,
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
-        cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory)
+        cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
     return SimResult(summary, req_df, batches, micro, stages, skipped)
