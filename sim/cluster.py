@@ -11,6 +11,7 @@ has a micro-batch in flight is in a pipeline bubble.
 from __future__ import annotations
 
 from collections import deque
+from operator import attrgetter
 from typing import Callable
 
 import numpy as np
@@ -112,14 +113,15 @@ class Replica:
                 if batch is not None:
                     self.in_flight += 1
                     host = cost.host_time(batch)
-                    host_free_at = env.now + host
-                    self._scheduled[batch.batch_id] = (env.now, host)
+                    start = env.now
+                    host_free_at = start + host
                     if self.pp > 1:
+                        self._scheduled[batch.batch_id] = (start, host)
                         self._hand_to_stage(0, batch, host_free_at)
                         continue
                     c = cost.stage_cost(batch, 0)
                     yield env.timeout(host + c.time)
-                    self._stage_done(0, batch, host_free_at, c)
+                    self._stage_done(0, batch, host_free_at, c, (start, host))
                     continue
             self._wakeup = env.event()
             yield self._wakeup
@@ -139,8 +141,11 @@ class Replica:
             yield env.timeout(start - env.now + c.time)
             self._stage_done(stage, batch, start, c)
 
-    def _stage_done(self, stage: int, batch: Batch, start: float, c) -> None:
-        """Record a stage execution; pass the batch on, or after the last stage hand results to the scheduler."""
+    def _stage_done(self, stage: int, batch: Batch, start: float, c, scheduled: tuple[float, float] | None = None) -> None:
+        """Record a stage execution; pass the batch on, or after the last stage hand results to the scheduler.
+
+        ``scheduled``: (scheduling start, host time) of a single-stage micro-batch; else kept in ``_scheduled``.
+        """
         now = self.env.now
         self.recorder.stage_rows.append((self.index, stage, batch.batch_id, start, now, batch.num_prefill_tokens,
                                          batch.num_decode_tokens, batch.size, len(batch.prefill_items),
@@ -149,13 +154,16 @@ class Replica:
             self._hand_to_stage(stage + 1, batch, now)
             return
         finished = self.scheduler.on_batch_done(batch, now)
-        sched_start, host = self._scheduled.pop(batch.batch_id)
+        sched_start, host = scheduled or self._scheduled.pop(batch.batch_id)
         self.recorder.microbatch_rows.append((self.index, batch.batch_id, sched_start, host, now))
         self.in_flight -= 1
         self.outstanding -= len(finished)
         if finished:
             self.on_done(self, finished)
         self._wake()
+
+
+_outstanding = attrgetter("outstanding")
 
 
 class Router:
@@ -175,7 +183,7 @@ class Router:
             r = self.replicas[self._next]
             self._next = (self._next + 1) % len(self.replicas)
             return r
-        return min(self.replicas, key=lambda rep: (rep.outstanding, rep.index))
+        return min(self.replicas, key=_outstanding)  # the first (lowest index) of the least loaded
 
 
 def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
