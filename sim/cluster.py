@@ -10,6 +10,7 @@ has a micro-batch in flight is in a pipeline bubble.
 
 from __future__ import annotations
 
+import gc
 from collections import deque
 from operator import attrgetter
 from typing import Callable
@@ -209,5 +210,13 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
             router.route(r).submit(r)
 
     env.process(arrivals())
-    env.run()
+    # The run allocates millions of short-lived tuples and no reference cycles worth collecting mid-run;
+    # pausing the cyclic collector makes it ~10% faster at 100k requests (what it misses is collected after).
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        env.run()
+    finally:
+        if was_enabled:
+            gc.enable()
     return rec
