@@ -158,8 +158,9 @@ def test_median_batch_error_is_in_a_sane_band(base):
 
 @pytest.mark.xfail(strict=False, reason="on this shared 2-core machine the same engine iterations run up to 2.5x "
                                         "slower from one minute to the next (other processes): with the committed "
-                                        "format-2 profile the median batch-level error ranged from -16% to -51% "
-                                        "across runs on one day, so the 25% bound is not reliable here")
+                                        "format-2 profile the median batch-level error was -3.8% to +1.2% on a "
+                                        "quiet machine but -16% to -51% while other work ran, so the 25% bound "
+                                        "cannot gate CI here")
 def test_median_batch_error_under_25_percent(base):
     """The median batch-level error is within 25% (needs the profile's format-2 whole-unit timings, taken under
     the load the validation meets)."""
