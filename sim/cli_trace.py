@@ -89,9 +89,6 @@ def _generate(args: argparse.Namespace) -> int:
     """Handler of `servesim trace generate`: write the trace and print its summary."""
     try:
         requests = trace_from_args(args)
-        parent = os.path.dirname(args.out)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
         write_trace(args.out, requests)
     except (ValueError, OSError) as exc:
         print(f"servesim trace generate: error: {exc}", file=sys.stderr)
@@ -215,9 +212,6 @@ def _convert(args: argparse.Namespace) -> int:
         for w in trace.warnings:
             print(f"warning: {w}", file=sys.stderr)
         requests, notes = apply_transforms(trace.requests, transform_spec_from_args(args))
-        parent = os.path.dirname(args.output)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
         write_trace(args.output, requests)
     except (ValueError, OSError) as exc:
         print(f"servesim trace convert: error: {exc}", file=sys.stderr)

@@ -217,7 +217,8 @@ def _format_request(r: TraceRequest) -> str:
 
 
 def write_trace(path: str | os.PathLike[str], requests: Iterable[TraceRequest]) -> None:
-    """Write requests as JSONL with deterministic bytes (fixed key order, floats by repr) that read back exactly."""
+    """Write requests as JSONL with deterministic bytes (fixed key order, floats by repr) that read back exactly;
+    creates the parent folder."""
     lines: list[str] = []
     seen: set[str] = set()
     for r in requests:
@@ -226,5 +227,8 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[TraceRequest]) 
             raise ValueError(f"request_id {rid!r} is empty or duplicated; read_trace would refuse the file")
         seen.add(rid)
         lines.append(_format_request(r))
+    parent = os.path.dirname(os.fspath(path))
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     with open(path, "wb") as fh:
         fh.write("".join(lines).encode("utf-8"))
