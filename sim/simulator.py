@@ -106,6 +106,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     requests, skipped = prepare_requests(trace, model=model, block_manager=probe, token_budget=budget,
                                          chunks_prefills=policy.chunks_prefills, strict=config.strict,
                                          source=source)
+    requests.sort(key=lambda r: r.arrival_time)  # the arrival process replays in time order (stable)
     schedulers = [make_scheduler(config.scheduler, sched_cfg, BlockManager(num_blocks, config.block_size,
                                                                            config.watermark))
                   for _ in range(config.replicas)]

@@ -158,3 +158,12 @@ def test_request_rows_agree_with_token_times():
     assert df.loc["a", "tbt_max"] == 1.0 and df.loc["a", "tpot"] == 0.625 and df.loc["a", "ttft"] == 0.5
     assert np.isnan(df.loc["b", "tbt_max"]) and np.isnan(df.loc["b", "tpot"]) and df.loc["b", "e2e"] == 0.25
     assert np.isnan(df.loc["c", "ttft"]) and df.loc["c", "generated_tokens"] == 0
+
+
+def test_api_accepts_requests_out_of_arrival_order():
+    """A list handed to the API directly (not read from a file) may be unsorted: arrivals are replayed in time order."""
+    trace = [tr(0, 2.0, 16, 2), tr(1, 0.0, 16, 2)]
+    res = simulate(trace, SimConfig(model="tiny", scheduler="vllm", kv_blocks=100), cost_model=ConstantCostModel(1.0))
+    rows = res.requests.set_index("request_id")
+    assert rows.loc["1", "ttft"] == 1.0 and rows.loc["0", "ttft"] == 1.0
+    assert list(res.requests["request_id"]) == ["0", "1"]  # outputs keep trace order
