@@ -172,6 +172,15 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
+def _cost_line(search) -> str:
+    """Which cost model prices a search's points, in words."""
+    if search.profile is None:
+        return f"roofline ({search.config.gpu})"
+    d = search.profile.cost_model(search.config).describe()
+    return (f"profile {search.profile.path} (measured on {d['profile_device']}, priced for {d['gpu']}"
+            + (", an estimate" if d.get("estimate") else "") + ")")
+
+
 # ---- servesim plan ---------------------------------------------------------------------------------
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -190,11 +199,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"servesim plan: {args.model}, {n_ok} configurations to size ({len(candidates) - n_ok} infeasible), "
           f"{args.seeds} seed(s) x {workload.num_requests} requests per point, SLO {slo.describe()}",
           file=sys.stderr)
+    profile = None
+    if args.profile:
+        from sim.capacity import ProfileRef
+        from sim.planner import profile_fallback
+        profile = ProfileRef(args.profile)
+        fallback = [profile_fallback(profile, c.config) for c in candidates if c.config is not None]
+        n_priced = sum(f is None for f in fallback)
+        print(f"profile {args.profile}: prices {n_priced} of {len(fallback)} configurations; the others use the "
+              f"roofline" + (f" ({next(f for f in fallback if f)})" if n_priced < len(fallback) else ""),
+              file=sys.stderr)
     executor = make_executor(args.jobs, args.ray)
     t0 = time.perf_counter()
     try:
         res = plan(candidates, workload, slo, seeds=_seeds(args), rel_tol=args.rel_tol, pass_rule=args.pass_rule,
-                   prices=prices, out_dir=args.out, executor=executor, progress=_progress(args))
+                   prices=prices, out_dir=args.out, executor=executor, progress=_progress(args), profile=profile)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - t0
@@ -253,6 +272,11 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: %(default)s)")
     g.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
+    g.add_argument("--profile", default=None, metavar="DIR",
+                   help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline, for "
+                        "the configurations it holds: the profile's GPU, a TP it measured and the model it was "
+                        "measured for. Every other configuration falls back to the roofline, marked in the table's "
+                        "cost_model column and note (no cross-GPU estimates: compare like with like)")
     g.add_argument("--prices", default=None, metavar="FILE.json",
                    help='GPU-hour prices in USD, e.g. {"a100-80gb": 2.0, "h100-sxm": 3.5}; default: the catalogue\'s')
     _add_workload_arguments(p)
@@ -265,7 +289,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
 # ---- servesim capacity ---------------------------------------------------------------------------------
 
 def cmd_capacity(args: argparse.Namespace) -> int:
-    from sim.capacity import CapacitySearch, ResultsFile, run_searches
+    from sim.capacity import CapacitySearch, ProfileRef, ResultsFile, run_searches
     from sim.planner import make_executor
     from sim.simulator import SimConfig
 
@@ -276,8 +300,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                        router=args.router)
     workload = workload_from_args(args)
     slo = slo_from_args(args)
+    profile = ProfileRef(args.profile, args.gpu) if args.profile else None
     search = CapacitySearch(config, workload, slo, seeds=_seeds(args), rel_tol=args.rel_tol,
-                            pass_rule=args.pass_rule)
+                            pass_rule=args.pass_rule, profile=profile)
+    if profile is not None:
+        note = profile.cost_model(search.config).transfer_note()  # type: ignore[attr-defined]
+        if note:
+            print(note, file=sys.stderr)
     store = ResultsFile(args.results)
     executor = make_executor(min(args.jobs or os.cpu_count() or 1, args.seeds), args.ray)
     try:
@@ -290,9 +319,11 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         from dataclasses import asdict
         d = asdict(res)
         d["slo"] = slo.as_dict()
+        d["cost_model"] = _cost_line(search)
         print(json.dumps(d, indent=2, default=str))
         return 0 if res.error is None else 1
-    print(f"SLO: {slo.describe()}; {workload.num_requests} requests per point, seeds {search.seeds}")
+    print(f"SLO: {slo.describe()}; {workload.num_requests} requests per point, seeds {search.seeds}; "
+          f"cost model: {_cost_line(search)}")
     print(res.describe())
     if res.error is None:
         print("per seed: " + ", ".join(f"{s}: {c:.4g}" for s, c in zip(search.seeds, res.per_seed)) + " req/s")
@@ -330,6 +361,10 @@ def _add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_search_arguments(p)
     p.add_argument("--results", default=None, metavar="FILE.jsonl",
                    help="record every simulation here and resume from it when rerun")
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline, as "
+                        "`servesim simulate --profile` does; with --gpu other than the profile's device, times are a "
+                        "roofline-scaled estimate. Each worker process builds the cost model once")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every simulated rate and its verdict")
     p.set_defaults(func=cmd_capacity)

@@ -25,7 +25,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from sim.capacity import CapacitySearch, InlineExecutor, ResultsFile, RunStats, Slo, Workload, run_searches
+from sim.capacity import (CapacitySearch, InlineExecutor, ProfileRef, ResultsFile, RunStats, Slo, Workload,
+                          run_searches)
 from sim.hardware import get_gpu
 from sim.memory import InfeasibleConfigError, kv_cache_blocks
 from sim.models import get_model
@@ -36,7 +37,7 @@ RESULTS_FILE = "results.jsonl"
 TABLE_COLUMNS = ["gpu", "tp", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
                  "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
                  "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
-                 "skipped", "simulations", "note"]
+                 "skipped", "simulations", "cost_model", "note"]
 
 
 # ---- candidates -------------------------------------------------------------------------------------
@@ -146,6 +147,29 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
     return prices
 
 
+# ---- calibrated cost model ------------------------------------------------------------------------------
+
+def profile_fallback(profile: ProfileRef, config: SimConfig) -> str | None:
+    """Why ``profile`` cannot price ``config`` in a plan (its GPU, a TP it measured, its model), or None when it can.
+
+    A plan compares GPUs, so a profile prices only configurations on its own catalogue GPU; the
+    rest fall back to the roofline rather than to a cross-GPU estimate.
+    """
+    from calibration.profile_io import ProfileError, read_meta
+
+    meta = read_meta(profile.path)
+    own = meta["device"].get("gpu")
+    if not own:
+        return f"roofline: the profile was measured on {meta['device'].get('name', '?')}, not a catalogue GPU"
+    if get_gpu(own).name != config.gpu:
+        return f"roofline: the profile was measured on {get_gpu(own).name}, not {config.gpu}"
+    try:
+        profile.apply(config)
+    except ProfileError as exc:
+        return f"roofline: {exc}"
+    return None
+
+
 # ---- executors ----------------------------------------------------------------------------------------
 
 def _ignore_sigint() -> None:
@@ -203,7 +227,7 @@ class PlanResult:
     results: list = field(default_factory=list)
 
 
-def _row(c: Candidate, res, prices: dict[str, float]) -> dict[str, Any]:
+def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
     row.update(gpu=c.gpu, tp=c.tp, pp=c.pp, replicas=c.replicas, gpus=c.gpus, scheduler=c.scheduler,
                token_budget=c.token_budget, kv_blocks=c.kv_blocks)
@@ -221,7 +245,7 @@ def _row(c: Candidate, res, prices: dict[str, float]) -> dict[str, Any]:
                capacity_max=res.capacity_max, qps_per_gpu=res.capacity / c.gpus,
                tbt_p99=m.get("tbt_p99"), scheduling_delay_p50=m.get("scheduling_delay_p50"),
                ttft_p99=m.get("ttft_p99"), skipped=m.get("skipped"))
-    notes = []
+    notes = [fallback] if fallback else []
     if res.capacity == 0:
         notes.append("fails the SLO even at the lowest rate tried")
     if not res.bounded:
@@ -319,19 +343,24 @@ def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLi
 def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None, *,
          seeds: Iterable[int] = (0, 1, 2), rel_tol: float = 0.05, pass_rule: str = "median",
          prices: dict[str, float] | None = None, out_dir: str | os.PathLike[str] | None = None,
-         executor: cf.Executor | None = None, progress: bool | None = None) -> PlanResult:
+         executor: cf.Executor | None = None, progress: bool | None = None,
+         profile: ProfileRef | None = None) -> PlanResult:
     """Run the capacity search of every feasible candidate and tabulate them.
 
     With ``out_dir``, points go to ``out_dir/results.jsonl`` (a rerun resumes from it) and the
-    table to ``plan.csv``, the front to ``pareto.csv`` and ``pareto.png``.
+    table to ``plan.csv``, the front to ``pareto.csv`` and ``pareto.png``. With ``profile``, the
+    candidates it can price (:func:`profile_fallback`) use the profiled cost model; the others the
+    roofline, with the reason in their note.
     """
     slo = slo or Slo()
     seeds = list(seeds)
     prices = {**default_prices({c.gpu for c in candidates}), **(prices or {})}
     out = Path(out_dir) if out_dir is not None else None
     store = ResultsFile(out / RESULTS_FILE if out is not None else None)
+    fallback = {i: profile_fallback(profile, c.config) if profile is not None else None
+                for i, c in enumerate(candidates) if c.config is not None}
     searches = {i: CapacitySearch(c.config, workload, slo, seeds=seeds, rel_tol=rel_tol, pass_rule=pass_rule,
-                                  label=c.label)
+                                  label=c.label, profile=profile if fallback[i] is None else None)
                 for i, c in enumerate(candidates) if c.config is not None}
     own = executor is None
     executor = executor if executor is not None else InlineExecutor()
@@ -346,7 +375,9 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
     for i, c in enumerate(candidates):
         res = searches[i].result() if i in searches else None
         results.append(res)
-        rows.append(_row(c, res, prices))
+        rows.append(_row(c, res, prices, fallback.get(i)))
+        if i in searches:
+            rows[-1]["cost_model"] = "roofline" if searches[i].profile is None else "profiled"
     table = sort_table(pd.DataFrame(rows, columns=TABLE_COLUMNS))
     points = passing_points(candidates, searches)
     front = pareto_front(points)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,50 @@ def test_searches_sharing_points_under_different_slos(tmp_path):
     resumed = searches()
     again = run_searches(resumed, results=ResultsFile(tmp_path / "r.jsonl"), progress=False)
     assert again.simulated == 0 and [s.result().per_seed for s in resumed] == [r.per_seed for r in alone]
+
+
+# ---- a calibrated cost model ------------------------------------------------------------------------------
+
+TINY_CPU_PROFILE = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "tiny-cpu"
+
+
+def _profiled_search(profile, results, jobs: int = 1, seeds=(0,)):
+    # KV blocks given: the tiny model on an A100 would otherwise get millions of blocks (slow to set up)
+    cfg = SimConfig(model="tiny", scheduler="sarathi", token_budget=64, max_batch_size=32, kv_blocks=256)
+    wl = Workload(num_requests=40, duration=0, prompt_len="uniform:16:64", output_len="uniform:4:16")
+    slo = Slo.make(tbt_p99=None, scheduling_delay_p50=None, ttft_p99=0.01)
+    return find_capacity(cfg, wl, slo, seeds=seeds, rel_tol=0.1, profile=profile, results=results, jobs=jobs,
+                         progress=False)
+
+
+def test_profiled_capacity_differs_and_results_name_the_cost_model(tmp_path):
+    if not (TINY_CPU_PROFILE / "profile.json").is_file():
+        pytest.skip("calibration/profiles/tiny-cpu is not present")
+    roof = _profiled_search(None, tmp_path / "roofline.jsonl")
+    prof = _profiled_search(TINY_CPU_PROFILE, tmp_path / "profiled.jsonl")
+    assert roof.error is None and prof.error is None and roof.bounded and prof.bounded
+    # the profile was measured on a CPU, far slower than the A100 roofline: saturation and capacity drop
+    assert prof.saturated_rps < roof.saturated_rps / 2
+    assert 0 < prof.capacity < roof.capacity / 2
+    assert prof.metrics["ttft_p99"] <= 0.01
+    # every stored point says which cost model priced it
+    recs = [json.loads(line) for line in (tmp_path / "profiled.jsonl").read_text().splitlines()]
+    assert len(recs) == prof.num_simulations
+    for rec in recs:
+        cm = rec["cost_model"]
+        assert cm["name"] == "profiled" and Path(cm["profile"]) == TINY_CPU_PROFILE and not cm["estimate"]
+        assert cm["gpu"].startswith("measured:")  # priced for the profile's own device
+    assert {json.loads(line)["cost_model"]["name"]
+            for line in (tmp_path / "roofline.jsonl").read_text().splitlines()} == {"roofline"}
+    # the cost model is part of a point's identity: roofline points are never reused for profiled ones
+    roof_keys = set(ResultsFile(tmp_path / "roofline.jsonl").records)
+    assert not roof_keys & set(ResultsFile(tmp_path / "profiled.jsonl").records)
+    # worker processes build the cost model from the profile path and agree with the inline run
+    par = _profiled_search(TINY_CPU_PROFILE, None, jobs=2, seeds=(0, 1))
+    assert par.per_seed[0] == prof.capacity
+
+
+def test_profile_and_cost_model_are_exclusive():
+    with pytest.raises(ValueError, match="not both"):
+        CapacitySearch(SimConfig(model="tiny"), Workload(), profile=TINY_CPU_PROFILE,
+                       cost_model=ConstantCostModel(0.01))

@@ -173,3 +173,37 @@ def test_ray_executor_matches_local(tmp_path):
         ex.shutdown()
     pd.testing.assert_frame_equal(remote.table, local.table)
     assert not math.isnan(remote.table["capacity_qps"].iloc[0])
+
+
+def test_profile_prices_only_the_shapes_it_holds(tmp_path):
+    """A profile of (tiny, a100-80gb, TP 1) prices that configuration; other GPUs and TPs fall back, with a note."""
+    import shutil
+    from pathlib import Path
+
+    from sim.capacity import ProfileRef
+    from sim.simulator import SimConfig
+
+    src = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "tiny-cpu"
+    if not (src / "profile.json").is_file():
+        pytest.skip("calibration/profiles/tiny-cpu is not present")
+    prof_dir = tmp_path / "tiny-a100"
+    shutil.copytree(src, prof_dir)
+    meta = json.loads((prof_dir / "profile.json").read_text())
+    meta["device"]["gpu"] = "a100-80gb"  # pretend it was measured there
+    (prof_dir / "profile.json").write_text(json.dumps(meta))
+    cands = enumerate_candidates("tiny", ["a100-80gb", "h100"], max_gpus=2, schedulers=["sarathi"], budgets=[64],
+                                 base=SimConfig(kv_blocks=256))
+    wl = Workload(num_requests=30, duration=0, prompt_len="uniform:16:64", output_len="uniform:4:16")
+    slo = Slo.make(tbt_p99=None, scheduling_delay_p50=None, ttft_p99=0.01)
+    with_prof = plan(cands, wl, slo, seeds=(0,), rel_tol=0.2, progress=False, profile=ProfileRef(prof_dir))
+    plain = plan(cands, wl, slo, seeds=(0,), rel_tol=0.2, progress=False)
+    t, p = (x.table.set_index(["gpu", "tp"]).sort_index() for x in (with_prof, plain))
+    assert (t["status"] == "ok").all() and set(plain.table["cost_model"]) == {"roofline"}
+    assert t.loc[("a100-80gb", 1), "cost_model"] == "profiled" and pd.isna(t.loc[("a100-80gb", 1), "note"])
+    assert "TP 1, not TP 2" in t.loc[("a100-80gb", 2), "note"]
+    assert "measured on a100-80gb, not h100-sxm" in t.loc[("h100-sxm", 1), "note"]
+    fell_back = t["cost_model"] == "roofline"
+    assert fell_back.sum() == 3
+    # roofline rows are the same simulations as without the profile; the profiled one (CPU timings) is slower
+    assert (t.loc[fell_back, "capacity_qps"] == p.loc[fell_back, "capacity_qps"]).all()
+    assert t.loc[("a100-80gb", 1), "capacity_qps"] < p.loc[("a100-80gb", 1), "capacity_qps"] / 2
