@@ -27,12 +27,11 @@ from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
 from sim.cluster import STAGE_FIELDS
-from sim.kv_cache import BlockManager, blocks_for
+from sim.kv_cache import blocks_for
 from sim.models import ModelSpec, get_model
 from sim.request import Request, TraceRequest
-from sim.schedulers import SchedulerConfig, make_scheduler, scheduler_class
-from sim.simulator import SimConfig, _versions
-from sim.workload import SkippedRequest, prepare_requests
+from sim.simulator import ServingConfig, SimConfig, _versions
+from sim.workload import SkippedRequest
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
 BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s")
@@ -41,20 +40,14 @@ CPU_KV_BYTES = 1 << 30
 
 
 @dataclass
-class EngineConfig:
-    """What defines a measured run; ``sim_config()`` gives the matching simulator configuration."""
+class EngineConfig(ServingConfig):
+    """What defines a measured run; ``sim_config()`` gives the matching simulator configuration.
+
+    ``kv_blocks`` None: from device memory (CUDA) or enough for the trace (CPU); ``seed`` also seeds the
+    random weights and prompt token ids.
+    """
 
     model: str = "tiny"
-    scheduler: str = "sarathi"
-    token_budget: int | None = None
-    max_batch_size: int = 128
-    chunk_align: int = 0
-    block_size: int = 16
-    watermark: float = 0.01
-    gpu_memory_utilization: float = 0.9
-    kv_blocks: int | None = None      # None: from device memory (CUDA) or enough for the trace (CPU)
-    strict: bool = False
-    seed: int = 0                     # random weights and prompt token ids
     device: str | None = None         # None: cuda when available, else cpu
     dtype: str | None = None          # None: bfloat16 on CUDA, float32 on CPU
     backend: str = "auto"             # attention: auto, sdpa, flex, flash
@@ -65,25 +58,14 @@ class EngineConfig:
     checkpoint: str | None = None     # local safetensors directory; None: seeded random weights
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "max_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
-        if not 0 < self.gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
-        if not 0 <= self.watermark < 1:
-            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
-        if self.kv_blocks is not None and self.kv_blocks < 1:
-            raise ValueError(f"kv_blocks must be >= 1, got {self.kv_blocks}")
 
     def sim_config(self, *, gpu: str, kv_blocks: int) -> SimConfig:
         """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks)."""
-        return SimConfig(model=self.model, gpu=gpu, scheduler=self.scheduler, token_budget=self.token_budget,
-                         max_batch_size=self.max_batch_size, chunk_align=self.chunk_align,
-                         block_size=self.block_size, watermark=self.watermark,
-                         gpu_memory_utilization=self.gpu_memory_utilization, kv_blocks=kv_blocks,
-                         strict=self.strict, seed=self.seed)
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingConfig)}
+        return SimConfig(**{**shared, "kv_blocks": kv_blocks}, gpu=gpu)
 
 
 @dataclass
@@ -142,9 +124,7 @@ def warm_up(runner: ModelRunner, config: EngineConfig, requests: list[Request], 
     """
     if iterations <= 0 or not requests:
         return []
-    sched = make_scheduler(config.scheduler, SchedulerConfig(config.max_batch_size, config.token_budget,
-                                                             config.chunk_align),
-                           BlockManager(runner.num_blocks, runner.block_size, config.watermark))
+    sched = config.make_scheduler(runner.num_blocks)
     copies = [Request(f"warmup-{i}-{r.request_id}", 0.0, r.prompt_tokens, r.output_tokens, index=i)
               for i, r in enumerate(requests[:config.max_batch_size])]
     for r in copies:
@@ -185,17 +165,8 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
                                  model=spec.name if model is not None else config.model)
     device = runner.device
     gpu = detect_gpu(device, config.gpu)
-    policy = scheduler_class(config.scheduler)
-    budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
-
-    probe = BlockManager(runner.num_blocks, runner.block_size, config.watermark)
-    requests, skipped = prepare_requests(trace, model=spec, block_manager=probe, token_budget=budget,
-                                         chunks_prefills=policy.chunks_prefills, strict=config.strict,
-                                         source=source)
-    requests.sort(key=lambda r: (r.arrival_time, r.index))
-    sched = make_scheduler(config.scheduler, SchedulerConfig(config.max_batch_size, config.token_budget,
-                                                             config.chunk_align),
-                           BlockManager(runner.num_blocks, runner.block_size, config.watermark))
+    requests, skipped = config.servable(trace, spec, runner.num_blocks, source)
+    sched = config.make_scheduler(runner.num_blocks)
     warm = warm_up(runner, config, requests, config.warmup)
 
     from tqdm import tqdm

@@ -49,9 +49,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sim.capacity_point import PointSpec, ProfileRef, _needed, _Stop, _Watch, _WatchedCost, evaluate_point, point_passes
+from sim.capacity_point import PointSpec, ProfileRef, evaluate_point, point_passes
 from sim.capacity_results import ResultsFile
-from sim.capacity_spec import _METRIC_RE, LATENCIES, STATS, Slo, Workload
+from sim.capacity_spec import LATENCIES, STATS, Slo, Workload
 from sim.cost.base import CostModel
 from sim.simulator import SimConfig
 

@@ -18,19 +18,15 @@ from sim.kv_cache import BlockManager
 from sim.memory import InfeasibleConfigError, plan_memory
 from sim.models import ModelSpec, get_model
 from sim.request import Request, TraceRequest
-from sim.schedulers import SchedulerConfig, make_scheduler, scheduler_class
+from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.workload import SkippedRequest, prepare_requests
 
 
 @dataclass
-class SimConfig:
-    """Everything that defines a simulated deployment (recorded in summary.json)."""
+class ServingConfig:
+    """What the simulator and the engine share: the model, the scheduler and its KV cache."""
 
     model: str = "llama-2-7b"
-    gpu: str = "a100-80gb"
-    tp: int = 1
-    pp: int = 1
-    replicas: int = 1
     scheduler: str = "sarathi"
     token_budget: int | None = None
     max_batch_size: int = 128
@@ -39,18 +35,52 @@ class SimConfig:
     watermark: float = 0.01
     gpu_memory_utilization: float = 0.9
     kv_blocks: int | None = None  # override the computed KV capacity (blocks per replica)
-    router: str = "round_robin"
     strict: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "replicas", "block_size", "max_batch_size"):
+        for name in ("block_size", "max_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if not 0 <= self.watermark < 1:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+        if self.kv_blocks is not None and self.kv_blocks < 1:
+            raise ValueError(f"kv_blocks must be >= 1, got {self.kv_blocks}")
+
+    def servable(self, trace: list[TraceRequest], model: ModelSpec, num_blocks: int,
+                 source: str) -> tuple[list[Request], list[SkippedRequest]]:
+        """The requests this deployment can ever serve, in arrival order, and the others with the reason."""
+        policy = scheduler_class(self.scheduler)
+        budget = self.token_budget if self.token_budget is not None else policy.default_token_budget
+        requests, skipped = prepare_requests(
+            trace, model=model, block_manager=BlockManager(num_blocks, self.block_size, self.watermark),
+            token_budget=budget, chunks_prefills=policy.chunks_prefills, strict=self.strict, source=source)
+        requests.sort(key=lambda r: r.arrival_time)  # replayed in time order (stable: trace order on ties)
+        return requests, skipped
+
+    def make_scheduler(self, num_blocks: int) -> Scheduler:
+        """A fresh policy object of this configuration over its own block manager of ``num_blocks`` blocks."""
+        return make_scheduler(self.scheduler, SchedulerConfig(self.max_batch_size, self.token_budget, self.chunk_align),
+                              BlockManager(num_blocks, self.block_size, self.watermark))
+
+
+@dataclass
+class SimConfig(ServingConfig):
+    """Everything that defines a simulated deployment (recorded in summary.json)."""
+
+    gpu: str = "a100-80gb"
+    tp: int = 1
+    pp: int = 1
+    replicas: int = 1
+    router: str = "round_robin"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("tp", "pp", "replicas"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -98,18 +128,8 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     num_blocks = memory["num_blocks"] if config.kv_blocks is None else config.kv_blocks
     if config.kv_blocks is not None:
         memory["kv_blocks_override"] = config.kv_blocks
-    sched_cfg = SchedulerConfig(config.max_batch_size, config.token_budget, config.chunk_align)
-    policy = scheduler_class(config.scheduler)
-    budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
-
-    probe = BlockManager(num_blocks, config.block_size, config.watermark)
-    requests, skipped = prepare_requests(trace, model=model, block_manager=probe, token_budget=budget,
-                                         chunks_prefills=policy.chunks_prefills, strict=config.strict,
-                                         source=source)
-    requests.sort(key=lambda r: r.arrival_time)  # the arrival process replays in time order (stable)
-    schedulers = [make_scheduler(config.scheduler, sched_cfg, BlockManager(num_blocks, config.block_size,
-                                                                           config.watermark))
-                  for _ in range(config.replicas)]
+    requests, skipped = config.servable(trace, model, num_blocks, source)
+    schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
 
     batches = rec.stage_frame()

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.capacity import (CapacitySearch, PointSpec, RateSearch, ResultsFile, Slo, Workload, _needed,
-                          evaluate_point, find_capacity, point_passes, run_searches)
+from sim.capacity import (CapacitySearch, PointSpec, RateSearch, ResultsFile, Slo, Workload, evaluate_point,
+                          find_capacity, point_passes, run_searches)
+from sim.capacity_point import _needed
 from sim.cost.constant import ConstantCostModel
 from sim.simulator import SimConfig
 

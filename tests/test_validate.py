@@ -15,7 +15,7 @@ from sim.batch import Batch, BatchItem
 from sim.request import Request, TraceRequest
 from sim.tracegen import generate_trace
 from sim.validate import LoadLevel, ValidateConfig, trace_at_rate
-from sim.validate_errors import (ExecutedBatch, batch_errors, composition_match, error_stats, request_errors,
+from sim.validate_errors import (ExecutedBatch, composition_match, error_stats, request_errors,
                                  size_bucket)
 
 ROOT = Path(__file__).resolve().parents[1]
