@@ -304,9 +304,7 @@ def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySear
 def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLike[str], *,
                 title: str = "", latency: str = "tbt_p99") -> Path:
     """Scatter of passing points (latency vs requests/s per GPU) by scheduler, the front as a line; saved as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sim.plots import plt, save_figure  # Agg backend, shared figure writer
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     markers = dict(zip(sorted(points["gpu"].unique()), "os^Dv<>p"))
@@ -332,12 +330,7 @@ def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLi
     ax.set_title(title or "latency vs throughput")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None, *,

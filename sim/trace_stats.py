@@ -116,9 +116,7 @@ def format_stats(stats: dict[str, Any], name: str = "trace") -> str:
 def plot_stats(requests: Sequence[TraceRequest], path: str | Path, bin_s: float | None = None,
                title: str | None = None) -> Path:
     """Write a 2x2 PNG: request rate over time, inter-arrival histogram, length CDFs, P:D ratio histogram."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sim.plots import plt, save_figure  # Agg backend, shared figure writer
 
     stats = trace_stats(requests, bin_s)
     t = np.sort([r.arrival_time for r in requests])
@@ -156,9 +154,4 @@ def plot_stats(requests: Sequence[TraceRequest], path: str | Path, bin_s: float 
            title=f"P:D ratio (median {stats['pd_ratio']['p50']:.3g})")
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
