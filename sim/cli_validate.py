@@ -135,6 +135,10 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="CPU intra-op threads while the engine runs (default: the profile's, as calibrated)" + _NO)
     m.add_argument("--op-check", type=int, default=24, metavar="N",
                    help="engine batches re-run with every op timed in situ, to explain the error (0: off)")
+    m.add_argument("--repeats", type=_positive_int, default=1, metavar="K",
+                   help="engine runs per scheduler and load: the one with the median batch-level error is reported "
+                        "and every run's median is listed, so the measurement's own noise shows (default 1; "
+                        "use 3-5 on a shared CPU)")
     m.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     m.add_argument("--no-timeline", dest="timeline", action="store_false",
                    help="skip the Perfetto timeline.json of each run folder")
@@ -199,7 +203,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         cuda_graphs=args.cuda_graphs, threads=args.threads, seed=args.seed, strict=args.strict,
         offline=args.offline, qps=args.qps, loads=args.loads, arrival=args.arrival, cv=args.cv,
         slo_tbt_p99=args.slo_tbt_p99, slo_delay_p50=args.slo_delay_p50, capacity_duration=args.capacity_duration,
-        capacity_seeds=args.capacity_seeds, plots=args.plots, timeline=args.timeline, op_check=args.op_check)
+        capacity_seeds=args.capacity_seeds, plots=args.plots, timeline=args.timeline, op_check=args.op_check,
+        repeats=args.repeats)
     trace, source, warnings = _workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -232,6 +237,10 @@ def summary_text(result) -> str:
                      f"{'-' if be['abs_p99'] is None else format(be['abs_p99'], '.1%'):>10}"
                      f"{pct(rl['ttft']['p50']['error']):>10}{pct(rl['tbt']['p99']['error']):>10}"
                      f"{cm['matching']:>7}/{cm['engine_batches']:<6}")
+    for r in result.runs:
+        if len(r.repeats) > 1:
+            lines.append(f"{r.name}: median batch error over {len(r.repeats)} engine runs "
+                         + ", ".join(pct(x["median_error"]) + (" (reported)" if x["kept"] else "") for x in r.repeats))
     if result.ops_summary:
         s = result.ops_summary
         lines.append(f"op check ({s['batches']} batches): predicted {pct(s['predicted_vs_in_situ'])} against the ops "

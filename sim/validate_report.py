@@ -211,14 +211,20 @@ def report_markdown(rep: dict[str, Any]) -> str:
         be, cm, rl = r["batch_error"], r["composition_match"], r["request_level"]
         rows.append([r["name"], r["level"]["description"], str(be["total"]["count"]), _pct(be["total"]["median"]),
                      _apct(be["total"]["abs_median"]), _apct(be["total"]["abs_p99"]),
+                     _spread(r.get("repeats") or []),
                      _pct(rl["ttft"]["p50"]["error"]), _pct(rl["tbt"]["p99"]["error"]),
                      _pct(rl["throughput"]["output_tokens_per_s"]["error"]),
                      f"{cm['matching']}/{cm['engine_batches']}" + (" (offline)" if cm["offline"] else "")])
-    lines += _table(["run", "load", "engine batches", "median batch error", "median abs", "P99 abs",
+    lines += _table(["run", "load", "engine batches", "median batch error", "median abs", "P99 abs", "repeats (range)",
                      "TTFT P50 error", "TBT P99 error", "throughput error", "same batches as simulator"], rows)
     for r in rep["runs"]:
         lines += _run_markdown(r)
     return "\n".join(lines)
+
+
+def _spread(reps: list[dict[str, Any]]) -> str:
+    meds = [x["median_error"] for x in reps if x["median_error"] is not None]
+    return "1" if len(reps) <= 1 or not meds else f"{len(reps)} ({_pct(min(meds))}..{_pct(max(meds))})"
 
 
 def _ops_markdown(oc: dict[str, Any]) -> list[str]:
@@ -258,6 +264,13 @@ def _run_markdown(r: dict[str, Any]) -> list[str]:
             if cm["offline"] else "online: timing differs, so batches may legitimately differ")
     lines += [f"Batch compositions: {cm['matching']} of {cm['engine_batches']} engine batches equal the simulator's "
               f"({_apct(cm['fraction'])}; {what}).", ""]
+    if len(r.get("repeats") or []) > 1:
+        reps = r["repeats"]
+        meds = [x["median_error"] for x in reps if x["median_error"] is not None]
+        lines += [f"Repeats: the engine ran this pair {len(reps)} times (measured); median batch-level error per run "
+                  + ", ".join(_pct(x["median_error"]) + (" (reported below)" if x["kept"] else "") for x in reps)
+                  + (f"; spread {_pct(min(meds))} to {_pct(max(meds))}: the measurement's own noise." if meds else "."),
+                  ""]
     lines += ["Batch-level error (every engine batch; measured iteration "
               f"median {_ms(be['measured_s']['median'])} ms, predicted median {_ms(be['predicted_s']['median'])} ms; "
               f"sum over the run {_pct(be['sum_error'])}):", ""]

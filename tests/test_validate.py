@@ -32,10 +32,11 @@ def torch():
 
 @pytest.fixture(scope="module")
 def base(torch, tmp_path_factory):
-    """The three schedulers on TRACE, with the report, plots and an op check."""
+    """The three schedulers on TRACE, three engine runs each, with the report, plots and an op check."""
     from sim.validate import validate
     out = tmp_path_factory.mktemp("validate")
-    res = validate(TRACE, ValidateConfig(**BASE, warmup=10, op_check=6), PROFILE, out=out, source="test-trace")
+    res = validate(TRACE, ValidateConfig(**BASE, warmup=10, op_check=6, repeats=3), PROFILE, out=out,
+                   source="test-trace")
     return res, out
 
 
@@ -98,6 +99,28 @@ def test_request_errors_are_labelled():
     assert e["throughput"]["requests_per_s"]["error"] == pytest.approx(-0.2)
 
 
+def test_median_run_reports_the_middle_repeat_and_lists_all():
+    from types import SimpleNamespace
+
+    from sim.validate import median_run
+
+    def run(med: float | None) -> SimpleNamespace:
+        n = 0 if med is None else 10
+        return SimpleNamespace(batches=[0] * n, repeats=[], batch_error={
+            "total": {"count": n, "median": med, "abs_median": None if med is None else abs(med)},
+            "sum_error": med})
+    runs = [run(-0.3), run(0.05), run(-0.1)]
+    kept = median_run(runs)
+    assert kept is runs[2]  # -0.3 < -0.1 < +0.05: the middle one, not the closest to zero
+    assert [x["median_error"] for x in kept.repeats] == [-0.3, 0.05, -0.1]
+    assert [x["kept"] for x in kept.repeats] == [False, False, True]
+    two = [run(0.2), run(-0.4)]
+    assert median_run(two) is two[1]  # the lower middle of an even count
+    empty = [run(None), run(0.1), run(0.3)]
+    assert median_run(empty) is empty[2]  # a run without batches sorts last
+    assert median_run([runs[0]]) is runs[0] and len(runs[0].repeats) == 1
+
+
 def test_config_refuses_contradictions():
     with pytest.raises(ValueError, match="either qps or loads"):
         ValidateConfig(qps=(1.0,), loads=(0.5,))
@@ -105,6 +128,8 @@ def test_config_refuses_contradictions():
         ValidateConfig(offline=True, qps=(1.0,))
     with pytest.raises(ValueError, match="unknown"):
         ValidateConfig(schedulers=("nope",))
+    with pytest.raises(ValueError, match="repeats"):
+        ValidateConfig(repeats=0)
     with pytest.raises(ValueError, match="unknown"):
         ValidateConfig(schedulers=("vllm",), token_budgets={"sarathii": 512})
     assert ValidateConfig(schedulers=("vllm",), token_budgets={"sarathi": 512}).budget("vllm") is None
@@ -125,6 +150,11 @@ def test_every_engine_batch_is_priced_and_reported(base):
         assert kinds.get("decode", 0) == eng["batches"]["decode_only"]
         assert kinds.get("mixed", 0) == eng["batches"]["mixed"]
         assert eng["requests"]["completed"] == r.simulated.summary["requests"]["completed"] == len(TRACE)
+        # three engine runs; the reported one is the run with the median of their median errors
+        meds = [x["median_error"] for x in r.repeats]
+        assert len(meds) == 3 and [x["kept"] for x in r.repeats].count(True) == 1
+        assert r.batch_error["total"]["median"] == sorted(meds)[1]
+        assert next(x for x in r.repeats if x["kept"])["batches"] == len(r.batches)
         # the numbers in the report are the CSV's: error = predicted / measured - 1, statistics by numpy
         csv = pd.read_csv(out / r.name / "batch_errors.csv")
         assert np.allclose(csv["error_total"], csv["predicted_s"] / csv["measured_s"] - 1, rtol=1e-6)
@@ -141,6 +171,8 @@ def test_every_engine_batch_is_priced_and_reported(base):
     assert set(rep["runs"][0]["request_level"]["ttft"]["p99"]) == {"measured", "predicted", "error"}
     md = (out / "report.md").read_text()
     assert "measured (engine)" in md and "predicted (simulator)" in md and "## Op check" in md
+    assert md.count("Repeats: the engine ran this pair 3 times (measured)") == 3
+    assert len(rep["runs"][0]["repeats"]) == 3
     ops = res.ops.set_index("op")
     assert {"qkv_proj", "attn_decode", "lm_head"} <= set(ops.index) and (ops["in_situ_s"] > 0).all()
     assert res.ops_summary["batches"] == 6
@@ -152,18 +184,18 @@ def test_median_batch_error_is_in_a_sane_band(base):
     for r in res.runs:
         med = r.batch_error["total"]["median"]
         print(f"{r.name}: median batch-level error {med:+.1%} (device {r.batch_error['device']['median']:+.1%}, "
-              f"host {r.batch_error['host']['median']:+.1%}) over {len(r.batches)} batches")
+              f"host {r.batch_error['host']['median']:+.1%}) over {len(r.batches)} batches; the three runs: "
+              + ", ".join(f"{x['median_error']:+.1%}" for x in r.repeats))
         assert -0.85 < med < 0.5, r.name
 
 
-@pytest.mark.xfail(strict=False, reason="on this shared 2-core machine the same engine iterations run up to 2.5x "
-                                        "slower from one minute to the next (other processes): with the committed "
-                                        "format-2 profile the median batch-level error was -3.8% to +1.2% on a "
-                                        "quiet machine but -16% to -51% while other work ran, so the 25% bound "
-                                        "cannot gate CI here")
+@pytest.mark.xfail(strict=False, reason="not a CI gate on these shared 2-core VMs: with no other process running "
+                                        "(load < 1, no steal time) the same engine runs swing between the machine's "
+                                        "quiet state (median batch error -4% to +4%) and a slow state lasting "
+                                        "minutes (-28% to -49%, even against a profile calibrated seconds before); "
+                                        "see results/validate_noise.md. The band and doubled-profile tests gate")
 def test_median_batch_error_under_25_percent(base):
-    """The median batch-level error is within 25% (needs the profile's format-2 whole-unit timings, taken under
-    the load the validation meets)."""
+    """The reported (median of three runs) batch-level error is within 25% for every scheduler."""
     res, _ = base
     for r in res.runs:
         assert abs(r.batch_error["total"]["median"]) < 0.25, r.name
