@@ -137,8 +137,8 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="engine batches re-run with every op timed in situ, to explain the error (0: off)")
     m.add_argument("--repeats", type=_positive_int, default=1, metavar="K",
                    help="engine runs per scheduler and load: the one with the median batch-level error is reported "
-                        "and every run's median is listed, so the measurement's own noise shows (default 1; "
-                        "use 3-5 on a shared CPU)")
+                        "and every run's median is listed, so the measurement's own noise shows (use "
+                        "3-5 on a shared CPU)")
     m.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
     m.add_argument("--no-timeline", dest="timeline", action="store_false",
                    help="skip the Perfetto timeline.json of each run folder")
