@@ -222,8 +222,12 @@ def report_markdown(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _repeat_medians(reps: list[dict[str, Any]]) -> list[float]:
+    return [x["median_error"] for x in reps if x["median_error"] is not None]
+
+
 def _spread(reps: list[dict[str, Any]]) -> str:
-    meds = [x["median_error"] for x in reps if x["median_error"] is not None]
+    meds = _repeat_medians(reps)
     return "1" if len(reps) <= 1 or not meds else f"{len(reps)} ({_pct(min(meds))}..{_pct(max(meds))})"
 
 
@@ -266,7 +270,7 @@ def _run_markdown(r: dict[str, Any]) -> list[str]:
               f"({_apct(cm['fraction'])}; {what}).", ""]
     if len(r.get("repeats") or []) > 1:
         reps = r["repeats"]
-        meds = [x["median_error"] for x in reps if x["median_error"] is not None]
+        meds = _repeat_medians(reps)
         lines += [f"Repeats: the engine ran this pair {len(reps)} times (measured); median batch-level error per run "
                   + ", ".join(_pct(x["median_error"]) + (" (reported below)" if x["kept"] else "") for x in reps)
                   + (f"; spread {_pct(min(meds))} to {_pct(max(meds))}: the measurement's own noise." if meds else "."),
