@@ -27,9 +27,9 @@ import torch
 from engine.device import detect_gpu, device_name, parse_dtype, resolve_device
 from engine.runner import ModelRunner
 from sim.batch import Batch, BatchItem
+from sim.catalog.models import get_model
 from sim.cost.roofline import RooflineCostModel
 from sim.kv_cache import BlockManager, blocks_for
-from sim.models import get_model
 from sim.request import Request
 
 

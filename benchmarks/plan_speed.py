@@ -17,9 +17,9 @@ import os
 import tempfile
 import time
 
-from sim.capacity import Slo, Workload
-from sim.cli_plan import DEFAULT_DURATION, DEFAULT_NUM_REQUESTS
-from sim.planner import enumerate_candidates, format_table, make_executor, plan
+from sim.capacity.planner import enumerate_candidates, format_table, make_executor, plan
+from sim.capacity.search import Slo, Workload
+from sim.cli.plan import DEFAULT_DURATION, DEFAULT_NUM_REQUESTS
 
 
 def main() -> None:

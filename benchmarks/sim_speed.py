@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sim.simulator import SimConfig, simulate
-from sim.tracegen import generate_trace
+from sim.workload.generator import generate_trace
 
 SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
 SHAREGPT = Path(__file__).resolve().parents[1].parent / "shared/traces/sarathi/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"

@@ -56,8 +56,9 @@ def main() -> None:
           f"median {statistics.median(samples):.0f} us; within 10% of it {near:.0%}, above 1.25x {slow:.0%}, "
           f"above 1.5x {slower:.0%}")
 
-    from sim.tracegen import generate_trace
-    from sim.validate import ValidateConfig, validate
+    from calibration.validate.config import ValidateConfig
+    from calibration.validate.run import validate
+    from sim.workload.generator import generate_trace
     trace = generate_trace(40, arrival="poisson", qps=50, prompt_len="uniform:16:200", output_len="uniform:8:48",
                            seed=0)
     cfg = ValidateConfig(model="tiny", device="cpu", dtype="float32", backend="sdpa", timeline=False, plots=False,

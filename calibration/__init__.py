@@ -1,5 +1,8 @@
-"""Calibration: time the engine's ops (``engine.ops.OPS``) on the current torch device and store them as a profile.
+"""Calibration, the top layer: it measures the engine and fits and checks the simulator's cost model.
 
-Importing this package (and ``grid``, ``profile_io``, ``fit``, ``report``, ``cli``) does not
-import torch; only ``timing``, ``profiler`` and ``collectives`` need it, to measure.
+Timing the engine's ops on the current torch device (``profiler`` with ``op_bench``, ``host_bench``,
+``iteration``, ``collectives``, ``timing``), which shapes to time (``grid``), writing profiles in the
+format ``sim.cost.profile_format`` defines (``profile_writer``), a profile's fit report (``report``),
+the ``servesim calibrate`` command (``cli``), and validation of the simulator against the engine
+(``calibration.validate``). Only the measuring modules import torch.
 """

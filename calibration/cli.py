@@ -6,21 +6,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from sim.cli.args import int_list, name_list
+
 DEFAULT_PROFILES = Path("calibration/profiles")
 
 
 def _tp_list(s: str) -> list[int]:
-    try:
-        tps = sorted({int(x) for x in s.split(",") if x.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list of TP degrees such as 1,2,4,8, got {s!r}")
-    if not tps or tps[0] < 1:
-        raise argparse.ArgumentTypeError(f"TP degrees must be integers >= 1, got {s!r}")
-    return tps
+    """Comma-separated TP degrees, sorted and without repeats."""
+    return sorted(set(int_list(s)))
 
 
 def _ops_list(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
+    return tuple(name_list(s))
 
 
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -73,8 +70,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 
 
 def _report(path: str, gpu: str | None) -> int:
-    from calibration.profile_io import REPORT_MD, read_profile
     from calibration.report import fit_report, format_report, transfer_factors
+    from sim.cost.profile_format import REPORT_MD, read_profile
 
     prof = read_profile(path)
     df = fit_report(prof)
@@ -88,7 +85,7 @@ def _report(path: str, gpu: str | None) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     from calibration.grid import PlanSummary, default_grid, estimate_seconds, plan
-    from sim.models import get_model
+    from sim.catalog.models import get_model
 
     model = get_model(args.model)
     device = "cpu" if args.device == "cpu" else "cuda"
@@ -114,7 +111,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         print("servesim: error: measuring needs torch (pip install torch); --report and --dry-run do not",
               file=sys.stderr)
         return 2
-    from calibration.profiler import calibrate, calibration_config, resolve_device
+    from calibration.device_info import resolve_device
+    from calibration.profiler import calibrate, calibration_config
 
     device = resolve_device(args.device)
     out = args.out or str(DEFAULT_PROFILES / f"{Path(args.model).name}-{device.type}{'-quick' if args.quick else ''}")

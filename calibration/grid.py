@@ -18,19 +18,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from sim.models import ModelSpec
+from sim.catalog.models import ModelSpec
+from sim.cost.profile_format import MIXED, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
-# ---- op roles (shared with the profile format) ---------------------------------------------------
-#: ops whose table is indexed by sequences (rows that sample, or scheduled items), not tokens
-SEQ_AXIS_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling", "host_overhead")
-#: ops whose shapes do not depend on tensor parallelism (hidden size is not sharded); stored with tp = 0
-TP_INDEPENDENT_OPS: tuple[str, ...] = ("input_norm", "post_attn_norm", "residual_add", "residual_add_mlp",
-                                       "final_norm", "sampling", "host_overhead", "pp_send_recv") + UNIT_TIMINGS
 #: ops timed directly from ``engine.ops.OPS`` with 1-D token or sequence grids
 TABLE_1D_OPS: tuple[str, ...] = tuple(op for op in ALL_OPS
                                       if op not in ("attn_prefill", "attn_decode") + COMMUNICATION_OPS)
-MIXED = "mixed"  # variant of attn_decode rows whose sequences have different contexts
 
 
 class Point(NamedTuple):
@@ -236,9 +230,9 @@ def estimate_seconds(points: list[Point], model: ModelSpec, gpu: str | None, dev
 
     ``timing`` is (warm-up, min repeats, max repeats, target seconds per point).
     """
-    from sim.cost.profiled import OpRoofline
+    from sim.catalog.hardware import GPUSpec, get_gpu
+    from sim.cost.op_roofline import OpRoofline
     from sim.cost.roofline import RooflineCostModel
-    from sim.hardware import GPUSpec, get_gpu
 
     spec = get_gpu(gpu) if gpu else GPUSpec("nominal-cpu", 2e11, 2e10, 64 << 30, 32e9, interconnect="pcie")
     warmup, lo, hi, target = timing

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from calibration.fit import Grid2D, Table1D
-from calibration.grid import MIXED, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS, GridSpec, mixed_contexts
-from calibration.profile_io import Profile, profile_model
-from sim.cost.profiled import PADDED_BACKENDS, OpRoofline, profile_device_spec
+from calibration.grid import GridSpec, mixed_contexts
+from sim.catalog.hardware import get_gpu
+from sim.catalog.models import ModelSpec
+from sim.cost.op_roofline import OpRoofline, profile_device_spec
+from sim.cost.profile_format import MIXED, PADDED_BACKENDS, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS, Profile, profile_model
 from sim.cost.roofline import RooflineCostModel
-from sim.hardware import get_gpu
-from sim.models import ModelSpec
+from sim.cost.tables import Grid2D, Table1D
 from sim.ops import ALL_OPS
 
 COLUMNS = ("op", "tp", "kind", "points", "held_out", "interp_median_pct", "interp_max_pct", "roofline_median_pct",

@@ -9,14 +9,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sim.cli.args import NO_DEFAULT as NO
+from sim.cli.args import (
+    add_kv_arguments,
+    add_run_folder_arguments,
+    add_scheduler_arguments,
+    check_run_folder_args,
+    write_run_folder,
+)
+from sim.cli.workload_args import add_generator_arguments, load_workload
+
 TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
 
 
 def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
-    from sim.cli import add_kv_arguments, add_run_folder_arguments, add_scheduler_arguments
-    from sim.cli_trace import _NO_DEFAULT as NO, add_generator_arguments
 
     p = subparsers.add_parser(
         "engine", help="replay a trace on the real PyTorch engine and measure it",
@@ -87,8 +95,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     from engine.device import EngineOutOfMemoryError
     from engine.replay import EngineConfig, replay
-    from sim.cli import _load_workload, check_run_folder_args, write_run_folder
-    from sim.outputs import _clean, format_summary
+    from sim.outputs.run_folder import clean_json, format_summary
 
     check_run_folder_args(args)
 
@@ -99,7 +106,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         strict=args.strict, seed=args.seed, device=args.device, dtype=args.dtype, backend=args.backend,
         offline=args.offline, warmup=args.warmup, cuda_graphs=args.cuda_graphs, gpu=args.gpu,
         checkpoint=args.checkpoint)
-    trace, source, warnings = _load_workload(args)
+    trace, source, warnings = load_workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     t0 = time.perf_counter()
@@ -110,7 +117,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         return 1
     wall = time.perf_counter() - t0
     write_run_folder(args, result)
-    summary = _clean(result.summary)
+    summary = clean_json(result.summary)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

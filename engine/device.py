@@ -10,9 +10,9 @@ import re
 
 import torch
 
-from sim.hardware import GPUSpec, get_gpu
+from sim.catalog.hardware import GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec
 from sim.memory import default_activation_reserve_bytes
-from sim.models import ModelSpec
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sim.models import ModelSpec
+from sim.catalog.models import ModelSpec
 
 DEFAULT_BLOCK_SIZE = 16
 

@@ -15,7 +15,7 @@ import torch
 from engine.attention import AttnMetadata
 from engine.kv_cache import PagedKVCache
 from engine.ops import OPS
-from sim.models import ModelSpec
+from sim.catalog.models import ModelSpec
 
 
 def default_dtype(device: torch.device | str) -> torch.dtype:

@@ -21,17 +21,26 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from engine.device import (EngineOutOfMemoryError, detect_gpu, device_name, dtype_bytes, is_out_of_memory,
-                           kv_blocks_for_device, oom_message, parse_dtype, resolve_device)
+from engine.device import (
+    EngineOutOfMemoryError,
+    detect_gpu,
+    device_name,
+    dtype_bytes,
+    is_out_of_memory,
+    kv_blocks_for_device,
+    oom_message,
+    parse_dtype,
+    resolve_device,
+)
 from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
+from sim.catalog.models import ModelSpec, get_model
 from sim.cluster import STAGE_FIELDS
 from sim.kv_cache import blocks_for
-from sim.models import ModelSpec, get_model
 from sim.request import Request, TraceRequest
 from sim.simulator import ServingConfig, SimConfig, _versions
-from sim.workload import SkippedRequest
+from sim.workload.servable import SkippedRequest
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
 BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s")

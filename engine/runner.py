@@ -19,7 +19,7 @@ from engine.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache, blocks_from_free_m
 from engine.model import LlamaModel, default_dtype
 from engine.ops import OPS
 from sim.batch import Batch, BatchItem
-from sim.models import ModelSpec
+from sim.catalog.models import ModelSpec
 from sim.request import Request
 
 

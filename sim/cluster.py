@@ -20,7 +20,7 @@ import pandas as pd
 import simpy
 
 from sim.batch import Batch
-from sim.cost.base import CostModel
+from sim.cost.interface import CostModel
 from sim.request import Request
 from sim.schedulers.base import Scheduler
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from sim.hardware import GiB, GPUSpec, get_gpu
-from sim.models import ModelSpec, get_model, layers_per_stage
+from sim.catalog.hardware import GiB, GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec, get_model, layers_per_stage
 
 
 class InfeasibleConfigError(ValueError):

@@ -11,15 +11,15 @@ import numpy as np
 import pandas as pd
 
 from sim import metrics
+from sim.catalog.hardware import get_gpu
+from sim.catalog.models import ModelSpec, get_model
 from sim.cluster import run_cluster
-from sim.cost.base import CostModel
-from sim.hardware import get_gpu
+from sim.cost.interface import CostModel
 from sim.kv_cache import BlockManager
 from sim.memory import InfeasibleConfigError, plan_memory
-from sim.models import ModelSpec, get_model
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
-from sim.workload import SkippedRequest, prepare_requests
+from sim.workload.servable import SkippedRequest, prepare_requests
 
 
 @dataclass
@@ -98,7 +98,7 @@ class SimResult:
 def _versions() -> dict[str, str]:
     import simpy
 
-    from sim import __version__
+    from sim.version import __version__
     return {"servesim": __version__, "python": platform.python_version(), "simpy": simpy.__version__,
             "numpy": np.__version__, "pandas": pd.__version__}
 

@@ -7,11 +7,12 @@ from typing import Callable
 
 import pandas as pd
 
-from calibration import profile_io
 from calibration.grid import QUICK, GridSpec, Point, plan
-from sim.cost.profiled import OpRoofline
+from calibration.profile_writer import write_profile
+from sim.catalog.models import ModelSpec, get_model
+from sim.cost import profile_format
+from sim.cost.op_roofline import OpRoofline
 from sim.cost.roofline import RooflineCostModel
-from sim.models import ModelSpec, get_model
 
 
 def roofline_times(model: ModelSpec, gpu: str, factor: float = 1.0, dtype_bytes: int = 2) -> Callable[[Point], float]:
@@ -40,15 +41,15 @@ def synthetic_profile(path: Path, model: str | ModelSpec = "tiny", *, gpu: str |
         rows.append({"op": p.op, "tp": p.tp, "tokens": p.tokens, "seqs": p.seqs, "context": p.context,
                      "variant": p.variant, "median_s": t, "p10_s": t * 0.95, "p90_s": t * 1.1, "repeats": 10})
     meta = {
-        "format": profile_io.FORMAT, "version": profile_io.VERSION, "status": "complete",
+        "format": profile_format.FORMAT, "version": profile_format.VERSION, "status": "complete",
         "device": {"type": "cuda" if gpu else "cpu", "name": f"synthetic {gpu or 'cpu'}", "gpu": gpu,
                    "memory_bytes": 80 << 30},
         "dtype": "bfloat16" if dtype_bytes == 2 else "float32", "dtype_bytes": dtype_bytes,
-        "model": profile_io.model_shape(m), "tp": list(tps), "grid": grid.to_dict(),
+        "model": profile_format.model_shape(m), "tp": list(tps), "grid": grid.to_dict(),
         "communication": {"measured_tp": [], "pp": "roofline", "note": "synthetic"},
         "attention_backend": backend, "date": "2026-01-01T00:00:00+00:00", "git_commit": None,
         "wall_time_s": 0.0,
     }
     if gpu is None:
         meta["device_rates"] = {"flops": 1e11, "mem_bandwidth": 2e10, "launch_s": 5e-6}
-    return profile_io.write_profile(path, meta, pd.DataFrame(rows))
+    return write_profile(path, meta, pd.DataFrame(rows))

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from calibration.profile_io import read_profile
 from calibration.report import LEAVE_OUT, fit_report
-from sim.cli import main
+from sim.cli.main import main
+from sim.cost.profile_format import read_profile
 from sim.cost.profiled import ProfiledCostModel
 from sim.ops import ALL_OPS, COMMUNICATION_OPS
 from tests.profile_fixtures import synthetic_profile
@@ -76,7 +76,7 @@ def test_simulate_refuses_a_mismatched_profile(tmp_path, capsys):
 def test_help_report_and_dry_run_work_without_torch(tmp_path):
     """torch is blocked from importing: the CLI, --report and --dry-run must not need it."""
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from sim.cli import main\n"
+            "from sim.cli.main import main\n"
             "assert main(['calibrate', '--dry-run', '--model', 'tiny', '--device', 'cpu']) == 0\n"
             f"assert main(['calibrate', '--report', {str(tmp_path / 'p')!r}]) == 0\n"
             "main(['--help'])\n")

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from calibration.fit import Grid2D, Table1D, monotone
 from calibration.grid import FULL, QUICK, decode_points, plan, prefill_points, token_grid
 from calibration.report import held_out_1d, held_out_2d
-from sim.models import get_model
+from sim.catalog.models import get_model
+from sim.cost.tables import Grid2D, Table1D, monotone
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
 

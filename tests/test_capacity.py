@@ -8,9 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.capacity import (CapacitySearch, PointSpec, RateSearch, ResultsFile, Slo, Workload, evaluate_point,
-                          find_capacity, point_passes, run_searches)
-from sim.capacity_point import _needed
+from sim.capacity.point import _needed
+from sim.capacity.search import (
+    CapacitySearch,
+    PointSpec,
+    RateSearch,
+    ResultsFile,
+    Slo,
+    Workload,
+    evaluate_point,
+    find_capacity,
+    point_passes,
+    run_searches,
+)
 from sim.cost.constant import ConstantCostModel
 from sim.simulator import SimConfig
 

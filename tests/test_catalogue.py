@@ -6,9 +6,16 @@ import json
 
 import pytest
 
-from sim.hardware import GPUS, GPUSpec, UnknownGPUError, get_gpu
-from sim.models import (MODELS, ModelConfigError, ModelSpec, UnknownModelError, get_model, layers_per_stage,
-                        load_hf_config)
+from sim.catalog.hardware import GPUS, GPUSpec, UnknownGPUError, get_gpu
+from sim.catalog.models import (
+    MODELS,
+    ModelConfigError,
+    ModelSpec,
+    UnknownModelError,
+    get_model,
+    layers_per_stage,
+    load_hf_config,
+)
 
 
 def test_llama2_7b_param_count() -> None:

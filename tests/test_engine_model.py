@@ -9,12 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine import ops as engine_ops  # noqa: E402
-from engine.attention import build_part, flex_available, select_backend, SdpaBackend  # noqa: E402
+from engine.attention import SdpaBackend, build_part, flex_available, select_backend  # noqa: E402
 from engine.model import LlamaModel  # noqa: E402
 from engine.runner import ModelRunner, prompt_token_ids  # noqa: E402
 from sim.batch import Batch, BatchItem  # noqa: E402
+from sim.catalog.models import ModelSpec  # noqa: E402
 from sim.kv_cache import BlockManager  # noqa: E402
-from sim.models import ModelSpec  # noqa: E402
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS  # noqa: E402
 from sim.request import Request  # noqa: E402
 

@@ -17,11 +17,11 @@ from engine.replay import BATCH_FIELDS, EngineConfig, replay  # noqa: E402
 from engine.runner import ModelRunner  # noqa: E402
 from sim.cluster import STAGE_FIELDS  # noqa: E402
 from sim.cost.constant import ConstantCostModel  # noqa: E402
-from sim.outputs import read_run, write_run  # noqa: E402
+from sim.outputs.run_folder import read_run, write_run  # noqa: E402
 from sim.request import TraceRequest  # noqa: E402
 from sim.schedulers.base import Scheduler  # noqa: E402
 from sim.simulator import simulate  # noqa: E402
-from sim.trace import read_trace, write_trace  # noqa: E402
+from sim.workload.trace import read_trace, write_trace  # noqa: E402
 
 # (id, prompt, output): prompts shorter than, equal to and longer than a 16-token block
 SPEC = [("a", 37, 9), ("b", 5, 12), ("c", 20, 7), ("d", 64, 5), ("e", 16, 10), ("f", 50, 8)]
@@ -97,7 +97,7 @@ def test_first_ids_match_a_lone_greedy_run():
 
 
 def _tiny():
-    from sim.models import get_model
+    from sim.catalog.models import get_model
     return get_model("tiny")
 
 
@@ -273,7 +273,7 @@ def test_gpu_names_map_to_the_catalogue():
 
 
 def test_cli_engine_writes_a_run(tmp_path, capsys):
-    from sim.cli import main
+    from sim.cli.main import main
 
     path = tmp_path / "t.jsonl"
     write_trace(path, TRACE)
@@ -292,7 +292,7 @@ def test_cli_engine_writes_a_run(tmp_path, capsys):
 
 
 def test_cli_engine_without_torch_says_how_to_install(monkeypatch, capsys):
-    from sim.cli import main
+    from sim.cli.main import main
 
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
     assert main(["engine", "--trace", "x.jsonl"]) == 2

@@ -1,4 +1,4 @@
-"""Tests of the trace importers (sim.importers): each format on small hand-made files, errors with file:line, real traces."""
+"""Tests of the trace importers (sim.workload.importers): each format on small hand-made files, errors with file:line, real traces."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.importers import (
+from sim.workload.generator import generate_trace
+from sim.workload.importers import (
     ArrivalSpec,
     detect_format,
     read_any,
@@ -17,8 +18,7 @@ from sim.importers import (
     read_mooncake,
     read_splitwise,
 )
-from sim.trace import TraceError, read_trace, write_trace
-from sim.tracegen import generate_trace
+from sim.workload.trace import TraceError, read_trace, write_trace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 AZURE = SHARED / "azure2023" / "AzureLLMInferenceTrace_conv.csv"

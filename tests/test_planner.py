@@ -8,10 +8,17 @@ import math
 import pandas as pd
 import pytest
 
-from sim.capacity import ResultsFile, Slo, Workload
-from sim.cli import main
-from sim.planner import (RESULTS_FILE, enumerate_candidates, format_table, load_prices, pareto_front, plan,
-                         powers_of_two)
+from sim.capacity.planner import (
+    RESULTS_FILE,
+    enumerate_candidates,
+    format_table,
+    load_prices,
+    pareto_front,
+    plan,
+    powers_of_two,
+)
+from sim.capacity.search import ResultsFile, Slo, Workload
+from sim.cli.main import main
 
 # a small, fast plan: tiny runs (the numbers are not meaningful, only deterministic)
 WORKLOAD = Workload(num_requests=40, duration=0)
@@ -163,7 +170,7 @@ def test_cli_errors(tmp_path, capsys):
 
 def test_ray_executor_matches_local(tmp_path):
     pytest.importorskip("ray")
-    from sim.planner import RayExecutor
+    from sim.capacity.planner import RayExecutor
 
     local = _small_plan()
     ex = RayExecutor("local")
@@ -180,7 +187,7 @@ def test_profile_prices_only_the_shapes_it_holds(tmp_path):
     import shutil
     from pathlib import Path
 
-    from sim.capacity import ProfileRef
+    from sim.capacity.search import ProfileRef
     from sim.simulator import SimConfig
 
     src = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "tiny-cpu"

@@ -1,4 +1,4 @@
-"""Tests of run plots (sim.plots), run comparison reports (sim.report) and `simulate --plots/--timeline`, `report`."""
+"""Tests of run plots (sim.outputs.plots), run comparison reports (sim.outputs.report) and `simulate --plots/--timeline`, `report`."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sim.cli import main
-from sim.outputs import write_run
-from sim.plots import PLOT_FILES, gantt_window, load_run, write_plots
-from sim.report import COMPARISON_PLOTS, metrics_table, write_report
+from sim.cli.main import main
+from sim.outputs.plots import PLOT_FILES, gantt_window, load_run, write_plots
+from sim.outputs.report import COMPARISON_PLOTS, metrics_table, write_report
+from sim.outputs.run_folder import write_run
 from sim.simulator import SimConfig, simulate
-from sim.trace import read_trace, write_trace
+from sim.workload.trace import read_trace, write_trace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "example_sharegpt_poisson.jsonl"
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from calibration.profile_io import ProfileError, read_profile, write_profile
+from calibration.profile_writer import write_profile
 from sim.batch import Batch, BatchItem
+from sim.cost.profile_format import ProfileError, read_profile
 from sim.cost.profiled import ProfiledCostModel
 from sim.request import Request
 from tests.profile_fixtures import synthetic_profile

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from calibration.grid import QUICK, Point
-from calibration.profile_io import read_profile
 from sim.batch import Batch, BatchItem
+from sim.catalog.hardware import get_gpu
+from sim.cost.profile_format import read_profile
 from sim.cost.profiled import EDGE, PROFILE, ROOFLINE, TRANSFER, ProfiledCostModel, for_simulation
 from sim.cost.roofline import RooflineCostModel
-from sim.hardware import get_gpu
 from sim.request import Request
 from sim.simulator import SimConfig
 from tests.profile_fixtures import roofline_times, synthetic_profile

@@ -8,9 +8,10 @@ import time
 import pytest
 
 from sim.batch import Batch, BatchItem
-from sim.cost import CostModel, RooflineCostModel, StageCost
-from sim.hardware import GPUS, get_gpu
-from sim.models import MODELS, get_model
+from sim.catalog.hardware import GPUS, get_gpu
+from sim.catalog.models import MODELS, get_model
+from sim.cost.interface import CostModel, StageCost
+from sim.cost.roofline import RooflineCostModel
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
 from sim.request import Request
 

@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 from sim.cost.constant import ConstantCostModel
 from sim.request import TraceRequest
 from sim.simulator import SimConfig, simulate
-from sim.tracegen import generate_trace
-from sim.workload import WorkloadError
+from sim.workload.generator import generate_trace
+from sim.workload.servable import WorkloadError
 
 
 def tr(i, arrival, prompt, output, line=None):
@@ -148,6 +148,7 @@ def test_sarathi_smaller_bubbles_than_orca_with_pipeline_parallelism():
 def test_request_rows_agree_with_token_times():
     """requests.csv's vectorised columns equal a per-request computation from the token times."""
     import numpy as np
+
     from sim.metrics import requests_frame
     from sim.request import Request
     reqs = [Request("a", 0.0, 4, 3, index=1), Request("b", 1.0, 4, 1, index=0), Request("c", 2.0, 4, 2, index=2)]

@@ -1,4 +1,4 @@
-"""Tests of the Perfetto timeline (sim.timeline): valid Chrome trace JSON whose slices match batches.csv."""
+"""Tests of the Perfetto timeline (sim.outputs.timeline): valid Chrome trace JSON whose slices match batches.csv."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 
 from sim.cost.constant import ConstantCostModel
-from sim.outputs import read_run, write_run
+from sim.outputs.run_folder import read_run, write_run
+from sim.outputs.timeline import _lanes, build_timeline, timing_source, write_timeline
 from sim.request import TraceRequest
 from sim.simulator import SimConfig, simulate
-from sim.timeline import _lanes, build_timeline, timing_source, write_timeline
-from sim.trace import read_trace
+from sim.workload.trace import read_trace
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "example_sharegpt_poisson.jsonl"
 

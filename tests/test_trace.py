@@ -1,4 +1,4 @@
-"""Tests of the JSONL trace reader/writer (sim.trace)."""
+"""Tests of the JSONL trace reader/writer (sim.workload.trace)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sim.request import TraceRequest
-from sim.trace import Trace, TraceError, read_trace, write_trace
+from sim.workload.trace import Trace, TraceError, read_trace, write_trace
 
 GOOD = '{"arrival_time": 0.5, "prompt_tokens": 10, "output_tokens": 5}'
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"

@@ -1,4 +1,4 @@
-"""Tests of the synthetic trace generator (sim.tracegen) and the `trace generate` command (sim.cli_trace)."""
+"""Tests of the synthetic trace generator (sim.workload.generator) and the `trace generate` command (sim.cli.trace)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.cli_trace import add_generator_arguments, add_trace_parser, main, summary_line, trace_from_args
+from sim.cli.main import main
+from sim.cli.trace import add_trace_parser, summary_line
+from sim.cli.workload_args import add_generator_arguments, trace_from_args
 from sim.request import TraceRequest
-from sim.trace import TraceError, read_trace, write_trace
-from sim.tracegen import (
+from sim.workload.generator import (
     SHAREGPT_OUTPUT,
     SHAREGPT_PROMPT,
     LengthSpec,
@@ -21,6 +22,7 @@ from sim.tracegen import (
     load_length_pairs,
     parse_length_spec,
 )
+from sim.workload.trace import TraceError, read_trace, write_trace
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 SHAREGPT_CSV = SHARED / "sarathi" / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"

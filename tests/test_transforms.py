@@ -1,4 +1,4 @@
-"""Tests of trace transforms (sim.transforms), trace statistics (sim.trace_stats) and `servesim trace convert/stats`."""
+"""Tests of trace transforms (sim.workload.transforms), trace statistics (sim.workload.stats) and `servesim trace convert/stats`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.cli import main
+from sim.cli.main import main
 from sim.request import TraceRequest
-from sim.trace import read_trace
-from sim.trace_stats import format_stats, plot_stats, rate_over_time, trace_stats
-from sim.transforms import (
+from sim.workload.stats import format_stats, plot_stats, rate_over_time, trace_stats
+from sim.workload.trace import read_trace
+from sim.workload.transforms import (
     TransformSpec,
     apply_transforms,
     bucket_width,
@@ -20,8 +20,8 @@ from sim.transforms import (
     first_n,
     jitter_buckets,
     mean_rate,
-    rescale_rate,
     resample_lengths,
+    rescale_rate,
     sample_requests,
     time_window,
 )
@@ -162,8 +162,8 @@ def test_cli_convert_reports_bad_row(tmp_path, capsys):
 
 @needs_shared
 def test_mooncake_convert_clip_and_simulate_matches_direct_import(tmp_path):
-    from sim.importers import read_any
     from sim.simulator import SimConfig, simulate
+    from sim.workload.importers import read_any
     out = tmp_path / "mc.jsonl"
     assert main(["trace", "convert", str(MOONCAKE), str(out), "--first", "300", "--max-total-tokens", "4096"]) == 0
     converted = read_trace(out).requests

@@ -11,12 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from calibration.validate.config import LoadLevel, ValidateConfig, trace_at_rate
+from calibration.validate.errors import ExecutedBatch, composition_match, error_stats, request_errors, size_bucket
 from sim.batch import Batch, BatchItem
 from sim.request import Request, TraceRequest
-from sim.tracegen import generate_trace
-from sim.validate import LoadLevel, ValidateConfig, trace_at_rate
-from sim.validate_errors import (ExecutedBatch, composition_match, error_stats, request_errors,
-                                 size_bucket)
+from sim.workload.generator import generate_trace
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "calibration" / "profiles" / "tiny-cpu"
@@ -33,7 +32,7 @@ def torch():
 @pytest.fixture(scope="module")
 def base(torch, tmp_path_factory):
     """The three schedulers on TRACE, three engine runs each, with the report, plots and an op check."""
-    from sim.validate import validate
+    from calibration.validate.run import validate
     out = tmp_path_factory.mktemp("validate")
     res = validate(TRACE, ValidateConfig(**BASE, warmup=10, op_check=6, repeats=3), PROFILE, out=out,
                    source="test-trace")
@@ -102,7 +101,7 @@ def test_request_errors_are_labelled():
 def test_median_run_reports_the_middle_repeat_and_lists_all():
     from types import SimpleNamespace
 
-    from sim.validate import median_run
+    from calibration.validate.run import median_run
 
     def run(med: float | None) -> SimpleNamespace:
         n = 0 if med is None else 10
@@ -212,9 +211,9 @@ def _doubled_profile(dest: Path) -> Path:
 def test_doubled_profile_doubles_the_reported_error(base, tmp_path):
     """A profile with every time doubled: each executed batch is priced exactly twice as long, and a fresh
     validation with it reports the error moved by about +100% of the measured time."""
+    from calibration.validate.errors import price_batches
+    from calibration.validate.run import validate
     from sim.cost.profiled import ProfiledCostModel
-    from sim.validate import validate
-    from sim.validate_errors import price_batches
 
     res, _ = base
     doubled = _doubled_profile(tmp_path / "doubled")
@@ -242,7 +241,7 @@ def test_doubled_profile_doubles_the_reported_error(base, tmp_path):
 def test_offline_batches_identical_to_the_simulator(torch):
     """One policy code: with every request at t=0 the engine and the simulator form the same batches
     (tests/test_engine_replay.py checks the replay itself; this checks what validate reports)."""
-    from sim.validate import validate
+    from calibration.validate.run import validate
     trace = TRACE[:12]
     res = validate(trace, ValidateConfig(**BASE, offline=True, plots=False, op_check=0, warmup=2,
                                          schedulers=("orca", "vllm", "sarathi", "vllm_v1"),
@@ -256,7 +255,7 @@ def test_offline_batches_identical_to_the_simulator(torch):
 
 
 def test_load_levels_use_the_predicted_capacity(torch, tmp_path):
-    from sim.validate import validate
+    from calibration.validate.run import validate
     res = validate(TRACE[:20], ValidateConfig(**BASE, schedulers=("sarathi",), loads=(0.5,), plots=False,
                                               op_check=0, warmup=2, capacity_duration=5.0), PROFILE, out=tmp_path)
     lv = res.runs[0].level
@@ -267,7 +266,7 @@ def test_load_levels_use_the_predicted_capacity(torch, tmp_path):
 
 
 def test_cli_offline_run_and_errors(torch, tmp_path, capsys):
-    from sim.cli import main
+    from sim.cli.main import main
     out = tmp_path / "cli"
     rc = main(["validate", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "sdpa",
                "--profile", str(PROFILE), "-n", "6", "--prompt-len", "uniform:8:40", "--output-len", "fixed:6",
@@ -289,7 +288,7 @@ def test_help_lists_validate_without_torch():
     import sys
     code = ("import builtins, sys\nreal = builtins.__import__\n"
             "def imp(name, *a, **k):\n    if name.split('.')[0] == 'torch': raise ImportError(name)\n"
-            "    return real(name, *a, **k)\nbuiltins.__import__ = imp\nfrom sim.cli import main\n"
+            "    return real(name, *a, **k)\nbuiltins.__import__ = imp\nfrom sim.cli.main import main\n"
             "sys.exit(main(['validate', '--help']))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and "--load F1,F2" in p.stdout and "measured" in p.stdout

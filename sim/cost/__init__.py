@@ -1,6 +1,3 @@
-"""Cost models: the interface and the analytical roofline (the embedded default)."""
-
-from sim.cost.base import CostModel, StageCost
-from sim.cost.roofline import RooflineCostModel
-
-__all__ = ["CostModel", "StageCost", "RooflineCostModel"]
+"""Cost models behind one interface (``interface``): the roofline (the embedded default), a calibration profile
+(``profiled``), a constant (tests); the profile format (``profile_format``) and the interpolation tables
+(``tables``) belong here, to their reader, and calibration writes them."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sim.batch import Batch
-from sim.cost.base import CostModel, StageCost
+from sim.cost.interface import CostModel, StageCost
 
 
 class ConstantCostModel(CostModel):

@@ -3,7 +3,7 @@
 Token-count ops (projections, norms, activation, residuals, embedding) and the per-sequence
 ops (final norm, lm head, sampling, host overhead) use monotone piecewise-linear tables;
 attention uses 2-D tables (prefill: chunk x cached context; decode: batch size x context per
-request), blended across rows with the roofline's shape (``calibration.fit.Grid2D``). Outside a
+request), blended across rows with the roofline's shape (``sim.cost.tables.Grid2D``). Outside a
 table an op is priced by the roofline scaled to agree with the table at its edge.
 Communication comes from the profile when it was measured there (several GPUs), else from the
 roofline's interconnect model. Every op's price names its source (``breakdown_sources``).
@@ -36,23 +36,20 @@ import dataclasses
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calibration.fit import Grid2D, Table1D, fit_nonnegative
-from calibration.grid import SEQ_AXIS_OPS
-from calibration.iteration import unit_batch
-from calibration.profile_io import Profile, ProfileError, read_profile
 from sim.batch import Batch
-from sim.cost.base import CostModel, StageCost
+from sim.catalog.hardware import GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec, get_model
+from sim.cost.framework_overhead import fit_overhead, forward_features, layer_features, no_overhead
+from sim.cost.interface import CostModel, StageCost
+from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
+from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, read_profile
 from sim.cost.roofline import RooflineCostModel
-from sim.hardware import GPUSpec, get_gpu
-from sim.models import ModelSpec, get_model
-from sim.ops import (COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, OVERHEAD_OPS, STAGE_OPS,
-                     UNIT_TIMINGS)
+from sim.cost.tables import Grid2D, Table1D
+from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, OVERHEAD_OPS, STAGE_OPS
 
 if TYPE_CHECKING:
     from sim.simulator import SimConfig
 
-_OpCost = tuple[float, float, float]
-_ZERO: _OpCost = (0.0, 0.0, 0.0)
 _CACHE_LIMIT = 200_000
 DEVICE_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
 TABLE_OPS: tuple[str, ...] = tuple(op for op in DEVICE_OPS + ("host_overhead",)
@@ -62,120 +59,7 @@ PROFILE = "profile"            # interpolated in the measured table
 EDGE = "profile-edge"          # roofline scaled to agree with the table at its nearest edge
 ROOFLINE = "roofline"          # not measured (communication on a single device)
 TRANSFER = "+transfer"         # suffix: scaled by the roofline ratio of another GPU (an estimate)
-PADDED_BACKENDS = ("sdpa",)    # engine attention backends whose cost follows the longest sequence of a batch
 FIT = "profile-fit"            # overhead terms: fitted to the profile's whole-unit timings
-#: names of the features the overhead terms are linear in (see the module docstring)
-LAYER_FEATURES: tuple[str, ...] = ("const", "prefill_part", "decode_part", "items", "tokens", "prefill_pairs",
-                                   "decode_keys")
-FORWARD_FEATURES: tuple[str, ...] = ("const", "tokens", "sampled_rows")
-
-
-def prefill_pairs(chunk: int, cached: int) -> int:
-    """Causal query-key pairs of a chunk over its cached context (query j sees cached + j + 1 keys)."""
-    return chunk * cached + chunk * (chunk + 1) // 2
-
-
-class OpRoofline:
-    """Roofline time of every op at a measurement's shape, local work only (the shape a profile row times)."""
-
-    def __init__(self, roofline: RooflineCostModel) -> None:
-        self.rl = roofline
-
-    def token_ops(self, num_tokens: int, num_seqs: int) -> dict[str, _OpCost]:
-        """(seconds, flops, bytes) per op for ``num_tokens`` tokens of which ``num_seqs`` rows sample.
-
-        Differs from ``RooflineCostModel.token_op_costs`` only where the engine's op does less
-        than the roofline prices: ``final_norm`` runs on the sampled rows only, and ``embedding``
-        and ``lm_head`` exclude their tensor-parallel communication (see ``comm_extra``).
-        """
-        rl = self.rl
-        a = rl.token_op_costs(num_tokens, num_seqs)
-        b = a if num_seqs == num_tokens else rl.token_op_costs(num_seqs, num_seqs)
-        out = dict(a)
-        out["final_norm"] = b["final_norm"]
-        emb, lm = self.comm_extra(num_tokens, num_seqs)
-        out["embedding"] = (a["embedding"][0] - emb, a["embedding"][1], a["embedding"][2])
-        out["lm_head"] = (a["lm_head"][0] - lm, a["lm_head"][1], a["lm_head"][2])
-        out["host_overhead"] = (rl.host_overhead_base + rl.host_overhead_per_item * num_seqs, 0.0, 0.0)
-        return out
-
-    def comm_extra(self, num_tokens: int, num_seqs: int) -> tuple[float, float]:
-        """TP communication the roofline folds into embedding (all-reduce) and lm head (logit gather)."""
-        rl = self.rl
-        if rl.tp == 1:
-            return 0.0, 0.0
-        # the roofline's own formulas (sim.cost.roofline.token_op_costs), read back to split them out
-        emb = rl._all_reduce(num_tokens * rl._h * rl.dtype_bytes)
-        lm = ((rl.tp - 1) / rl.tp * num_seqs * rl.model.vocab_size * rl.dtype_bytes / rl._tp_rate + rl.comm_latency
-              if num_seqs > 0 else 0.0)
-        return emb, lm
-
-    def pp_send_recv(self, num_tokens: int) -> float:
-        """Hidden states and residual to the next stage over the stage link (as when pp > 1)."""
-        rl = self.rl
-        return 2.0 * num_tokens * rl._h * rl.dtype_bytes / rl._pp_rate + rl.comm_latency
-
-    def prefill_shape(self, chunk: float, cached: float) -> float:
-        """Roofline seconds of one chunk over ``cached`` context (the 2-D prefill table's shape)."""
-        return self.rl.attn_prefill_cost(chunk, cached, chunk * cached + chunk * (chunk + 1) / 2)[0]
-
-    def decode_shape(self, batch: float, context: float) -> float:
-        """Roofline seconds of ``batch`` decodes with ``context`` keys each (the 2-D decode table's shape)."""
-        return self.rl.attn_decode_cost(batch, batch * context)[0]
-
-    def unit_time(self, op: str, tokens: int, seqs: int, context: int, variant: str) -> float:
-        """Roofline seconds of a whole-unit row (one layer, or a forward pass with sampling): its ops' sum."""
-        b = unit_batch(tokens, seqs, context, variant)
-        sampled = len(b.items)  # every unit item completes its known tokens
-        ops = self.token_ops(tokens, sampled)
-        layer = sum(ops[o][0] for o in LAYER_OPS if o in ops and o not in COMMUNICATION_OPS)
-        for it in b.prefill_items:
-            layer += self.rl.attn_prefill_cost(it.num_new_tokens, it.num_cached_tokens,
-                                               prefill_pairs(it.num_new_tokens, it.num_cached_tokens))[0]
-        if b.num_decode_tokens:
-            layer += self.rl.attn_decode_cost(b.num_decode_tokens, b.decode_context)[0]
-        if op == "layer_forward":
-            return layer
-        return self.rl.model.num_layers * layer + sum(ops[o][0] for o in FIRST_STAGE_OPS + LAST_STAGE_OPS)
-
-    def time(self, op: str, tokens: int, seqs: int, context: int, variant: str = "") -> float:
-        """Seconds of one call of ``op`` at a profile row's shape (per layer for layer ops)."""
-        if op == "attn_prefill":
-            return self.rl.attn_prefill_cost(tokens, context, prefill_pairs(tokens, context))[0]
-        if op == "attn_decode":
-            return self.rl.attn_decode_cost(seqs, seqs * context)[0]
-        if op == "pp_send_recv":
-            return self.pp_send_recv(tokens)
-        if op in UNIT_TIMINGS:
-            return self.unit_time(op, tokens, seqs, context, variant)
-        n = seqs if op in SEQ_AXIS_OPS else 1
-        return self.token_ops(tokens if op not in SEQ_AXIS_OPS else seqs, max(n, 1))[op][0]
-
-
-def profile_device_spec(profile: Profile) -> tuple[GPUSpec, dict[str, Any]]:
-    """The profile's device as a GPUSpec plus roofline keyword arguments.
-
-    A catalogue GPU is used as is; any other device (a CPU, an unlisted GPU) becomes a spec
-    with the rates calibration fitted to its own measurements (``device_rates``), at
-    efficiency 1 and with its measured per-call overhead.
-    """
-    dev = profile.meta["device"]
-    if dev.get("gpu"):
-        try:
-            return get_gpu(dev["gpu"]), {}
-        except ValueError as e:
-            raise ProfileError(f"{profile.path}/profile.json: device.gpu: {e}") from e
-    rates = profile.meta.get("device_rates") or {}
-    need = ("flops", "mem_bandwidth", "launch_s")
-    if not all(isinstance(rates.get(k), (int, float)) and rates[k] > 0 for k in need):
-        raise ProfileError(f"{profile.path}/profile.json: device {dev.get('name')!r} is not in the GPU catalogue and "
-                           f"device_rates lacks positive {', '.join(need)}")
-    spec = GPUSpec(name=f"measured:{dev.get('name', '?')}", bf16_flops=float(rates["flops"]),
-                   mem_bandwidth=float(rates["mem_bandwidth"]), mem_bytes=float(dev.get("memory_bytes") or 1),
-                   interconnect_bw=32e9, interconnect="pcie",
-                   source="rates fitted to the profile's own measurements")
-    return spec, {"compute_efficiency": 1.0, "memory_efficiency": 1.0,
-                  "kernel_launch_overhead": float(rates["launch_s"])}
 
 
 class ProfiledCostModel(CostModel):
@@ -232,23 +116,7 @@ class ProfiledCostModel(CostModel):
     # ---- framework overhead ---------------------------------------------------------------------
 
     def _layer_features(self, batch: Batch) -> list[float]:
-        """LAYER_FEATURES of ``batch`` (attention work counted as the backend does it: padded for SDPA)."""
-        pre = batch.prefill_items
-        nd, dctx, longest = self._decode_args(batch)
-        if self.padded and len(pre) > 1:
-            c_max = max(it.num_new_tokens for it in pre)
-            k_max = max(it.num_new_tokens + it.num_cached_tokens for it in pre)
-            pairs = len(pre) * prefill_pairs(c_max, k_max - c_max)
-        else:
-            pairs = sum(prefill_pairs(it.num_new_tokens, it.num_cached_tokens) for it in pre)
-        keys = nd * longest if longest else dctx
-        return [1.0, float(bool(pre)), float(nd > 0), float(len(batch.items)),
-                float(batch.num_prefill_tokens + nd), float(pairs), float(keys)]
-
-    @staticmethod
-    def _forward_features(batch: Batch) -> list[float]:
-        sampled = sum(1 for r, n, c in batch.items if c + n == r.prompt_tokens + r.num_generated)
-        return [1.0, float(batch.num_prefill_tokens + batch.num_decode_tokens), float(sampled)]
+        return layer_features(batch, self.padded, self._decode_args(batch))
 
     def _layer_ops(self, batch: Batch) -> float:
         """The op tables' seconds for one decoder layer of ``batch`` (no overhead)."""
@@ -261,46 +129,17 @@ class ProfiledCostModel(CostModel):
             t += self.attn_decode(*self._decode_args(batch))[0]
         return t
 
+    def _outside_ops(self, batch: Batch, sampled: int) -> float:
+        """The op tables' seconds of a forward pass outside its layers (embedding, final norm, lm head, sampling)."""
+        ops = self.token_op_times(batch.num_prefill_tokens + batch.num_decode_tokens, sampled)
+        return sum(ops[op][0] for op in FIRST_STAGE_OPS + LAST_STAGE_OPS)
+
     def _fit_overhead(self) -> tuple[list[float], list[float], dict[str, Any]]:
         """Fit ``layer_overhead`` and ``forward_overhead`` to the profile's unit rows (zeros without any)."""
-        import numpy as np
-
-        t = self.profile.table
-        units = t[t["op"].isin(UNIT_TIMINGS)]
-        zero_l, zero_f = [0.0] * len(LAYER_FEATURES), [0.0] * len(FORWARD_FEATURES)
-        if units.empty or self.transfer:
-            why = "no whole-unit timings in the profile" if units.empty else "framework overhead of the profiled "                   "device does not transfer to another GPU"
-            return zero_l, zero_f, {"rows": 0, "note": why}
-        key = ["tokens", "seqs", "context", "variant"]
-        lay = units[units["op"] == "layer_forward"].set_index(key)["median_s"]
-        fwd = units[units["op"] == "forward"].set_index(key)["median_s"]
-        shared = [k for k in lay.index if k in fwd.index]
-        L = self.model.num_layers
-        xl, yl, sl, xf, yf, sf = [], [], [], [], [], []
-        for k in shared:
-            b = unit_batch(*k)
-            ml, mf = float(lay[k]), float(fwd[k])
-            xl.append(self._layer_features(b))
-            yl.append(ml - self._layer_ops(b))
-            sl.append(ml)
-            T = b.num_prefill_tokens + b.num_decode_tokens
-            xf.append(self._forward_features(b))
-            ops = self.token_op_times(T, int(xf[-1][2]))
-            outside = sum(ops[op][0] for op in FIRST_STAGE_OPS + LAST_STAGE_OPS)
-            yf.append(mf - L * ml - outside)
-            sf.append(mf)
-        if not shared:
-            return zero_l, zero_f, {"rows": 0, "note": "unit rows lack layer/forward pairs"}
-        cl = fit_nonnegative(np.array(xl), np.array(yl), np.array(sl))
-        cf = fit_nonnegative(np.array(xf), np.array(yf), np.array(sf))
-        pl = np.array(xl) @ cl + (np.array(sl) - np.array(yl))
-        pf = L * pl + np.array(xf) @ cf + (np.array(sf) - np.array(yf) - L * np.array(sl))
-        info = {"rows": len(shared),
-                "layer_overhead": dict(zip(LAYER_FEATURES, map(float, cl))),
-                "forward_overhead": dict(zip(FORWARD_FEATURES, map(float, cf))),
-                "layer_fit_median_abs_error": float(np.median(np.abs(pl / np.array(sl) - 1))),
-                "forward_fit_median_abs_error": float(np.median(np.abs(pf / np.array(sf) - 1)))}
-        return list(map(float, cl)), list(map(float, cf)), info
+        if self.transfer:
+            return no_overhead("framework overhead of the profiled device does not transfer to another GPU")
+        return fit_overhead(self.profile.table, self.model.num_layers, self._layer_features, self._layer_ops,
+                            self._outside_ops)
 
     def layer_overhead(self, batch: Batch) -> float:
         """Seconds of framework overhead per decoder layer of ``batch`` (beyond its ops)."""
@@ -308,7 +147,7 @@ class ProfiledCostModel(CostModel):
 
     def forward_overhead(self, batch: Batch) -> float:
         """Seconds of framework overhead per forward pass of ``batch`` outside the layers (last stage)."""
-        return sum(c * x for c, x in zip(self.forward_coef, self._forward_features(batch)) if c)
+        return sum(c * x for c, x in zip(self.forward_coef, forward_features(batch)) if c)
 
     def _overheads(self, batch: Batch, stage: int) -> dict[str, float]:
         """Stage seconds of each OVERHEAD_OPS term."""

@@ -15,9 +15,9 @@ device-memory traffic (communication excluded), for MFU and bandwidth utilisatio
 from __future__ import annotations
 
 from sim.batch import Batch
-from sim.cost.base import CostModel, StageCost
-from sim.hardware import GPUSpec, get_gpu
-from sim.models import ModelSpec, get_model, layers_per_stage
+from sim.catalog.hardware import GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec, get_model, layers_per_stage
+from sim.cost.interface import CostModel, StageCost
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
 
 # ---- defaults (all rough, all overridable) ------------------------------------------------------

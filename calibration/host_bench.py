@@ -1,0 +1,61 @@
+"""The engine's host part per iteration (scheduling, input preparation, output processing), as calibration times it."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from calibration.timing import Timing, time_host
+from sim.catalog.models import get_model
+
+
+class HostBench:
+    """Per-iteration host time on the real engine: everything but the forward pass (``schedule``, input
+    preparation, output processing, ``on_batch_done``), the engine's ``host_s``."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, backend: str, host_model: str, scheduler: str,
+                 max_batch: int, block_size: int, repeats: int) -> None:
+        from engine.runner import ModelRunner
+
+        self.spec = get_model(host_model)
+        self.scheduler = scheduler
+        self.repeats = repeats
+        self.prompt = 16
+        per_req = -(-(self.prompt + repeats + 16) // block_size)
+        self.runner = ModelRunner(self.spec, device=device, dtype=dtype, kv_blocks=max_batch * per_req + 16,
+                                  block_size=block_size, backend=backend)
+
+    def measure(self, batch_size: int) -> Timing:
+        """Decode-only iterations of ``batch_size`` requests: wall time of schedule, execute and on_batch_done,
+        less the runner's ``forward_s``."""
+        from sim.kv_cache import BlockManager
+        from sim.request import Request
+        from sim.schedulers import SchedulerConfig, make_scheduler
+
+        runner = self.runner
+        sched = make_scheduler(self.scheduler, SchedulerConfig(max_batch_size=batch_size,
+                                                               token_budget=max(512, batch_size)),
+                               BlockManager(runner.num_blocks, runner.block_size, 0.0))
+        reqs = [Request(f"host{batch_size}-{i}", 0.0, self.prompt, 10**9, index=i) for i in range(batch_size)]
+        for r in reqs:
+            sched.add_request(r)
+        while any(r.num_generated == 0 for r in reqs):  # prefill everything first
+            b = sched.schedule(0.0)
+            if b is None:
+                raise RuntimeError(f"host-overhead bench: scheduler {self.scheduler} formed no batch")
+            runner.execute(b)
+            sched.on_batch_done(b, 0.0)
+
+        def one(i: int) -> float:  # the engine's host part, as engine.replay books it: iteration minus forward_s
+            t0 = time.perf_counter()
+            b = sched.schedule(float(i))
+            runner.execute(b)
+            sched.on_batch_done(b, float(i))
+            return time.perf_counter() - t0 - float(runner.last_timing["forward_s"])
+
+        try:
+            return time_host(one, self.repeats)
+        finally:
+            for r in reqs:
+                runner.release(r)

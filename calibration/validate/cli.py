@@ -1,0 +1,233 @@
+"""The ``servesim validate`` command: the engine (measured) against the simulator (predicted) on one trace.
+
+Only the parser is built at import time (no torch), so ``servesim --help`` works without PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from sim.cli.args import NO_DEFAULT as _NO
+from sim.cli.args import float_list, name_list, positive_int
+
+TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
+              "(or install servesim with the engine extra: pip install -e '.[engine]')")
+
+
+def parse_budgets(text: str | None) -> dict[str, int | None]:
+    """``512`` (every scheduler) or ``sarathi=512,vllm=4096`` (per scheduler) -> {scheduler or "*": budget}."""
+    if not text:
+        return {}
+    out: dict[str, int | None] = {}
+    for part in text.split(","):
+        key, _, val = part.strip().rpartition("=")
+        try:
+            n = int(val)
+        except ValueError:
+            raise ValueError(f"--token-budget: expected T or SCHEDULER=T[,...], got {text!r}") from None
+        if n < 1:
+            raise ValueError(f"--token-budget: budgets must be >= 1, got {n}")
+        out[key.strip() or "*"] = n
+    return out
+
+
+def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``validate`` on the ``servesim`` subcommands; returns its parser."""
+    p = subparsers.add_parser(
+        "validate", help="run a trace on the real engine and in the simulator; report the prediction error",
+        description="For each scheduler and load level: replay the trace on the real PyTorch engine in real time "
+                    "(measured), simulate the same trace with a calibration profile of the same device (predicted) "
+                    "under the same scheduler settings and KV capacity, and compare. Batch level: every batch the "
+                    "engine executed is priced by the cost model and compared with its measured time (host and "
+                    "device parts too), by batch kind and size. Request level: TTFT, TBT, TPOT, E2E and scheduling "
+                    "delay at P50/P90/P99 and throughput. An op check re-runs a sample of batches with every op "
+                    "timed inside the forward pass to show which ops the error comes from. Writes report.md, "
+                    "report.json, plots and both runs' folders into --out.",
+        epilog="examples:\n"
+               "  servesim validate --trace traces/example_sharegpt_poisson.jsonl --model tiny --device cpu \\\n"
+               "      --profile calibration/profiles/tiny-cpu --max-total-tokens 512 --qps 20 --out runs/val\n"
+               "  servesim validate -n 200 --prompt-len uniform:16:256 --output-len uniform:8:64 --model tiny \\\n"
+               "      --device cpu --load 0.5,0.9 --out runs/val-load          # calibrates into runs/val-load/profile",
+        formatter_class=_Formatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, plots, run folders" + _NO)
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="calibration profile of the engine's device (`servesim calibrate`); default: calibrate "
+                        "first with the quick grid into DIR/profile (resumed when already there)" + _NO)
+    p.add_argument("--full-calibration", action="store_true",
+                   help="without --profile: calibrate with the full grid instead of the quick one")
+    p.add_argument("--schedulers", type=name_list, default="orca,vllm,sarathi", metavar="A,B,...",
+                   help="policies to validate, comma-separated (orca, vllm, sarathi, vllm_v1, faster_transformer)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    w = p.add_argument_group("workload and load levels")
+    w.add_argument("--trace", default=None, metavar="FILE",
+                   help="request trace (servesim JSONL or any --trace-format); without it, -n and the length "
+                        "flags generate requests at each target rate" + _NO)
+    w.add_argument("--trace-format", default="auto",
+                   choices=("auto", "jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise"),
+                   help="format of --trace")
+    w.add_argument("--qps", type=float_list, default=(), metavar="Q1,Q2,...",
+                   help="target mean arrival rates (req/s): the trace's arrivals are rescaled to each, or generated "
+                        "(--arrival) when it has none" + _NO)
+    w.add_argument("--load", dest="loads", type=float_list, default=(), metavar="F1,F2,...",
+                   help="target rates as fractions of the capacity the simulator predicts with the profile for each "
+                        "scheduler (e.g. 0.5,0.9: validate near saturation)" + _NO)
+    w.add_argument("--offline", action="store_true",
+                   help="every request at t=0; also checks that engine and simulator form identical batches")
+    w.add_argument("-n", "--num-requests", type=positive_int, default=200, metavar="N",
+                   help="requests to generate when no --trace is given")
+    w.add_argument("--prompt-len", default=None, metavar="SPEC",
+                   help="generated prompt lengths: fixed:N | uniform:LO:HI | zipf:THETA:LO:HI | lognormal:MEDIAN:SIGMA "
+                        "| sharegpt (default: sharegpt" + _NO + ")")
+    w.add_argument("--output-len", default=None, metavar="SPEC",
+                   help="generated output lengths, same forms (default: sharegpt" + _NO + ")")
+    w.add_argument("--lengths-from", default=None, metavar="FILE",
+                   help="draw generated (prompt, output) pairs from a trace or length table instead" + _NO)
+    w.add_argument("--max-total-tokens", type=positive_int, default=None, metavar="N",
+                   help="scale requests longer than N tokens down to N, keeping prompt:output (default: the "
+                        "model's context length" + _NO + ")")
+    w.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson",
+                   help="arrival process for generated arrivals")
+    w.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of the gaps for --arrival gamma")
+    w.add_argument("--seed", type=int, default=0, help="seed of generated lengths, arrivals, weights and prompts")
+    w.add_argument("--strict", action="store_true",
+                   help="refuse a trace holding a request that can never be served instead of skipping it")
+
+    c = p.add_argument_group("capacity (for --load)")
+    c.add_argument("--slo-tbt-p99", type=float, default=0.1, metavar="S", help="P99 time-between-tokens bound (s)")
+    c.add_argument("--slo-delay-p50", type=float, default=2.0, metavar="S", help="median scheduling delay bound (s)")
+    c.add_argument("--capacity-duration", type=float, default=30.0, metavar="S",
+                   help="simulated seconds of arrivals per capacity point")
+    c.add_argument("--capacity-seeds", type=positive_int, default=1, metavar="K",
+                   help="seeds the capacity search aggregates (median)")
+
+    m = p.add_argument_group("model and device")
+    m.add_argument("--model", default="tiny", help="model from the catalogue (`servesim models`)")
+    m.add_argument("--device", default=None, choices=("cpu", "cuda"),
+                   help="where the engine runs (default: cuda when available, else cpu)" + _NO)
+    m.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="engine dtype (default: bfloat16 on cuda, float32 on cpu)" + _NO)
+    m.add_argument("--backend", default="auto", choices=("auto", "sdpa", "flex", "flash"),
+                   help="attention backend (use the one the profile was calibrated with)")
+    m.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
+                   help="run decode-only iterations eagerly instead of CUDA graphs" + _NO)
+    m.add_argument("--warmup", type=int, default=10, metavar="N", help="engine iterations run and discarded per run")
+    m.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                   help="CPU intra-op threads while the engine runs (default: the profile's, as calibrated)" + _NO)
+    m.add_argument("--op-check", type=int, default=24, metavar="N",
+                   help="engine batches re-run with every op timed in situ, to explain the error (0: off)")
+    m.add_argument("--repeats", type=positive_int, default=1, metavar="K",
+                   help="engine runs per scheduler and load: the one with the median batch-level error is reported "
+                        "and every run's median is listed, so the measurement's own noise shows (use "
+                        "3-5 on a shared CPU)")
+    m.add_argument("--no-plots", dest="plots", action="store_false", help="skip the PNG plots")
+    m.add_argument("--no-timeline", dest="timeline", action="store_false",
+                   help="skip the Perfetto timeline.json of each run folder")
+
+    s = p.add_argument_group("scheduler and KV cache (the same for engine and simulator)")
+    s.add_argument("--token-budget", default=None, metavar="T|S=T,...",
+                   help="tokens per iteration for every scheduler (T) or per scheduler (sarathi=512,vllm=4096); "
+                        "default: each policy's own (Sarathi 512, vLLM unlimited)" + _NO)
+    s.add_argument("--max-batch", type=positive_int, default=128, metavar="B", help="max requests running at once")
+    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE", help="Sarathi chunk alignment (0: off)")
+    s.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block")
+    s.add_argument("--kv-blocks", type=positive_int, default=None, metavar="N",
+                   help="KV capacity in blocks, given to both engine and simulator (default: from GPU memory on "
+                        "cuda; on cpu twice what the trace needs at once)" + _NO)
+    s.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
+                   help="fraction of GPU memory for the engine (cuda, without --kv-blocks)")
+    s.add_argument("--watermark", type=float, default=0.01, help="fraction of KV blocks kept free at admission")
+    p.set_defaults(func=cmd_validate)
+    return p
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the help, and the examples epilog kept as written."""
+
+
+def _workload(args: argparse.Namespace):
+    """(requests, source label, warnings): --trace as read (lengths clipped), or requests generated with no arrivals."""
+    from sim.catalog.models import get_model
+    max_total = args.max_total_tokens or get_model(args.model).max_context
+    if args.trace:
+        from sim.cli.workload_args import load_trace
+        from sim.workload.transforms import clip_total
+        tr = load_trace(args.trace, argparse.Namespace(trace_format=args.trace_format, arrival="static", qps=1.0,
+                                                       cv=1.0, seed=args.seed, zero_lengths="skip",
+                                                       on_unsorted="sort"))
+        reqs = clip_total(tr.requests, max_total)
+        n = sum(a is not b for a, b in zip(tr.requests, reqs))
+        return reqs, args.trace, tr.warnings + ([f"clipped {n} requests to {max_total} tokens"] if n else [])
+    if not (args.qps or args.loads or args.offline):
+        raise ValueError("without --trace, give --qps, --load or --offline: generated requests need a rate")
+    from sim.workload.generator import generate_trace
+    reqs = generate_trace(args.num_requests, arrival="static", prompt_len=args.prompt_len,
+                          output_len=args.output_len, lengths_from=args.lengths_from, max_total_tokens=max_total,
+                          seed=args.seed)
+    return reqs, "synthetic", []
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Run ``servesim validate``."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print(TORCH_HINT, file=sys.stderr)
+        return 2
+    from calibration.validate.run import ValidateConfig, calibrate_profile, validate
+
+    config = ValidateConfig(
+        model=args.model, schedulers=tuple(args.schedulers), token_budgets=parse_budgets(args.token_budget),
+        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
+        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
+        device=args.device, dtype=args.dtype, backend=args.backend, warmup=args.warmup,
+        cuda_graphs=args.cuda_graphs, threads=args.threads, seed=args.seed, strict=args.strict,
+        offline=args.offline, qps=args.qps, loads=args.loads, arrival=args.arrival, cv=args.cv,
+        slo_tbt_p99=args.slo_tbt_p99, slo_delay_p50=args.slo_delay_p50, capacity_duration=args.capacity_duration,
+        capacity_seeds=args.capacity_seeds, plots=args.plots, timeline=args.timeline, op_check=args.op_check,
+        repeats=args.repeats)
+    trace, source, warnings = _workload(args)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    out = Path(args.out)
+    profile = args.profile
+    if profile is None:
+        profile = out / "profile"
+        print(f"no --profile: calibrating {args.model} on {args.device or 'the default device'} into {profile}",
+              file=sys.stderr)
+        calibrate_profile(args.model, profile, device=args.device, dtype=args.dtype, backend=args.backend,
+                          full=args.full_calibration, log=lambda m: print(m, file=sys.stderr))
+    progress = not args.quiet and sys.stderr.isatty()
+    result = validate(trace, config, profile, out=out, source=source, progress=progress)
+    print(summary_text(result))
+    print(f"\nwrote {out}/report.md, {out}/report.json and one folder per run")
+    return 0
+
+
+def summary_text(result) -> str:
+    """A few lines per run: batch-level and headline request-level errors (negative: predicted below measured)."""
+    lines = [f"{'run':<22}{'batches':>8}{'median err':>12}{'|err| P50':>10}{'|err| P99':>10}"
+             f"{'TTFT P50':>10}{'TBT P99':>10}{'same batches':>14}"]
+
+    def pct(x):
+        return "-" if x is None else f"{x:+.1%}"
+    for r in result.runs:
+        be, rl, cm = r.batch_error["total"], r.request_error, r.composition
+        lines.append(f"{r.name:<22}{be['count']:>8}{pct(be['median']):>12}"
+                     f"{'-' if be['abs_median'] is None else format(be['abs_median'], '.1%'):>10}"
+                     f"{'-' if be['abs_p99'] is None else format(be['abs_p99'], '.1%'):>10}"
+                     f"{pct(rl['ttft']['p50']['error']):>10}{pct(rl['tbt']['p99']['error']):>10}"
+                     f"{cm['matching']:>7}/{cm['engine_batches']:<6}")
+    for r in result.runs:
+        if len(r.repeats) > 1:
+            lines.append(f"{r.name}: median batch error over {len(r.repeats)} engine runs "
+                         + ", ".join(pct(x["median_error"]) + (" (reported)" if x["kept"] else "") for x in r.repeats))
+    if result.ops_summary:
+        s = result.ops_summary
+        lines.append(f"op check ({s['batches']} batches): predicted {pct(s['predicted_vs_in_situ'])} against the ops "
+                     f"timed in situ; calibration-style isolated timing {pct(s['isolated_vs_in_situ'])} against in situ")
+    for n in result.notes:
+        lines.append(f"note: {n}")
+    return "\n".join(lines)

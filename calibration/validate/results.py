@@ -1,0 +1,76 @@
+"""The outcome of a validation: each (scheduler, load) pair's measured and predicted runs and their errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from calibration.validate.config import LoadLevel, ValidateConfig
+from calibration.validate.errors import ExecutedBatch, batch_errors
+
+
+@dataclass
+class RunResult:
+    """One scheduler at one load level: both runs, the priced batches and the comparison."""
+
+    name: str
+    scheduler: str
+    level: LoadLevel
+    token_budget: int | None
+    engine: Any                   # engine.replay.EngineResult
+    simulated: Any                # sim.simulator.SimResult
+    batches: pd.DataFrame         # price_batches() frame
+    batch_error: dict[str, Any]
+    request_error: dict[str, Any]
+    composition: dict[str, Any]
+    trace_len: int
+    executed: list[ExecutedBatch] = field(default_factory=list, repr=False)
+    repeats: list[dict[str, Any]] = field(default_factory=list)  # every engine run of this pair (median_run)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's entry in report.json."""
+        eng, sim = self.engine.summary, self.simulated.summary
+        return {
+            "name": self.name, "scheduler": self.scheduler, "token_budget": self.token_budget,
+            "level": dataclasses.asdict(self.level) | {"name": self.level.name, "description": self.level.describe()},
+            "requests": {"in_trace": self.trace_len, "completed_measured": eng["requests"]["completed"],
+                         "completed_predicted": sim["requests"]["completed"], "skipped": eng["requests"]["skipped"]},
+            "iterations": {"measured": eng["batches"]["iterations"], "predicted": sim["batches"]["iterations"]},
+            "preemptions": {"measured": eng["kv_cache"]["preemptions"], "predicted": sim["kv_cache"]["preemptions"]},
+            "batch_error": self.batch_error,
+            "repeats": self.repeats,
+            "request_level": self.request_error,
+            "composition_match": self.composition | {"offline": self.level.kind == "offline"},
+            "files": {"engine": f"{self.name}/engine", "simulator": f"{self.name}/simulator",
+                      "batches": f"{self.name}/batch_errors.csv"},
+        }
+
+
+@dataclass
+class ValidationResult:
+    """Every run of a validation plus what it was run with."""
+
+    config: ValidateConfig
+    runs: list[RunResult]
+    profile: dict[str, Any]
+    device: dict[str, Any]
+    source: str
+    out: Path | None = None
+    notes: list[str] = field(default_factory=list)
+    ops: pd.DataFrame | None = None            # calibration.validate.op_check.op_check table (None: not run)
+    ops_summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_batches(self) -> pd.DataFrame:
+        """Every run's priced batches in one frame (column ``run`` names the run)."""
+        frames = [r.batches.assign(run=r.name, scheduler=r.scheduler) for r in self.runs if len(r.batches)]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def overall(self) -> dict[str, Any]:
+        """Batch-level error over every batch of every run."""
+        df = self.all_batches
+        return batch_errors(df) if len(df) else {}

@@ -1,0 +1,254 @@
+"""Validation: one trace through the real engine (measured) and the simulator with a profile (predicted), compared.
+
+For each scheduler and load level the trace is replayed on the engine in real time and
+simulated with the profiled cost model under the same scheduler configuration and the same
+KV capacity (the engine's block count). Two kinds of error come out:
+
+- **batch level**: every batch the engine executed is rebuilt exactly (same items, same
+  cached contexts) and priced by the cost model (``stage_cost`` summed over stages plus
+  ``host_time``); the relative error ``predicted / measured - 1`` is summarised overall, by
+  batch kind and by size, for the whole iteration and for its host and device parts;
+- **request level**: TTFT, TBT, TPOT, E2E and scheduling delay at P50/P90/P99 and throughput
+  of the engine run against the simulated run.
+
+Offline runs (every request at t=0) also check that the engine and the simulator formed
+the very same sequence of batches: one policy code drives both. Torch is imported only when
+the engine runs, so this module loads without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from calibration.validate.config import LoadLevel, ValidateConfig, offline_trace, trace_at_rate
+from calibration.validate.errors import (
+    ExecutedBatch,
+    RecordingCost,
+    batch_errors,
+    composition_match,
+    price_batches,
+    request_errors,
+)
+from calibration.validate.results import RunResult, ValidationResult
+from sim.batch import Batch
+from sim.cost.interface import CostModel
+from sim.request import TraceRequest
+
+
+@contextmanager
+def _torch_threads(device_type: str, threads: int | None) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads on a CPU (as calibration does), restoring the setting after."""
+    import torch
+    if device_type != "cpu" or threads is None:
+        yield
+        return
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool):
+    from engine.replay import EngineConfig
+    return EngineConfig(model=cfg.model, scheduler=scheduler, token_budget=cfg.budget(scheduler),
+                        max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
+                        watermark=cfg.watermark, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                        kv_blocks=cfg.kv_blocks, strict=cfg.strict, seed=cfg.seed, device=cfg.device,
+                        dtype=cfg.dtype, backend=cfg.backend, offline=offline, warmup=cfg.warmup,
+                        cuda_graphs=cfg.cuda_graphs)
+
+
+def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, level: LoadLevel, runner: Any,
+             cost: CostModel, sim_gpu: Any, *, source: str = "<trace>", progress: bool = False) -> RunResult:
+    """Replay ``trace`` on the engine (``runner``) and simulate it with ``cost``; compare the two."""
+    from engine.replay import replay
+    from sim.simulator import simulate
+
+    offline = level.kind == "offline"
+    ecfg = _engine_config(cfg, scheduler, offline)
+    ran: list[tuple[Batch, float]] = []
+
+    def on_batch(batch: Batch) -> None:  # kept cheap: it runs between the engine's iterations
+        ran.append((batch, runner.last_timing["forward_s"]))
+
+    eng = replay(trace, ecfg, runner=runner, source=source, on_batch=on_batch, progress=progress)
+    executed = [ExecutedBatch.capture(b, fwd) for b, fwd in ran]  # items are immutable (request, new, cached)
+    comps = [ex.composition() for ex in executed]
+    eng.summary["timing"] = "measured"
+    sim_cfg = ecfg.sim_config(gpu=sim_gpu, kv_blocks=runner.num_blocks)
+    recorder = RecordingCost(cost)
+    sim_trace = offline_trace(trace) if offline else trace
+    simulated = simulate(sim_trace, sim_cfg, cost_model=recorder, source=source)
+    simulated.summary["timing"] = "predicted"
+    simulated.summary["config"]["gpu"] = getattr(sim_gpu, "name", sim_gpu)
+    priced = price_batches(executed, eng.batches, cost)
+    name = f"{scheduler}-{level.name}"
+    return RunResult(name, scheduler, level, ecfg.token_budget, eng, simulated, priced, batch_errors(priced),
+                     request_errors(eng.summary, simulated.summary), composition_match(comps, recorder.ordered()),
+                     len(trace), executed)
+
+
+def median_run(runs: Sequence[RunResult]) -> RunResult:
+    """Of repeated runs of one pair, the one whose median batch-level error is the median (lower middle).
+
+    Repeats measure the measurement's own noise (a shared CPU's speed drifts between seconds):
+    every run's figures are kept in ``repeats``, the middle run is reported, never the best.
+    """
+    ranked = sorted(runs, key=lambda r: r.batch_error["total"]["median"] if r.batch_error["total"]["count"]
+                    else math.inf)
+    kept = ranked[(len(ranked) - 1) // 2]
+    kept.repeats = [{"repeat": i + 1, "kept": r is kept, "batches": len(r.batches),
+                     "median_error": r.batch_error["total"]["median"],
+                     "abs_median_error": r.batch_error["total"]["abs_median"],
+                     "sum_error": r.batch_error["sum_error"]} for i, r in enumerate(runs)]
+    return kept
+
+
+# ---- the whole validation ------------------------------------------------------------------------
+
+def predicted_capacity(trace: Sequence[TraceRequest], cfg: ValidateConfig, scheduler: str, cost: CostModel,
+                       sim_gpu: Any, kv_blocks: int, workdir: Path) -> float:
+    """The simulator's capacity (req/s) for ``scheduler`` with ``cost`` on the trace's lengths (``sim.capacity.search``)."""
+    from sim.capacity.search import Slo, Workload, find_capacity
+    from sim.simulator import SimConfig
+    from sim.workload.trace import write_trace
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    lengths = workdir / "lengths.jsonl"
+    if not lengths.exists():
+        write_trace(lengths, offline_trace(trace))
+    sim_cfg = SimConfig(model=cfg.model, gpu=sim_gpu, scheduler=scheduler, token_budget=cfg.budget(scheduler),
+                        max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
+                        watermark=cfg.watermark, kv_blocks=kv_blocks, seed=cfg.seed)
+    workload = Workload(num_requests=max(len(trace), 100), duration=cfg.capacity_duration,
+                        lengths_from=str(lengths), arrival=cfg.arrival if cfg.arrival != "static" else "poisson",
+                        cv=cfg.cv)
+    res = find_capacity(sim_cfg, workload, Slo.make(cfg.slo_tbt_p99, cfg.slo_delay_p50),
+                        seeds=range(cfg.seed, cfg.seed + cfg.capacity_seeds), cost_model=cost, progress=False)
+    if res.error or not res.capacity:
+        raise ValueError(f"capacity search for {scheduler} failed: {res.error or 'capacity 0'}")
+    return float(res.capacity)
+
+
+def _levels(cfg: ValidateConfig) -> list[LoadLevel]:
+    if cfg.offline:
+        return [LoadLevel("offline")]
+    if cfg.qps:
+        return [LoadLevel("qps", qps=q) for q in cfg.qps]
+    if cfg.loads:
+        return [LoadLevel("load", load=x) for x in cfg.loads]
+    return [LoadLevel("trace")]
+
+
+def load_cost_model(profile: str | Path, model: str):
+    """The profiled cost model of ``profile`` for ``model`` on the profile's own device (no transfer)."""
+    from sim.cost.profiled import ProfiledCostModel
+    return ProfiledCostModel(profile, model)
+
+
+def validate(trace: list[TraceRequest], config: ValidateConfig, profile: str | Path, *, out: str | Path | None = None,
+             source: str = "<trace>", progress: bool = False, log: Callable[[str], None] | None = None,
+             cost_model: CostModel | None = None) -> ValidationResult:
+    """Validate the simulator against the engine on ``trace`` for every scheduler and load of ``config``.
+
+    ``profile`` is a calibration profile of the engine's device; ``cost_model`` overrides the
+    model built from it. With ``out`` every run folder, ``batch_errors.csv``, ``report.md``,
+    ``report.json`` and the plots are written there. Raises ValueError on an unusable setting.
+    """
+    from tqdm import tqdm
+
+    from engine.device import detect_gpu, device_name, resolve_device
+    from engine.replay import build_runner
+    from sim.catalog.models import get_model
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if not trace:
+        raise ValueError("the trace holds no request")
+    cost = cost_model or load_cost_model(profile, config.model)
+    prof = getattr(cost, "profile", None)
+    meta = prof.meta if prof is not None else {}
+    device = resolve_device(config.device)
+    notes: list[str] = []
+    pdev = (meta.get("device") or {})
+    if pdev.get("type") and pdev["type"] != device.type:
+        raise ValueError(f"profile {profile} was measured on {pdev['type']} ({pdev.get('name')}) but the engine runs "
+                         f"on {device.type}: calibrate on the same device (servesim calibrate --device {device.type})")
+    engine_gpu = detect_gpu(device, None)
+    if device.type == "cuda" and prof is not None and prof.gpu and engine_gpu is not None and engine_gpu.name != prof.gpu:
+        notes.append(f"profile measured on {prof.gpu}, engine runs on {engine_gpu.name}: predictions are for the "
+                     f"profile's GPU")
+    threads = config.threads if config.threads is not None else (pdev.get("threads") if device.type == "cpu" else None)
+    if device.type == "cpu" and threads is None:
+        threads = 1
+    sim_gpu = (prof.gpu if prof is not None and prof.gpu else getattr(cost, "gpu", None)) or "a100-80gb"
+    spec = get_model(config.model)
+    levels = _levels(config)
+    if levels[0].kind == "trace" and len({r.arrival_time for r in trace}) == 1:
+        levels = [LoadLevel("offline")]  # a trace without arrival times given as is: every request at once
+    base = offline_trace(trace) if levels[0].kind == "offline" else list(trace)
+    out_dir = Path(out) if out is not None else None
+
+    with _torch_threads(device.type, threads):
+        runner = build_runner(_engine_config(config, config.schedulers[0], levels[0].kind == "offline"), spec, base)
+        dev_info = {"type": device.type, "name": device_name(device), "threads": threads,
+                    "dtype": str(runner.dtype).removeprefix("torch."), "backend": runner.backend.name,
+                    "kv_blocks": runner.num_blocks, "block_size": runner.block_size,
+                    "cuda_graphs": bool(runner.cuda_graphs)}
+        if prof is not None and meta.get("attention_backend") and meta["attention_backend"] != runner.backend.name:
+            notes.append(f"profile timed attention with {meta['attention_backend']}, the engine runs "
+                         f"{runner.backend.name}")
+        if prof is not None and meta.get("dtype") and meta["dtype"] != dev_info["dtype"]:
+            notes.append(f"profile measured in {meta['dtype']}, the engine runs {dev_info['dtype']}")
+        jobs = [(s, lv) for s in config.schedulers for lv in levels]
+        runs: list[RunResult] = []
+        capacities: dict[str, float] = {}
+        bar = tqdm(jobs, desc="validate", unit="run", disable=not progress, leave=False)
+        for scheduler, level in bar:
+            bar.set_postfix_str(f"{scheduler} {level.name}")
+            if level.kind == "load":
+                if scheduler not in capacities:
+                    workdir = out_dir / "capacity" if out_dir is not None else _tmpdir()
+                    capacities[scheduler] = predicted_capacity(base, config, scheduler, cost, sim_gpu,
+                                                               runner.num_blocks, workdir)
+                cap = capacities[scheduler]
+                level = dataclasses.replace(level, capacity=cap, qps=level.load * cap)
+                log(f"{scheduler}: predicted capacity {cap:.4g} req/s; validating at {level.qps:.4g} req/s")
+            tr = base if level.kind in ("trace", "offline") else trace_at_rate(base, level.qps, arrival=config.arrival,
+                                                                               cv=config.cv, seed=config.seed)
+            runs.append(median_run([run_pair(tr, config, scheduler, level, runner, cost, sim_gpu, source=source)
+                                    for _ in range(config.repeats)]))
+        bar.close()
+        ops, ops_summary = None, {}
+        if config.op_check:
+            from calibration.validate.op_check import op_check, sample_batches
+            sample = sample_batches([ex for r in runs for ex in r.executed], config.op_check, config.seed)
+            ops, ops_summary = op_check(runner, sample, cost)
+    result = ValidationResult(config, runs, cost.describe(), dev_info, source, out_dir, notes, ops, ops_summary)
+    if out_dir is not None:
+        from calibration.validate.report import write_report
+        write_report(result, out_dir)
+    return result
+
+
+def _tmpdir() -> Path:
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix="servesim-capacity-"))
+
+
+def calibrate_profile(model: str, out: str | Path, *, device: str | None = None, dtype: str | None = None,
+                      backend: str = "auto", full: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Calibrate ``model`` on ``device`` (quick grid unless ``full``) into ``out``; resumes a partial profile there."""
+    from calibration.profiler import calibrate, calibration_config
+    cfg = calibration_config(model, [1], out, quick=not full, device=device or "auto", dtype=dtype or "auto",
+                             backend=backend, progress=sys.stderr.isatty())
+    res = calibrate(cfg, log=log)
+    if not res.complete:
+        raise ValueError(f"calibration into {out} is incomplete ({res.remaining} points left); rerun to resume")
+    return Path(out)

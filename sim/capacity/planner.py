@@ -1,0 +1,423 @@
+"""Configuration search: capacity of every GPU x parallelism x scheduler x budget within a GPU limit, and the cheapest.
+
+:func:`enumerate_candidates` lists TP x PP x replicas (at most ``max_gpus`` GPUs) per GPU type,
+marks those whose weights (or not even one KV block) do not fit as infeasible with the memory
+planner's reason, and crosses the rest with the schedulers and token budgets (a budget only varies
+schedulers that chunk prompts; the others run once with their default). :func:`plan` runs every
+feasible candidate's capacity search (:mod:`sim.capacity.search`) with the points of all searches in
+parallel processes (or on Ray), records every finished point in ``results.jsonl`` (a rerun resumes
+from it) and returns the table sorted by capacity per GPU, with the cost per million output tokens
+from GPU hourly prices, and the Pareto front of latency against throughput.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import math
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sim.capacity.search import (
+    CapacitySearch,
+    InlineExecutor,
+    ProfileRef,
+    ResultsFile,
+    RunStats,
+    Slo,
+    Workload,
+    run_searches,
+)
+from sim.catalog.hardware import get_gpu
+from sim.catalog.models import get_model
+from sim.memory import InfeasibleConfigError, kv_cache_blocks
+from sim.schedulers import scheduler_class
+from sim.simulator import SimConfig
+
+RESULTS_FILE = "results.jsonl"
+TABLE_COLUMNS = ["gpu", "tp", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
+                 "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
+                 "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
+                 "skipped", "simulations", "cost_model", "note"]
+
+
+# ---- candidates -------------------------------------------------------------------------------------
+
+@dataclass
+class Candidate:
+    """One deployment to size: its config, or why it cannot run."""
+
+    gpu: str
+    tp: int
+    pp: int
+    replicas: int
+    scheduler: str
+    token_budget: int | None
+    config: SimConfig | None = None
+    kv_blocks: int | None = None
+    infeasible: str | None = None
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp * self.replicas
+
+    @property
+    def label(self) -> str:
+        b = f" budget {self.token_budget}" if self.token_budget is not None else ""
+        return f"{self.replicas}x{self.gpu} TP{self.tp} PP{self.pp} {self.scheduler}{b}"
+
+
+def powers_of_two(limit: int) -> list[int]:
+    """1, 2, 4, ... up to ``limit``."""
+    out, v = [], 1
+    while v <= limit:
+        out.append(v)
+        v *= 2
+    return out
+
+
+def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps: Sequence[int] | None = None,
+                         pps: Sequence[int] = (1,), replicas: Sequence[int] | str = (1,),
+                         schedulers: Sequence[str] = ("vllm", "sarathi"), budgets: Sequence[int | None] = (None,),
+                         max_batch_size: int = 128, block_size: int = 16, gpu_memory_utilization: float = 0.9,
+                         base: SimConfig | None = None) -> list[Candidate]:
+    """Every (GPU, TP, PP, replicas, scheduler, budget) within ``max_gpus``; infeasible ones carry the reason.
+
+    ``replicas="max"`` uses as many replicas as fit in ``max_gpus``. Budgets apply only to
+    schedulers that chunk prompts (sarathi, vllm_v1); the others get their default budget once.
+    """
+    if max_gpus < 1:
+        raise ValueError(f"max_gpus must be >= 1, got {max_gpus}")
+    spec = get_model(model)
+    names = list(dict.fromkeys(scheduler_class(s).name for s in schedulers))
+    base = base or SimConfig()
+    out: list[Candidate] = []
+    for gpu_name in gpus:
+        gpu = get_gpu(gpu_name)
+        for tp in (tps or powers_of_two(max_gpus)):
+            for pp in pps:
+                if tp * pp > max_gpus:
+                    continue
+                reps = ([max_gpus // (tp * pp)] if replicas == "max"
+                        else [r for r in replicas if tp * pp * r <= max_gpus])
+                try:
+                    blocks = kv_cache_blocks(spec, gpu, tp=tp, pp=pp, block_size=block_size,
+                                             gpu_memory_utilization=gpu_memory_utilization)
+                except (InfeasibleConfigError, ValueError) as exc:  # weights do not fit, heads do not split, ...
+                    out.extend(Candidate(gpu.name, tp, pp, rep, "-", None, infeasible=str(exc)) for rep in reps)
+                    continue
+                for rep in reps:
+                    for name in names:
+                        for budget in (budgets if scheduler_class(name).chunks_prefills else [None]):
+                            cfg = dataclasses.replace(
+                                base, model=model, gpu=gpu.name, tp=tp, pp=pp, replicas=rep, scheduler=name,
+                                token_budget=budget, max_batch_size=max_batch_size, block_size=block_size,
+                                gpu_memory_utilization=gpu_memory_utilization)
+                            out.append(Candidate(gpu.name, tp, pp, rep, name, budget, cfg, blocks))
+    return out
+
+
+# ---- prices -----------------------------------------------------------------------------------------
+
+def default_prices(gpus: Iterable[str]) -> dict[str, float]:
+    """Catalogue GPU-hour prices (``sim.catalog.hardware``'s ``hourly_price_usd``)."""
+    return {get_gpu(g).name: get_gpu(g).hourly_price_usd for g in gpus}
+
+
+def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
+    """Read ``{"gpu name": usd_per_gpu_hour, ...}`` from a JSON file (names as in ``servesim gpus``)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: price file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{\"gpu\": usd_per_gpu_hour, ...}}")
+    prices = {}
+    for k, v in data.items():
+        try:
+            name = get_gpu(k).name
+        except ValueError as exc:
+            raise ValueError(f"{path}: field '{k}': {exc}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{path}: field '{k}': expected a price in USD per GPU-hour >= 0, got {v!r}")
+        prices[name] = float(v)
+    return prices
+
+
+# ---- calibrated cost model ------------------------------------------------------------------------------
+
+def profile_fallback(profile: ProfileRef, config: SimConfig) -> str | None:
+    """Why ``profile`` cannot price ``config`` in a plan (its GPU, a TP it measured, its model), or None when it can.
+
+    A plan compares GPUs, so a profile prices only configurations on its own catalogue GPU; the
+    rest fall back to the roofline rather than to a cross-GPU estimate.
+    """
+    from sim.cost.profile_format import ProfileError, read_meta
+
+    meta = read_meta(profile.path)
+    own = meta["device"].get("gpu")
+    if not own:
+        return f"roofline: the profile was measured on {meta['device'].get('name', '?')}, not a catalogue GPU"
+    if get_gpu(own).name != config.gpu:
+        return f"roofline: the profile was measured on {get_gpu(own).name}, not {config.gpu}"
+    try:
+        profile.apply(config)
+    except ProfileError as exc:
+        return f"roofline: {exc}"
+    return None
+
+
+# ---- executors ----------------------------------------------------------------------------------------
+
+def _ignore_sigint() -> None:
+    """Worker processes leave Ctrl-C to the parent, which stops cleanly."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class RayExecutor(cf.Executor):
+    """Runs jobs as Ray tasks (``ray.init(address=...)``, or a local Ray instance for ``"local"``)."""
+
+    def __init__(self, address: str = "local") -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ValueError("--ray needs Ray: pip install 'servesim[ray]'") from None
+        self._ray = ray
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            ray.init(address=None if address == "local" else address, include_dashboard=False,
+                     ignore_reinit_error=True, log_to_driver=False)
+        self._remote: dict[Any, Any] = {}
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[override]
+        if fn not in self._remote:
+            self._remote[fn] = self._ray.remote(fn)
+        return self._remote[fn].remote(*args, **kwargs).future()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+
+
+def make_executor(jobs: int | None = None, ray: str | None = None) -> cf.Executor:
+    """Ray when ``ray`` is an address or "local"; else ``jobs`` local processes (1: in this process)."""
+    if ray:
+        return RayExecutor(ray)
+    jobs = jobs or os.cpu_count() or 1
+    if jobs <= 1:
+        return InlineExecutor()
+    return cf.ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+
+
+# ---- the plan ----------------------------------------------------------------------------------------
+
+@dataclass
+class PlanResult:
+    """The sorted table (one row per candidate), the Pareto front, all passing points, what ran."""
+
+    table: pd.DataFrame
+    pareto: pd.DataFrame
+    points: pd.DataFrame
+    stats: RunStats
+    results_path: Path | None = None
+    figure_path: Path | None = None
+    results: list = field(default_factory=list)
+
+
+def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
+    row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
+    row.update(gpu=c.gpu, tp=c.tp, pp=c.pp, replicas=c.replicas, gpus=c.gpus, scheduler=c.scheduler,
+               token_budget=c.token_budget, kv_blocks=c.kv_blocks)
+    price = prices.get(c.gpu)
+    row["usd_per_hour"] = price * c.gpus if price is not None else None
+    if c.infeasible:
+        row.update(status="infeasible", note=c.infeasible)
+        return row
+    row["simulations"] = res.num_simulations
+    if res.error:
+        row.update(status="error", note=res.error)
+        return row
+    m = res.metrics
+    row.update(status="ok", capacity_qps=res.capacity, capacity_min=res.capacity_min,
+               capacity_max=res.capacity_max, qps_per_gpu=res.capacity / c.gpus,
+               tbt_p99=m.get("tbt_p99"), scheduling_delay_p50=m.get("scheduling_delay_p50"),
+               ttft_p99=m.get("ttft_p99"), skipped=m.get("skipped"))
+    notes = [fallback] if fallback else []
+    if res.capacity == 0:
+        notes.append("fails the SLO even at the lowest rate tried")
+    if not res.bounded:
+        notes.append("passes even at the highest rate tried, 16x saturation: a lower bound; raise --duration")
+    if m.get("skipped"):
+        notes.append(f"{int(m['skipped'])} requests per run skipped (never servable)")
+    row["note"] = "; ".join(notes) or None
+    if m.get("completed"):
+        out_per_req = m["output_tokens"] / m["completed"]
+        tok_s = res.capacity * out_per_req
+        row["output_tok_s_per_gpu"] = tok_s / c.gpus
+        if row["usd_per_hour"] is not None and tok_s > 0:
+            row["usd_per_m_output_tokens"] = row["usd_per_hour"] / (tok_s * 3600) * 1e6
+    return row
+
+
+def sort_table(table: pd.DataFrame, by: str = "capacity") -> pd.DataFrame:
+    """Feasible rows by capacity per GPU (descending) or cost per million output tokens (ascending), then the rest."""
+    key = {"capacity": ("qps_per_gpu", False), "cost": ("usd_per_m_output_tokens", True)}[by]
+    ok = table[table["status"] == "ok"].sort_values([key[0], "gpus"], ascending=[key[1], True], kind="stable",
+                                                    na_position="last")
+    rest = table[table["status"] != "ok"]
+    return pd.concat([ok, rest], ignore_index=True)
+
+
+def pareto_front(points: pd.DataFrame, x: str = "qps_per_gpu", y: str = "tbt_p99") -> pd.DataFrame:
+    """Points not dominated by another with at least as much ``x`` (throughput) and at most as much ``y`` (latency)."""
+    if points.empty:
+        return points.copy()
+    p = points.dropna(subset=[x, y]).sort_values([x, y], ascending=[False, True], kind="stable")
+    best = np.minimum.accumulate(p[y].to_numpy())
+    keep = np.ones(len(p), dtype=bool)
+    keep[1:] = p[y].to_numpy()[1:] < best[:-1]
+    return p[keep].sort_values(x, kind="stable").reset_index(drop=True)
+
+
+def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySearch]) -> pd.DataFrame:
+    """Every simulated rate that met the SLO, with its latency and throughput per GPU (for the Pareto front)."""
+    rows = []
+    for i, c in enumerate(candidates):
+        s = searches.get(i)
+        if s is None:
+            continue
+        for p in s.points:
+            m = p["metrics"]
+            if p["passed"] and m:
+                rows.append({"config": c.label, "gpu": c.gpu, "tp": c.tp, "pp": c.pp, "replicas": c.replicas,
+                             "scheduler": c.scheduler, "token_budget": c.token_budget, "seed": p["seed"],
+                             "qps": p["qps"], "qps_per_gpu": p["qps"] / c.gpus,
+                             "output_tok_s_per_gpu": (m["output_tokens_per_s"] or 0) / c.gpus,
+                             "tbt_p99": m["tbt_p99"], "ttft_p99": m["ttft_p99"],
+                             "scheduling_delay_p50": m["scheduling_delay_p50"]})
+    return pd.DataFrame(rows)
+
+
+def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLike[str], *,
+                title: str = "", latency: str = "tbt_p99") -> Path:
+    """Scatter of passing points (latency vs requests/s per GPU) by scheduler, the front as a line; saved as PNG."""
+    from sim.outputs.plots import plt, save_figure  # Agg backend, shared figure writer
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = dict(zip(sorted(points["gpu"].unique()), "os^Dv<>p"))
+    colors = dict(zip(sorted(points["scheduler"].unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for (gpu, sched), g in points.groupby(["gpu", "scheduler"], sort=True):
+        ax.scatter(g["qps_per_gpu"], g[latency] * 1e3, s=14, alpha=0.4, marker=markers[gpu], color=colors[sched],
+                   label=f"{sched} on {gpu}")
+    if not front.empty:
+        ax.step(front["qps_per_gpu"], front[latency] * 1e3, where="post", color="black", lw=1.2,
+                label="Pareto front")
+        ax.scatter(front["qps_per_gpu"], front[latency] * 1e3, s=28, color="black", zorder=3)
+        # number each configuration on the front once, at its highest-throughput point
+        tops = front.sort_values("qps_per_gpu", kind="stable").drop_duplicates("config", keep="last")
+        lines = []
+        for k, (_, r) in enumerate(tops.iterrows(), start=1):
+            ax.annotate(str(k), (r["qps_per_gpu"], r[latency] * 1e3), fontsize=8, fontweight="bold",
+                        xytext=(4, -10), textcoords="offset points")
+            lines.append(f"{k}: {r['config']}")
+        ax.text(1.02, 0.0, "front:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom",
+                family="monospace")
+    ax.set_xlabel("request rate per GPU (req/s) meeting the SLO")
+    ax.set_ylabel(f"{latency.replace('_', ' ').upper()} (ms)")
+    ax.set_title(title or "latency vs throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return save_figure(fig, path)
+
+
+def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None, *,
+         seeds: Iterable[int] = (0, 1, 2), rel_tol: float = 0.05, pass_rule: str = "median",
+         prices: dict[str, float] | None = None, out_dir: str | os.PathLike[str] | None = None,
+         executor: cf.Executor | None = None, progress: bool | None = None,
+         profile: ProfileRef | None = None) -> PlanResult:
+    """Run the capacity search of every feasible candidate and tabulate them.
+
+    With ``out_dir``, points go to ``out_dir/results.jsonl`` (a rerun resumes from it) and the
+    table to ``plan.csv``, the front to ``pareto.csv`` and ``pareto.png``. With ``profile``, the
+    candidates it can price (:func:`profile_fallback`) use the profiled cost model; the others the
+    roofline, with the reason in their note.
+    """
+    slo = slo or Slo()
+    seeds = list(seeds)
+    prices = {**default_prices({c.gpu for c in candidates}), **(prices or {})}
+    out = Path(out_dir) if out_dir is not None else None
+    store = ResultsFile(out / RESULTS_FILE if out is not None else None)
+    fallback = {i: profile_fallback(profile, c.config) if profile is not None else None
+                for i, c in enumerate(candidates) if c.config is not None}
+    searches = {i: CapacitySearch(c.config, workload, slo, seeds=seeds, rel_tol=rel_tol, pass_rule=pass_rule,
+                                  label=c.label, profile=profile if fallback[i] is None else None)
+                for i, c in enumerate(candidates) if c.config is not None}
+    own = executor is None
+    executor = executor if executor is not None else InlineExecutor()
+    try:
+        stats = run_searches(list(searches.values()), executor=executor, results=store, progress=progress)
+    finally:
+        store.close()
+        if own:
+            executor.shutdown(wait=True, cancel_futures=True)
+    rows = []
+    results = []
+    for i, c in enumerate(candidates):
+        res = searches[i].result() if i in searches else None
+        results.append(res)
+        rows.append(_row(c, res, prices, fallback.get(i)))
+        if i in searches:
+            rows[-1]["cost_model"] = "roofline" if searches[i].profile is None else "profiled"
+    table = sort_table(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+    points = passing_points(candidates, searches)
+    front = pareto_front(points)
+    result = PlanResult(table, front, points, stats, store.path, None, results)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "plan.csv", index=False, float_format="%.6g", lineterminator="\n")
+        front.to_csv(out / "pareto.csv", index=False, float_format="%.6g", lineterminator="\n")
+        if not points.empty:
+            model = next(get_model(c.config.model).name for c in candidates if c.config is not None)
+            result.figure_path = plot_pareto(points, front, out / "pareto.png", title=f"{model}: SLO {slo.describe()}")
+    return result
+
+
+# ---- text output ---------------------------------------------------------------------------------------
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return format(v, spec)
+
+
+def format_table(table: pd.DataFrame, limit: int | None = None) -> str:
+    """Fixed-width text of the plan table (feasible rows first, infeasible/error rows with their reason)."""
+    head = (f"{'gpu':<10}{'TPxPPxR':>9}{'gpus':>5} {'scheduler':<10}{'budget':>7}{'cap qps':>9}{'seeds':>15}"
+            f"{'qps/gpu':>9}{'tok/s/gpu':>10}{'$/h':>7}{'$/Mtok':>8}{'TBT99 ms':>9}{'delay50 s':>10}{'sims':>5}")
+    lines = [head, "-" * len(head)]
+    rows = table if limit is None else table.head(limit)
+    for r in rows.itertuples(index=False):
+        par = f"{r.tp}x{r.pp}x{r.replicas}"
+        budget = _fmt(r.token_budget if r.token_budget == r.token_budget else None, ".0f")
+        if r.status != "ok":
+            lines.append(f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}  {r.status.upper()}: {r.note}")
+            continue
+        spread = f"{_fmt(r.capacity_min, '.3g')}-{_fmt(r.capacity_max, '.3g')}"
+        tbt = r.tbt_p99 * 1e3 if r.tbt_p99 is not None and r.tbt_p99 == r.tbt_p99 else None
+        lines.append(f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}{_fmt(r.capacity_qps, '.3g'):>9}"
+                     f"{spread:>15}{_fmt(r.qps_per_gpu, '.3g'):>9}{_fmt(r.output_tok_s_per_gpu, '.0f'):>10}"
+                     f"{_fmt(r.usd_per_hour, '.1f'):>7}{_fmt(r.usd_per_m_output_tokens, '.2f'):>8}"
+                     f"{_fmt(tbt, '.0f'):>9}{_fmt(r.scheduling_delay_p50, '.2f'):>10}{_fmt(r.simulations, '.0f'):>5}"
+                     + (f"  ({r.note})" if isinstance(r.note, str) and r.note else ""))
+    return "\n".join(lines)

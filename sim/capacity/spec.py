@@ -1,0 +1,121 @@
+"""What a capacity search measures against: the latency SLO (:class:`Slo`) and each point's :class:`Workload`."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sim.catalog.models import get_model
+from sim.request import TraceRequest
+
+LATENCIES = ("ttft", "tbt", "tpot", "e2e", "scheduling_delay")
+STATS = ("p50", "p90", "p99", "mean", "max")
+_METRIC_RE = re.compile(rf"^({'|'.join(LATENCIES)})_({'|'.join(STATS)})$")
+
+
+# ---- SLOs -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Slo:
+    """Upper bounds (seconds) on latency statistics, named ``<latency>_<stat>`` (e.g. ``tbt_p99``).
+
+    ``<latency>`` is one of ttft, tbt, tpot, e2e, scheduling_delay; ``<stat>`` one of p50, p90,
+    p99, mean, max (as in ``summary.json``'s ``latency_s``). A rate passes when every bound holds
+    and at least one request completed.
+    """
+
+    bounds: tuple[tuple[str, float], ...] = (("tbt_p99", 0.1), ("scheduling_delay_p50", 2.0))
+
+    def __post_init__(self) -> None:
+        seen = set()
+        for name, bound in self.bounds:
+            if not _METRIC_RE.match(name):
+                raise ValueError(f"unknown SLO metric {name!r}: expected <latency>_<stat> with latency in "
+                                 f"{', '.join(LATENCIES)} and stat in {', '.join(STATS)} (e.g. tbt_p99)")
+            if not (isinstance(bound, (int, float)) and math.isfinite(bound) and bound > 0):
+                raise ValueError(f"SLO bound for {name} must be a finite number of seconds > 0, got {bound!r}")
+            if name in seen:
+                raise ValueError(f"SLO metric {name} given twice")
+            seen.add(name)
+
+    @classmethod
+    def make(cls, tbt_p99: float | None = 0.1, scheduling_delay_p50: float | None = 2.0,
+             **extra: float | None) -> "Slo":
+        """Sarathi-Serve's two bounds (None drops one) plus any ``<latency>_<stat>=seconds``."""
+        items = {"tbt_p99": tbt_p99, "scheduling_delay_p50": scheduling_delay_p50, **extra}
+        return cls(tuple((k, float(v)) for k, v in items.items() if v is not None))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.bounds)
+
+    def violations(self, metrics: dict[str, Any]) -> list[str]:
+        """Human-readable list of the bounds ``metrics`` break (empty: the rate passes)."""
+        if not metrics.get("completed"):
+            return ["no request completed"]
+        out = []
+        for name, bound in self.bounds:
+            v = metrics.get(name)
+            if v is not None and v > bound:
+                out.append(f"{name} {v:.4g} s > {bound:g} s")
+        return out
+
+    def describe(self) -> str:
+        return ", ".join(f"{k} <= {v:g} s" for k, v in self.bounds) or "none"
+
+
+# ---- workload -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Workload:
+    """How to make the requests of one simulation point: lengths and an arrival process at a rate.
+
+    A point at rate ``qps`` has ``max(num_requests, ceil(qps x duration))`` requests: a run must be
+    long against the scheduling-delay bound, or a queue that grows without limit still shows a
+    small median delay (a 300-request run at 100 req/s lasts 3 s). The probe (all requests at
+    t=0) has ``num_requests``. Lengths come from ``lengths_from`` (a JSONL trace or a CSV length
+    table, pairs drawn jointly with replacement) or from the generator's ``prompt_len``/``output_len``
+    specs (default ``sharegpt``); ``max_total_tokens`` scales longer requests down (keeping their
+    prompt:output ratio). ``arrival`` is ``poisson`` or ``gamma`` (with ``cv``); see ``sim.workload.generator``.
+    The same seed draws the same lengths and arrival pattern at every rate (longer runs extend it).
+    """
+
+    num_requests: int = 500
+    duration: float = 60.0
+    prompt_len: str | None = None
+    output_len: str | None = None
+    lengths_from: str | None = None
+    max_total_tokens: int | None = None
+    arrival: str = "poisson"
+    cv: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.num_requests < 1:
+            raise ValueError(f"num_requests must be >= 1, got {self.num_requests}")
+        if not (math.isfinite(self.duration) and self.duration >= 0):
+            raise ValueError(f"duration must be a finite number of seconds >= 0, got {self.duration}")
+        if self.arrival not in ("poisson", "gamma"):
+            raise ValueError(f"arrival must be poisson or gamma for a capacity search, got {self.arrival!r}")
+        if self.lengths_from is not None and (self.prompt_len or self.output_len):
+            raise ValueError("give either lengths_from or prompt_len/output_len, not both")
+
+    def for_model(self, model: str) -> "Workload":
+        """This workload with ``max_total_tokens`` defaulting to the model's context length."""
+        if self.max_total_tokens is not None:
+            return self
+        return dataclasses.replace(self, max_total_tokens=get_model(model).max_context)
+
+    def size(self, qps: float | None) -> int:
+        """Requests in a point at rate ``qps`` (None: the probe)."""
+        if qps is None:
+            return self.num_requests
+        return max(self.num_requests, math.ceil(qps * self.duration))
+
+    def trace(self, seed: int, qps: float | None) -> list[TraceRequest]:
+        """The requests of seed ``seed`` at rate ``qps`` (None: all at t=0, for the probe)."""
+        from sim.workload.generator import generate_trace
+        return generate_trace(self.size(qps), arrival="static" if qps is None else self.arrival,
+                              qps=qps or 1.0, cv=self.cv, prompt_len=self.prompt_len, output_len=self.output_len,
+                              lengths_from=self.lengths_from, max_total_tokens=self.max_total_tokens, seed=seed)

@@ -1,0 +1,1 @@
+"""What servesim knows about models (``models``: shapes, parameters, KV bytes) and GPUs (``hardware``: datasheets, prices)."""

@@ -1,0 +1,150 @@
+"""Flag groups and value types shared by the subcommands (simulate, engine, capacity, plan, validate, calibrate).
+
+Every name here is public: the engine's and calibration's commands build on them too.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
+#: in a help text: prints nothing but keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
+NO_DEFAULT = "%(default).0s"
+
+
+# ---- value types --------------------------------------------------------------------------------
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return v
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    """A parser of numbers of ``kind`` (int or float) > 0."""
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            v = 0
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"expected a {'number' if kind is float else 'whole number'} > 0, "
+                                             f"got {text!r}")
+        return v
+    return parse
+
+
+def int_list(text: str) -> list[int]:
+    """Comma-separated integers >= 1, in the order given."""
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    """Comma-separated numbers > 0."""
+    try:
+        vals = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not vals or any(not v > 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
+    return vals
+
+
+def name_list(text: str) -> list[str]:
+    """A non-empty comma-separated list of names."""
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return values
+
+
+# ---- flag groups --------------------------------------------------------------------------------
+
+def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
+    """Model, hardware, parallelism and scheduler flags (simulate, capacity)."""
+    g = p.add_argument_group("deployment")
+    g.add_argument("--model", default="llama-2-7b",
+                   help="model name from the catalogue (`servesim models`) or a path to a Hugging Face "
+                        "config.json or its folder (default: %(default)s)")
+    g.add_argument("--model-config", default=None, metavar="PATH",
+                   help="Hugging Face config.json to take the model shape from (overrides --model)")
+    g.add_argument("--gpu", default=None, help="GPU from the catalogue (`servesim gpus`) (default: a100-80gb; with "
+                                               "--profile, the profile's GPU)%(default).0s")
+    g.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default: %(default)s)")
+    g.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel stages (default: %(default)s)")
+    g.add_argument("--replicas", type=positive_int, default=1,
+                   help="independent model replicas behind the router (default: %(default)s)")
+    g.add_argument("--router", choices=("round_robin", "least_outstanding"), default="round_robin",
+                   help="how arriving requests are assigned to replicas (default: %(default)s)")
+    add_scheduler_arguments(p)
+    add_kv_arguments(p, "override the computed KV capacity (blocks per replica)")
+
+
+def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
+    """The scheduler policy and its knobs (simulate, engine, capacity)."""
+    s = p.add_argument_group("scheduler")
+    s.add_argument("--scheduler", default="sarathi",
+                   help=f"batching policy: {', '.join(MAIN_SCHEDULERS)} (default: %(default)s)")
+    s.add_argument("--token-budget", type=positive_int, default=None, metavar="T",
+                   help="max tokens per iteration: Sarathi's budget (default 512), vLLM v1's (default 2048), "
+                        "vLLM v0's max_num_batched_tokens (default: unlimited); Orca/FasterTransformer: "
+                        "optional cap on prefill tokens" + NO_DEFAULT)
+    s.add_argument("--max-batch", type=positive_int, default=128, metavar="B",
+                   help="max requests running at once (vLLM max_num_seqs, Orca batch size) (default: %(default)s)")
+    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
+                   help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
+                        + NO_DEFAULT)
+
+
+def add_kv_arguments(p: argparse.ArgumentParser, kv_blocks_help: str) -> None:
+    """KV-cache block size, capacity and admission watermark."""
+    k = p.add_argument_group("KV cache")
+    k.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: %(default)s)")
+    k.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
+                   help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
+    k.add_argument("--kv-blocks", type=positive_int, default=None, metavar="N", help=kv_blocks_help + NO_DEFAULT)
+    k.add_argument("--watermark", type=float, default=0.01,
+                   help="fraction of blocks kept free at admission (default: %(default)s)")
+
+
+def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
+    """--plots and --timeline: extra files written into --out (simulate and engine)."""
+    p.add_argument("--plots", action="store_true",
+                   help="also write PNG plots into --out (TTFT/TBT CDFs, latency over time, batch composition, "
+                        "KV cache, stage Gantt)")
+    p.add_argument("--timeline", action="store_true",
+                   help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
+    p.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
+                   help="request slices in the timeline: the first N requests by arrival (0: all)")
+
+
+def check_run_folder_args(args: argparse.Namespace) -> None:
+    """Refuse --plots/--timeline without --out, before any work is done."""
+    if (args.plots or args.timeline) and not args.out:
+        raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
+
+
+def write_run_folder(args: argparse.Namespace, result: Any) -> None:
+    """summary.json, requests.csv, batches.csv, and the plots / timeline asked for, into --out."""
+    if not args.out:
+        return
+    from sim.outputs.run_folder import write_run
+    write_run(args.out, result.summary, result.requests, result.batches)
+    if args.plots:
+        from sim.outputs.plots import write_plots
+        write_plots(args.out)
+    if args.timeline:
+        from sim.outputs.timeline import write_timeline
+        write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)

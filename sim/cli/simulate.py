@@ -1,0 +1,94 @@
+"""The ``servesim simulate`` command: replay a trace (or a synthetic workload) through a simulated deployment."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from sim.cli.args import add_deployment_arguments, add_run_folder_arguments, check_run_folder_args, write_run_folder
+from sim.cli.workload_args import add_generator_arguments, load_workload
+
+if TYPE_CHECKING:
+    from sim.simulator import SimConfig
+
+
+def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``simulate`` on the ``servesim`` subcommands; returns its parser."""
+    p = subparsers.add_parser(
+        "simulate", help="replay a trace (or a synthetic workload) through a simulated deployment",
+        description="Replay a request trace through the chosen scheduler, model, GPU and parallelism on the "
+                    "roofline cost model; print a summary and optionally write summary.json, requests.csv and "
+                    "batches.csv. Without --trace, the synthetic-workload flags make the requests.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trace", default=None, metavar="FILE",
+                   help="request trace: servesim JSONL or any format of --trace-format (see traces/README.md)")
+    p.add_argument("--trace-format", default="auto",
+                   choices=("auto", "jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise"),
+                   help="format of --trace; auto detects it from extension and header. A length table without "
+                        "arrived_at gets arrivals from --arrival/--qps/--cv/--seed; --max-total-tokens clips any "
+                        "trace; zero-length rows are skipped (refused with --strict)")
+    p.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
+                   help="arrival times going backwards in the trace: sort them with a warning, or refuse")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a trace holding a request that can never be served (too long for the model's "
+                        "context, the KV cache or the token budget) instead of skipping it")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv")
+    p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
+    add_run_folder_arguments(p)
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline; "
+                        "with --gpu other than the profile's device, times are a roofline-scaled estimate")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_deployment_arguments(p)
+    add_generator_arguments(p)
+    p.set_defaults(func=cmd_simulate)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> "SimConfig":
+    """The SimConfig the deployment and scheduler flags describe."""
+    from sim.simulator import SimConfig
+    return SimConfig(model=args.model_config or args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
+                     replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
+                     max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
+                     watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
+                     router=args.router, strict=args.strict, seed=args.seed)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Run ``servesim simulate``."""
+    from tqdm import tqdm
+
+    from sim.outputs.run_folder import clean_json, format_summary
+    from sim.simulator import simulate
+
+    check_run_folder_args(args)
+    config = config_from_args(args)
+    cost_model = None
+    if args.profile:
+        from sim.cost.profiled import for_simulation
+        config, cost_model = for_simulation(args.profile, config, args.gpu)
+        if cost_model.transfer_note():
+            print(cost_model.transfer_note(), file=sys.stderr)
+    trace, source, warnings = load_workload(args)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    show = not args.quiet and sys.stderr.isatty()
+    bar = tqdm(total=len(trace), unit="req", desc="simulating", disable=not show, mininterval=0.5)
+    t0 = time.perf_counter()
+    result = simulate(trace, config, cost_model=cost_model, source=source, on_finish=lambda r: bar.update())
+    bar.close()
+    wall = time.perf_counter() - t0
+    write_run_folder(args, result)
+    if args.json:
+        import json
+        print(json.dumps(clean_json(result.summary), indent=2))
+    else:
+        print(format_summary(result.summary))
+        for s in result.summary["requests"]["skipped_examples"][:5]:
+            print(f"skipped: {s}")
+        print(f"\nsimulated in {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
+                                                   if args.out else ""))
+    return 0

@@ -1,0 +1,116 @@
+"""Where a command's requests come from: a trace file (``--trace``, any importable format) or the synthetic
+generator's flags (``-n``, ``--arrival``, ``--qps``, ...). Shared by simulate, engine, trace and validate."""
+
+from __future__ import annotations
+
+import argparse
+
+from sim.cli.args import NO_DEFAULT
+from sim.request import TraceRequest
+from sim.workload.generator import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
+from sim.workload.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
+from sim.workload.trace import Trace
+
+_SPEC_HELP = (
+    "fixed:N | uniform:LO:HI | zipf:THETA:LO:HI (P(LO+k-1) ~ k^-THETA) | "
+    "lognormal:MEDIAN:SIGMA | sharegpt"
+)
+
+
+def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the synthetic-workload flags (-n, --arrival, --qps, ...) to any parser, as one argument group."""
+    g = parser.add_argument_group(
+        "synthetic workload",
+        "Seeded synthetic requests. Arrivals, prompt lengths and output lengths use independent "
+        "random streams of --seed, so changing --qps or --arrival keeps the same lengths.",
+    )
+    g.add_argument("-n", "--num-requests", type=int, default=1000, metavar="N",
+                   help="number of requests (default: %(default)s)")
+    g.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                   help="arrival process: poisson (exponential gaps), gamma (gamma gaps with --cv), "
+                        "static (all at t=0); poisson/gamma start at the first gap (default: %(default)s)")
+    g.add_argument("--qps", type=float, default=1.0, metavar="Q",
+                   help="mean arrival rate in requests per second, for poisson and gamma (default: %(default)s)")
+    g.add_argument("--cv", type=float, default=1.0, metavar="C",
+                   help="coefficient of variation of the gaps for --arrival gamma; 1 is Poisson-like, "
+                        ">1 bursty (default: %(default)s)")
+    g.add_argument("--prompt-len", default=None, metavar="SPEC",
+                   help=f"prompt length distribution: {_SPEC_HELP} (default: sharegpt = {SHAREGPT_PROMPT}{NO_DEFAULT})")
+    g.add_argument("--output-len", default=None, metavar="SPEC",
+                   help=f"output length distribution, same forms (default: sharegpt = {SHAREGPT_OUTPUT}{NO_DEFAULT})")
+    g.add_argument("--lengths-from", default=None, metavar="FILE",
+                   help="draw (prompt, output) pairs jointly from FILE instead: a JSONL trace, or a CSV with "
+                        "columns num_prefill_tokens,num_decode_tokens (Sarathi/Vidur tables) or "
+                        "ContextTokens,GeneratedTokens (Azure); excludes --prompt-len/--output-len" + NO_DEFAULT)
+    g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
+                   help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
+                        f"prompt:output ratio (default: no limit{NO_DEFAULT})")
+    g.add_argument("--seed", type=int, default=0, metavar="S",
+                   help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
+
+
+def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
+    """Build the synthetic trace described by the add_generator_arguments flags (raises ValueError on bad flags)."""
+    return generate_trace(
+        args.num_requests,
+        arrival=args.arrival,
+        qps=args.qps,
+        cv=args.cv,
+        prompt_len=args.prompt_len,
+        output_len=args.output_len,
+        lengths_from=args.lengths_from,
+        max_total_tokens=args.max_total_tokens,
+        seed=args.seed,
+    )
+
+
+def add_import_arguments(parser: argparse.ArgumentParser, *, format_flag: str = "--format",
+                         arrivals: bool = True) -> None:
+    """Flags that choose how a trace file is read: its format, zero-length rows and (for length tables) arrivals."""
+    g = parser.add_argument_group(
+        "trace import",
+        "Supported formats: jsonl (servesim), azure (TIMESTAMP,ContextTokens,GeneratedTokens), mooncake "
+        "(JSONL timestamp ms, input_length, output_length, hash_ids), lengths (num_prefill_tokens,"
+        "num_decode_tokens[,arrived_at]), burstgpt (Timestamp,Model,Request tokens,Response tokens,...), "
+        "splitwise (arrival_timestamp,prompt_size,token_size). Details: sim/workload/importers.py.")
+    g.add_argument(format_flag, dest="trace_format", choices=("auto",) + FORMATS, default="auto",
+                   help="format of the input trace; auto detects it from the extension and the header "
+                        "(default: %(default)s)")
+    g.add_argument("--zero-lengths", choices=ZERO_POLICIES, default="skip",
+                   help="rows with a 0-token prompt or output (BurstGPT's failed requests): skip them with a "
+                        "counted warning, or refuse the file (default: %(default)s)")
+    g.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
+                   help="arrival times going backwards: sort them with a warning, or refuse (default: %(default)s)")
+    if arrivals:
+        a = parser.add_argument_group(
+            "arrivals for length tables",
+            "A length table without an arrived_at column gets generated arrival times (as `trace generate`).")
+        a.add_argument("--arrival", choices=ARRIVALS, default="poisson",
+                       help="arrival process: poisson, gamma (with --cv) or static (default: %(default)s)")
+        a.add_argument("--qps", type=float, default=1.0, metavar="Q",
+                       help="mean arrival rate in requests per second (default: %(default)s)")
+        a.add_argument("--cv", type=float, default=1.0, metavar="C",
+                       help="coefficient of variation of the gaps for --arrival gamma (default: %(default)s)")
+
+
+def load_trace(path: str, args: argparse.Namespace, *, zero_lengths: str | None = None) -> Trace:
+    """Read ``path`` as the import flags say (format, zero lengths, order; arrivals/seed for length tables)."""
+    arrivals = ArrivalSpec(getattr(args, "arrival", "poisson"), getattr(args, "qps", 1.0), getattr(args, "cv", 1.0),
+                           getattr(args, "seed", 0))
+    return read_any(path, getattr(args, "trace_format", "auto"), arrivals=arrivals,
+                    zero_lengths=zero_lengths or getattr(args, "zero_lengths", "skip"),
+                    on_unsorted=getattr(args, "on_unsorted", "sort"))
+
+
+def load_workload(args: argparse.Namespace) -> tuple[list[TraceRequest], str, list[str]]:
+    """(trace requests, source label, warnings) from --trace (clipped by --max-total-tokens) or the generator flags."""
+    if args.trace:
+        tr = load_trace(args.trace, args, zero_lengths="error" if args.strict else "skip")
+        if args.max_total_tokens is None:
+            return tr.requests, args.trace, tr.warnings
+        from sim.workload.transforms import clip_total
+        clipped = clip_total(tr.requests, args.max_total_tokens)
+        n = sum(a is not b for a, b in zip(tr.requests, clipped))
+        return clipped, args.trace, tr.warnings + [f"--max-total-tokens: clipped {n} requests to "
+                                                   f"{args.max_total_tokens} tokens keeping prompt:output ratio"]
+    return trace_from_args(args), "synthetic", []

@@ -1,0 +1,197 @@
+"""`servesim report`: compare run folders side by side as Markdown with PNGs and one self-contained HTML page.
+
+The report holds a table of summary metrics (one column per run) and overlaid
+CDFs (TTFT, TBT, end-to-end latency, scheduling delay). With ``run_plots`` each
+run's own plots (``sim.outputs.plots.write_plots``) are added in a section per run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:  # matplotlib is imported only when a report is written, not when the CLI starts
+    from sim.outputs.plots import Run
+
+# (row label, path into summary.json, format)
+_MS = ("ms", 1e3)
+METRICS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
+    ("scheduler", ("config", "scheduler"), str),
+    ("model", ("config", "model"), str),
+    ("GPU", ("config", "gpu"), str),
+    ("TP x PP x replicas", (), "parallel"),
+    ("token budget", ("config", "token_budget"), str),
+    ("cost model", ("cost_model", "name"), str),
+    ("requests completed", ("requests", "completed"), "d"),
+    ("requests skipped", ("requests", "skipped"), "d"),
+    ("TTFT P50 (ms)", ("latency_s", "ttft", "p50"), _MS),
+    ("TTFT P90 (ms)", ("latency_s", "ttft", "p90"), _MS),
+    ("TTFT P99 (ms)", ("latency_s", "ttft", "p99"), _MS),
+    ("TBT P50 (ms)", ("latency_s", "tbt", "p50"), _MS),
+    ("TBT P99 (ms)", ("latency_s", "tbt", "p99"), _MS),
+    ("TBT max (ms)", ("latency_s", "tbt", "max"), _MS),
+    ("TPOT P50 (ms)", ("latency_s", "tpot", "p50"), _MS),
+    ("TPOT P99 (ms)", ("latency_s", "tpot", "p99"), _MS),
+    ("E2E P50 (s)", ("latency_s", "e2e", "p50"), ".3f"),
+    ("E2E P99 (s)", ("latency_s", "e2e", "p99"), ".3f"),
+    ("scheduling delay P50 (s)", ("latency_s", "scheduling_delay", "p50"), ".3f"),
+    ("scheduling delay P99 (s)", ("latency_s", "scheduling_delay", "p99"), ".3f"),
+    ("throughput (req/s)", ("throughput", "requests_per_s"), ".3f"),
+    ("output tokens/s", ("throughput", "output_tokens_per_s"), ".1f"),
+    ("makespan (s)", ("throughput", "makespan_s"), ".1f"),
+    ("KV mean utilisation", ("kv_cache", "mean_utilization"), ".1%"),
+    ("KV max utilisation", ("kv_cache", "max_utilization"), ".1%"),
+    ("preemptions", ("kv_cache", "preemptions"), "d"),
+    ("iterations", ("batches", "iterations"), "d"),
+    ("mean batch size", ("batches", "mean_size"), ".1f"),
+    ("mean tokens per iteration", ("batches", "mean_tokens"), ".1f"),
+    ("mean bubble fraction", ("pipeline", "mean_bubble_fraction"), ".1%"),
+    ("MFU", ("utilization", "mfu"), ".1%"),
+    ("memory bandwidth utilisation", ("utilization", "memory_bandwidth_utilization"), ".1%"),
+)
+
+# (file, caption): overlaid CDFs of every report
+COMPARISON_PLOTS = (("ttft_cdf.png", "TTFT"), ("tbt_cdf.png", "time between tokens"),
+                    ("e2e_cdf.png", "end-to-end latency"), ("scheduling_delay_cdf.png", "scheduling delay"))
+
+
+def _comparison_figure(name: str, runs: Sequence[Run]):
+    from sim.outputs.plots import cdf_figure, tbt_figure
+    if name == "tbt_cdf.png":
+        return tbt_figure(runs)
+    column, xlabel, title = {"ttft_cdf.png": ("ttft", "time to first token (s)", "TTFT"),
+                             "e2e_cdf.png": ("e2e", "end-to-end latency (s)", "end-to-end latency"),
+                             "scheduling_delay_cdf.png": ("scheduling_delay", "scheduling delay (s)",
+                                                          "scheduling delay")}[name]
+    return cdf_figure(runs, column, xlabel, title)
+
+
+def _get(summary: dict, path: tuple[str, ...]) -> Any:
+    v: Any = summary
+    for k in path:
+        if not isinstance(v, dict) or k not in v:
+            return None
+        v = v[k]
+    return v
+
+
+def _default_budget(summary: dict) -> str:
+    """The token budget a run used when none was given: its scheduler's default."""
+    try:
+        from sim.schedulers import scheduler_class
+        budget = scheduler_class(summary.get("config", {}).get("scheduler")).default_token_budget
+    except (KeyError, ValueError, TypeError):
+        return "-"
+    return "unlimited (default)" if budget is None else f"{budget} (default)"
+
+
+def metric_cell(summary: dict, path: tuple[str, ...], fmt: Any) -> str:
+    """One formatted table cell ("-" when the metric is absent)."""
+    if fmt == "parallel":
+        c = summary.get("config", {})
+        return f"{c.get('tp', '-')} x {c.get('pp', '-')} x {c.get('replicas', '-')}"
+    v = _get(summary, path)
+    if v is None and path == ("config", "token_budget"):
+        return _default_budget(summary)
+    if v is None:
+        return "-"
+    if fmt is str:
+        return str(v)
+    if isinstance(fmt, tuple):
+        return f"{v * fmt[1]:.1f}"
+    return format(v, fmt)
+
+
+def metrics_table(runs: Sequence[Run]) -> list[list[str]]:
+    """Rows of [metric, value per run]; the first row is the header."""
+    rows = [["metric"] + [r.label for r in runs]]
+    for label, path, fmt in METRICS:
+        rows.append([label] + [metric_cell(r.summary, path, fmt) for r in runs])
+    return rows
+
+
+def _unique_labels(dirs: Sequence[Path], labels: Sequence[str] | None) -> list[str]:
+    if labels:
+        if len(labels) != len(dirs):
+            raise ValueError(f"got {len(labels)} labels for {len(dirs)} run folders")
+        return list(labels)
+    names = [d.resolve().name for d in dirs]
+    return [n if names.count(n) == 1 else f"{n} ({i + 1})" for i, n in enumerate(names)]
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _markdown(title: str, runs: Sequence[Run], table: list[list[str]], images: list[tuple[str, str]],
+              per_run: dict[str, list[str]]) -> str:
+    lines = [f"# {title}", "", "Runs:", ""]
+    for r in runs:
+        lines.append(f"- **{_md_escape(r.label)}**: {_md_escape(str(r.summary.get('source')))}")
+    lines += ["", "| " + " | ".join(_md_escape(c) for c in table[0]) + " |",
+              "|" + "---|" + "---:|" * (len(table[0]) - 1)]
+    lines += ["| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table[1:]]
+    lines += [""]
+    for name, caption in images:
+        lines += [f"## {caption}", "", f"![{caption}]({name})", ""]
+    for label, files in per_run.items():
+        lines += [f"## {label}", ""] + [f"![{Path(f).stem}]({f})" for f in files] + [""]
+    return "\n".join(lines)
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _html(title: str, runs: Sequence[Run], table: list[list[str]], images: list[tuple[str, str]],
+          per_run: dict[str, list[str]], out: Path) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(c)}</th>" for c in table[0])
+    body = "\n".join("<tr>" + f"<td>{esc(row[0])}</td>" + "".join(f'<td class="n">{esc(c)}</td>' for c in row[1:])
+                     + "</tr>" for row in table[1:])
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}th{background:#eee}"
+        "img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
+        f"<h1>{esc(title)}</h1>", "<ul>",
+        *(f"<li><b>{esc(r.label)}</b>: {esc(str(r.summary.get('source')))}</li>" for r in runs),
+        "</ul>", f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>",
+    ]
+    for name, caption in images:
+        parts += [f"<h2>{esc(caption)}</h2>", _img(out / name, caption)]
+    for label, files in per_run.items():
+        parts += [f"<h2>{esc(label)}</h2>"] + [_img(out / f, Path(f).stem) for f in files]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels: Sequence[str] | None = None,
+                 title: str = "servesim run comparison", run_plots: bool = False) -> tuple[Path, Path]:
+    """Write report.md (with PNGs beside it) and the self-contained report.html; returns both paths."""
+    from sim.outputs.plots import PLOT_FILES, load_run, save_figure, write_plots
+    if not run_dirs:
+        raise ValueError("give at least one run folder")
+    dirs = [Path(d) for d in run_dirs]
+    runs = [load_run(d, label) for d, label in zip(dirs, _unique_labels(dirs, labels))]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    for name, caption in COMPARISON_PLOTS:
+        save_figure(_comparison_figure(name, runs), out / name)
+        images.append((name, caption))
+    per_run: dict[str, list[str]] = {}
+    if run_plots:
+        for i, (d, run) in enumerate(zip(dirs, runs)):
+            sub = f"run{i + 1}"
+            write_plots(d, out / sub, label=run.label)
+            per_run[run.label] = [f"{sub}/{f}" for f in PLOT_FILES]
+    table = metrics_table(runs)
+    md = out / "report.md"
+    md.write_text(_markdown(title, runs, table, images, per_run))
+    page = out / "report.html"
+    page.write_text(_html(title, runs, table, images, per_run, out))
+    return md, page

@@ -1,0 +1,254 @@
+"""Seeded synthetic traces: arrival processes and request-length distributions given as small spec strings.
+
+Arrivals (``arrival=``):
+  poisson  exponential gaps at ``qps`` requests/s;
+  gamma    gamma gaps with mean 1/qps and coefficient of variation ``cv`` (shape 1/cv^2; cv > 1 is bursty);
+  static   every request at time 0 (a closed batch).
+For poisson and gamma the first request arrives after the first gap, not at 0, so
+the trace is a window of a stationary process and N / last arrival estimates the rate.
+Times are rounded to the microsecond.
+
+Lengths (``prompt_len=`` / ``output_len=``), parsed by :func:`parse_length_spec`:
+  fixed:N                 always N;
+  uniform:LO:HI           integers LO..HI inclusive, equally likely;
+  zipf:THETA:LO:HI        bounded Zipf as in Vidur: value LO+k-1 with probability proportional to k^-THETA, k = 1..HI-LO+1
+                          (THETA >= 0; 0 is uniform; sampled exactly by inverse CDF);
+  lognormal:MEDIAN:SIGMA  round(MEDIAN * exp(SIGMA * Z)), Z standard normal, at least 1;
+  sharegpt                lognormal fitted to ShareGPT (see SHAREGPT_PROMPT / SHAREGPT_OUTPUT).
+``lengths_from=FILE`` instead draws (prompt, output) pairs jointly, with replacement,
+from a JSONL trace or a CSV length table (columns num_prefill_tokens,num_decode_tokens
+as in Sarathi-Serve/Vidur, or ContextTokens,GeneratedTokens as in the Azure trace).
+``max_total_tokens=M`` then scales any request with prompt+output > M down to a total
+of M keeping its prompt:output ratio (as Sarathi-Serve's benchmark does).
+
+Arrivals, prompt lengths and output lengths draw from three independent streams
+spawned from one seed: the same seed gives the same lengths whatever the arrival
+process or rate, and a rate change only rescales the same arrival pattern.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.request import TraceRequest
+from sim.workload.trace import TraceError, read_trace
+
+ARRIVALS = ("poisson", "gamma", "static")
+
+# ShareGPT lengths (Llama-2 tokenizer), from Sarathi-Serve's table
+# sharegpt_8k_filtered_stats_llama2_tokenizer.csv (30,731 conversations): MEDIAN is
+# the table's median length and SIGMA the standard deviation (ddof=0) of the natural
+# log of the lengths, computed once with numpy (prompt: 1.6257, output: 1.0011).
+# The real table is cut at 8K total tokens (prompt <= 8141, output <= 1024), so the
+# lognormal's upper tail is heavier than the data: bound it with max_total_tokens.
+SHAREGPT_PROMPT = "lognormal:1730:1.626"
+SHAREGPT_OUTPUT = "lognormal:415:1.001"
+PRESETS = {"sharegpt": (SHAREGPT_PROMPT, SHAREGPT_OUTPUT)}
+
+_MAX_LENGTH = 2**31 - 1  # keep lognormal draws integral
+_MAX_ZIPF_SUPPORT = 1_000_000
+_CSV_COLUMNS = (("num_prefill_tokens", "num_decode_tokens"), ("ContextTokens", "GeneratedTokens"))
+_USAGE = {
+    "fixed": "fixed:N",
+    "uniform": "uniform:LO:HI",
+    "zipf": "zipf:THETA:LO:HI",
+    "lognormal": "lognormal:MEDIAN:SIGMA",
+}
+
+
+class SpecError(ValueError):
+    """A length spec string that cannot be parsed; the message shows the spec and the expected form."""
+
+
+@dataclass(frozen=True)
+class LengthSpec:
+    """A parsed length distribution: kind plus numeric parameters."""
+
+    kind: str
+    params: tuple[float, ...]
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Draw n token counts (int64, each >= 1)."""
+        p = self.params
+        if self.kind == "fixed":
+            return np.full(n, int(p[0]), dtype=np.int64)
+        if self.kind == "uniform":
+            return rng.integers(int(p[0]), int(p[1]), size=n, endpoint=True, dtype=np.int64)
+        if self.kind == "zipf":
+            lo, hi = int(p[1]), int(p[2])
+            weights = np.arange(1, hi - lo + 2, dtype=np.float64) ** -p[0]
+            cdf = np.cumsum(weights)
+            k = np.searchsorted(cdf, rng.random(n) * cdf[-1], side="right")
+            return lo + np.minimum(k, hi - lo).astype(np.int64)
+        if self.kind == "lognormal":
+            x = np.rint(p[0] * np.exp(p[1] * rng.standard_normal(n)))
+            return np.clip(x, 1, _MAX_LENGTH).astype(np.int64)
+        raise AssertionError(self.kind)
+
+
+def _spec_error(spec: str, why: str, kind: str | None = None) -> SpecError:
+    forms = _USAGE[kind] if kind in _USAGE else ", ".join(list(_USAGE.values()) + list(PRESETS))
+    return SpecError(f"invalid length spec {spec!r}: {why} (expected {forms})")
+
+
+def _number(spec: str, kind: str, text: str, name: str, integer: bool) -> float:
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        what = "an integer" if integer else "a number"
+        raise _spec_error(spec, f"{name} must be {what}, got {text!r}", kind) from None
+    if not math.isfinite(value):
+        raise _spec_error(spec, f"{name} must be finite, got {text!r}", kind)
+    return value
+
+
+def parse_length_spec(spec: str, role: str = "prompt") -> LengthSpec:
+    """Parse a length spec string (fixed/uniform/zipf/lognormal/preset); role picks a preset's prompt or output half."""
+    if role not in ("prompt", "output"):
+        raise ValueError(f"role must be 'prompt' or 'output', got {role!r}")
+    text = spec.strip()
+    if text in PRESETS:
+        return parse_length_spec(PRESETS[text][0 if role == "prompt" else 1], role)
+    if not text:
+        raise _spec_error(spec, "empty spec")
+    kind, *args = text.split(":")
+    kind = kind.strip().lower()
+    if kind not in _USAGE:
+        raise _spec_error(spec, f"unknown distribution {kind!r}")
+    arity = _USAGE[kind].count(":")
+    if len(args) != arity:
+        raise _spec_error(spec, f"{kind} takes {arity} parameter(s), got {len(args)}", kind)
+    if kind == "fixed":
+        n = _number(spec, kind, args[0], "N", True)
+        if n < 1:
+            raise _spec_error(spec, f"N must be >= 1, got {n}", kind)
+        return LengthSpec(kind, (n,))
+    if kind == "lognormal":
+        median = _number(spec, kind, args[0], "MEDIAN", False)
+        sigma = _number(spec, kind, args[1], "SIGMA", False)
+        if median < 1 or not 0 <= sigma <= 10:
+            raise _spec_error(spec, "need MEDIAN >= 1 and 0 <= SIGMA <= 10", kind)
+        return LengthSpec(kind, (median, sigma))
+    theta = (_number(spec, kind, args.pop(0), "THETA", False),) if kind == "zipf" else ()
+    if theta and theta[0] < 0:
+        raise _spec_error(spec, f"THETA must be >= 0, got {theta[0]}", kind)
+    lo = _number(spec, kind, args[0], "LO", True)
+    hi = _number(spec, kind, args[1], "HI", True)
+    if not 1 <= lo <= hi:
+        raise _spec_error(spec, f"need 1 <= LO <= HI, got LO={lo} HI={hi}", kind)
+    if kind == "zipf" and hi - lo + 1 > _MAX_ZIPF_SUPPORT:
+        raise _spec_error(spec, f"HI-LO+1 must be at most {_MAX_ZIPF_SUPPORT}", kind)
+    return LengthSpec(kind, theta + (lo, hi))
+
+
+def load_length_pairs(path: str | os.PathLike[str]) -> np.ndarray:
+    """(prompt, output) token pairs, shape (n, 2), from a JSONL trace or a CSV length table."""
+    path = os.fspath(path)
+    if not path.lower().endswith(".csv"):
+        trace = read_trace(path)
+        return np.array([(r.prompt_tokens, r.output_tokens) for r in trace.requests], dtype=np.int64)
+    try:
+        fh = open(path, newline="", encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise TraceError(path, "length table not found") from None
+    with fh:
+        reader = csv.reader(fh)
+        header = next(reader, None) or []
+        cols = next(((header.index(a), header.index(b), a, b) for a, b in _CSV_COLUMNS
+                     if a in header and b in header), None)
+        if cols is None:
+            wanted = " or ".join(f"{a},{b}" for a, b in _CSV_COLUMNS)
+            raise TraceError(path, f"CSV header needs columns {wanted}, got {','.join(header)!r}", 1)
+        ia, ib, na, nb = cols
+        pairs = []
+        for lineno, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            pair = []
+            for idx, name in ((ia, na), (ib, nb)):
+                cell = row[idx].strip() if idx < len(row) else ""
+                try:
+                    value = float(cell)
+                except ValueError:
+                    value = math.nan
+                if not (math.isfinite(value) and value.is_integer() and value >= 1):
+                    raise TraceError(path, f"expected an integer >= 1, got {cell!r}", lineno, name)
+                pair.append(int(value))
+            pairs.append(pair)
+    if not pairs:
+        raise TraceError(path, "length table has no rows")
+    return np.array(pairs, dtype=np.int64)
+
+
+def clip_total_tokens(prompt: np.ndarray, output: np.ndarray, max_total: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scale (prompt, output) pairs whose sum exceeds max_total down to that total, keeping their ratio."""
+    if max_total < 2:
+        raise ValueError(f"max_total_tokens must be >= 2 (one prompt and one output token), got {max_total}")
+    total = prompt + output
+    over = total > max_total
+    new_prompt = np.clip(np.rint(max_total * prompt / total), 1, max_total - 1).astype(np.int64)
+    return np.where(over, new_prompt, prompt), np.where(over, max_total - new_prompt, output)
+
+
+def generate_arrivals(rng: np.random.Generator, n: int, arrival: str, qps: float, cv: float) -> np.ndarray:
+    """Arrival times (seconds, non-decreasing, rounded to 1 us) of n requests."""
+    if arrival not in ARRIVALS:
+        raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
+    if arrival == "static":
+        return np.zeros(n)
+    if not (math.isfinite(qps) and qps > 0):
+        raise ValueError(f"qps must be a finite number > 0, got {qps}")
+    if arrival == "poisson":
+        gaps = rng.standard_exponential(n) / qps
+    else:
+        if not (math.isfinite(cv) and cv > 0):
+            raise ValueError(f"cv must be a finite number > 0, got {cv}")
+        shape = 1.0 / (cv * cv)
+        gaps = rng.standard_gamma(shape, n) / (shape * qps)
+    return np.round(np.cumsum(gaps), 6)
+
+
+def generate_trace(
+    num_requests: int,
+    *,
+    arrival: str = "poisson",
+    qps: float = 1.0,
+    cv: float = 1.0,
+    prompt_len: str | None = None,
+    output_len: str | None = None,
+    lengths_from: str | os.PathLike[str] | None = None,
+    max_total_tokens: int | None = None,
+    seed: int = 0,
+) -> list[TraceRequest]:
+    """A synthetic trace of num_requests requests (ids "0".."N-1"); the same arguments give the same trace.
+
+    prompt_len/output_len default to the 'sharegpt' preset; lengths_from replaces both
+    (giving it together with either is an error).
+    """
+    if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)) or num_requests < 1:
+        raise ValueError(f"num_requests must be an integer >= 1, got {num_requests!r}")
+    n = int(num_requests)
+    arr_ss, prompt_ss, output_ss = np.random.SeedSequence(seed).spawn(3)
+    times = generate_arrivals(np.random.default_rng(arr_ss), n, arrival, qps, cv)
+    if lengths_from is not None:
+        if prompt_len is not None or output_len is not None:
+            raise ValueError("lengths_from samples (prompt, output) pairs; do not also give prompt_len/output_len")
+        pairs = load_length_pairs(lengths_from)
+        picked = pairs[np.random.default_rng(prompt_ss).integers(0, len(pairs), size=n)]
+        prompt, output = picked[:, 0], picked[:, 1]
+    else:
+        pspec = parse_length_spec(prompt_len or "sharegpt", "prompt")
+        ospec = parse_length_spec(output_len or "sharegpt", "output")
+        prompt = pspec.sample(np.random.default_rng(prompt_ss), n)
+        output = ospec.sample(np.random.default_rng(output_ss), n)
+    if max_total_tokens is not None:
+        prompt, output = clip_total_tokens(prompt, output, int(max_total_tokens))
+    return [
+        TraceRequest(str(i), float(t), int(p), int(o))
+        for i, (t, p, o) in enumerate(zip(times.tolist(), prompt.tolist(), output.tolist()))
+    ]

@@ -1,0 +1,354 @@
+"""Read other tools' request traces (Azure, Mooncake, BurstGPT, Splitwise, length tables) into a ``sim.workload.trace.Trace``.
+
+Every importer returns the same ``Trace`` as ``read_trace`` (requests sorted by
+arrival, plus warnings) and reports a malformed row as a ``TraceError`` naming
+the file, the 1-based line and the column, like our JSONL reader.
+
+Formats (``FORMATS``; ``detect_format`` tells them apart by extension and header):
+
+=========  ================================================================  =====================================
+name       columns                                                           arrival_time
+=========  ================================================================  =====================================
+jsonl      servesim's own JSONL (``sim.workload.trace``)                              as written
+azure      ``TIMESTAMP,ContextTokens,GeneratedTokens`` (wall clock)          seconds from the earliest timestamp
+mooncake   JSONL ``timestamp`` (ms), ``input_length``, ``output_length``,    timestamp / 1000 (origin kept)
+           ``hash_ids`` (kept as an extra field)
+lengths    ``num_prefill_tokens,num_decode_tokens[,arrived_at]``             ``arrived_at``, else generated
+burstgpt   ``Timestamp,Model,Request tokens,Response tokens,...,Log Type``   Timestamp (s, origin kept)
+splitwise  ``arrival_timestamp,prompt_size,token_size``                      arrival_timestamp (s, origin kept)
+=========  ================================================================  =====================================
+
+Request ids are the 0-based index of the data row in the source file (counting
+rows that were skipped), so an id always points back to its row; Splitwise's
+``request_id`` column is used when present. Token counts may be written as
+integral floats (``3.0``). A zero-length prompt or output is skipped with one
+counted warning per column (``zero_lengths="skip"``, the default; BurstGPT logs a
+failed request as a response of 0 tokens) or refused (``"error"``). Negative,
+fractional, empty or non-numeric cells are always errors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.request import TraceRequest
+from sim.workload.generator import ARRIVALS, generate_arrivals
+from sim.workload.trace import Trace, TraceError, _check_order, _decode_line, _read_text, read_trace
+
+FORMATS = ("jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise")
+ZERO_POLICIES = ("skip", "error")
+
+# header columns that identify each CSV format, in the order detection tries them
+_CSV_SIGNATURES = {
+    "azure": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+    "burstgpt": ("Timestamp", "Request tokens", "Response tokens"),
+    "splitwise": ("arrival_timestamp", "prompt_size", "token_size"),
+    "lengths": ("num_prefill_tokens", "num_decode_tokens"),
+}
+_MOONCAKE_KEYS = ("timestamp", "input_length", "output_length")
+_JSON_EXTENSIONS = (".jsonl", ".json", ".ndjson")
+
+
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """How to make arrival times for a length table that has none (see ``sim.workload.generator.generate_arrivals``)."""
+
+    arrival: str = "poisson"
+    qps: float = 1.0
+    cv: float = 1.0
+    seed: int = 0
+
+
+def _first_line(path: str) -> str:
+    """The first non-blank line of the file (for format detection)."""
+    for line in _read_text(path).split("\n"):
+        if line.strip():
+            return line.strip()
+    raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
+
+
+def detect_format(path: str | os.PathLike[str]) -> str:
+    """The format of a trace file, from its extension and its first line (header or first JSON object)."""
+    path = os.fspath(path)
+    line = _first_line(path)
+    if path.lower().endswith(_JSON_EXTENSIONS) or line.startswith("{"):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return "jsonl"  # let the JSONL reader give the precise message
+        if isinstance(obj, dict) and all(k in obj for k in _MOONCAKE_KEYS) and "arrival_time" not in obj:
+            return "mooncake"
+        return "jsonl"
+    header = [c.strip() for c in next(csv.reader([line]))]
+    for fmt, cols in _CSV_SIGNATURES.items():
+        if all(c in header for c in cols):
+            return fmt
+    known = "; ".join(f"{fmt}: {','.join(cols)}" for fmt, cols in _CSV_SIGNATURES.items())
+    raise TraceError(path, f"cannot tell the trace format from the header {line[:80]!r} (known CSV headers: {known}; "
+                           "or give the format explicitly, e.g. --trace-format)", 1)
+
+
+# ---- cells ------------------------------------------------------------------------------------
+
+
+def _count(path: str, lineno: int, name: str, cell: Any) -> int:
+    """A token count: an integer >= 0 (an integral float such as 3.0 counts as 3); zeros are handled by the caller."""
+    value = cell
+    if isinstance(cell, str):
+        text = cell.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise TraceError(path, f"expected an integer >= 0, got {cell!r}", lineno, name) from None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise TraceError(path, f"expected an integer >= 0, got {value!r}", lineno, name)
+    return value
+
+
+def _seconds(path: str, lineno: int, name: str, cell: Any, unit: float = 1.0) -> float:
+    """A time: a finite number >= 0, multiplied by ``unit`` to give seconds."""
+    value = cell
+    if isinstance(cell, str):
+        try:
+            value = float(cell.strip())
+        except ValueError:
+            raise TraceError(path, f"expected a number >= 0, got {cell!r}", lineno, name) from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise TraceError(path, f"expected a finite number >= 0, got {value!r}", lineno, name)
+    return float(value) * unit
+
+
+# ---- rows -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One parsed source row, before zero-length filtering."""
+
+    line: int
+    index: int
+    arrival: float
+    prompt: int
+    output: int
+    extra: dict
+    request_id: str | None = None
+
+
+def _csv_rows(path: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line, cells) of each non-blank data row; checks the header and each row's width."""
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    for cells in reader:
+        if not cells or all(not c.strip() for c in cells):
+            continue
+        if header is None:
+            header = [c.strip() for c in cells]
+            missing = [c for c in required if c not in header]
+            if missing:
+                raise TraceError(path, f"CSV header lacks column(s) {', '.join(missing)} "
+                                       f"(needs {','.join(required)}; got {','.join(header)[:120]!r})",
+                                 reader.line_num)
+            continue
+        if len(cells) != len(header):
+            raise TraceError(path, f"expected {len(header)} comma-separated cells as in the header, got {len(cells)}",
+                             reader.line_num)
+        rows.append((reader.line_num, cells))
+    if header is None:
+        raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
+    return header, rows
+
+
+def _finish(path: str, rows: list[_Row], names: tuple[str, str], zero_lengths: str,
+            on_unsorted: str, zero_note: str = "") -> Trace:
+    """Apply the zero-length policy, build TraceRequests, check ids and order."""
+    if zero_lengths not in ZERO_POLICIES:
+        raise ValueError(f"zero_lengths must be one of {ZERO_POLICIES}, got {zero_lengths!r}")
+    warnings: list[str] = []
+    kept: list[_Row] = []
+    zeros: dict[str, list[int]] = {names[0]: [], names[1]: []}
+    for r in rows:
+        bad = [n for n, v in zip(names, (r.prompt, r.output)) if v == 0]
+        if not bad:
+            kept.append(r)
+            continue
+        if zero_lengths == "error":
+            raise TraceError(path, "is 0 tokens (requests need at least one prompt and one output token; "
+                                   "use zero_lengths='skip' / --zero-lengths skip to drop such rows)", r.line, bad[0])
+        for n in bad:
+            zeros[n].append(r.line)
+    for name, lines in zeros.items():
+        if lines:
+            note = zero_note if name == names[1] else ""
+            warnings.append(f"{path}:{lines[0]}: skipped {len(lines)} of {len(rows)} rows whose '{name}' is 0"
+                            f"{note} (first on line {lines[0]})")
+    if not kept:
+        raise TraceError(path, "trace has no usable requests" + (" (every row has a zero length)" if rows else ""))
+    seen: dict[str, int] = {}
+    requests: list[TraceRequest] = []
+    for r in kept:
+        rid = r.request_id if r.request_id is not None else str(r.index)
+        first = seen.setdefault(rid, r.line)
+        if first != r.line:
+            raise TraceError(path, f"duplicate id {rid!r} (first on line {first})", r.line, "request_id")
+        requests.append(TraceRequest(rid, r.arrival, r.prompt, r.output, r.extra, r.line))
+    warnings += _check_order(path, requests, on_unsorted)
+    return Trace(path, requests, warnings)
+
+
+# ---- the importers ----------------------------------------------------------------------------
+
+
+def read_azure(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_unsorted: str = "sort") -> Trace:
+    """Azure LLM inference trace (2023/2024): wall-clock TIMESTAMP, ContextTokens, GeneratedTokens."""
+    path = os.fspath(path)
+    cols = _CSV_SIGNATURES["azure"]
+    header, raw = _csv_rows(path, cols)
+    it, ip, io_ = (header.index(c) for c in cols)
+    try:
+        stamps = pd.to_datetime(pd.Series([cells[it].strip() for _, cells in raw], dtype=object),
+                                format="ISO8601", errors="coerce", utc=True)
+    except (ValueError, TypeError) as exc:
+        raise TraceError(path, f"cannot read the timestamps: {exc}", None, "TIMESTAMP") from None
+    if stamps.isna().any():
+        k = int(np.flatnonzero(stamps.isna().to_numpy())[0])
+        raise TraceError(path, f"expected a date-time like 2023-11-16 18:15:46.6805900, got {raw[k][1][it]!r}",
+                         raw[k][0], "TIMESTAMP")
+    ns = stamps.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
+    seconds = (ns - ns.min()) / 1e9 if len(ns) else ns.astype(float)
+    rows = [_Row(line, k, float(seconds[k]), _count(path, line, cols[1], cells[ip]),
+                 _count(path, line, cols[2], cells[io_]), {})
+            for k, (line, cells) in enumerate(raw)]
+    return _finish(path, rows, cols[1:], zero_lengths, on_unsorted)
+
+
+def read_mooncake(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_unsorted: str = "sort") -> Trace:
+    """Mooncake JSONL: timestamp (ms), input_length, output_length; hash_ids and other keys kept as extras."""
+    path = os.fspath(path)
+    rows: list[_Row] = []
+    for lineno, text in enumerate(_read_text(path).split("\n"), start=1):
+        if not text.strip():
+            continue
+        obj = _decode_line(path, lineno, text)
+        for key in _MOONCAKE_KEYS:
+            if key not in obj:
+                raise TraceError(path, f"missing (required: {', '.join(_MOONCAKE_KEYS)})", lineno, key)
+        hashes = obj.get("hash_ids")
+        if hashes is not None and not (isinstance(hashes, list) and
+                                       all(type(h) is int for h in hashes)):
+            raise TraceError(path, "expected a list of integers", lineno, "hash_ids")
+        rid = obj.get("request_id")
+        if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == ""):
+            raise TraceError(path, f"expected a non-empty string or an integer, got {rid!r}", lineno, "request_id")
+        extra = {k: v for k, v in obj.items()
+                 if k not in _MOONCAKE_KEYS and k not in ("request_id", "arrival_time", "prompt_tokens", "output_tokens")}
+        rows.append(_Row(lineno, len(rows), _seconds(path, lineno, "timestamp", obj["timestamp"], 1e-3),
+                         _count(path, lineno, "input_length", obj["input_length"]),
+                         _count(path, lineno, "output_length", obj["output_length"]), extra,
+                         None if rid is None else str(rid)))
+    if not rows:
+        raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
+    return _finish(path, rows, ("input_length", "output_length"), zero_lengths, on_unsorted)
+
+
+def read_lengths(path: str | os.PathLike[str], *, arrivals: ArrivalSpec | None = None, zero_lengths: str = "skip",
+                 on_unsorted: str = "sort") -> Trace:
+    """A length table (Vidur/Sarathi-Serve CSV); without an ``arrived_at`` column, arrivals come from ``arrivals``.
+
+    Generated arrivals use the arrival stream of ``generate_trace(seed=...)``, so the
+    same seed gives the same times as ``servesim trace generate``; rows keep file order.
+    """
+    path = os.fspath(path)
+    cols = _CSV_SIGNATURES["lengths"]
+    header, raw = _csv_rows(path, cols)
+    ip, io_ = header.index(cols[0]), header.index(cols[1])
+    ia = header.index("arrived_at") if "arrived_at" in header else None
+    rows = [_Row(line, k, _seconds(path, line, "arrived_at", cells[ia]) if ia is not None else 0.0,
+                 _count(path, line, cols[0], cells[ip]), _count(path, line, cols[1], cells[io_]), {})
+            for k, (line, cells) in enumerate(raw)]
+    trace = _finish(path, rows, cols, zero_lengths, on_unsorted)
+    if ia is None:
+        spec = arrivals or ArrivalSpec()
+        if spec.arrival not in ARRIVALS:
+            raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {spec.arrival!r}")
+        arr_ss = np.random.SeedSequence(spec.seed).spawn(3)[0]
+        times = generate_arrivals(np.random.default_rng(arr_ss), len(trace.requests), spec.arrival, spec.qps, spec.cv)
+        for r, t in zip(trace.requests, times.tolist()):
+            r.arrival_time = float(t)
+        trace.warnings.append(f"{path}: no arrival times in the table; generated {spec.arrival} arrivals"
+                              + ("" if spec.arrival == "static" else f" at {spec.qps:g} req/s")
+                              + (f" with CV {spec.cv:g}" if spec.arrival == "gamma" else "") + f" (seed {spec.seed})")
+    return trace
+
+
+def read_burstgpt(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_unsorted: str = "sort") -> Trace:
+    """BurstGPT CSV: Timestamp (s), Model, Request tokens, Response tokens, Total tokens, Log Type.
+
+    Model and Log Type are kept as the extra fields ``model`` and ``log_type``. A
+    failed request is logged with 0 response tokens: it is skipped (counted in a
+    warning) under the default ``zero_lengths="skip"``.
+    """
+    path = os.fspath(path)
+    cols = _CSV_SIGNATURES["burstgpt"]
+    header, raw = _csv_rows(path, cols)
+    it, ip, io_ = (header.index(c) for c in cols)
+    im = header.index("Model") if "Model" in header else None
+    il = header.index("Log Type") if "Log Type" in header else None
+    rows = []
+    for k, (line, cells) in enumerate(raw):
+        extra = {}
+        if im is not None:
+            extra["model"] = cells[im].strip()
+        if il is not None:
+            extra["log_type"] = cells[il].strip()
+        rows.append(_Row(line, k, _seconds(path, line, cols[0], cells[it]), _count(path, line, cols[1], cells[ip]),
+                         _count(path, line, cols[2], cells[io_]), extra))
+    return _finish(path, rows, cols[1:], zero_lengths, on_unsorted,
+                   zero_note=" (BurstGPT's record of a failed request)")
+
+
+def read_splitwise(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_unsorted: str = "sort") -> Trace:
+    """Splitwise CSV: arrival_timestamp (s), prompt_size, token_size (and request_id when present)."""
+    path = os.fspath(path)
+    cols = _CSV_SIGNATURES["splitwise"]
+    header, raw = _csv_rows(path, cols)
+    it, ip, io_ = (header.index(c) for c in cols)
+    iid = header.index("request_id") if "request_id" in header else None
+    rows = []
+    for k, (line, cells) in enumerate(raw):
+        rid = cells[iid].strip() if iid is not None else None
+        if rid == "":
+            raise TraceError(path, "expected a non-empty id", line, "request_id")
+        rows.append(_Row(line, k, _seconds(path, line, cols[0], cells[it]), _count(path, line, cols[1], cells[ip]),
+                         _count(path, line, cols[2], cells[io_]), {}, rid))
+    return _finish(path, rows, cols[1:], zero_lengths, on_unsorted)
+
+
+def read_any(path: str | os.PathLike[str], fmt: str = "auto", *, arrivals: ArrivalSpec | None = None,
+             zero_lengths: str = "skip", on_unsorted: str = "sort") -> Trace:
+    """Read a trace in any supported format (``fmt="auto"`` detects it); ``arrivals`` only matters for length tables."""
+    path = os.fspath(path)
+    if fmt == "auto":
+        fmt = detect_format(path)
+    if fmt == "jsonl":
+        return read_trace(path, on_unsorted=on_unsorted)
+    if fmt == "lengths":
+        return read_lengths(path, arrivals=arrivals, zero_lengths=zero_lengths, on_unsorted=on_unsorted)
+    readers = {"azure": read_azure, "mooncake": read_mooncake, "burstgpt": read_burstgpt, "splitwise": read_splitwise}
+    if fmt not in readers:
+        raise ValueError(f"unknown trace format {fmt!r}; choose auto or one of {', '.join(FORMATS)}")
+    return readers[fmt](path, zero_lengths=zero_lengths, on_unsorted=on_unsorted)
