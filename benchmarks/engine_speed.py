@@ -28,19 +28,10 @@ from engine.device import detect_gpu, device_name, parse_dtype, resolve_device
 from engine.runner import ModelRunner
 from sim.batch import Batch, BatchItem
 from sim.catalog.models import get_model
+from sim.cli.args import int_list
 from sim.cost.roofline import RooflineCostModel
 from sim.kv_cache import BlockManager, blocks_for
 from sim.request import Request
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -114,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peak-tflops", type=float, default=None, metavar="TF",
                     help="peak FLOP/s (in TFLOP/s) for the compute floor when no catalogue GPU applies "
                          "(default there: the measured matmul peak)")
-    ap.add_argument("--prefill", type=_ints, default=[512, 2048, 4096], metavar="N,N",
+    ap.add_argument("--prefill", type=int_list, default=[512, 2048, 4096], metavar="N,N",
                     help="prefill lengths (default: 512,2048,4096)")
-    ap.add_argument("--decode", type=_ints, default=[1, 32, 128], metavar="B,B",
+    ap.add_argument("--decode", type=int_list, default=[1, 32, 128], metavar="B,B",
                     help="decode batch sizes (default: 1,32,128)")
     ap.add_argument("--context", type=int, default=1024, help="decode context in tokens (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=None, help="timed iterations per case (default: 20 cuda, 3 cpu)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.cli.args import int_list, name_list
+from sim.cli.args import add_command, int_list, name_list
 
 DEFAULT_PROFILES = Path("calibration/profiles")
 
@@ -22,14 +22,8 @@ def _ops_list(s: str) -> tuple[str, ...]:
 
 def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``calibrate`` on the ``servesim`` sub-command parser."""
-    p = subparsers.add_parser(
-        "calibrate", help="time the engine's ops on this device into a profile, or report on a profile",
-        description="Time every op of one decoder layer (and of each TP shard's shapes) through the engine's own "
-                    "op implementations on the torch device here, plus the host overhead per iteration, and write "
-                    "a profile folder (profile.json, measurements.csv, report.md) for `servesim simulate "
-                    "--profile`. Measurements are written as they are taken; rerunning the same command resumes. "
-                    "With --report, print the fit report of an existing profile instead. Exit status 3: stopped "
-                    "at --budget-s with points left.")
+    p = add_command(subparsers, "calibrate", cmd_calibrate,
+                    "time the engine's ops on this device into a profile, or report on a profile", show_defaults=False)
     p.add_argument("--report", metavar="PROFILE", default=None,
                    help="print (and write to PROFILE/report.md) the leave-out interpolation error and the roofline "
                         "error per op of an existing profile, then exit")
@@ -65,7 +59,6 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--gpu", default=None, metavar="GPU",
                    help="with --report: also list the per-op factors a transfer to this catalogue GPU applies")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_calibrate)
     return p
 
 
@@ -101,6 +94,12 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Time every op of one decoder layer (and of each TP shard's shapes) through the engine's own op
+    implementations on the torch device here, plus the host overhead per iteration, and write a profile folder
+    (profile.json, measurements.csv, report.md) for `servesim simulate --profile`. Measurements are written as
+    they are taken; rerunning the same command resumes. With --report, print the fit report of an existing
+    profile instead. Exit status 3: stopped at --budget-s with points left.
+    """
     if args.report:
         return _report(args.report, args.gpu)
     if args.dry_run:

@@ -11,6 +11,7 @@ import sys
 
 from sim.cli.args import NO_DEFAULT as NO
 from sim.cli.args import (
+    add_command,
     add_kv_arguments,
     add_run_folder_arguments,
     add_scheduler_arguments,
@@ -26,15 +27,7 @@ TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
 def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
 
-    p = subparsers.add_parser(
-        "engine", help="replay a trace on the real PyTorch engine and measure it",
-        description="Serve a request trace with a real Llama-family model in PyTorch (random weights unless "
-                    "--checkpoint), batched by the same scheduler objects the simulator uses. Requests arrive in "
-                    "real time (or all at once with --offline). Prints a summary and writes summary.json, "
-                    "requests.csv and batches.csv in the simulator's schema, plus measured host_s and device_s "
-                    "per iteration, so `servesim simulate` runs of the same deployment join on batch_id and "
-                    "request_id. Without --trace, the synthetic-workload flags make the requests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, "engine", cmd_engine, "replay a trace on the real PyTorch engine and measure it")
     p.add_argument("--trace", default=None, metavar="FILE.jsonl",
                    help="request trace in servesim JSONL (see traces/README.md)" + NO)
     p.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
@@ -79,12 +72,16 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     add_kv_arguments(p, "KV capacity in blocks (default: from free GPU memory and --gpu-mem-util on cuda; on "
                         "cpu twice what every request of the trace needs at once, at most 1 GiB)")
     add_generator_arguments(p)
-    p.set_defaults(func=cmd_engine)
     return p
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
-    """Run ``servesim engine``."""
+    """Serve a request trace with a real Llama-family model in PyTorch (random weights unless --checkpoint),
+    batched by the same scheduler objects the simulator uses. Requests arrive in real time (or all at once with
+    --offline). Prints a summary and writes summary.json, requests.csv and batches.csv in the simulator's
+    schema, plus measured host_s and device_s per iteration, so `servesim simulate` runs of the same deployment
+    join on batch_id and request_id. Without --trace, the synthetic-workload flags make the requests.
+    """
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -85,12 +85,8 @@ class DecodeGraphs:
 
     def __init__(self, model, kv_cache, block_size: int, scratch_block: int, *, capture: bool,
                  max_batch_size: int = 256) -> None:
-        self.model = model
-        self.kv_cache = kv_cache
-        self.block_size = block_size
-        self.scratch_block = scratch_block
-        self.capture = capture
-        self.max_batch_size = max_batch_size
+        self.model, self.kv_cache, self.block_size, self.scratch_block = model, kv_cache, block_size, scratch_block
+        self.capture, self.max_batch_size = capture, max_batch_size
         self.captures = 0
         self.disabled = False
         self._graphs: dict[tuple[int, int], _Graph] = {}

@@ -63,13 +63,8 @@ class Replica:
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
                  pp: int, recorder: Recorder, on_done: Callable[["Replica", list[Request]], None]) -> None:
-        self.env = env
-        self.index = index
-        self.scheduler = scheduler
-        self.cost = cost
-        self.pp = pp
-        self.recorder = recorder
-        self.on_done = on_done
+        self.env, self.index, self.scheduler, self.cost, self.pp = env, index, scheduler, cost, pp
+        self.recorder, self.on_done = recorder, on_done
         self.outstanding = 0  # requests routed here and not finished (for the router)
         self.in_flight = 0
         self._wakeup = env.event()

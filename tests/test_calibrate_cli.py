@@ -6,16 +6,14 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 from calibration.report import LEAVE_OUT, fit_report
 from sim.cli.main import main
 from sim.cost.profile_format import read_profile
 from sim.cost.profiled import ProfiledCostModel
 from sim.ops import ALL_OPS, COMMUNICATION_OPS
+from tests.paths import TINY_CPU_PROFILE as TINY_CPU
 from tests.profile_fixtures import synthetic_profile
-
-TINY_CPU = Path(__file__).resolve().parent.parent / "calibration" / "profiles" / "tiny-cpu"
 
 
 def test_committed_profile_is_complete_and_interpolates_within_10_percent():

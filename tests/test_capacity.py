@@ -23,6 +23,7 @@ from sim.capacity.search import (
 )
 from sim.cost.constant import ConstantCostModel
 from sim.simulator import SimConfig
+from tests.paths import TINY_CPU_PROFILE
 
 # ---- a synthetic system whose capacity follows from the iteration time --------------------------------
 #
@@ -249,7 +250,6 @@ def test_searches_sharing_points_under_different_slos(tmp_path):
 
 # ---- a calibrated cost model ------------------------------------------------------------------------------
 
-TINY_CPU_PROFILE = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "tiny-cpu"
 
 
 def _profiled_search(profile, results, jobs: int = 1, seeds=(0,)):

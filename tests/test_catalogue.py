@@ -115,13 +115,15 @@ def test_get_model_names_and_aliases() -> None:
     assert get_model(m) is m
 
 
-def test_unknown_model_lists_names() -> None:
-    with pytest.raises(UnknownModelError) as e:
-        get_model("llama-9-1t")
+@pytest.mark.parametrize("lookup, error, name, catalogue", [(get_model, UnknownModelError, "llama-9-1t", MODELS),
+                                                          (get_gpu, UnknownGPUError, "tpu-v5", GPUS)])
+def test_unknown_name_lists_the_catalogue(lookup, error, name, catalogue) -> None:
+    with pytest.raises(error) as e:
+        lookup(name)
     msg = str(e.value)
-    assert "llama-9-1t" in msg
-    for name in MODELS:
-        assert name in msg
+    assert name in msg
+    for known in catalogue:
+        assert known in msg
     assert isinstance(e.value, ValueError)
 
 
@@ -204,13 +206,3 @@ def test_get_gpu() -> None:
     assert g is GPUS["a100-80gb"] and get_gpu(g) is g
     assert get_gpu("H100") is GPUS["h100-sxm"]
     assert isinstance(g, GPUSpec)
-
-
-def test_unknown_gpu_lists_names() -> None:
-    with pytest.raises(UnknownGPUError) as e:
-        get_gpu("tpu-v5")
-    msg = str(e.value)
-    assert "tpu-v5" in msg
-    for name in GPUS:
-        assert name in msg
-    assert isinstance(e.value, ValueError)

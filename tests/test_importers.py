@@ -19,13 +19,9 @@ from sim.workload.importers import (
     read_splitwise,
 )
 from sim.workload.trace import TraceError, read_trace, write_trace
+from tests.paths import ARXIV, AZURE, MOONCAKE, SHAREGPT, needs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-AZURE = SHARED / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
-MOONCAKE = SHARED / "mooncake" / "synthetic_trace.jsonl"
-SHAREGPT = SHARED / "sarathi" / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-ARXIV = SHARED / "vidur" / "arxiv_summarization_stats_llama2_tokenizer_filtered_v2.csv"
-needs_shared = pytest.mark.skipif(not AZURE.is_file(), reason="../shared/traces not present")
+needs_shared = needs(AZURE)
 
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens"
 BURST_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type"

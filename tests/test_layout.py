@@ -11,7 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 PACKAGES = ("sim", "engine", "calibration")
 LAYER = {"sim": 0, "engine": 1, "calibration": 2}
 #: the one place in sim/ allowed to name the upper layers: the entry point finds their subcommands by module name

@@ -7,14 +7,15 @@ file. The stored notebooks are not modified: each runs on an in-memory copy.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
+
+from tests.paths import ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_notebooks():

@@ -19,6 +19,7 @@ from sim.capacity.planner import (
 )
 from sim.capacity.search import ResultsFile, Slo, Workload
 from sim.cli.main import main
+from tests.paths import TINY_CPU_PROFILE
 
 # a small, fast plan: tiny runs (the numbers are not meaningful, only deterministic)
 WORKLOAD = Workload(num_requests=40, duration=0)
@@ -185,12 +186,11 @@ def test_ray_executor_matches_local(tmp_path):
 def test_profile_prices_only_the_shapes_it_holds(tmp_path):
     """A profile of (tiny, a100-80gb, TP 1) prices that configuration; other GPUs and TPs fall back, with a note."""
     import shutil
-    from pathlib import Path
 
     from sim.capacity.search import ProfileRef
     from sim.simulator import SimConfig
 
-    src = Path(__file__).resolve().parents[1] / "calibration" / "profiles" / "tiny-cpu"
+    src = TINY_CPU_PROFILE
     if not (src / "profile.json").is_file():
         pytest.skip("calibration/profiles/tiny-cpu is not present")
     prof_dir = tmp_path / "tiny-a100"

@@ -15,8 +15,8 @@ from sim.outputs.report import COMPARISON_PLOTS, metrics_table, write_report
 from sim.outputs.run_folder import write_run
 from sim.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace, write_trace
+from tests.paths import EXAMPLE_TRACE as EXAMPLE
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "example_sharegpt_poisson.jsonl"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

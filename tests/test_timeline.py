@@ -16,8 +16,7 @@ from sim.outputs.timeline import _lanes, build_timeline, timing_source, write_ti
 from sim.request import TraceRequest
 from sim.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "traces" / "example_sharegpt_poisson.jsonl"
+from tests.paths import EXAMPLE_TRACE as EXAMPLE
 
 
 def _run(tmp_path: Path, trace, config: SimConfig, **kw) -> Path:

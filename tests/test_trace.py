@@ -10,9 +10,10 @@ import pytest
 
 from sim.request import TraceRequest
 from sim.workload.trace import Trace, TraceError, read_trace, write_trace
+from tests.paths import ROOT
+from tests.paths import SHARED_TRACES as SHARED
 
 GOOD = '{"arrival_time": 0.5, "prompt_tokens": 10, "output_tokens": 5}'
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
 
 
 def _write(tmp_path: Path, *lines: str, name: str = "t.jsonl") -> str:
@@ -317,7 +318,7 @@ def test_reads_mooncake_jsonl_as_unknown_fields():
 
 
 def test_example_traces_are_valid():
-    root = Path(__file__).resolve().parents[1] / "traces"
+    root = ROOT / "traces"
     for name in ("example_sharegpt_poisson.jsonl", "example_bursty_gamma.jsonl"):
         trace = read_trace(root / name, on_unsorted="error")
         assert len(trace.requests) == 200 and trace.warnings == []

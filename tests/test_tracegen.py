@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,10 +22,11 @@ from sim.workload.generator import (
     parse_length_spec,
 )
 from sim.workload.trace import TraceError, read_trace, write_trace
+from tests.paths import SHARED_TRACES as SHARED
+from tests.paths import SHAREGPT as SHAREGPT_CSV
+from tests.paths import needs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-SHAREGPT_CSV = SHARED / "sarathi" / "sharegpt_8k_filtered_stats_llama2_tokenizer.csv"
-needs_shared = pytest.mark.skipif(not SHAREGPT_CSV.is_file(), reason="../shared/traces not present")
+needs_shared = needs(SHAREGPT_CSV)
 
 
 def _gaps(reqs: list[TraceRequest]) -> np.ndarray:

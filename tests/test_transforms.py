@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +24,9 @@ from sim.workload.transforms import (
     sample_requests,
     time_window,
 )
+from tests.paths import MOONCAKE, needs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "traces"
-MOONCAKE = SHARED / "mooncake" / "synthetic_trace.jsonl"
-AZURE = SHARED / "azure2023" / "AzureLLMInferenceTrace_conv.csv"
-needs_shared = pytest.mark.skipif(not MOONCAKE.is_file(), reason="../shared/traces not present")
+needs_shared = needs(MOONCAKE)
 
 
 def _reqs(times, prompt=100, output=10) -> list[TraceRequest]:

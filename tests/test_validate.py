@@ -16,8 +16,8 @@ from calibration.validate.errors import ExecutedBatch, composition_match, error_
 from sim.batch import Batch, BatchItem
 from sim.request import Request, TraceRequest
 from sim.workload.generator import generate_trace
+from tests.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PROFILE = ROOT / "calibration" / "profiles" / "tiny-cpu"
 # 40 requests arriving at 50 req/s: about 400-600 engine iterations per scheduler, a second or two each
 TRACE = generate_trace(40, arrival="poisson", qps=50, prompt_len="uniform:16:200", output_len="uniform:8:48", seed=0)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from sim.cli.args import NO_DEFAULT as _NO
-from sim.cli.args import float_list, name_list, positive_int
+from sim.cli.args import add_command, float_list, name_list, positive_int
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -33,24 +33,18 @@ def parse_budgets(text: str | None) -> dict[str, int | None]:
     return out
 
 
+_EXAMPLES = """examples:
+  servesim validate --trace traces/example_sharegpt_poisson.jsonl --model tiny --device cpu \\
+      --profile calibration/profiles/tiny-cpu --max-total-tokens 512 --qps 20 --out runs/val
+  servesim validate -n 200 --prompt-len uniform:16:256 --output-len uniform:8:64 --model tiny \\
+      --device cpu --load 0.5,0.9 --out runs/val-load          # calibrates into runs/val-load/profile"""
+
+
 def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``validate`` on the ``servesim`` subcommands; returns its parser."""
-    p = subparsers.add_parser(
-        "validate", help="run a trace on the real engine and in the simulator; report the prediction error",
-        description="For each scheduler and load level: replay the trace on the real PyTorch engine in real time "
-                    "(measured), simulate the same trace with a calibration profile of the same device (predicted) "
-                    "under the same scheduler settings and KV capacity, and compare. Batch level: every batch the "
-                    "engine executed is priced by the cost model and compared with its measured time (host and "
-                    "device parts too), by batch kind and size. Request level: TTFT, TBT, TPOT, E2E and scheduling "
-                    "delay at P50/P90/P99 and throughput. An op check re-runs a sample of batches with every op "
-                    "timed inside the forward pass to show which ops the error comes from. Writes report.md, "
-                    "report.json, plots and both runs' folders into --out.",
-        epilog="examples:\n"
-               "  servesim validate --trace traces/example_sharegpt_poisson.jsonl --model tiny --device cpu \\\n"
-               "      --profile calibration/profiles/tiny-cpu --max-total-tokens 512 --qps 20 --out runs/val\n"
-               "  servesim validate -n 200 --prompt-len uniform:16:256 --output-len uniform:8:64 --model tiny \\\n"
-               "      --device cpu --load 0.5,0.9 --out runs/val-load          # calibrates into runs/val-load/profile",
-        formatter_class=_Formatter)
+    p = add_command(subparsers, "validate", cmd_validate,
+                    "run a trace on the real engine and in the simulator; report the prediction error",
+                    epilog=_EXAMPLES)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, plots, run folders" + _NO)
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="calibration profile of the engine's device (`servesim calibrate`); default: calibrate "
@@ -139,12 +133,8 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     s.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for the engine (cuda, without --kv-blocks)")
     s.add_argument("--watermark", type=float, default=0.01, help="fraction of KV blocks kept free at admission")
-    p.set_defaults(func=cmd_validate)
     return p
 
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the help, and the examples epilog kept as written."""
 
 
 def _workload(args: argparse.Namespace):
@@ -170,7 +160,14 @@ def _workload(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Run ``servesim validate``."""
+    """For each scheduler and load level: replay the trace on the real PyTorch engine in real time (measured),
+    simulate the same trace with a calibration profile of the same device (predicted) under the same scheduler
+    settings and KV capacity, and compare. Batch level: every batch the engine executed is priced by the cost
+    model and compared with its measured time (host and device parts too), by batch kind and size. Request
+    level: TTFT, TBT, TPOT, E2E and scheduling delay at P50/P90/P99 and throughput. An op check re-runs a sample
+    of batches with every op timed inside the forward pass to show which ops the error comes from. Writes
+    report.md, report.json, plots and both runs' folders into --out.
+    """
     try:
         import torch  # noqa: F401
     except ImportError:

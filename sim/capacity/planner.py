@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -37,6 +36,7 @@ from sim.capacity.search import (
 )
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import get_model
+from sim.jsonfile import read_json_object
 from sim.memory import InfeasibleConfigError, kv_cache_blocks
 from sim.schedulers import scheduler_class
 from sim.simulator import SimConfig
@@ -134,15 +134,7 @@ def default_prices(gpus: Iterable[str]) -> dict[str, float]:
 def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
     """Read ``{"gpu name": usd_per_gpu_hour, ...}`` from a JSON file (names as in ``servesim gpus``)."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: price file not found") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object {{\"gpu\": usd_per_gpu_hour, ...}}")
+    data = read_json_object(path, expected='a JSON object {"gpu": usd_per_gpu_hour, ...}', what="price file")
     prices = {}
     for k, v in data.items():
         try:

@@ -1,5 +1,7 @@
 """GPU catalogue: dense bf16 FLOP/s, memory bandwidth, memory size and interconnect, from datasheets.
 
+The entries, each with its datasheet source, are in ``gpus.toml`` beside this file.
+
 Conventions:
 - ``bf16_flops`` is the dense tensor-core rate (datasheets often quote 2x "with sparsity").
 - ``mem_bytes`` is the capacity ``nvidia-smi`` shows, in binary units (an "80GB" part has 80 GiB
@@ -13,7 +15,9 @@ Conventions:
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 
 GiB = 1 << 30
 
@@ -36,44 +40,20 @@ class GPUSpec:
     hourly_price_usd: float = 0.0  # rough on-demand cloud price per GPU-hour (editable default)
 
 
-_PCIE4 = 32e9   # PCIe Gen4 x16, per direction (theoretical 31.5 GB/s)
-_PCIE5 = 64e9   # PCIe Gen5 x16, per direction
+CATALOGUE_FILE = Path(__file__).with_name("gpus.toml")
 
-GPUS: dict[str, GPUSpec] = {g.name: g for g in (
-    GPUSpec("a100-40gb", 312e12, 1.555e12, 40 * GiB, 300e9,
-            source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 40GB): 312 TFLOPS bf16 dense, 1555 GB/s HBM2, "
-                   "NVLink 600 GB/s bidirectional",
-            hourly_price_usd=3.0),
-    GPUSpec("a100-80gb", 312e12, 2.039e12, 80 * GiB, 300e9,
-            source="NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): 312 TFLOPS bf16 dense, 2039 GB/s HBM2e, "
-                   "NVLink 600 GB/s bidirectional",
-            hourly_price_usd=3.5),
-    GPUSpec("a6000", 154.8e12, 768e9, 48 * GiB, _PCIE4,
-            source="NVIDIA RTX A6000 datasheet / Ampere GA102 whitepaper: 154.8 TFLOPS bf16 dense "
-                   "(309.7 sparse), 768 GB/s GDDR6, 48 GB; PCIe Gen4 x16 (2-way NVLink bridge not assumed)",
-            interconnect="pcie", hourly_price_usd=0.8),
-    GPUSpec("a40", 149.7e12, 696e9, 45 * GiB, _PCIE4,
-            source="NVIDIA A40 datasheet: 149.7 TFLOPS bf16 dense (299.4 sparse), 696 GB/s GDDR6, 48 GB "
-                   "(ECC on by default leaves 45 GiB, nvidia-smi 46068 MiB); PCIe Gen4 x16 "
-                   "(2-way NVLink bridge not assumed)",
-            interconnect="pcie", hourly_price_usd=0.7),
-    GPUSpec("l40s", 362.05e12, 864e9, 45 * GiB, _PCIE4,
-            source="NVIDIA L40S datasheet: 362.05 TFLOPS bf16 dense (733 sparse), 864 GB/s GDDR6, 48 GB "
-                   "(ECC on by default leaves 45 GiB); PCIe Gen4 x16, no NVLink",
-            interconnect="pcie", hourly_price_usd=1.5),
-    GPUSpec("h100-sxm", 989.4e12, 3.35e12, 80 * GiB, 450e9,
-            source="NVIDIA H100 Tensor Core GPU datasheet (SXM5): 989 TFLOPS bf16 dense (1979 sparse), "
-                   "3.35 TB/s HBM3, NVLink 900 GB/s bidirectional",
-            hourly_price_usd=5.0),
-    GPUSpec("h100-pcie", 756e12, 2.0e12, 80 * GiB, _PCIE5,
-            source="NVIDIA H100 Tensor Core GPU datasheet (PCIe): 756 TFLOPS bf16 dense (1513 sparse), "
-                   "2 TB/s HBM2e; PCIe Gen5 x16 128 GB/s bidirectional (pairwise NVLink bridge not assumed)",
-            interconnect="pcie", hourly_price_usd=3.5),
-    GPUSpec("h200", 989.4e12, 4.8e12, 140 * GiB, 450e9,
-            source="NVIDIA H200 Tensor Core GPU datasheet (SXM): 989 TFLOPS bf16 dense (1979 sparse), "
-                   "4.8 TB/s HBM3e, 141 GB (about 140 GiB addressable), NVLink 900 GB/s bidirectional",
-            hourly_price_usd=6.0),
-)}
+
+def _load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, GPUSpec]:
+    """The GPU table of ``gpus.toml``: one section per GPU, memory in GiB."""
+    with open(path, "rb") as fh:
+        table = tomllib.load(fh)
+    return {name: GPUSpec(name, float(e["bf16_flops"]), float(e["mem_bandwidth"]), e["mem_gib"] * GiB,
+                          float(e["interconnect_bw"]), source=e["source"], interconnect=e["interconnect"],
+                          hourly_price_usd=float(e["hourly_price_usd"]))
+            for name, e in table.items()}
+
+
+GPUS: dict[str, GPUSpec] = _load_catalogue()
 
 _ALIASES: dict[str, str] = {
     "a100": "a100-80gb", "a100-sxm-80gb": "a100-80gb", "a100-sxm4-80gb": "a100-80gb",

@@ -9,11 +9,12 @@ well under 1% of the weights and of the time.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from sim.jsonfile import read_json_object
 
 
 class UnknownModelError(ValueError):
@@ -207,16 +208,7 @@ def load_hf_config(path: str | os.PathLike) -> ModelSpec:
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise ModelConfigError(f"cannot read model config {p}: {e.strerror or e}") from e
-    try:
-        cfg = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ModelConfigError(f"model config {p} is not valid JSON: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ModelConfigError(f"model config {p} must be a JSON object")
+    cfg = read_json_object(p, ModelConfigError, "a JSON object (a Hugging Face config.json)", "model config")
     missing = [k for k in _REQUIRED_HF_KEYS if k not in cfg]
     if missing:
         raise ModelConfigError(f"model config {p} is missing required key(s): {', '.join(missing)} "

@@ -6,6 +6,8 @@ Every name here is public: the engine's and calibration's commands build on them
 from __future__ import annotations
 
 import argparse
+import inspect
+import textwrap
 from typing import Any, Callable
 
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
@@ -36,6 +38,22 @@ def positive(kind: type) -> Callable[[str], Any]:
         if not v > 0:
             raise argparse.ArgumentTypeError(f"expected a {'number' if kind is float else 'whole number'} > 0, "
                                              f"got {text!r}")
+        return v
+    return parse
+
+
+def seconds_or(keywords: dict[str, Any], what: str) -> Callable[[str], Any]:
+    """A parser of finite seconds > 0, or one of ``keywords`` (mapped to its value); ``what`` names the choices."""
+    def parse(text: str) -> Any:
+        key = text.strip().lower()
+        if key in keywords:
+            return keywords[key]
+        try:
+            v = float(text)
+        except ValueError:
+            v = -1.0
+        if not 0 < v < float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
         return v
     return parse
 
@@ -148,3 +166,47 @@ def write_run_folder(args: argparse.Namespace, result: Any) -> None:
     if args.timeline:
         from sim.outputs.timeline import write_timeline
         write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+
+class _ParagraphFill:
+    """Fills each paragraph of a description or epilog to the terminal; indented lines (examples) stay as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out: list[str] = []
+        para: list[str] = []
+
+        def flush() -> None:
+            if para:
+                out.append(textwrap.fill(" ".join(para), width, initial_indent=indent, subsequent_indent=indent))
+                para.clear()
+
+        for line in text.splitlines():
+            if line.strip() and not line[0].isspace():
+                para.append(line.strip())
+                continue
+            flush()
+            out.append(indent + line if line.strip() else "")
+        flush()
+        return "\n".join(out)
+
+
+class HelpFormatter(_ParagraphFill, argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default appended to its help; paragraphs filled, examples kept."""
+
+
+class PlainHelpFormatter(_ParagraphFill, argparse.HelpFormatter):
+    """For commands whose help texts state their defaults themselves."""
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int],
+                help: str, epilog: str | None = None, show_defaults: bool = True) -> argparse.ArgumentParser:
+    """Register subcommand ``name`` that runs ``func``; its ``--help`` description is ``func``'s docstring.
+
+    ``show_defaults`` appends each flag's default to its help (off where the help texts state them).
+    """
+    p = subparsers.add_parser(name, help=help, description=inspect.cleandoc(func.__doc__ or help), epilog=epilog,
+                              formatter_class=HelpFormatter if show_defaults else PlainHelpFormatter)
+    p.set_defaults(func=func)
+    return p

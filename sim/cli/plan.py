@@ -9,7 +9,7 @@ import sys
 import time
 
 from sim.capacity.search import PASS_RULES, Slo, Workload
-from sim.cli.args import add_deployment_arguments, int_list, name_list
+from sim.cli.args import add_command, add_deployment_arguments, int_list, name_list, seconds_or
 
 DEFAULT_NUM_REQUESTS = 500
 DEFAULT_DURATION = 60.0
@@ -21,16 +21,7 @@ def _replicas(text: str) -> list[int] | str:
     return "max" if text.strip().lower() == "max" else int_list(text)
 
 
-def _seconds_or_off(text: str) -> float | None:
-    if text.strip().lower() in ("off", "none"):
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'off', got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected seconds > 0 or 'off', got {text!r}")
-    return v
+_seconds_or_off = seconds_or({"off": None, "none": None}, "seconds > 0 or 'off'")
 
 
 def _slo_item(text: str) -> tuple[str, float]:
@@ -168,6 +159,13 @@ def _cost_line(search) -> str:
 # ---- servesim plan ---------------------------------------------------------------------------------
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    """For each GPU type, tensor x pipeline parallelism x replicas within --max-gpus (configurations whose weights
+    do not fit are listed as infeasible with the reason), each scheduler and each token budget, find the
+    capacity: the highest Poisson request rate whose latency stays within the SLO (bracketing and bisection,
+    several seeds). Prints a table sorted by capacity per GPU and by cost per million output tokens, and writes
+    DIR/results.jsonl (every simulation, appended as it finishes; rerunning the same command resumes from it),
+    plan.csv, plan.txt, pareto.csv and pareto.png (latency against throughput).
+    """
     from sim.capacity.planner import enumerate_candidates, format_table, load_prices, make_executor, plan, sort_table
 
     workload = workload_from_args(args)
@@ -219,16 +217,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `plan` and `capacity` on the main parser's subparsers."""
-    p = subparsers.add_parser(
-        "plan", help="capacity planning: size every GPU x parallelism x scheduler x budget, cheapest first",
-        description="For each GPU type, tensor x pipeline parallelism x replicas within --max-gpus (configurations "
-                    "whose weights do not fit are listed as infeasible with the reason), each scheduler and each "
-                    "token budget, find the capacity: the highest Poisson request rate whose latency stays within "
-                    "the SLO (bracketing and bisection, several seeds). Prints a table sorted by capacity per GPU and "
-                    "by cost per million output tokens, and writes DIR/results.jsonl (every simulation, appended as "
-                    "it finishes; rerunning the same command resumes from it), plan.csv, plan.txt, pareto.csv and "
-                    "pareto.png (latency against throughput).",
-        epilog=_EXAMPLE)
+    p = add_command(subparsers, "plan", cmd_plan,
+                    "capacity planning: size every GPU x parallelism x scheduler x budget, cheapest first",
+                    epilog=_EXAMPLE, show_defaults=False)
     p.add_argument("--model", default="llama-2-7b",
                    help="model from the catalogue (`servesim models`) or a Hugging Face config.json "
                         "(default: %(default)s)")
@@ -266,13 +257,17 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     _add_workload_arguments(p)
     _add_slo_arguments(p)
     _add_search_arguments(p)
-    p.set_defaults(func=cmd_plan)
     _add_capacity_parser(subparsers)
 
 
 # ---- servesim capacity ---------------------------------------------------------------------------------
 
 def cmd_capacity(args: argparse.Namespace) -> int:
+    """Find the capacity of one deployment: the highest Poisson request rate (QPS) whose P99 TBT and median
+    scheduling delay (and any other bound given) stay within the SLO, by a saturated probe, bracketing and
+    bisection per seed. Reports the capacity (median over seeds), its spread over seeds and the number of
+    simulations.
+    """
     from sim.capacity.planner import make_executor
     from sim.capacity.search import CapacitySearch, ProfileRef, ResultsFile, run_searches
     from sim.simulator import SimConfig
@@ -329,14 +324,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
 
 def _add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "capacity", help="the highest request rate one deployment sustains within latency SLOs",
-        description="Find the capacity of one deployment: the highest Poisson request rate (QPS) whose P99 TBT "
-                    "and median scheduling delay (and any other bound given) stay within the SLO, by a saturated "
-                    "probe, bracketing and bisection per seed. Reports the capacity (median over seeds), its "
-                    "spread over seeds and the number of simulations.",
-        epilog="example: servesim capacity --model mistral-7b --scheduler sarathi --token-budget 512 "
-               "--slo-tbt-p99 0.1 -v")
+    p = add_command(subparsers, "capacity", cmd_capacity,
+                    "the highest request rate one deployment sustains within latency SLOs", show_defaults=False,
+                    epilog="example: servesim capacity --model mistral-7b --scheduler sarathi --token-budget 512 "
+                           "--slo-tbt-p99 0.1 -v")
     add_deployment_arguments(p)
     _add_workload_arguments(p)
     _add_slo_arguments(p)
@@ -349,4 +340,3 @@ def _add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
                         "roofline-scaled estimate. Each worker process builds the cost model once")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every simulated rate and its verdict")
-    p.set_defaults(func=cmd_capacity)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from sim.cli.args import add_command
+
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """Handler of `servesim report`."""
+    """Compare run folders written by `servesim simulate --out` or by the engine: a table of summary metrics (one
+    column per run) and overlaid TTFT, TBT, end-to-end and scheduling-delay CDFs, as report.md with PNGs beside
+    it and report.html with the images inlined.
+    """
     from sim.outputs.report import write_report
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     md, page = write_report(args.run_dirs, args.out, labels=labels, title=args.title, run_plots=args.run_plots)
@@ -16,13 +21,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `servesim report` on the main parser's subparsers."""
-    p = subparsers.add_parser(
-        "report", help="compare run folders side by side (Markdown + self-contained HTML)",
-        description="Compare run folders written by `servesim simulate --out` or by the engine: a table of "
-                    "summary metrics (one column per run) and overlaid TTFT, TBT, end-to-end and scheduling-delay "
-                    "CDFs, as report.md with PNGs beside it and report.html with the images inlined.",
-        epilog="example: servesim report runs/orca runs/vllm runs/sarathi --out runs/compare",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, "report", cmd_report,
+                    "compare run folders side by side (Markdown + self-contained HTML)",
+                    epilog="example: servesim report runs/orca runs/vllm runs/sarathi --out runs/compare")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (summary.json, requests.csv, batches.csv)")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="folder for report.md, report.html and the PNGs")
     p.add_argument("--labels", default=None, metavar="A,B,...",
@@ -30,5 +31,4 @@ def add_report_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--title", default="servesim run comparison", help="report title")
     p.add_argument("--run-plots", action="store_true",
                    help="also include each run's own plots (latency over time, batches, KV cache, stage Gantt)")
-    p.set_defaults(func=cmd_report)
     return p

@@ -7,7 +7,13 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from sim.cli.args import add_deployment_arguments, add_run_folder_arguments, check_run_folder_args, write_run_folder
+from sim.cli.args import (
+    add_command,
+    add_deployment_arguments,
+    add_run_folder_arguments,
+    check_run_folder_args,
+    write_run_folder,
+)
 from sim.cli.workload_args import add_generator_arguments, load_workload
 
 if TYPE_CHECKING:
@@ -16,12 +22,8 @@ if TYPE_CHECKING:
 
 def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``simulate`` on the ``servesim`` subcommands; returns its parser."""
-    p = subparsers.add_parser(
-        "simulate", help="replay a trace (or a synthetic workload) through a simulated deployment",
-        description="Replay a request trace through the chosen scheduler, model, GPU and parallelism on the "
-                    "roofline cost model; print a summary and optionally write summary.json, requests.csv and "
-                    "batches.csv. Without --trace, the synthetic-workload flags make the requests.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(subparsers, "simulate", cmd_simulate,
+                    "replay a trace (or a synthetic workload) through a simulated deployment")
     p.add_argument("--trace", default=None, metavar="FILE",
                    help="request trace: servesim JSONL or any format of --trace-format (see traces/README.md)")
     p.add_argument("--trace-format", default="auto",
@@ -43,7 +45,6 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_deployment_arguments(p)
     add_generator_arguments(p)
-    p.set_defaults(func=cmd_simulate)
     return p
 
 
@@ -58,7 +59,10 @@ def config_from_args(args: argparse.Namespace) -> "SimConfig":
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Run ``servesim simulate``."""
+    """Replay a request trace through the chosen scheduler, model, GPU and parallelism on the roofline cost model;
+    print a summary and optionally write summary.json, requests.csv and batches.csv. Without --trace, the
+    synthetic-workload flags make the requests.
+    """
     from tqdm import tqdm
 
     from sim.outputs.run_folder import clean_json, format_summary

@@ -11,7 +11,7 @@ import statistics
 import sys
 from typing import Sequence
 
-from sim.cli.args import positive
+from sim.cli.args import add_command, positive, seconds_or
 from sim.cli.workload_args import add_generator_arguments, add_import_arguments, load_trace, trace_from_args
 from sim.request import TraceRequest
 from sim.workload.trace import write_trace
@@ -31,7 +31,7 @@ def summary_line(requests: Sequence[TraceRequest]) -> str:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    """Handler of `servesim trace generate`: write the trace and print its summary."""
+    """Write a seeded synthetic trace: request ids 0..N-1, arrival times in seconds, prompt and output token counts."""
     try:
         requests = trace_from_args(args)
         write_trace(args.out, requests)
@@ -55,16 +55,7 @@ def _window(text: str) -> tuple[float, float]:
     return start, end
 
 
-def _jitter(text: str) -> float | str:
-    if text == "auto":
-        return text
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected auto or a bucket width in seconds > 0, got {text!r}")
-    return v
+_jitter = seconds_or({"auto": "auto"}, "auto or a bucket width in seconds > 0")
 
 
 def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +91,9 @@ def transform_spec_from_args(args: argparse.Namespace) -> TransformSpec:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    """Handler of `servesim trace convert`: import, transform, write servesim JSONL."""
+    """Read a trace in any supported format (Azure, Mooncake, BurstGPT, Splitwise, length tables, servesim JSONL),
+    optionally transform it, and write servesim JSONL. Malformed rows are reported with file and line.
+    """
     try:
         trace = load_trace(args.input, args)
         for w in trace.warnings:
@@ -117,7 +110,9 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
-    """Handler of `servesim trace stats`: print (and optionally plot) what a trace looks like."""
+    """Print request rate over time, inter-arrival coefficient of variation, prompt/output length percentiles and
+    the prompt:decode (P:D) ratio of a trace in any supported format; --plot also draws them.
+    """
     import json
 
     from sim.workload.stats import format_stats, plot_stats, trace_stats
@@ -137,52 +132,45 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONVERT_EXAMPLES = """examples:
+  servesim trace convert AzureLLMInferenceTrace_conv.csv azure.jsonl --window 0:600
+  servesim trace convert synthetic_trace.jsonl mooncake.jsonl --max-total-tokens 4096 --rate 2
+  servesim trace convert sharegpt_stats.csv sharegpt.jsonl --qps 4 --first 1000"""
+
+
+def _no_subcommand(args: argparse.Namespace) -> int:
+    """Request traces in JSON Lines, one request per line (see traces/README.md): generate synthetic ones, convert
+    other tools' formats, print and plot their statistics.
+    """
+    print("servesim trace: choose a subcommand: generate, convert or stats (servesim trace --help)", file=sys.stderr)
+    return 2
+
+
 def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `trace` (with subcommands `generate`, `convert`, `stats`) on the main parser's subparsers."""
-    trace = subparsers.add_parser(
-        "trace", help="make, convert and inspect request traces (JSON Lines)",
-        description="Request traces in JSON Lines, one request per line (see traces/README.md): generate "
-                    "synthetic ones, convert other tools' formats, print and plot their statistics.",
-    )
+    trace = add_command(subparsers, "trace", _no_subcommand, "make, convert and inspect request traces (JSON Lines)",
+                        show_defaults=False)
     trace_sub = trace.add_subparsers(dest="trace_command", metavar="SUBCOMMAND")
-    gen = trace_sub.add_parser(
-        "generate", help="write a seeded synthetic trace",
-        description="Write a seeded synthetic trace: request ids 0..N-1, arrival times in seconds, "
-                    "prompt and output token counts.",
-        epilog="example: servesim trace generate --out t.jsonl -n 200 --arrival gamma --qps 2 --cv 3 "
-               "--prompt-len zipf:0.6:64:2048 --output-len uniform:16:512 --seed 1",
-    )
+    gen = add_command(trace_sub, "generate", _generate, "write a seeded synthetic trace", show_defaults=False,
+                      epilog="example: servesim trace generate --out t.jsonl -n 200 --arrival gamma --qps 2 --cv 3 "
+                             "--prompt-len zipf:0.6:64:2048 --output-len uniform:16:512 --seed 1")
     gen.add_argument("--out", "-o", required=True, metavar="FILE",
                      help="trace file to write (JSONL; parent folders are created)")
     add_generator_arguments(gen)
-    gen.set_defaults(func=_generate)
 
-    conv = trace_sub.add_parser(
-        "convert", help="convert a trace from another format to servesim JSONL, optionally transformed",
-        description="Read a trace in any supported format (Azure, Mooncake, BurstGPT, Splitwise, length tables, "
-                    "servesim JSONL), optionally transform it, and write servesim JSONL. Malformed rows are "
-                    "reported with file and line.",
-        epilog="examples:\n"
-               "  servesim trace convert AzureLLMInferenceTrace_conv.csv azure.jsonl --window 0:600\n"
-               "  servesim trace convert synthetic_trace.jsonl mooncake.jsonl --max-total-tokens 4096 --rate 2\n"
-               "  servesim trace convert sharegpt_stats.csv sharegpt.jsonl --qps 4 --first 1000",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    conv = add_command(trace_sub, "convert", _convert,
+                       "convert a trace from another format to servesim JSONL, optionally transformed",
+                       show_defaults=False, epilog=_CONVERT_EXAMPLES)
     conv.add_argument("input", metavar="IN", help="trace to read")
     conv.add_argument("output", metavar="OUT.jsonl", help="servesim JSONL trace to write (parent folders are created)")
     add_import_arguments(conv)
     add_transform_arguments(conv)
     conv.add_argument("--seed", type=int, default=0, metavar="S",
                       help="seed for generated arrivals, --jitter, --sample and --lengths-from (default: %(default)s)")
-    conv.set_defaults(func=_convert)
 
-    st = trace_sub.add_parser(
-        "stats", help="print (and plot) a trace's rate, burstiness, lengths and P:D ratio",
-        description="Print request rate over time, inter-arrival coefficient of variation, prompt/output length "
-                    "percentiles and the prompt:decode (P:D) ratio of a trace in any supported format; "
-                    "--plot also draws them.",
-        epilog="example: servesim trace stats AzureLLMInferenceTrace_conv.csv --plot azure_stats.png",
-    )
+    st = add_command(trace_sub, "stats", _stats, "print (and plot) a trace's rate, burstiness, lengths and P:D ratio",
+                     show_defaults=False,
+                     epilog="example: servesim trace stats AzureLLMInferenceTrace_conv.csv --plot azure_stats.png")
     st.add_argument("file", metavar="FILE", help="trace to read")
     st.add_argument("--plot", default=None, metavar="OUT.png", help="also write a PNG with four panels")
     st.add_argument("--bin", type=positive(float), default=None, metavar="SECONDS",
@@ -191,11 +179,4 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     add_import_arguments(st)
     st.add_argument("--seed", type=int, default=0, metavar="S",
                     help="seed of generated arrivals for length tables (default: %(default)s)")
-    st.set_defaults(func=_stats)
-
-    def _no_subcommand(args: argparse.Namespace) -> int:
-        trace.print_help(sys.stderr)
-        return 2
-
-    trace.set_defaults(func=_no_subcommand)
     return trace

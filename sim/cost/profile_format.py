@@ -27,7 +27,6 @@ cost model prices them with the op sum alone.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ import pandas as pd
 
 from sim.catalog.models import ModelSpec
 from sim.cost.unit_rows import ITERATION_VARIANTS
+from sim.jsonfile import read_json_object
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
 FORMAT = "servesim-profile"
@@ -161,12 +161,7 @@ def read_meta(path: str | Path) -> dict[str, Any]:
                            f"{MEASUREMENTS_CSV}, as written by `servesim calibrate --out`)")
     if not f.is_file():
         raise ProfileError(f"{f}: missing; {folder} is not a calibration profile")
-    try:
-        meta = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ProfileError(f"{f}:{e.lineno}: not valid JSON: {e.msg}") from e
-    if not isinstance(meta, dict):
-        raise ProfileError(f"{f}: must hold a JSON object")
+    meta = read_json_object(f, ProfileError)
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise ProfileError(f"{f}: missing field(s) {', '.join(missing)}")

@@ -80,12 +80,9 @@ class RooflineCostModel(CostModel):
         self.tp, self.pp, self.dtype_bytes, self.tile = tp, pp, dtype_bytes, tile
         self.layers = layers_per_stage(m.num_layers, pp)
         self.num_stages = pp
-        self.compute_efficiency = compute_efficiency
-        self.memory_efficiency = memory_efficiency
-        self.comm_efficiency = comm_efficiency
-        self.kernel_launch_overhead = kernel_launch_overhead
-        self.host_overhead_base = host_overhead_base
-        self.host_overhead_per_item = host_overhead_per_item
+        self.compute_efficiency, self.memory_efficiency = compute_efficiency, memory_efficiency
+        self.comm_efficiency, self.kernel_launch_overhead = comm_efficiency, kernel_launch_overhead
+        self.host_overhead_base, self.host_overhead_per_item = host_overhead_base, host_overhead_per_item
         if comm_latency is None:
             comm_latency = NVLINK_COMM_LATENCY_S if g.interconnect == "nvlink" else PCIE_COMM_LATENCY_S
         self.comm_latency = comm_latency
