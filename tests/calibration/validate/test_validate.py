@@ -240,7 +240,7 @@ def test_doubled_profile_doubles_the_reported_error(base, tmp_path):
 
 def test_offline_batches_identical_to_the_simulator(torch):
     """One policy code: with every request at t=0 the engine and the simulator form the same batches
-    (tests/test_engine_replay.py checks the replay itself; this checks what validate reports)."""
+    (tests/engine/test_replay.py checks the replay itself; this checks what validate reports)."""
     from calibration.validate.run import validate
     trace = TRACE[:12]
     res = validate(trace, ValidateConfig(**BASE, offline=True, plots=False, op_check=0, warmup=2,
