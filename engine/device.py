@@ -6,11 +6,10 @@ answer to "which GPU is this" and one wording for out-of-memory advice.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from sim.catalog.hardware import GPUSpec, get_gpu
+from engine.model import default_dtype
+from sim.catalog.hardware import GPUSpec, get_gpu, gpu_for_device_name
 from sim.catalog.models import ModelSpec
 from sim.memory import default_activation_reserve_bytes
 
@@ -21,19 +20,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
-# CUDA device names (torch.cuda.get_device_name) -> GPU catalogue entries; first match wins
-_GPU_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
-    (r"H200", "h200"),
-    (r"H100.*PCIE", "h100-pcie"),
-    (r"H100", "h100-sxm"),
-    (r"A100.*40\s*GB", "a100-40gb"),
-    (r"A100", "a100-80gb"),
-    (r"L40S", "l40s"),
-    (r"\bA40\b", "a40"),
-    (r"A6000", "a6000"),
-)
-
-
 class EngineOutOfMemoryError(RuntimeError):
     """The device ran out of memory; the message says which setting to change."""
 
@@ -43,7 +29,7 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device | str) -> t
     if isinstance(name, torch.dtype):
         return name
     if name is None:
-        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+        return default_dtype(torch.device(device))
     key = str(name).strip().lower().removeprefix("torch.")
     if key not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPE_CHOICES)}")
@@ -66,15 +52,6 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return dev
 
 
-def gpu_from_device_name(device_name: str) -> str | None:
-    """Catalogue name of a CUDA device name such as 'NVIDIA H100 80GB HBM3', or None when unknown."""
-    upper = device_name.upper()
-    for pattern, gpu in _GPU_NAME_PATTERNS:
-        if re.search(pattern, upper):
-            return gpu
-    return None
-
-
 def device_name(device: torch.device) -> str:
     """Human-readable name of ``device`` (the CUDA product name, or 'cpu')."""
     if device.type == "cuda":
@@ -87,7 +64,7 @@ def detect_gpu(device: torch.device, requested: str | None = None) -> GPUSpec | 
     if requested:
         return get_gpu(requested)
     if device.type == "cuda":
-        name = gpu_from_device_name(device_name(device))
+        name = gpu_for_device_name(device_name(device), torch.cuda.get_device_properties(device).total_memory)
         return get_gpu(name) if name else None
     return None
 

@@ -15,6 +15,7 @@ Conventions:
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +80,28 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
     if key is None:
         raise UnknownGPUError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(GPUS))}")
     return GPUS[key]
+
+
+# CUDA device names (torch.cuda.get_device_name) -> catalogue entries; first match wins
+_DEVICE_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"H200", "h200"),
+    (r"H100.*PCIE", "h100-pcie"),
+    (r"H100", "h100-sxm"),
+    (r"A100.*40\s*GB", "a100-40gb"),
+    (r"A100", "a100-80gb"),
+    (r"L40S", "l40s"),
+    (r"\bA40\b", "a40"),
+    (r"A6000", "a6000"),
+)
+
+
+def gpu_for_device_name(device_name: str, memory_bytes: float | None = None) -> str | None:
+    """The catalogue entry of a CUDA device name such as 'NVIDIA H100 80GB HBM3' (an A100 named without its size
+    is told apart by ``memory_bytes``), or None for a device the catalogue does not hold."""
+    upper = device_name.upper()
+    for pattern, gpu in _DEVICE_NAME_PATTERNS:
+        if re.search(pattern, upper):
+            if gpu == "a100-80gb" and memory_bytes and memory_bytes < 60e9:
+                return "a100-40gb"
+            return gpu
+    return None

@@ -9,11 +9,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from calibration import profiler  # noqa: E402
-from calibration.device_info import catalogue_gpu  # noqa: E402
 from calibration.grid import QUICK, Point, plan  # noqa: E402
 from calibration.op_bench import OpBench  # noqa: E402
 from calibration.timing import TimingSettings, rotation_copies, time_call  # noqa: E402
 from engine import ops as engine_ops  # noqa: E402
+from sim.catalog.hardware import gpu_for_device_name as catalogue_gpu  # noqa: E402
 from sim.catalog.models import get_model  # noqa: E402
 from sim.cli.main import main  # noqa: E402
 from sim.cost.profile_format import ProfileError, read_measurements, read_profile  # noqa: E402

@@ -12,9 +12,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine.cuda_graphs import padded_batch_size, padded_width  # noqa: E402
-from engine.device import EngineOutOfMemoryError, gpu_from_device_name  # noqa: E402
+from engine.device import EngineOutOfMemoryError  # noqa: E402
 from engine.replay import BATCH_FIELDS, EngineConfig, replay  # noqa: E402
 from engine.runner import ModelRunner  # noqa: E402
+from sim.catalog.hardware import gpu_for_device_name as gpu_from_device_name  # noqa: E402
 from sim.cluster import STAGE_FIELDS  # noqa: E402
 from sim.cost.constant import ConstantCostModel  # noqa: E402
 from sim.outputs.run_folder import read_run, write_run  # noqa: E402
