@@ -39,6 +39,7 @@ class GPUSpec:
     source: str = ""
     interconnect: str = "nvlink"  # "nvlink" or "pcie": picks the default communication latency
     hourly_price_usd: float = 0.0  # rough on-demand cloud price per GPU-hour (editable default)
+    kernel_db: str = ""      # AIConfigurator system with measured kernel tables for this GPU ("": none)
 
 
 CATALOGUE_FILE = Path(__file__).with_name("gpus.toml")
@@ -50,7 +51,7 @@ def _load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, GPUSpec]:
         table = tomllib.load(fh)
     return {name: GPUSpec(name, float(e["bf16_flops"]), float(e["mem_bandwidth"]), e["mem_gib"] * GiB,
                           float(e["interconnect_bw"]), source=e["source"], interconnect=e["interconnect"],
-                          hourly_price_usd=float(e["hourly_price_usd"]))
+                          hourly_price_usd=float(e["hourly_price_usd"]), kernel_db=e.get("kernel_db", ""))
             for name, e in table.items()}
 
 
@@ -59,7 +60,7 @@ GPUS: dict[str, GPUSpec] = _load_catalogue()
 _ALIASES: dict[str, str] = {
     "a100": "a100-80gb", "a100-sxm-80gb": "a100-80gb", "a100-sxm4-80gb": "a100-80gb",
     "a100-sxm4-40gb": "a100-40gb", "rtx-a6000": "a6000", "h100": "h100-sxm", "h100-80gb": "h100-sxm",
-    "h100-sxm5": "h100-sxm", "h200-sxm": "h200",
+    "h100-sxm5": "h100-sxm", "h200-sxm": "h200", "b200-sxm": "b200",
 }
 
 
@@ -84,6 +85,7 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
 
 # CUDA device names (torch.cuda.get_device_name) -> catalogue entries; first match wins
 _DEVICE_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"B200", "b200"),
     (r"H200", "h200"),
     (r"H100.*PCIE", "h100-pcie"),
     (r"H100", "h100-sxm"),

@@ -137,6 +137,44 @@ def add_kv_arguments(p: argparse.ArgumentParser, kv_blocks_help: str) -> None:
                    help="fraction of blocks kept free at admission (default: %(default)s)")
 
 
+def add_cost_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--cost-model and --kernel-db: which measured data prices the ops (simulate, cost)."""
+    c = p.add_argument_group("cost model")
+    c.add_argument("--cost-model", choices=("roofline", "kernels"), default="roofline",
+                   help="roofline: datasheet rates (the embedded default); kernels: measured kernel latencies from "
+                        "AIConfigurator's databases (needs the kernels extra; GPUs: " + ", ".join(_kernel_gpus())
+                        + "), roofline for the ops they lack. --profile DIR prices from a calibration profile instead")
+    c.add_argument("--kernel-db", default=None, metavar="FRAMEWORK[:VERSION]",
+                   help="with --cost-model kernels: whose measurements (default: vllm, its newest version measured "
+                        "on the GPU)" + NO_DEFAULT)
+
+
+def _kernel_gpus() -> list[str]:
+    from sim.catalog.hardware import GPUS
+    return [name for name, g in GPUS.items() if g.kernel_db]
+
+
+def cost_model_from_args(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
+    """(config, cost model or None for the roofline) from --profile / --cost-model / --kernel-db, with --gpu."""
+    profile = getattr(args, "profile", None)
+    if profile and args.cost_model != "roofline":
+        raise ValueError("--profile and --cost-model kernels both choose the prices: give one")
+    if profile:
+        import sys
+
+        from sim.cost.profiled import for_simulation
+        config, cost_model = for_simulation(profile, config, args.gpu)
+        if cost_model.transfer_note():
+            print(cost_model.transfer_note(), file=sys.stderr)
+        return config, cost_model
+    if args.cost_model == "kernels":
+        from sim.cost.kernels.model import for_simulation as kernels_for_simulation
+        return config, kernels_for_simulation(config, args.kernel_db)
+    if args.kernel_db:
+        raise ValueError("--kernel-db chooses the measurements of --cost-model kernels: add --cost-model kernels")
+    return config, None
+
+
 def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
     """--plots and --timeline: extra files written into --out (simulate and engine)."""
     p.add_argument("--plots", action="store_true",

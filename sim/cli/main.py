@@ -17,6 +17,7 @@ from sim.version import __version__
 #: (module, function registering its subcommands), in the order ``servesim --help`` lists them
 COMMANDS: tuple[tuple[str, str], ...] = (
     ("sim.cli.simulate", "add_simulate_parser"),
+    ("sim.cli.cost", "add_cost_parser"),
     ("sim.cli.trace", "add_trace_parser"),
     ("sim.cli.report", "add_report_parser"),
     ("engine.cli", "add_engine_parser"),               # parser only: torch is imported when the command runs

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from sim.cli.args import (
     add_command,
+    add_cost_model_arguments,
     add_deployment_arguments,
     add_run_folder_arguments,
     check_run_folder_args,
+    cost_model_from_args,
     write_run_folder,
 )
 from sim.cli.workload_args import add_generator_arguments, load_workload
@@ -44,6 +46,7 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         "with --gpu other than the profile's device, times are a roofline-scaled estimate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_deployment_arguments(p)
+    add_cost_model_arguments(p)
     add_generator_arguments(p)
     return p
 
@@ -70,12 +73,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     check_run_folder_args(args)
     config = config_from_args(args)
-    cost_model = None
-    if args.profile:
-        from sim.cost.profiled import for_simulation
-        config, cost_model = for_simulation(args.profile, config, args.gpu)
-        if cost_model.transfer_note():
-            print(cost_model.transfer_note(), file=sys.stderr)
+    config, cost_model = cost_model_from_args(args, config)
     trace, source, warnings = load_workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

@@ -8,9 +8,12 @@ calibration profile, the profiled model.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from sim.batch import Batch
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+
+PricedOps = dict[str, tuple[float, str]]  # op -> (seconds, where the price comes from)
 
 
 class StageCost(NamedTuple):
@@ -42,3 +45,22 @@ class CostModel(ABC):
     def describe(self) -> dict:
         """JSON-able description for ``summary.json``."""
         return {"name": self.name}
+
+
+def deployment_fields(cost: Any) -> dict[str, Any]:
+    """The head of a table-priced model's ``describe()``: its name, model, GPU, parallelism and stage layers."""
+    return {"name": cost.name, "model": cost.model.name, "gpu": cost.gpu.name, "tp": cost.tp, "pp": cost.pp,
+            "layers_per_stage": list(cost.layers)}
+
+
+def stage_totals(ops: PricedOps, layers: int, first: bool, last: bool) -> PricedOps:
+    """One stage's totals of per-call op prices: layer ops times the stage's layers, first- and last-stage ops
+    where they run, the stage send/recv except on the last stage; zero (source kept) where an op does not run."""
+    out = {op: (layers * ops[op][0], ops[op][1]) for op in LAYER_OPS if op in ops}
+    for op in FIRST_STAGE_OPS:
+        out[op] = ops[op] if first else (0.0, ops[op][1])
+    for op in LAST_STAGE_OPS:
+        out[op] = ops[op] if last else (0.0, ops[op][1])
+    for op in STAGE_OPS:
+        out[op] = (0.0, ops[op][1]) if last else ops[op]
+    return out

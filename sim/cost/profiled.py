@@ -40,7 +40,7 @@ from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.framework_overhead import fit_overhead, forward_features, layer_features, no_overhead
-from sim.cost.interface import CostModel, StageCost
+from sim.cost.interface import CostModel, StageCost, stage_totals
 from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
 from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, read_profile
 from sim.cost.roofline import RooflineCostModel
@@ -215,16 +215,7 @@ class ProfiledCostModel(CostModel):
     def _stage_token_times(self, num_tokens: int, num_items: int, stage: int) -> dict[str, tuple[float, str]]:
         """Stage totals of the token-dependent ops (layer ops times the stage's layers); zero where one does not run."""
         ops = self.token_op_times(num_tokens, num_items)
-        L = self.layers[stage]
-        out = {op: (L * ops[op][0], ops[op][1]) for op in LAYER_OPS if op in ops}
-        first, last = stage == 0, stage == self.pp - 1
-        for op in FIRST_STAGE_OPS:
-            out[op] = ops[op] if first else (0.0, ops[op][1])
-        for op in LAST_STAGE_OPS:
-            out[op] = ops[op] if last else (0.0, ops[op][1])
-        for op in STAGE_OPS:
-            out[op] = (0.0, ops[op][1]) if last else ops[op]
-        return out
+        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1)
 
     def _token_part(self, num_tokens: int, num_items: int, stage: int) -> tuple[float, float, float]:
         key = (num_tokens, num_items, stage)

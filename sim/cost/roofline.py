@@ -17,7 +17,7 @@ from __future__ import annotations
 from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model, layers_per_stage
-from sim.cost.interface import CostModel, StageCost
+from sim.cost.interface import CostModel, StageCost, deployment_fields
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
 
 # ---- defaults (all rough, all overridable) ------------------------------------------------------
@@ -297,12 +297,7 @@ class RooflineCostModel(CostModel):
     def describe(self) -> dict:
         """Parameters and derived rates, for summary.json."""
         return {
-            "name": self.name,
-            "model": self.model.name,
-            "gpu": self.gpu.name,
-            "tp": self.tp,
-            "pp": self.pp,
-            "layers_per_stage": list(self.layers),
+            **deployment_fields(self),
             "dtype_bytes": self.dtype_bytes,
             "compute_efficiency": self.compute_efficiency,
             "memory_efficiency": self.memory_efficiency,

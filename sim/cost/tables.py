@@ -82,11 +82,12 @@ class Grid2D:
     knows about (a chunk's quadratic attention cost) is not flattened to a straight line; where
     the shape does not change between two rows the weight is linear in ``u``. Outside a row's
     ``v`` range, or beyond the first or last row, the value is the nearest edge's, scaled by
-    ``shape``: the roofline scaled to agree with the grid at its edge.
+    ``shape``: the roofline scaled to agree with the grid at its edge. ``enforce_monotone=False`` keeps
+    the measured values exactly (published tables one does not smooth).
     """
 
     def __init__(self, u: np.ndarray | list[float], v: np.ndarray | list[float], t: np.ndarray | list[float],
-                 shape: Callable[[float, float], float]) -> None:
+                 shape: Callable[[float, float], float], *, enforce_monotone: bool = True) -> None:
         u = np.asarray(u, dtype=float)
         v = np.asarray(v, dtype=float)
         t = np.asarray(t, dtype=float)
@@ -98,7 +99,7 @@ class Grid2D:
         for uu in np.unique(u):
             sel = u == uu
             self.rows_u.append(float(uu))
-            self.rows.append(Table1D(v[sel], t[sel]))
+            self.rows.append(Table1D(v[sel], t[sel], enforce_monotone=enforce_monotone))
 
     def contains(self, u: float, v: float) -> bool:
         """Whether (u, v) lies inside the measured region (between rows, inside both rows' v ranges)."""

@@ -1,0 +1,282 @@
+"""Kernel-database cost model: ops priced from AIConfigurator's measured kernel latencies, roofline elsewhere.
+
+Op mapping, on the deployment's shard shapes (TP divides heads, MLP width and vocabulary):
+
+- ``qkv_proj``, ``o_proj``, ``gate_up_proj``, ``down_proj``: bf16 GEMMs with m = the batch's tokens;
+  ``lm_head``: a GEMM with m = the rows that sample (plus, with TP, the roofline's logit gather);
+- ``attn_prefill``: the context-attention table, each chunk priced as the full prefill with its
+  number of causal query-key pairs; several chunks in one batch cost the sum of their prices less
+  the table's smallest (one call's fixed cost, counted once);
+- ``attn_decode``: the generation-attention table at the batch's mean keys per request;
+- ``tp_all_reduce`` (both of a layer): the framework's custom all-reduce table for the TP degree,
+  its CUDA-graph variant for decode-only iterations (vLLM captures those by default) and the eager
+  one for iterations with a prefill;
+- ``pp_send_recv``, norms, rotary, activation, residual adds, embedding, sampling and the host
+  overhead: the roofline (the database has no p2p transfers or elementwise kernels).
+
+Every price names its source (table file, kernel, framework version, or ``roofline``); see
+``sim.cost.kernels.lookups`` for interpolation and extrapolation.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from sim.batch import Batch
+from sim.catalog.hardware import GPUS, GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec, get_model
+from sim.cost.interface import CostModel, StageCost, deployment_fields, stage_totals
+from sim.cost.kernels import database as db
+from sim.cost.kernels.lookups import DecodeAttention, PrefillAttention, all_reduce_curve, gemm_curve, head_rows
+from sim.cost.roofline import RooflineCostModel
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+
+ROOFLINE = "roofline"
+DEVICE_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+GEMM_OPS: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+ALL_REDUCE_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp")
+_CACHE_LIMIT = 200_000
+_OpTime = tuple[float, str]
+
+
+def gpus_with_database() -> list[str]:
+    """Catalogue GPUs whose measured kernel tables the package ships."""
+    return [name for name, g in GPUS.items() if g.kernel_db]
+
+
+class KernelCostModel(CostModel):
+    """Prices batches from measured kernel tables; see the module docstring."""
+
+    name = "kernels"
+
+    def __init__(self, model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: int = 1,
+                 kernel_db: str | None = None, cuda_graphs: bool = True, **roofline_kwargs: Any) -> None:
+        """``kernel_db``: ``FRAMEWORK[:VERSION]`` (default: vLLM, its newest version measured on this GPU)."""
+        self.model = m = get_model(model)
+        self.gpu = g = get_gpu(gpu)
+        if not g.kernel_db:
+            raise db.KernelDatabaseError(f"no measured kernel database for GPU {g.name}; GPUs with one: "
+                                         f"{', '.join(gpus_with_database())}")
+        self.rl = rl = RooflineCostModel(m, g, tp=tp, pp=pp, **roofline_kwargs)
+        self.tp, self.pp, self.layers, self.num_stages = tp, pp, rl.layers, pp
+        self.cuda_graphs = cuda_graphs
+        framework, version = db.parse_kernel_db(kernel_db)
+        self.refs = db.resolve(g.kernel_db, framework, version)
+        self.framework, self.version = framework, self.refs["gemm"].version
+        self.source_counts: Counter[str] = Counter()
+        self._build_gemms()
+        self._build_attention()
+        self._build_all_reduce()
+        self._token_cache: dict[tuple[int, int, int, bool], tuple[float, float, float]] = {}
+        self._prefill_cache: dict[tuple[int, int], _OpTime] = {}
+
+    # ---- tables -----------------------------------------------------------------------------
+
+    def _gemm_roofline(self, m: float, n: float, k: float) -> float:
+        return self.rl._linear(max(1, int(round(m))), int(k), int(n))[0]
+
+    def _build_gemms(self) -> None:
+        ref = self.refs["gemm"]
+        table = db.read_table(ref.path)
+        rows = table[table["gemm_dtype"] == "bfloat16"]
+        if rows.empty:
+            raise db.KernelDatabaseError(f"{ref.path}: no bfloat16 GEMM rows")
+        shapes = dict(self.rl._linears)  # op -> (k: in features, n: out features)
+        shapes["lm_head"] = (self.model.hidden_size, self.model.vocab_per_gpu(self.tp))
+        self._gemms = {op: gemm_curve(rows, ref, n, k, self._gemm_roofline) for op, (k, n) in shapes.items()}
+
+    def _build_attention(self) -> None:
+        rl, m = self.rl, self.model
+        qh, kvh, hd = m.q_heads_per_gpu(self.tp), m.kv_heads_per_gpu(self.tp), m.head_dim
+        self._prefill = self._decode = None
+        self.attention_notes: list[str] = []
+        ref = self.refs.get("context_attention")
+        if ref is not None:
+            rows, fold = head_rows(db.read_table(ref.path), qh, kvh, hd)
+            if len(rows) and fold == 1 and (rows["batch_size"] == 1).any():
+                self._prefill = PrefillAttention(
+                    rows, ref, lambda s: rl.attn_prefill_cost(s, 0, s * (s + 1) / 2)[0])
+            else:
+                self.attention_notes.append(f"{ref.path.name} has no {qh}/{kvh} heads x {hd} rows: roofline")
+        ref = self.refs.get("generation_attention")
+        if ref is not None:
+            rows, fold = head_rows(db.read_table(ref.path), qh, kvh, hd)
+            if len(rows):
+                self._decode = DecodeAttention(
+                    rows, fold, ref, lambda b, ctx: rl.attn_decode_cost(b / fold, b / fold * ctx)[0])
+            else:
+                self.attention_notes.append(f"{ref.path.name} has no {qh}/{kvh} heads x {hd} rows: roofline")
+
+    def _build_all_reduce(self) -> None:
+        self._all_reduce = {}
+        ref = self.refs.get("all_reduce")
+        if self.tp == 1 or ref is None:
+            return
+        table = db.read_table(ref.path)
+        tp, rate, lat = self.tp, self.rl._tp_rate, self.rl.comm_latency
+        ring = lambda nbytes: 2.0 * (tp - 1) / tp * nbytes / rate + lat  # noqa: E731 (the roofline's formula)
+        for graphs in (True, False):
+            curve = all_reduce_curve(table, ref, tp, graphs, ring)
+            if curve is not None:
+                self._all_reduce[graphs] = curve
+
+    # ---- token-count ops --------------------------------------------------------------------
+
+    def _count(self, source: str) -> None:
+        self.source_counts[source.split(" [")[0] if source != ROOFLINE else ROOFLINE] += 1
+
+    def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False) -> dict[str, _OpTime]:
+        """(seconds, source) of one call of every device op except attention (layer ops: per layer)."""
+        rl, T, N = self.rl, num_tokens, num_seqs
+        costs = rl.token_op_costs(T, N)
+        out: dict[str, _OpTime] = {op: (costs[op][0], ROOFLINE) for op in DEVICE_OPS if op in costs}
+        for op in GEMM_OPS:
+            out[op] = self._gemms[op](T)
+        if N > 0:
+            t, src = self._gemms["lm_head"](N)
+            gather = costs["lm_head"][0] - rl._linear(N, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]
+            out["lm_head"] = (t + gather, src + ("+roofline-gather" if self.tp > 1 else ""))
+        curve = self._all_reduce.get(decode_only and self.cuda_graphs)
+        if curve is not None:
+            ar = curve(float(T * self.model.hidden_size * rl.dtype_bytes))
+            for op in ALL_REDUCE_OPS:
+                out[op] = ar
+        return out
+
+    def _stage_token_times(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
+                           ) -> dict[str, _OpTime]:
+        """Stage totals of the token-count ops (layer ops times the stage's layers); zero where one does not run."""
+        ops = self.token_op_times(num_tokens, num_items, decode_only)
+        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1)
+
+    def _token_part(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
+                    ) -> tuple[float, float, float]:
+        key = (num_tokens, num_items, stage, decode_only)
+        hit = self._token_cache.get(key)
+        if hit is not None:
+            return hit
+        ops = self._stage_token_times(num_tokens, num_items, stage, decode_only)
+        for _, src in ops.values():
+            self._count(src)
+        rl_t, f, b = self.rl._token_part(num_tokens, num_items, stage)  # useful FLOPs and bytes, for MFU
+        res = (sum(v[0] for v in ops.values()), f, b)
+        if len(self._token_cache) >= _CACHE_LIMIT:
+            self._token_cache.clear()
+        self._token_cache[key] = res
+        return res
+
+    # ---- attention --------------------------------------------------------------------------
+
+    def _chunk(self, chunk: int, cached: int) -> _OpTime:
+        key = (chunk, cached)
+        hit = self._prefill_cache.get(key)
+        if hit is None:
+            hit = self._prefill(chunk, cached)
+            self._count(hit[1])
+            if len(self._prefill_cache) >= _CACHE_LIMIT:
+                self._prefill_cache.clear()
+            self._prefill_cache[key] = hit
+        return hit
+
+    def attn_prefill(self, batch: Batch) -> _OpTime:
+        """One layer's prefill attention of ``batch``: the chunks' prices summed, one call's fixed cost once."""
+        if self._prefill is None:
+            return self.rl.attn_prefill_cost(*self.rl._prefill_sums(batch))[0], ROOFLINE
+        floor = self._prefill.floor
+        t, source = 0.0, ""
+        for it in batch.prefill_items:
+            ti, src = self._chunk(it.num_new_tokens, it.num_cached_tokens)
+            t += ti - floor
+            source = src if not source or src.endswith("+edge") else source
+        return t + floor, source
+
+    def attn_decode(self, num_decodes: int, total_context: int) -> _OpTime:
+        """One layer's decode attention of ``num_decodes`` requests reading ``total_context`` keys in all."""
+        if num_decodes <= 0:
+            return 0.0, ROOFLINE
+        if self._decode is None:
+            return self.rl.attn_decode_cost(num_decodes, total_context)[0], ROOFLINE
+        return self._decode(num_decodes, total_context)
+
+    # ---- CostModel interface ----------------------------------------------------------------
+
+    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
+        """Device time (communication included), FLOPs and bytes of ``batch`` on ``stage``; host excluded."""
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return StageCost(0.0, 0.0, 0.0)
+        t, f, b = self._token_part(num_tokens, batch.size, stage, not batch.prefill_items)
+        L = self.layers[stage]
+        if batch.prefill_items:
+            t += L * self.attn_prefill(batch)[0]
+            _, af, ab = self.rl.attn_prefill_cost(*self.rl._prefill_sums(batch))
+            f += L * af
+            b += L * ab
+        nd = batch.num_decode_tokens
+        if nd:
+            t += L * self.attn_decode(nd, batch.decode_context)[0]
+            _, af, ab = self.rl.attn_decode_cost(nd, batch.decode_context)
+            f += L * af
+            b += L * ab
+        return StageCost(t, f, b)
+
+    def host_time(self, batch: Batch) -> float:
+        """The roofline's per-iteration CPU time (the database measures kernels only)."""
+        return self.rl.host_time(batch)
+
+    def _explain(self, batch: Batch, stage: int) -> dict[str, _OpTime]:
+        num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
+        if num_tokens == 0:
+            return {op: (0.0, ROOFLINE) for op in DEVICE_OPS}
+        ops = self._stage_token_times(num_tokens, batch.size, stage, not batch.prefill_items)
+        L = self.layers[stage]
+        t, s = self.attn_prefill(batch) if batch.prefill_items else (0.0, ROOFLINE)
+        ops["attn_prefill"] = (L * t, s)
+        t, s = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
+        ops["attn_decode"] = (L * t, s)
+        return {op: ops[op] for op in DEVICE_OPS}
+
+    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
+        """Seconds per device op of ``sim.ops`` (zero where one does not run); sums to ``stage_cost().time``."""
+        return {op: v[0] for op, v in self._explain(batch, stage).items()}
+
+    def breakdown_sources(self, batch: Batch, stage: int) -> dict[str, str]:
+        """Where each op's price comes from: a kernel table (file, kernel; ``+edge`` when extrapolated by the
+        roofline from the table's edge) or ``roofline``; ``host_overhead`` included."""
+        out = {op: v[1] for op, v in self._explain(batch, stage).items()}
+        out["host_overhead"] = ROOFLINE
+        return out
+
+    def describe(self) -> dict:
+        """Which database, versions and kernels priced what, and how (for summary.json)."""
+        return {
+            **deployment_fields(self),
+            "database": "AIConfigurator kernel database (aiconfigurator-core, Apache-2.0)",
+            "package_version": db.package_version(),
+            "system": self.gpu.kernel_db,
+            "framework": self.framework,
+            "version": self.version,
+            "tables": {k: r.describe() for k, r in self.refs.items()},
+            "cuda_graphs_for_decode_all_reduce": self.cuda_graphs,
+            "mapping": {
+                "gemm": "qkv/o/gate_up/down: m = tokens; lm_head: m = sampled rows; bilinear in n,k between "
+                        "measured shapes; exact at measured m, linear between",
+                "attn_prefill": "each chunk as the full prefill with equal causal query-key pairs; chunks summed, "
+                                "one call's fixed cost once",
+                "attn_decode": "generation table at the mean keys per request (step = keys - 1); KV heads beyond "
+                               "the table's folded into the batch",
+                "tp_all_reduce": "custom all-reduce table: CUDA-graph variant for decode-only iterations, eager "
+                                 "otherwise",
+                "outside": "roofline scaled to agree with the table at its edge (+edge)",
+                "roofline": "norms, rotary, activation, residual adds, embedding, sampling, pp_send_recv, host",
+            },
+            "notes": self.attention_notes,
+            "distinct_prices_by_source": dict(sorted(self.source_counts.items())),
+            "roofline": self.rl.describe(),
+        }
+
+
+def for_simulation(config: Any, kernel_db: str | None) -> KernelCostModel:
+    """The kernel-database cost model of ``config`` (a SimConfig)."""
+    return KernelCostModel(config.model, config.gpu, tp=config.tp, pp=config.pp, kernel_db=kernel_db)
