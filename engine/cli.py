@@ -13,6 +13,7 @@ from sim.cli.args import NO_DEFAULT as NO
 from sim.cli.args import (
     add_command,
     add_kv_arguments,
+    add_max_model_len_argument,
     add_run_folder_arguments,
     add_scheduler_arguments,
     check_run_folder_args,
@@ -48,6 +49,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                         "config.json or its folder")
     m.add_argument("--model-config", default=None, metavar="PATH",
                    help="Hugging Face config.json to take the model shape from (overrides --model)" + NO)
+    add_max_model_len_argument(m)
     m.add_argument("--checkpoint", default=None, metavar="DIR",
                    help="load weights from the *.safetensors files in DIR (HF Llama names); default: seeded "
                         "random weights" + NO)
@@ -97,7 +99,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     check_run_folder_args(args)
 
     config = EngineConfig(
-        model=args.model_config or args.model, scheduler=args.scheduler, token_budget=args.token_budget,
+        model=args.model_config or args.model, max_model_len=args.max_model_len, scheduler=args.scheduler, token_budget=args.token_budget,
         max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
         watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
         strict=args.strict, seed=args.seed, device=args.device, dtype=args.dtype, backend=args.backend,

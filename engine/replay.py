@@ -35,7 +35,7 @@ from engine.device import (
 from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
-from sim.catalog.models import ModelSpec, get_model
+from sim.catalog.models import ModelSpec
 from sim.cluster import STAGE_FIELDS
 from sim.kv_cache import blocks_for
 from sim.request import Request, TraceRequest
@@ -165,7 +165,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     setting to change when the device runs out of memory.
     """
     config = dataclasses.replace(config or EngineConfig(), **overrides)
-    spec = model or (runner.spec if runner is not None else get_model(config.model))
+    spec = model or (runner.spec if runner is not None else config.model_spec())
     if config.offline:
         trace = [dataclasses.replace(tr, arrival_time=0.0) for tr in trace]
     if runner is None:

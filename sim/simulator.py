@@ -12,7 +12,7 @@ import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
-from sim.catalog.models import ModelSpec, get_model
+from sim.catalog.models import ModelSpec, with_max_model_len
 from sim.cluster import run_cluster
 from sim.cost.interface import CostModel
 from sim.kv_cache import BlockManager
@@ -37,6 +37,7 @@ class ServingConfig:
     kv_blocks: int | None = None  # override the computed KV capacity (blocks per replica)
     strict: bool = False
     seed: int = 0
+    max_model_len: int | None = None  # override the model's context length (vLLM's --max-model-len)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_batch_size"):
@@ -48,6 +49,12 @@ class ServingConfig:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
         if self.kv_blocks is not None and self.kv_blocks < 1:
             raise ValueError(f"kv_blocks must be >= 1, got {self.kv_blocks}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+
+    def model_spec(self) -> ModelSpec:
+        """The model's shape, with its context length set to ``max_model_len`` when given."""
+        return with_max_model_len(self.model, self.max_model_len)
 
     def servable(self, trace: list[TraceRequest], model: ModelSpec, num_blocks: int,
                  source: str) -> tuple[list[Request], list[SkippedRequest]]:
@@ -113,7 +120,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     ``overrides`` patch ``config`` fields.
     """
     config = dataclasses.replace(config or SimConfig(), **overrides)
-    model = model or get_model(config.model)
+    model = model or config.model_spec()
     gpu = get_gpu(config.gpu)
     if cost_model is None:
         from sim.cost.roofline import RooflineCostModel

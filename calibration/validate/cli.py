@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from sim.cli.args import NO_DEFAULT as _NO
-from sim.cli.args import add_command, float_list, name_list, positive_int
+from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, positive_int
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -99,6 +99,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     m = p.add_argument_group("model and device")
     m.add_argument("--model", default="tiny", help="model from the catalogue (`servesim models`)")
+    add_max_model_len_argument(m)
     m.add_argument("--device", default=None, choices=("cpu", "cuda"),
                    help="where the engine runs (default: cuda when available, else cpu)" + _NO)
     m.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
@@ -139,8 +140,8 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 def _workload(args: argparse.Namespace):
     """(requests, source label, warnings): --trace as read (lengths clipped), or requests generated with no arrivals."""
-    from sim.catalog.models import get_model
-    max_total = args.max_total_tokens or get_model(args.model).max_context
+    from sim.catalog.models import with_max_model_len
+    max_total = args.max_total_tokens or with_max_model_len(args.model, args.max_model_len).max_context
     if args.trace:
         from sim.cli.workload_args import load_trace
         from sim.workload.transforms import clip_total
@@ -176,7 +177,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from calibration.validate.run import ValidateConfig, calibrate_profile, validate
 
     config = ValidateConfig(
-        model=args.model, schedulers=tuple(args.schedulers), token_budgets=parse_budgets(args.token_budget),
+        model=args.model, max_model_len=args.max_model_len, schedulers=tuple(args.schedulers), token_budgets=parse_budgets(args.token_budget),
         max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
         watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
         device=args.device, dtype=args.dtype, backend=args.backend, warmup=args.warmup,

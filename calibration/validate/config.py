@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from sim.catalog.models import ModelSpec, with_max_model_len
 from sim.request import TraceRequest
 
 DEFAULT_SCHEDULERS = ("orca", "vllm", "sarathi")
@@ -20,6 +21,7 @@ class ValidateConfig:
     """What to validate: model, device, schedulers, their settings, and the load levels (see ``servesim validate``)."""
 
     model: str = "tiny"
+    max_model_len: int | None = None    # override the model's context length (vLLM's --max-model-len)
     schedulers: tuple[str, ...] = DEFAULT_SCHEDULERS
     token_budgets: dict[str, int | None] = field(default_factory=dict)  # per scheduler; "*" for all
     max_batch_size: int = 128
@@ -78,6 +80,10 @@ class ValidateConfig:
             raise ValueError(f"capacity_seeds must be >= 1, got {self.capacity_seeds}")
         for s in set(self.token_budgets) - {"*"}:  # budgets for policies not validated now are ignored
             scheduler_class(s)
+
+    def model_spec(self) -> ModelSpec:
+        """The model's shape, with ``max_model_len`` applied."""
+        return with_max_model_len(self.model, self.max_model_len)
 
     def budget(self, scheduler: str) -> int | None:
         """This scheduler's token budget (None: the policy's default)."""

@@ -57,7 +57,7 @@ def _torch_threads(device_type: str, threads: int | None) -> Iterator[None]:
 
 def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool):
     from engine.replay import EngineConfig
-    return EngineConfig(model=cfg.model, scheduler=scheduler, token_budget=cfg.budget(scheduler),
+    return EngineConfig(model=cfg.model, max_model_len=cfg.max_model_len, scheduler=scheduler, token_budget=cfg.budget(scheduler),
                         max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
                         watermark=cfg.watermark, gpu_memory_utilization=cfg.gpu_memory_utilization,
                         kv_blocks=cfg.kv_blocks, strict=cfg.strict, seed=cfg.seed, device=cfg.device,
@@ -124,7 +124,7 @@ def predicted_capacity(trace: Sequence[TraceRequest], cfg: ValidateConfig, sched
     lengths = workdir / "lengths.jsonl"
     if not lengths.exists():
         write_trace(lengths, offline_trace(trace))
-    sim_cfg = SimConfig(model=cfg.model, gpu=sim_gpu, scheduler=scheduler, token_budget=cfg.budget(scheduler),
+    sim_cfg = SimConfig(model=cfg.model, max_model_len=cfg.max_model_len, gpu=sim_gpu, scheduler=scheduler, token_budget=cfg.budget(scheduler),
                         max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
                         watermark=cfg.watermark, kv_blocks=kv_blocks, seed=cfg.seed)
     workload = Workload(num_requests=max(len(trace), 100), duration=cfg.capacity_duration,
@@ -166,7 +166,6 @@ def validate(trace: list[TraceRequest], config: ValidateConfig, profile: str | P
 
     from engine.device import detect_gpu, device_name, resolve_device
     from engine.replay import build_runner
-    from sim.catalog.models import get_model
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if not trace:
@@ -188,7 +187,7 @@ def validate(trace: list[TraceRequest], config: ValidateConfig, profile: str | P
     if device.type == "cpu" and threads is None:
         threads = 1
     sim_gpu = (prof.gpu if prof is not None and prof.gpu else getattr(cost, "gpu", None)) or "a100-80gb"
-    spec = get_model(config.model)
+    spec = config.model_spec()
     levels = _levels(config)
     if levels[0].kind == "trace" and len({r.arrival_time for r in trace}) == 1:
         levels = [LoadLevel("offline")]  # a trace without arrival times given as is: every request at once

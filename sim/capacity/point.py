@@ -17,7 +17,6 @@ import numpy as np
 
 from sim.batch import Batch
 from sim.capacity.spec import _METRIC_RE, LATENCIES, STATS, Slo, Workload
-from sim.catalog.models import get_model
 from sim.cost.interface import CostModel, StageCost
 from sim.request import Request, TraceRequest
 from sim.simulator import SimConfig
@@ -245,7 +244,7 @@ def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int
     from sim.schedulers import scheduler_class
     from sim.workload.servable import prepare_requests
 
-    model = get_model(config.model)
+    model = config.model_spec()
     blocks = config.kv_blocks if config.kv_blocks is not None else kv_cache_blocks(
         model, get_gpu(config.gpu), tp=config.tp, pp=config.pp, block_size=config.block_size,
         gpu_memory_utilization=config.gpu_memory_utilization)

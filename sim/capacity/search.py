@@ -181,7 +181,7 @@ class CapacitySearch:
         self.profile = profile if isinstance(profile, ProfileRef) or profile is None else ProfileRef(os.fspath(profile))
         if self.profile is not None:  # validated here (ProfileError if it cannot price config), built per worker
             config = self.profile.apply(config)
-        self.config, self.workload = config, workload.for_model(config.model)
+        self.config, self.workload = config, workload.for_model(config.model_spec())
         self.slo = slo or Slo()
         self.seeds = list(dict.fromkeys(int(s) for s in seeds))
         if not self.seeds:

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sim.catalog.models import get_model
+from sim.catalog.models import ModelSpec, get_model
 from sim.request import TraceRequest
 
 LATENCIES = ("ttft", "tbt", "tpot", "e2e", "scheduling_delay")
@@ -101,7 +101,7 @@ class Workload:
         if self.lengths_from is not None and (self.prompt_len or self.output_len):
             raise ValueError("give either lengths_from or prompt_len/output_len, not both")
 
-    def for_model(self, model: str) -> "Workload":
+    def for_model(self, model: str | ModelSpec) -> "Workload":
         """This workload with ``max_total_tokens`` defaulting to the model's context length."""
         if self.max_total_tokens is not None:
             return self

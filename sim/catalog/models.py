@@ -9,6 +9,7 @@ well under 1% of the weights and of the time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass
@@ -166,6 +167,9 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
                      "its 4096-token sliding-window attention is ignored (full attention is priced)"),
     ModelSpec("yi-34b", 60, 7168, 56, 8, 20480, 64000, 4096, rope_theta=5000000.0,
               source="01-ai/Yi-34B config.json"),
+    ModelSpec("yi-34b-200k", 60, 7168, 56, 8, 20480, 64000, 200000, rope_theta=5000000.0,
+              source="01-ai/Yi-34B-200K config.json (max_position_embeddings 200000; Sarathi-Serve's long-context "
+                     "model)"),
     ModelSpec("falcon-180b", 80, 14848, 232, 8, 4 * 14848, 65024, 2048, tie_embeddings=True,
               gated_mlp=False,
               source="tiiuae/falcon-180B config.json (GELU MLP 4*hidden, tied embeddings); parallel "
@@ -192,6 +196,7 @@ _ALIASES: dict[str, str] = {
     "meta-llama/Meta-Llama-3-70B": "llama-3-70b", "meta-llama/Meta-Llama-3-70B-Instruct": "llama-3-70b",
     "mistralai/Mistral-7B-v0.1": "mistral-7b", "mistral-7b-v0.1": "mistral-7b",
     "01-ai/Yi-34B": "yi-34b",
+    "01-ai/Yi-34B-200K": "yi-34b-200k",
     "tiiuae/falcon-180B": "falcon-180b",
     "gpt-3": "gpt-3-175b", "gpt3-175b": "gpt-3-175b", "gpt-3-davinci": "gpt-3-175b",
 }
@@ -201,6 +206,16 @@ _LOOKUP.update({_norm(a): n for a, n in _ALIASES.items()})
 
 _REQUIRED_HF_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
                      "vocab_size", "max_position_embeddings")
+
+
+def with_max_model_len(model: ModelSpec | str, max_model_len: int | None) -> ModelSpec:
+    """``model`` with its context length set to ``max_model_len`` (vLLM's --max-model-len; None: unchanged)."""
+    spec = get_model(model)
+    if max_model_len is None or max_model_len == spec.max_context:
+        return spec
+    if max_model_len < 1:
+        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+    return dataclasses.replace(spec, max_context=max_model_len)
 
 
 def load_hf_config(path: str | os.PathLike) -> ModelSpec:

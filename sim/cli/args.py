@@ -90,6 +90,13 @@ def name_list(text: str) -> list[str]:
 
 # ---- flag groups --------------------------------------------------------------------------------
 
+def add_max_model_len_argument(g: Any) -> None:
+    """--max-model-len (vLLM's flag) on a parser or argument group."""
+    g.add_argument("--max-model-len", type=positive_int, default=None, metavar="N",
+                   help="the model's context length, overriding the catalogue's or config.json's (long-context "
+                        "variants; prompt + output above it are skipped) (default: the model's own)" + NO_DEFAULT)
+
+
 def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     """Model, hardware, parallelism and scheduler flags (simulate, capacity)."""
     g = p.add_argument_group("deployment")
@@ -98,6 +105,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                         "config.json or its folder (default: %(default)s)")
     g.add_argument("--model-config", default=None, metavar="PATH",
                    help="Hugging Face config.json to take the model shape from (overrides --model)")
+    add_max_model_len_argument(g)
     g.add_argument("--gpu", default=None, help="GPU from the catalogue (`servesim gpus`) (default: a100-80gb; with "
                                                "--profile, the profile's GPU)%(default).0s")
     g.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default: %(default)s)")

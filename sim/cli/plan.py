@@ -9,7 +9,14 @@ import sys
 import time
 
 from sim.capacity.search import PASS_RULES, Slo, Workload
-from sim.cli.args import add_command, add_deployment_arguments, int_list, name_list, seconds_or
+from sim.cli.args import (
+    add_command,
+    add_deployment_arguments,
+    add_max_model_len_argument,
+    int_list,
+    name_list,
+    seconds_or,
+)
 
 DEFAULT_NUM_REQUESTS = 500
 DEFAULT_DURATION = 60.0
@@ -167,6 +174,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan.csv, plan.txt, pareto.csv and pareto.png (latency against throughput).
     """
     from sim.capacity.planner import enumerate_candidates, format_table, load_prices, make_executor, plan, sort_table
+    from sim.simulator import SimConfig
 
     workload = workload_from_args(args)
     slo = slo_from_args(args)
@@ -174,7 +182,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     candidates = enumerate_candidates(
         args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, pps=args.pp, replicas=args.replicas,
         schedulers=args.schedulers, budgets=args.budgets, max_batch_size=args.max_batch,
-        block_size=args.block_size, gpu_memory_utilization=args.gpu_mem_util)
+        block_size=args.block_size, gpu_memory_utilization=args.gpu_mem_util,
+        base=SimConfig(max_model_len=args.max_model_len))
     if not candidates:
         raise ValueError(f"no configuration fits in --max-gpus {args.max_gpus} (check --tp/--pp/--replicas)")
     n_ok = sum(c.config is not None for c in candidates)
@@ -223,6 +232,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="llama-2-7b",
                    help="model from the catalogue (`servesim models`) or a Hugging Face config.json "
                         "(default: %(default)s)")
+    add_max_model_len_argument(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.jsonl makes reruns resume)")
     g = p.add_argument_group("configurations")
     g.add_argument("--gpus", type=name_list, default=["a100-80gb"], metavar="G1,G2",
@@ -272,7 +282,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from sim.capacity.search import CapacitySearch, ProfileRef, ResultsFile, run_searches
     from sim.simulator import SimConfig
 
-    config = SimConfig(model=args.model_config or args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
+    config = SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
                        replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
                        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,

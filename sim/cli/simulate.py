@@ -54,7 +54,7 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def config_from_args(args: argparse.Namespace) -> "SimConfig":
     """The SimConfig the deployment and scheduler flags describe."""
     from sim.simulator import SimConfig
-    return SimConfig(model=args.model_config or args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
+    return SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
                      replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
                      max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                      watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
