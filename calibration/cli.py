@@ -57,9 +57,26 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the time estimate without measuring (needs no torch)")
     p.add_argument("--gpu", default=None, metavar="GPU",
-                   help="with --report: also list the per-op factors a transfer to this catalogue GPU applies")
+                   help="with --report: also list the per-op factors a transfer to this catalogue GPU applies; with "
+                        "--import-vidur: the GPU Vidur measured on")
+    p.add_argument("--import-vidur", default=None, metavar="MLP.csv",
+                   help="write a profile (--out, --model, --gpu) from Vidur's measured op table (e.g. "
+                        "../shared/measured/vidur/a100/meta-llama/Llama-2-7b-hf.mlp.csv); the ops it lacks come "
+                        "from the kernel databases when installed, else the roofline (profile.json says which)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
+
+
+def _import_vidur(args: argparse.Namespace) -> int:
+    from calibration.vidur_import import import_vidur
+    from sim.catalog.models import get_model
+
+    if not args.gpu or not args.out:
+        raise ValueError("--import-vidur needs --gpu (the GPU Vidur measured on) and --out DIR")
+    out = import_vidur(args.import_vidur, args.model, args.gpu, args.out)
+    print(f"wrote profile {out} from Vidur's {args.import_vidur} ({get_model(args.model).name} on {args.gpu}); "
+          f"see profile.json op_sources for what came from where")
+    return _report(str(out), None)
 
 
 def _report(path: str, gpu: str | None) -> int:
@@ -102,6 +119,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     """
     if args.report:
         return _report(args.report, args.gpu)
+    if args.import_vidur:
+        return _import_vidur(args)
     if args.dry_run:
         return _dry_run(args)
     try:

@@ -74,6 +74,8 @@ def price(cost: Any, batch: Any) -> dict[str, Any]:
         stages.append({"stage": s, "device_s": cost.stage_cost(batch, s).time,
                        "ops": {op: {"seconds": times[op], "source": sources.get(op, cost.name)}
                                for op in list(times) if op in ops or times[op]}})
+        if "host_overhead" in sources:
+            stages[-1]["ops"]["host_overhead"] = {"seconds": 0.0, "source": sources["host_overhead"]}
     host = cost.host_time(batch)
     return {"stages": stages, "host_s": host, "iteration_s": host + sum(st["device_s"] for st in stages)}
 
@@ -109,7 +111,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
         for op, v in st["ops"].items():
             if v["seconds"] > 0:
                 print(f"  {op:<18}{v['seconds'] * 1e6:>11.1f}{v['seconds'] / total:>7.1%}  {v['source']}")
-    print(f"\nhost {res['host_s'] * 1e3:.3f} ms ({'measured profile' if cost.name == 'profiled' else 'roofline'}); "
-          f"iteration {res['iteration_s'] * 1e3:.3f} ms")
+    host_src = res["stages"][0]["ops"].get("host_overhead", {}).get("source", "roofline")
+    print(f"\nhost {res['host_s'] * 1e3:.3f} ms ({host_src}); iteration {res['iteration_s'] * 1e3:.3f} ms")
     return 0
 

@@ -377,11 +377,14 @@ class ProfiledCostModel(CostModel):
     def breakdown_sources(self, batch: Batch, stage: int) -> dict[str, str]:
         """Where each op's price comes from: ``profile`` (interpolated), ``profile-edge`` (roofline scaled at
         the table's edge), ``roofline`` (not measured), ``+transfer`` (scaled to another GPU: an estimate),
-        ``profile-fit`` (overhead terms fitted to whole-unit timings); ``host_overhead`` included."""
+        ``profile-fit`` (overhead terms fitted to whole-unit timings); ``host_overhead`` included. A profile
+        imported from another tool's measurements adds who measured each op, e.g. ``profile (vidur:emb)``."""
         out = {op: v[1] for op, v in self._explain(batch, stage).items()}
         n = batch.size
         out["host_overhead"] = PROFILE if self._tables["host_overhead"].contains(n) else EDGE
-        return out
+        origin = self.profile.meta.get("op_sources") or {}
+        return {op: f"{src} ({origin[op]})" if op in origin and src.startswith("profile") else src
+                for op, src in out.items()}
 
     def describe(self) -> dict:
         """Profile provenance, target GPU and whether the prices are a transfer estimate (for summary.json)."""
@@ -404,6 +407,8 @@ class ProfiledCostModel(CostModel):
             "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
             "framework_overhead": self.overhead_fit,
+            "measured_by": (meta.get("source") or {}).get("measured_by"),
+            "op_sources": meta.get("op_sources"),
             "estimate": self.transfer,
             "transfer": None,
         }

@@ -144,6 +144,10 @@ class KernelCostModel(CostModel):
                 out[op] = ar
         return out
 
+    def gemm_time(self, op: str, m: int) -> float:
+        """Seconds of the GEMM of ``op`` (a projection or ``lm_head``, local work only) with ``m`` rows."""
+        return self._gemms[op](m)[0]
+
     def _stage_token_times(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
                            ) -> dict[str, _OpTime]:
         """Stage totals of the token-count ops (layer ops times the stage's layers); zero where one does not run."""
