@@ -5,7 +5,9 @@ AIConfigurator measured GEMM kernels on an A100 SXM (the ``kernels`` extra). Nei
 the other. For each model, TP degree and token count in Vidur's table (1 to 4096 tokens) this
 prints predicted / measured per op, the median absolute error over the points and the worst one.
 The roofline is priced with its local work only (``OpRoofline``: no TP communication folded into
-the embedding), as Vidur times one GPU's shard.
+the embedding), as Vidur times one GPU's shard, twice: with the parameters fitted to published
+measurements (``sim/catalog/gpus.toml``: GEMMs to AIConfigurator's A100 table, elementwise ops to
+Vidur's tables of *other* models) and with the datasheet defaults (``fitted=False``).
 
     python benchmarks/kernels_vs_vidur.py --out results/kernels_vs_vidur.md
 """
@@ -47,13 +49,15 @@ def compare(model: str, tp: int, table: pd.DataFrame, kernels: bool) -> list[dic
     """One row per op: median predicted/measured, median and worst absolute error over the token points."""
     sel = table[(table.tp == tp) & (table.tokens <= 4096)].sort_values("tokens")
     ref = OpRoofline(RooflineCostModel(model, GPU, tp=tp))
+    datasheet = OpRoofline(RooflineCostModel(model, GPU, tp=tp, fitted=False))
     km = None
     if kernels:
         from sim.cost.kernels.model import KernelCostModel
         km = KernelCostModel(model, GPU, tp=tp)
     out = []
     for op in OPS.values():
-        for name, price in (("roofline", lambda n: ref.token_ops(n, n)[op][0]),
+        for name, price in (("roofline (fitted)", lambda n: ref.token_ops(n, n)[op][0]),
+                            ("roofline (datasheet)", lambda n: datasheet.token_ops(n, n)[op][0]),
                             ("kernels", (lambda n: km.token_op_times(n, n)[op][0]) if km and op in GEMMS else None)):
             if price is None:
                 continue

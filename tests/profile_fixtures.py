@@ -22,7 +22,7 @@ def roofline_times(model: ModelSpec, gpu: str, factor: float = 1.0, dtype_bytes:
     def f(p: Point) -> float:
         tp = max(p.tp, 1)
         if tp not in refs:
-            refs[tp] = OpRoofline(RooflineCostModel(model, gpu, tp=tp, dtype_bytes=dtype_bytes))
+            refs[tp] = OpRoofline(RooflineCostModel(model, gpu, tp=tp, dtype_bytes=dtype_bytes, fitted=False))
         return factor * refs[tp].time(p.op, p.tokens, p.seqs, p.context, p.variant)
 
     return f

@@ -28,6 +28,31 @@ class UnknownGPUError(ValueError):
 
 
 @dataclass(frozen=True)
+class RooflineFit:
+    """Roofline parameters fitted to published measurements of one GPU (``calibration/roofline_fit.py``).
+
+    GEMMs: compute efficiency e_max * m / (m + half_rows) of the tile-padded rows, weight-read
+    efficiency, a floor per kernel; elementwise kinds: (kind, memory efficiency, floor seconds).
+    """
+
+    gemm_peak_efficiency: float | None = None
+    gemm_half_rows: float = 0.0
+    gemm_memory_efficiency: float = 1.0
+    gemm_floor_s: float = 0.0
+    tile: int | None = None
+    elementwise: tuple[tuple[str, float, float], ...] = ()
+    source: str = ""
+
+    @classmethod
+    def from_toml(cls, d: dict) -> "RooflineFit":
+        kinds = tuple((k, float(v["memory_efficiency"]), float(v["floor_s"]))
+                      for k, v in sorted(d.get("elementwise", {}).items()))
+        return cls(d.get("gemm_peak_efficiency"), float(d.get("gemm_half_rows", 0.0)),
+                   float(d.get("gemm_memory_efficiency", 1.0)), float(d.get("gemm_floor_s", 0.0)), d.get("tile"),
+                   kinds, str(d.get("source", "")))
+
+
+@dataclass(frozen=True)
 class GPUSpec:
     """One accelerator: peak rates and capacities that the roofline and the memory planner use."""
 
@@ -40,6 +65,7 @@ class GPUSpec:
     interconnect: str = "nvlink"  # "nvlink" or "pcie": picks the default communication latency
     hourly_price_usd: float = 0.0  # rough on-demand cloud price per GPU-hour (editable default)
     kernel_db: str = ""      # AIConfigurator system with measured kernel tables for this GPU ("": none)
+    roofline: RooflineFit | None = None  # fitted roofline parameters (None: the datasheet defaults)
 
 
 CATALOGUE_FILE = Path(__file__).with_name("gpus.toml")
@@ -51,7 +77,8 @@ def _load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, GPUSpec]:
         table = tomllib.load(fh)
     return {name: GPUSpec(name, float(e["bf16_flops"]), float(e["mem_bandwidth"]), e["mem_gib"] * GiB,
                           float(e["interconnect_bw"]), source=e["source"], interconnect=e["interconnect"],
-                          hourly_price_usd=float(e["hourly_price_usd"]), kernel_db=e.get("kernel_db", ""))
+                          hourly_price_usd=float(e["hourly_price_usd"]), kernel_db=e.get("kernel_db", ""),
+                          roofline=RooflineFit.from_toml(e["roofline"]) if "roofline" in e else None)
             for name, e in table.items()}
 
 

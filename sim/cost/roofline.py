@@ -5,7 +5,11 @@ For each op of ``sim.ops`` on one GPU's tensor-parallel shard:
     time = max(FLOPs / (peak x compute_efficiency), bytes / (bandwidth x memory_efficiency)) + launch
 
 Matmul token counts are rounded up to the ``tile`` multiple in the compute term (a GEMM
-processes whole tiles, so 257 tokens cost like 320 when compute-bound). Attention is priced from
+processes whole tiles, so 257 tokens cost like 320 when compute-bound). Where the GPU catalogue
+holds parameters fitted to published measurements (``RooflineFit``: GEMM efficiency rising with
+the rows, weight-read efficiency, per-kernel floors, the GPU's tile; per elementwise kind a
+bandwidth fraction and floor), they replace the uniform defaults for GEMMs and elementwise ops;
+``fitted=False`` prices with the defaults alone. Attention is priced from
 the exact causal query-key pair counts. Communication (TP all-reduce, PP send/recv) is priced from
 the interconnect. Needs only the model shape and the GPU datasheet numbers, so it works for any
 entry of the catalogues. The reported FLOPs are the useful (unpadded) ones and the bytes are
@@ -46,6 +50,9 @@ SAMPLING_PASSES = 4
 SAMPLING_FLOPS_PER_LOGIT = 10
 SAMPLING_KERNELS = 6
 
+#: elementwise op kinds with their own fitted bandwidth fraction and floor
+ELEMENTWISE_KINDS: tuple[str, ...] = ("norm", "rotary", "act", "residual", "embedding")
+
 _OpCost = tuple[float, float, float]  # (seconds, flops, bytes)
 _ZERO: _OpCost = (0.0, 0.0, 0.0)
 _CACHE_LIMIT = 500_000
@@ -60,14 +67,15 @@ class RooflineCostModel(CostModel):
                  dtype_bytes: int = 2,
                  compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
                  memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY,
-                 tile: int = DEFAULT_TILE,
+                 tile: int | None = None,
                  kernel_launch_overhead: float = DEFAULT_KERNEL_LAUNCH_OVERHEAD_S,
                  host_overhead_base: float = DEFAULT_HOST_OVERHEAD_BASE_S,
                  host_overhead_per_item: float = DEFAULT_HOST_OVERHEAD_PER_ITEM_S,
                  comm_latency: float | None = None,
                  pp_link_bandwidth: float | None = None,
-                 comm_efficiency: float = DEFAULT_COMM_EFFICIENCY) -> None:
-        """Precompute the shard shapes and rates; ``comm_latency``/``pp_link_bandwidth`` default from the GPU's link."""
+                 comm_efficiency: float = DEFAULT_COMM_EFFICIENCY, fitted: bool = True) -> None:
+        """Precompute the shard shapes and rates; ``comm_latency``/``pp_link_bandwidth`` default from the GPU's link;
+        ``tile`` defaults to the GPU's fitted tile, else 64; ``fitted`` uses the GPU's fitted parameters if any."""
         self.model = m = get_model(model)
         self.gpu = g = get_gpu(gpu)
         m.check_tp(tp)
@@ -75,6 +83,9 @@ class RooflineCostModel(CostModel):
                          ("comm_efficiency", comm_efficiency)):
             if not 0.0 < v <= 1.0:
                 raise ValueError(f"{label} must be in (0, 1], got {v}")
+        self.fit = g.roofline if fitted else None
+        if tile is None:
+            tile = (self.fit.tile if self.fit is not None and self.fit.tile else None) or DEFAULT_TILE
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
         self.tp, self.pp, self.dtype_bytes, self.tile = tp, pp, dtype_bytes, tile
@@ -92,6 +103,12 @@ class RooflineCostModel(CostModel):
         self._byte_rate = g.mem_bandwidth * memory_efficiency
         self._tp_rate = g.interconnect_bw * comm_efficiency
         self._pp_rate = self.pp_link_bandwidth * comm_efficiency
+        fit = self.fit
+        self._gemm_fit = ((g.bf16_flops * fit.gemm_peak_efficiency, fit.gemm_half_rows,
+                           g.mem_bandwidth * fit.gemm_memory_efficiency, fit.gemm_floor_s)
+                          if fit is not None and fit.gemm_peak_efficiency else None)
+        # kind -> (bytes/s, floor seconds)
+        self._elem_fit = {k: (g.mem_bandwidth * e, floor) for k, e, floor in (fit.elementwise if fit else ())}
 
         d, h, hd = dtype_bytes, m.hidden_size, m.head_dim
         qh, kvh = m.q_heads_per_gpu(tp), m.kv_heads_per_gpu(tp)
@@ -127,11 +144,20 @@ class RooflineCostModel(CostModel):
         d = self.dtype_bytes
         padded = -(-rows // self.tile) * self.tile
         nbytes = d * (k * n + rows * k + rows * n)
-        t = max(2.0 * padded * k * n / self._flop_rate, nbytes / self._byte_rate) + self.kernel_launch_overhead
+        if self._gemm_fit is not None:  # efficiency rising with the rows (fitted to the GPU's GEMM table)
+            peak, half, byte_rate, floor = self._gemm_fit
+            t = max(2.0 * (padded + half) * k * n / peak, nbytes / byte_rate) + floor
+        else:
+            t = max(2.0 * padded * k * n / self._flop_rate, nbytes / self._byte_rate) + self.kernel_launch_overhead
         return (t, 2.0 * rows * k * n, float(nbytes))
 
-    def _elementwise(self, flops: float, nbytes: float) -> _OpCost:
-        return (self._roof(flops, nbytes), float(flops), float(nbytes))
+    def _elementwise(self, flops: float, nbytes: float, kind: str) -> _OpCost:
+        fit = self._elem_fit.get(kind)
+        if fit is None:
+            return (self._roof(flops, nbytes), float(flops), float(nbytes))
+        byte_rate, floor = fit
+        t_c, t_m = flops / self._flop_rate, nbytes / byte_rate
+        return ((t_c if t_c > t_m else t_m) + floor, float(flops), float(nbytes))
 
     def _all_reduce(self, nbytes: float) -> float:
         """Ring all-reduce of ``nbytes`` across the TP group (zero when tp = 1)."""
@@ -151,17 +177,17 @@ class RooflineCostModel(CostModel):
         T, N, d = num_tokens, num_items, self.dtype_bytes
         h, qh, kvh, hd, inter = self._h, self._qh, self._kvh, self._hd, self._inter
         act_hidden = T * h * d  # bytes of one [T, hidden] activation
-        norm = self._elementwise(4.0 * T * h, 2.0 * act_hidden + h * d)
-        resid = self._elementwise(1.0 * T * h, 3.0 * act_hidden)
+        norm = self._elementwise(4.0 * T * h, 2.0 * act_hidden + h * d, "norm")
+        resid = self._elementwise(1.0 * T * h, 3.0 * act_hidden, "residual")
         rot_elems = T * (qh + kvh) * hd
         gated = self.model.gated_mlp
-        act = (self._elementwise(5.0 * T * inter, 3.0 * T * inter * d) if gated
-               else self._elementwise(8.0 * T * inter, 2.0 * T * inter * d))
+        act = (self._elementwise(5.0 * T * inter, 3.0 * T * inter * d, "act") if gated
+               else self._elementwise(8.0 * T * inter, 2.0 * T * inter * d, "act"))
         ar = self._all_reduce(act_hidden)
         costs: dict[str, _OpCost] = {
             "input_norm": norm,
             "qkv_proj": self._linear(T, *self._linears["qkv_proj"]),
-            "rotary": self._elementwise(3.0 * rot_elems, 2.0 * rot_elems * d),
+            "rotary": self._elementwise(3.0 * rot_elems, 2.0 * rot_elems * d, "rotary"),
             "o_proj": self._linear(T, *self._linears["o_proj"]),
             "tp_all_reduce": (ar, 0.0, 0.0),
             "residual_add": resid,
@@ -173,7 +199,7 @@ class RooflineCostModel(CostModel):
             "residual_add_mlp": resid,
         }
         # embedding: gather rows of the vocab-parallel table (+ all-reduce of the masked lookups when tp > 1)
-        emb_t, emb_f, emb_b = self._elementwise(0.0, 2.0 * act_hidden + 8.0 * T)
+        emb_t, emb_f, emb_b = self._elementwise(0.0, 2.0 * act_hidden + 8.0 * T, "embedding")
         costs["embedding"] = (emb_t + ar, emb_f, emb_b)
         costs["final_norm"] = norm
         # lm head only for the rows that sample; with TP the logit shards are gathered on one rank
@@ -303,6 +329,11 @@ class RooflineCostModel(CostModel):
             "memory_efficiency": self.memory_efficiency,
             "comm_efficiency": self.comm_efficiency,
             "tile": self.tile,
+            "fitted": None if self.fit is None else {
+                "gemm_peak_efficiency": self.fit.gemm_peak_efficiency, "gemm_half_rows": self.fit.gemm_half_rows,
+                "gemm_memory_efficiency": self.fit.gemm_memory_efficiency, "gemm_floor_s": self.fit.gemm_floor_s,
+                "elementwise": {k: {"memory_efficiency": e, "floor_s": f} for k, e, f in self.fit.elementwise},
+                "source": self.fit.source},
             "kernel_launch_overhead_s": self.kernel_launch_overhead,
             "host_overhead_base_s": self.host_overhead_base,
             "host_overhead_per_item_s": self.host_overhead_per_item,
