@@ -3,7 +3,8 @@
 1. a profile imported from Vidur's measured A100 op tables (``servesim calibrate --import-vidur``; the
    ops Vidur lacks from AIConfigurator's kernel tables, or the roofline without the kernels extra);
 2. the kernel-database model (AIConfigurator's measured A100 GEMM, attention and all-reduce kernels);
-3. the roofline (datasheet rates, no measurement).
+3. the roofline with its parameters fitted to those published measurements (the default), and
+4. the roofline from datasheet rates alone (``fitted=False``).
 
     python benchmarks/cost_models_example.py [--scheduler sarathi --token-budget 512]
 """
@@ -45,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         models.append(("kernels", KernelCostModel(cfg.model, cfg.gpu)))
     except (ImportError, ValueError) as e:
         print(f"no kernels model ({e})", file=sys.stderr)
-    models.append(("roofline", None))
+    from sim.cost.roofline import RooflineCostModel
+    models.append(("roofline (fitted)", None))
+    models.append(("roofline (datasheet)", RooflineCostModel(cfg.model, cfg.gpu, fitted=False)))
 
     print(f"{TRACE.name}: {len(trace)} requests, {cfg.model} on {cfg.gpu}, {cfg.scheduler} budget "
           f"{cfg.token_budget} (simulated)\n")
@@ -60,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                                          "roofline",
                 "kernels": lambda: f"AIConfigurator {d['system']} {d['framework']} {d['version']} GEMM, attention, "
                                    "all-reduce tables; other ops: roofline",
-                "roofline": lambda: "A100-80GB datasheet rates"}[label]()
+                "roofline (fitted)": lambda: "A100-80GB datasheet rates with efficiencies fitted to AIConfigurator's "
+                                             "GEMMs and Vidur's elementwise ops of other models",
+                "roofline (datasheet)": lambda: "A100-80GB datasheet rates, uniform default efficiencies"}[label]()
         print(f"| {label} | {lat['ttft']['p50'] * 1e3:.0f} ms | {lat['ttft']['p99'] * 1e3:.0f} ms | "
               f"{lat['tbt']['p50'] * 1e3:.1f} ms | {lat['tbt']['p99'] * 1e3:.1f} ms | {lat['e2e']['p50']:.2f} s | "
               f"{s['batches']['iterations']} | {data} |")

@@ -149,7 +149,8 @@ def add_cost_model_arguments(p: argparse.ArgumentParser) -> None:
     """--cost-model and --kernel-db: which measured data prices the ops (simulate, cost)."""
     c = p.add_argument_group("cost model")
     c.add_argument("--cost-model", choices=("roofline", "kernels"), default="roofline",
-                   help="roofline: datasheet rates (the embedded default); kernels: measured kernel latencies from "
+                   help="roofline: datasheet rates, with efficiencies fitted to published measurements where the GPU has "
+                        "them (the embedded default); kernels: measured kernel latencies from "
                         "AIConfigurator's databases (needs the kernels extra; GPUs: " + ", ".join(_kernel_gpus())
                         + "), roofline for the ops they lack. --profile DIR prices from a calibration profile instead")
     c.add_argument("--kernel-db", default=None, metavar="FRAMEWORK[:VERSION]",

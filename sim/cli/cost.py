@@ -24,7 +24,7 @@ def add_cost_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                                                "profile's)" + "%(default).0s")
     d.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
     d.add_argument("--pp", type=positive_int, default=1, help="pipeline stages (each stage is priced)")
-    d.add_argument("--profile", default=None, metavar="DIR", help="price from this calibration profile")
+    d.add_argument("--profile", default=None, metavar="DIR", help="price from this calibration profile%(default).0s")
     add_cost_model_arguments(p)
     b = p.add_argument_group("the iteration's batch")
     b.add_argument("--prefill", type=positive_int, action="append", default=[], metavar="TOKENS",
