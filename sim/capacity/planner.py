@@ -147,29 +147,6 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
     return prices
 
 
-# ---- calibrated cost model ------------------------------------------------------------------------------
-
-def profile_fallback(profile: ProfileRef, config: SimConfig) -> str | None:
-    """Why ``profile`` cannot price ``config`` in a plan (its GPU, a TP it measured, its model), or None when it can.
-
-    A plan compares GPUs, so a profile prices only configurations on its own catalogue GPU; the
-    rest fall back to the roofline rather than to a cross-GPU estimate.
-    """
-    from sim.cost.profile_format import ProfileError, read_meta
-
-    meta = read_meta(profile.path)
-    own = meta["device"].get("gpu")
-    if not own:
-        return f"roofline: the profile was measured on {meta['device'].get('name', '?')}, not a catalogue GPU"
-    if get_gpu(own).name != config.gpu:
-        return f"roofline: the profile was measured on {get_gpu(own).name}, not {config.gpu}"
-    try:
-        profile.apply(config)
-    except ProfileError as exc:
-        return f"roofline: {exc}"
-    return None
-
-
 # ---- executors ----------------------------------------------------------------------------------------
 
 def _ignore_sigint() -> None:
@@ -342,7 +319,7 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
 
     With ``out_dir``, points go to ``out_dir/results.jsonl`` (a rerun resumes from it) and the
     table to ``plan.csv``, the front to ``pareto.csv`` and ``pareto.png``. With ``profile``, the
-    candidates it can price (:func:`profile_fallback`) use the profiled cost model; the others the
+    candidates it can price (its ``fallback()`` is None) use its cost model; the others the
     roofline, with the reason in their note.
     """
     slo = slo or Slo()
@@ -350,7 +327,7 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
     prices = {**default_prices({c.gpu for c in candidates}), **(prices or {})}
     out = Path(out_dir) if out_dir is not None else None
     store = ResultsFile(out / RESULTS_FILE if out is not None else None)
-    fallback = {i: profile_fallback(profile, c.config) if profile is not None else None
+    fallback = {i: profile.fallback(c.config) if profile is not None else None
                 for i, c in enumerate(candidates) if c.config is not None}
     searches = {i: CapacitySearch(c.config, workload, slo, seeds=seeds, rel_tol=rel_tol, pass_rule=pass_rule,
                                   label=c.label, profile=profile if fallback[i] is None else None)

@@ -77,6 +77,85 @@ class ProfileRef:
         """The profiled cost model of ``config`` (cached per process)."""
         return _profiled_cost(self.path, self.gpu, config.model, config.tp, config.pp)[1]
 
+    def record(self, described: dict[str, Any]) -> dict[str, Any]:
+        """What a point's results record says of these prices (``described``: the cost model's describe())."""
+        return {"profile": self.path, "digest": _profile_digest(self.path),
+                "profile_device": described.get("profile_device"), "estimate": bool(described.get("estimate"))}
+
+    def fallback(self, config: SimConfig) -> str | None:
+        """Why this profile cannot price ``config`` in a plan (its GPU, a TP it measured, its model), or None.
+
+        A plan compares GPUs, so a profile prices only configurations on its own catalogue GPU; the
+        rest fall back to the roofline rather than to a cross-GPU estimate.
+        """
+        from sim.catalog.hardware import get_gpu
+        from sim.cost.profile_format import ProfileError, read_meta
+
+        meta = read_meta(self.path)
+        own = meta["device"].get("gpu")
+        if not own:
+            return f"roofline: the profile was measured on {meta['device'].get('name', '?')}, not a catalogue GPU"
+        if get_gpu(own).name != config.gpu:
+            return f"roofline: the profile was measured on {get_gpu(own).name}, not {config.gpu}"
+        try:
+            self.apply(config)
+        except ProfileError as exc:
+            return f"roofline: {exc}"
+        return None
+
+    def describe(self, config: SimConfig) -> str:
+        """The prices of ``config``'s points, in words."""
+        d = self.cost_model(config).describe()
+        return (f"profile {self.path} (measured on {d['profile_device']}, priced for {d['gpu']}"
+                + (", an estimate" if d.get("estimate") else "") + ")")
+
+
+@functools.lru_cache(maxsize=16)
+def _kernels_cost(gpu: str, model: str, tp: int, pp: int, kernel_db: str | None) -> CostModel:
+    """The kernel-database cost model, once per process for each deployment shape."""
+    from sim.cost.kernels.model import KernelCostModel
+    return KernelCostModel(model, gpu, tp=tp, pp=pp, kernel_db=kernel_db)
+
+
+@dataclass(frozen=True)
+class KernelsRef:
+    """Prices points with the kernel-database cost model (``--cost-model kernels``); picklable, built per worker."""
+
+    kernel_db: str | None = None
+
+    def ident(self) -> dict[str, Any]:
+        """What identifies the prices: the database package version and the framework asked for."""
+        from sim.cost.kernels.database import package_version
+        return {"cost_model": "kernels", "kernel_db": self.kernel_db, "package": package_version()}
+
+    def apply(self, config: SimConfig) -> SimConfig:
+        """``config`` unchanged; KernelDatabaseError (a ValueError) if no database prices its GPU."""
+        self.cost_model(config)
+        return config
+
+    def cost_model(self, config: SimConfig) -> CostModel:
+        return _kernels_cost(config.gpu, config.model, config.tp, config.pp, self.kernel_db)
+
+    def record(self, described: dict[str, Any]) -> dict[str, Any]:
+        return {"system": described.get("system"), "framework": described.get("framework"),
+                "version": described.get("version")}
+
+    def fallback(self, config: SimConfig) -> str | None:
+        """Why the databases cannot price ``config`` (no tables for its GPU), or None."""
+        try:
+            self.apply(config)
+        except ValueError as exc:
+            return f"roofline: {exc}"
+        return None
+
+    def describe(self, config: SimConfig) -> str:
+        d = self.cost_model(config).describe()
+        return f"kernels (AIConfigurator's {d['system']} {d['framework']} {d['version']} tables, roofline elsewhere)"
+
+
+#: what prices a capacity search's points other than the roofline: a calibration profile or the kernel databases
+PriceRef = ProfileRef | KernelsRef
+
 
 @dataclass
 class PointSpec:
@@ -88,7 +167,7 @@ class PointSpec:
     qps: float | None
     slo: Slo | None = None              # enables stopping early once a bound is surely broken
     cost_model: CostModel | None = None  # default: the roofline model of config.gpu
-    profile: ProfileRef | None = None    # price with this calibration profile instead (built in the worker)
+    profile: PriceRef | None = None      # a calibration profile or the kernel databases (built in the worker)
 
     def __post_init__(self) -> None:
         if self.cost_model is not None and self.profile is not None:
@@ -114,8 +193,7 @@ def _cost_record(spec: PointSpec, cost: CostModel | None) -> dict[str, Any]:
     d = cost.describe()
     out = {"name": d.get("name", getattr(cost, "name", type(cost).__name__)), "gpu": d.get("gpu", spec.config.gpu)}
     if spec.profile is not None:
-        out.update(profile=spec.profile.path, digest=_profile_digest(spec.profile.path),
-                   profile_device=d.get("profile_device"), estimate=bool(d.get("estimate")))
+        out.update(spec.profile.record(d))
     return out
 
 

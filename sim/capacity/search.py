@@ -49,15 +49,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from sim.capacity.point import PointSpec, ProfileRef, evaluate_point, point_passes
+from sim.capacity.point import KernelsRef, PointSpec, PriceRef, ProfileRef, evaluate_point, point_passes
 from sim.capacity.results import ResultsFile
 from sim.capacity.spec import LATENCIES, STATS, Slo, Workload
 from sim.cost.interface import CostModel
 from sim.simulator import SimConfig
 
-__all__ = ["LATENCIES", "STATS", "PASS_RULES", "Slo", "Workload", "PointSpec", "ProfileRef",
-           "evaluate_point", "point_passes", "ResultsFile", "RateSearch", "CapacityResult", "CapacitySearch", "InlineExecutor", "RunStats",
-           "run_searches", "find_capacity"]
+__all__ = ["LATENCIES", "STATS", "PASS_RULES", "Slo", "Workload", "PointSpec", "ProfileRef", "KernelsRef",
+           "PriceRef", "evaluate_point", "point_passes", "ResultsFile", "RateSearch", "CapacityResult",
+           "CapacitySearch", "InlineExecutor", "RunStats", "run_searches", "find_capacity"]
 
 PASS_RULES = ("median", "all")
 
@@ -173,12 +173,13 @@ class CapacitySearch:
     def __init__(self, config: SimConfig, workload: Workload, slo: Slo | None = None, *,
                  seeds: Iterable[int] = (0, 1, 2), rel_tol: float = 0.05, pass_rule: str = "median",
                  cost_model: CostModel | None = None, early_stop: bool = True, start_qps: float | None = None,
-                 label: str | None = None, profile: ProfileRef | str | os.PathLike[str] | None = None) -> None:
+                 label: str | None = None, profile: PriceRef | str | os.PathLike[str] | None = None) -> None:
         if pass_rule not in PASS_RULES:
             raise ValueError(f"pass_rule must be one of {', '.join(PASS_RULES)}, got {pass_rule!r}")
         if profile is not None and cost_model is not None:
             raise ValueError("give a cost_model or a profile, not both")
-        self.profile = profile if isinstance(profile, ProfileRef) or profile is None else ProfileRef(os.fspath(profile))
+        self.profile = (profile if isinstance(profile, (ProfileRef, KernelsRef)) or profile is None
+                        else ProfileRef(os.fspath(profile)))
         if self.profile is not None:  # validated here (ProfileError if it cannot price config), built per worker
             config = self.profile.apply(config)
         self.config, self.workload = config, workload.for_model(config.model_spec())
@@ -188,8 +189,9 @@ class CapacitySearch:
             raise ValueError("at least one seed is needed")
         self.rel_tol, self.pass_rule, self.cost_model, self.early_stop = rel_tol, pass_rule, cost_model, early_stop
         budget = f" budget {config.token_budget}" if config.token_budget else ""
+        priced = "" if self.profile is None else " (profiled)" if isinstance(self.profile, ProfileRef) else " (kernels)"
         self.label = label or (f"{config.model} {config.replicas}x{config.gpu} TP{config.tp} PP{config.pp} "
-                               f"{config.scheduler}{budget}" + (" (profiled)" if self.profile is not None else ""))
+                               f"{config.scheduler}{budget}{priced}")
         self.searches: dict[int, RateSearch] = {}
         self.points: list[dict] = []
         self.records: dict[tuple[int, float], dict] = {}
@@ -384,7 +386,7 @@ def find_capacity(config: SimConfig, workload: Workload | None = None, slo: Slo 
                   cost_model: CostModel | None = None, early_stop: bool = True, start_qps: float | None = None,
                   jobs: int = 1, results: str | os.PathLike[str] | None = None,
                   progress: bool | None = None,
-                  profile: ProfileRef | str | os.PathLike[str] | None = None) -> CapacityResult:
+                  profile: PriceRef | str | os.PathLike[str] | None = None) -> CapacityResult:
     """Capacity of one deployment: the highest QPS within ``slo`` (see the module docstring).
 
     ``jobs`` > 1 runs the seeds' points in parallel processes; ``results`` names a JSONL file to

@@ -11,6 +11,7 @@ import time
 from sim.capacity.search import PASS_RULES, Slo, Workload
 from sim.cli.args import (
     add_command,
+    add_cost_model_arguments,
     add_deployment_arguments,
     add_max_model_len_argument,
     int_list,
@@ -158,9 +159,19 @@ def _cost_line(search) -> str:
     """Which cost model prices a search's points, in words."""
     if search.profile is None:
         return f"roofline ({search.config.gpu})"
-    d = search.profile.cost_model(search.config).describe()
-    return (f"profile {search.profile.path} (measured on {d['profile_device']}, priced for {d['gpu']}"
-            + (", an estimate" if d.get("estimate") else "") + ")")
+    return search.profile.describe(search.config)
+
+
+def _price_ref(args: argparse.Namespace, gpu: str | None = None):
+    """The ProfileRef or KernelsRef of --profile / --cost-model kernels, or None for the roofline."""
+    from sim.capacity.search import KernelsRef, ProfileRef
+    if args.profile and args.cost_model != "roofline":
+        raise ValueError("--profile and --cost-model kernels both choose the prices: give one")
+    if args.kernel_db and args.cost_model != "kernels":
+        raise ValueError("--kernel-db chooses the measurements of --cost-model kernels: add --cost-model kernels")
+    if args.profile:
+        return ProfileRef(args.profile, gpu)
+    return KernelsRef(args.kernel_db) if args.cost_model == "kernels" else None
 
 
 # ---- servesim plan ---------------------------------------------------------------------------------
@@ -190,14 +201,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"servesim plan: {args.model}, {n_ok} configurations to size ({len(candidates) - n_ok} infeasible), "
           f"{args.seeds} seed(s) x {workload.num_requests} requests per point, SLO {slo.describe()}",
           file=sys.stderr)
-    profile = None
-    if args.profile:
-        from sim.capacity.planner import profile_fallback
-        from sim.capacity.search import ProfileRef
-        profile = ProfileRef(args.profile)
-        fallback = [profile_fallback(profile, c.config) for c in candidates if c.config is not None]
+    profile = _price_ref(args)
+    if profile is not None:
+        fallback = [profile.fallback(c.config) for c in candidates if c.config is not None]
         n_priced = sum(f is None for f in fallback)
-        print(f"profile {args.profile}: prices {n_priced} of {len(fallback)} configurations; the others use the "
+        what = f"profile {args.profile}" if args.profile else "the kernel databases"
+        print(f"{what}: price {n_priced} of {len(fallback)} configurations; the others use the "
               f"roofline" + (f" ({next(f for f in fallback if f)})" if n_priced < len(fallback) else ""),
               file=sys.stderr)
     executor = make_executor(args.jobs, args.ray)
@@ -262,6 +271,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                         "the configurations it holds: the profile's GPU, a TP it measured and the model it was "
                         "measured for. Every other configuration falls back to the roofline, marked in the table's "
                         "cost_model column and note (no cross-GPU estimates: compare like with like)")
+    add_cost_model_arguments(p)
     g.add_argument("--prices", default=None, metavar="FILE.json",
                    help='GPU-hour prices in USD, e.g. {"a100-80gb": 2.0, "h100-sxm": 3.5}; default: the catalogue\'s')
     _add_workload_arguments(p)
@@ -279,20 +289,21 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     simulations.
     """
     from sim.capacity.planner import make_executor
-    from sim.capacity.search import CapacitySearch, ProfileRef, ResultsFile, run_searches
+    from sim.capacity.search import CapacitySearch, ResultsFile, run_searches
     from sim.simulator import SimConfig
 
-    config = SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
-                       replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
+    config = SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len,
+                       gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp, replicas=args.replicas,
+                       scheduler=args.scheduler, token_budget=args.token_budget,
                        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
                        router=args.router)
     workload = workload_from_args(args)
     slo = slo_from_args(args)
-    profile = ProfileRef(args.profile, args.gpu) if args.profile else None
+    profile = _price_ref(args, args.gpu)
     search = CapacitySearch(config, workload, slo, seeds=_seeds(args), rel_tol=args.rel_tol,
                             pass_rule=args.pass_rule, profile=profile)
-    if profile is not None:
+    if profile is not None and args.profile:
         note = profile.cost_model(search.config).transfer_note()  # type: ignore[attr-defined]
         if note:
             print(note, file=sys.stderr)
@@ -348,5 +359,6 @@ def _add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline, as "
                         "`servesim simulate --profile` does; with --gpu other than the profile's device, times are a "
                         "roofline-scaled estimate. Each worker process builds the cost model once")
+    add_cost_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every simulated rate and its verdict")

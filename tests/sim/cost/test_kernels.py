@@ -144,3 +144,20 @@ def test_simulating_with_the_kernels_model_is_deterministic_and_names_its_data()
     d = a.summary["cost_model"]
     assert d["name"] == "kernels" and d["tables"]["gemm"].startswith("h100_sxm/vllm/")
     assert any(k.startswith("kernels:") for k in d["distinct_prices_by_source"])
+
+
+def test_capacity_and_plan_price_with_the_kernel_databases(tmp_path, capsys):
+    assert main(["capacity", "--model", "llama-2-7b", "--gpu", "h100-sxm", "--cost-model", "kernels", "-n", "40",
+                 "--duration", "5", "--seeds", "1", "--json", "--results", str(tmp_path / "cap.jsonl")]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["capacity"] > 0 and d["cost_model"].startswith("kernels (AIConfigurator's h100_sxm vllm")
+    rec = json.loads((tmp_path / "cap.jsonl").read_text().splitlines()[0])
+    assert rec["cost_model"]["name"] == "kernels" and rec["cost_model"]["system"] == "h100_sxm"
+    # a plan prices the GPUs with a database from it and says why the others use the roofline
+    assert main(["plan", "--model", "llama-2-7b", "--gpus", "a40,h100-sxm", "--max-gpus", "1", "--schedulers",
+                 "sarathi", "--cost-model", "kernels", "-n", "30", "--duration", "5", "--seeds", "1", "--out",
+                 str(tmp_path / "plan"), "-q"]) == 0
+    out = capsys.readouterr()
+    assert "the kernel databases: price 1 of 2 configurations" in out.err
+    assert "roofline: no measured kernel database for GPU a40" in out.out
+    assert main(["capacity", "--cost-model", "kernels", "--profile", str(tmp_path), "-n", "5"]) == 2
