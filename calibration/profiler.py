@@ -4,7 +4,8 @@ Each op is called through ``engine.ops.OPS`` (looked up at call time, exactly wh
 engine's layers run) on inputs of one TP shard's shapes (``calibration.op_bench``), so TP 2/4/8
 shapes are measured on one device. Host overhead is the engine's host part of real decode
 iterations with the tiny model (``calibration.host_bench``). Whole decoder layers and forward passes of real ``ModelRunner.execute``
-iterations (``calibration.iteration``) give the framework overhead the op sum misses. Communication is timed
+iterations (``calibration.iteration``) give the framework overhead the op sum misses, and iterations
+after idle gaps (``calibration.wake_bench``) the cold-start extra. Communication is timed
 with torch.distributed when enough GPUs exist, otherwise left to the roofline (and marked so).
 
 Every measurement is appended to measurements.csv at once; a rerun with the same ``out``
@@ -326,6 +327,13 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     remaining = len(todo) - measured - len(skipped)
     if not stopped and cfg.measure_comm:
         _measure_communication(cfg, device, dtype, meta, out, log)
+    if old is not None and old.get("wake"):
+        meta["wake"] = old["wake"]
+    elif not stopped and cfg.ops is None and not (cfg.budget_s is not None and time.perf_counter() - t_start
+                                                   > cfg.budget_s):
+        from calibration.wake_bench import measure_wake
+        log("timing iterations after idle gaps (the cold-start extra)")
+        meta["wake"] = measure_wake(cfg.model, device, dtype, cfg.backend, cfg.block_size, seed=cfg.seed)
     table = profile_format.read_measurements(out, allow_missing=True)
     meta["device_rates"] = fit_device_rates(table, cfg.model, meta["dtype_bytes"])
     meta["skipped"] = sorted({*map(tuple, meta.get("skipped", [])),

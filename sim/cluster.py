@@ -66,6 +66,7 @@ class Replica:
         self.env, self.index, self.scheduler, self.cost, self.pp = env, index, scheduler, cost, pp
         self.recorder, self.on_done = recorder, on_done
         self.outstanding = 0  # requests routed here and not finished (for the router)
+        self.last_done = 0.0  # when the last micro-batch finished (idle gaps price a cold first iteration)
         self.in_flight = 0
         self._wakeup = env.event()
         self._stage_inbox: list[deque] = [deque() for _ in range(pp)]
@@ -100,6 +101,7 @@ class Replica:
         """
         env, sched, cost = self.env, self.scheduler, self.cost
         host_free_at = 0.0
+        cold: tuple[float, float, float] | None = None
         while True:
             if self.in_flight < self.pp:
                 if env.now < host_free_at:  # still preparing the previous micro-batch
@@ -107,8 +109,13 @@ class Replica:
                     continue
                 batch = sched.schedule(env.now)
                 if batch is not None:
-                    self.in_flight += 1
                     host = cost.host_time(batch)
+                    wake = 0.0
+                    if cold is not None:  # the first iteration after idling
+                        _late, extra_host, wake = cold
+                        host += extra_host + (wake if self.pp > 1 else 0.0)  # PP: the stages start later
+                        cold = None
+                    self.in_flight += 1
                     start = env.now
                     host_free_at = start + host
                     if self.pp > 1:
@@ -116,11 +123,17 @@ class Replica:
                         self._hand_to_stage(0, batch, host_free_at)
                         continue
                     c = cost.stage_cost(batch, 0)
+                    if wake:  # the cold iteration's device part
+                        c = c._replace(time=c.time + wake)
                     yield env.timeout(host + c.time)
                     self._stage_done(0, batch, host_free_at, c, (start, host))
                     continue
             self._wakeup = env.event()
             yield self._wakeup
+            if self.in_flight == 0 and env.now > self.last_done:  # woken from idle: late, and cold
+                cold = cost.wake_time(env.now - self.last_done)
+                if cold[0] > 0:
+                    yield env.timeout(cold[0])
 
     def _stage_loop(self, stage: int):
         """Run micro-batches in arrival order (pipeline parallelism only)."""
@@ -153,6 +166,7 @@ class Replica:
         sched_start, host = scheduled or self._scheduled.pop(batch.batch_id)
         self.recorder.microbatch_rows.append((self.index, batch.batch_id, sched_start, host, now))
         self.in_flight -= 1
+        self.last_done = now
         self.outstanding -= len(finished)
         if finished:
             self.on_done(self, finished)

@@ -73,20 +73,35 @@ def size_bucket(num_tokens: np.ndarray) -> np.ndarray:
     return labels[np.searchsorted(edges, np.asarray(num_tokens), side="left")]
 
 
+def idle_before(measured: pd.DataFrame) -> dict[int, float]:
+    """Seconds the engine sat idle before each batch: the gap since the previous one finished, less the batch's
+    host part (single-stage replay: one batch at a time)."""
+    if not len(measured):
+        return {}
+    m = measured.sort_values("start")
+    gap = m["start"].to_numpy() - np.concatenate([[m["start"].iloc[0]], m["end"].to_numpy()[:-1]])
+    idle = np.maximum(0.0, gap - m["host_s"].to_numpy())
+    return dict(zip(m["batch_id"].astype(int).tolist(), idle.tolist()))
+
+
 def price_batches(executed: Sequence[ExecutedBatch], measured: pd.DataFrame, cost: CostModel) -> pd.DataFrame:
     """One row per engine batch: its shape, measured host/device/total seconds, predicted ones and the errors.
 
     ``measured`` is the engine's batches.csv frame (host_s, device_s per batch_id). The measured
     iteration is ``host_s + forward_s`` (wall clock; on a GPU ``device_s`` comes from CUDA events
-    and ``forward_s`` from the host clock). Relative error = predicted / measured - 1.
+    and ``forward_s`` from the host clock). A batch after an idle gap is priced with the cost
+    model's cold-start extra (``wake_time``), as the simulator prices it. Relative error =
+    predicted / measured - 1.
     """
     m = measured.set_index("batch_id")
+    idle = idle_before(measured)
     sources = hasattr(cost, "breakdown_sources")
     rows = []
     for ex in executed:
         b = ex.rebuild()
-        device = sum(cost.stage_cost(b, s).time for s in range(cost.num_stages))
-        host = cost.host_time(b)
+        _late, wake_host, wake_device = cost.wake_time(idle.get(ex.batch_id, 0.0))
+        device = sum(cost.stage_cost(b, s).time for s in range(cost.num_stages)) + wake_device
+        host = cost.host_time(b) + wake_host
         src = ""
         if sources:
             names = set(cost.breakdown_sources(b, 0).values())
@@ -187,6 +202,9 @@ class RecordingCost(CostModel):
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
         return self.inner.breakdown(batch, stage)
+
+    def wake_time(self, idle_s: float) -> tuple[float, float, float]:
+        return self.inner.wake_time(idle_s)
 
     def describe(self) -> dict:
         return self.inner.describe()

@@ -38,6 +38,12 @@ class CostModel(ABC):
     def host_time(self, batch: Batch) -> float:
         """CPU time to schedule and prepare ``batch`` before it is launched on stage 0."""
 
+    def wake_time(self, idle_s: float) -> tuple[float, float, float]:
+        """After ``idle_s`` without work: (seconds the host wakes late, extra host seconds, extra device seconds)
+        of the first iteration (caches gone cold, the CPU in a power state, a late timer). Zero unless
+        measured (a calibration profile's ``wake`` table)."""
+        return 0.0, 0.0, 0.0
+
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
         """Seconds per op (names from ``sim.ops``) for ``batch`` on ``stage``; sums to ``stage_cost().time``."""
         return {"total": self.stage_cost(batch, stage).time}

@@ -1,4 +1,5 @@
-"""The profile format and its reader: a folder with ``profile.json`` (provenance) and ``measurements.csv`` (one row per timing).
+"""The profile format and its reader: a folder with ``profile.json`` (provenance; optional ``wake`` table of
+``sim.cost.wake``) and ``measurements.csv`` (one row per timing).
 
 ``measurements.csv`` columns (diff-friendly, one measured shape per line):
 
@@ -27,6 +28,7 @@ cost model prices them with the op sum alone.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +182,13 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     miss_shape = [k for k in SHAPE_FIELDS if k not in model]
     if miss_shape:
         raise ProfileError(f"{f}: field model lacks {', '.join(miss_shape)}")
+    wake = meta.get("wake")
+    if wake is not None:
+        cols = ("idle_s", "host_extra_s", "device_extra_s") + (("latency_s",) if "latency_s" in wake else ())
+        if not (isinstance(wake, dict) and all(isinstance(wake.get(c), list) for c in cols)
+                and len({len(wake[c]) for c in cols}) == 1 and wake["idle_s"]
+                and all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for c in cols for x in wake[c])):
+            raise ProfileError(f"{f}: field wake must hold equal, non-empty lists {', '.join(cols)} of numbers >= 0")
     if not isinstance(meta["dtype_bytes"], int) or meta["dtype_bytes"] not in (1, 2, 4, 8):
         raise ProfileError(f"{f}: field dtype_bytes must be 1, 2, 4 or 8, got {meta['dtype_bytes']!r}")
     return meta

@@ -45,6 +45,7 @@ from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
 from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, read_profile
 from sim.cost.roofline import RooflineCostModel
 from sim.cost.tables import Grid2D, Table1D
+from sim.cost.wake import WakeTable
 from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, OVERHEAD_OPS, STAGE_OPS
 
 if TYPE_CHECKING:
@@ -112,6 +113,8 @@ class ProfiledCostModel(CostModel):
         self._prefill_cache: dict[tuple[int, int], tuple[float, bool]] = {}
         self._host_cache: dict[int, float] = {}
         self.layer_coef, self.forward_coef, self.overhead_fit = self._fit_overhead()
+        wake = self.profile.meta.get("wake")
+        self._wake = WakeTable(wake) if wake else None
 
     # ---- framework overhead ---------------------------------------------------------------------
 
@@ -341,6 +344,14 @@ class ProfiledCostModel(CostModel):
         t += sum(self._overheads(batch, stage).values())
         return StageCost(t, f, b)
 
+    def wake_time(self, idle_s: float) -> tuple[float, float, float]:
+        """Measured (late wake-up, extra host, extra device) seconds of the first iteration after ``idle_s`` idle
+        (profile ``wake`` table, monotone in the idle time, held beyond its longest gap); effects of the
+        profiled machine: never transferred to another GPU."""
+        if self._wake is None or idle_s <= 0 or self.transfer:
+            return 0.0, 0.0, 0.0
+        return self._wake(idle_s)
+
     def host_time(self, batch: Batch) -> float:
         """Measured per-iteration CPU time at this batch's size: the engine's host part (scheduling, input
         preparation, output processing, ``on_batch_done``; a version-1 profile: the first two only)."""
@@ -407,6 +418,7 @@ class ProfiledCostModel(CostModel):
             "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
             "framework_overhead": self.overhead_fit,
+            "wake": meta.get("wake"),
             "measured_by": (meta.get("source") or {}).get("measured_by"),
             "op_sources": meta.get("op_sources"),
             "estimate": self.transfer,

@@ -205,6 +205,11 @@ def _doubled_profile(dest: Path) -> Path:
     m = pd.read_csv(dest / "measurements.csv")
     m[["median_s", "p10_s", "p90_s"]] *= 2
     m.to_csv(dest / "measurements.csv", index=False)
+    meta = json.loads((dest / "profile.json").read_text())
+    if meta.get("wake"):  # every time doubled: the cold-start extras too
+        for key in ("host_extra_s", "device_extra_s"):
+            meta["wake"][key] = [2 * x for x in meta["wake"][key]]
+        (dest / "profile.json").write_text(json.dumps(meta))
     return dest
 
 
