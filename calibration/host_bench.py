@@ -59,3 +59,45 @@ class HostBench:
         finally:
             for r in reqs:
                 runner.release(r)
+
+
+PREFILL_TOKENS: tuple[int, ...] = (16, 64, 256, 1024)
+
+
+def measure_prefill_host(model: str, device: torch.device, dtype: torch.dtype, backend: str, block_size: int, *,
+                         scheduler: str = "sarathi", tokens: tuple[int, ...] = PREFILL_TOKENS, repeats: int = 10
+                         ) -> dict:
+    """The host part of prefill iterations (one new request of T prompt tokens, back to back) and its fitted
+    per-prompt-token slope: preparing a prompt's ids, positions and block tables grows with its tokens,
+    which the decode-batch host table does not see (the ``host_prefill`` block of profile.json)."""
+    import numpy as np
+
+    from engine.runner import ModelRunner
+    from sim.kv_cache import BlockManager
+    from sim.request import Request
+    from sim.schedulers import SchedulerConfig, make_scheduler
+
+    spec = get_model(model)
+    tokens = tuple(t for t in tokens if t < spec.max_context) or (min(16, spec.max_context - 1),)
+    runner = ModelRunner(spec, device=device, dtype=dtype, kv_blocks=-(-max(tokens) // block_size) * 2 + 8,
+                         block_size=block_size, backend=backend, cuda_graphs=False)
+    sched = make_scheduler(scheduler, SchedulerConfig(max_batch_size=8, token_budget=max(tokens)),
+                           BlockManager(runner.num_blocks, runner.block_size, 0.0))
+    medians, counter = [], [0]
+    for t in tokens:
+        times = []
+        for i in range(repeats + 2):
+            counter[0] += 1
+            sched.add_request(Request(f"hostp{counter[0]}", 0.0, t, 1, index=counter[0]))
+            t0 = time.perf_counter()
+            batch = sched.schedule(0.0)
+            runner.execute(batch)
+            for r in sched.on_batch_done(batch, 0.0):
+                runner.release(r)
+            if i >= 2:
+                times.append(time.perf_counter() - t0 - float(runner.last_timing["forward_s"]))
+        medians.append(float(np.median(times)))
+    slope = float(np.polyfit(np.asarray(tokens, dtype=float), np.asarray(medians), 1)[0]) if len(tokens) > 1 else 0.0
+    return {"tokens": list(tokens), "host_s": [round(x, 9) for x in medians], "per_token_s": max(0.0, slope),
+            "method": f"median of {repeats} back-to-back prefill iterations (one new request) per prompt length; "
+                      f"per_token_s: least-squares slope"}

@@ -328,12 +328,14 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     if not stopped and cfg.measure_comm:
         _measure_communication(cfg, device, dtype, meta, out, log)
     if old is not None and old.get("wake"):
-        meta["wake"] = old["wake"]
+        meta["wake"], meta["host_prefill"] = old["wake"], old.get("host_prefill")
     elif not stopped and cfg.ops is None and not (cfg.budget_s is not None and time.perf_counter() - t_start
                                                    > cfg.budget_s):
+        from calibration.host_bench import measure_prefill_host
         from calibration.wake_bench import measure_wake
-        log("timing iterations after idle gaps (the cold-start extra)")
+        log("timing iterations after idle gaps (the cold-start extra) and the host part of prefills")
         meta["wake"] = measure_wake(cfg.model, device, dtype, cfg.backend, cfg.block_size, seed=cfg.seed)
+        meta["host_prefill"] = measure_prefill_host(cfg.host_model, device, dtype, cfg.backend, cfg.block_size)
     table = profile_format.read_measurements(out, allow_missing=True)
     meta["device_rates"] = fit_device_rates(table, cfg.model, meta["dtype_bytes"])
     meta["skipped"] = sorted({*map(tuple, meta.get("skipped", [])),

@@ -94,22 +94,26 @@ def measure_wake(model: ModelSpec, device: Any, dtype: Any, backend: str, block_
 
 
 def add_to_profile(path: str) -> dict[str, Any]:
-    """Measure the wake table on this machine for an existing CPU or GPU profile and write it into its profile.json."""
+    """Measure the wake table and the prefill host slope (``calibration.host_bench``) on this machine for an
+    existing profile and write them into its profile.json."""
     import datetime as _dt
 
     from calibration.device_info import resolve_device, resolve_dtype
+    from calibration.host_bench import measure_prefill_host
     from calibration.profile_writer import write_meta
     from sim.cost.profile_format import profile_model, read_profile
 
     prof = read_profile(path)
     device = resolve_device(prof.meta["device"].get("type", "auto"))
-    wake = measure_wake(profile_model(prof), device, resolve_dtype(prof.meta["dtype"], device),
-                        prof.meta.get("attention_backend", "auto"), int(prof.meta.get("block_size", 16)))
-    wake["date"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    wake["command"] = f"python -m calibration.wake_bench {path}"
-    meta = dict(prof.meta, wake=wake)
-    write_meta(prof.path, meta)
-    return wake
+    dtype, backend = resolve_dtype(prof.meta["dtype"], device), prof.meta.get("attention_backend", "auto")
+    block_size = int(prof.meta.get("block_size", 16))
+    stamp = {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+             "command": f"python -m calibration.wake_bench {path}"}
+    wake = measure_wake(profile_model(prof), device, dtype, backend, block_size) | stamp
+    host_model = (prof.meta.get("host_overhead") or {}).get("model", "tiny")
+    prefill = measure_prefill_host(host_model, device, dtype, backend, block_size) | stamp
+    write_meta(prof.path, dict(prof.meta, wake=wake, host_prefill=prefill))
+    return {"wake": wake, "host_prefill": prefill}
 
 
 if __name__ == "__main__":

@@ -205,19 +205,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def summary_text(result) -> str:
-    """A few lines per run: batch-level and headline request-level errors (negative: predicted below measured)."""
-    lines = [f"{'run':<22}{'batches':>8}{'median err':>12}{'|err| P50':>10}{'|err| P99':>10}"
-             f"{'TTFT P50':>10}{'TBT P99':>10}{'same batches':>14}"]
+    """Tails first (per run: TTFT, TBT, E2E percentile and throughput errors), then batch-level error by kind, the
+    all-batch median last (negative: predicted below measured)."""
+    from calibration.validate.errors import tail_errors
 
     def pct(x):
-        return "-" if x is None else f"{x:+.1%}"
+        return "-" if x is None else f"{x:+.0%}"
+    keys = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "e2e_p50", "throughput")
+    lines = [f"{'run':<20}" + "".join(f"{k.replace('_', ' ').upper():>10}" for k in keys)
+             + f"{'prefill':>9}{'decode':>8}{'mixed':>8}{'all':>7}  same batches"]
     for r in result.runs:
-        be, rl, cm = r.batch_error["total"], r.request_error, r.composition
-        lines.append(f"{r.name:<22}{be['count']:>8}{pct(be['median']):>12}"
-                     f"{'-' if be['abs_median'] is None else format(be['abs_median'], '.1%'):>10}"
-                     f"{'-' if be['abs_p99'] is None else format(be['abs_p99'], '.1%'):>10}"
-                     f"{pct(rl['ttft']['p50']['error']):>10}{pct(rl['tbt']['p99']['error']):>10}"
-                     f"{cm['matching']:>7}/{cm['engine_batches']:<6}")
+        tails, kinds = tail_errors(r.request_error), r.batch_error["by_kind"]
+        drift = " (machine drifted)" if any(x.get("drifted") for x in r.repeats) else ""
+        lines.append(f"{r.name:<20}" + "".join(f"{pct(tails[k]['error']):>10}" for k in keys)
+                     + "".join(f"{pct(kinds.get(k, {}).get('total', {}).get('median')):>{w}}"
+                               for k, w in (("prefill", 9), ("decode", 8), ("mixed", 8)))
+                     + f"{pct(r.batch_error['total']['median']):>7}  {r.composition['matching']}/"
+                       f"{r.composition['engine_batches']}{drift}")
     for r in result.runs:
         if len(r.repeats) > 1:
             lines.append(f"{r.name}: median batch error over {len(r.repeats)} engine runs "

@@ -27,6 +27,16 @@ SIZE_BUCKETS: tuple[tuple[float, str], ...] = (
 REQUEST_METRICS = ("ttft", "tbt", "tpot", "e2e", "scheduling_delay")
 REQUEST_STATS = ("p50", "p90", "p99")
 THROUGHPUT_METRICS = ("requests_per_s", "output_tokens_per_s", "makespan_s")
+#: the figures validation leads with: request-level tails, then throughput
+TAILS: tuple[tuple[str, str], ...] = (("ttft", "p50"), ("ttft", "p90"), ("ttft", "p99"), ("tbt", "p50"), ("tbt", "p90"),
+                                      ("tbt", "p99"), ("e2e", "p50"), ("e2e", "p99"))
+
+
+def tail_errors(request_error: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+    """``{"ttft_p50": {measured, predicted, error}, ..., "throughput": ...}`` from ``request_errors()``."""
+    out = {f"{m}_{s}": request_error[m][s] for m, s in TAILS}
+    out["throughput"] = request_error["throughput"]["output_tokens_per_s"]
+    return out
 
 
 @dataclass(frozen=True)

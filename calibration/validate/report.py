@@ -198,6 +198,7 @@ def report_markdown(rep: dict[str, Any]) -> str:
               "took. Batch-level errors price every batch the engine executed (same items, same cached context) "
               "with the cost model; request-level errors compare the engine's run with the simulator's own run "
               "of the same trace.", ""]
+    lines += tails_markdown(rep["runs"])
     ov = rep["overall"]
     if ov:
         lines += ["## Batch-level error, all runs", ""]
@@ -220,6 +221,37 @@ def report_markdown(rep: dict[str, Any]) -> str:
     for r in rep["runs"]:
         lines += _run_markdown(r)
     return "\n".join(lines)
+
+
+TAIL_COLUMNS = (("ttft_p50", "TTFT P50"), ("ttft_p90", "TTFT P90"), ("ttft_p99", "TTFT P99"), ("tbt_p50", "TBT P50"),
+                ("tbt_p90", "TBT P90"), ("tbt_p99", "TBT P99"), ("e2e_p50", "E2E P50"), ("e2e_p99", "E2E P99"),
+                ("throughput", "throughput"))
+
+
+def _tail_cell(v: dict[str, Any]) -> str:
+    rng = v.get("repeat_range")
+    return _pct(v["error"]) + (f" [{rng[0]:+.0%}, {rng[1]:+.0%}]" if rng else "")
+
+
+def tails_markdown(runs: list[dict[str, Any]]) -> list[str]:
+    """The report's first tables: request-level tails per run, then batch-level error by kind, all batches last."""
+    lines = ["## Tails: predicted against measured, per scheduler and load", "",
+             "Error of each percentile (predicted / measured - 1; in brackets the range over the repeated engine "
+             "runs). Drift: the machine's reference timing before and after the engine run.", ""]
+    rows = []
+    for r in runs:
+        cap = r["level"].get("capacity")
+        rows.append([r["name"], *(_tail_cell(r["tails"][k]) for k, _ in TAIL_COLUMNS),
+                     "-" if cap is None else f"{cap:.4g} req/s",
+                     ("**drifted** " if r.get("drifted") else "")
+                     + ("-" if not r.get("probe") else f"{r['probe']['drift']:.0%}")])
+    lines += _table(["run", *(h for _, h in TAIL_COLUMNS), "capacity (predicted)", "drift"], rows)
+    rows = [[r["name"], *(_ms(r["tails"][k]["measured"]) for k, _ in TAIL_COLUMNS[:8])] for r in runs]
+    lines += ["Measured (engine) values, ms:", ""] + _table(["run", *(h for _, h in TAIL_COLUMNS[:8])], rows)
+    lines += ["## Batch-level error by kind (median; all batches last)", ""]
+    rows = [[r["name"], *(_pct(r["batch_error_by_kind"].get(k)) for k in ("prefill", "decode", "mixed")),
+             _pct(r["batch_error"]["total"]["median"])] for r in runs]
+    return lines + _table(["run", "prefill-only", "decode-only", "mixed", "all batches"], rows)
 
 
 def _repeat_medians(reps: list[dict[str, Any]]) -> list[float]:

@@ -10,7 +10,10 @@ from typing import Any
 import pandas as pd
 
 from calibration.validate.config import LoadLevel, ValidateConfig
-from calibration.validate.errors import ExecutedBatch, batch_errors
+from calibration.validate.errors import ExecutedBatch, batch_errors, tail_errors
+
+#: a machine whose reference timing moved by more than this between before and after an engine run drifted
+DRIFT_THRESHOLD = 0.25
 
 
 @dataclass
@@ -30,12 +33,22 @@ class RunResult:
     trace_len: int
     executed: list[ExecutedBatch] = field(default_factory=list, repr=False)
     repeats: list[dict[str, Any]] = field(default_factory=list)  # every engine run of this pair (median_run)
+    probe: dict[str, float] | None = None  # reference timing before and after the engine run, and their drift
 
     def to_dict(self) -> dict[str, Any]:
         """The run's entry in report.json."""
         eng, sim = self.engine.summary, self.simulated.summary
+        tails = {k: dict(v) for k, v in tail_errors(self.request_error).items()}  # copies: request_error stays
+        for key, v in tails.items():
+            errs = [r["tails"][key] for r in self.repeats if r.get("tails", {}).get(key) is not None]
+            v["repeat_range"] = [min(errs), max(errs)] if len(errs) > 1 else None
         return {
             "name": self.name, "scheduler": self.scheduler, "token_budget": self.token_budget,
+            "tails": tails,
+            "batch_error_by_kind": {k: v["total"]["median"] for k, v in self.batch_error["by_kind"].items()},
+            "probe": self.probe,
+            "drifted": any(r.get("drifted") for r in self.repeats) or bool(
+                self.probe and self.probe["drift"] > DRIFT_THRESHOLD),
             "level": dataclasses.asdict(self.level) | {"name": self.level.name, "description": self.level.describe()},
             "requests": {"in_trace": self.trace_len, "completed_measured": eng["requests"]["completed"],
                          "completed_predicted": sim["requests"]["completed"], "skipped": eng["requests"]["skipped"]},

@@ -33,8 +33,9 @@ from calibration.validate.errors import (
     composition_match,
     price_batches,
     request_errors,
+    tail_errors,
 )
-from calibration.validate.results import RunResult, ValidationResult
+from calibration.validate.results import DRIFT_THRESHOLD, RunResult, ValidationResult
 from sim.batch import Batch
 from sim.cost.interface import CostModel
 from sim.request import TraceRequest
@@ -65,9 +66,26 @@ def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool):
                         cuda_graphs=cfg.cuda_graphs)
 
 
+def machine_probe(device: Any, repeats: int = 5) -> float:
+    """Seconds of a fixed reference workload on ``device`` (median of ``repeats``): the machine's speed now."""
+    import time
+
+    import torch
+    a = torch.ones(256, 256, device=device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(20):
+            a = torch.tanh(a @ a * 1e-3)
+        float(a.sum())  # waits for the device
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
 def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, level: LoadLevel, runner: Any,
              cost: CostModel, sim_gpu: Any, *, source: str = "<trace>", progress: bool = False) -> RunResult:
-    """Replay ``trace`` on the engine (``runner``) and simulate it with ``cost``; compare the two."""
+    """Replay ``trace`` on the engine (``runner``) and simulate it with ``cost``; compare the two. A reference
+    timing taken before and after the engine run tells whether the machine's speed drifted meanwhile."""
     from engine.replay import replay
     from sim.simulator import simulate
 
@@ -78,7 +96,9 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
     def on_batch(batch: Batch) -> None:  # kept cheap: it runs between the engine's iterations
         ran.append((batch, runner.last_timing["forward_s"]))
 
+    before = machine_probe(runner.device)
     eng = replay(trace, ecfg, runner=runner, source=source, on_batch=on_batch, progress=progress)
+    after = machine_probe(runner.device)
     executed = [ExecutedBatch.capture(b, fwd) for b, fwd in ran]  # items are immutable (request, new, cached)
     comps = [ex.composition() for ex in executed]
     eng.summary["timing"] = "measured"
@@ -90,9 +110,11 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
     simulated.summary["config"]["gpu"] = getattr(sim_gpu, "name", sim_gpu)
     priced = price_batches(executed, eng.batches, cost)
     name = f"{scheduler}-{level.name}"
-    return RunResult(name, scheduler, level, ecfg.token_budget, eng, simulated, priced, batch_errors(priced),
-                     request_errors(eng.summary, simulated.summary), composition_match(comps, recorder.ordered()),
-                     len(trace), executed)
+    res = RunResult(name, scheduler, level, ecfg.token_budget, eng, simulated, priced, batch_errors(priced),
+                    request_errors(eng.summary, simulated.summary), composition_match(comps, recorder.ordered()),
+                    len(trace), executed)
+    res.probe = {"before_s": before, "after_s": after, "drift": max(before, after) / min(before, after) - 1.0}
+    return res
 
 
 def median_run(runs: Sequence[RunResult]) -> RunResult:
@@ -107,7 +129,13 @@ def median_run(runs: Sequence[RunResult]) -> RunResult:
     kept.repeats = [{"repeat": i + 1, "kept": r is kept, "batches": len(r.batches),
                      "median_error": r.batch_error["total"]["median"],
                      "abs_median_error": r.batch_error["total"]["abs_median"],
-                     "sum_error": r.batch_error["sum_error"]} for i, r in enumerate(runs)]
+                     "sum_error": r.batch_error["sum_error"],
+                     "by_kind": {k: v["total"]["median"] for k, v in r.batch_error.get("by_kind", {}).items()},
+                     "tails": ({k: v["error"] for k, v in tail_errors(r.request_error).items()}
+                               if getattr(r, "request_error", None) else {}),
+                     "probe": getattr(r, "probe", None),
+                     "drifted": bool(getattr(r, "probe", None) and r.probe["drift"] > DRIFT_THRESHOLD)}
+                    for i, r in enumerate(runs)]
     return kept
 
 

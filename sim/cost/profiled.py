@@ -115,6 +115,8 @@ class ProfiledCostModel(CostModel):
         self.layer_coef, self.forward_coef, self.overhead_fit = self._fit_overhead()
         wake = self.profile.meta.get("wake")
         self._wake = WakeTable(wake) if wake else None
+        # the host part of a prefill grows with its prompt tokens (the host table times decode batches)
+        self.host_per_prefill_token = float((self.profile.meta.get("host_prefill") or {}).get("per_token_s", 0.0))
 
     # ---- framework overhead ---------------------------------------------------------------------
 
@@ -354,14 +356,15 @@ class ProfiledCostModel(CostModel):
 
     def host_time(self, batch: Batch) -> float:
         """Measured per-iteration CPU time at this batch's size: the engine's host part (scheduling, input
-        preparation, output processing, ``on_batch_done``; a version-1 profile: the first two only)."""
+        preparation, output processing, ``on_batch_done``; a version-1 profile: the first two only), plus
+        the measured per-prompt-token cost of its prefill tokens (profile ``host_prefill``)."""
         n = batch.size
         hit = self._host_cache.get(n)
         if hit is None:
             rt = self._src.token_ops(n, n)["host_overhead"][0]
             hit = self._table_op("host_overhead", n, rt, rt)[0]  # CPU time: never scaled to another GPU
             self._host_cache[n] = hit
-        return hit
+        return hit + self.host_per_prefill_token * batch.num_prefill_tokens
 
     def _explain(self, batch: Batch, stage: int) -> dict[str, tuple[float, str]]:
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
@@ -418,9 +421,8 @@ class ProfiledCostModel(CostModel):
             "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
             "framework_overhead": self.overhead_fit,
-            "wake": meta.get("wake"),
-            "measured_by": (meta.get("source") or {}).get("measured_by"),
-            "op_sources": meta.get("op_sources"),
+            "wake": meta.get("wake"), "host_per_prefill_token_s": self.host_per_prefill_token,
+            "measured_by": (meta.get("source") or {}).get("measured_by"), "op_sources": meta.get("op_sources"),
             "estimate": self.transfer,
             "transfer": None,
         }
@@ -434,10 +436,9 @@ class ProfiledCostModel(CostModel):
 
     def transfer_note(self) -> str | None:
         """One line for users when prices were transferred from another device, else None."""
-        if not self.transfer:
-            return None
-        return (f"note: profile measured on {self.profile.device_name}; times for {self.gpu.name} are an estimate "
-                f"(each op scaled by the roofline ratio of the two devices)")
+        return None if not self.transfer else (
+            f"note: profile measured on {self.profile.device_name}; times for {self.gpu.name} are an estimate "
+            f"(each op scaled by the roofline ratio of the two devices)")
 
 
 def for_simulation(profile: str | Path, config: "SimConfig", gpu: str | None) -> tuple["SimConfig", ProfiledCostModel]:

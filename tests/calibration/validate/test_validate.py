@@ -188,16 +188,44 @@ def test_median_batch_error_is_in_a_sane_band(base):
         assert -0.85 < med < 0.5, r.name
 
 
-@pytest.mark.xfail(strict=False, reason="not a CI gate on these shared 2-core VMs: with no other process running "
-                                        "(load < 1, no steal time) the same engine runs swing between the machine's "
-                                        "quiet state (median batch error -4% to +4%) and a slow state lasting "
-                                        "minutes (-28% to -49%, even against a profile calibrated seconds before); "
-                                        "see results/validate_noise.md. The band and doubled-profile tests gate")
-def test_median_batch_error_under_25_percent(base):
-    """The reported (median of three runs) batch-level error is within 25% for every scheduler."""
+def _ratio(df: pd.DataFrame, col: str) -> float:
+    """Median prefill-only iteration over median decode-only iteration, of column ``col``."""
+    return float(df.loc[df["kind"] == "prefill", col].median() / df.loc[df["kind"] == "decode", col].median())
+
+
+def _profile_without(dest: Path, *keys: str) -> Path:
+    shutil.copytree(PROFILE, dest)
+    meta = json.loads((dest / "profile.json").read_text())
+    for k in keys:
+        meta.pop(k, None)
+    (dest / "profile.json").write_text(json.dumps(meta))
+    return dest
+
+
+def test_prefills_are_priced_right_relative_to_decodes(base, tmp_path):
+    """What a prefill-only iteration costs against a decode-only one, predicted and measured on the same engine
+    batches (median repeat of three): within 45% of the measured ratio for every scheduler. The ratio does not
+    move when this shared machine's speed drifts (both kinds slow down alike), so unlike an absolute error band
+    it can gate; the run-to-run spread of the measured ratio itself (2.4 to 3.8 over five runs) sets the band.
+    The prefill host fix (the cold-start table and the per-prompt-token host cost) must account for more than
+    20 points of it with Orca and Sarathi-Serve, whose prefill-only iterations mostly follow an idle gap.
+    Measured over five runs: with the fix -19% to +30%, without it -17% to -46% (Orca, Sarathi-Serve: -27% to
+    -46%).
+    """
+    from calibration.validate.errors import price_batches
+    from sim.cost.profiled import ProfiledCostModel
+
     res, _ = base
+    broken = ProfiledCostModel(_profile_without(tmp_path / "p", "wake", "host_prefill"), "tiny")
     for r in res.runs:
-        assert abs(r.batch_error["total"]["median"]) < 0.25, r.name
+        measured = _ratio(r.batches, "measured_s")
+        fixed = _ratio(r.batches, "predicted_s") / measured - 1
+        unfixed = _ratio(price_batches(r.executed, r.engine.batches, broken), "predicted_s") / measured - 1
+        print(f"{r.name}: prefill/decode ratio measured {measured:.2f}, error {fixed:+.0%} (without the fix "
+              f"{unfixed:+.0%})")
+        assert abs(fixed) < 0.45, r.name
+        if r.scheduler != "vllm":  # vLLM prefills queued requests together after busy spells: fewer follow idle
+            assert fixed - unfixed > 0.20, r.name
 
 
 def _doubled_profile(dest: Path) -> Path:
@@ -206,10 +234,12 @@ def _doubled_profile(dest: Path) -> Path:
     m[["median_s", "p10_s", "p90_s"]] *= 2
     m.to_csv(dest / "measurements.csv", index=False)
     meta = json.loads((dest / "profile.json").read_text())
-    if meta.get("wake"):  # every time doubled: the cold-start extras too
+    if meta.get("wake"):  # every time doubled: the cold-start extras and the per-prompt-token host cost too
         for key in ("host_extra_s", "device_extra_s"):
             meta["wake"][key] = [2 * x for x in meta["wake"][key]]
-        (dest / "profile.json").write_text(json.dumps(meta))
+    if meta.get("host_prefill"):
+        meta["host_prefill"]["per_token_s"] *= 2
+    (dest / "profile.json").write_text(json.dumps(meta))
     return dest
 
 
@@ -297,3 +327,20 @@ def test_help_lists_validate_without_torch():
             "sys.exit(main(['validate', '--help']))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and "--load F1,F2" in p.stdout and "measured" in p.stdout
+
+
+def test_the_report_leads_with_tails_then_kinds_then_all_batches(base):
+    from calibration.validate.cli import summary_text
+
+    res, out = base
+    md = (out / "report.md").read_text()
+    heads = [line for line in md.splitlines() if line.startswith("## ")]
+    assert heads[:3] == ["## Tails: predicted against measured, per scheduler and load",
+                         "## Batch-level error by kind (median; all batches last)", "## Batch-level error, all runs"]
+    rep = json.loads((out / "report.json").read_text())
+    for r in rep["runs"]:
+        assert list(r["tails"])[:3] == ["ttft_p50", "ttft_p90", "ttft_p99"] and "throughput" in r["tails"]
+        assert len(r["tails"]["tbt_p99"]["repeat_range"]) == 2  # three repeats: the spread is reported
+        assert set(r["batch_error_by_kind"]) <= {"prefill", "decode", "mixed"}
+        assert r["probe"]["before_s"] > 0 and isinstance(r["drifted"], bool)
+    assert summary_text(res).splitlines()[0].split()[1:3] == ["TTFT", "P50"]
