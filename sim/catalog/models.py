@@ -180,6 +180,9 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
                      "biases and learned position embeddings ignored"),
     ModelSpec("tiny", 2, 64, 4, 2, 128, 256, 1024,
               source="servesim test model"),
+    ModelSpec("small", 4, 512, 8, 4, 1408, 16384, 2048,
+              source="servesim CPU validation model (about 30M parameters): big enough that compute, not Python, "
+                     "dominates an iteration on a CPU"),
 )}
 
 
