@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             "| run | prefill-only | decode-only | mixed | all batches |", "|---|---:|---:|---:|---:|"]
     out += ["| " + " | ".join(r) + " |" for r in kind_rows]
     text = "\n".join(out)
-    print(text)
-    if args.out:
+    if args.out:  # written first: a long matrix's figures are kept even if the console goes away
         Path(args.out).write_text(text + "\n")
+    print(text)
     return 0
 
 
