@@ -10,6 +10,18 @@ from calibration.timing import Timing, time_host
 from sim.catalog.models import get_model
 
 
+def timed_iteration(sched, runner, now: float = 0.0) -> tuple[float, float]:
+    """(host seconds, forward seconds) of one scheduled iteration, as ``engine.replay`` books them: the wall time
+    of ``schedule``, ``execute`` and ``on_batch_done`` less the runner's ``forward_s``; finished requests released."""
+    t0 = time.perf_counter()
+    batch = sched.schedule(now)
+    runner.execute(batch)
+    for r in sched.on_batch_done(batch, now):
+        runner.release(r)
+    forward = float(runner.last_timing["forward_s"])
+    return time.perf_counter() - t0 - forward, forward
+
+
 class HostBench:
     """Per-iteration host time on the real engine: everything but the forward pass (``schedule``, input
     preparation, output processing, ``on_batch_done``), the engine's ``host_s``."""
@@ -47,12 +59,8 @@ class HostBench:
             runner.execute(b)
             sched.on_batch_done(b, 0.0)
 
-        def one(i: int) -> float:  # the engine's host part, as engine.replay books it: iteration minus forward_s
-            t0 = time.perf_counter()
-            b = sched.schedule(float(i))
-            runner.execute(b)
-            sched.on_batch_done(b, float(i))
-            return time.perf_counter() - t0 - float(runner.last_timing["forward_s"])
+        def one(i: int) -> float:
+            return timed_iteration(sched, runner, float(i))[0]
 
         try:
             return time_host(one, self.repeats)
@@ -89,13 +97,9 @@ def measure_prefill_host(model: str, device: torch.device, dtype: torch.dtype, b
         for i in range(repeats + 2):
             counter[0] += 1
             sched.add_request(Request(f"hostp{counter[0]}", 0.0, t, 1, index=counter[0]))
-            t0 = time.perf_counter()
-            batch = sched.schedule(0.0)
-            runner.execute(batch)
-            for r in sched.on_batch_done(batch, 0.0):
-                runner.release(r)
-            if i >= 2:
-                times.append(time.perf_counter() - t0 - float(runner.last_timing["forward_s"]))
+            host, _ = timed_iteration(sched, runner)
+            if i >= 2:  # two warm-up iterations per length
+                times.append(host)
         medians.append(float(np.median(times)))
     slope = float(np.polyfit(np.asarray(tokens, dtype=float), np.asarray(medians), 1)[0]) if len(tokens) > 1 else 0.0
     return {"tokens": list(tokens), "host_s": [round(x, 9) for x in medians], "per_token_s": max(0.0, slope),

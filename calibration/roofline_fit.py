@@ -21,7 +21,6 @@ fraction of bandwidth carries over better than a guess); ``source`` says so.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -198,4 +197,4 @@ def _toml_value(v: Any) -> str:
         return "true" if v else "false"
     if isinstance(v, str):
         return '"' + v.replace('"', "'") + '"'
-    return repr(v) if not (isinstance(v, float) and math.isfinite(v) and v == int(v) and abs(v) < 1e15) else repr(v)
+    return repr(v)

@@ -30,6 +30,7 @@ def measure_wake(model: ModelSpec, device: Any, dtype: Any, backend: str, block_
     """The ``wake`` block of profile.json, per idle gap: the median oversleep (the engine wakes late), and the
     median extra host part (schedule, input preparation, output processing) and forward time of the first
     iteration after the gap, over the same iteration run back to back (mean of a prefill and a decode)."""
+    from calibration.host_bench import timed_iteration
     from engine.runner import ModelRunner
     from sim.request import Request
     from sim.schedulers import SchedulerConfig, make_scheduler
@@ -44,14 +45,7 @@ def measure_wake(model: ModelSpec, device: Any, dtype: Any, backend: str, block_
     clock, counter = time.perf_counter, [0]
 
     def iteration() -> tuple[float, float]:
-        """(host seconds, forward seconds) of one scheduled iteration, as the engine's replay books them."""
-        t0 = clock()
-        batch = sched.schedule(0.0)
-        runner.execute(batch)
-        for r in sched.on_batch_done(batch, 0.0):
-            runner.release(r)
-        forward = float(runner.last_timing["forward_s"])
-        return clock() - t0 - forward, forward
+        return timed_iteration(sched, runner)
 
     def prefill() -> tuple[float, float]:  # a new request whose one output token finishes it
         counter[0] += 1

@@ -89,3 +89,19 @@ class Batch:
     def __repr__(self) -> str:
         return (f"Batch(id={self.batch_id}, size={self.size}, prefill_tokens={self.num_prefill_tokens}, "
                 f"decode_tokens={self.num_decode_tokens})")
+
+
+def synthetic_batch(decode_contexts: list[int], chunks: list[tuple[int, int]], prefix: str = "s") -> Batch:
+    """A batch on fresh requests, decodes first as the schedulers build them: one decode per entry of
+    ``decode_contexts`` (keys it reads, its new one included), one prefill chunk per (new, cached) of ``chunks``.
+    Request ids are ``prefix`` plus the item's position. For pricing, calibration and the engine's benches."""
+    items = []
+    for i, context in enumerate(decode_contexts):
+        r = Request(f"{prefix}{i}", 0.0, context - 1, 1 << 30)
+        r.num_computed, r.num_generated = context - 1, 1  # prompt + 1 generated known; the decode covers it
+        items.append(BatchItem(r, 1, context - 1))
+    for i, (new, cached) in enumerate(chunks, start=len(items)):
+        r = Request(f"{prefix}{i}", 0.0, cached + new, 1 << 30)
+        r.num_computed = cached
+        items.append(BatchItem(r, new, cached))
+    return Batch(items, 0, 0, num_decodes=len(decode_contexts))

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from sim.batch import Batch, BatchItem
-from sim.cost.interface import CostModel, StageCost
+from sim.cost.interface import CostModel, DelegatingCost
 from sim.request import Request
 
 KINDS = ("prefill", "decode", "mixed")
@@ -194,30 +194,16 @@ def composition_match(engine: Sequence[tuple], simulator: Sequence[tuple]) -> di
             "first_difference": first}
 
 
-class RecordingCost(CostModel):
+class RecordingCost(DelegatingCost):
     """Wraps a cost model and records the composition of every batch the simulator schedules (by batch id)."""
 
     def __init__(self, inner: CostModel) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.num_stages = inner.num_stages
+        super().__init__(inner)
         self.compositions: dict[int, tuple] = {}
-
-    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
-        return self.inner.stage_cost(batch, stage)
 
     def host_time(self, batch: Batch) -> float:
         self.compositions[batch.batch_id] = batch.composition()  # called once, right after scheduling
-        return self.inner.host_time(batch)
-
-    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
-        return self.inner.breakdown(batch, stage)
-
-    def wake_time(self, idle_s: float) -> tuple[float, float, float]:
-        return self.inner.wake_time(idle_s)
-
-    def describe(self) -> dict:
-        return self.inner.describe()
+        return super().host_time(batch)
 
     def ordered(self) -> list[tuple]:
         return [self.compositions[k] for k in sorted(self.compositions)]

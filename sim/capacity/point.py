@@ -17,7 +17,7 @@ import numpy as np
 
 from sim.batch import Batch
 from sim.capacity.spec import _METRIC_RE, LATENCIES, STATS, Slo, Workload
-from sim.cost.interface import CostModel, StageCost
+from sim.cost.interface import CostModel, DelegatingCost
 from sim.request import Request, TraceRequest
 from sim.simulator import SimConfig
 
@@ -293,25 +293,16 @@ class _Watch:
             raise _Stop(name, bound)
 
 
-class _WatchedCost(CostModel):
+class _WatchedCost(DelegatingCost):
     """Delegates to ``inner``; shows every formed batch to the watch (``host_time`` is priced once per batch)."""
 
     def __init__(self, inner: CostModel, watch: _Watch) -> None:
-        self.inner, self.watch = inner, watch
-        self.num_stages, self.name = inner.num_stages, inner.name
-
-    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
-        return self.inner.stage_cost(batch, stage)
+        super().__init__(inner)
+        self.watch = watch
 
     def host_time(self, batch: Batch) -> float:
         self.watch.on_batch(batch)
-        return self.inner.host_time(batch)
-
-    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
-        return self.inner.breakdown(batch, stage)
-
-    def describe(self) -> dict:
-        return self.inner.describe()
+        return super().host_time(batch)
 
 
 def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int]:

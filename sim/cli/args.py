@@ -163,11 +163,18 @@ def _kernel_gpus() -> list[str]:
     return [name for name, g in GPUS.items() if g.kernel_db]
 
 
+def check_cost_model_args(args: argparse.Namespace) -> None:
+    """Refuse --profile with --cost-model kernels, and --kernel-db without it."""
+    if getattr(args, "profile", None) and args.cost_model != "roofline":
+        raise ValueError("--profile and --cost-model kernels both choose the prices: give one")
+    if args.kernel_db and args.cost_model != "kernels":
+        raise ValueError("--kernel-db chooses the measurements of --cost-model kernels: add --cost-model kernels")
+
+
 def cost_model_from_args(args: argparse.Namespace, config: Any) -> tuple[Any, Any]:
     """(config, cost model or None for the roofline) from --profile / --cost-model / --kernel-db, with --gpu."""
+    check_cost_model_args(args)
     profile = getattr(args, "profile", None)
-    if profile and args.cost_model != "roofline":
-        raise ValueError("--profile and --cost-model kernels both choose the prices: give one")
     if profile:
         import sys
 
@@ -179,8 +186,6 @@ def cost_model_from_args(args: argparse.Namespace, config: Any) -> tuple[Any, An
     if args.cost_model == "kernels":
         from sim.cost.kernels.model import for_simulation as kernels_for_simulation
         return config, kernels_for_simulation(config, args.kernel_db)
-    if args.kernel_db:
-        raise ValueError("--kernel-db chooses the measurements of --cost-model kernels: add --cost-model kernels")
     return config, None
 
 

@@ -41,8 +41,7 @@ def add_cost_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
 
 def iteration_batch(prefills: list[int], contexts: list[int], decodes: int, decode_context: int) -> Any:
     """The Batch of the flags: chunks over their cached contexts, then decodes with ``decode_context`` keys each."""
-    from sim.batch import Batch, BatchItem
-    from sim.request import Request
+    from sim.batch import synthetic_batch
 
     if len(contexts) not in (0, 1, len(prefills)):
         raise ValueError(f"--prefill-context: give one value or one per --prefill ({len(prefills)}), "
@@ -52,16 +51,7 @@ def iteration_batch(prefills: list[int], contexts: list[int], decodes: int, deco
     if not prefills and not decodes:
         raise ValueError("give --prefill TOKENS and/or --decodes B: the batch to price")
     ctx = contexts * len(prefills) if len(contexts) == 1 else contexts or [0] * len(prefills)
-    items = []
-    for i in range(decodes):  # decodes first, as the schedulers build batches
-        r = Request(f"decode{i}", 0.0, decode_context - 1, 1 << 30)
-        r.num_computed, r.num_generated = decode_context - 1, 1
-        items.append(BatchItem(r, 1, decode_context - 1))
-    for i, (chunk, cached) in enumerate(zip(prefills, ctx)):
-        r = Request(f"prefill{i}", 0.0, chunk + cached, 1)
-        r.num_computed = cached
-        items.append(BatchItem(r, chunk, cached))
-    return Batch(items, 0, 0, num_decodes=decodes)
+    return synthetic_batch([decode_context] * decodes, list(zip(prefills, ctx)), prefix="cost")
 
 
 def price(cost: Any, batch: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from sim.cli.args import (
     add_cost_model_arguments,
     add_deployment_arguments,
     add_max_model_len_argument,
+    check_cost_model_args,
     int_list,
     name_list,
     seconds_or,
@@ -165,10 +166,7 @@ def _cost_line(search) -> str:
 def _price_ref(args: argparse.Namespace, gpu: str | None = None):
     """The ProfileRef or KernelsRef of --profile / --cost-model kernels, or None for the roofline."""
     from sim.capacity.search import KernelsRef, ProfileRef
-    if args.profile and args.cost_model != "roofline":
-        raise ValueError("--profile and --cost-model kernels both choose the prices: give one")
-    if args.kernel_db and args.cost_model != "kernels":
-        raise ValueError("--kernel-db chooses the measurements of --cost-model kernels: add --cost-model kernels")
+    check_cost_model_args(args)
     if args.profile:
         return ProfileRef(args.profile, gpu)
     return KernelsRef(args.kernel_db) if args.cost_model == "kernels" else None

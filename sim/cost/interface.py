@@ -53,6 +53,28 @@ class CostModel(ABC):
         return {"name": self.name}
 
 
+class DelegatingCost(CostModel):
+    """Prices with ``inner`` unchanged; subclasses watch what is priced (override a method, call super())."""
+
+    def __init__(self, inner: CostModel) -> None:
+        self.inner, self.name, self.num_stages = inner, inner.name, inner.num_stages
+
+    def stage_cost(self, batch: Batch, stage: int) -> StageCost:
+        return self.inner.stage_cost(batch, stage)
+
+    def host_time(self, batch: Batch) -> float:
+        return self.inner.host_time(batch)
+
+    def wake_time(self, idle_s: float) -> tuple[float, float, float]:
+        return self.inner.wake_time(idle_s)
+
+    def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
+        return self.inner.breakdown(batch, stage)
+
+    def describe(self) -> dict:
+        return self.inner.describe()
+
+
 def deployment_fields(cost: Any) -> dict[str, Any]:
     """The head of a table-priced model's ``describe()``: its name, model, GPU, parallelism and stage layers."""
     return {"name": cost.name, "model": cost.model.name, "gpu": cost.gpu.name, "tp": cost.tp, "pp": cost.pp,

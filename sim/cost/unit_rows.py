@@ -10,8 +10,7 @@ rebuilds them to fit its overhead terms.
 
 from __future__ import annotations
 
-from sim.batch import Batch, BatchItem
-from sim.request import Request
+from sim.batch import Batch, synthetic_batch
 
 ITERATION_VARIANTS: tuple[str, ...] = ("prefill", "decode", "mixed")
 
@@ -37,15 +36,6 @@ def unit_items(tokens: int, seqs: int, context: int, variant: str) -> list[tuple
 
 def unit_batch(tokens: int, seqs: int, context: int, variant: str, prefix: str = "u") -> Batch:
     """The batch a unit-timing row describes, on fresh requests (decodes first, as the schedulers build them)."""
-    items = []
-    nd = 0
-    for i, (new, cached, dec) in enumerate(unit_items(tokens, seqs, context, variant)):
-        if dec:
-            r = Request(f"{prefix}{i}", 0.0, cached, 1 << 30)
-            r.num_computed, r.num_generated = cached, 1   # prompt + 1 generated known; the decode covers it
-            nd += 1
-        else:
-            r = Request(f"{prefix}{i}", 0.0, cached + new, 1 << 30)
-            r.num_computed = cached
-        items.append(BatchItem(r, new, cached))
-    return Batch(items, 0, 0, num_decodes=nd)
+    items = unit_items(tokens, seqs, context, variant)
+    return synthetic_batch([cached + 1 for _, cached, dec in items if dec],
+                           [(new, cached) for new, cached, dec in items if not dec], prefix)

@@ -75,3 +75,14 @@ def test_idle_before_a_batch_is_the_gap_less_its_host_part():
     m = pd.DataFrame({"batch_id": [0, 1, 2], "start": [0.0, 1.0, 1.25], "end": [0.5, 1.2, 1.5],
                       "host_s": [0.0, 0.1, 0.05]})
     assert idle_before(m) == pytest.approx({0: 0.0, 1: 0.4, 2: 0.0})
+
+
+def test_wrapping_cost_models_keep_the_cold_start():
+    """The capacity search's early-stop wrapper and validation's recorder price exactly as the model they wrap."""
+    from calibration.validate.errors import RecordingCost
+    from sim.capacity.point import _WatchedCost
+    inner = ColdConstant(iteration_time=1.0)
+    for wrapped in (_WatchedCost(inner, watch=None), RecordingCost(inner)):
+        assert wrapped.wake_time(0.5) == (0.1, 0.2, 0.3) and wrapped.name == inner.name
+    a, b = _run(RecordingCost(inner), [(1.0, 16, 2), (10.0, 16, 1)])
+    assert a.token_times == pytest.approx([2.6, 3.6]) and b.token_times == pytest.approx([11.6])

@@ -36,8 +36,9 @@ class KernelDatabaseError(ValueError):
     """The kernel databases are not installed, or hold nothing for the GPU, framework or version asked for."""
 
 
+@lru_cache(maxsize=1)
 def data_dir() -> Path:
-    """The package's ``systems/data`` folder (found without importing the package)."""
+    """The package's ``systems/data`` folder (found once, without importing the package)."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise KernelDatabaseError(f"the kernel databases need the aiconfigurator-core package: {INSTALL_HINT}")

@@ -163,7 +163,7 @@ class KernelCostModel(CostModel):
         ops = self._stage_token_times(num_tokens, num_items, stage, decode_only)
         for _, src in ops.values():
             self._count(src)
-        rl_t, f, b = self.rl._token_part(num_tokens, num_items, stage)  # useful FLOPs and bytes, for MFU
+        _, f, b = self.rl._token_part(num_tokens, num_items, stage)  # useful FLOPs and bytes, for MFU
         res = (sum(v[0] for v in ops.values()), f, b)
         if len(self._token_cache) >= _CACHE_LIMIT:
             self._token_cache.clear()
