@@ -7,7 +7,7 @@ import time
 import torch
 
 from calibration.timing import Timing, time_host
-from sim.catalog.models import get_model
+from sim.catalog.models import ModelSpec, get_model
 
 
 def timed_iteration(sched, runner, now: float = 0.0) -> tuple[float, float]:
@@ -26,11 +26,11 @@ class HostBench:
     """Per-iteration host time on the real engine: everything but the forward pass (``schedule``, input
     preparation, output processing, ``on_batch_done``), the engine's ``host_s``."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, backend: str, host_model: str, scheduler: str,
-                 max_batch: int, block_size: int, repeats: int) -> None:
+    def __init__(self, device: torch.device, dtype: torch.dtype, backend: str, host_model: ModelSpec | str,
+                 scheduler: str, max_batch: int, block_size: int, repeats: int) -> None:
         from engine.runner import ModelRunner
 
-        self.spec = get_model(host_model)
+        self.spec = host_model if isinstance(host_model, ModelSpec) else get_model(host_model)
         self.scheduler = scheduler
         self.repeats = repeats
         self.prompt = 16
@@ -70,14 +70,17 @@ class HostBench:
 
 
 PREFILL_TOKENS: tuple[int, ...] = (16, 64, 256, 1024)
+NEW_REQUESTS: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 
-def measure_prefill_host(model: str, device: torch.device, dtype: torch.dtype, backend: str, block_size: int, *,
-                         scheduler: str = "sarathi", tokens: tuple[int, ...] = PREFILL_TOKENS, repeats: int = 10
-                         ) -> dict:
-    """The host part of prefill iterations (one new request of T prompt tokens, back to back) and its fitted
-    per-prompt-token slope: preparing a prompt's ids, positions and block tables grows with its tokens,
-    which the decode-batch host table does not see (the ``host_prefill`` block of profile.json)."""
+def measure_prefill_host(model: ModelSpec | str, device: torch.device, dtype: torch.dtype, backend: str, block_size: int, *,
+                         scheduler: str = "sarathi", tokens: tuple[int, ...] = PREFILL_TOKENS,
+                         requests: tuple[int, ...] = NEW_REQUESTS, repeats: int = 10) -> dict:
+    """The host part of prefill iterations beyond what the decode-batch host table prices (the ``host_prefill``
+    block of profile.json): a per-prompt-token slope (one new request of T tokens: ids, positions, slots grow
+    with T), and, from iterations of k new 16-token requests against decode iterations of k requests timed
+    alongside, a fixed cost of an iteration with a prefill part plus a per-prefill-item cost (a new request's
+    token ids, block allocation, first-token handling)."""
     import numpy as np
 
     from engine.runner import ModelRunner
@@ -85,23 +88,44 @@ def measure_prefill_host(model: str, device: torch.device, dtype: torch.dtype, b
     from sim.request import Request
     from sim.schedulers import SchedulerConfig, make_scheduler
 
-    spec = get_model(model)
+    spec = model if isinstance(model, ModelSpec) else get_model(model)
     tokens = tuple(t for t in tokens if t < spec.max_context) or (min(16, spec.max_context - 1),)
-    runner = ModelRunner(spec, device=device, dtype=dtype, kv_blocks=-(-max(tokens) // block_size) * 2 + 8,
-                         block_size=block_size, backend=backend, cuda_graphs=False)
-    sched = make_scheduler(scheduler, SchedulerConfig(max_batch_size=8, token_budget=max(tokens)),
+    short = min(16, spec.max_context - 1)
+    kv_blocks = max(-(-max(tokens) // block_size) * 2, max(requests) * 2 * -(-(short + 1) // block_size)) + 8
+    runner = ModelRunner(spec, device=device, dtype=dtype, kv_blocks=kv_blocks, block_size=block_size,
+                         backend=backend, cuda_graphs=False)
+    sched = make_scheduler(scheduler, SchedulerConfig(max_batch_size=max(8, max(requests)),
+                                                      token_budget=max(max(tokens), short * max(requests))),
                            BlockManager(runner.num_blocks, runner.block_size, 0.0))
-    medians, counter = [], [0]
-    for t in tokens:
+    counter = [0]
+
+    def median_host(length: int, k: int) -> float:
+        """Median host seconds of iterations prefilling ``k`` new requests of ``length`` tokens (2 warm-ups)."""
         times = []
         for i in range(repeats + 2):
-            counter[0] += 1
-            sched.add_request(Request(f"hostp{counter[0]}", 0.0, t, 1, index=counter[0]))
+            for _ in range(k):
+                counter[0] += 1
+                sched.add_request(Request(f"hostp{counter[0]}", 0.0, length, 1, index=counter[0]))
             host, _ = timed_iteration(sched, runner)
-            if i >= 2:  # two warm-up iterations per length
+            if i >= 2:
                 times.append(host)
-        medians.append(float(np.median(times)))
+        return float(np.median(times))
+
+    medians = [median_host(t, 1) for t in tokens]
     slope = float(np.polyfit(np.asarray(tokens, dtype=float), np.asarray(medians), 1)[0]) if len(tokens) > 1 else 0.0
-    return {"tokens": list(tokens), "host_s": [round(x, 9) for x in medians], "per_token_s": max(0.0, slope),
-            "method": f"median of {repeats} back-to-back prefill iterations (one new request) per prompt length; "
-                      f"per_token_s: least-squares slope"}
+    slope = max(0.0, slope)
+    out = {"tokens": list(tokens), "host_s": [round(x, 9) for x in medians], "per_token_s": slope,
+           "method": f"median of {repeats} back-to-back prefill iterations per point; per_token_s: least-squares "
+                     f"slope over prompt lengths (one new request); fixed_s + per_request_s x k: least-squares "
+                     f"line through the host time of k new {short}-token requests, less a decode iteration of k "
+                     f"requests (the host table's shape) and their prompt tokens' per-token cost"}
+    if len(requests) > 1:
+        bench = HostBench(device, dtype, backend, model, scheduler, max(requests), block_size, repeats)
+        pre = [median_host(short, k) for k in requests]
+        dec = [bench.measure(k).median_s for k in requests]
+        extra = [p - d - slope * short * k for p, d, k in zip(pre, dec, requests)]
+        per_req, fixed = np.polyfit(np.asarray(requests, dtype=float), np.asarray(extra), 1)
+        out.update(requests=list(requests), requests_host_s=[round(x, 9) for x in pre],
+                   decode_host_s=[round(x, 9) for x in dec], fixed_s=max(0.0, float(fixed)),
+                   per_request_s=max(0.0, float(per_req)))
+    return out

@@ -14,7 +14,8 @@ import torch
 from calibration.device_info import ram_bytes
 from calibration.grid import Point
 from calibration.timing import rotation_copies
-from engine.attention import build_metadata, select_backend
+from engine.attention import build_metadata
+from engine.backends import select_backend
 from engine.ops import OPS
 from sim.catalog.models import ModelSpec
 from sim.cost.profile_format import MIXED

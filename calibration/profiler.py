@@ -34,6 +34,7 @@ from calibration.host_bench import HostBench
 from calibration.iteration import IterationBench, blocks_needed, unit_shapes
 from calibration.op_bench import OpBench
 from calibration.timing import Timing, TimingSettings, synchronize, time_call, time_stats
+from engine.gc_pause import frozen_heap
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost import profile_format
 from sim.ops import UNIT_TIMINGS
@@ -59,7 +60,7 @@ class CalibrationConfig:
     backend: str = "auto"
     budget_s: float | None = None
     ops: tuple[str, ...] | None = None
-    host_model: str = "tiny"
+    host_model: str | None = None    # None: tiny on a GPU, the profiled model on a CPU (host_model_for)
     host_scheduler: str = "sarathi"
     block_size: int = 16
     seed: int = 0
@@ -85,6 +86,36 @@ class CalibrationResult:
 
 
 # ---- the run ----------------------------------------------------------------------------------
+
+def host_model_for(cfg: CalibrationConfig, device_type: str) -> ModelSpec | str:
+    """The model the host-part benches run: ``cfg.host_model`` if given; else on a GPU the tiny model (the host
+    work does not share the device's caches), on a CPU the profiled model itself, whose forward pass evicts
+    the host's working set (measured here: the small model's host part is twice the tiny model's)."""
+    if cfg.host_model:
+        return cfg.host_model
+    return cfg.model if device_type == "cpu" else "tiny"
+
+
+def _name(model: ModelSpec | str) -> str:
+    return model if isinstance(model, str) else model.name
+
+
+#: seconds of measuring after which the plan's estimate is scaled by the speed seen so far
+RE_ESTIMATE_AFTER_S = 20.0
+
+
+def _re_estimate(elapsed: float, planned_done: float, planned_rest: float, rounds: int, budget: float | None,
+                 log: Callable[[str], None]) -> float:
+    """The whole run's seconds, re-estimated from how long the points measured so far took against their
+    plan (the planner's per-point and compile constants are guesses; this machine's speed is not)."""
+    ratio = elapsed / planned_done if planned_done > 0 else 1.0
+    total = rounds * (elapsed + ratio * planned_rest)
+    tail = ""
+    if budget is not None and total > budget:
+        tail = f"; the {budget:.0f} s budget stops it first (rerun the same command to resume)"
+    log(f"re-estimated from the first {elapsed:.0f} s ({ratio:.1f}x the plan's pace): about {total:.0f} s{tail}")
+    return total
+
 
 def _median_round(ts: list[Timing]) -> Timing:
     """The round whose median is the median of the rounds' (the lower middle one for an even count)."""
@@ -165,7 +196,7 @@ def _meta(cfg: CalibrationConfig, dev: dict[str, Any], dtype: torch.dtype, backe
                    "rotation": "input sets rotated to twice the last-level cache (at most 8)",
                    "rounds": cfg.rounds or (3 if dev["type"] == "cpu" else 1)},
         "attention_backend": backend_name, "block_size": cfg.block_size,
-        "host_overhead": {"model": cfg.host_model, "scheduler": cfg.host_scheduler,
+        "host_overhead": {"model": _name(host_model_for(cfg, dev["type"])), "scheduler": cfg.host_scheduler,
                           "measures": "engine host part per decode iteration: schedule() + execute() + "
                                       "on_batch_done() wall time less forward_s"},
         "communication": (old or {}).get("communication", {"measured_tp": [], "pp": "roofline",
@@ -208,7 +239,8 @@ def calibrate(cfg: CalibrationConfig, log: Callable[[str], None] = print) -> Cal
     if device.type == "cpu":
         torch.set_num_threads(cfg.threads or 1)
     try:
-        return _calibrate(cfg, device, log)
+        with frozen_heap():  # timed like the engine serves: no full garbage collection mid-measurement
+            return _calibrate(cfg, device, log)
     finally:
         torch.set_num_threads(saved_threads)
 
@@ -232,8 +264,11 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     gpu = dev["gpu"] if device.type == "cuda" else None
     tset = cfg.timing
     rounds = cfg.rounds or (3 if device.type == "cpu" else 1)
-    estimate = rounds * estimate_seconds(todo, cfg.model, gpu or ("h100-sxm" if device.type == "cuda" else None),
-                                         device.type, (tset.warmup, tset.min_repeats, tset.max_repeats, tset.target_s))
+    def estimate_of(pts: list[Point]) -> float:
+        return estimate_seconds(pts, cfg.model, gpu or ("h100-sxm" if device.type == "cuda" else None),
+                                device.type, (tset.warmup, tset.min_repeats, tset.max_repeats, tset.target_s))
+
+    estimate = rounds * estimate_of(todo)
     log(f"calibrating {cfg.model.name} TP {','.join(map(str, cfg.tps))} on {dev['name']} "
         f"({dtype}): {len(points)} points, {len(points) - len(todo)} already measured, {len(todo)} to go; "
         f"estimated {estimate:.0f} s" + (f" (budget {cfg.budget_s:.0f} s)" if cfg.budget_s is not None else ""))
@@ -257,7 +292,7 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
             nonlocal host, units
             if p.op == "host_overhead":
                 if host is None:
-                    host = HostBench(device, dtype, cfg.backend, cfg.host_model, cfg.host_scheduler,
+                    host = HostBench(device, dtype, cfg.backend, host_model_for(cfg, device.type), cfg.host_scheduler,
                                      max(cfg.grid.host_batches), cfg.block_size,
                                      max(tset.min_repeats, min(tset.max_repeats, 20)))
                 return host.measure(p.tokens)
@@ -281,11 +316,16 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
             return cfg.budget_s is not None and time.perf_counter() - t_start > cfg.budget_s
 
         best: dict[Point, Timing] = {}
+        re_estimated = False
         # Round 1 measures every point and appends its row at once (a stopped run keeps it).
-        for p in todo:
+        for i, p in enumerate(todo):
             if over_budget():
                 stopped = True
                 break
+            if not re_estimated and time.perf_counter() - t_start > RE_ESTIMATE_AFTER_S:
+                re_estimated = True
+                estimate = _re_estimate(time.perf_counter() - t_start, estimate_of(todo[:i]),
+                                        estimate_of(todo[i:]), rounds, cfg.budget_s, log)
             try:
                 best[p] = measure(p)
             except (MemoryError, torch.OutOfMemoryError) as e:
@@ -323,6 +363,9 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         if over_budget():
             break
     synchronize(device)
+    bench = host = units = None  # their weights and KV caches: freed before the next benches allocate theirs
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
     remaining = len(todo) - measured - len(skipped)
     if not stopped and cfg.measure_comm:
@@ -335,7 +378,8 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         from calibration.wake_bench import measure_wake
         log("timing iterations after idle gaps (the cold-start extra) and the host part of prefills")
         meta["wake"] = measure_wake(cfg.model, device, dtype, cfg.backend, cfg.block_size, seed=cfg.seed)
-        meta["host_prefill"] = measure_prefill_host(cfg.host_model, device, dtype, cfg.backend, cfg.block_size)
+        meta["host_prefill"] = measure_prefill_host(host_model_for(cfg, device.type), device, dtype, cfg.backend,
+                                                    cfg.block_size)
     table = profile_format.read_measurements(out, allow_missing=True)
     meta["device_rates"] = fit_device_rates(table, cfg.model, meta["dtype_bytes"])
     meta["skipped"] = sorted({*map(tuple, meta.get("skipped", [])),

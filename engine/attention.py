@@ -13,7 +13,6 @@ compiled on CUDA) and ``flash`` (flash-attn varlen, only when it imports).
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +40,7 @@ class AttnPart:
     cu_seqlens_k: torch.Tensor  # [S+1] int32
     max_seqlen_q: int
     max_seqlen_k: int
+    num_keys: int = -1  # keys of all sequences together (sum of seqlens_k), known on the host; -1: unknown
     cache: dict[str, Any] = field(default_factory=dict)  # backend state shared by all layers
 
 
@@ -93,7 +93,7 @@ def build_part(seqs: list[tuple[list[int], int, int]], start: int, block_size: i
         positions=positions.to(dev), slot_mapping=slots.to(dev), seq_idx=seq_idx.to(dev),
         q_offset=q_offset.to(dev), block_tables=bt.to(dev), seqlens_k=k_lens.to(torch.int32).to(dev),
         cu_seqlens_q=cu_q.to(torch.int32).to(dev), cu_seqlens_k=cu_k.to(torch.int32).to(dev),
-        max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(k_lens.max()),
+        max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(k_lens.max()), num_keys=int(cu_k[-1]),
     )
 
 
@@ -106,12 +106,15 @@ def build_metadata(prefill: list[tuple[list[int], int, int]], decode: list[tuple
     return AttnMetadata(prefill=pre, decode=dec, backend=backend, scale=scale)
 
 
-def _packed_kv_index(part: AttnPart) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def packed_kv_index(part: AttnPart) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(cache slot, sequence id, position) of every key of every sequence, packed back to back."""
     st = part.cache.get("packed")
     if st is None:
         k_lens = part.seqlens_k.long()
-        kv_seq = torch.repeat_interleave(torch.arange(part.num_seqs, device=k_lens.device), k_lens)
+        total = part.num_keys if part.num_keys >= 0 else int(k_lens.sum())
+        # output_size known on the host: no device-to-host sync to size the result
+        kv_seq = torch.repeat_interleave(torch.arange(part.num_seqs, device=k_lens.device), k_lens,
+                                         output_size=total)
         kv_pos = torch.arange(kv_seq.numel(), device=k_lens.device) - part.cu_seqlens_k[:-1].long()[kv_seq]
         bs = part.block_size
         slots = part.block_tables[kv_seq, kv_pos // bs].long() * bs + kv_pos % bs
@@ -172,60 +175,13 @@ class SdpaBackend:
         return out.transpose(1, 2)[part.seq_idx, part.q_offset]
 
 
-# ---------------------------------------------------------------- flex
-
 def flex_available() -> bool:
-    """Whether this torch has FlexAttention."""
+    """Whether this torch has FlexAttention (engine.flex_attention)."""
     try:
         from torch.nn.attention import flex_attention  # noqa: F401
     except ImportError:
         return False
     return True
-
-
-class FlexBackend:
-    """FlexAttention over keys gathered back to back; block mask from (sequence id, position)."""
-
-    name = "flex"
-
-    def __init__(self, device: torch.device | str) -> None:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        self.device = torch.device(device)
-        self._create_block_mask = create_block_mask
-        # TODO(perf): read the paged cache in place (a physical-to-logical block map in the
-        # mask) instead of gathering K/V per layer; build the block mask from block-level
-        # structure instead of evaluating mask_mod at every (query, key) pair.
-        # Eager flex is an unfused reference (CPU); CUDA compiles the fused kernel once,
-        # with dynamic shapes so varying batch sizes do not recompile.
-        compiled = self.device.type == "cuda"
-        self._flex = torch.compile(flex_attention, dynamic=True) if compiled else flex_attention
-
-    def _block_mask(self, part: AttnPart) -> Any:
-        bm = part.cache.get("flex")
-        if bm is None:
-            _slots, kv_seq, kv_pos = _packed_kv_index(part)
-            q_seq, q_pos = part.seq_idx, part.positions
-
-            def mask_mod(b: Any, h: Any, qi: Any, ki: Any) -> Any:
-                return (q_seq[qi] == kv_seq[ki]) & (kv_pos[ki] <= q_pos[qi])
-
-            bm = part.cache["flex"] = self._create_block_mask(
-                mask_mod, None, None, part.num_tokens, kv_seq.numel(), device=str(self.device))
-        return bm
-
-    def attend(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-               part: AttnPart, scale: float) -> torch.Tensor:
-        """One flex_attention call over the part's packed queries and keys."""
-        slots, _, _ = _packed_kv_index(part)
-        hk, d = k_cache.shape[-2:]
-        k = k_cache.view(-1, hk, d)[slots].transpose(0, 1).unsqueeze(0)
-        v = v_cache.view(-1, hk, d)[slots].transpose(0, 1).unsqueeze(0)
-        qq = q.transpose(0, 1).unsqueeze(0)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")
-            out = self._flex(qq, k, v, block_mask=self._block_mask(part), scale=scale,
-                             enable_gqa=q.shape[1] != hk)
-        return out[0].transpose(0, 1)
 
 
 # ---------------------------------------------------------------- flash (optional)
@@ -256,37 +212,6 @@ class FlashBackend:
                       softmax_scale=scale, causal=True)
         if part.block_size % 256 == 0:  # upstream flash-attn's paged path needs 256-token pages
             return self._fn(q, k_cache, v_cache, block_table=part.block_tables, **common)
-        slots, _, _ = _packed_kv_index(part)
+        slots, _, _ = packed_kv_index(part)
         hk, d = k_cache.shape[-2:]
         return self._fn(q, k_cache.view(-1, hk, d)[slots], v_cache.view(-1, hk, d)[slots], **common)
-
-
-# ---------------------------------------------------------------- selection
-
-BACKENDS = ("sdpa", "flex", "flash")
-
-
-def select_backend(device: torch.device | str, requested: str = "auto",
-                   dtype: torch.dtype | None = None) -> AttentionBackend:
-    """The requested backend if usable here, or for ``auto``: flash, then flex on CUDA; sdpa otherwise."""
-    device = torch.device(device)
-    half = dtype in (None, torch.float16, torch.bfloat16)
-    if requested == "auto":
-        if device.type == "cuda" and half and flash_available():
-            return FlashBackend()
-        if device.type == "cuda" and flex_available():
-            return FlexBackend(device)
-        return SdpaBackend()
-    if requested == "sdpa":
-        return SdpaBackend()
-    if requested == "flex":
-        if not flex_available():
-            raise ValueError("attention backend 'flex' needs torch with FlexAttention (torch>=2.5)")
-        return FlexBackend(device)
-    if requested == "flash":
-        if device.type != "cuda" or not flash_available():
-            raise ValueError("attention backend 'flash' needs CUDA and the flash-attn package")
-        if not half:
-            raise ValueError("attention backend 'flash' needs float16 or bfloat16")
-        return FlashBackend()
-    raise ValueError(f"unknown attention backend {requested!r}; choose auto or one of {BACKENDS}")

@@ -7,8 +7,9 @@ cache has one extra block). Attention is a static-shape paged gather plus a leng
 so the whole forward pass and sampling are captured once per ``(B, W)`` and replayed.
 
 On the CPU (``capture=False``) the same static function runs eagerly: that is how the
-tests check this path without a GPU. Captures are lazy; their time lands in the
-iteration's host time and is counted in ``captures``.
+tests check this path without a GPU. The engine captures the shapes a run can reach during
+warm-up (``capture_ahead``), so no capture lands inside a measured iteration; a shape missed
+there is captured lazily and counted in ``captures`` (batches.csv's ``graph_captured``).
 """
 
 from __future__ import annotations
@@ -113,12 +114,11 @@ class DecodeGraphs:
             raise ValueError(f"decode batch of {n} exceeds the largest captured batch size")
         need = max(-(-(it.num_cached_tokens + 1) // bs) for it in items)
         width = padded_width(need)
-        ids = torch.zeros(size, dtype=torch.int64)
-        pos = torch.zeros(size, dtype=torch.int64)
-        slots = torch.full((size,), self.scratch_block * bs, dtype=torch.int64)
-        bt = torch.full((size, width), self.scratch_block, dtype=torch.int32)
-        lens = torch.ones(size, dtype=torch.int32)
-        for i, (r, _new, cached) in enumerate(items):
+        scratch = self.scratch_block
+        ids, pos = [0] * size, [0] * size
+        slots, lens = [scratch * bs] * size, [1] * size
+        rows = []
+        for i, (r, _new, cached) in enumerate(items):  # host lists first, then one tensor each
             table = r.block_table
             nb = cached // bs + 1
             if nb > len(table):
@@ -127,25 +127,49 @@ class DecodeGraphs:
             ids[i] = token_store(r)[cached]
             pos[i] = cached
             slots[i] = table[cached // bs] * bs + cached % bs
-            bt[i, :nb] = torch.tensor(table[:nb], dtype=torch.int32)
+            rows.append(table[:nb] + [scratch] * (width - nb))
             lens[i] = cached + 1
+        rows += [[scratch] * width] * (size - n)
+        ids_t, pos_t = torch.tensor(ids, dtype=torch.int64), torch.tensor(pos, dtype=torch.int64)
+        slots_t, lens_t = torch.tensor(slots, dtype=torch.int64), torch.tensor(lens, dtype=torch.int32)
+        bt = torch.tensor(rows, dtype=torch.int32)
         g = self._graphs.get((size, width))
         fresh = g is None
         if fresh:
             g = self._make(size, width)
-        for dst, src in ((g.token_ids, ids), (g.positions, pos), (g.slots, slots), (g.block_tables, bt),
-                         (g.seqlens, lens)):
+        for dst, src in ((g.token_ids, ids_t), (g.positions, pos_t), (g.slots, slots_t), (g.block_tables, bt),
+                         (g.seqlens, lens_t)):
             dst.copy_(src, non_blocking=True)
-        if fresh and self.capture:
-            try:
-                self._capture(g)
-            except RuntimeError as e:  # the static forward still runs eagerly; later batches skip graphs
-                if "out of memory" in str(e).lower():
-                    raise
-                warnings.warn(f"CUDA graph capture failed ({str(e).splitlines()[0] if str(e) else e!r}); "
-                              f"decoding eagerly from now on (--no-cuda-graphs silences this)")
-                self.disabled = True
+        if fresh:
+            self._try_capture(g)
         return g, n
+
+    def capture_ahead(self, max_seqs: int, max_tokens: int) -> int:
+        """Capture every (batch size, width) a decode batch of at most ``max_seqs`` requests of at most
+        ``max_tokens`` tokens can need, on padding buffers (scratch block); returns the graphs captured."""
+        if not self.capture or self.disabled:
+            return 0
+        before = self.captures
+        limit = min(max_seqs, self.max_batch_size)
+        sizes = [b for b in BATCH_SIZES if b < limit] + [padded_batch_size(limit, self.max_batch_size)]
+        widths = sorted({padded_width(nb) for nb in range(1, -(-max_tokens // self.block_size) + 1)})
+        for size in sizes:
+            for width in widths:
+                if (size, width) not in self._graphs and not self.disabled:
+                    self._try_capture(self._make(size, width))
+        return self.captures - before
+
+    def _try_capture(self, g: _Graph) -> None:
+        if not self.capture:
+            return
+        try:
+            self._capture(g)
+        except RuntimeError as e:  # the static forward still runs eagerly; later batches skip graphs
+            if "out of memory" in str(e).lower():
+                raise
+            warnings.warn(f"CUDA graph capture failed ({str(e).splitlines()[0] if str(e) else e!r}); "
+                          f"decoding eagerly from now on (--no-cuda-graphs silences this)")
+            self.disabled = True
 
     @staticmethod
     def replay(loaded: tuple[_Graph, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,10 +182,11 @@ class DecodeGraphs:
 
     def _make(self, size: int, width: int) -> _Graph:
         dev = self.kv_cache.data.device
+        scratch = self.scratch_block  # buffers start as padding rows: a capture writes only the scratch block
         g = _Graph(token_ids=torch.zeros(size, dtype=torch.int64, device=dev),
                    positions=torch.zeros(size, dtype=torch.int64, device=dev),
-                   slots=torch.zeros(size, dtype=torch.int64, device=dev),
-                   block_tables=torch.zeros(size, width, dtype=torch.int32, device=dev),
+                   slots=torch.full((size,), scratch * self.block_size, dtype=torch.int64, device=dev),
+                   block_tables=torch.full((size, width), scratch, dtype=torch.int32, device=dev),
                    seqlens=torch.ones(size, dtype=torch.int32, device=dev))
         ar = torch.arange(size, device=dev)
         cu = torch.arange(size + 1, dtype=torch.int32, device=dev)
@@ -180,16 +205,17 @@ class DecodeGraphs:
         return g
 
     def _capture(self, g: _Graph) -> None:
-        """Warm up on a side stream, then capture ``g``'s forward into a CUDA graph sharing one memory pool."""
+        """Warm up on the capture stream, then capture ``g``'s forward into a CUDA graph sharing one memory pool."""
         forward = g.run
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            forward()  # writes the same K/V the replay writes: the buffers already hold this batch
-        torch.cuda.current_stream().wait_stream(side)
+            forward()  # writes the same K/V the replay writes: the buffers already hold this batch (or padding)
+        side.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool, stream=side):
             forward()
+        torch.cuda.current_stream().wait_stream(side)
         self._pool = graph.pool()
         g.run = graph.replay
         self.captures += 1

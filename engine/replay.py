@@ -32,18 +32,21 @@ from engine.device import (
     parse_dtype,
     resolve_device,
 )
+from engine.gc_pause import frozen_heap
 from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
 from sim.catalog.models import ModelSpec
 from sim.cluster import STAGE_FIELDS
 from sim.kv_cache import blocks_for
+from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.request import Request, TraceRequest
+from sim.schedulers import scheduler_class
 from sim.simulator import ServingConfig, SimConfig, _versions
 from sim.workload.servable import SkippedRequest
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
-BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s")
+BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s", "cuda_graph", "graph_captured")
 #: KV cache on the CPU when --kv-blocks is not given: twice what every request needs at once, at most this many bytes
 CPU_KV_BYTES = 1 << 30
 
@@ -89,6 +92,19 @@ class EngineResult:
     token_ids: dict[str, list[int]] = field(default_factory=dict)  # request id -> generated ids
 
 
+def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
+    """``config`` with a per-iteration token limit on CUDA for a policy that has none (Orca, vLLM v0,
+    FasterTransformer): max(DEFAULT_MAX_BATCHED_TOKENS, the model's context), the tokens the activation
+    reserve was sized for (sim.memory), as vLLM bounds an iteration by max_num_batched_tokens. Without it a
+    burst of whole prompts (158K tokens in the first batch of a 300-request trace) runs out of memory."""
+    if device.type != "cuda" or config.token_budget is not None:
+        return config
+    if scheduler_class(config.scheduler).default_token_budget is not None:
+        return config
+    cap = max(DEFAULT_MAX_BATCHED_TOKENS, config.model_spec().max_context)
+    return dataclasses.replace(config, token_budget=cap)
+
+
 def _cpu_kv_blocks(spec: ModelSpec, requests: list[TraceRequest], block_size: int, dtype: torch.dtype) -> int:
     """Default CPU capacity: twice what all requests need at once (never preempts), capped at ``CPU_KV_BYTES``."""
     per_block = 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * dtype_bytes(dtype)
@@ -131,6 +147,10 @@ def warm_up(runner: ModelRunner, config: EngineConfig, requests: list[Request], 
     The copies have their own ids and block manager, so the measured replay starts from a clean
     scheduler; only the device (allocator, kernels, compiled attention, CUDA graphs) is warm.
     """
+    if runner.graphs is not None and requests:  # every decode shape the run can reach, before the clock starts
+        longest = max(r.prompt_tokens + r.output_tokens for r in requests)
+        runner.model.ensure_rope(longest)  # graphs capture the rotary table: size it for the whole run first
+        runner.graphs.capture_ahead(min(config.max_batch_size, len(requests)), longest)
     if iterations <= 0 or not requests:
         return []
     sched = config.make_scheduler(runner.num_blocks)
@@ -170,6 +190,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         trace = [dataclasses.replace(tr, arrival_time=0.0) for tr in trace]
     if runner is None:
         runner = build_runner(config, spec, trace)
+    config = cap_prefill_tokens(config, runner.device)
     config = dataclasses.replace(config, block_size=runner.block_size,
                                  model=spec.name if model is not None else config.model)
     device = runner.device
@@ -178,6 +199,34 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     sched = config.make_scheduler(runner.num_blocks)
     warm = warm_up(runner, config, requests, config.warmup)
 
+    with frozen_heap():  # no full garbage collection inside the measured loop (engine.gc_pause)
+        rows, micro, batches, token_ids = _serve(runner, sched, requests, config, on_finish, on_batch,
+                                                 progress)
+
+    frame = pd.DataFrame(rows, columns=list(BATCH_FIELDS))
+    if gpu is not None and len(batches):  # work done, priced by the roofline of this device after the run
+        from sim.cost.roofline import RooflineCostModel
+        roof = RooflineCostModel(spec, gpu, dtype_bytes=dtype_bytes(runner.dtype))
+        costs = [roof.stage_cost(b, 0) for b in batches]
+        frame["flops"] = [c.flops for c in costs]
+        frame["bytes"] = [c.bytes for c in costs]
+    micro_df = pd.DataFrame(micro, columns=["replica", "batch_id", "scheduled", "host_time", "completed"])
+    stages = metrics.stage_bubbles(frame, micro_df) if len(micro_df) else pd.DataFrame()
+    sim_cfg = config.sim_config(gpu=gpu.name if gpu else device_name(device), kv_blocks=runner.num_blocks)
+    summary = metrics.summarize(
+        requests, skipped, trace_len=len(trace), batches=frame, stages=stages, num_blocks=runner.num_blocks,
+        block_size=runner.block_size, num_preemptions=sched.num_preemptions, num_gpus=1,
+        peak_flops=gpu.bf16_flops if gpu else math.nan, mem_bandwidth=gpu.mem_bandwidth if gpu else math.nan,
+        source=source, config=dataclasses.asdict(sim_cfg) | _engine_fields(config, runner),
+        cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
+        memory=_memory(runner, config))
+    return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
+
+
+def _serve(runner: ModelRunner, sched: Any, requests: list[Request], config: EngineConfig,
+           on_finish: Callable[[Request], None] | None, on_batch: Callable[[Batch], None] | None,
+           progress: bool) -> tuple[list[tuple], list[tuple], list[Batch], dict[str, list[int]]]:
+    """The real-time serving loop: admit arrivals, schedule, execute, record each batch's times."""
     from tqdm import tqdm
     bar = tqdm(total=len(requests), unit="req", desc="engine", disable=not progress, mininterval=0.5)
     token_ids: dict[str, list[int]] = {}
@@ -216,7 +265,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         host = (end - start) - tm["forward_s"]
         rows.append((0, 0, batch.batch_id, launch, done, batch.num_prefill_tokens, batch.num_decode_tokens,
                      len(batch.items), len(batch.prefill_items), batch.kv_blocks_used, 0.0, 0.0,
-                     host, tm["device_s"]))
+                     host, tm["device_s"], bool(tm["cuda_graph"]), bool(tm["graph_captured"])))
         micro.append((0, batch.batch_id, start, launch - start, done))
         batches.append(batch)
         if finished:
@@ -227,32 +276,15 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         if on_batch is not None:
             on_batch(batch)
     bar.close()
-
-    frame = pd.DataFrame(rows, columns=list(BATCH_FIELDS))
-    if gpu is not None and len(batches):  # work done, priced by the roofline of this device after the run
-        from sim.cost.roofline import RooflineCostModel
-        roof = RooflineCostModel(spec, gpu, dtype_bytes=dtype_bytes(runner.dtype))
-        costs = [roof.stage_cost(b, 0) for b in batches]
-        frame["flops"] = [c.flops for c in costs]
-        frame["bytes"] = [c.bytes for c in costs]
-    micro_df = pd.DataFrame(micro, columns=["replica", "batch_id", "scheduled", "host_time", "completed"])
-    stages = metrics.stage_bubbles(frame, micro_df) if len(micro_df) else pd.DataFrame()
-    sim_cfg = config.sim_config(gpu=gpu.name if gpu else device_name(device), kv_blocks=runner.num_blocks)
-    summary = metrics.summarize(
-        requests, skipped, trace_len=len(trace), batches=frame, stages=stages, num_blocks=runner.num_blocks,
-        block_size=runner.block_size, num_preemptions=sched.num_preemptions, num_gpus=1,
-        peak_flops=gpu.bf16_flops if gpu else math.nan, mem_bandwidth=gpu.mem_bandwidth if gpu else math.nan,
-        source=source, config=dataclasses.asdict(sim_cfg) | _engine_fields(config, runner),
-        cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
-        memory=_memory(runner, config))
-    return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
+    return rows, micro, batches, token_ids
 
 
 def _engine_fields(config: EngineConfig, runner: ModelRunner) -> dict[str, Any]:
     """Engine settings added to summary.json's config, next to the simulator's fields."""
     return {"device": str(runner.device), "dtype": str(runner.dtype).removeprefix("torch."),
             "backend": runner.backend.name, "offline": config.offline, "warmup": config.warmup,
-            "cuda_graphs": bool(runner.cuda_graphs), "checkpoint": config.checkpoint}
+            "cuda_graphs": bool(runner.cuda_graphs), "checkpoint": config.checkpoint,
+            "gc": "frozen after warm-up"}
 
 
 def _memory(runner: ModelRunner, config: EngineConfig) -> dict[str, Any]:

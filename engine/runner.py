@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from engine.attention import AttnMetadata, build_metadata, select_backend
+from engine.attention import AttnMetadata, build_metadata
+from engine.backends import select_backend
 from engine.cuda_graphs import DecodeGraphs
 from engine.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache, blocks_from_free_memory
 from engine.model import LlamaModel, default_dtype

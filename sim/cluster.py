@@ -13,16 +13,18 @@ from __future__ import annotations
 import gc
 from collections import deque
 from operator import attrgetter
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
-import simpy
 
 from sim.batch import Batch
 from sim.cost.interface import CostModel
 from sim.request import Request
 from sim.schedulers.base import Scheduler
+
+if TYPE_CHECKING:  # simpy is imported when a simulation runs: tables and CLIs work without it
+    import simpy
 
 # one row per stage execution (batches.csv)
 STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tokens", "num_decode_tokens",
@@ -200,6 +202,8 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
                 router_policy: str = "round_robin",
                 on_finish: Callable[[Request], None] | None = None) -> Recorder:
     """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs."""
+    import simpy
+
     env = simpy.Environment()
     rec = Recorder()
 

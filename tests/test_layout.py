@@ -163,3 +163,27 @@ def test_building_the_whole_command_line_does_not_import_torch():
                   "from sim.cli.main import main; "
                   "rc = main(['simulate', '-n', '5', '--model', 'tiny', '--qps', '50', '-q']); "
                   "assert rc == 0 and 'torch' not in sys.modules")
+
+
+def test_the_command_line_builds_without_simpy_and_names_it_when_a_simulation_needs_it():
+    """The GPU machine has no simpy: calibrate, engine and validate must still start (issue 15), and a
+    simulation without it stops with one line naming the package."""
+    code = ("import builtins, contextlib, io, sys\n"
+            "real = builtins.__import__\n"
+            "def imp(name, *a, **k):\n"
+            "    if name.split('.')[0] == 'simpy':\n"
+            "        raise ModuleNotFoundError(\"No module named 'simpy'\", name='simpy')\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = imp\n"
+            "from sim.cli.main import main\n"
+            "for cmd in (['calibrate', '--help'], ['engine', '--help'], ['validate', '--help']):\n"
+            "    try:\n"
+            "        with contextlib.redirect_stdout(io.StringIO()):\n"
+            "            main(cmd)\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code == 0, cmd\n"
+            "err = io.StringIO()\n"
+            "with contextlib.redirect_stderr(err):\n"
+            "    rc = main(['simulate', '-n', '5', '--model', 'tiny', '-q'])\n"
+            "assert rc == 2 and \"package 'simpy'\" in err.getvalue() and err.getvalue().count('\\n') == 1, err.getvalue()\n")
+    _fresh_python(code)

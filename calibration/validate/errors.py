@@ -118,9 +118,10 @@ def price_batches(executed: Sequence[ExecutedBatch], measured: pd.DataFrame, cos
             src = "edge" if any("edge" in s for s in names) else "profile"
         mh, md = float(m.at[ex.batch_id, "host_s"]), float(m.at[ex.batch_id, "device_s"])
         rows.append((ex.batch_id, b.kind, b.size, b.num_tokens, b.num_prefill_tokens, b.num_decode_tokens,
-                     b.decode_context, mh, md, mh + ex.forward_s, host, device, host + device, src))
+                     b.decode_context, idle.get(ex.batch_id, 0.0), mh, md, mh + ex.forward_s, host, device,
+                     host + device, src))
     df = pd.DataFrame(rows, columns=["batch_id", "kind", "batch_size", "num_tokens", "num_prefill_tokens",
-                                     "num_decode_tokens", "decode_context", "measured_host_s", "measured_device_s",
+                                     "num_decode_tokens", "decode_context", "idle_before_s", "measured_host_s", "measured_device_s",
                                      "measured_s", "predicted_host_s", "predicted_device_s", "predicted_s",
                                      "source"])
     df["size_bucket"] = size_bucket(df["num_tokens"].to_numpy()) if len(df) else []
@@ -209,3 +210,25 @@ class RecordingCost(DelegatingCost):
         return [self.compositions[k] for k in sorted(self.compositions)]
 
 
+
+
+def _ratio_error(df: pd.DataFrame, num: tuple[str, str], den: tuple[str, str]) -> float | None:
+    """(median predicted num / median predicted den) / (same, measured) - 1; num, den = (kind, part column)."""
+    def med(kind: str, col: str) -> float:
+        return float(df.loc[df["kind"] == kind, col].median()) if (df["kind"] == kind).any() else math.nan
+    (nk, nc), (dk, dc) = num, den
+    pred = med(nk, f"predicted_{nc}") / med(dk, f"predicted_{dc}")
+    meas = med(nk, f"measured_{nc}") / med(dk, f"measured_{dc}")
+    err = pred / meas - 1.0
+    return float(err) if math.isfinite(err) else None
+
+
+def shape_errors(df: pd.DataFrame) -> dict[str, float | None]:
+    """Errors of ratios that a uniform change of the machine's speed leaves alone: a prefill-only iteration
+    against a decode-only one, and, per kind, the host part against the forward pass (medians over batches).
+    Unlike absolute errors they can gate on a machine whose speed drifts between calibration and validation."""
+    if not len(df):
+        return {"prefill/decode": None, "host/device prefill": None, "host/device decode": None}
+    return {"prefill/decode": _ratio_error(df, ("prefill", "s"), ("decode", "s")),
+            "host/device prefill": _ratio_error(df, ("prefill", "host_s"), ("prefill", "device_s")),
+            "host/device decode": _ratio_error(df, ("decode", "host_s"), ("decode", "device_s"))}

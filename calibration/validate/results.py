@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from calibration.validate.config import LoadLevel, ValidateConfig
-from calibration.validate.errors import ExecutedBatch, batch_errors, tail_errors
+from calibration.validate.errors import ExecutedBatch, batch_errors, shape_errors, tail_errors
 
 #: a machine whose reference timing moved by more than this between before and after an engine run drifted
 DRIFT_THRESHOLD = 0.25
@@ -46,6 +46,7 @@ class RunResult:
             "name": self.name, "scheduler": self.scheduler, "token_budget": self.token_budget,
             "tails": tails,
             "batch_error_by_kind": {k: v["total"]["median"] for k, v in self.batch_error["by_kind"].items()},
+            "shape_errors": shape_errors(self.batches),
             "probe": self.probe,
             "drifted": any(r.get("drifted") for r in self.repeats) or bool(
                 self.probe and self.probe["drift"] > DRIFT_THRESHOLD),

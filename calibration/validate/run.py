@@ -56,14 +56,16 @@ def _torch_threads(device_type: str, threads: int | None) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
-def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool):
-    from engine.replay import EngineConfig
-    return EngineConfig(model=cfg.model, max_model_len=cfg.max_model_len, scheduler=scheduler, token_budget=cfg.budget(scheduler),
+def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool, device: Any = None):
+    """The engine configuration of one pair; on ``device`` (CUDA), with the engine's prefill-token cap."""
+    from engine.replay import EngineConfig, cap_prefill_tokens
+    ecfg = EngineConfig(model=cfg.model, max_model_len=cfg.max_model_len, scheduler=scheduler, token_budget=cfg.budget(scheduler),
                         max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
                         watermark=cfg.watermark, gpu_memory_utilization=cfg.gpu_memory_utilization,
                         kv_blocks=cfg.kv_blocks, strict=cfg.strict, seed=cfg.seed, device=cfg.device,
                         dtype=cfg.dtype, backend=cfg.backend, offline=offline, warmup=cfg.warmup,
                         cuda_graphs=cfg.cuda_graphs)
+    return cap_prefill_tokens(ecfg, device) if device is not None else ecfg
 
 
 def machine_probe(device: Any, repeats: int = 5) -> float:
@@ -90,7 +92,7 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
     from sim.simulator import simulate
 
     offline = level.kind == "offline"
-    ecfg = _engine_config(cfg, scheduler, offline)
+    ecfg = _engine_config(cfg, scheduler, offline, runner.device)
     ran: list[tuple[Batch, float]] = []
 
     def on_batch(batch: Batch) -> None:  # kept cheap: it runs between the engine's iterations
@@ -142,19 +144,16 @@ def median_run(runs: Sequence[RunResult]) -> RunResult:
 # ---- the whole validation ------------------------------------------------------------------------
 
 def predicted_capacity(trace: Sequence[TraceRequest], cfg: ValidateConfig, scheduler: str, cost: CostModel,
-                       sim_gpu: Any, kv_blocks: int, workdir: Path) -> float:
+                       sim_gpu: Any, kv_blocks: int, workdir: Path, device: Any = None) -> float:
     """The simulator's capacity (req/s) for ``scheduler`` with ``cost`` on the trace's lengths (``sim.capacity.search``)."""
     from sim.capacity.search import Slo, Workload, find_capacity
-    from sim.simulator import SimConfig
     from sim.workload.trace import write_trace
 
     workdir.mkdir(parents=True, exist_ok=True)
     lengths = workdir / "lengths.jsonl"
     if not lengths.exists():
         write_trace(lengths, offline_trace(trace))
-    sim_cfg = SimConfig(model=cfg.model, max_model_len=cfg.max_model_len, gpu=sim_gpu, scheduler=scheduler, token_budget=cfg.budget(scheduler),
-                        max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
-                        watermark=cfg.watermark, kv_blocks=kv_blocks, seed=cfg.seed)
+    sim_cfg = _engine_config(cfg, scheduler, True, device).sim_config(gpu=sim_gpu, kv_blocks=kv_blocks)
     workload = Workload(num_requests=max(len(trace), 100), duration=cfg.capacity_duration,
                         lengths_from=str(lengths), arrival=cfg.arrival if cfg.arrival != "static" else "poisson",
                         cv=cfg.cv)
@@ -243,7 +242,7 @@ def validate(trace: list[TraceRequest], config: ValidateConfig, profile: str | P
                 if scheduler not in capacities:
                     workdir = out_dir / "capacity" if out_dir is not None else _tmpdir()
                     capacities[scheduler] = predicted_capacity(base, config, scheduler, cost, sim_gpu,
-                                                               runner.num_blocks, workdir)
+                                                               runner.num_blocks, workdir, runner.device)
                 cap = capacities[scheduler]
                 level = dataclasses.replace(level, capacity=cap, qps=level.load * cap)
                 log(f"{scheduler}: predicted capacity {cap:.4g} req/s; validating at {level.qps:.4g} req/s")

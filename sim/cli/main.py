@@ -54,6 +54,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"servesim: error: {msg}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # an optional or missing dependency: name it and how to get it
+        hint = "pip install torch==2.13.0" if e.name == "torch" else f"pip install {e.name}"
+        print(f"servesim: error: this command needs the Python package {e.name!r}, which is not installed "
+              f"({hint})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("servesim: interrupted", file=sys.stderr)
         return 130

@@ -40,6 +40,7 @@ from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.framework_overhead import fit_overhead, forward_features, layer_features, no_overhead
+from sim.cost.host_prefill import HostPrefill
 from sim.cost.interface import CostModel, StageCost, stage_totals
 from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
 from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, read_profile
@@ -113,10 +114,8 @@ class ProfiledCostModel(CostModel):
         self._prefill_cache: dict[tuple[int, int], tuple[float, bool]] = {}
         self._host_cache: dict[int, float] = {}
         self.layer_coef, self.forward_coef, self.overhead_fit = self._fit_overhead()
-        wake = self.profile.meta.get("wake")
-        self._wake = WakeTable(wake) if wake else None
-        # the host part of a prefill grows with its prompt tokens (the host table times decode batches)
-        self.host_per_prefill_token = float((self.profile.meta.get("host_prefill") or {}).get("per_token_s", 0.0))
+        self._wake = WakeTable(self.profile.meta["wake"]) if self.profile.meta.get("wake") else None
+        self.host_prefill = HostPrefill.from_meta(self.profile.meta.get("host_prefill"))
 
     # ---- framework overhead ---------------------------------------------------------------------
 
@@ -357,14 +356,15 @@ class ProfiledCostModel(CostModel):
     def host_time(self, batch: Batch) -> float:
         """Measured per-iteration CPU time at this batch's size: the engine's host part (scheduling, input
         preparation, output processing, ``on_batch_done``; a version-1 profile: the first two only), plus
-        the measured per-prompt-token cost of its prefill tokens (profile ``host_prefill``)."""
+        the measured prefill extras (profile ``host_prefill``): per prompt token, per iteration with a prefill
+        part, per prefill item."""
         n = batch.size
         hit = self._host_cache.get(n)
         if hit is None:
             rt = self._src.token_ops(n, n)["host_overhead"][0]
             hit = self._table_op("host_overhead", n, rt, rt)[0]  # CPU time: never scaled to another GPU
             self._host_cache[n] = hit
-        return hit + self.host_per_prefill_token * batch.num_prefill_tokens
+        return hit + self.host_prefill.time(batch)
 
     def _explain(self, batch: Batch, stage: int) -> dict[str, tuple[float, str]]:
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
@@ -421,7 +421,7 @@ class ProfiledCostModel(CostModel):
             "padded_attention": self.padded,
             "fallback": "roofline scaled to agree with the measured table at its edge",
             "framework_overhead": self.overhead_fit,
-            "wake": meta.get("wake"), "host_per_prefill_token_s": self.host_per_prefill_token,
+            "wake": meta.get("wake"), "host_prefill": dataclasses.asdict(self.host_prefill),
             "measured_by": (meta.get("source") or {}).get("measured_by"), "op_sources": meta.get("op_sources"),
             "estimate": self.transfer,
             "transfer": None,

@@ -9,7 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from engine import ops as engine_ops  # noqa: E402
-from engine.attention import SdpaBackend, build_part, flex_available, select_backend  # noqa: E402
+from engine.attention import SdpaBackend, build_part, flex_available  # noqa: E402
+from engine.backends import select_backend  # noqa: E402
 from engine.model import LlamaModel  # noqa: E402
 from engine.runner import ModelRunner, prompt_token_ids  # noqa: E402
 from sim.batch import Batch, BatchItem  # noqa: E402

@@ -144,7 +144,7 @@ def test_output_files_load_with_the_simulators_reader(runs, tmp_path):
     assert set(summary) == set(sim.summary)
     assert set(sim.summary["config"]) <= set(summary["config"])
     assert list(reqs.columns) == list(sim.requests.columns)
-    assert tuple(batches.columns) == BATCH_FIELDS == STAGE_FIELDS + ("host_s", "device_s")
+    assert tuple(batches.columns) == BATCH_FIELDS == STAGE_FIELDS + ("host_s", "device_s", "cuda_graph", "graph_captured")
     assert summary["cost_model"]["name"] == "measured"
     mem = summary["memory"]  # tiny: 2 layers x (k, v) x 2 kv heads x 16 dims x 4 bytes per token
     assert mem["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4 and mem["num_blocks"] == 64
@@ -309,3 +309,23 @@ def test_roofline_work_columns_join_the_simulators():
     assert len(joined) == len(res.batches) == len(sim.batches)
     assert np.allclose(joined["flops_engine"], joined["flops_sim"]) and (joined["flops_engine"] > 0).all()
     assert res.summary["utilization"]["mfu"] > 0 and res.summary["cost_model"]["roofline_gpu"] == "a100-80gb"
+
+
+def test_cuda_caps_the_prefill_tokens_of_unbudgeted_policies():
+    """On CUDA, Orca, vLLM v0 and FasterTransformer get the tokens the activation reserve was sized for
+    (8192, or the model's context if longer) instead of an unlimited first batch; budgeted policies, an
+    explicit budget and the CPU are left alone. The simulator's configuration follows, so validation compares
+    the same batches."""
+    from engine.replay import cap_prefill_tokens
+    from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for sched in ("orca", "vllm", "faster_transformer"):
+        cfg = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler=sched), cuda)
+        assert cfg.token_budget == DEFAULT_MAX_BATCHED_TOKENS == 8192
+        assert cfg.sim_config(gpu="h200", kv_blocks=100).token_budget == 8192
+    long = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler="vllm", max_model_len=16384), cuda)
+    assert long.token_budget == 16384  # every prompt the model takes still fits in one iteration
+    assert cap_prefill_tokens(EngineConfig(scheduler="sarathi"), cuda).token_budget is None  # its own 512
+    assert cap_prefill_tokens(EngineConfig(scheduler="orca", token_budget=1000), cuda).token_budget == 1000
+    assert cap_prefill_tokens(EngineConfig(scheduler="orca"), cpu).token_budget is None

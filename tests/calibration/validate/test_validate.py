@@ -188,42 +188,91 @@ def test_median_batch_error_is_in_a_sane_band(base):
         assert -0.85 < med < 0.5, r.name
 
 
-def _ratio(df: pd.DataFrame, col: str) -> float:
-    """Median prefill-only iteration over median decode-only iteration, of column ``col``."""
-    return float(df.loc[df["kind"] == "prefill", col].median() / df.loc[df["kind"] == "decode", col].median())
-
-
-def _profile_without(dest: Path, *keys: str) -> Path:
+def _variant(dest: Path, edit) -> Path:
+    """A copy of PROFILE with ``edit(measurements frame, profile.json dict)`` applied; returns its folder."""
     shutil.copytree(PROFILE, dest)
+    m = pd.read_csv(dest / "measurements.csv")
     meta = json.loads((dest / "profile.json").read_text())
-    for k in keys:
-        meta.pop(k, None)
+    m = edit(m, meta)
+    m.to_csv(dest / "measurements.csv", index=False)
     (dest / "profile.json").write_text(json.dumps(meta))
     return dest
 
 
-def test_prefills_are_priced_right_relative_to_decodes(base, tmp_path):
-    """What a prefill-only iteration costs against a decode-only one, predicted and measured on the same engine
-    batches (median repeat of three): within 45% of the measured ratio for every scheduler. The ratio does not
-    move when this shared machine's speed drifts (both kinds slow down alike), so unlike an absolute error band
-    it can gate; the run-to-run spread of the measured ratio itself (2.4 to 3.8 over five runs) sets the band.
-    The prefill host fix (the cold-start table and the per-prompt-token host cost) must account for more than
-    20 points of it with Orca and Sarathi-Serve, whose prefill-only iterations mostly follow an idle gap.
-    Measured over five runs: with the fix -19% to +30%, without it -17% to -46% (Orca, Sarathi-Serve: -27% to
-    -46%).
-    """
-    from calibration.validate.errors import price_batches
-    from sim.cost.profiled import ProfiledCostModel
+def _without(*keys: str):
+    def edit(m, meta):
+        for k in keys:
+            meta.pop(k, None)
+        return m
+    return edit
 
+
+def _doubled_host(m, meta):
+    """Every host term x2: the host table, the prefill extras, the cold-start host extra."""
+    m.loc[m["op"] == "host_overhead", ["median_s", "p10_s", "p90_s"]] *= 2
+    for k in ("per_token_s", "fixed_s", "per_request_s"):
+        meta["host_prefill"][k] *= 2
+    meta["wake"]["host_extra_s"] = [2 * x for x in meta["wake"]["host_extra_s"]]
+    return m
+
+
+def _no_overhead_fit(m, meta):
+    """No whole-layer and whole-forward timings: the framework-overhead terms cannot be fitted."""
+    from sim.cost.framework_overhead import UNIT_TIMINGS
+    return m[~m["op"].isin(UNIT_TIMINGS)]
+
+
+#: drift-robust shape errors (calibration.validate.errors.shape_errors) the committed profile keeps within
+SHAPE_BAND = {"prefill/decode": 0.45, "host/device prefill": 0.35, "host/device decode": 0.35}
+
+
+def _shape(executed, measured, profile: Path) -> dict[str, float]:
+    from calibration.validate.errors import price_batches, shape_errors
+    from sim.cost.profiled import ProfiledCostModel
+    return shape_errors(price_batches(executed, measured, ProfiledCostModel(profile, "tiny")))
+
+
+def _outside(shape: dict[str, float]) -> list[str]:
+    return [k for k, band in SHAPE_BAND.items() if shape[k] is not None and abs(shape[k]) > band]
+
+
+def test_shape_check_passes_the_profile_and_fails_each_broken_one(base, tmp_path):
+    """The gate that replaced the non-strict xfail: ratios of medians that a uniform drift of this shared
+    machine's speed leaves alone (prefill against decode, host against forward per kind), over the median
+    repeat of three engine runs per scheduler. The committed profile stays inside the bands; a profile with
+    the host terms doubled or without the framework-overhead fit leaves them with every scheduler, one
+    without the per-prompt-token host cost with vLLM (whose prefills mostly run back to back; with Orca and
+    Sarathi-Serve they follow idle gaps and the cold-start table dominates, checked below).
+    Measured on this machine: profile within -26%..+3%; doubled host decode +67..+73%; no overhead fit host
+    over forward in decodes +40..+45%; no per-token host cost vLLM prefills -52%."""
     res, _ = base
-    broken = ProfiledCostModel(_profile_without(tmp_path / "p", "wake", "host_prefill"), "tiny")
+    broken = {"doubled host terms": _variant(tmp_path / "d", _doubled_host),
+              "no overhead fit": _variant(tmp_path / "f", _no_overhead_fit),
+              "no per-token host cost": _variant(tmp_path / "t", _without("host_prefill"))}
     for r in res.runs:
-        measured = _ratio(r.batches, "measured_s")
-        fixed = _ratio(r.batches, "predicted_s") / measured - 1
-        unfixed = _ratio(price_batches(r.executed, r.engine.batches, broken), "predicted_s") / measured - 1
-        print(f"{r.name}: prefill/decode ratio measured {measured:.2f}, error {fixed:+.0%} (without the fix "
-              f"{unfixed:+.0%})")
-        assert abs(fixed) < 0.45, r.name
+        fixed = r.to_dict()["shape_errors"]
+        print(r.name, "profile", {k: f"{v:+.0%}" for k, v in fixed.items()})
+        assert not _outside(fixed), (r.name, fixed)
+        for name, folder in broken.items():
+            shape = _shape(r.executed, r.engine.batches, folder)
+            print(f"   {name}", {k: f"{v:+.0%}" for k, v in shape.items()})
+            if name != "no per-token host cost" or r.scheduler == "vllm":
+                assert _outside(shape), (r.name, name, shape)
+
+
+def test_prefills_are_priced_right_relative_to_decodes(base, tmp_path):
+    """The prefill host fix (the cold-start table and the per-prompt-token host cost) accounts for more than
+    20 points of the prefill/decode ratio with Orca and Sarathi-Serve, whose prefill-only iterations mostly
+    follow an idle gap (same engine batches, median repeat of three; drift-robust like the shape check).
+    Measured over five runs: with the fix -19% to +30%, without it -17% to -46% (Orca, Sarathi-Serve: -27% to
+    -46%)."""
+    res, _ = base
+    unfixed_profile = _variant(tmp_path / "p", _without("wake", "host_prefill"))
+    for r in res.runs:
+        fixed = r.to_dict()["shape_errors"]["prefill/decode"]
+        unfixed = _shape(r.executed, r.engine.batches, unfixed_profile)["prefill/decode"]
+        print(f"{r.name}: prefill/decode ratio error {fixed:+.0%} (without the fix {unfixed:+.0%})")
+        assert abs(fixed) < SHAPE_BAND["prefill/decode"], r.name
         if r.scheduler != "vllm":  # vLLM prefills queued requests together after busy spells: fewer follow idle
             assert fixed - unfixed > 0.20, r.name
 
@@ -238,7 +287,8 @@ def _doubled_profile(dest: Path) -> Path:
         for key in ("host_extra_s", "device_extra_s"):
             meta["wake"][key] = [2 * x for x in meta["wake"][key]]
     if meta.get("host_prefill"):
-        meta["host_prefill"]["per_token_s"] *= 2
+        for k in ("per_token_s", "fixed_s", "per_request_s"):
+            meta["host_prefill"][k] *= 2
     (dest / "profile.json").write_text(json.dumps(meta))
     return dest
 
