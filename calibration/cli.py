@@ -51,6 +51,10 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--rounds", type=int, default=None, metavar="R",
                    help="sweep the points R times and keep each point's best (lowest-median) sweep (default: 3 "
                         "on a CPU, whose timings other processes disturb; 1 on CUDA)")
+    p.add_argument("--cuda-graphs", dest="cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="time decode-only forward passes through CUDA graphs, as the engine runs them (forward_graph "
+                        "rows; the profiled cost model prices TP1 decode iterations from them) (default: on CUDA; "
+                        "--no-cuda-graphs for a profile of an engine run with --no-cuda-graphs)")
     p.add_argument("--ops", type=_ops_list, default=None, metavar="OP[,OP]",
                    help="measure only these ops of sim.ops (default: all)")
     p.add_argument("--fresh", action="store_true", help="discard an existing profile in --out instead of resuming")
@@ -100,7 +104,8 @@ def _dry_run(args: argparse.Namespace) -> int:
     model = get_model(args.model)
     device = "cpu" if args.device == "cpu" else "cuda"
     spec = default_grid(device, args.quick)
-    pts = plan(model, args.tp, spec, args.ops)
+    graphs = device == "cuda" if args.cuda_graphs is None else args.cuda_graphs
+    pts = plan(model, args.tp, spec, args.ops, graphs=graphs)
     timing = (2, 5, 15, 0.004) if args.quick else (3, 5, 50, 0.02)
     rounds = args.rounds or (3 if device == "cpu" else 1)
     est = rounds * estimate_seconds(pts, model, "h100-sxm" if device == "cuda" else None, device, timing)
@@ -136,7 +141,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = args.out or str(DEFAULT_PROFILES / f"{Path(args.model).name}-{device.type}{'-quick' if args.quick else ''}")
     cfg = calibration_config(args.model, args.tp, out, quick=args.quick, device=str(device), dtype=args.dtype,
                              backend=args.backend, budget_s=args.budget_s, ops=args.ops, fresh=args.fresh,
-                             threads=args.threads, rounds=args.rounds, progress=not args.quiet)
+                             threads=args.threads, rounds=args.rounds, progress=not args.quiet,
+                             cuda_graphs=args.cuda_graphs)
     res = calibrate(cfg)
     print(f"measured {res.measured} point(s) in {res.wall_s:.1f} s (estimate was {res.estimate_s:.0f} s); "
           f"profile {'complete' if res.complete else 'partial'}: {res.path}")

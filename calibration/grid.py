@@ -14,13 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from sim.catalog.models import ModelSpec
 from sim.cost.profile_format import MIXED, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS
-from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, GRAPH_TIMINGS, UNIT_TIMINGS
 
 #: ops timed directly from ``engine.ops.OPS`` with 1-D token or sequence grids
 TABLE_1D_OPS: tuple[str, ...] = tuple(op for op in ALL_OPS
@@ -146,14 +146,16 @@ def mixed_contexts(batch: int, max_context: int, seed: int = 0, max_kv_tokens: i
     return [int(c) for c in np.clip(np.round(ctx), lo, hi)]
 
 
-def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str, ...] | None = None) -> list[Point]:
-    """Every point to measure, in order: host overhead, TP-independent ops, then each TP's ops.
+def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str, ...] | None = None,
+         graphs: bool = False) -> list[Point]:
+    """Every point to measure, in order: host overhead, TP-independent ops, then each TP's ops; with ``graphs``
+    (the engine replays decodes from CUDA graphs) also the decode forward passes through that path.
 
     Communication ops are not planned here (the profiler measures them with torch.distributed
     when several devices exist, otherwise the cost model takes them from the roofline).
     """
-    known = ALL_OPS + UNIT_TIMINGS
-    want = set(ops) if ops is not None else set(known)
+    known = ALL_OPS + UNIT_TIMINGS + GRAPH_TIMINGS
+    want = set(ops) if ops is not None else set(known) - (set() if graphs else set(GRAPH_TIMINGS))
     unknown = want - set(known)
     if unknown:
         raise ValueError(f"unknown op(s) {', '.join(sorted(unknown))}; ops are: {', '.join(known)}")
@@ -176,6 +178,11 @@ def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str
         for t, s, c, v in unit_shapes(model.max_context, spec.unit_decode_batches, spec.unit_decode_contexts,
                                       spec.unit_prefill_chunks, spec.unit_mixed):
             pts.extend(Point(op, 0, t, s, c, v) for op in UNIT_TIMINGS)
+    if "forward_graph" in want:  # decode shapes of the unit grid, through the engine's CUDA-graph path
+        from calibration.iteration import unit_shapes
+        for t, s, c, v in unit_shapes(model.max_context, spec.unit_decode_batches, spec.unit_decode_contexts,
+                                      (), ()):
+            pts.append(Point("forward_graph", 0, t, s, c, v))
     for op in TABLE_1D_OPS:
         if op in want and op in TP_INDEPENDENT_OPS and op != "host_overhead":
             one_d(op, 0)
@@ -244,7 +251,7 @@ def estimate_seconds(points: list[Point], model: ModelSpec, gpu: str | None, dev
         if p.op == "host_overhead":
             total += HOST_POINT_S.get(device_type, 0.5)
             continue
-        if p.op in UNIT_TIMINGS:
+        if p.op in UNIT_TIMINGS + GRAPH_TIMINGS:
             total += UNIT_POINT_S.get(device_type, 0.1)
             continue
         tp = max(p.tp, 1)
@@ -257,4 +264,21 @@ def estimate_seconds(points: list[Point], model: ModelSpec, gpu: str | None, dev
         total += (warmup + reps) * t + setup
     if device_type == "cuda":
         total += COMPILE_S_PER_TP * len({p.tp for p in points if p.op in ("attn_prefill", "attn_decode")})
+    return total
+
+
+#: seconds of measuring after which the plan's estimate is scaled by the speed seen so far
+RE_ESTIMATE_AFTER_S = 20.0
+
+
+def re_estimate(elapsed: float, planned_done: float, planned_rest: float, rounds: int, budget: float | None,
+                log: Callable[[str], None]) -> float:
+    """The whole run's seconds, re-estimated from how long the points measured so far took against their
+    plan (the planner's per-point and compile constants are guesses; this machine's speed is not)."""
+    ratio = elapsed / planned_done if planned_done > 0 else 1.0
+    total = rounds * (elapsed + ratio * planned_rest)
+    tail = ""
+    if budget is not None and total > budget:
+        tail = f"; the {budget:.0f} s budget stops it first (rerun the same command to resume)"
+    log(f"re-estimated from the first {elapsed:.0f} s ({ratio:.1f}x the plan's pace): about {total:.0f} s{tail}")
     return total

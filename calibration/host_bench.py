@@ -129,3 +129,16 @@ def measure_prefill_host(model: ModelSpec | str, device: torch.device, dtype: to
                    decode_host_s=[round(x, 9) for x in dec], fixed_s=max(0.0, float(fixed)),
                    per_request_s=max(0.0, float(per_req)))
     return out
+
+
+def host_model_for(host_model: str | None, model: ModelSpec, device_type: str) -> ModelSpec | str:
+    """The model the host-part benches run: ``host_model`` if given; else on a GPU the tiny model (the host
+    work does not share the device's caches), on a CPU the profiled model itself, whose forward pass evicts
+    the host's working set (measured here: the small model's host part is twice the tiny model's)."""
+    if host_model:
+        return host_model
+    return model if device_type == "cpu" else "tiny"
+
+
+def host_model_name(model: ModelSpec | str) -> str:
+    return model if isinstance(model, str) else model.name

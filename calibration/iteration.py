@@ -43,23 +43,28 @@ def unit_shapes(max_context: int, decode_batches: tuple[int, ...], decode_contex
 
 
 class IterationBench:
-    """Runs unit-row batches through a real ``ModelRunner`` (CUDA graphs off) and times layers and forward passes."""
+    """Runs unit-row batches through a real ``ModelRunner`` and times layers and forward passes.
+
+    ``cuda_graphs`` False (the unit rows): eager, each layer timed in place. True (``forward_graph`` rows):
+    decode-only batches replayed from CUDA graphs as the engine runs them; only whole forwards are timed.
+    """
 
     def __init__(self, model: ModelSpec, device: Any, dtype: Any, backend: str, block_size: int,
-                 max_blocks: int, seed: int = 0) -> None:
+                 max_blocks: int, seed: int = 0, cuda_graphs: bool = False) -> None:
         import torch
 
         from engine.runner import ModelRunner
 
         self.torch = torch
         self.runner = ModelRunner(model, device=device, dtype=dtype, kv_blocks=max_blocks, block_size=block_size,
-                                  backend=backend, seed=seed, cuda_graphs=False)
+                                  backend=backend, seed=seed, cuda_graphs=cuda_graphs)
         self.model = self.runner.model
         self.layers = model.num_layers
         self._inner = self.model.layer_forward
         self._events: list[tuple[Any, Any]] = []
         self._layer_s = 0.0
-        self.model.layer_forward = self._timed_layer  # instance attribute: the engine's forward calls it
+        if not cuda_graphs:  # a graph replays kernels, not Python: nothing to hook
+            self.model.layer_forward = self._timed_layer  # instance attribute: the engine's forward calls it
         self._n = 0
 
     def _timed_layer(self, *args: Any, **kwargs: Any) -> Any:
@@ -108,6 +113,8 @@ class IterationBench:
                 if i >= warmup:
                     layer.append(lt / self.layers)
                     fwd.append(float(runner.last_timing["forward_s"]))
+            if runner.graphs is not None and variant == "decode" and not runner.last_timing["cuda_graph"]:
+                raise RuntimeError(f"decode batch of {seqs} at context {context} did not replay a CUDA graph")
         finally:
             for r, _n, _c in batch.items:
                 runner.release(r)

@@ -38,6 +38,21 @@ def format_row(row: dict[str, Any]) -> list[str]:
             *(f"{float(row[c]):.6g}" for c in FLOAT_COLUMNS), str(int(row["repeats"]))]
 
 
+def repair_torn_tail(path: str | Path) -> bool:
+    """Cut a torn last row (a run killed mid-write leaves a line without its newline) off measurements.csv;
+    True if one was cut. The rows before it are whole: each was flushed with its newline."""
+    f = profile_folder(path) / MEASUREMENTS_CSV
+    if not f.is_file() or f.stat().st_size == 0:
+        return False
+    data = f.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    with open(f, "r+b") as fh:
+        fh.truncate(cut)
+    return True
+
+
 class MeasurementWriter:
     """Appends measurements to measurements.csv as they are taken, so a stopped run keeps what it measured."""
 

@@ -29,15 +29,24 @@ import torch
 
 from calibration import profile_writer
 from calibration.device_info import device_info, git_commit, resolve_device, resolve_dtype
-from calibration.grid import FULL, GridSpec, Point, estimate_seconds, mixed_contexts, plan
-from calibration.host_bench import HostBench
+from calibration.grid import (
+    FULL,
+    RE_ESTIMATE_AFTER_S,
+    GridSpec,
+    Point,
+    estimate_seconds,
+    mixed_contexts,
+    plan,
+    re_estimate,
+)
+from calibration.host_bench import HostBench, host_model_for, host_model_name
 from calibration.iteration import IterationBench, blocks_needed, unit_shapes
 from calibration.op_bench import OpBench
 from calibration.timing import Timing, TimingSettings, synchronize, time_call, time_stats
 from engine.gc_pause import frozen_heap
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost import profile_format
-from sim.ops import UNIT_TIMINGS
+from sim.ops import GRAPH_TIMINGS, UNIT_TIMINGS
 
 GEMM_OPS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
 STREAM_OPS = ("input_norm", "post_attn_norm", "residual_add", "residual_add_mlp", "act")
@@ -70,6 +79,7 @@ class CalibrationConfig:
     threads: int | None = None       # CPU intra-op threads while timing (default 1: see calibrate())
     rounds: int | None = None        # sweeps over the points, best kept per point (default: CPU 3, CUDA 1)
     progress: bool = True
+    cuda_graphs: bool | None = None  # time decode forwards through CUDA graphs (None: as the engine, on CUDA)
 
 
 @dataclass
@@ -87,34 +97,15 @@ class CalibrationResult:
 
 # ---- the run ----------------------------------------------------------------------------------
 
-def host_model_for(cfg: CalibrationConfig, device_type: str) -> ModelSpec | str:
-    """The model the host-part benches run: ``cfg.host_model`` if given; else on a GPU the tiny model (the host
-    work does not share the device's caches), on a CPU the profiled model itself, whose forward pass evicts
-    the host's working set (measured here: the small model's host part is twice the tiny model's)."""
-    if cfg.host_model:
-        return cfg.host_model
-    return cfg.model if device_type == "cpu" else "tiny"
-
-
-def _name(model: ModelSpec | str) -> str:
-    return model if isinstance(model, str) else model.name
-
-
-#: seconds of measuring after which the plan's estimate is scaled by the speed seen so far
-RE_ESTIMATE_AFTER_S = 20.0
-
-
-def _re_estimate(elapsed: float, planned_done: float, planned_rest: float, rounds: int, budget: float | None,
-                 log: Callable[[str], None]) -> float:
-    """The whole run's seconds, re-estimated from how long the points measured so far took against their
-    plan (the planner's per-point and compile constants are guesses; this machine's speed is not)."""
-    ratio = elapsed / planned_done if planned_done > 0 else 1.0
-    total = rounds * (elapsed + ratio * planned_rest)
-    tail = ""
-    if budget is not None and total > budget:
-        tail = f"; the {budget:.0f} s budget stops it first (rerun the same command to resume)"
-    log(f"re-estimated from the first {elapsed:.0f} s ({ratio:.1f}x the plan's pace): about {total:.0f} s{tail}")
-    return total
+def _earlier_timings(table: Any, points: list[Point]) -> dict[Point, Timing]:
+    """Timings already in the table for ``points`` (a resumed run's earlier measurements)."""
+    by_key = {_key(p): p for p in points}
+    out: dict[Point, Timing] = {}
+    for row in table.itertuples(index=False):
+        key = tuple(getattr(row, c) for c in profile_writer.KEY_COLUMNS)
+        if key in by_key:
+            out[by_key[key]] = Timing(float(row.median_s), float(row.p10_s), float(row.p90_s), int(row.repeats))
+    return out
 
 
 def _median_round(ts: list[Timing]) -> Timing:
@@ -154,7 +145,7 @@ def fit_device_rates(table: Any, model: ModelSpec, dtype_bytes: int) -> dict[str
     best_f = best_b = 0.0
     floor = float("inf")
     for r in table.itertuples(index=False):
-        if r.op in ("host_overhead",) + UNIT_TIMINGS or r.op.startswith("tp_") or r.op == "pp_send_recv":
+        if r.op in ("host_overhead",) + UNIT_TIMINGS + GRAPH_TIMINGS or r.op.startswith("tp_") or r.op == "pp_send_recv":
             continue
         floor = min(floor, float(r.median_s))
         if r.op not in GEMM_OPS + STREAM_OPS:
@@ -196,7 +187,9 @@ def _meta(cfg: CalibrationConfig, dev: dict[str, Any], dtype: torch.dtype, backe
                    "rotation": "input sets rotated to twice the last-level cache (at most 8)",
                    "rounds": cfg.rounds or (3 if dev["type"] == "cpu" else 1)},
         "attention_backend": backend_name, "block_size": cfg.block_size,
-        "host_overhead": {"model": _name(host_model_for(cfg, dev["type"])), "scheduler": cfg.host_scheduler,
+        "decode_path": "cuda_graphs" if (dev["type"] == "cuda" if cfg.cuda_graphs is None else cfg.cuda_graphs)
+                       else "eager",
+        "host_overhead": {"model": host_model_name(host_model_for(cfg.host_model, cfg.model, dev["type"])), "scheduler": cfg.host_scheduler,
                           "measures": "engine host part per decode iteration: schedule() + execute() + "
                                       "on_batch_done() wall time less forward_s"},
         "communication": (old or {}).get("communication", {"measured_tp": [], "pp": "roofline",
@@ -258,9 +251,15 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     old = profile_format.read_meta(out) if (out / profile_format.PROFILE_JSON).exists() else None
     if old is not None:
         _check_resumable(old, cfg, dev["name"], dtype)
-    done = profile_writer.measured_keys(profile_format.read_measurements(out, allow_missing=True))
-    points = plan(cfg.model, cfg.tps, cfg.grid, cfg.ops)
+    if profile_writer.repair_torn_tail(out):
+        log(f"{out}/measurements.csv: cut a torn last row (an interrupted run); it is measured again")
+    table = profile_format.read_measurements(out, allow_missing=True)
+    done = profile_writer.measured_keys(table)
+    graphs = device.type == "cuda" if cfg.cuda_graphs is None else cfg.cuda_graphs
+    points = plan(cfg.model, cfg.tps, cfg.grid, cfg.ops, graphs=graphs)
     todo = [p for p in points if _key(p) not in done]
+    # an interrupted run measured its points once: this run's later rounds re-time them too
+    earlier = _earlier_timings(table, points) if old is not None and old.get("status") == "partial" else {}
     gpu = dev["gpu"] if device.type == "cuda" else None
     tset = cfg.timing
     rounds = cfg.rounds or (3 if device.type == "cpu" else 1)
@@ -281,6 +280,7 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
                      for b in cfg.grid.mixed_batches})
     host: HostBench | None = None
     units: IterationBench | None = None
+    graph_units: IterationBench | None = None
     unit_runs: dict[tuple, dict[str, Timing]] = {}  # one engine run per shape per round times both units
     skipped: list[tuple[Point, str]] = []
     measured = 0
@@ -289,10 +289,10 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     with profile_writer.MeasurementWriter(out) as writer, \
             tqdm(total=len(todo), desc="calibrating", unit="pt", disable=not show, mininterval=0.5) as bar:
         def measure(p: Point) -> Timing:
-            nonlocal host, units
+            nonlocal host, units, graph_units
             if p.op == "host_overhead":
                 if host is None:
-                    host = HostBench(device, dtype, cfg.backend, host_model_for(cfg, device.type), cfg.host_scheduler,
+                    host = HostBench(device, dtype, cfg.backend, host_model_for(cfg.host_model, cfg.model, device.type), cfg.host_scheduler,
                                      max(cfg.grid.host_batches), cfg.block_size,
                                      max(tset.min_repeats, min(tset.max_repeats, 20)))
                 return host.measure(p.tokens)
@@ -309,13 +309,23 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
                                                repeats=max(tset.min_repeats, min(tset.max_repeats, 15)))
                     unit_runs[shape] = {"layer_forward": time_stats(layer), "forward": time_stats(fwd)}
                 return unit_runs[shape][p.op]
+            if p.op in GRAPH_TIMINGS:
+                if graph_units is None:
+                    g = cfg.grid
+                    shapes = unit_shapes(cfg.model.max_context, g.unit_decode_batches, g.unit_decode_contexts, (), ())
+                    graph_units = IterationBench(cfg.model, device, dtype, cfg.backend, cfg.block_size,
+                                                 blocks_needed(shapes, cfg.block_size), cfg.seed, cuda_graphs=True)
+                _layer, fwd = graph_units.measure(p.tokens, p.seqs, p.context, p.variant,
+                                                  warmup=max(tset.warmup, 2),
+                                                  repeats=max(tset.min_repeats, min(tset.max_repeats, 15)))
+                return time_stats(fwd)
             call, copies = bench.prepare(p)
             return time_call(call, device, tset, copies)
 
         def over_budget() -> bool:
             return cfg.budget_s is not None and time.perf_counter() - t_start > cfg.budget_s
 
-        best: dict[Point, Timing] = {}
+        best: dict[Point, Timing] = dict(earlier)
         re_estimated = False
         # Round 1 measures every point and appends its row at once (a stopped run keeps it).
         for i, p in enumerate(todo):
@@ -324,8 +334,8 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
                 break
             if not re_estimated and time.perf_counter() - t_start > RE_ESTIMATE_AFTER_S:
                 re_estimated = True
-                estimate = _re_estimate(time.perf_counter() - t_start, estimate_of(todo[:i]),
-                                        estimate_of(todo[i:]), rounds, cfg.budget_s, log)
+                estimate = re_estimate(time.perf_counter() - t_start, estimate_of(todo[:i]),
+                                       estimate_of(todo[i:]), rounds, cfg.budget_s, log)
             try:
                 best[p] = measure(p)
             except (MemoryError, torch.OutOfMemoryError) as e:
@@ -340,7 +350,7 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
     # the rounds are a whole sweep apart, so a burst of load from other processes spoils one, not the table.
     # Whole iterations (host part, unit timings) predict what the engine meets in a run, load included:
     # they keep the median round, not the best (the op tables' best is a floor the overhead fit sits on).
-    typical = {p: [t] for p, t in best.items() if p.op in UNIT_TIMINGS + ("host_overhead",)}
+    typical = {p: [t] for p, t in best.items() if p.op in UNIT_TIMINGS + GRAPH_TIMINGS + ("host_overhead",)}
     order = random.Random(cfg.seed)
     for _ in range(rounds - 1):
         again = [p for p, t in best.items() if t.median_s < ROUNDS_ONLY_BELOW_S]
@@ -363,7 +373,7 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         if over_budget():
             break
     synchronize(device)
-    bench = host = units = None  # their weights and KV caches: freed before the next benches allocate theirs
+    bench = host = units = graph_units = None  # their weights and KV caches: freed before the next benches allocate theirs
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -377,9 +387,10 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         from calibration.host_bench import measure_prefill_host
         from calibration.wake_bench import measure_wake
         log("timing iterations after idle gaps (the cold-start extra) and the host part of prefills")
-        meta["wake"] = measure_wake(cfg.model, device, dtype, cfg.backend, cfg.block_size, seed=cfg.seed)
-        meta["host_prefill"] = measure_prefill_host(host_model_for(cfg, device.type), device, dtype, cfg.backend,
-                                                    cfg.block_size)
+        stamp = {"date": meta["date"], "command": meta["command"]}
+        meta["wake"] = measure_wake(cfg.model, device, dtype, cfg.backend, cfg.block_size, seed=cfg.seed) | stamp
+        meta["host_prefill"] = measure_prefill_host(host_model_for(cfg.host_model, cfg.model, device.type), device, dtype, cfg.backend,
+                                                    cfg.block_size) | stamp
     table = profile_format.read_measurements(out, allow_missing=True)
     meta["device_rates"] = fit_device_rates(table, cfg.model, meta["dtype_bytes"])
     meta["skipped"] = sorted({*map(tuple, meta.get("skipped", [])),

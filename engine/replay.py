@@ -43,7 +43,7 @@ from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.request import Request, TraceRequest
 from sim.schedulers import scheduler_class
 from sim.simulator import ServingConfig, SimConfig, _versions
-from sim.workload.servable import SkippedRequest
+from sim.workload.servable import SkippedRequest, rebase_arrivals
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
 BATCH_FIELDS: tuple[str, ...] = STAGE_FIELDS + ("host_s", "device_s", "cuda_graph", "graph_captured")
@@ -196,6 +196,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     device = runner.device
     gpu = detect_gpu(device, config.gpu)
     requests, skipped = config.servable(trace, spec, runner.num_blocks, source)
+    origin = rebase_arrivals(requests)
     sched = config.make_scheduler(runner.num_blocks)
     warm = warm_up(runner, config, requests, config.warmup)
 
@@ -220,6 +221,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         source=source, config=dataclasses.asdict(sim_cfg) | _engine_fields(config, runner),
         cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
         memory=_memory(runner, config))
+    summary["time_origin_s"] = origin
     return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
 
 

@@ -22,7 +22,12 @@ def blocks_for(num_tokens: int, block_size: int) -> int:
 
 
 class BlockManager:
-    """Free list of block ids plus per-request block tables (kept on the request)."""
+    """Block ids for per-request block tables (kept on the request); memory grows with blocks in use, not capacity.
+
+    Ids never handed out are a counter (``_next``: all ids at or above it are free); returned ids go on a
+    stack that is reused first, so the lowest ids are handed out first from a fresh cache and a freed
+    request's blocks come back in its table's order (what a full free list popped from the end gave).
+    """
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
         if num_blocks <= 0:
@@ -32,16 +37,16 @@ class BlockManager:
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.watermark_blocks = int(watermark * num_blocks)
-        # pop() from the end hands out the lowest ids first
-        self._free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self._next = 0                   # ids >= _next were never handed out
+        self._recycled: list[int] = []   # returned ids; pop() reuses the last returned first
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return self.num_blocks - self._next + len(self._recycled)
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - len(self._free)
+        return self._next - len(self._recycled)
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -53,25 +58,31 @@ class BlockManager:
     def can_admit(self, num_tokens: int, use_watermark: bool = True) -> bool:
         """Admission check: free blocks minus the new blocks stay at or above the watermark."""
         floor = self.watermark_blocks if use_watermark else 0
-        return len(self._free) - self.blocks_for(num_tokens) >= floor
+        return self.num_free - self.blocks_for(num_tokens) >= floor
 
     def can_grow(self, request: Request, num_tokens: int) -> bool:
         """Whether ``request`` can hold ``num_tokens`` tokens with the free blocks left (no watermark)."""
-        return self.blocks_for(num_tokens) - len(request.block_table) <= len(self._free)
+        return self.blocks_for(num_tokens) - len(request.block_table) <= self.num_free
 
     def grow(self, request: Request, num_tokens: int) -> None:
         """Extend ``request``'s block table to hold ``num_tokens`` tokens."""
         need = self.blocks_for(num_tokens) - len(request.block_table)
         if need <= 0:
             return
-        if need > len(self._free):
-            raise KVCacheError(
-                f"request {request.request_id} needs {need} blocks, only {len(self._free)} free")
-        free = self._free
-        request.block_table.extend(free.pop() for _ in range(need))
+        free = self.num_free
+        if need > free:
+            raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {free} free")
+        table, recycled = request.block_table, self._recycled
+        reuse = min(need, len(recycled))
+        if reuse:
+            table.extend(recycled.pop() for _ in range(reuse))
+        if need > reuse:
+            fresh = self._next
+            table.extend(range(fresh, fresh + need - reuse))
+            self._next = fresh + need - reuse
 
     def free(self, request: Request) -> None:
         """Return all of ``request``'s blocks."""
         if request.block_table:
-            self._free.extend(reversed(request.block_table))
+            self._recycled.extend(reversed(request.block_table))
             request.block_table = []

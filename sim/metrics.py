@@ -9,12 +9,13 @@ drain included).
 
 from __future__ import annotations
 
-from itertools import chain
+import math
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from sim.gap_log import GapLog
 from sim.request import Request
 
 PERCENTILES = (50, 90, 99)
@@ -34,59 +35,59 @@ def describe(values: Iterable[float] | np.ndarray) -> dict[str, float | int | No
 CDF_PERCENTILES = np.round(np.concatenate([np.arange(0, 99, 1.0), np.arange(99, 100, 0.1), [100.0]]), 1)
 
 
-def quantile_table(values: np.ndarray) -> dict[str, list[float]]:
-    """Percentiles of ``values`` on a grid fine in the tail: enough to draw the CDF without every sample."""
-    if len(values) == 0:
+def gap_quantile_table(gaps: GapLog) -> dict[str, list[float]]:
+    """``quantile_table`` of a GapLog (exact, or within its relative error)."""
+    if gaps.count == 0:
         return {"percentile": [], "value": []}
-    return {"percentile": CDF_PERCENTILES.tolist(), "value": np.percentile(values, CDF_PERCENTILES).tolist()}
+    return {"percentile": CDF_PERCENTILES.tolist(), "value": gaps.percentiles(CDF_PERCENTILES).tolist()}
 
 
-def _gaps_and_counts(requests: list[Request]) -> tuple[np.ndarray, np.ndarray]:
-    """Every gap between consecutive output tokens (request after request) and each request's gap count."""
-    counts = np.fromiter((len(r.token_times) for r in requests), dtype=np.int64, count=len(requests))
-    total = int(counts.sum())
-    gap_counts = np.maximum(counts - 1, 0)
-    if total == 0:
-        return np.empty(0), gap_counts
-    times = np.fromiter(chain.from_iterable(r.token_times for r in requests), dtype=float, count=total)
-    gaps = np.diff(times)
-    keep = np.ones(gaps.size, dtype=bool)
-    ends = np.cumsum(counts)[:-1] - 1  # last token of each request but the final one: its diff straddles two
-    keep[ends[(ends >= 0) & (ends < gaps.size)]] = False
-    return gaps[keep], gap_counts
+def _first_token(r: Request) -> float:
+    if r.first_token_time is not None:
+        return r.first_token_time
+    return r.token_times[0] if r.token_times else math.nan
 
 
-def token_gaps(requests: list[Request]) -> np.ndarray:
-    """All gaps between consecutive output tokens of each request, concatenated."""
-    return _gaps_and_counts(requests)[0]
+def _generated(r: Request) -> int:
+    return len(r.token_times) if r.token_times is not None else r.num_generated
 
 
-def requests_frame(requests: list[Request], *, return_gaps: bool = False):
-    """One row per simulated request, in trace order; with ``return_gaps`` also every token gap (for ``summarize``)."""
+def _tbt_max(r: Request) -> float:
+    if r.tbt_max is not None:
+        return r.tbt_max
+    tt = r.token_times
+    return float(np.diff(tt).max()) if tt is not None and len(tt) > 1 else math.nan
+
+
+def gap_log_of(requests: Iterable[Request]) -> GapLog:
+    """A GapLog of the requests' kept token times (for callers that drove a scheduler themselves)."""
+    log = GapLog()
+    for r in requests:
+        if r.token_times is not None and len(r.token_times) > 1:
+            log.add(np.diff(np.asarray(r.token_times, dtype=float)))
+    return log
+
+
+def requests_frame(requests: list[Request]) -> pd.DataFrame:
+    """One row per simulated request, in trace order (from per-request figures: memory per request, not token)."""
     reqs = sorted(requests, key=lambda r: r.index)
-    gaps, counts = _gaps_and_counts(reqs)
-    tbt_max = np.full(len(reqs), np.nan)
-    has = counts > 0
-    if has.any():
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[has]
-        tbt_max[has] = np.maximum.reduceat(gaps, starts)
     nan = np.nan
-    first = np.array([r.token_times[0] if r.token_times else nan for r in reqs], dtype=float)
+    first = np.array([_first_token(r) for r in reqs], dtype=float)
     done = np.array([nan if r.completion_time is None else r.completion_time for r in reqs], dtype=float)
     sched = np.array([nan if r.first_scheduled_time is None else r.first_scheduled_time for r in reqs], dtype=float)
     arrival = np.array([r.arrival_time for r in reqs], dtype=float)
-    generated = np.array([len(r.token_times) for r in reqs], dtype=np.int64)
+    generated = np.array([_generated(r) for r in reqs], dtype=np.int64)
     ttft = first - arrival
     e2e = done - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(generated > 1, (e2e - ttft) / (generated - 1), nan)
-    frame = pd.DataFrame({
+    return pd.DataFrame({
         "request_id": [r.request_id for r in reqs], "replica": [r.replica for r in reqs], "arrival_time": arrival,
         "prompt_tokens": [r.prompt_tokens for r in reqs], "output_tokens": [r.output_tokens for r in reqs],
         "generated_tokens": generated, "first_scheduled_time": sched, "first_token_time": first,
         "completion_time": done, "scheduling_delay": sched - arrival, "ttft": ttft, "e2e": e2e, "tpot": tpot,
-        "tbt_max": tbt_max, "num_preemptions": [r.num_preemptions for r in reqs]})
-    return (frame, gaps) if return_gaps else frame
+        "tbt_max": np.array([_tbt_max(r) for r in reqs], dtype=float),
+        "num_preemptions": [r.num_preemptions for r in reqs]})
 
 
 def _merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,21 +137,21 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
               stages: pd.DataFrame, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
               peak_flops: float, mem_bandwidth: float, source: str, config: dict, cost: dict,
               versions: dict, gpus_per_stage: int = 1, memory: dict | None = None,
-              gaps: np.ndarray | None = None) -> dict[str, Any]:
+              gaps: GapLog | None = None) -> dict[str, Any]:
     """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
 
     ``batches`` has the columns of ``sim.cluster.STAGE_FIELDS``, whose flops and bytes are one GPU's
     work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
-    ``gaps``: the completed requests' token gaps when the caller already has them (else computed here).
+    ``gaps``: the completed requests' token gaps (the schedulers' merged ``gap_log``; else from kept times).
     """
     done = [r for r in requests if r.completion_time is not None]
     if gaps is None:
-        gaps = token_gaps(done)
-    ttft = [r.token_times[0] - r.arrival_time for r in done]
+        gaps = gap_log_of(done)
+    ttft = [_first_token(r) - r.arrival_time for r in done]
     e2e = [r.completion_time - r.arrival_time for r in done]
-    tpot = [(r.completion_time - r.token_times[0]) / (len(r.token_times) - 1) for r in done if len(r.token_times) > 1]
+    tpot = [(r.completion_time - _first_token(r)) / (_generated(r) - 1) for r in done if _generated(r) > 1]
     delay = [r.first_scheduled_time - r.arrival_time for r in done]
-    out_tokens = sum(len(r.token_times) for r in done)
+    out_tokens = sum(_generated(r) for r in done)
     in_tokens = sum(r.prompt_tokens for r in done)
     start = min((r.arrival_time for r in requests), default=0.0)
     end = max((r.completion_time for r in done), default=start)
@@ -177,7 +178,7 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
             "skipped_examples": [s.where(source) for s in skipped[:20]],
         },
         "latency_s": {
-            "ttft": describe(ttft), "tbt": describe(gaps), "tbt_cdf": quantile_table(gaps),
+            "ttft": describe(ttft), "tbt": gaps.describe(PERCENTILES), "tbt_cdf": gap_quantile_table(gaps),
             "tpot": describe(tpot), "e2e": describe(e2e),
             "scheduling_delay": describe(delay),
         },

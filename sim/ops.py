@@ -48,3 +48,6 @@ UNIT_TIMINGS: tuple[str, ...] = (
     "layer_forward",     # one decoder layer inside ModelRunner.execute (mean over the model's layers)
     "forward",           # ModelRunner.execute's forward pass and sampling (its forward_s)
 )
+# decode-only forward passes as the engine runs them on a GPU: replayed from CUDA graphs (padded shapes), per
+# (sequences, context); the profiled cost model prices a decode-only TP1 iteration from these when present
+GRAPH_TIMINGS: tuple[str, ...] = ("forward_graph",)

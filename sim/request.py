@@ -48,8 +48,10 @@ class Request:
     num_preemptions: int = 0
     replica: int = -1
     first_scheduled_time: float | None = None
-    token_times: list[float] = field(default_factory=list)
+    token_times: list[float] | None = field(default_factory=list)  # None once folded (Scheduler.keep_token_times)
     completion_time: float | None = None
+    first_token_time: float | None = None
+    tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
 
     @classmethod
     def from_trace(cls, tr: TraceRequest, index: int) -> "Request":

@@ -15,11 +15,12 @@ from sim.catalog.hardware import get_gpu
 from sim.catalog.models import ModelSpec, with_max_model_len
 from sim.cluster import run_cluster
 from sim.cost.interface import CostModel
+from sim.gap_log import GapLog
 from sim.kv_cache import BlockManager
 from sim.memory import InfeasibleConfigError, plan_memory
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
-from sim.workload.servable import SkippedRequest, prepare_requests
+from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
 
 
 @dataclass
@@ -59,6 +60,9 @@ class ServingConfig:
     def servable(self, trace: list[TraceRequest], model: ModelSpec, num_blocks: int,
                  source: str) -> tuple[list[Request], list[SkippedRequest]]:
         """The requests this deployment can ever serve, in arrival order, and the others with the reason."""
+        if self.block_size > model.max_context:
+            raise ValueError(f"block_size {self.block_size} exceeds {model.name}'s maximum context of "
+                             f"{model.max_context} tokens (vLLM uses 16)")
         policy = scheduler_class(self.scheduler)
         budget = self.token_budget if self.token_budget is not None else policy.default_token_budget
         requests, skipped = prepare_requests(
@@ -102,6 +106,10 @@ class SimResult:
     skipped: list[SkippedRequest] = field(default_factory=list)
 
 
+#: output tokens up to which finished requests keep every token time (32 bytes each in a Python list)
+KEEP_TOKEN_TIMES_UP_TO = 2_000_000
+
+
 def _versions() -> dict[str, str]:
     import simpy
 
@@ -136,14 +144,17 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     if config.kv_blocks is not None:
         memory["kv_blocks_override"] = config.kv_blocks
     requests, skipped = config.servable(trace, model, num_blocks, source)
+    origin = rebase_arrivals(requests)
     schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
+    keep = sum(r.output_tokens for r in requests) <= KEEP_TOKEN_TIMES_UP_TO
+    for s in schedulers:  # past the limit each request keeps its figures, not its token times
+        s.keep_token_times = keep
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
 
     batches = rec.stage_frame()
     micro = rec.microbatch_frame()
-    req_df, gaps = metrics.requests_frame(requests, return_gaps=True)
-    if any(r.completion_time is None for r in requests):
-        gaps = None  # the summary counts completed requests only
+    req_df = metrics.requests_frame(requests)
+    gaps = GapLog.merged(s.gap_log for s in schedulers)  # finished requests' gaps, every replica
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
     summary = metrics.summarize(
         requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
@@ -151,4 +162,5 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         num_gpus=config.replicas * config.tp * config.pp, peak_flops=gpu.bf16_flops,
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
+    summary["time_origin_s"] = origin  # arrivals and every time in the outputs count from here
     return SimResult(summary, req_df, batches, micro, stages, skipped)

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from sim.cli.args import NO_DEFAULT as _NO
-from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, positive_int
+from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, nonneg_int, positive_int
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -85,7 +84,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     w.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson",
                    help="arrival process for generated arrivals")
     w.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of the gaps for --arrival gamma")
-    w.add_argument("--seed", type=int, default=0, help="seed of generated lengths, arrivals, weights and prompts")
+    w.add_argument("--seed", type=nonneg_int, default=0, help="seed of generated lengths, arrivals, weights and prompts")
     w.add_argument("--strict", action="store_true",
                    help="refuse a trace holding a request that can never be served instead of skipping it")
 
@@ -186,10 +185,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         slo_tbt_p99=args.slo_tbt_p99, slo_delay_p50=args.slo_delay_p50, capacity_duration=args.capacity_duration,
         capacity_seeds=args.capacity_seeds, plots=args.plots, timeline=args.timeline, op_check=args.op_check,
         repeats=args.repeats)
+    from sim.outputs.run_folder import prepare_out_dir
+    out = prepare_out_dir(args.out)  # before the workload and any engine run
     trace, source, warnings = _workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    out = Path(args.out)
     profile = args.profile
     if profile is None:
         profile = out / "profile"

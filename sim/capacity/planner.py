@@ -149,9 +149,26 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
 
 # ---- executors ----------------------------------------------------------------------------------------
 
-def _ignore_sigint() -> None:
-    """Worker processes leave Ctrl-C to the parent, which stops cleanly."""
+def _init_worker(parent: int | None = None) -> None:
+    """Worker processes leave Ctrl-C to the parent, which stops cleanly, and exit when the parent dies (kill -9
+    included): on Linux the kernel sends SIGTERM (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = parent or os.getppid()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        import time
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    import threading
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 class RayExecutor(cf.Executor):
@@ -186,7 +203,7 @@ def make_executor(jobs: int | None = None, ray: str | None = None) -> cf.Executo
     jobs = jobs or os.cpu_count() or 1
     if jobs <= 1:
         return InlineExecutor()
-    return cf.ProcessPoolExecutor(max_workers=jobs, initializer=_ignore_sigint)
+    return cf.ProcessPoolExecutor(max_workers=jobs, initializer=_init_worker, initargs=(os.getpid(),))
 
 
 # ---- the plan ----------------------------------------------------------------------------------------

@@ -252,13 +252,15 @@ class _Watch:
 
     def on_finish(self, r: Request) -> None:
         tt = r.token_times
+        n, first = r.num_generated, r.first_token_time
         for i, (name, lat, bound, need) in enumerate(self.finish_rules):
-            if lat == "tbt":
-                k = sum(1 for a, b in zip(tt, tt[1:]) if b - a > bound)
+            if lat == "tbt":  # times folded away (a very large run): at least its largest gap counts
+                k = sum(1 for a, b in zip(tt, tt[1:]) if b - a > bound) if tt is not None else int(
+                    (r.tbt_max or 0.0) > bound)
             elif lat == "tpot":
-                k = int(len(tt) > 1 and (r.completion_time - tt[0]) / (len(tt) - 1) > bound)
+                k = int(n > 1 and (r.completion_time - first) / (n - 1) > bound)
             elif lat == "ttft":
-                k = int(tt[0] - r.arrival_time > bound)
+                k = int(first - r.arrival_time > bound)
             else:
                 k = int(r.completion_time - r.arrival_time > bound)
             if k:

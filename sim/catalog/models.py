@@ -64,6 +64,9 @@ class ModelSpec:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
+        if self.head_dim_override is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"model {self.name!r}: hidden_size {self.hidden_size} does not split into "
+                             f"{self.num_heads} heads (give head_dim if the model's heads are narrower)")
 
     @property
     def head_dim(self) -> int:

@@ -17,6 +17,17 @@ NO_DEFAULT = "%(default).0s"
 
 # ---- value types --------------------------------------------------------------------------------
 
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (seeds, counts where 0 means all)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return v
+
+
 def positive_int(text: str) -> int:
     """An integer >= 1."""
     try:
@@ -196,14 +207,17 @@ def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
                         "KV cache, stage Gantt)")
     p.add_argument("--timeline", action="store_true",
                    help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
-    p.add_argument("--timeline-requests", type=int, default=1000, metavar="N",
+    p.add_argument("--timeline-requests", type=nonneg_int, default=1000, metavar="N",
                    help="request slices in the timeline: the first N requests by arrival (0: all)")
 
 
 def check_run_folder_args(args: argparse.Namespace) -> None:
-    """Refuse --plots/--timeline without --out, before any work is done."""
+    """Refuse --plots/--timeline without --out, and an --out that cannot be written, before any work is done."""
     if (args.plots or args.timeline) and not args.out:
         raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
+    if args.out:
+        from sim.outputs.run_folder import prepare_out_dir
+        prepare_out_dir(args.out)
 
 
 def write_run_folder(args: argparse.Namespace, result: Any) -> None:

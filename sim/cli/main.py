@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"servesim: error: this command needs the Python package {e.name!r}, which is not installed "
               f"({hint})", file=sys.stderr)
         return 2
+    except OSError as e:  # a file we cannot read or write (permissions, a full disk, a folder where a file goes)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"servesim: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("servesim: interrupted", file=sys.stderr)
         return 130

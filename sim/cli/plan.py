@@ -17,6 +17,8 @@ from sim.cli.args import (
     check_cost_model_args,
     int_list,
     name_list,
+    nonneg_int,
+    positive_int,
     seconds_or,
 )
 
@@ -103,7 +105,7 @@ def _add_search_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("search")
     g.add_argument("--seeds", type=int, default=3, metavar="K",
                    help="seeds per configuration, each with its own lengths and arrivals (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, metavar="S",
+    g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="first seed; seeds are S..S+K-1 (default: %(default)s)")
     g.add_argument("--rel-tol", type=_positive_float, default=0.05, metavar="F",
                    help="stop bisecting when the bracket is within this fraction of the rate (default: %(default)s)")
@@ -183,8 +185,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan.csv, plan.txt, pareto.csv and pareto.png (latency against throughput).
     """
     from sim.capacity.planner import enumerate_candidates, format_table, load_prices, make_executor, plan, sort_table
+    from sim.outputs.run_folder import prepare_out_dir
     from sim.simulator import SimConfig
 
+    prepare_out_dir(args.out)  # before any work
     workload = workload_from_args(args)
     slo = slo_from_args(args)
     prices = load_prices(args.prices) if args.prices else None
@@ -261,7 +265,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                         "requests) (default: 512)")
     g.add_argument("--max-batch", type=int, default=128, metavar="B",
                    help="max requests running at once (default: %(default)s)")
-    g.add_argument("--block-size", type=int, default=16, help="tokens per KV block (default: %(default)s)")
+    g.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: %(default)s)")
     g.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
     g.add_argument("--profile", default=None, metavar="DIR",
@@ -305,6 +309,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         note = profile.cost_model(search.config).transfer_note()  # type: ignore[attr-defined]
         if note:
             print(note, file=sys.stderr)
+    if args.results:
+        _check_results_path(args.results)
     store = ResultsFile(args.results)
     executor = make_executor(min(args.jobs or os.cpu_count() or 1, args.seeds), args.ray)
     try:
@@ -360,3 +366,17 @@ def _add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
     add_cost_model_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every simulated rate and its verdict")
+
+
+def _check_results_path(path: str) -> None:
+    """Refuse a --results file that cannot be appended to, before any simulation."""
+    from pathlib import Path
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"--results {p}: is a folder; give a .jsonl file")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise ValueError(f"--results {p}: cannot write there ({e.strerror or e})") from None

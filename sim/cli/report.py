@@ -13,6 +13,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     it and report.html with the images inlined.
     """
     from sim.outputs.report import write_report
+    from sim.outputs.run_folder import check_run, prepare_out_dir
+    for d in args.run_dirs:  # every folder complete, and the output writable, before any work
+        check_run(d)
+    prepare_out_dir(args.out)
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     md, page = write_report(args.run_dirs, args.out, labels=labels, title=args.title, run_plots=args.run_plots)
     print(f"wrote {md} and {page}")

@@ -93,4 +93,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"skipped: {s}")
         print(f"\nsimulated in {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
                                                    if args.out else ""))
+    req = result.summary["requests"]
+    if req["in_trace"] and not req["simulated"]:
+        print(f"servesim: error: none of the {req['in_trace']} requests can be served by this deployment "
+              f"({', '.join(f'{k}: {v}' for k, v in req['skipped_by_reason'].items())}); see the reasons above",
+              file=sys.stderr)
+        return 1
     return 0

@@ -11,7 +11,7 @@ import statistics
 import sys
 from typing import Sequence
 
-from sim.cli.args import add_command, positive, seconds_or
+from sim.cli.args import add_command, nonneg_int, positive, seconds_or
 from sim.cli.workload_args import add_generator_arguments, add_import_arguments, load_trace, trace_from_args
 from sim.request import TraceRequest
 from sim.workload.trace import write_trace
@@ -165,7 +165,7 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     conv.add_argument("output", metavar="OUT.jsonl", help="servesim JSONL trace to write (parent folders are created)")
     add_import_arguments(conv)
     add_transform_arguments(conv)
-    conv.add_argument("--seed", type=int, default=0, metavar="S",
+    conv.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                       help="seed for generated arrivals, --jitter, --sample and --lengths-from (default: %(default)s)")
 
     st = add_command(trace_sub, "stats", _stats, "print (and plot) a trace's rate, burstiness, lengths and P:D ratio",
@@ -177,6 +177,6 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
                     help="bin width of the rate over time (default: a round width giving about 60 bins)")
     st.add_argument("--json", action="store_true", help="print the statistics as JSON")
     add_import_arguments(st)
-    st.add_argument("--seed", type=int, default=0, metavar="S",
+    st.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                     help="seed of generated arrivals for length tables (default: %(default)s)")
     return trace

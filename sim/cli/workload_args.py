@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sim.cli.args import NO_DEFAULT
+from sim.cli.args import NO_DEFAULT, nonneg_int
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
 from sim.workload.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
@@ -45,7 +45,7 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
                    help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
                         f"prompt:output ratio (default: no limit{NO_DEFAULT})")
-    g.add_argument("--seed", type=int, default=0, metavar="S",
+    g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
 
 

@@ -39,7 +39,7 @@ import pandas as pd
 from sim.catalog.models import ModelSpec
 from sim.cost.unit_rows import ITERATION_VARIANTS
 from sim.jsonfile import read_json_object
-from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, GRAPH_TIMINGS, UNIT_TIMINGS
 
 FORMAT = "servesim-profile"
 VERSION = 2
@@ -60,7 +60,8 @@ SHAPE_FIELDS: tuple[str, ...] = ("hidden_size", "num_heads", "num_kv_heads", "he
 SEQ_AXIS_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling", "host_overhead")
 #: ops whose shapes do not depend on tensor parallelism (hidden size is not sharded); stored with tp = 0
 TP_INDEPENDENT_OPS: tuple[str, ...] = ("input_norm", "post_attn_norm", "residual_add", "residual_add_mlp",
-                                       "final_norm", "sampling", "host_overhead", "pp_send_recv") + UNIT_TIMINGS
+                                       "final_norm", "sampling", "host_overhead", "pp_send_recv") + UNIT_TIMINGS \
+    + GRAPH_TIMINGS
 MIXED = "mixed"  # variant of attn_decode rows whose sequences have different contexts
 #: engine attention backends whose cost follows the longest sequence of a batch (meta ``attention_backend``)
 PADDED_BACKENDS: tuple[str, ...] = ("sdpa",)
@@ -225,8 +226,8 @@ def read_measurements(path: str | Path, allow_missing: bool = False) -> pd.DataF
             i = int(np.flatnonzero(mask)[0])
             raise ProfileError(f"{f}:{line[i]}: {field} {what}, got {raw[field].iloc[i]!r}")
 
-    fail(~raw["op"].isin(ALL_OPS + UNIT_TIMINGS).to_numpy(), "op", "must be an op of sim.ops")
-    unit = raw["op"].isin(UNIT_TIMINGS).to_numpy()
+    fail(~raw["op"].isin(ALL_OPS + UNIT_TIMINGS + GRAPH_TIMINGS).to_numpy(), "op", "must be an op of sim.ops")
+    unit = raw["op"].isin(UNIT_TIMINGS + GRAPH_TIMINGS).to_numpy()
     fail(~unit & ~raw["variant"].isin(["", MIXED]).to_numpy(), "variant", f"must be empty or {MIXED!r}")
     fail(unit & ~raw["variant"].isin(ITERATION_VARIANTS).to_numpy(), "variant",
          f"of a {'/'.join(UNIT_TIMINGS)} row must be one of {', '.join(ITERATION_VARIANTS)}")

@@ -40,6 +40,8 @@ from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.framework_overhead import fit_overhead, forward_features, layer_features, no_overhead
+from sim.cost.graph_decode import SOURCE as GRAPH_SOURCE
+from sim.cost.graph_decode import GraphDecodeTable
 from sim.cost.host_prefill import HostPrefill
 from sim.cost.interface import CostModel, StageCost, stage_totals
 from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
@@ -116,6 +118,7 @@ class ProfiledCostModel(CostModel):
         self.layer_coef, self.forward_coef, self.overhead_fit = self._fit_overhead()
         self._wake = WakeTable(self.profile.meta["wake"]) if self.profile.meta.get("wake") else None
         self.host_prefill = HostPrefill.from_meta(self.profile.meta.get("host_prefill"))
+        self._graphs = GraphDecodeTable.from_profile(self.profile, self._src, tp=tp, pp=pp, transfer=self.transfer)
 
     # ---- framework overhead ---------------------------------------------------------------------
 
@@ -343,7 +346,8 @@ class ProfiledCostModel(CostModel):
             f += L * af
             b += L * ab
         t += sum(self._overheads(batch, stage).values())
-        return StageCost(t, f, b)
+        graph = self._graphs.time(batch) if self._graphs is not None else None
+        return StageCost(t if graph is None else graph, f, b)
 
     def wake_time(self, idle_s: float) -> tuple[float, float, float]:
         """Measured (late wake-up, extra host, extra device) seconds of the first iteration after ``idle_s`` idle
@@ -381,6 +385,10 @@ class ProfiledCostModel(CostModel):
         ops["attn_decode"] = (L * t, s)
         for op, t in self._overheads(batch, stage).items():
             ops[op] = (t, FIT)
+        graph = self._graphs.time(batch) if self._graphs is not None else None
+        if graph is not None:  # a graph replay: the ops' shares of the measured whole forward pass
+            k = graph / (sum(v[0] for v in ops.values()) or 1.0)
+            ops = {op: (v[0] * k, GRAPH_SOURCE) for op, v in ops.items()}
         return {op: ops[op] for op in DEVICE_OPS + OVERHEAD_OPS}
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
@@ -404,18 +412,11 @@ class ProfiledCostModel(CostModel):
         """Profile provenance, target GPU and whether the prices are a transfer estimate (for summary.json)."""
         meta = self.profile.meta
         d: dict[str, Any] = {
-            "name": self.name,
-            "profile": str(self.profile.path),
-            "profile_device": self.profile.device_name,
-            "profile_gpu": self.profile.gpu,
-            "profile_date": meta.get("date"),
-            "profile_commit": meta.get("git_commit"),
-            "dtype": meta.get("dtype"),
-            "model": self.model.name,
-            "gpu": self.gpu.name,
-            "tp": self.tp,
-            "pp": self.pp,
+            "name": self.name, "profile": str(self.profile.path), "profile_device": self.profile.device_name,
+            "profile_gpu": self.profile.gpu, "profile_date": meta.get("date"), "profile_commit": meta.get("git_commit"),
+            "dtype": meta.get("dtype"), "model": self.model.name, "gpu": self.gpu.name, "tp": self.tp, "pp": self.pp,
             "layers_per_stage": list(self.layers),
+            "decode_path": meta.get("decode_path", "eager"), "decode_graph_table": self._graphs is not None,
             "communication": {op: ("profile" if v else "roofline") for op, v in self._comm_measured.items()},
             "attention_backend": meta.get("attention_backend"),
             "padded_attention": self.padded,
@@ -423,8 +424,7 @@ class ProfiledCostModel(CostModel):
             "framework_overhead": self.overhead_fit,
             "wake": meta.get("wake"), "host_prefill": dataclasses.asdict(self.host_prefill),
             "measured_by": (meta.get("source") or {}).get("measured_by"), "op_sources": meta.get("op_sources"),
-            "estimate": self.transfer,
-            "transfer": None,
+            "estimate": self.transfer, "transfer": None,
         }
         if self.transfer:
             d["transfer"] = {

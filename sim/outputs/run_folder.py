@@ -1,9 +1,16 @@
-"""Run folders: summary.json, requests.csv and batches.csv, written deterministically (same seed, same bytes)."""
+"""Run folders: summary.json, requests.csv and batches.csv, written deterministically (same seed, same bytes).
+
+A folder is complete only with its ``manifest.json``, written last: every file is first written under a
+temporary name and renamed into place, and the manifest (file names, bytes and row counts) replaces the
+old one only after all three are in place. An interrupted or failed write (SIGINT, a full disk) leaves no
+manifest, and readers refuse such a folder by name instead of reading truncated tables.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +32,82 @@ def clean_json(x: Any) -> Any:
     return x
 
 
+RUN_FILES = ("summary.json", "requests.csv", "batches.csv")
+MANIFEST = "manifest.json"
+
+
 def write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n")
+    """``data`` as JSON at ``path``, through a temporary file renamed into place (never half-written)."""
+    _atomic_text(path, json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n")
 
 
-def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame) -> Path:
-    """Write the three standard files into ``out_dir`` (created if needed)."""
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def prepare_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
+    """Create ``out_dir`` (and parents) and prove it writable, before any work; one-line ValueError otherwise."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "summary.json", summary)
-    requests.to_csv(out / "requests.csv", index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
-    batches.to_csv(out / "batches.csv", index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{flag} {out}: exists and is not a folder")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"{flag} {out}: {parent} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(f"{flag} {out}: cannot write there ({e.strerror or e})") from None
     return out
 
 
-def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
-    """Load a run folder written by the simulator or the engine (same schema)."""
+def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame) -> Path:
+    """Write the three standard files into ``out_dir`` (created if needed), then the manifest that completes it."""
+    out = prepare_out_dir(out_dir)
+    (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
+    write_json(out / "summary.json", summary)
+    for name, frame in (("requests.csv", requests), ("batches.csv", batches)):
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        try:
+            frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+    files = {n: {"bytes": (out / n).stat().st_size} for n in RUN_FILES}
+    files["requests.csv"]["rows"], files["batches.csv"]["rows"] = len(requests), len(batches)
+    write_json(out / MANIFEST, {"format": "servesim-run", "files": files})
+    return out
+
+
+def check_run(run_dir: str | Path) -> Path:
+    """``run_dir`` if it is a complete run folder (manifest present, every file at its recorded size)."""
     d = Path(run_dir)
-    missing = [n for n in ("summary.json", "requests.csv", "batches.csv") if not (d / n).exists()]
+    missing = [n for n in RUN_FILES if not (d / n).exists()]
     if missing:
         raise FileNotFoundError(f"{d} is not a servesim run folder: missing {', '.join(missing)}")
+    try:
+        files = json.loads((d / MANIFEST).read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{d}: incomplete run folder (no valid {MANIFEST}: the run that wrote it was interrupted, "
+                         f"failed, or predates manifests); rerun it") from None
+    for name in RUN_FILES:
+        size = (d / name).stat().st_size
+        if name not in files or files[name].get("bytes") != size:
+            raise ValueError(f"{d}/{name}: {size} bytes where {MANIFEST} recorded "
+                             f"{files.get(name, {}).get('bytes')}: the folder was changed or half-written; rerun it")
+    return d
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    """Load a complete run folder written by the simulator or the engine (same schema)."""
+    d = check_run(run_dir)
     return (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "requests.csv", dtype={"request_id": str}),
             pd.read_csv(d / "batches.csv"))
 

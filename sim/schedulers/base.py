@@ -12,7 +12,10 @@ from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass
 
+import numpy as np
+
 from sim.batch import Batch, BatchItem
+from sim.gap_log import GapLog
 from sim.kv_cache import BlockManager
 from sim.request import Request, Status
 
@@ -54,6 +57,10 @@ class Scheduler(ABC):
         self.num_preemptions = 0
         self._next_batch_id = 0
         self._in_flight: dict[int, Batch] = {}  # micro-batches scheduled and not yet done (pipeline parallelism)
+        self.gap_log = GapLog()  # every token gap of its finished requests
+        #: False: a finished request's token times are folded into gap_log and dropped (memory per request,
+        #: not per token: large simulations); True keeps them (engine, validation, tests)
+        self.keep_token_times = True
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -71,8 +78,8 @@ class Scheduler(ABC):
             return None
         batch = Batch(decodes + prefills, self._next_batch_id, self.bm.num_used, num_decodes=len(decodes))
         for r, _new, _cached in batch.prefill_items:  # a decode was necessarily scheduled before
-            if r.first_scheduled_time is None:
-                r.first_scheduled_time = now
+            if r.first_scheduled_time is None:  # never before arrival (float rounding of the arrival wait)
+                r.first_scheduled_time = now if now > r.arrival_time else r.arrival_time
         self._next_batch_id += 1
         self._in_flight[batch.batch_id] = batch
         return batch
@@ -86,14 +93,27 @@ class Scheduler(ABC):
             if req.num_computed == req.prompt_tokens + req.num_generated:
                 req.num_generated += 1
                 req.token_times.append(now)
+                if req.num_generated == 1:
+                    req.first_token_time = now
                 if req.num_generated >= req.output_tokens:
                     req.status = Status.FINISHED
                     req.completion_time = now
                     self.bm.free(req)
+                    self._fold_tokens(req)
                     finished.append(req)
         if finished:
             self.running = [r for r in self.running if r.status is not Status.FINISHED]
         return finished
+
+    def _fold_tokens(self, req: Request) -> None:
+        """A finished request's gaps into ``gap_log``, its largest gap onto it; its times dropped unless kept."""
+        tt = req.token_times
+        if len(tt) > 1:
+            gaps = np.diff(np.asarray(tt, dtype=float))
+            self.gap_log.add(gaps)
+            req.tbt_max = float(gaps.max())
+        if not self.keep_token_times:
+            req.token_times = None
 
     # ---- what a policy implements -------------------------------------------------------------
     @abstractmethod

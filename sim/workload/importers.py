@@ -42,7 +42,7 @@ import pandas as pd
 
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, generate_arrivals
-from sim.workload.trace import Trace, TraceError, _check_order, _decode_line, _read_text, read_trace
+from sim.workload.trace import MAX_TOKENS, Trace, TraceError, _check_order, _decode_line, _read_text, read_trace
 
 FORMATS = ("jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise")
 ZERO_POLICIES = ("skip", "error")
@@ -70,7 +70,7 @@ class ArrivalSpec:
 
 def _first_line(path: str) -> str:
     """The first non-blank line of the file (for format detection)."""
-    for line in _read_text(path).split("\n"):
+    for line in _read_text(path).splitlines():  # \n, \r\n or a lone \r
         if line.strip():
             return line.strip()
     raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
@@ -83,12 +83,15 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if path.lower().endswith(_JSON_EXTENSIONS) or line.startswith("{"):
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):
             return "jsonl"  # let the JSONL reader give the precise message
         if isinstance(obj, dict) and all(k in obj for k in _MOONCAKE_KEYS) and "arrival_time" not in obj:
             return "mooncake"
         return "jsonl"
-    header = [c.strip() for c in next(csv.reader([line]))]
+    try:
+        header = [c.strip() for c in next(csv.reader([line]))]
+    except csv.Error as exc:
+        raise TraceError(path, f"not a readable CSV header: {exc}", 1) from None
     for fmt, cols in _CSV_SIGNATURES.items():
         if all(c in header for c in cols):
             return fmt
@@ -115,7 +118,9 @@ def _count(path: str, lineno: int, name: str, cell: Any) -> int:
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
     if type(value) is not int or value < 0:
-        raise TraceError(path, f"expected an integer >= 0, got {value!r}", lineno, name)
+        raise TraceError(path, f"expected an integer >= 0, got {_short(value)}", lineno, name)
+    if value > MAX_TOKENS:
+        raise TraceError(path, f"expected at most 2^53 tokens, got {_short(value)}", lineno, name)
     return value
 
 
@@ -127,9 +132,16 @@ def _seconds(path: str, lineno: int, name: str, cell: Any, unit: float = 1.0) ->
             value = float(cell.strip())
         except ValueError:
             raise TraceError(path, f"expected a number >= 0, got {cell!r}", lineno, name) from None
+    if isinstance(value, int) and not isinstance(value, bool) and value > 1e300:
+        value = math.inf  # too large for a float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise TraceError(path, f"expected a finite number >= 0, got {value!r}", lineno, name)
+        raise TraceError(path, f"expected a finite number >= 0, got {_short(value)}", lineno, name)
     return float(value) * unit
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 # ---- rows -------------------------------------------------------------------------------------
@@ -148,12 +160,23 @@ class _Row:
     request_id: str | None = None
 
 
+def _guarded(path: str, reader: Any) -> Any:
+    """The reader's rows, a csv.Error (a cell over the field limit, a stray NUL) becoming a TraceError at its line."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise TraceError(path, f"unreadable CSV row: {exc}", reader.line_num) from None
+
+
 def _csv_rows(path: str, required: tuple[str, ...]) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """Header and (line, cells) of each non-blank data row; checks the header and each row's width."""
     reader = csv.reader(io.StringIO(_read_text(path), newline=""))
     header: list[str] | None = None
     rows: list[tuple[int, list[str]]] = []
-    for cells in reader:
+    for cells in _guarded(path, reader):
         if not cells or all(not c.strip() for c in cells):
             continue
         if header is None:
@@ -251,6 +274,9 @@ def read_mooncake(path: str | os.PathLike[str], *, zero_lengths: str = "skip", o
         if hashes is not None and not (isinstance(hashes, list) and
                                        all(type(h) is int for h in hashes)):
             raise TraceError(path, "expected a list of integers", lineno, "hash_ids")
+        for key in _MOONCAKE_KEYS:  # JSON numbers only, as the JSONL reader: "12" is not a length
+            if isinstance(obj[key], (str, bool)) or obj[key] is None:
+                raise TraceError(path, f"expected a number, got {_short(obj[key])}", lineno, key)
         rid = obj.get("request_id")
         if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == ""):
             raise TraceError(path, f"expected a non-empty string or an integer, got {rid!r}", lineno, "request_id")

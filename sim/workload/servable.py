@@ -61,3 +61,21 @@ def prepare_requests(trace: list[TraceRequest], *, model: ModelSpec, block_manag
             raise WorkloadError(s.where(source) + " (run without --strict to skip such requests)")
         skipped.append(s)
     return accepted, skipped
+
+
+#: a first arrival later than this (about 11.6 days) is an absolute clock (epoch seconds), not a trace offset
+ABSOLUTE_CLOCK_S = 1e6
+
+
+def rebase_arrivals(requests: list[Request]) -> float:
+    """Shift arrivals (sorted) to start at 0 when they are an absolute clock; returns the origin subtracted (else 0).
+
+    At epoch magnitudes (1.7e9 s, or 1.7e15 in microsecond-based importers' raw units) a float64 keeps
+    microseconds or worse, so latencies computed on it would round to zero; the origin goes into summary.json.
+    """
+    if not requests or requests[0].arrival_time <= ABSOLUTE_CLOCK_S:
+        return 0.0
+    origin = requests[0].arrival_time
+    for r in requests:
+        r.arrival_time -= origin
+    return origin

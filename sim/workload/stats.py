@@ -40,11 +40,12 @@ def rate_over_time(arrivals: np.ndarray, bin_s: float) -> tuple[np.ndarray, np.n
     out (unless it is the only bin).
     """
     t0 = arrivals.min()
-    nbins = max(1, int(math.ceil((arrivals.max() - t0) / bin_s + 1e-9)))
-    counts, edges = np.histogram(arrivals, bins=nbins, range=(t0, t0 + nbins * bin_s))
-    if nbins > 1 and edges[-1] > arrivals.max() + 1e-9:
+    rel = arrivals - t0  # relative to the first arrival: epoch-based clocks keep their resolution
+    nbins = max(1, int(math.ceil(rel.max() / bin_s + 1e-9)))
+    counts, edges = np.histogram(rel, bins=nbins, range=(0.0, nbins * bin_s))
+    if nbins > 1 and edges[-1] > rel.max() + 1e-9:
         counts, edges = counts[:-1], edges[:-1]
-    return edges[:-1], counts / bin_s
+    return t0 + edges[:-1], counts / bin_s
 
 
 def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) -> dict[str, Any]:
@@ -52,8 +53,9 @@ def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) ->
     if not requests:
         raise ValueError("trace has no requests")
     t = np.sort(np.fromiter((r.arrival_time for r in requests), dtype=float, count=len(requests)))
-    prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=len(requests))
-    output = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=len(requests))
+    # float64: token counts past 2^63 (accepted by the readers, skipped by a simulation) must not overflow
+    prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=float, count=len(requests))
+    output = np.fromiter((r.output_tokens for r in requests), dtype=float, count=len(requests))
     n = len(t)
     span = float(t[-1] - t[0])
     gaps = np.diff(t)

@@ -24,6 +24,10 @@ _CORE_FIELDS = frozenset(("request_id",) + REQUIRED_FIELDS)
 _UNSORTED_POLICIES = ("sort", "error")
 
 
+#: the largest token count a trace may give: 2^53, exact in a float64 (no model comes within 10^8 of it)
+MAX_TOKENS = 2**53
+
+
 class TraceError(ValueError):
     """A trace that cannot be used; the message names the file, the 1-based line and the field."""
 
@@ -83,11 +87,18 @@ def _decode_line(path: str, lineno: int, text: str) -> dict:
     try:
         obj = _DECODER.decode(text)
     except _NonFinite as exc:
-        obj = json.loads(text)  # NaN is allowed here, only to find which field holds it
+        try:
+            obj = json.loads(text)  # NaN is allowed here, only to find which field holds it
+        except (ValueError, RecursionError):
+            obj = None  # NaN and a syntax error on one line: the NaN is the first fault found
         bad = next((k for k, v in obj.items() if _contains_non_finite(v)), None) if isinstance(obj, dict) else None
         raise TraceError(path, f"expected a finite number, got {exc.args[0]}", lineno, bad) from None
     except json.JSONDecodeError as exc:
         raise TraceError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", lineno) from None
+    except RecursionError:
+        raise TraceError(path, "not valid JSON for a trace: nested too deeply", lineno) from None
+    except ValueError as exc:  # an integer of thousands of digits
+        raise TraceError(path, f"not valid JSON for a trace: {str(exc).split(':')[0]}", lineno) from None
     if not isinstance(obj, dict):
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(obj), "a number")
         raise TraceError(path, f"expected a JSON object {{...}}, got {kind}", lineno)
@@ -100,6 +111,8 @@ def _as_int(path: str, lineno: int, name: str, value: Any) -> int:
         value = int(value)
     if type(value) is not int or value < 1:
         raise TraceError(path, f"expected an integer >= 1, got {_show(value)}", lineno, name)
+    if value > MAX_TOKENS:
+        raise TraceError(path, f"expected at most 2^53 tokens, got {_show(value)}", lineno, name)
     return value
 
 
@@ -109,6 +122,8 @@ def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceReques
         if name not in obj:
             raise TraceError(path, "missing (required: arrival_time, prompt_tokens, output_tokens)", lineno, name)
     t = obj["arrival_time"]
+    if isinstance(t, int) and not isinstance(t, bool) and t > 1e300:
+        t = math.inf  # too large for a float: refused below like any infinite time
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
         raise TraceError(path, f"expected a finite number of seconds >= 0, got {_show(t)}", lineno, "arrival_time")
     prompt = _as_int(path, lineno, "prompt_tokens", obj["prompt_tokens"])
@@ -124,21 +139,38 @@ def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceReques
 
 
 def _read_text(path: str) -> str:
-    """The file's text, with clear messages for missing, unreadable or non-UTF-8 files."""
+    """The file's text, with clear messages for missing, unreadable or non-UTF-8 files.
+
+    A pipe (``--trace <(zcat t.jsonl.gz)``) can be read only once: its bytes are kept for the reader that
+    follows format detection.
+    """
+    if path in _PIPES:
+        data = _PIPES[path]
+    else:
+        data = _read_bytes(path)
+        if not os.path.isfile(path):
+            _PIPES[path] = data
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = data[: exc.start].count(b"\n") + 1
+        raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", lineno) from None
+
+
+#: bytes of pipes already read, by path (a process reads each of its pipes once)
+_PIPES: dict[str, bytes] = {}
+
+
+def _read_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            return fh.read()
     except FileNotFoundError:
         raise TraceError(path, "trace file not found") from None
     except IsADirectoryError:
         raise TraceError(path, "is a directory, not a trace file") from None
     except OSError as exc:
         raise TraceError(path, f"cannot read trace file: {exc.strerror or exc}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        lineno = data[: exc.start].count(b"\n") + 1
-        raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", lineno) from None
 
 
 def _check_order(path: str, requests: list[TraceRequest], on_unsorted: str) -> list[str]:

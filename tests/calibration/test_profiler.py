@@ -72,6 +72,78 @@ def test_partial_results_are_kept_and_a_rerun_resumes(tmp_path, monkeypatch):
     assert len(read_profile(out).table) == len(planned)
 
 
+def test_resume_repairs_a_torn_row_and_re_times_earlier_points_in_later_rounds(tmp_path, monkeypatch):
+    """A run killed mid-row leaves a line without its newline: the rerun cuts it and measures that point
+    again; and its later rounds re-time the points the interrupted run measured once (best of rounds)."""
+    out = tmp_path / "p"
+    cfg = profiler.calibration_config("tiny", [1], out, quick=True, device="cpu", ops=("rotary", "act"),
+                                      rounds=2, progress=False)
+    planned = plan(get_model("tiny"), [1], QUICK, ("rotary", "act"))
+    calls = {"n": 0}
+    real = profiler.time_call
+
+    def interrupted(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(profiler, "time_call", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        profiler.calibrate(cfg, log=lambda s: None)
+    csv_file = out / "measurements.csv"
+    with open(csv_file, "a") as fh:
+        fh.write("rotary,1,99")  # the torn row
+    timed = []
+
+    def counting(call, device, *a, **k):
+        timed.append(1)
+        return real(call, device, *a, **k)
+
+    monkeypatch.setattr(profiler, "time_call", counting)
+    logs = []
+    res = profiler.calibrate(cfg, log=logs.append)
+    assert any("torn last row" in m for m in logs)
+    assert res.complete and len(read_profile(out).table) == len(planned)
+    # round 1: the points not yet measured; round 2: every point of the run, the 6 earlier ones included
+    assert len(timed) == (len(planned) - 6) + len(planned)
+
+
+def test_decode_forwards_calibrated_through_the_graph_path_price_decode_iterations(tmp_path):
+    """With --cuda-graphs (the default on CUDA; forced here on the CPU, where the same static padded path runs
+    eagerly) calibration times decode-only forwards as the engine runs them; the profiled model then prices a
+    TP1 decode-only iteration from those rows (exactly, at a measured point), names the source, keeps the
+    breakdown summing to the stage time, and leaves prefills, TP2 and another GPU to the op tables."""
+    from sim.batch import Batch, BatchItem
+    from sim.cost.graph_decode import SOURCE
+    from sim.request import Request
+
+    out = tmp_path / "g"
+    cfg = profiler.calibration_config("tiny", [1, 2], out, quick=True, device="cpu", rounds=1, progress=False,
+                                      cuda_graphs=True)
+    assert profiler.calibrate(cfg, log=lambda s: None).complete
+    prof = read_profile(out)
+    rows = prof.table[prof.table["op"] == "forward_graph"]
+    assert prof.meta["decode_path"] == "cuda_graphs" and len(rows) == 4  # QUICK: batches 1, 16 x contexts 32, 512
+    row = rows.iloc[-1]
+    cm = ProfiledCostModel(prof, "tiny")
+    items = [BatchItem(Request(f"r{i}", 0.0, int(row.context), 8), 1, int(row.context)) for i in range(int(row.seqs))]
+    for it in items:
+        it.request.num_computed, it.request.num_generated = int(row.context), 1
+    dec = Batch(items, num_decodes=len(items))
+    assert cm.stage_cost(dec, 0).time == pytest.approx(float(row.median_s), rel=1e-9)
+    assert set(cm.breakdown_sources(dec, 0).values()) - {"profile", "profile-edge"} == {SOURCE}
+    assert sum(cm.breakdown(dec, 0).values()) == pytest.approx(cm.stage_cost(dec, 0).time, rel=1e-9)
+    pre = Batch([BatchItem(Request("p", 0.0, 64, 4), 64, 0)])
+    assert SOURCE not in cm.breakdown_sources(pre, 0).values()
+    assert ProfiledCostModel(prof, "tiny", tp=2).describe()["decode_graph_table"] is False
+    assert ProfiledCostModel(prof, "tiny", gpu="a100-80gb").describe()["decode_graph_table"] is False
+    eager = profiler.calibration_config("tiny", [1], tmp_path / "e", quick=True, device="cpu", rounds=1,
+                                        progress=False, ops=("forward",))
+    profiler.calibrate(eager, log=lambda s: None)
+    assert read_profile(tmp_path / "e").meta["decode_path"] == "eager"
+
+
 def test_budget_stops_cleanly_and_partial_profiles_are_refused(tmp_path, capsys):
     out = tmp_path / "b"
     base = ["calibrate", "--model", "tiny", "--device", "cpu", "--quick", "--out", str(out), "-q", "--ops", "rotary"]

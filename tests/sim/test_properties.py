@@ -56,10 +56,11 @@ def test_invariants(sc):
     # blocks are conserved and never shared between requests; waiting requests hold none
     assert checks and all(checks)
     # KV blocks never exceed capacity (kv_blocks_used is sampled at every schedule)
-    assert all(row[9] <= capacity for row in rec.stage_rows)
+    rows = rec.stage_frame().to_numpy().tolist()
+    assert all(row[9] <= capacity for row in rows)
     # each stage runs one micro-batch at a time, and never ends before it starts
     by_stage = {}
-    for row in rec.stage_rows:
+    for row in rows:
         by_stage.setdefault((row[0], row[1]), []).append((row[3], row[4]))
     for runs in by_stage.values():
         assert all(s <= e for s, e in runs)

