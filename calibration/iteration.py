@@ -133,3 +133,14 @@ def stats(xs: list[float]) -> tuple[float, float, float]:
     """(median, p10, p90) of repeat times."""
     p10, med, p90 = np.percentile(np.asarray(xs, dtype=float), [10, 50, 90])
     return float(med), float(min(p10, med)), float(max(p90, med))
+
+
+def check_bench_memory(model: ModelSpec, dtype: Any, grid: Any, block_size: int) -> None:
+    """Refuse a CPU calibration whose whole-iteration bench (the full model and the largest unit batch's KV
+    cache) would not fit in the available memory, before anything is allocated."""
+    from engine.device import check_host_memory
+    shapes = unit_shapes(model.max_context, grid.unit_decode_batches, grid.unit_decode_contexts,
+                         grid.unit_prefill_chunks, grid.unit_mixed)
+    check_host_memory(model, dtype, blocks_needed(shapes, block_size), block_size,
+                      what=f"calibrating {model.name} (the whole-iteration bench runs the full model)",
+                      advice="a smaller --model (tiny, small), --quick (a smaller grid), or a GPU")

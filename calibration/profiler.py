@@ -40,7 +40,7 @@ from calibration.grid import (
     re_estimate,
 )
 from calibration.host_bench import HostBench, host_model_for, host_model_name
-from calibration.iteration import IterationBench, blocks_needed, unit_shapes
+from calibration.iteration import IterationBench, blocks_needed, check_bench_memory, unit_shapes
 from calibration.op_bench import OpBench
 from calibration.timing import Timing, TimingSettings, synchronize, time_call, time_stats
 from engine.gc_pause import frozen_heap
@@ -272,6 +272,8 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         f"({dtype}): {len(points)} points, {len(points) - len(todo)} already measured, {len(todo)} to go; "
         f"estimated {estimate:.0f} s" + (f" (budget {cfg.budget_s:.0f} s)" if cfg.budget_s is not None else ""))
 
+    if device.type == "cpu" and (cfg.ops is None or set(cfg.ops) & set(UNIT_TIMINGS + GRAPH_TIMINGS)):
+        check_bench_memory(cfg.model, dtype, cfg.grid, cfg.block_size)
     bench = OpBench(cfg.model, device, dtype, cfg.backend, cfg.block_size, cfg.memory_fraction, cfg.seed)
     meta = _meta(cfg, dev, dtype, bench.backend.name, old)
     meta["command"] = meta["command"] or f"calibrate(model={cfg.model.name}, tp={cfg.tps}, grid={cfg.grid.name})"

@@ -17,6 +17,7 @@ from sim.cli.args import (
     add_run_folder_arguments,
     add_scheduler_arguments,
     check_run_folder_args,
+    scheduler_of,
     write_run_folder,
 )
 from sim.cli.workload_args import add_generator_arguments, load_workload
@@ -99,7 +100,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     check_run_folder_args(args)
 
     config = EngineConfig(
-        model=args.model_config or args.model, max_model_len=args.max_model_len, scheduler=args.scheduler, token_budget=args.token_budget,
+        model=args.model_config or args.model, max_model_len=args.max_model_len, scheduler=scheduler_of(args), token_budget=args.token_budget,
         max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
         watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
         strict=args.strict, seed=args.seed, device=args.device, dtype=args.dtype, backend=args.backend,

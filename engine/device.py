@@ -20,8 +20,9 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 
-class EngineOutOfMemoryError(RuntimeError):
-    """The device ran out of memory; the message says which setting to change."""
+class EngineOutOfMemoryError(RuntimeError, ValueError):
+    """The device ran out of memory (or would: a pre-check); the message says which setting to change. A
+    ValueError too, so every command reports it in one line."""
 
 
 def parse_dtype(name: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
@@ -119,3 +120,35 @@ def oom_message(where: str, device: torch.device, exc: BaseException) -> str:
         return f"out of memory on {device_name(device)} while allocating the model and KV cache: {advice}. ({first})"
     return (f"out of memory on {device_name(device)} while running a batch: lower --max-batch or --token-budget "
             f"(smaller iterations), or --gpu-mem-util / --kv-blocks (more room for activations). ({first})")
+
+
+def available_host_bytes() -> int | None:
+    """MemAvailable of this machine (Linux /proc/meminfo), or None where it cannot be read."""
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_host_memory(spec: ModelSpec, dtype: torch.dtype, kv_blocks: int, block_size: int, *,
+                      what: str = "the engine", headroom: float = 0.8,
+                      advice: str = "a smaller --model (tiny, small), --dtype bfloat16, or fewer --kv-blocks") -> None:
+    """Refuse, before allocating, a CPU run whose weights, KV cache and activations exceed ``headroom`` of the
+    available memory (a 7B model in float32 on a 24 GiB machine is killed by the kernel otherwise)."""
+    free = available_host_bytes()
+    if free is None:
+        return
+    elem = dtype_bytes(dtype)
+    weights = spec.weight_bytes(elem)
+    kv = kv_blocks * 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * elem
+    act = default_activation_reserve_bytes(spec, GPUSpec("cpu", 0.0, 0.0, float(free), 0.0), dtype_bytes=elem)
+    need = weights + kv + act
+    if need > headroom * free:
+        gib = 1 << 30
+        raise EngineOutOfMemoryError(
+            f"{what} would need about {need / gib:.1f} GiB on the CPU ({spec.name} weights {weights / gib:.1f} GiB in "
+            f"{str(dtype).removeprefix('torch.')}, KV cache {kv / gib:.1f} GiB, activations {act / gib:.1f} GiB) "
+            f"but {free / gib:.1f} GiB is available: use {advice}")

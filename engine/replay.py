@@ -23,6 +23,7 @@ import torch
 
 from engine.device import (
     EngineOutOfMemoryError,
+    check_host_memory,
     detect_gpu,
     device_name,
     dtype_bytes,
@@ -41,7 +42,6 @@ from sim.cluster import STAGE_FIELDS
 from sim.kv_cache import blocks_for
 from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.request import Request, TraceRequest
-from sim.schedulers import scheduler_class
 from sim.simulator import ServingConfig, SimConfig, _versions
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
@@ -93,13 +93,11 @@ class EngineResult:
 
 
 def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
-    """``config`` with a per-iteration token limit on CUDA for a policy that has none (Orca, vLLM v0,
-    FasterTransformer): max(DEFAULT_MAX_BATCHED_TOKENS, the model's context), the tokens the activation
+    """``config`` with a per-iteration token limit on CUDA for a policy that has none (Orca, FasterTransformer;
+    vLLM v0 has its own default): max(DEFAULT_MAX_BATCHED_TOKENS, the model's context), the tokens the activation
     reserve was sized for (sim.memory), as vLLM bounds an iteration by max_num_batched_tokens. Without it a
     burst of whole prompts (158K tokens in the first batch of a 300-request trace) runs out of memory."""
-    if device.type != "cuda" or config.token_budget is not None:
-        return config
-    if scheduler_class(config.scheduler).default_token_budget is not None:
+    if device.type != "cuda" or config.effective_token_budget() is not None:
         return config
     cap = max(DEFAULT_MAX_BATCHED_TOKENS, config.model_spec().max_context)
     return dataclasses.replace(config, token_budget=cap)
@@ -122,6 +120,8 @@ def build_runner(config: EngineConfig, spec: ModelSpec, trace: list[TraceRequest
         blocks = kv_blocks_for_device(spec, device, dtype, config.block_size, config.gpu_memory_utilization)
     else:
         blocks = _cpu_kv_blocks(spec, trace, config.block_size, dtype)
+    if device.type == "cpu":
+        check_host_memory(spec, dtype, blocks, config.block_size)
     try:
         return ModelRunner(spec, device=device, dtype=dtype, kv_blocks=blocks, block_size=config.block_size,
                            backend=config.backend, seed=config.seed, checkpoint=config.checkpoint,
@@ -222,6 +222,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
         memory=_memory(runner, config))
     summary["time_origin_s"] = origin
+    summary["config"]["effective_token_budget"] = config.effective_token_budget(spec)
     return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
 
 

@@ -65,6 +65,14 @@ class Recorder:
         """One row per micro-batch: scheduling start, host time, completion."""
         return _frame(self.microbatch_rows, MICROBATCH_FIELDS)
 
+    def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
+        stages = self.stage_frame()
+        self.stage_rows = array("d")
+        micro = self.microbatch_frame()
+        self.microbatch_rows = array("d")
+        return stages, micro
+
 
 class Replica:
     """One model instance (TP x PP GPUs) with its own scheduler and KV cache."""

@@ -63,7 +63,7 @@ class GapLog:
 
     def merge(self, other: GapLog) -> GapLog:
         """A new log holding both (exact if both are and the total stays within the limit)."""
-        out = GapLog(min(self.exact_limit, other.exact_limit))
+        out = GapLog(max(self.exact_limit, other.exact_limit))
         out.counts = self.counts + other.counts
         out.zeros, out.count = self.zeros + other.zeros, self.count + other.count
         out.total, out.max = self.total + other.total, max(self.max, other.max)

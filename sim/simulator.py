@@ -15,7 +15,7 @@ from sim.catalog.hardware import get_gpu
 from sim.catalog.models import ModelSpec, with_max_model_len
 from sim.cluster import run_cluster
 from sim.cost.interface import CostModel
-from sim.gap_log import GapLog
+from sim.gap_log import EXACT_LIMIT, GapLog
 from sim.kv_cache import BlockManager
 from sim.memory import InfeasibleConfigError, plan_memory
 from sim.request import Request, TraceRequest
@@ -64,17 +64,23 @@ class ServingConfig:
             raise ValueError(f"block_size {self.block_size} exceeds {model.name}'s maximum context of "
                              f"{model.max_context} tokens (vLLM uses 16)")
         policy = scheduler_class(self.scheduler)
-        budget = self.token_budget if self.token_budget is not None else policy.default_token_budget
+        budget = self.effective_token_budget(model)
         requests, skipped = prepare_requests(
             trace, model=model, block_manager=BlockManager(num_blocks, self.block_size, self.watermark),
             token_budget=budget, chunks_prefills=policy.chunks_prefills, strict=self.strict, source=source)
         requests.sort(key=lambda r: r.arrival_time)  # replayed in time order (stable: trace order on ties)
         return requests, skipped
 
+    def effective_token_budget(self, model: ModelSpec | None = None) -> int | None:
+        """The per-iteration token budget: the one given, else the policy's default for the model's context."""
+        if self.token_budget is not None:
+            return self.token_budget
+        return scheduler_class(self.scheduler).default_budget((model or self.model_spec()).max_context)
+
     def make_scheduler(self, num_blocks: int) -> Scheduler:
         """A fresh policy object of this configuration over its own block manager of ``num_blocks`` blocks."""
-        return make_scheduler(self.scheduler, SchedulerConfig(self.max_batch_size, self.token_budget, self.chunk_align),
-                              BlockManager(num_blocks, self.block_size, self.watermark))
+        cfg = SchedulerConfig(self.max_batch_size, self.effective_token_budget(), self.chunk_align)
+        return make_scheduler(self.scheduler, cfg, BlockManager(num_blocks, self.block_size, self.watermark))
 
 
 @dataclass
@@ -149,10 +155,10 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     keep = sum(r.output_tokens for r in requests) <= KEEP_TOKEN_TIMES_UP_TO
     for s in schedulers:  # past the limit each request keeps its figures, not its token times
         s.keep_token_times = keep
+        s.gap_log = GapLog(EXACT_LIMIT // len(schedulers))  # exact gaps are bounded for the run, not per replica
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
 
-    batches = rec.stage_frame()
-    micro = rec.microbatch_frame()
+    batches, micro = rec.take_frames()
     req_df = metrics.requests_frame(requests)
     gaps = GapLog.merged(s.gap_log for s in schedulers)  # finished requests' gaps, every replica
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
@@ -163,4 +169,5 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
     summary["time_origin_s"] = origin  # arrivals and every time in the outputs count from here
+    summary["config"]["effective_token_budget"] = config.effective_token_budget(model)
     return SimResult(summary, req_df, batches, micro, stages, skipped)

@@ -320,7 +320,7 @@ def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int
         model, get_gpu(config.gpu), tp=config.tp, pp=config.pp, block_size=config.block_size,
         gpu_memory_utilization=config.gpu_memory_utilization)
     policy = scheduler_class(config.scheduler)
-    budget = config.token_budget if config.token_budget is not None else policy.default_token_budget
+    budget = config.effective_token_budget(model)
     accepted, _ = prepare_requests(trace, model=model, block_manager=BlockManager(blocks, config.block_size,
                                                                                   config.watermark),
                                    token_budget=budget, chunks_prefills=policy.chunks_prefills)

@@ -100,10 +100,22 @@ _LOOKUP: dict[str, str] = {_norm(k): k for k in GPUS}
 _LOOKUP.update({_norm(a): n for a, n in _ALIASES.items()})
 
 
+#: measured devices this process priced a profile for (a CPU, an unlisted GPU): found by name, never listed
+_MEASURED: dict[str, GPUSpec] = {}
+
+
+def register_device(spec: GPUSpec) -> str:
+    """Make a measured device (a profile's CPU or unlisted GPU) findable by ``get_gpu``; returns its name."""
+    _MEASURED[spec.name] = spec
+    return spec.name
+
+
 def get_gpu(name: str | GPUSpec) -> GPUSpec:
-    """Look up a GPU by catalogue name (case-insensitive, a few aliases such as 'h100')."""
+    """Look up a GPU by catalogue name (case-insensitive, a few aliases such as 'h100'), or a registered device."""
     if isinstance(name, GPUSpec):
         return name
+    if name in _MEASURED:
+        return _MEASURED[name]
     key = _LOOKUP.get(_norm(str(name)))
     if key is None:
         raise UnknownGPUError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(GPUS))}")

@@ -134,22 +134,38 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("scheduler")
     s.add_argument("--scheduler", default="sarathi",
                    help=f"batching policy: {', '.join(MAIN_SCHEDULERS)} (default: %(default)s)")
-    s.add_argument("--token-budget", type=positive_int, default=None, metavar="T",
-                   help="max tokens per iteration: Sarathi's budget (default 512), vLLM v1's (default 2048), "
-                        "vLLM v0's max_num_batched_tokens (default: unlimited); Orca/FasterTransformer: "
-                        "optional cap on prefill tokens" + NO_DEFAULT)
-    s.add_argument("--max-batch", type=positive_int, default=128, metavar="B",
-                   help="max requests running at once (vLLM max_num_seqs, Orca batch size) (default: %(default)s)")
+    s.add_argument("--token-budget", "--max-num-batched-tokens", dest="token_budget", type=positive_int,
+                   default=None, metavar="T",
+                   help="max tokens per iteration (vLLM's max_num_batched_tokens): Sarathi's budget (default 512), "
+                        "vLLM v1's (default 2048), vLLM v0's (default max(max_model_len, 2048), as vLLM); "
+                        "Orca/FasterTransformer: optional cap on prefill tokens" + NO_DEFAULT)
+    s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=positive_int, default=128, metavar="B",
+                   help="max requests running at once (vLLM's max_num_seqs, Orca's batch size) (default: %(default)s)")
+    s.add_argument("--enable-chunked-prefill", action="store_true",
+                   help="vLLM's flag: with --scheduler vllm, run vLLM v0's chunked-prefill scheduler, which is "
+                        "Sarathi-Serve's policy (stall-free, decodes first, prefills chunked to the budget; "
+                        "--scheduler sarathi)")
     s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
                    help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
                         + NO_DEFAULT)
+
+
+def scheduler_of(args: argparse.Namespace) -> str:
+    """The policy --scheduler names, with vLLM's --enable-chunked-prefill mapped onto Sarathi-Serve's."""
+    if not getattr(args, "enable_chunked_prefill", False):
+        return args.scheduler
+    if args.scheduler not in ("vllm", "sarathi"):
+        raise ValueError(f"--enable-chunked-prefill applies to --scheduler vllm (got {args.scheduler!r}); vllm_v1 "
+                         f"always chunks, Orca and FasterTransformer never do")
+    return "sarathi"
 
 
 def add_kv_arguments(p: argparse.ArgumentParser, kv_blocks_help: str) -> None:
     """KV-cache block size, capacity and admission watermark."""
     k = p.add_argument_group("KV cache")
     k.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: %(default)s)")
-    k.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
+    k.add_argument("--gpu-mem-util", "--gpu-memory-utilization", dest="gpu_mem_util", type=float, default=0.9,
+                   metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
     k.add_argument("--kv-blocks", type=positive_int, default=None, metavar="N", help=kv_blocks_help + NO_DEFAULT)
     k.add_argument("--watermark", type=float, default=0.01,

@@ -59,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"servesim: error: this command needs the Python package {e.name!r}, which is not installed "
               f"({hint})", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # a file we cannot read or write (permissions, a full disk, a folder where a file goes)
         where = f"{e.filename}: " if e.filename else ""
         print(f"servesim: error: {where}{e.strerror or e}", file=sys.stderr)
@@ -66,10 +70,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("servesim: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from sim.cli.args import (
     name_list,
     nonneg_int,
     positive_int,
+    scheduler_of,
     seconds_or,
 )
 
@@ -296,7 +297,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
     config = SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len,
                        gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp, replicas=args.replicas,
-                       scheduler=args.scheduler, token_budget=args.token_budget,
+                       scheduler=scheduler_of(args), token_budget=args.token_budget,
                        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
                        router=args.router)

@@ -14,6 +14,7 @@ from sim.cli.args import (
     add_run_folder_arguments,
     check_run_folder_args,
     cost_model_from_args,
+    scheduler_of,
     write_run_folder,
 )
 from sim.cli.workload_args import add_generator_arguments, load_workload
@@ -55,7 +56,7 @@ def config_from_args(args: argparse.Namespace) -> "SimConfig":
     """The SimConfig the deployment and scheduler flags describe."""
     from sim.simulator import SimConfig
     return SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
-                     replicas=args.replicas, scheduler=args.scheduler, token_budget=args.token_budget,
+                     replicas=args.replicas, scheduler=scheduler_of(args), token_budget=args.token_budget,
                      max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                      watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
                      router=args.router, strict=args.strict, seed=args.seed)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sim.batch import Batch
-from sim.catalog.hardware import GPUSpec, get_gpu
+from sim.catalog.hardware import GPUSpec, get_gpu, register_device
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.framework_overhead import fit_overhead, forward_features, layer_features, no_overhead
 from sim.cost.graph_decode import SOURCE as GRAPH_SOURCE
@@ -444,7 +444,7 @@ class ProfiledCostModel(CostModel):
 def for_simulation(profile: str | Path, config: "SimConfig", gpu: str | None) -> tuple["SimConfig", ProfiledCostModel]:
     """The profiled cost model for ``config``; with no explicit ``gpu`` a catalogue-GPU profile sets ``config.gpu``."""
     prof = read_profile(profile)
-    if gpu is None and prof.gpu:
-        config = dataclasses.replace(config, gpu=prof.gpu)
+    if gpu is None:  # the profile's own device: a catalogue GPU, or the measured device itself (never an A100)
+        config = dataclasses.replace(config, gpu=prof.gpu or register_device(profile_device_spec(prof)[0]))
     model = get_model(config.model)
     return config, ProfiledCostModel(prof, model, gpu=gpu, tp=config.tp, pp=config.pp)

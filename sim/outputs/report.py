@@ -78,12 +78,16 @@ def _get(summary: dict, path: tuple[str, ...]) -> Any:
 
 
 def _default_budget(summary: dict) -> str:
-    """The token budget a run used when none was given: its scheduler's default."""
-    try:
-        from sim.schedulers import scheduler_class
-        budget = scheduler_class(summary.get("config", {}).get("scheduler")).default_token_budget
-    except (KeyError, ValueError, TypeError):
-        return "-"
+    """The token budget a run used when none was given: its scheduler's default (recorded by the run)."""
+    cfg = summary.get("config", {})
+    if "effective_token_budget" in cfg:
+        budget = cfg["effective_token_budget"]
+    else:  # a run folder from before the effective budget was recorded
+        try:
+            from sim.schedulers import scheduler_class
+            budget = scheduler_class(cfg.get("scheduler")).default_token_budget
+        except (KeyError, ValueError, TypeError):
+            return "-"
     return "unlimited (default)" if budget is None else f"{budget} (default)"
 
 

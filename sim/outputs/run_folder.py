@@ -112,23 +112,35 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
             pd.read_csv(d / "batches.csv"))
 
 
+def _ms(seconds: float | None) -> str:
+    """Milliseconds with 3-4 significant digits (console tables; the JSON stays in seconds)."""
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable table of the headline metrics."""
     cfg = summary["config"]
     req = summary["requests"]
+    replicas, tp, pp = cfg["replicas"], cfg["tp"], cfg["pp"]
+    gpus = replicas * tp * pp
+    reasons = ", ".join(f"{k} {v}" for k, v in req["skipped_by_reason"].items())
     lines = [
-        f"servesim: {cfg['model']} on {cfg['replicas']}x {cfg['gpu']} (TP{cfg['tp']} PP{cfg['pp']}), "
-        f"scheduler {cfg['scheduler']}, cost model {summary['cost_model'].get('name')}",
+        f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
+        f"{'device' if str(cfg['gpu']).startswith('measured:') else 'GPU'}{'s' if gpus > 1 else ''} ({replicas} replica"
+        f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}), scheduler {cfg['scheduler']}, cost model "
+        f"{summary['cost_model'].get('name')}",
         f"requests: {req['completed']} completed of {req['simulated']} simulated, {req['in_trace']} in trace, "
-        f"{req['skipped']} skipped" + (f" {req['skipped_by_reason']}" if req["skipped"] else ""),
+        f"{req['skipped']} skipped" + (f" ({reasons})" if req["skipped"] else ""),
         "",
-        f"{'latency (s)':<18}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
+        f"{'latency (ms)':<18}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
     ]
     for name, key in [("TTFT", "ttft"), ("TBT", "tbt"), ("TPOT", "tpot"), ("E2E", "e2e"),
                       ("sched. delay", "scheduling_delay")]:
         st = summary["latency_s"][key]
-        cells = "".join(f"{st[k]:>10.4f}" if st[k] is not None else f"{'-':>10}"
-                        for k in ("mean", "p50", "p90", "p99", "max"))
+        cells = "".join(f"{_ms(st[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max"))
         lines.append(f"{name:<18}{cells}")
     th = summary["throughput"]
     kv = summary["kv_cache"]
@@ -141,12 +153,14 @@ def format_summary(summary: dict) -> str:
         "",
         f"throughput: {fmt(th['requests_per_s'], '.3f')} req/s, {fmt(th['output_tokens_per_s'], '.1f')} output tok/s "
         f"over {fmt(th['makespan_s'], '.1f')} s",
-        f"KV cache: {kv['blocks_per_replica']} blocks/replica, mean use {kv['mean_utilization']:.1%}, "
+        f"KV cache: {kv['blocks_per_replica']:,} blocks/replica, mean use {kv['mean_utilization']:.1%}, "
         f"max {kv['max_utilization']:.1%}, {kv['preemptions']} preemptions",
         f"batches: {summary['batches']['iterations']} iterations, mean size {summary['batches']['mean_size']:.1f}, "
         f"mean tokens {summary['batches']['mean_tokens']:.1f}",
-        f"pipeline: mean bubble fraction {pipe['mean_bubble_fraction']:.1%}, "
-        f"median bubble {pipe['median_bubble_s'] * 1e3:.3f} ms",
+        (f"pipeline: mean bubble fraction {pipe['mean_bubble_fraction']:.1%}, "
+         f"median bubble {pipe['median_bubble_s'] * 1e3:.3f} ms" if pp > 1 else
+         f"idle between iterations while busy (host overhead; no pipeline with PP1): "
+         f"{pipe['mean_bubble_fraction']:.1%}, median gap {pipe['median_bubble_s'] * 1e3:.3f} ms"),
         f"utilisation: MFU {fmt(ut['mfu'], '.1%')}, memory bandwidth {fmt(ut['memory_bandwidth_utilization'], '.1%')}",
     ]
     return "\n".join(lines)

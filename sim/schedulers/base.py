@@ -48,6 +48,11 @@ class Scheduler(ABC):
     #: default per-iteration token budget when the user gives none (None: unlimited)
     default_token_budget: int | None = None
 
+    @classmethod
+    def default_budget(cls, max_model_len: int) -> int | None:
+        """The budget this policy runs with when none is given, for a model of ``max_model_len`` tokens."""
+        return cls.default_token_budget
+
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.bm = block_manager

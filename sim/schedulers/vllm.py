@@ -12,6 +12,12 @@ class VLLMScheduler(Scheduler):
 
     name = "vllm"
 
+    @classmethod
+    def default_budget(cls, max_model_len: int) -> int | None:
+        """vLLM v0's max_num_batched_tokens when none is given: max(max_model_len, 2048) (vllm/config.py,
+        SchedulerConfig, without chunked prefill), so any one prompt the model takes fits in an iteration."""
+        return max(max_model_len, 2048)
+
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         prefills = self._admit_whole_prompts(0)
         if prefills:

@@ -320,12 +320,14 @@ def test_cuda_caps_the_prefill_tokens_of_unbudgeted_policies():
     from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    for sched in ("orca", "vllm", "faster_transformer"):
+    for sched in ("orca", "faster_transformer"):
         cfg = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler=sched), cuda)
         assert cfg.token_budget == DEFAULT_MAX_BATCHED_TOKENS == 8192
         assert cfg.sim_config(gpu="h200", kv_blocks=100).token_budget == 8192
-    long = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler="vllm", max_model_len=16384), cuda)
+    long = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler="orca", max_model_len=16384), cuda)
     assert long.token_budget == 16384  # every prompt the model takes still fits in one iteration
+    vllm = cap_prefill_tokens(EngineConfig(model="llama-2-7b", scheduler="vllm"), cuda)
+    assert vllm.token_budget is None and vllm.effective_token_budget() == 4096  # vLLM v0's own default
     assert cap_prefill_tokens(EngineConfig(scheduler="sarathi"), cuda).token_budget is None  # its own 512
     assert cap_prefill_tokens(EngineConfig(scheduler="orca", token_budget=1000), cuda).token_budget == 1000
     assert cap_prefill_tokens(EngineConfig(scheduler="orca"), cpu).token_budget is None

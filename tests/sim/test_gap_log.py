@@ -92,3 +92,16 @@ def test_merge_adds_counts_and_keeps_exactness_within_the_limit():
     b.add(np.arange(1, 9) / 10)
     assert not a.merge(b).exact  # 16 gaps > limit 10
     assert GapLog().describe((50,))["count"] == 0
+
+
+def test_the_exact_limit_is_for_the_run_not_per_replica():
+    """64 replicas share the exact budget (each keeps 1/64 of it): a small run stays exact after the merge,
+    and the run never holds more than EXACT_LIMIT exact gaps in all."""
+    from sim.gap_log import EXACT_LIMIT
+    reqs = read_trace(ROOT / "traces" / "example_sharegpt_poisson.jsonl").requests
+    res = simulate(reqs, SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="sarathi", replicas=64))
+    assert res.summary["latency_s"]["tbt"]["percentiles_from"] == "exact"
+    logs = [GapLog(EXACT_LIMIT // 64) for _ in range(64)]
+    for log in logs:
+        log.add(np.full(EXACT_LIMIT // 64 + 1, 0.01))
+    assert not any(log.exact for log in logs) and not GapLog.merged(logs).exact

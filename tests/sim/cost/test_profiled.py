@@ -136,13 +136,16 @@ def test_transfer_scales_each_op_by_the_roofline_ratio(tmp_path):
     assert here.describe()["estimate"] is False and here.transfer_note() is None
 
 
-def test_cpu_profile_uses_its_fitted_rates_and_sets_no_gpu(tmp_path):
+def test_cpu_profile_uses_its_fitted_rates_and_its_own_device(tmp_path):
+    """A CPU profile prices and plans memory for the measured device itself, never the default A100 (issue 17)."""
+    from sim.catalog.hardware import GPUS, get_gpu
     prof = synthetic_profile(tmp_path / "cpu", "tiny", gpu=None, dtype_bytes=4)
     cm = ProfiledCostModel(prof, "tiny")
     assert cm.gpu.name.startswith("measured:") and not cm.transfer
     assert cm.stage_cost(Batch(decodes([100] * 3)), 0).time > 0
     cfg, cm2 = for_simulation(prof, SimConfig(model="tiny"), None)
-    assert cfg.gpu == "a100-80gb" and not cm2.transfer  # memory planning keeps the configured GPU
+    assert cfg.gpu == cm.gpu.name and not cm2.transfer
+    assert get_gpu(cfg.gpu) == cm.gpu and cfg.gpu not in GPUS  # findable, not listed in the catalogue
 
 
 def test_for_simulation_takes_the_profiles_gpu_unless_told(tiny_h100):

@@ -1,0 +1,60 @@
+"""What a new user meets (issue 17): honest labels, vLLM's flag names and defaults, milliseconds on the console."""
+
+from __future__ import annotations
+
+from sim.cli.main import main
+from sim.request import TraceRequest
+from sim.simulator import SimConfig, simulate
+from tests.paths import ROOT
+
+TINY_CPU = ROOT / "calibration" / "profiles" / "tiny-cpu"
+
+
+def _run(capsys, *argv: str, model: str = "tiny") -> str:
+    assert main(["simulate", "--model", model, "-n", "30", "--qps", "20", "-q", *argv]) == 0
+    return capsys.readouterr().out
+
+
+def test_the_gpu_count_is_spelled_out(capsys):
+    out = _run(capsys, "--replicas", "2", "--tp", "2", "--pp", "4", model="llama-2-7b")
+    assert "on 16 a100-80gb GPUs (2 replicas x TP2 x PP4)" in out
+
+
+def test_pp1_idle_time_is_not_called_a_pipeline_bubble(capsys):
+    out = _run(capsys)
+    assert "pipeline: mean bubble" not in out and "no pipeline with PP1" in out
+    assert "pipeline: mean bubble fraction" in _run(capsys, "--pp", "2")
+
+
+def test_console_latencies_are_in_milliseconds(capsys):
+    out = _run(capsys)
+    assert "latency (ms)" in out and "latency (s)" not in out
+
+
+def test_a_cpu_profile_is_not_labelled_as_an_a100(capsys):
+    out = _run(capsys, "--profile", str(TINY_CPU))
+    assert "a100" not in out.splitlines()[0] and "measured:" in out.splitlines()[0]
+    assert "MFU 0.0%" not in out  # utilisation against the measured device's own rates
+
+
+def test_vllm_flag_names_are_accepted(capsys):
+    out = _run(capsys, "--scheduler", "vllm", "--max-num-seqs", "4", "--max-num-batched-tokens", "300",
+               "--gpu-memory-utilization", "0.5")
+    assert "scheduler vllm" in out
+    assert "scheduler sarathi" in _run(capsys, "--scheduler", "vllm", "--enable-chunked-prefill")
+    assert main(["simulate", "--model", "tiny", "-n", "3", "-q", "--scheduler", "orca",
+                 "--enable-chunked-prefill"]) == 2
+
+
+def test_vllm_v0_default_budget_is_max_of_context_and_2048():
+    """vLLM v0 without chunked prefill: max_num_batched_tokens = max(max_model_len, 2048). Ten 300-token
+    prompts at once on tiny (context 1024) fill iterations of at most 2048 tokens: 6 + 4 prompts."""
+    assert SimConfig(model="tiny", scheduler="vllm").effective_token_budget() == 2048
+    assert SimConfig(model="llama-2-7b", scheduler="vllm").effective_token_budget() == 4096
+    assert SimConfig(model="llama-2-7b", scheduler="orca").effective_token_budget() is None
+    trace = [TraceRequest(str(i), 0.0, 300, 2) for i in range(10)]
+    res = simulate(trace, SimConfig(model="tiny", scheduler="vllm", kv_blocks=1000))
+    first = res.batches.sort_values("start").head(2)
+    assert first["num_prefill_tokens"].tolist() == [1800, 1200]
+    assert res.summary["config"]["effective_token_budget"] == 2048
+
