@@ -90,8 +90,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(clean_json(result.summary), indent=2))
     else:
         print(format_summary(result.summary))
-        for s in result.summary["requests"]["skipped_examples"][:5]:
+        req = result.summary["requests"]
+        for s in req["skipped_examples"][:5]:
             print(f"skipped: {s}")
+        if req["skipped"] > 5:
+            print(f"... and {req['skipped'] - 5} more skipped (counts by reason above; the first 20 in summary.json)")
         print(f"\nsimulated in {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
                                                    if args.out else ""))
     req = result.summary["requests"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from sim.cli.args import NO_DEFAULT, nonneg_int
+from sim.cli.args import NO_DEFAULT, nonneg_int, positive_int
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
 from sim.workload.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
@@ -24,8 +24,9 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
         "Seeded synthetic requests. Arrivals, prompt lengths and output lengths use independent "
         "random streams of --seed, so changing --qps or --arrival keeps the same lengths.",
     )
-    g.add_argument("-n", "--num-requests", type=int, default=1000, metavar="N",
-                   help="number of requests (default: %(default)s)")
+    g.add_argument("-n", "--num-requests", type=positive_int, default=None, metavar="N",
+                   help="number of requests (default: 1000); with --trace, the first N requests by arrival "
+                        "(default: all)" + NO_DEFAULT)
     g.add_argument("--arrival", choices=ARRIVALS, default="poisson",
                    help="arrival process: poisson (exponential gaps), gamma (gamma gaps with --cv), "
                         "static (all at t=0); poisson/gamma start at the first gap (default: %(default)s)")
@@ -49,10 +50,14 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
                    help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
 
 
+#: requests generated when -n is not given
+DEFAULT_REQUESTS = 1000
+
+
 def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
     """Build the synthetic trace described by the add_generator_arguments flags (raises ValueError on bad flags)."""
     return generate_trace(
-        args.num_requests,
+        args.num_requests if args.num_requests is not None else DEFAULT_REQUESTS,
         arrival=args.arrival,
         qps=args.qps,
         cv=args.cv,
@@ -106,6 +111,10 @@ def load_workload(args: argparse.Namespace) -> tuple[list[TraceRequest], str, li
     """(trace requests, source label, warnings) from --trace (clipped by --max-total-tokens) or the generator flags."""
     if args.trace:
         tr = load_trace(args.trace, args, zero_lengths="error" if args.strict else "skip")
+        n = getattr(args, "num_requests", None)
+        if n is not None and n < len(tr.requests):  # a quick look at a long trace
+            tr.warnings.append(f"--num-requests: the first {n} of the trace's {len(tr.requests)} requests")
+            tr.requests = sorted(tr.requests, key=lambda r: r.arrival_time)[:n]
         if args.max_total_tokens is None:
             return tr.requests, args.trace, tr.warnings
         from sim.workload.transforms import clip_total

@@ -108,6 +108,8 @@ def _count(path: str, lineno: int, name: str, cell: Any) -> int:
     value = cell
     if isinstance(cell, str):
         text = cell.strip()
+        if "_" in text:  # int() and float() accept 1_000; a trace cell should not
+            raise TraceError(path, f"expected an integer >= 0, got {cell!r}", lineno, name)
         try:
             value = int(text)
         except ValueError:
@@ -128,6 +130,8 @@ def _seconds(path: str, lineno: int, name: str, cell: Any, unit: float = 1.0) ->
     """A time: a finite number >= 0, multiplied by ``unit`` to give seconds."""
     value = cell
     if isinstance(cell, str):
+        if "_" in cell:
+            raise TraceError(path, f"expected a number >= 0, got {cell!r}", lineno, name)
         try:
             value = float(cell.strip())
         except ValueError:
@@ -181,6 +185,9 @@ def _csv_rows(path: str, required: tuple[str, ...]) -> tuple[list[str], list[tup
             continue
         if header is None:
             header = [c.strip() for c in cells]
+            bad = next((c for c in header if any(ord(ch) < 32 for ch in c)), None)
+            if bad is not None:  # 'arrived_at\0' would silently not be the arrival column
+                raise TraceError(path, f"header cell {bad!r} holds a control character", reader.line_num)
             missing = [c for c in required if c not in header]
             if missing:
                 raise TraceError(path, f"CSV header lacks column(s) {', '.join(missing)} "

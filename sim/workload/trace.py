@@ -58,7 +58,20 @@ def _reject_constant(name: str) -> Any:
     raise _NonFinite(name)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+class _DuplicateKey(Exception):
+    """Raised by the JSON decoder when an object repeats a key (json would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
 
 
 def _show(value: Any) -> str:
@@ -95,6 +108,8 @@ def _decode_line(path: str, lineno: int, text: str) -> dict:
         raise TraceError(path, f"expected a finite number, got {exc.args[0]}", lineno, bad) from None
     except json.JSONDecodeError as exc:
         raise TraceError(path, f"not valid JSON: {exc.msg} (column {exc.colno})", lineno) from None
+    except _DuplicateKey as exc:
+        raise TraceError(path, "appears twice in one object (which value is meant?)", lineno, exc.args[0]) from None
     except RecursionError:
         raise TraceError(path, "not valid JSON for a trace: nested too deeply", lineno) from None
     except ValueError as exc:  # an integer of thousands of digits

@@ -8,12 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from engine.attention import SdpaBackend, build_part, flex_available  # noqa: E402
+from engine.attention import SdpaBackend, build_part, flex_available
 
 if not flex_available():
     pytest.skip("this torch has no FlexAttention", allow_module_level=True)
 
-from engine.flex_attention import FlexBackend, block_structure, padded  # noqa: E402
+from engine.flex_attention import FlexBackend, block_structure, padded
 
 BS, HK, H, D = 16, 2, 4, 16
 
@@ -69,15 +69,23 @@ def test_flex_matches_sdpa_over_many_tiles():
         assert torch.allclose(got, ref, atol=1e-5), (part.num_tokens, part.num_keys)
 
 
-def test_compiled_flex_compiles_a_handful_of_times_over_calibration_like_shapes(monkeypatch):
+def test_compiled_flex_compiles_a_handful_of_times_over_calibration_like_shapes():
     """Decodes of 1 to 64 sequences at several contexts, prefill chunks of 16 to 1024 tokens, mixed batches:
     with padded tiles and dynamic shapes, a handful of compiles (1 or many query/key tiles, equal sizes),
     far under the recompile limit the backend sets, which it also makes an error to hit."""
+    cfg = torch._dynamo.config
+    saved = {name: getattr(cfg, name) for name in ("recompile_limit", "fail_on_recompile_limit_hit")}
+    try:
+        _count_compiles(cfg)
+    finally:  # plain setattr: torch's config module hides a setting that is deleted (monkeypatch's undo may)
+        for name, value in saved.items():
+            setattr(cfg, name, value)
+        torch._dynamo.reset()
+
+
+def _count_compiles(cfg) -> None:
     from torch._dynamo.testing import CompileCounter
 
-    cfg = torch._dynamo.config
-    for name in ("recompile_limit", "fail_on_recompile_limit_hit"):
-        monkeypatch.setattr(cfg, name, getattr(cfg, name))  # restored after the test
     torch._dynamo.reset()
     counter = CompileCounter()
     flex = FlexBackend("cpu", compile=True, compile_backend=counter)
@@ -100,4 +108,3 @@ def test_compiled_flex_compiles_a_handful_of_times_over_calibration_like_shapes(
         assert torch.allclose(got, SdpaBackend().attend(q, k_cache, v_cache, part, D ** -0.5), atol=1e-5)
     print(f"{len(shapes)} shapes, {counter.frame_count} compiles")
     assert 1 <= counter.frame_count <= 6
-    torch._dynamo.reset()

@@ -38,7 +38,7 @@ def test_a_cpu_profile_is_not_labelled_as_an_a100(capsys):
 
 
 def test_vllm_flag_names_are_accepted(capsys):
-    out = _run(capsys, "--scheduler", "vllm", "--max-num-seqs", "4", "--max-num-batched-tokens", "300",
+    out = _run(capsys, "--scheduler", "vllm", "--max-num-seqs", "4", "--max-num-batched-tokens", "1024",
                "--gpu-memory-utilization", "0.5")
     assert "scheduler vllm" in out
     assert "scheduler sarathi" in _run(capsys, "--scheduler", "vllm", "--enable-chunked-prefill")
@@ -58,3 +58,12 @@ def test_vllm_v0_default_budget_is_max_of_context_and_2048():
     assert first["num_prefill_tokens"].tolist() == [1800, 1200]
     assert res.summary["config"]["effective_token_budget"] == 2048
 
+
+
+def test_num_requests_takes_the_first_requests_of_a_trace_and_skips_are_counted(capsys):
+    trace = str(ROOT / "traces" / "example_sharegpt_poisson.jsonl")
+    assert main(["simulate", "--trace", trace, "-n", "5", "-q"]) == 0
+    io = capsys.readouterr()
+    assert "5 completed of 5 simulated, 5 in trace" in io.out and "first 5 of the trace's 200" in io.err
+    out = _run(capsys)  # tiny's 1024-token context skips most ShareGPT-length requests
+    assert "more skipped" in out and "{" not in out.splitlines()[1]  # counts by reason, not a raw dict

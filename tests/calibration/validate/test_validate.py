@@ -223,7 +223,8 @@ def _no_overhead_fit(m, meta):
 
 
 #: drift-robust shape errors (calibration.validate.errors.shape_errors) the committed profile keeps within
-SHAPE_BAND = {"prefill/decode": 0.45, "host/device prefill": 0.35, "host/device decode": 0.30}
+#: (host over forward in prefill iterations swings by 40 points between runs on this machine: a wide band)
+SHAPE_BAND = {"prefill/decode": 0.45, "host/device prefill": 0.60, "host/device decode": 0.30}
 
 
 def _shape(executed, measured, profile: Path) -> dict[str, float]:
@@ -240,15 +241,16 @@ def test_shape_check_passes_the_profile_and_fails_each_broken_one(base, tmp_path
     """The gate that replaced the non-strict xfail: ratios of medians that a uniform drift of this shared
     machine's speed leaves alone (prefill against decode, host against forward per kind), over the median
     repeat of three engine runs per scheduler. The committed profile stays inside the bands; a profile with
-    the host terms doubled or without the framework-overhead fit leaves them with every scheduler, one
-    without the per-prompt-token host cost with vLLM (whose prefills mostly run back to back; with Orca and
-    Sarathi-Serve they follow idle gaps and the cold-start table dominates, checked below).
-    Measured on this machine: profile within -26%..+3%; doubled host decode +67..+73%; no overhead fit host
-    over forward in decodes +40..+45%; no per-token host cost vLLM prefills -52%."""
+    the host terms doubled or without the framework-overhead fit leaves them with every scheduler. Without
+    the per-token host cost the prefills' host share falls by more than 15 points with vLLM, whose prefills
+    mostly run back to back (with Orca and Sarathi-Serve they follow idle gaps and the cold-start table
+    dominates: the next test). Measured on this machine over six runs: profile host/forward in decodes
+    -18..-0%, in prefills -42..-2%; doubled host terms +64..+73% in decodes; no overhead fit +37..+67%;
+    no per-token host cost, vLLM prefills 19-27 points lower."""
     res, _ = base
     broken = {"doubled host terms": _variant(tmp_path / "d", _doubled_host),
-              "no overhead fit": _variant(tmp_path / "f", _no_overhead_fit),
-              "no per-token host cost": _variant(tmp_path / "t", _without("host_prefill"))}
+              "no overhead fit": _variant(tmp_path / "f", _no_overhead_fit)}
+    no_token = _variant(tmp_path / "t", _without("host_prefill"))
     for r in res.runs:
         fixed = r.to_dict()["shape_errors"]
         print(r.name, "profile", {k: f"{v:+.0%}" for k, v in fixed.items()})
@@ -256,8 +258,11 @@ def test_shape_check_passes_the_profile_and_fails_each_broken_one(base, tmp_path
         for name, folder in broken.items():
             shape = _shape(r.executed, r.engine.batches, folder)
             print(f"   {name}", {k: f"{v:+.0%}" for k, v in shape.items()})
-            if name != "no per-token host cost" or r.scheduler == "vllm":
-                assert _outside(shape), (r.name, name, shape)
+            assert _outside(shape), (r.name, name, shape)
+        if r.scheduler == "vllm":
+            shape = _shape(r.executed, r.engine.batches, no_token)
+            print("   no per-token host cost", {k: f"{v:+.0%}" for k, v in shape.items()})
+            assert fixed["host/device prefill"] - shape["host/device prefill"] > 0.15, (r.name, shape)
 
 
 def test_prefills_are_priced_right_relative_to_decodes(base, tmp_path):

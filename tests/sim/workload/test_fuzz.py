@@ -101,3 +101,27 @@ def test_epoch_clocks_are_rebased_and_lose_no_precision():
     assert b.summary["time_origin_s"] == far[0].arrival_time and a.summary["time_origin_s"] == 0.0
     assert b.summary["latency_s"]["ttft"]["p50"] > 0
     assert abs(b.summary["latency_s"]["ttft"]["p50"] - a.summary["latency_s"]["ttft"]["p50"]) < 0.3
+
+
+@pytest.mark.parametrize("name,text,field", [
+    ("dup.jsonl", '{"request_id": "a", "arrival_time": 0, "prompt_tokens": 5, "prompt_tokens": 7, '
+                  '"output_tokens": 2}\n', "prompt_tokens"),
+    ("under.csv", "num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio\n1_000,20,1020,50\n",
+     "num_prefill_tokens"),
+])
+def test_questionable_accepts_are_refused(tmp_path, name, text, field):
+    """A repeated JSON key (json keeps the last silently) and `1_000` in a CSV cell (Python's int() accepts
+    it) are refused, naming the line and the field, as in every other reader."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(TraceError) as e:
+        read_any(path)
+    assert e.value.line == 2 - name.endswith(".jsonl") and e.value.field == field
+
+
+def test_a_control_character_in_a_header_cell_is_refused(tmp_path):
+    """`arrived_at\\0` would silently not be the arrival column (arrivals then generated)."""
+    path = tmp_path / "t.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio,arrived_at\x00\n5,2,7,2.5,0.5\n")
+    with pytest.raises(TraceError, match="control character"):
+        read_any(path, "lengths")
