@@ -59,9 +59,11 @@ class LlamaModel:
     def _init_random(self, seed: int) -> None:
         """Gaussian weights with 1/sqrt(fan_in) scale; residual branches shrunk by 1/sqrt(2L) to stay finite."""
         s, dev, dt = self.spec, self.device, self.dtype
-        gen = torch.Generator(device=dev).manual_seed(seed)
+        gen = torch.Generator(device=dev).manual_seed(seed) if dev.type != "meta" else None
 
         def randn(*shape: int, std: float) -> torch.Tensor:
+            if gen is None:  # the meta device: shapes only (tests of 7B-sized code paths without the memory)
+                return torch.empty(*shape, device=dev, dtype=dt)
             return torch.randn(*shape, generator=gen, device=dev, dtype=dt).mul_(std)
 
         e, d = s.hidden_size, s.head_dim

@@ -149,3 +149,26 @@ def test_event_timing_branch_of_the_op_timer(monkeypatch):
     t = time_call(lambda i: time.sleep(0.002), torch.device("cuda"), TimingSettings(warmup=1, min_repeats=5,
                                                                                    max_repeats=5))
     assert t.repeats == 5 and 0.0019 < t.median_s < 0.02 and len(syncs) >= 2
+
+
+def test_graph_decode_forward_at_llama_2_7b_shapes_on_the_meta_device():
+    """The captured decode forward at Llama-2-7B's real shapes, without its memory (meta tensors): static output
+    shapes, the same op sequence whatever the batch's contents, and no op that reads a device value on the host."""
+    from engine.cuda_graphs import DecodeGraphs
+    from engine.kv_cache import PagedKVCache
+    from engine.model import LlamaModel
+    from sim.catalog.models import get_model
+
+    spec = get_model("llama-2-7b")
+    model = LlamaModel(spec, device="meta", dtype=torch.bfloat16)
+    kv = PagedKVCache(spec, 2049, 16, device="meta", dtype=torch.bfloat16)
+    graphs = DecodeGraphs(model, kv, 16, 2048, capture=False)
+    g = graphs._make(32, 64)  # 32 decodes, 64 blocks (1,024 keys) each
+    ops = []
+    for _ in range(2):
+        with _Recorder() as rec:
+            g.run()
+        ops.append([str(op[0]) for op in rec.ops])
+    assert ops[0] == ops[1] and len(ops[0]) > 10 * spec.num_layers
+    assert tuple(g.logits.shape) == (32, spec.vocab_size) and tuple(g.sampled.shape) == (32,)
+    assert g.logits.device.type == "meta"
