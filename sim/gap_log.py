@@ -31,7 +31,7 @@ class GapLog:
 
     def __init__(self, exact_limit: int = EXACT_LIMIT) -> None:
         self.exact_limit = exact_limit
-        self.counts = np.zeros(_NUM_BUCKETS, dtype=np.int64)
+        self.counts = np.zeros(_NUM_BUCKETS, dtype=np.int64)  # filled once the exact values are given up
         self.zeros = 0
         self.count = 0
         self.total = 0.0
@@ -44,33 +44,48 @@ class GapLog:
         return self._exact is not None
 
     def add(self, gaps: np.ndarray) -> None:
-        """Record an array of gaps (seconds)."""
+        """Record an array of gaps (seconds). While exact, only appended (the simulator calls this per request)."""
         if gaps.size == 0:
             return
         self.count += int(gaps.size)
         self.total += float(gaps.sum())
-        self.max = max(self.max, float(gaps.max()))
+        top = float(gaps.max())
+        if top > self.max:
+            self.max = top
+        if self._exact is not None:
+            self._exact.append(gaps)
+            if self.count > self.exact_limit:  # give the exact values up: into the histogram at once
+                self._bucket(np.concatenate(self._exact))
+                self._exact = None
+        else:
+            self._bucket(gaps)
+
+    def _bucket(self, gaps: np.ndarray) -> None:
         pos = gaps[gaps >= 1e-9]
         self.zeros += int(gaps.size - pos.size)
         if pos.size:
             k = np.ceil(np.log(pos) / _LOG_GAMMA).astype(np.int64) - _MIN_LOG
             np.clip(k, 0, _NUM_BUCKETS - 1, out=k)
             self.counts += np.bincount(k, minlength=_NUM_BUCKETS)
-        if self._exact is not None:
-            self._exact.append(np.asarray(gaps, dtype=float))
-            if self.count > self.exact_limit:
-                self._exact = None
+
+    def _histogram(self) -> tuple[int, np.ndarray]:
+        """(zeros, bucket counts) of every gap, built from the exact values while they are held."""
+        if self._exact is None:
+            return self.zeros, self.counts
+        h = GapLog(0)
+        for chunk in self._exact:
+            h._bucket(chunk)
+        return h.zeros, h.counts
 
     def merge(self, other: GapLog) -> GapLog:
-        """A new log holding both (exact if both are and the total stays within the limit)."""
+        """A new log holding both (exact if both are and the total stays within the larger limit)."""
         out = GapLog(max(self.exact_limit, other.exact_limit))
-        out.counts = self.counts + other.counts
-        out.zeros, out.count = self.zeros + other.zeros, self.count + other.count
-        out.total, out.max = self.total + other.total, max(self.max, other.max)
+        out.count, out.total, out.max = self.count + other.count, self.total + other.total, max(self.max, other.max)
         if self._exact is not None and other._exact is not None and out.count <= out.exact_limit:
             out._exact = self._exact + other._exact
         else:
-            out._exact = None
+            (za, ca), (zb, cb) = self._histogram(), other._histogram()
+            out.zeros, out.counts, out._exact = za + zb, ca + cb, None
         return out
 
     @classmethod

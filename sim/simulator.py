@@ -20,6 +20,7 @@ from sim.kv_cache import BlockManager
 from sim.memory import InfeasibleConfigError, plan_memory
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
+from sim.schedulers.base import FOLD_EVERY_TOKENS
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
 
 
@@ -156,9 +157,12 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     for s in schedulers:  # past the limit each request keeps its figures, not its token times
         s.keep_token_times = keep
         s.gap_log = GapLog(EXACT_LIMIT // len(schedulers))  # exact gaps are bounded for the run, not per replica
+        s.fold_every_tokens = max(4096, FOLD_EVERY_TOKENS // len(schedulers))  # so are token times awaiting a fold
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
 
     batches, micro = rec.take_frames()
+    for s in schedulers:
+        s.flush_tokens()
     req_df = metrics.requests_frame(requests)
     gaps = GapLog.merged(s.gap_log for s in schedulers)  # finished requests' gaps, every replica
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
