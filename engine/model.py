@@ -200,7 +200,7 @@ def load_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("loading a checkpoint needs the safetensors package") from exc
+        raise ModuleNotFoundError("loading a checkpoint needs the safetensors package", name="safetensors") from exc
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors files in {path}")

@@ -1,4 +1,5 @@
-"""The engine and calibration refuse a CPU run that would not fit in memory, before allocating (issue 17)."""
+"""One-line refusals of the engine's command line (issue 17): a CPU run that would not fit in memory, before
+allocating; a checkpoint without the safetensors package."""
 
 from __future__ import annotations
 
@@ -18,3 +19,12 @@ def test_a_7b_model_on_the_cpu_is_refused_before_allocating(capsys, monkeypatch)
     assert "GiB is available" in err and "weights 25.1 GiB" in err and err.count("\n") == 1
     assert main(["calibrate", "--model", "llama-2-7b", "--device", "cpu", "--out", "/nonexistent/x", "-q"]) == 2
     assert "whole-iteration bench" in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_safetensors_is_one_line(tmp_path, capsys):
+    import importlib.util
+    if importlib.util.find_spec("safetensors") is not None:
+        pytest.skip("safetensors is installed here")
+    assert main(["engine", "--model", "tiny", "--device", "cpu", "-n", "2", "-q", "--checkpoint", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "'safetensors'" in err and "pip install safetensors" in err and err.count("\n") == 1
