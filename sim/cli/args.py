@@ -17,26 +17,23 @@ NO_DEFAULT = "%(default).0s"
 
 # ---- value types --------------------------------------------------------------------------------
 
-def nonneg_int(text: str) -> int:
-    """An integer >= 0 (seeds, counts where 0 means all)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return v
+def _int_at_least(least: int) -> Callable[[str], int]:
+    """A parser of integers >= ``least``, with argparse's one-line message naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}") from None
+        if v < least:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text}")
+        return v
+    return parse
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
-    return v
+#: an integer >= 0 (seeds, counts where 0 means all)
+nonneg_int = _int_at_least(0)
+#: an integer >= 1
+positive_int = _int_at_least(1)
 
 
 def positive(kind: type) -> Callable[[str], Any]:

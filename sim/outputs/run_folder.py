@@ -41,13 +41,18 @@ def write_json(path: Path, data: dict) -> None:
     _atomic_text(path, json.dumps(clean_json(data), indent=2, allow_nan=False) + "\n")
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def _atomic(path: Path, write: Any) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then rename it into place (removed if it fails)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def prepare_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
@@ -74,12 +79,8 @@ def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batche
     (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
     write_json(out / "summary.json", summary)
     for name, frame in (("requests.csv", requests), ("batches.csv", batches)):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        try:
-            frame.to_csv(tmp, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
-            os.replace(tmp, out / name)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _atomic(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format=FLOAT_FORMAT,
+                                                          lineterminator="\n"))
     files = {n: {"bytes": (out / n).stat().st_size} for n in RUN_FILES}
     files["requests.csv"]["rows"], files["batches.csv"]["rows"] = len(requests), len(batches)
     write_json(out / MANIFEST, {"format": "servesim-run", "files": files})

@@ -48,25 +48,32 @@ def test_quick_calibration_of_tiny_on_cpu_then_resume(tmp_path, capsys):
     assert (out / "measurements.csv").read_bytes() == before
 
 
-def test_partial_results_are_kept_and_a_rerun_resumes(tmp_path, monkeypatch):
-    out = tmp_path / "p"
+def _interrupted_calibration(out, monkeypatch, *, rounds: int, after: int):
+    """A quick tiny calibration of two ops stopped by Ctrl-C after ``after`` timed points; (config, planned
+    points, the real time_call), with time_call restored."""
     cfg = profiler.calibration_config("tiny", [1], out, quick=True, device="cpu", ops=("rotary", "act"),
-                                      rounds=1, progress=False)
+                                      rounds=rounds, progress=False)
     planned = plan(get_model("tiny"), [1], QUICK, ("rotary", "act"))
     calls = {"n": 0}
     real = profiler.time_call
 
     def interrupted(*a, **k):
         calls["n"] += 1
-        if calls["n"] > 10:
+        if calls["n"] > after:
             raise KeyboardInterrupt
         return real(*a, **k)
 
     monkeypatch.setattr(profiler, "time_call", interrupted)
     with pytest.raises(KeyboardInterrupt):
         profiler.calibrate(cfg, log=lambda s: None)
-    assert len(read_measurements(out)) == 10  # every point measured before the interruption was written
     monkeypatch.setattr(profiler, "time_call", real)
+    return cfg, planned, real
+
+
+def test_partial_results_are_kept_and_a_rerun_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "p"
+    cfg, planned, _ = _interrupted_calibration(out, monkeypatch, rounds=1, after=10)
+    assert len(read_measurements(out)) == 10  # every point measured before the interruption was written
     res = profiler.calibrate(cfg, log=lambda s: None)
     assert res.complete and res.measured == len(planned) - 10
     assert len(read_profile(out).table) == len(planned)
@@ -76,21 +83,7 @@ def test_resume_repairs_a_torn_row_and_re_times_earlier_points_in_later_rounds(t
     """A run killed mid-row leaves a line without its newline: the rerun cuts it and measures that point
     again; and its later rounds re-time the points the interrupted run measured once (best of rounds)."""
     out = tmp_path / "p"
-    cfg = profiler.calibration_config("tiny", [1], out, quick=True, device="cpu", ops=("rotary", "act"),
-                                      rounds=2, progress=False)
-    planned = plan(get_model("tiny"), [1], QUICK, ("rotary", "act"))
-    calls = {"n": 0}
-    real = profiler.time_call
-
-    def interrupted(*a, **k):
-        calls["n"] += 1
-        if calls["n"] > 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(profiler, "time_call", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        profiler.calibrate(cfg, log=lambda s: None)
+    cfg, planned, real = _interrupted_calibration(out, monkeypatch, rounds=2, after=6)
     csv_file = out / "measurements.csv"
     with open(csv_file, "a") as fh:
         fh.write("rotary,1,99")  # the torn row
