@@ -20,7 +20,7 @@ from sim.cli.args import (
     scheduler_of,
     write_run_folder,
 )
-from sim.cli.workload_args import add_generator_arguments, load_workload
+from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
 TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -30,15 +30,9 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
 
     p = add_command(subparsers, "engine", cmd_engine, "replay a trace on the real PyTorch engine and measure it")
-    p.add_argument("--trace", default=None, metavar="FILE.jsonl",
-                   help="request trace in servesim JSONL (see traces/README.md)" + NO)
-    p.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
-                   help="arrival times going backwards in the trace: sort them with a warning, or refuse")
+    add_trace_input_arguments(p)
     p.add_argument("--offline", action="store_true",
                    help="every request arrives at t=0 (throughput run) instead of at its trace arrival time")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse a trace holding a request that can never be served (too long for the model's "
-                        "context, the KV cache or the token budget) instead of skipping it")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv" + NO)
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
     add_run_folder_arguments(p)

@@ -100,6 +100,14 @@ class SimConfig(ServingConfig):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+    def check(self) -> None:
+        """Raise the error simulate() would (unknown model or GPU, weights that do not fit) without simulating."""
+        model = self.model_spec()
+        gpu = get_gpu(self.gpu)
+        if self.kv_blocks is None:
+            plan_memory(model, gpu, tp=self.tp, pp=self.pp, block_size=self.block_size,
+                        gpu_memory_utilization=self.gpu_memory_utilization)
+
 
 @dataclass
 class SimResult:

@@ -90,7 +90,8 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
     c = p.add_argument_group("capacity (for --load)")
     c.add_argument("--slo-tbt-p99", type=float, default=0.1, metavar="S", help="P99 time-between-tokens bound (s)")
-    c.add_argument("--slo-delay-p50", type=float, default=2.0, metavar="S", help="median scheduling delay bound (s)")
+    c.add_argument("--slo-sched-delay-p50", "--slo-delay-p50", dest="slo_delay_p50", type=float, default=2.0,
+                   metavar="S", help="median scheduling delay bound (s; the name plan and capacity use)")
     c.add_argument("--capacity-duration", type=float, default=30.0, metavar="S",
                    help="simulated seconds of arrivals per capacity point")
     c.add_argument("--capacity-seeds", type=positive_int, default=1, metavar="K",

@@ -42,7 +42,7 @@ from sim.schedulers import scheduler_class
 from sim.simulator import SimConfig
 
 RESULTS_FILE = "results.jsonl"
-TABLE_COLUMNS = ["gpu", "tp", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
+TABLE_COLUMNS = ["config", "gpu", "tp", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
                  "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
                  "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
                  "skipped", "simulations", "cost_model", "note"]
@@ -70,8 +70,10 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        """E.g. '4x h100-sxm (2 replicas x TP2 PP1) sarathi budget 512': the GPU count first."""
         b = f" budget {self.token_budget}" if self.token_budget is not None else ""
-        return f"{self.replicas}x{self.gpu} TP{self.tp} PP{self.pp} {self.scheduler}{b}"
+        reps = f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
+        return f"{self.gpus}x {self.gpu} ({reps} x TP{self.tp} PP{self.pp}) {self.scheduler}{b}"
 
 
 def powers_of_two(limit: int) -> list[int]:
@@ -221,9 +223,19 @@ class PlanResult:
     results: list = field(default_factory=list)
 
 
+def sustained_output_tok_s(qps: float, metrics: dict[str, Any]) -> float | None:
+    """Output tokens per second a rate sustains: rate x mean output tokens per completed request.
+
+    The one definition plan.csv and pareto.csv share (a run's own tokens/s also counts its drain).
+    """
+    if not metrics or not metrics.get("completed"):
+        return None
+    return qps * metrics["output_tokens"] / metrics["completed"]
+
+
 def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
-    row.update(gpu=c.gpu, tp=c.tp, pp=c.pp, replicas=c.replicas, gpus=c.gpus, scheduler=c.scheduler,
+    row.update(config=c.label, gpu=c.gpu, tp=c.tp, pp=c.pp, replicas=c.replicas, gpus=c.gpus, scheduler=c.scheduler,
                token_budget=c.token_budget, kv_blocks=c.kv_blocks)
     price = prices.get(c.gpu)
     row["usd_per_hour"] = price * c.gpus if price is not None else None
@@ -247,9 +259,8 @@ def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = Non
     if m.get("skipped"):
         notes.append(f"{int(m['skipped'])} requests per run skipped (never servable)")
     row["note"] = "; ".join(notes) or None
-    if m.get("completed"):
-        out_per_req = m["output_tokens"] / m["completed"]
-        tok_s = res.capacity * out_per_req
+    tok_s = sustained_output_tok_s(res.capacity, m)
+    if tok_s is not None:
         row["output_tok_s_per_gpu"] = tok_s / c.gpus
         if row["usd_per_hour"] is not None and tok_s > 0:
             row["usd_per_m_output_tokens"] = row["usd_per_hour"] / (tok_s * 3600) * 1e6
@@ -277,7 +288,7 @@ def pareto_front(points: pd.DataFrame, x: str = "qps_per_gpu", y: str = "tbt_p99
 
 
 def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySearch]) -> pd.DataFrame:
-    """Every simulated rate that met the SLO, with its latency and throughput per GPU (for the Pareto front)."""
+    """Every simulated (seed, rate) that met the SLO, with its latency and throughput per GPU (points.csv)."""
     rows = []
     for i, c in enumerate(candidates):
         s = searches.get(i)
@@ -289,37 +300,41 @@ def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySear
                 rows.append({"config": c.label, "gpu": c.gpu, "tp": c.tp, "pp": c.pp, "replicas": c.replicas,
                              "scheduler": c.scheduler, "token_budget": c.token_budget, "seed": p["seed"],
                              "qps": p["qps"], "qps_per_gpu": p["qps"] / c.gpus,
-                             "output_tok_s_per_gpu": (m["output_tokens_per_s"] or 0) / c.gpus,
+                             "output_tok_s_per_gpu": (sustained_output_tok_s(p["qps"], m) or 0) / c.gpus,
                              "tbt_p99": m["tbt_p99"], "ttft_p99": m["ttft_p99"],
                              "scheduling_delay_p50": m["scheduling_delay_p50"]})
     return pd.DataFrame(rows)
 
 
 def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLike[str], *,
-                title: str = "", latency: str = "tbt_p99") -> Path:
-    """Scatter of passing points (latency vs requests/s per GPU) by scheduler, the front as a line; saved as PNG."""
+                title: str = "", latency: str = "tbt_p99", configs: pd.DataFrame | None = None) -> Path:
+    """Latency vs requests/s per GPU: each configuration at its capacity (``configs``, the table's rows),
+    every passing seed run faintly behind, the front (built from the configurations) as a line; saved as PNG."""
     from sim.outputs.plots import plt, save_figure  # Agg backend, shared figure writer
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = dict(zip(sorted(points["gpu"].unique()), "os^Dv<>p"))
-    colors = dict(zip(sorted(points["scheduler"].unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    both = pd.concat([d for d in (points, configs) if d is not None and not d.empty])
+    markers = dict(zip(sorted(both["gpu"].unique()), "os^Dv<>p"))
+    colors = dict(zip(sorted(both["scheduler"].unique()), plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     for (gpu, sched), g in points.groupby(["gpu", "scheduler"], sort=True):
-        ax.scatter(g["qps_per_gpu"], g[latency] * 1e3, s=14, alpha=0.4, marker=markers[gpu], color=colors[sched],
-                   label=f"{sched} on {gpu}")
+        ax.scatter(g["qps_per_gpu"], g[latency] * 1e3, s=8, alpha=0.2, marker=markers[gpu], color=colors[sched])
+    if configs is not None and not configs.empty:
+        for (gpu, sched), g in configs.groupby(["gpu", "scheduler"], sort=True):
+            ax.scatter(g["qps_per_gpu"], g[latency] * 1e3, s=30, marker=markers[gpu], color=colors[sched],
+                       label=f"{sched} on {gpu} (at capacity)")
     if not front.empty:
         ax.step(front["qps_per_gpu"], front[latency] * 1e3, where="post", color="black", lw=1.2,
                 label="Pareto front")
-        ax.scatter(front["qps_per_gpu"], front[latency] * 1e3, s=28, color="black", zorder=3)
-        # number each configuration on the front once, at its highest-throughput point
-        tops = front.sort_values("qps_per_gpu", kind="stable").drop_duplicates("config", keep="last")
+        ax.scatter(front["qps_per_gpu"], front[latency] * 1e3, s=40, facecolors="none", edgecolors="black",
+                   zorder=3)
         lines = []
-        for k, (_, r) in enumerate(tops.iterrows(), start=1):
+        for k, (_, r) in enumerate(front.iterrows(), start=1):
             ax.annotate(str(k), (r["qps_per_gpu"], r[latency] * 1e3), fontsize=8, fontweight="bold",
                         xytext=(4, -10), textcoords="offset points")
             lines.append(f"{k}: {r['config']}")
         ax.text(1.02, 0.0, "front:\n" + "\n".join(lines), transform=ax.transAxes, fontsize=7, va="bottom",
                 family="monospace")
-    ax.set_xlabel("request rate per GPU (req/s) meeting the SLO")
+    ax.set_xlabel("request rate per GPU (req/s) meeting the SLO; faint: single-seed runs that passed")
     ax.set_ylabel(f"{latency.replace('_', ' ').upper()} (ms)")
     ax.set_title(title or "latency vs throughput")
     ax.grid(alpha=0.3)
@@ -367,15 +382,19 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
             rows[-1]["cost_model"] = "roofline" if searches[i].profile is None else "profiled"
     table = sort_table(pd.DataFrame(rows, columns=TABLE_COLUMNS))
     points = passing_points(candidates, searches)
-    front = pareto_front(points)
+    # the front is built from the table (each configuration at its capacity, median over seeds), so that
+    # every figure in pareto.csv is the one plan.csv gives for the same configuration
+    front = pareto_front(table[(table["status"] == "ok") & (table["capacity_qps"] > 0)])
     result = PlanResult(table, front, points, stats, store.path, None, results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "plan.csv", index=False, float_format="%.6g", lineterminator="\n")
         front.to_csv(out / "pareto.csv", index=False, float_format="%.6g", lineterminator="\n")
+        points.to_csv(out / "points.csv", index=False, float_format="%.6g", lineterminator="\n")
         if not points.empty:
             model = next(get_model(c.config.model).name for c in candidates if c.config is not None)
-            result.figure_path = plot_pareto(points, front, out / "pareto.png", title=f"{model}: SLO {slo.describe()}")
+            result.figure_path = plot_pareto(points, front, out / "pareto.png", title=f"{model}: SLO {slo.describe()}",
+                                             configs=table[table["status"] == "ok"])
     return result
 
 

@@ -272,7 +272,17 @@ class _ParagraphFill:
 
 
 class HelpFormatter(_ParagraphFill, argparse.ArgumentDefaultsHelpFormatter):
-    """Each flag's default appended to its help; paragraphs filled, examples kept."""
+    """Each flag's default appended to its help; paragraphs filled, examples kept.
+
+    Not for on/off switches (a store_false's "default: True" reads as the opposite), nor for a None default,
+    nor for a help text that already says its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.nargs == 0 or action.default is None or "default" in text:  # "None" says nothing
+            return text
+        return super()._get_help_string(action)
 
 
 class PlainHelpFormatter(_ParagraphFill, argparse.HelpFormatter):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from typing import Any
 
 from sim.cli.args import add_command
 
@@ -21,9 +24,18 @@ def _print_table(columns: list[tuple[str, str]], rows: list[tuple]) -> None:
         print("".join(f"{v:{spec}}" for v, (_, spec) in zip(row, columns)))
 
 
+def _print_json(entries: dict[str, Any], extra: tuple[str, ...] = ()) -> None:
+    """Each catalogue entry's fields (dataclass) plus the derived ``extra`` properties, as one JSON object."""
+    print(json.dumps({name: {**dataclasses.asdict(e), **{k: getattr(e, k) for k in extra}}
+                      for name, e in entries.items()}, indent=2))
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    """List the model catalogue: shapes and parameter counts."""
+    """List the model catalogue: shapes and parameter counts (`--json` for every field)."""
     from sim.catalog.models import MODELS
+    if args.json:
+        _print_json(MODELS, ("num_params",))
+        return 0
     cols = [("name", "<14"), ("layers", ">7"), ("hidden", ">8"), ("heads", ">6"), ("kv", ">4"), ("ffn", ">7"),
             ("vocab", ">8"), ("ctx", ">7"), ("params", ">9")]
     _print_table(cols, [(m.name, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.intermediate_size,
@@ -32,8 +44,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_gpus(args: argparse.Namespace) -> int:
-    """List the GPU catalogue with datasheet sources and default hourly prices."""
+    """List the GPU catalogue with datasheet sources and default hourly prices (`--json` for every field)."""
     from sim.catalog.hardware import GPUS
+    if args.json:
+        _print_json(GPUS)
+        return 0
     cols = [("name", "<11"), ("bf16 TFLOP/s", ">13.0f"), ("HBM GB/s", ">10.0f"), ("mem GiB", ">8.0f"),
             ("link GB/s", ">10.0f"), ("$/h", ">6.2f"), ("  source", "")]
     _print_table(cols, [(g.name, g.bf16_flops / 1e12, g.mem_bandwidth / 1e9, g.mem_bytes / 2**30,
@@ -43,5 +58,7 @@ def cmd_gpus(args: argparse.Namespace) -> int:
 
 def add_catalog_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Register ``models`` and ``gpus`` on the ``servesim`` subcommands."""
-    add_command(subparsers, "models", cmd_models, "list the model catalogue")
-    add_command(subparsers, "gpus", cmd_gpus, "list the GPU catalogue with datasheet sources")
+    for name, func, text in (("models", cmd_models, "list the model catalogue"),
+                             ("gpus", cmd_gpus, "list the GPU catalogue with datasheet sources")):
+        p = add_command(subparsers, name, func, text)
+        p.add_argument("--json", action="store_true", help="every field of every entry as JSON")

@@ -64,8 +64,8 @@ def _add_workload_arguments(p: argparse.ArgumentParser) -> None:
                    help="take (prompt, output) lengths from this trace (servesim JSONL or a CSV length table), "
                         "drawn jointly with replacement; its arrival times are not used")
     g.add_argument("--lengths-from", default=None, metavar="FILE",
-                   help="same as --trace, e.g. Sarathi-Serve's ShareGPT table "
-                        "../shared/traces/sarathi/sharegpt_8k_filtered_stats_llama2_tokenizer.csv")
+                   help="same as --trace, e.g. Sarathi-Serve's ShareGPT table (sharegpt_8k_filtered_stats_"
+                        "llama2_tokenizer.csv in ../shared/traces/sarathi/)")
     g.add_argument("--prompt-len", default=None, metavar="SPEC",
                    help="prompt length distribution (see `servesim trace generate --help`; default: sharegpt)")
     g.add_argument("--output-len", default=None, metavar="SPEC",
@@ -183,7 +183,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     capacity: the highest Poisson request rate whose latency stays within the SLO (bracketing and bisection,
     several seeds). Prints a table sorted by capacity per GPU and by cost per million output tokens, and writes
     DIR/results.jsonl (every simulation, appended as it finishes; rerunning the same command resumes from it),
-    plan.csv, plan.txt, pareto.csv and pareto.png (latency against throughput).
+    plan.csv, plan.txt, pareto.csv (the configurations on the front, with the figures plan.csv gives them),
+    points.csv (every seed run that met the SLO) and pareto.png (latency against throughput).
     """
     from sim.capacity.planner import enumerate_candidates, format_table, load_prices, make_executor, plan, sort_table
     from sim.outputs.run_folder import prepare_out_dir
@@ -232,7 +233,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     st = res.stats
     print(f"\n{st.simulated} simulations run now ({st.sim_wall_s:.0f} s of simulation), {st.reused} taken from "
           f"{res.results_path}; {wall:.1f} s wall")
-    print(f"wrote {args.out}/plan.csv, plan.txt, pareto.csv" + (", pareto.png" if res.figure_path else ""))
+    print(f"wrote {args.out}/plan.csv, plan.txt, pareto.csv, points.csv" + (", pareto.png" if res.figure_path else ""))
     return 0
 
 
@@ -301,6 +302,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                        max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
                        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
                        router=args.router)
+    config.check()  # an unknown GPU or weights that do not fit: one line, before any simulation
     workload = workload_from_args(args)
     slo = slo_from_args(args)
     profile = _price_ref(args, args.gpu)

@@ -17,7 +17,7 @@ from sim.cli.args import (
     scheduler_of,
     write_run_folder,
 )
-from sim.cli.workload_args import add_generator_arguments, load_workload
+from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
 if TYPE_CHECKING:
     from sim.simulator import SimConfig
@@ -27,18 +27,7 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     """Register ``simulate`` on the ``servesim`` subcommands; returns its parser."""
     p = add_command(subparsers, "simulate", cmd_simulate,
                     "replay a trace (or a synthetic workload) through a simulated deployment")
-    p.add_argument("--trace", default=None, metavar="FILE",
-                   help="request trace: servesim JSONL or any format of --trace-format (see traces/README.md)")
-    p.add_argument("--trace-format", default="auto",
-                   choices=("auto", "jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise"),
-                   help="format of --trace; auto detects it from extension and header. A length table without "
-                        "arrived_at gets arrivals from --arrival/--qps/--cv/--seed; --max-total-tokens clips any "
-                        "trace; zero-length rows are skipped (refused with --strict)")
-    p.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
-                   help="arrival times going backwards in the trace: sort them with a warning, or refuse")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse a trace holding a request that can never be served (too long for the model's "
-                        "context, the KV cache or the token budget) instead of skipping it")
+    add_trace_input_arguments(p)
     p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv")
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
     add_run_folder_arguments(p)

@@ -69,6 +69,22 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
     )
 
 
+def add_trace_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trace with its format, order and strictness flags (simulate and engine read traces alike)."""
+    parser.add_argument("--trace", default=None, metavar="FILE",
+                        help="request trace: servesim JSONL or any format of --trace-format (see traces/README.md); "
+                             "default: a synthetic workload from the generator flags")
+    parser.add_argument("--trace-format", default="auto", choices=("auto",) + FORMATS,
+                        help="format of --trace; auto detects it from extension and header. A length table without "
+                             "arrived_at gets arrivals from --arrival/--qps/--cv/--seed; --max-total-tokens clips "
+                             "any trace; zero-length rows are skipped (refused with --strict)")
+    parser.add_argument("--on-unsorted", choices=("sort", "error"), default="sort",
+                        help="arrival times going backwards in the trace: sort them with a warning, or refuse")
+    parser.add_argument("--strict", action="store_true",
+                        help="refuse a trace holding a request that can never be served (too long for the model's "
+                             "context, the KV cache or the token budget) instead of skipping it")
+
+
 def add_import_arguments(parser: argparse.ArgumentParser, *, format_flag: str = "--format",
                          arrivals: bool = True) -> None:
     """Flags that choose how a trace file is read: its format, zero-length rows and (for length tables) arrivals."""

@@ -121,6 +121,10 @@ def _ms(seconds: float | None) -> str:
     return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
+CONTEXT_HINT = ("hint: --max-total-tokens N clips requests to N tokens keeping each prompt:output ratio (N = the "
+                "model's context serves them all); --max-model-len sets a long-context variant's context")
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable table of the headline metrics."""
     cfg = summary["config"]
@@ -130,11 +134,14 @@ def format_summary(summary: dict) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in req["skipped_by_reason"].items())
     lines = [
         f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
-        f"{'device' if str(cfg['gpu']).startswith('measured:') else 'GPU'}{'s' if gpus > 1 else ''} ({replicas} replica"
+        f"{'device' if str(cfg['gpu']).startswith('measured:') or cfg['gpu'] == 'cpu' else 'GPU'}"
+        f"{'s' if gpus > 1 else ''} ({replicas} replica"
         f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}), scheduler {cfg['scheduler']}, cost model "
         f"{summary['cost_model'].get('name')}",
         f"requests: {req['completed']} completed of {req['simulated']} simulated, {req['in_trace']} in trace, "
         f"{req['skipped']} skipped" + (f" ({reasons})" if req["skipped"] else ""),
+        *([CONTEXT_HINT] if {"prompt_exceeds_context", "total_exceeds_context"} & set(req["skipped_by_reason"])
+          else []),
         "",
         f"{'latency (ms)':<18}{'mean':>10}{'p50':>10}{'p90':>10}{'p99':>10}{'max':>10}",
     ]

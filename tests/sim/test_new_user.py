@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sim.cli.main import main
 from sim.request import TraceRequest
 from sim.simulator import SimConfig, simulate
@@ -67,3 +69,52 @@ def test_num_requests_takes_the_first_requests_of_a_trace_and_skips_are_counted(
     assert "5 completed of 5 simulated, 5 in trace" in io.out and "first 5 of the trace's 200" in io.err
     out = _run(capsys)  # tiny's 1024-token context skips most ShareGPT-length requests
     assert "more skipped" in out and "{" not in out.splitlines()[1]  # counts by reason, not a raw dict
+
+
+def test_capacity_refuses_a_bad_deployment_in_one_line_before_simulating(capsys):
+    """Like simulate: an unknown GPU or weights that do not fit exit 2 with one line and no simulation."""
+    assert main(["capacity", "--gpu", "foo", "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [err.strip()] and "unknown GPU 'foo'" in err
+    assert "simulations run" not in out and "cost model" not in out
+    assert main(["capacity", "--model", "llama-2-70b", "-q"]) == 2
+    out, err = capsys.readouterr()
+    assert "weights need" in err and "InfeasibleConfigError" not in err + out and "simulations run" not in out
+
+
+def _help(capsys, *argv: str) -> str:
+    import pytest
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    return " ".join(capsys.readouterr().out.split())  # unwrapped
+
+
+def test_help_texts_say_each_default_once_and_never_the_opposite(capsys):
+    text = _help(capsys, "report")
+    assert "(default: the folder names)" in text and "(default: None)" not in text
+    for cmd in ("simulate", "plan", "capacity", "report", "models", "gpus"):
+        text = _help(capsys, cmd)
+        assert "(default: True)" not in text and "(default: False)" not in text, cmd
+        assert not re.search(r"default:[^()]*\) \(default:", text), cmd  # a default said twice
+    # the lengths table's path is never broken into ". ./shared"
+    assert ". ./shared" not in _help(capsys, "plan")
+
+
+def test_simulate_and_engine_read_traces_with_the_same_flags(capsys):
+    sim_text, eng_text = _help(capsys, "simulate"), _help(capsys, "engine")
+    for flag in ("--trace FILE", "--trace-format", "--on-unsorted", "--strict", "--max-total-tokens"):
+        assert flag in sim_text and flag in eng_text, flag
+
+
+def test_catalogues_list_as_json(capsys):
+    import json
+    assert main(["models", "--json"]) == 0
+    models = json.loads(capsys.readouterr().out)
+    assert models["llama-2-7b"]["num_layers"] == 32 and models["llama-2-7b"]["num_params"] > 6.7e9
+    assert main(["gpus", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["a100-80gb"]["mem_bytes"] == 80 * 2**30
+
+
+def test_requests_past_the_context_get_a_hint_to_clip_them(capsys):
+    text = _run(capsys, "-n", "20", "--prompt-len", "uniform:900:1200", "--output-len", "uniform:8:16")
+    assert "prompt_exceeds_context" in text and "hint: --max-total-tokens N" in text
