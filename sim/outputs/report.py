@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # matplotlib is imported only when a report is written, not when the CLI starts
+    from matplotlib.figure import Figure
+
     from sim.outputs.plots import Run
 
 # (row label, path into summary.json, format)
@@ -56,16 +59,19 @@ METRICS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
 COMPARISON_PLOTS = (("ttft_cdf.png", "TTFT"), ("tbt_cdf.png", "time between tokens"),
                     ("e2e_cdf.png", "end-to-end latency"), ("scheduling_delay_cdf.png", "scheduling delay"))
 
+# file: (requests.csv column, axis quantity, title, unit); TTFT in ms like TBT
+_CDF_PLOTS = {"ttft_cdf.png": ("ttft", "time to first token", "TTFT", "ms"),
+              "e2e_cdf.png": ("e2e", "end-to-end latency", "end-to-end latency", "s"),
+              "scheduling_delay_cdf.png": ("scheduling_delay", "scheduling delay", "scheduling delay", "s")}
 
-def _comparison_figure(name: str, runs: Sequence[Run]):
+
+def _comparison_figure(name: str, runs: Sequence[Run]) -> Figure:
+    """One overlaid-CDF figure of the report (TBT has its own, from summary.json's gap quantiles)."""
     from sim.outputs.plots import cdf_figure, tbt_figure
     if name == "tbt_cdf.png":
         return tbt_figure(runs)
-    column, xlabel, title = {"ttft_cdf.png": ("ttft", "time to first token (s)", "TTFT"),
-                             "e2e_cdf.png": ("e2e", "end-to-end latency (s)", "end-to-end latency"),
-                             "scheduling_delay_cdf.png": ("scheduling_delay", "scheduling delay (s)",
-                                                          "scheduling delay")}[name]
-    return cdf_figure(runs, column, xlabel, title)
+    column, quantity, title, unit = _CDF_PLOTS[name]
+    return cdf_figure(runs, column, quantity, title, unit)
 
 
 def _get(summary: dict, path: tuple[str, ...]) -> Any:
@@ -158,9 +164,9 @@ def _html(title: str, runs: Sequence[Run], table: list[list[str]], images: list[
                      + "</tr>" for row in table[1:])
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{esc(title)}</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}th{background:#eee}"
-        "img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
+        ("<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:3px 8px}td.n{text-align:right}th{background:#eee}"
+         "img{max-width:100%;display:block;margin:1em 0}</style></head><body>"),
         f"<h1>{esc(title)}</h1>", "<ul>",
         *(f"<li><b>{esc(r.label)}</b>: {esc(str(r.summary.get('source')))}</li>" for r in runs),
         "</ul>", f"<table><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>",
