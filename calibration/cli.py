@@ -56,7 +56,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                         "rows; the profiled cost model prices TP1 decode iterations from them) (default: on CUDA; "
                         "--no-cuda-graphs for a profile of an engine run with --no-cuda-graphs)")
     p.add_argument("--ops", type=_ops_list, default=None, metavar="OP[,OP]",
-                   help="measure only these ops of sim.ops (default: all)")
+                   help="measure only these ops of sim.ops (default: all the model runs: a mixture of experts' MoE "
+                        "ops, the dense MLP's only where a layer is dense)")
     p.add_argument("--fresh", action="store_true", help="discard an existing profile in --out instead of resuming")
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan and the time estimate without measuring (needs no torch)")
@@ -104,7 +105,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     model = get_model(args.model)
     device = "cpu" if args.device == "cpu" else "cuda"
     spec = default_grid(device, args.quick)
-    graphs = device == "cuda" if args.cuda_graphs is None else args.cuda_graphs
+    graphs = device == "cuda" if args.cuda_graphs is None else args.cuda_graphs  # plan() drops them for MoE models
     pts = plan(model, args.tp, spec, args.ops, graphs=graphs)
     timing = (2, 5, 15, 0.004) if args.quick else (3, 5, 50, 0.02)
     rounds = args.rounds or (3 if device == "cpu" else 1)

@@ -19,7 +19,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from sim.catalog.models import ModelSpec
-from sim.cost.profile_format import MIXED, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS
+from sim.cost.profile_format import MIXED, SEQ_AXIS_OPS, TP_INDEPENDENT_OPS, model_ops
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, GRAPH_TIMINGS, UNIT_TIMINGS
 
 #: ops timed directly from ``engine.ops.OPS`` with 1-D token or sequence grids
@@ -151,14 +151,23 @@ def plan(model: ModelSpec, tps: list[int], spec: GridSpec = FULL, ops: tuple[str
     """Every point to measure, in order: host overhead, TP-independent ops, then each TP's ops; with ``graphs``
     (the engine replays decodes from CUDA graphs) also the decode forward passes through that path.
 
-    Communication ops are not planned here (the profiler measures them with torch.distributed
-    when several devices exist, otherwise the cost model takes them from the roofline).
+    Only the ops ``model`` runs are planned (``profile_format.model_ops``: a mixture of experts times its
+    MoE ops, and the dense MLP's only if a layer is dense). Communication ops are not planned here (the
+    profiler measures TP and PP ones with torch.distributed when several devices exist, otherwise the cost
+    model takes them from the roofline, as it always does the expert-parallel all-to-alls).
     """
+    if model.mla is not None:  # its attention ops would time grouped-query shapes it does not have
+        raise ValueError(f"{model.name}: the engine does not implement multi-head latent attention (MLA), so it "
+                         f"cannot be calibrated; price it with the roofline or the kernel databases")
     known = ALL_OPS + UNIT_TIMINGS + GRAPH_TIMINGS
-    want = set(ops) if ops is not None else set(known) - (set() if graphs else set(GRAPH_TIMINGS))
+    runs = model_ops(model, known)
+    want = set(ops) if ops is not None else set(runs) - (set() if graphs else set(GRAPH_TIMINGS))
     unknown = want - set(known)
     if unknown:
         raise ValueError(f"unknown op(s) {', '.join(sorted(unknown))}; ops are: {', '.join(known)}")
+    idle = want - set(runs)
+    if idle:
+        raise ValueError(f"{model.name} does not run op(s) {', '.join(sorted(idle))}; its ops are: {', '.join(runs)}")
     for tp in tps:
         model.check_tp(tp)
     tokens = token_grid(spec)

@@ -1,8 +1,11 @@
 """Inputs for one calibration point, and the call that times ``engine.ops.OPS[op]`` on them.
 
 Each op runs on inputs of one TP shard's shapes (heads, intermediate size and vocabulary
-divided by TP), rotated over enough copies to leave the caches; attention runs through the
-engine's metadata builder and backend on a paged cache.
+divided by TP; each expert's width too, as without expert parallelism), rotated over enough copies
+to leave the caches; attention runs through the engine's metadata builder and backend on a paged
+cache. The routed experts are timed on a uniform routing drawn afresh for every copy (each token
+picks ``top_k`` distinct experts at random), the routing the roofline assumes
+(``sim.cost.moe_routing``) and what seeded random weights give.
 """
 
 from __future__ import annotations
@@ -50,6 +53,30 @@ class OpBench:
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, device=self.dev, dtype=self.dtype)
 
+    def _routing(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, expert ids) ``[T, K]`` of a uniform random top-k routing, equal weights."""
+        moe = self.m.moe
+        assert moe is not None
+        if self.dev.type == "meta":
+            ids = torch.empty(tokens, moe.top_k, device=self.dev, dtype=torch.int64)
+        else:
+            ids = torch.rand(tokens, moe.num_experts, device=self.dev).topk(moe.top_k, dim=-1).indices
+        return torch.full((tokens, moe.top_k), 1.0 / moe.top_k, device=self.dev, dtype=self.dtype), ids
+
+    def _moe_set(self, p: Point) -> tuple:
+        """Positional arguments of a MoE op (``moe_router``, ``moe_experts``, ``moe_shared``) for one input copy."""
+        moe, E, T = self.m.moe, self.m.hidden_size, p.tokens
+        if moe is None:
+            raise ValueError(f"op {p.op!r}: {self.m.name} has no experts")
+        if p.op == "moe_router":
+            return (self._randn(T, E), self._randn(moe.num_experts, E) * E ** -0.5, moe.top_k)
+        if p.op == "moe_experts":
+            width = -(-moe.expert_intermediate_size // max(p.tp, 1))  # each expert split by TP (no EP)
+            return (self._randn(T, E), *self._routing(T), self._randn(moe.num_experts, 2 * width, E) * E ** -0.5,
+                    self._randn(moe.num_experts, E, width) * width ** -0.5)
+        width = -(-moe.shared_intermediate_size // max(p.tp, 1))
+        return (self._randn(T, E), self._randn(T, E), self._randn(2 * width, E), self._randn(E, width))
+
     def _one_set(self, p: Point) -> tuple:
         """Positional arguments of ``OPS[p.op]`` for one input copy."""
         m, tp, T = self.m, max(p.tp, 1), p.tokens
@@ -76,6 +103,8 @@ class OpBench:
             return (self._randn(T, (2 if m.gated_mlp else 1) * inter), m.gated_mlp)
         if op == "down_proj":
             return (self._randn(T, inter), self._randn(E, inter))
+        if op in ("moe_router", "moe_experts", "moe_shared"):
+            return self._moe_set(p)
         if op == "embedding":
             vshard = m.vocab_per_gpu(tp)
             return (torch.randint(0, vshard, (T,), device=self.dev), self._randn(vshard, E))

@@ -1,12 +1,13 @@
 """The profiler: times every op of ``sim.ops`` for one layer of a model's TP shards, writing a profile as it goes.
 
-Each op is called through ``engine.ops.OPS`` (looked up at call time, exactly what the
-engine's layers run) on inputs of one TP shard's shapes (``calibration.op_bench``), so TP 2/4/8
-shapes are measured on one device. Host overhead is the engine's host part of real decode
-iterations with the tiny model (``calibration.host_bench``). Whole decoder layers and forward passes of real ``ModelRunner.execute``
-iterations (``calibration.iteration``) give the framework overhead the op sum misses, and iterations
-after idle gaps (``calibration.wake_bench``) the cold-start extra. Communication is timed
-with torch.distributed when enough GPUs exist, otherwise left to the roofline (and marked so).
+Each op the model runs (``profile_format.model_ops``: a mixture of experts' MoE ops, dense MLP ops where a
+layer is dense) is called through ``engine.ops.OPS`` (looked up at call time, exactly what the engine's
+layers run) on inputs of one TP shard's shapes (``calibration.op_bench``), so TP 2/4/8 shapes are measured
+on one device. Host overhead is the engine's host part of real decode iterations (``calibration.host_bench``).
+Whole decoder layers and forward passes of real ``ModelRunner.execute`` iterations (``calibration.iteration``)
+give the framework overhead the op sum misses, and iterations after idle gaps (``calibration.wake_bench``)
+the cold-start extra. Communication is timed with torch.distributed when enough GPUs exist, otherwise (and
+always for the expert-parallel all-to-alls, which the engine never runs) left to the roofline (marked so).
 
 Every measurement is appended to measurements.csv at once; a rerun with the same ``out``
 skips what is there, and ``budget_s`` stops a run cleanly (status ``partial``).
@@ -43,6 +44,7 @@ from calibration.host_bench import HostBench, host_model_for, host_model_name
 from calibration.iteration import IterationBench, blocks_needed, check_bench_memory, unit_shapes
 from calibration.op_bench import OpBench
 from calibration.timing import Timing, TimingSettings, synchronize, time_call, time_stats
+from engine.cuda_graphs import use_cuda_graphs
 from engine.gc_pause import frozen_heap
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost import profile_format
@@ -79,7 +81,7 @@ class CalibrationConfig:
     threads: int | None = None       # CPU intra-op threads while timing (default 1: see calibrate())
     rounds: int | None = None        # sweeps over the points, best kept per point (default: CPU 3, CUDA 1)
     progress: bool = True
-    cuda_graphs: bool | None = None  # time decode forwards through CUDA graphs (None: as the engine, on CUDA)
+    cuda_graphs: bool | None = None  # time decode forwards through CUDA graphs (None: as the engine would)
 
 
 @dataclass
@@ -187,8 +189,7 @@ def _meta(cfg: CalibrationConfig, dev: dict[str, Any], dtype: torch.dtype, backe
                    "rotation": "input sets rotated to twice the last-level cache (at most 8)",
                    "rounds": cfg.rounds or (3 if dev["type"] == "cpu" else 1)},
         "attention_backend": backend_name, "block_size": cfg.block_size,
-        "decode_path": "cuda_graphs" if (dev["type"] == "cuda" if cfg.cuda_graphs is None else cfg.cuda_graphs)
-                       else "eager",
+        "decode_path": "cuda_graphs" if use_cuda_graphs(dev["type"], cfg.model, cfg.cuda_graphs) else "eager",
         "host_overhead": {"model": host_model_name(host_model_for(cfg.host_model, cfg.model, dev["type"])), "scheduler": cfg.host_scheduler,
                           "measures": "engine host part per decode iteration: schedule() + execute() + "
                                       "on_batch_done() wall time less forward_s"},
@@ -255,7 +256,7 @@ def _calibrate(cfg: CalibrationConfig, device: torch.device, log: Callable[[str]
         log(f"{out}/measurements.csv: cut a torn last row (an interrupted run); it is measured again")
     table = profile_format.read_measurements(out, allow_missing=True)
     done = profile_writer.measured_keys(table)
-    graphs = device.type == "cuda" if cfg.cuda_graphs is None else cfg.cuda_graphs
+    graphs = use_cuda_graphs(device.type, cfg.model, cfg.cuda_graphs)
     points = plan(cfg.model, cfg.tps, cfg.grid, cfg.ops, graphs=graphs)
     todo = [p for p in points if _key(p) not in done]
     # an interrupted run measured its points once: this run's later rounds re-time them too

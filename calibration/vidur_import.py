@@ -137,6 +137,8 @@ def import_vidur(path: str | Path, model: str, gpu: str, out: str | Path) -> Pat
     """Write a profile of ``model`` on ``gpu`` into ``out`` from Vidur's ``mlp.csv`` at ``path``."""
     spec, g = get_model(model), get_gpu(gpu)
     path = Path(path).resolve()
+    if spec.is_moe:
+        _fail(path, f"{spec.name} is a mixture of experts: Vidur's tables time dense MLPs, not its MoE ops")
     raw = read_vidur(path, spec)
     tps = []
     for tp in sorted(set(int(x) for x in raw["num_tensor_parallel_workers"])):

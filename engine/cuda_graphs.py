@@ -22,6 +22,14 @@ import torch
 
 from engine.attention import AttnMetadata, AttnPart, sdpa_gqa
 from engine.ops import OPS
+from sim.catalog.models import ModelSpec
+
+
+def use_cuda_graphs(device_type: str, spec: ModelSpec, asked: bool | None = None) -> bool:
+    """Whether the engine replays decodes from CUDA graphs: as ``asked``, by default on CUDA for models without
+    MoE layers (a MoE layer sizes its expert groups on the host, which a captured graph cannot do)."""
+    return device_type == "cuda" and not spec.is_moe if asked is None else asked
+
 
 #: batch sizes with a graph: 1, 2, 4, then multiples of 8 (as vLLM captures)
 BATCH_SIZES: tuple[int, ...] = (1, 2, 4) + tuple(range(8, 1025, 8))

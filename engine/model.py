@@ -1,7 +1,10 @@
 """Llama-family decoder built from a ``ModelSpec``: seeded random weights, or a local HF safetensors checkpoint.
 
-Each decoder layer is the sequence of ``engine.ops`` calls named in ``sim.ops.LAYER_OPS``,
-looked up in ``engine.ops.OPS`` at call time, so calibration times exactly this code.
+Each decoder layer is the sequence of ``engine.ops`` calls named in ``sim.ops.layer_ops(moe)``,
+looked up in ``engine.ops.OPS`` at call time, so calibration times exactly this code. A layer
+where ``spec.is_moe_layer(i)`` has a Mixtral-style sparse MLP (router, routed SwiGLU experts,
+optional shared experts) in place of the dense one; the engine holds every expert itself (no
+expert parallelism). Multi-head latent attention is not implemented.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ def default_dtype(device: torch.device | str) -> torch.dtype:
 
 
 @dataclass
+class MoEWeights:
+    """One sparse MLP's tensors: the router, the routed experts stacked, the shared experts (None without)."""
+
+    router: torch.Tensor  # [X, E]
+    gate_up: torch.Tensor  # [X, 2Ie, E] (each expert's gate rows first)
+    down: torch.Tensor  # [X, E, Ie]
+    shared_gate_up: torch.Tensor | None = None  # [2Is, E]
+    shared_down: torch.Tensor | None = None  # [E, Is]
+
+
+@dataclass
 class LayerWeights:
     """One decoder layer's tensors, fused the way the ops consume them."""
 
@@ -31,8 +45,14 @@ class LayerWeights:
     qkv: torch.Tensor  # [(H + 2 Hkv) D, E]
     o: torch.Tensor  # [E, H D]
     post_attn_norm: torch.Tensor  # [E]
-    gate_up: torch.Tensor  # [2I, E] (gate rows first), or [I, E] for a plain MLP
-    down: torch.Tensor  # [E, I]
+    gate_up: torch.Tensor | None  # [2I, E] (gate rows first), or [I, E] for a plain MLP; None in a MoE layer
+    down: torch.Tensor | None  # [E, I]; None in a MoE layer
+    moe: MoEWeights | None = None  # the sparse MLP of a MoE layer
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor of the layer (sparse MLP included)."""
+        parts = [*vars(self).values(), *(vars(self.moe).values() if self.moe is not None else ())]
+        return [t for t in parts if isinstance(t, torch.Tensor)]
 
 
 class LlamaModel:
@@ -43,6 +63,8 @@ class LlamaModel:
                  checkpoint: str | Path | None = None) -> None:
         if spec.hidden_size % spec.num_heads or spec.num_heads % spec.num_kv_heads:
             raise ValueError(f"{spec.name}: heads must divide hidden size and kv heads must divide heads")
+        if spec.mla is not None:
+            raise ValueError(f"{spec.name}: the engine does not implement multi-head latent attention (MLA)")
         self.spec = spec
         self.device = torch.device(device)
         self.dtype = dtype or default_dtype(self.device)
@@ -68,25 +90,42 @@ class LlamaModel:
 
         e, d = s.hidden_size, s.head_dim
         branch = 1.0 / math.sqrt(2 * s.num_layers)
-        mlp_rows = 2 * s.intermediate_size if s.gated_mlp else s.intermediate_size
         ones = torch.ones(e, device=dev, dtype=dt)
+
+        def mlp(width: int, gated: bool, *experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+            """(gate_up, down) of an MLP of ``width``, stacked over ``experts`` when given."""
+            return (randn(*experts, (2 if gated else 1) * width, e, std=e ** -0.5),
+                    randn(*experts, e, width, std=branch * width ** -0.5))
+
+        def sparse() -> MoEWeights:
+            moe = s.moe
+            assert moe is not None
+            router = randn(moe.num_experts, e, std=e ** -0.5)
+            w = MoEWeights(router, *mlp(moe.expert_intermediate_size, True, moe.num_experts))
+            if moe.shared_intermediate_size:
+                w.shared_gate_up, w.shared_down = mlp(moe.shared_intermediate_size, True)
+            return w
+
+        def layer(i: int) -> LayerWeights:
+            attn = {"input_norm": ones.clone(),
+                    "qkv": randn((s.num_heads + 2 * s.num_kv_heads) * d, e, std=e ** -0.5),
+                    "o": randn(e, s.num_heads * d, std=branch * (s.num_heads * d) ** -0.5),
+                    "post_attn_norm": ones.clone()}
+            if s.is_moe_layer(i):
+                return LayerWeights(**attn, gate_up=None, down=None, moe=sparse())
+            gate_up, down = mlp(s.intermediate_size, s.gated_mlp)
+            return LayerWeights(**attn, gate_up=gate_up, down=down)
+
         self.embed = randn(s.vocab_size, e, std=1.0)
-        self.layers = [
-            LayerWeights(
-                input_norm=ones.clone(),
-                qkv=randn((s.num_heads + 2 * s.num_kv_heads) * d, e, std=e ** -0.5),
-                o=randn(e, s.num_heads * d, std=branch * (s.num_heads * d) ** -0.5),
-                post_attn_norm=ones.clone(),
-                gate_up=randn(mlp_rows, e, std=e ** -0.5),
-                down=randn(e, s.intermediate_size, std=branch * s.intermediate_size ** -0.5),
-            )
-            for _ in range(s.num_layers)
-        ]
+        self.layers = [layer(i) for i in range(s.num_layers)]
         self.norm = ones.clone()
         self.lm_head = self.embed if s.tie_embeddings else randn(s.vocab_size, e, std=e ** -0.5)
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Take weights named as in HF Llama (``model.layers.{i}.self_attn.q_proj.weight`` ...)."""
+        """Take weights named as in HF Llama (``model.layers.{i}.self_attn.q_proj.weight`` ...); MoE layers as in
+        HF Mixtral (``block_sparse_moe.gate`` / ``experts.{j}.w1, w3, w2``; shared experts, which Mixtral
+        lacks, as DeepSeek's ``mlp.shared_experts.*``). The router is Mixtral's, so other MoE families'
+        checkpoints load but do not route as their models do."""
         s = self.spec
 
         def get(name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -97,7 +136,25 @@ class LlamaModel:
                 raise ValueError(f"{name}: shape {tuple(t.shape)} does not match {s.name}'s {shape}")
             return t.to(device=self.device, dtype=self.dtype)
 
-        e, d, i_sz = s.hidden_size, s.head_dim, s.intermediate_size
+        e, d = s.hidden_size, s.head_dim
+
+        def mlp(names: tuple[str, str, str], width: int, gated: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+            """(gate_up, down) from the (gate, up, down) weights ``names``."""
+            up = get(names[1], (width, e))
+            gate_up = torch.cat([get(names[0], (width, e)), up]) if gated else up
+            return gate_up, get(names[2], (e, width))
+
+        def sparse(p: str) -> MoEWeights:
+            moe = s.moe
+            assert moe is not None
+            experts = [mlp(_expert_names(p, j), moe.expert_intermediate_size) for j in range(moe.num_experts)]
+            w = MoEWeights(get(p + "block_sparse_moe.gate.weight", (moe.num_experts, e)),
+                           torch.stack([g for g, _ in experts]), torch.stack([dn for _, dn in experts]))
+            if moe.shared_intermediate_size:
+                w.shared_gate_up, w.shared_down = mlp(_mlp_names(p + "mlp.shared_experts."),
+                                                      moe.shared_intermediate_size)
+            return w
+
         self.embed = get("model.embed_tokens.weight", (s.vocab_size, e))
         self.layers = []
         for i in range(s.num_layers):
@@ -105,13 +162,15 @@ class LlamaModel:
             qkv = torch.cat([get(p + "self_attn.q_proj.weight", (s.num_heads * d, e)),
                              get(p + "self_attn.k_proj.weight", (s.num_kv_heads * d, e)),
                              get(p + "self_attn.v_proj.weight", (s.num_kv_heads * d, e))])
-            up = get(p + "mlp.up_proj.weight", (i_sz, e))
-            gate_up = torch.cat([get(p + "mlp.gate_proj.weight", (i_sz, e)), up]) if s.gated_mlp else up
+            if s.is_moe_layer(i):
+                gate_up, down, moe_w = None, None, sparse(p)
+            else:
+                (gate_up, down), moe_w = mlp(_mlp_names(p + "mlp."), s.intermediate_size, s.gated_mlp), None
             self.layers.append(LayerWeights(
                 input_norm=get(p + "input_layernorm.weight", (e,)), qkv=qkv,
                 o=get(p + "self_attn.o_proj.weight", (e, s.num_heads * d)),
                 post_attn_norm=get(p + "post_attention_layernorm.weight", (e,)),
-                gate_up=gate_up, down=get(p + "mlp.down_proj.weight", (e, i_sz))))
+                gate_up=gate_up, down=down, moe=moe_w))
         self.norm = get("model.norm.weight", (e,))
         if s.tie_embeddings or "lm_head.weight" not in state:
             self.lm_head = self.embed
@@ -119,9 +178,10 @@ class LlamaModel:
             self.lm_head = get("lm_head.weight", (s.vocab_size, e))
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Weights under HF Llama names (the inverse of ``load_state_dict``); for writing checkpoints."""
+        """Weights under HF Llama names, MoE layers under Mixtral's (the inverse of ``load_state_dict``);
+        for writing checkpoints."""
         s = self.spec
-        hd, kd, i_sz = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.intermediate_size
+        hd, kd = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         out = {"model.embed_tokens.weight": self.embed, "model.norm.weight": self.norm}
         for i, w in enumerate(self.layers):
             p = f"model.layers.{i}."
@@ -129,12 +189,17 @@ class LlamaModel:
             out |= {p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
                     p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": w.o,
                     p + "input_layernorm.weight": w.input_norm,
-                    p + "post_attention_layernorm.weight": w.post_attn_norm,
-                    p + "mlp.down_proj.weight": w.down}
-            if s.gated_mlp:
-                out[p + "mlp.gate_proj.weight"], out[p + "mlp.up_proj.weight"] = w.gate_up.split([i_sz, i_sz])
-            else:
-                out[p + "mlp.up_proj.weight"] = w.gate_up
+                    p + "post_attention_layernorm.weight": w.post_attn_norm}
+            if w.moe is None:
+                assert w.gate_up is not None and w.down is not None
+                out |= _mlp_tensors(_mlp_names(p + "mlp."), w.gate_up, w.down, s.gated_mlp)
+                continue
+            m = w.moe
+            out[p + "block_sparse_moe.gate.weight"] = m.router
+            for j in range(m.router.shape[0]):
+                out |= _mlp_tensors(_expert_names(p, j), m.gate_up[j], m.down[j], True)
+            if m.shared_gate_up is not None and m.shared_down is not None:
+                out |= _mlp_tensors(_mlp_names(p + "mlp.shared_experts."), m.shared_gate_up, m.shared_down, True)
         if not s.tie_embeddings:
             out["lm_head.weight"] = self.lm_head
         return {k: t.contiguous() for k, t in out.items()}
@@ -142,7 +207,7 @@ class LlamaModel:
     @property
     def num_bytes(self) -> int:
         """Device bytes of the weights (tied heads counted once)."""
-        ts = [self.embed, self.norm] + [t for w in self.layers for t in vars(w).values()]
+        ts = [self.embed, self.norm] + [t for w in self.layers for t in w.tensors()]
         if self.lm_head is not self.embed:
             ts.append(self.lm_head)
         return sum(t.numel() * t.element_size() for t in ts)
@@ -162,7 +227,7 @@ class LlamaModel:
 
     def layer_forward(self, i: int, h: torch.Tensor, positions: torch.Tensor, attn: AttnMetadata,
                       kv_cache: PagedKVCache) -> torch.Tensor:
-        """Decoder layer ``i``: exactly the ops of ``sim.ops.LAYER_OPS``, in order."""
+        """Decoder layer ``i``: exactly the ops of ``sim.ops.layer_ops(spec.is_moe_layer(i))``, in order."""
         s, w, op = self.spec, self.layers[i], OPS
         k_cache, v_cache = kv_cache.layer(i)
         residual = h
@@ -177,11 +242,24 @@ class LlamaModel:
         h = op["residual_add"](x, residual)
         residual = h
         x = op["post_attn_norm"](h, w.post_attn_norm, s.norm_eps)
-        x = op["gate_up_proj"](x, w.gate_up)
-        x = op["act"](x, s.gated_mlp)
-        x = op["down_proj"](x, w.down)
+        if w.moe is None:  # sim.ops.DENSE_MLP_OPS
+            x = op["gate_up_proj"](x, w.gate_up)
+            x = op["act"](x, s.gated_mlp)
+            x = op["down_proj"](x, w.down)
+        else:
+            x = self.sparse_mlp(x, w.moe)
         x = op["tp_all_reduce_mlp"](x)
         return op["residual_add_mlp"](x, residual)
+
+    def sparse_mlp(self, x: torch.Tensor, w: MoEWeights) -> torch.Tensor:
+        """A MoE layer's MLP: exactly the ops of ``sim.ops.MOE_OPS``, in order (dispatch/combine are identities)."""
+        op = OPS
+        assert self.spec.moe is not None
+        weights, experts = op["moe_router"](x, w.router, self.spec.moe.top_k)
+        y = op["ep_dispatch"](x)
+        y = op["moe_experts"](y, weights, experts, w.gate_up, w.down)
+        y = op["ep_combine"](y)
+        return op["moe_shared"](x, y, w.shared_gate_up, w.shared_down)
 
     def forward(self, token_ids: torch.Tensor, positions: torch.Tensor, attn: AttnMetadata,
                 kv_cache: PagedKVCache, logits_rows: torch.Tensor) -> torch.Tensor:
@@ -193,6 +271,26 @@ class LlamaModel:
         h = op["pp_send_recv"](h)
         h = op["final_norm"](h[logits_rows], self.norm, self.spec.norm_eps)
         return op["lm_head"](h, self.lm_head)
+
+
+def _mlp_names(prefix: str) -> tuple[str, str, str]:
+    """HF Llama's (gate, up, down) weight names of the MLP under ``prefix``."""
+    return prefix + "gate_proj.weight", prefix + "up_proj.weight", prefix + "down_proj.weight"
+
+
+def _expert_names(layer_prefix: str, j: int) -> tuple[str, str, str]:
+    """HF Mixtral's (gate, up, down) weight names of routed expert ``j``: w1, w3, w2."""
+    p = f"{layer_prefix}block_sparse_moe.experts.{j}."
+    return p + "w1.weight", p + "w3.weight", p + "w2.weight"
+
+
+def _mlp_tensors(names: tuple[str, str, str], gate_up: torch.Tensor, down: torch.Tensor,
+                 gated: bool) -> dict[str, torch.Tensor]:
+    """An MLP's weights under ``names`` (gate, up, down); a plain MLP has only up and down."""
+    if not gated:
+        return {names[1]: gate_up, names[2]: down}
+    gate, up = gate_up.chunk(2)
+    return {names[0]: gate, names[1]: up, names[2]: down}
 
 
 def load_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:

@@ -4,7 +4,11 @@ The model looks every op up in ``OPS`` at call time, so what calibration times (
 very functions) is what the engine runs; patching ``OPS[name]`` changes the model.
 
 Shapes: ``T`` tokens in the batch, hidden size ``E``, ``H`` query heads and ``Hkv``
-kv heads of size ``D``, ``I`` intermediate size, ``V`` vocabulary.
+kv heads of size ``D``, ``I`` intermediate size, ``V`` vocabulary; in a mixture-of-experts layer
+``X`` routed experts of width ``Ie``, ``K`` of them per token, and shared experts of total width ``Is``.
+
+The engine is one process on one device: it does no expert parallelism, so ``ep_dispatch`` and
+``ep_combine`` are identities (every expert lives here), as ``tp_all_reduce`` is without TP.
 """
 
 from __future__ import annotations
@@ -121,6 +125,61 @@ def act(x: torch.Tensor, gated: bool = True) -> torch.Tensor:
 def down_proj(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """MLP down projection ``[T, I] -> [T, E]``."""
     return F.linear(x, weight)
+
+
+def _gated_mlp(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    """One SwiGLU MLP ``[T, E] -> [T, E]`` through the dense MLP's own op functions (an expert is one)."""
+    return down_proj(act(gate_up_proj(x, gate_up), True), down)
+
+
+def moe_router(x: torch.Tensor, weight: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router ``[T, E] -> ([T, K] weights, [T, K] expert ids)``: the top-k logits, softmax over those k (Mixtral)."""
+    logits = F.linear(x, weight)
+    top, experts = torch.topk(logits, top_k, dim=-1)
+    # softmax in float32 as Mixtral computes it; equal to softmax over all experts renormalised over the k
+    return torch.softmax(top.float(), dim=-1).to(x.dtype), experts
+
+
+def ep_dispatch(x: torch.Tensor, group: object | None = None) -> torch.Tensor:
+    """Expert-parallel all-to-all of tokens to their experts' devices; identity here (every expert is local)."""
+    return x
+
+
+def moe_experts(x: torch.Tensor, weights: torch.Tensor, experts: torch.Tensor, gate_up: torch.Tensor,
+                down: torch.Tensor) -> torch.Tensor:
+    """Routed experts ``[T, E] -> [T, E]``: each expert's SwiGLU MLP on the tokens routed to it, weighted and summed.
+
+    ``gate_up`` is ``[X, 2Ie, E]`` and ``down`` ``[X, E, Ie]``. The (token, slot) pairs are sorted by
+    expert so each expert reads one contiguous slice of a single gather, and one scatter-add sums
+    the weighted outputs per token; experts that got no token are skipped.
+    """
+    k = experts.shape[1]
+    order = torch.argsort(experts.reshape(-1), stable=True)
+    # the group sizes decide the loop: one host read (why MoE layers are not captured in CUDA graphs)
+    counts = torch.bincount(experts.reshape(-1), minlength=gate_up.shape[0]).tolist()
+    tokens = order // k  # the token of each sorted pair
+    xs = x[tokens]
+    ys = torch.empty_like(xs)
+    start = 0
+    for e, n in enumerate(counts):
+        if n:
+            ys[start:start + n] = _gated_mlp(xs[start:start + n], gate_up[e], down[e])
+        start += n
+    ys.mul_(weights.reshape(-1, 1)[order])
+    return torch.zeros_like(x).index_add_(0, tokens, ys)
+
+
+def ep_combine(x: torch.Tensor, group: object | None = None) -> torch.Tensor:
+    """Expert-parallel all-to-all of expert outputs back to their tokens' devices; identity here."""
+    return x
+
+
+def moe_shared(x: torch.Tensor, routed: torch.Tensor, gate_up: torch.Tensor | None,
+               down: torch.Tensor | None) -> torch.Tensor:
+    """``routed`` plus the shared experts' SwiGLU MLP of width ``Is`` on every token; ``routed`` when there are none."""
+    if gate_up is None or down is None:
+        return routed
+    return routed + _gated_mlp(x, gate_up, down)
 
 
 # The MLP's all-reduce and residual are the attention block's functions under their own op names

@@ -15,7 +15,7 @@ import torch
 
 from engine.attention import AttnMetadata, build_metadata
 from engine.backends import select_backend
-from engine.cuda_graphs import DecodeGraphs
+from engine.cuda_graphs import DecodeGraphs, use_cuda_graphs
 from engine.kv_cache import DEFAULT_BLOCK_SIZE, PagedKVCache, blocks_from_free_memory
 from engine.model import LlamaModel, default_dtype
 from engine.ops import OPS
@@ -58,7 +58,10 @@ class ModelRunner:
         self.num_blocks = kv_blocks
         # decode-only batches replay CUDA graphs (engine.cuda_graphs); on the CPU, True runs the
         # same static padded path eagerly (for tests). Graphs need one scratch block past num_blocks.
-        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        self.cuda_graphs = use_cuda_graphs(self.device.type, model_spec, cuda_graphs)
+        if self.cuda_graphs and self.device.type == "cuda" and model_spec.is_moe:
+            raise ValueError(f"{model_spec.name}: a mixture-of-experts forward pass cannot be captured in a CUDA graph "
+                             f"(its expert groups are sized on the host); run it with --no-cuda-graphs")
         self.kv_cache = PagedKVCache(model_spec, kv_blocks + int(self.cuda_graphs), block_size,
                                      device=self.device, dtype=self.dtype)
         self.backend = select_backend(self.device, backend, self.dtype)

@@ -193,15 +193,21 @@ _outstanding = attrgetter("outstanding")
 
 
 class Router:
-    """Assigns each arriving request to a replica: round-robin or least outstanding requests."""
+    """Assigns each arriving request to a replica: round-robin, least outstanding requests, or cache-aware.
 
-    POLICIES = ("round_robin", "least_outstanding")
+    ``cache_aware`` (with prefix caching) sends a request where it costs least: the prompt tokens it would
+    still have to prefill after that replica's cached prefix, plus ``cache_weight`` tokens per request
+    already outstanding there (the balance against queue length; ties go to the lowest index).
+    """
 
-    def __init__(self, replicas: list[Replica], policy: str = "round_robin") -> None:
+    POLICIES = ("round_robin", "least_outstanding", "cache_aware")
+
+    def __init__(self, replicas: list[Replica], policy: str = "round_robin", cache_weight: float = 1024.0) -> None:
         if policy not in self.POLICIES:
             raise ValueError(f"unknown router {policy!r}; choose one of {', '.join(self.POLICIES)}")
         self.replicas = replicas
         self.policy = policy
+        self.cache_weight = cache_weight
         self._next = 0
 
     def route(self, request: Request) -> Replica:
@@ -209,12 +215,16 @@ class Router:
             r = self.replicas[self._next]
             self._next = (self._next + 1) % len(self.replicas)
             return r
+        if self.policy == "cache_aware":
+            w = self.cache_weight
+            return min(self.replicas, key=lambda rep: (request.prompt_tokens - rep.scheduler.bm.prefix_hit(request)
+                                                       + w * rep.outstanding))
         return min(self.replicas, key=_outstanding)  # the first (lowest index) of the least loaded
 
 
 def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
                 router_policy: str = "round_robin",
-                on_finish: Callable[[Request], None] | None = None) -> Recorder:
+                on_finish: Callable[[Request], None] | None = None, cache_weight: float = 1024.0) -> Recorder:
     """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs."""
     import simpy
 
@@ -227,7 +237,7 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
                 on_finish(r)
 
     replicas = [Replica(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
-    router = Router(replicas, router_policy)
+    router = Router(replicas, router_policy, cache_weight)
 
     def arrivals():
         for r in requests:

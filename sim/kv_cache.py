@@ -55,10 +55,24 @@ class BlockManager:
         """Whether ``num_tokens`` can be admitted into an otherwise empty cache."""
         return self.blocks_for(num_tokens) <= self.num_blocks - self.watermark_blocks
 
-    def can_admit(self, num_tokens: int, use_watermark: bool = True) -> bool:
+    def can_admit(self, num_tokens: int, use_watermark: bool = True, request: Request | None = None) -> bool:
         """Admission check: free blocks minus the new blocks stay at or above the watermark."""
         floor = self.watermark_blocks if use_watermark else 0
         return self.num_free - self.blocks_for(num_tokens) >= floor
+
+    # ---- prefix caching hooks: no cache here (sim.prefix_cache.CachingBlockManager has one) ----------------
+    caching = False
+
+    def prefix_hit(self, request: Request) -> int:
+        """Prompt tokens of ``request`` whose KV the cache already holds (0: this manager caches nothing)."""
+        return 0
+
+    def admit(self, request: Request, num_tokens: int) -> None:
+        """Blocks for a newly admitted ``request`` to hold ``num_tokens`` tokens (a cache reuses what it holds)."""
+        self.grow(request, num_tokens)
+
+    def on_computed(self, request: Request) -> None:
+        """``request``'s KV advanced (a cache registers its newly full blocks)."""
 
     def can_grow(self, request: Request, num_tokens: int) -> bool:
         """Whether ``request`` can hold ``num_tokens`` tokens with the free blocks left (no watermark)."""

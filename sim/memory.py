@@ -96,8 +96,12 @@ def _gib(x: float) -> str:
 
 def plan_memory(model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: int = 1, block_size: int = 16,
                 gpu_memory_utilization: float = 0.9, activation_reserve_bytes: int | None = None,
-                dtype_bytes: int = 2) -> MemoryPlan:
-    """Split one replica's GPU memory into weights, activation reserve and KV blocks; raise if it does not fit."""
+                dtype_bytes: int = 2, ep: int = 1, kv_dtype_bytes: int | None = None) -> MemoryPlan:
+    """Split one replica's GPU memory into weights, activation reserve and KV blocks; raise if it does not fit.
+
+    ``dtype_bytes`` per weight (1 for FP8), ``kv_dtype_bytes`` per cached value (default: 2, the activation
+    dtype, as vLLM's --kv-cache-dtype auto); with ``ep`` > 1 every GPU holds 1/ep of the routed experts.
+    """
     model, gpu = get_model(model), get_gpu(gpu)
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
@@ -105,21 +109,23 @@ def plan_memory(model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: 
         raise ValueError(f"block_size must be positive, got {block_size}")
     model.check_tp(tp)
     layers_per_stage(model.num_layers, pp)  # validates pp
-    reserve = (default_activation_reserve_bytes(model, gpu, tp=tp, dtype_bytes=dtype_bytes)
+    kv_bytes = 2 if kv_dtype_bytes is None else kv_dtype_bytes
+    reserve = (default_activation_reserve_bytes(model, gpu, tp=tp)
                if activation_reserve_bytes is None else int(activation_reserve_bytes))
     budget = int(gpu.mem_bytes * gpu_memory_utilization)
-    where = f"{model.name} on {gpu.name} (tp={tp}, pp={pp}, {dtype_bytes}-byte weights)"
+    where = f"{model.name} on {gpu.name} (tp={tp}, pp={pp}{f', ep={ep}' if ep > 1 else ''}, {dtype_bytes}-byte weights)"
 
     best: tuple[int, int, int, int] | None = None  # (blocks, stage, weights, kv per token)
     for s in range(pp):
-        w = dtype_bytes * model.stage_params(s, tp, pp)
-        kv = model.stage_kv_bytes_per_token(s, dtype_bytes, tp, pp)
+        w = dtype_bytes * model.stage_params(s, tp, pp, ep)
+        kv = model.stage_kv_bytes_per_token(s, kv_bytes, tp, pp)
         free = budget - w - reserve
         if free <= 0:
             raise InfeasibleConfigError(
                 f"{where}: weights need {_gib(w)} per GPU ({w / 1e9:.1f} GB) on stage {s}, but only "
                 f"{_gib(budget - reserve)} is available ({_gib(gpu.mem_bytes)} x {gpu_memory_utilization:g} "
-                f"minus {_gib(reserve)} activation reserve); use more tensor or pipeline parallelism")
+                f"minus {_gib(reserve)} activation reserve); use more tensor or pipeline parallelism"
+                + (", expert parallelism (--ep) or FP8 weights (--dtype fp8)" if model.moe else ""))
         blocks = free // (block_size * kv)
         if best is None or blocks < best[0]:
             best = (blocks, s, w, kv)
@@ -132,15 +138,16 @@ def plan_memory(model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: 
             f"{block_size * kv / 2**20:.1f} MiB")
     return MemoryPlan(model=model.name, gpu=gpu.name, tp=tp, pp=pp, dtype_bytes=dtype_bytes,
                       gpu_memory_bytes=int(gpu.mem_bytes), gpu_memory_utilization=gpu_memory_utilization,
-                      budget_bytes=budget, weight_bytes=model.weight_bytes(dtype_bytes, tp, pp),
+                      budget_bytes=budget, weight_bytes=model.weight_bytes(dtype_bytes, tp, pp, ep),
                       activation_reserve_bytes=reserve, kv_bytes_per_token=kv, block_size=block_size,
                       bytes_per_block=block_size * kv, num_blocks=int(blocks), limiting_stage=stage)
 
 
 def kv_cache_blocks(model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: int = 1, block_size: int = 16,
                     gpu_memory_utilization: float = 0.9, activation_reserve_bytes: int | None = None,
-                    dtype_bytes: int = 2) -> int:
+                    dtype_bytes: int = 2, ep: int = 1, kv_dtype_bytes: int | None = None) -> int:
     """KV-cache blocks per replica (same on every GPU); raises InfeasibleConfigError when nothing fits."""
     return plan_memory(model, gpu, tp=tp, pp=pp, block_size=block_size,
                        gpu_memory_utilization=gpu_memory_utilization,
-                       activation_reserve_bytes=activation_reserve_bytes, dtype_bytes=dtype_bytes).num_blocks
+                       activation_reserve_bytes=activation_reserve_bytes, dtype_bytes=dtype_bytes, ep=ep,
+                       kv_dtype_bytes=kv_dtype_bytes).num_blocks

@@ -25,16 +25,35 @@ LAYER_OPS: tuple[str, ...] = (
     "residual_add_mlp",  # residual connection after the MLP
 )
 
+# the dense MLP's ops: in a mixture-of-experts layer MOE_OPS run in their place (before tp_all_reduce_mlp)
+DENSE_MLP_OPS: tuple[str, ...] = ("gate_up_proj", "act", "down_proj")
+MOE_OPS: tuple[str, ...] = (
+    "moe_router",        # router GEMM (hidden -> experts) and top-k selection with its softmax weights
+    "ep_dispatch",       # expert parallelism: all-to-all of each token's hidden state to its experts' GPUs
+    "moe_experts",       # the routed experts: per expert a gated MLP over the tokens routed to it, weighted sum
+    "ep_combine",        # expert parallelism: all-to-all of the expert outputs back to the tokens' GPUs
+    "moe_shared",        # the shared experts (DeepSeek, Qwen2-MoE): a dense gated MLP every token passes through
+)
+MOE_LAYER_OPS: tuple[str, ...] = (LAYER_OPS[:LAYER_OPS.index("gate_up_proj")] + MOE_OPS
+                                  + LAYER_OPS[LAYER_OPS.index("down_proj") + 1:])
+
+
+def layer_ops(moe: bool) -> tuple[str, ...]:
+    """The ops of one decoder layer in execution order: dense, or with the sparse MLP."""
+    return MOE_LAYER_OPS if moe else LAYER_OPS
+
+
 FIRST_STAGE_OPS: tuple[str, ...] = ("embedding",)
 LAST_STAGE_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling")
 STAGE_OPS: tuple[str, ...] = ("pp_send_recv",)  # activations to the next pipeline stage
 HOST_OPS: tuple[str, ...] = ("host_overhead",)  # scheduling and input preparation on the CPU
 
-ALL_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS + HOST_OPS
+ALL_OPS: tuple[str, ...] = LAYER_OPS + MOE_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS + HOST_OPS
 
 # ops whose cost depends on per-item context (2-D tables in a profile); all others depend on token count
 ATTENTION_OPS: tuple[str, ...] = ("attn_prefill", "attn_decode")
-COMMUNICATION_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp", "pp_send_recv")
+COMMUNICATION_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp", "pp_send_recv", "ep_dispatch",
+                                      "ep_combine")
 
 # Framework overhead: what the engine's real forward pass costs beyond the sum of its ops timed one by one
 # (on a CPU: Python glue, per-forward attention masks, caches; on a GPU without CUDA graphs: launch gaps).

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from sim.prefix import prefix_spec
+
 
 class Status(str, Enum):
     WAITING = "waiting"
@@ -52,10 +54,16 @@ class Request:
     completion_time: float | None = None
     first_token_time: float | None = None
     tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
+    prefix: tuple | None = None   # the reuse its trace line declares (sim.prefix.prefix_spec)
+    block_hashes: Any = None      # its full prompt blocks' prefix keys (numpy int64), while a caching cache needs them
+    prefix_lookup: tuple | None = None  # (cache version, cached prefix blocks): the last lookup, reused until stale
+    num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
+    cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache
 
     @classmethod
     def from_trace(cls, tr: TraceRequest, index: int) -> "Request":
-        return cls(tr.request_id, tr.arrival_time, tr.prompt_tokens, tr.output_tokens, index=index)
+        return cls(tr.request_id, tr.arrival_time, tr.prompt_tokens, tr.output_tokens, index=index,
+                   prefix=prefix_spec(tr.extra) if tr.extra else None)
 
     @property
     def num_known(self) -> int:

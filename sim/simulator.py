@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
-from sim.catalog.models import ModelSpec, with_max_model_len
+from sim.catalog.models import ModelSpec, check_weight_dtype, kv_dtype_bytes, with_max_model_len
 from sim.cluster import run_cluster
 from sim.cost.interface import CostModel
 from sim.gap_log import EXACT_LIMIT, GapLog
 from sim.kv_cache import BlockManager
-from sim.memory import InfeasibleConfigError, plan_memory
+from sim.prefix_cache import CachingBlockManager, cache_summary
+from sim.memory import InfeasibleConfigError, MemoryPlan, plan_memory
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS
@@ -40,6 +42,7 @@ class ServingConfig:
     strict: bool = False
     seed: int = 0
     max_model_len: int | None = None  # override the model's context length (vLLM's --max-model-len)
+    enable_prefix_caching: bool | None = None  # None: the policy's default (on for vllm_v1, as vLLM)
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_batch_size"):
@@ -78,10 +81,22 @@ class ServingConfig:
             return self.token_budget
         return scheduler_class(self.scheduler).default_budget((model or self.model_spec()).max_context)
 
+    @property
+    def prefix_caching(self) -> bool:
+        """Whether the KV cache shares prompt prefixes: as given, else the policy's default."""
+        if self.enable_prefix_caching is not None:
+            return self.enable_prefix_caching
+        return scheduler_class(self.scheduler).default_prefix_caching
+
+    def make_block_manager(self, num_blocks: int) -> BlockManager:
+        """The KV block manager of one replica: with automatic prefix caching or without."""
+        cls = CachingBlockManager if self.prefix_caching else BlockManager
+        return cls(num_blocks, self.block_size, self.watermark)
+
     def make_scheduler(self, num_blocks: int) -> Scheduler:
         """A fresh policy object of this configuration over its own block manager of ``num_blocks`` blocks."""
         cfg = SchedulerConfig(self.max_batch_size, self.effective_token_budget(), self.chunk_align)
-        return make_scheduler(self.scheduler, cfg, BlockManager(num_blocks, self.block_size, self.watermark))
+        return make_scheduler(self.scheduler, cfg, self.make_block_manager(num_blocks))
 
 
 @dataclass
@@ -93,20 +108,47 @@ class SimConfig(ServingConfig):
     pp: int = 1
     replicas: int = 1
     router: str = "round_robin"
+    router_cache_weight: float = 1024.0  # cache_aware: tokens of prefill one outstanding request is worth
+    ep: int = 1                   # expert-parallel degree: 1, or tp (the EP group is the TP group, as vLLM's)
+    dtype: str = "auto"           # weights: auto (the checkpoint's), bf16, fp16 or fp8
+    kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: auto (the activation dtype) or fp8
+    router_skew: float = 0.0      # MoE routing popularity skew (0: uniform; Zipf exponent otherwise)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("tp", "pp", "replicas"):
+        for name in ("tp", "pp", "replicas", "ep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.router_skew < 0:
+            raise ValueError(f"router_skew must be >= 0, got {self.router_skew}")
+
+    def weight_dtype(self, model: ModelSpec | None = None) -> str:
+        """The weights' dtype: the one given, else the checkpoint's."""
+        return (model or self.model_spec()).dtype if self.dtype == "auto" else self.dtype
+
+    def roofline_kwargs(self, model: ModelSpec | None = None) -> dict[str, Any]:
+        """The deployment's keyword arguments of RooflineCostModel (parallelism, dtypes, routing)."""
+        return {"tp": self.tp, "pp": self.pp, "ep": self.ep, "weight_dtype": self.weight_dtype(model),
+                "kv_cache_dtype": self.kv_cache_dtype, "router_skew": self.router_skew}
+
+    def plan_memory(self, model: ModelSpec | None = None) -> MemoryPlan:
+        """One replica's memory plan (weights in their dtype, sharded by TP, EP and PP; KV in its dtype)."""
+        model = model or self.model_spec()
+        model.check_ep(self.tp, self.ep)
+        return plan_memory(model, get_gpu(self.gpu), tp=self.tp, pp=self.pp, block_size=self.block_size,
+                           gpu_memory_utilization=self.gpu_memory_utilization, ep=self.ep,
+                           dtype_bytes=check_weight_dtype(self.weight_dtype(model)),
+                           kv_dtype_bytes=kv_dtype_bytes(self.kv_cache_dtype))
 
     def check(self) -> None:
         """Raise the error simulate() would (unknown model or GPU, weights that do not fit) without simulating."""
         model = self.model_spec()
-        gpu = get_gpu(self.gpu)
+        get_gpu(self.gpu)
+        model.check_ep(self.tp, self.ep)
+        check_weight_dtype(self.weight_dtype(model))
+        kv_dtype_bytes(self.kv_cache_dtype)
         if self.kv_blocks is None:
-            plan_memory(model, gpu, tp=self.tp, pp=self.pp, block_size=self.block_size,
-                        gpu_memory_utilization=self.gpu_memory_utilization)
+            self.plan_memory(model)
 
 
 @dataclass
@@ -123,6 +165,21 @@ class SimResult:
 
 #: output tokens up to which finished requests keep every token time (32 bytes each in a Python list)
 KEEP_TOKEN_TIMES_UP_TO = 2_000_000
+
+
+def _with_cache_columns(batches: pd.DataFrame, req_df: pd.DataFrame, requests: list[Request],
+                        schedulers: list[Scheduler]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Prefix caching's columns: each request's cached prompt tokens, each batch's cached free blocks."""
+    by_index = {r.index: r.cached_tokens for r in requests}
+    req_df = req_df.assign(cached_tokens=[by_index[i] for i in sorted(by_index)])
+    if len(batches):
+        occ = np.zeros(len(batches), dtype=np.int64)
+        for i, s in enumerate(schedulers):
+            log = np.asarray(s.cached_free_log, dtype=np.int64)
+            rows = (batches["replica"].to_numpy() == i)
+            occ[rows] = log[batches["batch_id"].to_numpy()[rows]]
+        batches = batches.assign(kv_cached_free_blocks=occ)
+    return batches, req_df
 
 
 def _versions() -> dict[str, str]:
@@ -147,10 +204,9 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     gpu = get_gpu(config.gpu)
     if cost_model is None:
         from sim.cost.roofline import RooflineCostModel
-        cost_model = RooflineCostModel(model, gpu, tp=config.tp, pp=config.pp)
+        cost_model = RooflineCostModel(model, gpu, **config.roofline_kwargs(model))
     try:
-        memory = plan_memory(model, gpu, tp=config.tp, pp=config.pp, block_size=config.block_size,
-                             gpu_memory_utilization=config.gpu_memory_utilization).to_dict()
+        memory = config.plan_memory(model).to_dict()
     except InfeasibleConfigError as e:
         if config.kv_blocks is None:
             raise
@@ -166,7 +222,9 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         s.keep_token_times = keep
         s.gap_log = GapLog(EXACT_LIMIT // len(schedulers))  # exact gaps are bounded for the run, not per replica
         s.fold_every_tokens = max(4096, FOLD_EVERY_TOKENS // len(schedulers))  # so are token times awaiting a fold
-    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish)
+    if config.router == "cache_aware" and not config.prefix_caching:
+        raise ValueError("--router cache_aware routes by cached prefixes: enable them (--enable-prefix-caching)")
+    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish, config.router_cache_weight)
 
     batches, micro = rec.take_frames()
     for s in schedulers:
@@ -177,9 +235,18 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     summary = metrics.summarize(
         requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
         block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
-        num_gpus=config.replicas * config.tp * config.pp, peak_flops=gpu.bf16_flops,
+        num_gpus=config.replicas * config.tp * config.pp,
+        peak_flops=gpu.fp8_flops if config.weight_dtype(model) == "fp8" and gpu.has_fp8 else gpu.bf16_flops,
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
+    if config.prefix_caching:
+        batches, req_df = _with_cache_columns(batches, req_df, requests, schedulers)
+        summary["prefix_cache"] = cache_summary([s.bm for s in schedulers], [s.cached_free_log for s in schedulers])
+    if config.replicas > 1:  # how the router spread the load
+        per = [sum(1 for r in requests if r.replica == i) for i in range(config.replicas)]
+        mean = sum(per) / len(per)
+        summary["routing"] = {"policy": config.router, "requests_per_replica": per,
+                              "imbalance_max_over_mean": max(per) / mean if mean else None}
     summary["time_origin_s"] = origin  # arrivals and every time in the outputs count from here
     summary["config"]["effective_token_budget"] = config.effective_token_budget(model)
     return SimResult(summary, req_df, batches, micro, stages, skipped)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sim.cluster import run_cluster
 from sim.cost.constant import ConstantCostModel
 from sim.kv_cache import BlockManager
+from sim.prefix_cache import CachingBlockManager
 from sim.request import Request
 from sim.schedulers import SchedulerConfig, make_scheduler
 
@@ -16,11 +17,13 @@ def make_requests(spec: list[tuple[float, int, int]]) -> list[Request]:
 
 
 def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=1000, block_size=16,
-                 iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0, hook=None):
+                 iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0, hook=None,
+                 caching=False, router="round_robin"):
     """Simulate ``spec`` with a constant-time cost model; returns (requests, compositions, recorder, schedulers)."""
     reqs = make_requests(spec) if spec and isinstance(spec[0], tuple) else spec
     cfg = SchedulerConfig(max_batch, budget, chunk_align)
-    scheds = [make_scheduler(scheduler, cfg, BlockManager(blocks, block_size, watermark)) for _ in range(replicas)]
+    manager = CachingBlockManager if caching else BlockManager
+    scheds = [make_scheduler(scheduler, cfg, manager(blocks, block_size, watermark)) for _ in range(replicas)]
     compositions: list[tuple] = []
     for s in scheds:
         orig = s.schedule
@@ -33,5 +36,5 @@ def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=100
                     hook(s, b)
             return b
         s.schedule = logged
-    rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp)
+    rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp, router)
     return reqs, compositions, rec, scheds

@@ -37,12 +37,12 @@ from sim.capacity.search import (
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import get_model
 from sim.jsonfile import read_json_object
-from sim.memory import InfeasibleConfigError, kv_cache_blocks
+from sim.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
 from sim.simulator import SimConfig
 
 RESULTS_FILE = "results.jsonl"
-TABLE_COLUMNS = ["config", "gpu", "tp", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
+TABLE_COLUMNS = ["config", "gpu", "tp", "ep", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
                  "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
                  "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
                  "skipped", "simulations", "cost_model", "note"]
@@ -63,6 +63,7 @@ class Candidate:
     config: SimConfig | None = None
     kv_blocks: int | None = None
     infeasible: str | None = None
+    ep: int = 1
 
     @property
     def gpus(self) -> int:
@@ -73,7 +74,8 @@ class Candidate:
         """E.g. '4x h100-sxm (2 replicas x TP2 PP1) sarathi budget 512': the GPU count first."""
         b = f" budget {self.token_budget}" if self.token_budget is not None else ""
         reps = f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
-        return f"{self.gpus}x {self.gpu} ({reps} x TP{self.tp} PP{self.pp}) {self.scheduler}{b}"
+        ep = f" EP{self.ep}" if self.ep > 1 else ""
+        return f"{self.gpus}x {self.gpu} ({reps} x TP{self.tp}{ep} PP{self.pp}) {self.scheduler}{b}"
 
 
 def powers_of_two(limit: int) -> list[int]:
@@ -109,20 +111,23 @@ def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps:
                     continue
                 reps = ([max_gpus // (tp * pp)] if replicas == "max"
                         else [r for r in replicas if tp * pp * r <= max_gpus])
-                try:
-                    blocks = kv_cache_blocks(spec, gpu, tp=tp, pp=pp, block_size=block_size,
-                                             gpu_memory_utilization=gpu_memory_utilization)
-                except (InfeasibleConfigError, ValueError) as exc:  # weights do not fit, heads do not split, ...
-                    out.extend(Candidate(gpu.name, tp, pp, rep, "-", None, infeasible=str(exc)) for rep in reps)
-                    continue
-                for rep in reps:
-                    for name in names:
-                        for budget in (budgets if scheduler_class(name).chunks_prefills else [None]):
-                            cfg = dataclasses.replace(
-                                base, model=model, gpu=gpu.name, tp=tp, pp=pp, replicas=rep, scheduler=name,
-                                token_budget=budget, max_batch_size=max_batch_size, block_size=block_size,
-                                gpu_memory_utilization=gpu_memory_utilization)
-                            out.append(Candidate(gpu.name, tp, pp, rep, name, budget, cfg, blocks))
+                # a MoE model's experts are split by TP (ep 1) or spread whole over the TP group (ep = tp)
+                for ep in ([1, tp] if spec.is_moe and tp > 1 else [1]):
+                    shape = dataclasses.replace(base, model=model, gpu=gpu.name, tp=tp, pp=pp, ep=ep,
+                                                block_size=block_size,
+                                                gpu_memory_utilization=gpu_memory_utilization)
+                    try:
+                        blocks = shape.plan_memory(spec).num_blocks
+                    except (InfeasibleConfigError, ValueError) as exc:  # weights do not fit, heads do not split
+                        out.extend(Candidate(gpu.name, tp, pp, rep, "-", None, infeasible=str(exc), ep=ep)
+                                   for rep in reps)
+                        continue
+                    for rep in reps:
+                        for name in names:
+                            for budget in (budgets if scheduler_class(name).chunks_prefills else [None]):
+                                cfg = dataclasses.replace(shape, replicas=rep, scheduler=name, token_budget=budget,
+                                                          max_batch_size=max_batch_size)
+                                out.append(Candidate(gpu.name, tp, pp, rep, name, budget, cfg, blocks, ep=ep))
     return out
 
 
@@ -235,7 +240,8 @@ def sustained_output_tok_s(qps: float, metrics: dict[str, Any]) -> float | None:
 
 def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
-    row.update(config=c.label, gpu=c.gpu, tp=c.tp, pp=c.pp, replicas=c.replicas, gpus=c.gpus, scheduler=c.scheduler,
+    row.update(config=c.label, gpu=c.gpu, tp=c.tp, ep=c.ep, pp=c.pp, replicas=c.replicas, gpus=c.gpus,
+               scheduler=c.scheduler,
                token_budget=c.token_budget, kv_blocks=c.kv_blocks)
     price = prices.get(c.gpu)
     row["usd_per_hour"] = price * c.gpus if price is not None else None
@@ -297,7 +303,7 @@ def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySear
         for p in s.points:
             m = p["metrics"]
             if p["passed"] and m:
-                rows.append({"config": c.label, "gpu": c.gpu, "tp": c.tp, "pp": c.pp, "replicas": c.replicas,
+                rows.append({"config": c.label, "gpu": c.gpu, "tp": c.tp, "ep": c.ep, "pp": c.pp, "replicas": c.replicas,
                              "scheduler": c.scheduler, "token_budget": c.token_budget, "seed": p["seed"],
                              "qps": p["qps"], "qps_per_gpu": p["qps"] / c.gpus,
                              "output_tok_s_per_gpu": (sustained_output_tok_s(p["qps"], m) or 0) / c.gpus,

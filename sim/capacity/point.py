@@ -110,11 +110,14 @@ class ProfileRef:
                 + (", an estimate" if d.get("estimate") else "") + ")")
 
 
+_SHAPE_FIELDS = ("model", "max_model_len", "gpu", "tp", "pp", "ep", "dtype", "kv_cache_dtype", "router_skew")
+
+
 @functools.lru_cache(maxsize=16)
-def _kernels_cost(gpu: str, model: str, tp: int, pp: int, kernel_db: str | None) -> CostModel:
-    """The kernel-database cost model, once per process for each deployment shape."""
-    from sim.cost.kernels.model import KernelCostModel
-    return KernelCostModel(model, gpu, tp=tp, pp=pp, kernel_db=kernel_db)
+def _kernels_cost(shape: tuple, kernel_db: str | None) -> CostModel:
+    """The kernel-database cost model, once per process for each deployment shape (``_SHAPE_FIELDS`` values)."""
+    from sim.cost.kernels.model import for_simulation
+    return for_simulation(SimConfig(**dict(zip(_SHAPE_FIELDS, shape))), kernel_db)
 
 
 @dataclass(frozen=True)
@@ -134,7 +137,7 @@ class KernelsRef:
         return config
 
     def cost_model(self, config: SimConfig) -> CostModel:
-        return _kernels_cost(config.gpu, config.model, config.tp, config.pp, self.kernel_db)
+        return _kernels_cost(tuple(getattr(config, f) for f in _SHAPE_FIELDS), self.kernel_db)
 
     def record(self, described: dict[str, Any]) -> dict[str, Any]:
         return {"system": described.get("system"), "framework": described.get("framework"),
@@ -309,16 +312,12 @@ class _WatchedCost(DelegatingCost):
 
 def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int]:
     """Trace indices that ``simulate`` will run (it skips requests that can never be served)."""
-    from sim.catalog.hardware import get_gpu
     from sim.kv_cache import BlockManager
-    from sim.memory import kv_cache_blocks
     from sim.schedulers import scheduler_class
     from sim.workload.servable import prepare_requests
 
     model = config.model_spec()
-    blocks = config.kv_blocks if config.kv_blocks is not None else kv_cache_blocks(
-        model, get_gpu(config.gpu), tp=config.tp, pp=config.pp, block_size=config.block_size,
-        gpu_memory_utilization=config.gpu_memory_utilization)
+    blocks = config.kv_blocks if config.kv_blocks is not None else config.plan_memory(model).num_blocks
     policy = scheduler_class(config.scheduler)
     budget = config.effective_token_budget(model)
     accepted, _ = prepare_requests(trace, model=model, block_manager=BlockManager(blocks, config.block_size,
@@ -361,7 +360,8 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
             watch = _Watch(spec.slo, trace, simulated)
             if cost is None:  # the model simulate() would build
                 from sim.cost.roofline import RooflineCostModel
-                cost = RooflineCostModel(spec.config.model, spec.config.gpu, tp=spec.config.tp, pp=spec.config.pp)
+                model = spec.config.model_spec()
+                cost = RooflineCostModel(model, spec.config.gpu, **spec.config.roofline_kwargs(model))
             cost = _WatchedCost(cost, watch)
         try:
             res = simulate(trace, spec.config, cost_model=cost, source="capacity",

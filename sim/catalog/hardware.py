@@ -44,7 +44,7 @@ class RooflineFit:
     source: str = ""
 
     @classmethod
-    def from_toml(cls, d: dict) -> "RooflineFit":
+    def from_toml(cls, d: dict) -> RooflineFit:
         kinds = tuple((k, float(v["memory_efficiency"]), float(v["floor_s"]))
                       for k, v in sorted(d.get("elementwise", {}).items()))
         return cls(d.get("gemm_peak_efficiency"), float(d.get("gemm_half_rows", 0.0)),
@@ -66,6 +66,13 @@ class GPUSpec:
     hourly_price_usd: float = 0.0  # rough on-demand cloud price per GPU-hour (editable default)
     kernel_db: str = ""      # AIConfigurator system with measured kernel tables for this GPU ("": none)
     roofline: RooflineFit | None = None  # fitted roofline parameters (None: the datasheet defaults)
+    fp8_flops: float = 0.0   # dense FP8 tensor-core FLOP/s (0: no FP8 tensor cores, e.g. Ampere)
+    fp8_source: str = ""
+
+    @property
+    def has_fp8(self) -> bool:
+        """Whether the GPU has FP8 tensor cores (Hopper, Ada, Blackwell; not Ampere)."""
+        return self.fp8_flops > 0
 
 
 CATALOGUE_FILE = Path(__file__).with_name("gpus.toml")
@@ -78,7 +85,8 @@ def _load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, GPUSpec]:
     return {name: GPUSpec(name, float(e["bf16_flops"]), float(e["mem_bandwidth"]), e["mem_gib"] * GiB,
                           float(e["interconnect_bw"]), source=e["source"], interconnect=e["interconnect"],
                           hourly_price_usd=float(e["hourly_price_usd"]), kernel_db=e.get("kernel_db", ""),
-                          roofline=RooflineFit.from_toml(e["roofline"]) if "roofline" in e else None)
+                          roofline=RooflineFit.from_toml(e["roofline"]) if "roofline" in e else None,
+                          fp8_flops=float(e.get("fp8_flops", 0.0)), fp8_source=e.get("fp8_source", ""))
             for name, e in table.items()}
 
 

@@ -1,158 +1,29 @@
-"""Model catalogue: public shapes of Llama-family (and similar) decoders, plus Hugging Face config.json loading.
+"""Model catalogue: public shapes of Llama-family decoders, mixtures of experts and MLA models, and lookup.
 
-Sizes follow the layer structure the engine and the cost model share: per layer a
-fused qkv projection, an output projection, an MLP (gated SwiGLU: gate, up, down;
-or plain: up, down) and two norms; then a final norm and the lm head. Biases,
-learned position embeddings (GPT-3) and other small extras are ignored: they are
-well under 1% of the weights and of the time.
+Names are matched case-insensitively (Hugging Face ids accepted); a path to a config.json is read by
+``sim.catalog.hf_config``. The shapes themselves are ``sim.catalog.spec.ModelSpec``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
-from sim.jsonfile import read_json_object
-
-
-class UnknownModelError(ValueError):
-    """A model name that is neither in the catalogue nor a path to a config.json."""
-
-
-class ModelConfigError(ValueError):
-    """A config.json that cannot be turned into a ModelSpec (missing key, bad value)."""
-
-
-def layers_per_stage(num_layers: int, pp: int) -> list[int]:
-    """Decoder layers held by each pipeline stage; earlier stages take the remainder (as vLLM does)."""
-    if pp < 1:
-        raise ValueError(f"pipeline parallel size must be >= 1, got {pp}")
-    if pp > num_layers:
-        raise ValueError(f"pipeline parallel size {pp} exceeds the number of layers {num_layers}")
-    base, rem = divmod(num_layers, pp)
-    return [base + (1 if s < rem else 0) for s in range(pp)]
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Shape of a decoder-only transformer; everything the cost model and the engine need."""
-
-    name: str
-    num_layers: int
-    hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    vocab_size: int
-    max_context: int
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
-    gated_mlp: bool = True  # SwiGLU (gate, up, down); False: plain up/down MLP (GPT-3, Falcon)
-    norm_eps: float = 1e-5
-    source: str = ""
-    head_dim_override: int | None = None  # when config.json gives head_dim != hidden / heads
-
-    def __post_init__(self) -> None:
-        for f in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
-                  "vocab_size", "max_context"):
-            v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"model {self.name!r}: {f} must be a positive integer, got {v!r}")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
-                             f"num_kv_heads {self.num_kv_heads}")
-        if self.head_dim_override is None and self.hidden_size % self.num_heads:
-            raise ValueError(f"model {self.name!r}: hidden_size {self.hidden_size} does not split into "
-                             f"{self.num_heads} heads (give head_dim if the model's heads are narrower)")
-
-    @property
-    def head_dim(self) -> int:
-        """Per-head width of q, k and v."""
-        return self.head_dim_override or self.hidden_size // self.num_heads
-
-    # ---- tensor-parallel shard shapes -------------------------------------------------------
-
-    def check_tp(self, tp: int) -> None:
-        """Raise ValueError unless the attention heads split evenly over ``tp`` GPUs."""
-        if tp < 1:
-            raise ValueError(f"tensor parallel size must be >= 1, got {tp}")
-        if self.num_heads % tp:
-            raise ValueError(f"model {self.name}: {self.num_heads} attention heads do not split over tp={tp}")
-        if self.num_kv_heads % tp and tp % self.num_kv_heads:
-            raise ValueError(f"model {self.name}: {self.num_kv_heads} kv heads neither split over nor "
-                             f"replicate evenly across tp={tp}")
-
-    def q_heads_per_gpu(self, tp: int = 1) -> int:
-        """Query heads on one GPU of a TP group."""
-        self.check_tp(tp)
-        return self.num_heads // tp
-
-    def kv_heads_per_gpu(self, tp: int = 1) -> int:
-        """KV heads on one GPU of a TP group; when kv heads < tp each GPU holds a replica of one."""
-        self.check_tp(tp)
-        return max(1, self.num_kv_heads // tp)
-
-    def intermediate_per_gpu(self, tp: int = 1) -> int:
-        """MLP intermediate width on one GPU (rounded up when it does not divide)."""
-        return -(-self.intermediate_size // tp)
-
-    def vocab_per_gpu(self, tp: int = 1) -> int:
-        """Vocabulary rows of the (vocab-parallel) embedding and lm head on one GPU."""
-        return -(-self.vocab_size // tp)
-
-    # ---- parameter counts -------------------------------------------------------------------
-
-    def layer_params(self, tp: int = 1) -> int:
-        """Parameters of one decoder layer held by one GPU of a TP group (norms replicated)."""
-        h, hd = self.hidden_size, self.head_dim
-        qh, kvh = self.q_heads_per_gpu(tp), self.kv_heads_per_gpu(tp)
-        inter = self.intermediate_per_gpu(tp)
-        attn = h * (qh + 2 * kvh) * hd + qh * hd * h
-        mlp = (3 if self.gated_mlp else 2) * h * inter
-        return attn + mlp + 2 * h
-
-    @property
-    def num_params(self) -> int:
-        """Total parameters: embedding, layers, final norm and lm head (counted once when tied)."""
-        emb = self.vocab_size * self.hidden_size
-        lm_head = 0 if self.tie_embeddings else emb
-        return emb + self.num_layers * self.layer_params(1) + self.hidden_size + lm_head
-
-    def stage_params(self, stage: int, tp: int = 1, pp: int = 1) -> int:
-        """Parameters held by one GPU of pipeline ``stage``: its layers, plus embedding (first) and lm head (last)."""
-        layers = layers_per_stage(self.num_layers, pp)
-        if not 0 <= stage < pp:
-            raise ValueError(f"stage {stage} out of range for pp={pp}")
-        n = layers[stage] * self.layer_params(tp)
-        emb = self.vocab_per_gpu(tp) * self.hidden_size
-        if stage == 0:
-            n += emb
-        if stage == pp - 1:
-            n += self.hidden_size  # final norm
-            # tied embeddings share storage only when embedding and lm head live on the same stage
-            if not (self.tie_embeddings and pp == 1):
-                n += emb
-        return n
-
-    def weight_bytes(self, dtype_bytes: int = 2, tp: int = 1, pp: int = 1) -> int:
-        """Weight bytes on the most loaded GPU of a (tp, pp) replica; what must fit before any KV cache."""
-        return dtype_bytes * max(self.stage_params(s, tp, pp) for s in range(pp))
-
-    def stage_kv_bytes_per_token(self, stage: int, dtype_bytes: int = 2, tp: int = 1, pp: int = 1) -> int:
-        """KV-cache bytes one token takes on one GPU of pipeline ``stage`` (k and v, all its layers)."""
-        layers = layers_per_stage(self.num_layers, pp)[stage]
-        return 2 * layers * self.kv_heads_per_gpu(tp) * self.head_dim * dtype_bytes
-
-    def kv_bytes_per_token(self, dtype_bytes: int = 2, tp: int = 1, pp: int = 1) -> int:
-        """KV-cache bytes per token on the most loaded GPU (the stage with the most layers)."""
-        return self.stage_kv_bytes_per_token(0, dtype_bytes, tp, pp)  # stage 0 has the most layers
-
+from sim.catalog.spec import (  # noqa: F401 (re-exported: the catalogue's vocabulary)
+    DTYPE_BYTES,
+    ModelConfigError,
+    ModelSpec,
+    UnknownModelError,
+    check_weight_dtype,
+    kv_dtype_bytes,
+    layers_per_stage,
+)
+from sim.catalog.variants import MLASpec, MoESpec
 
 _LLAMA2 = "Touvron et al. 2023, 'Llama 2' + meta-llama/{} config.json"
 _LLAMA3 = "meta-llama/{} config.json (Llama 3 model card)"
+_QWEN3 = "Qwen/{} config.json (Qwen3 technical report, 2025)"
 
 MODELS: dict[str, ModelSpec] = {m.name: m for m in (
     ModelSpec("llama-2-7b", 32, 4096, 32, 32, 11008, 32000, 4096,
@@ -181,8 +52,41 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
               gated_mlp=False,
               source="Brown et al. 2020, 'Language Models are Few-Shot Learners', Table 2.1; "
                      "biases and learned position embeddings ignored"),
+    ModelSpec("llama-3.1-8b", 32, 4096, 32, 8, 14336, 128256, 131072, rope_theta=500000.0,
+              source=_LLAMA3.format("Llama-3.1-8B") + " (Llama 3.1: 128k context)"),
+    ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, rope_theta=500000.0,
+              source=_LLAMA3.format("Llama-3.1-70B") + " (Llama 3.1: 128k context)"),
+    ModelSpec("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, rope_theta=500000.0,
+              source=_LLAMA3.format("Llama-3.1-405B") + " (Llama 3.1: 128k context)"),
+    ModelSpec("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, 40960, rope_theta=1000000.0, head_dim_override=128,
+              norm_eps=1e-6, source=_QWEN3.format("Qwen3-32B")),
+    ModelSpec("mixtral-8x7b", 32, 4096, 32, 8, 14336, 32000, 32768, rope_theta=1000000.0,
+              moe=MoESpec(num_experts=8, top_k=2, expert_intermediate_size=14336),
+              source="mistralai/Mixtral-8x7B-v0.1 config.json (8 experts, top-2; Jiang et al. 2024, 'Mixtral of "
+                     "Experts': 46.7B parameters, 12.9B active)"),
+    ModelSpec("mixtral-8x22b", 56, 6144, 48, 8, 16384, 32768, 65536, rope_theta=1000000.0,
+              moe=MoESpec(num_experts=8, top_k=2, expert_intermediate_size=16384),
+              source="mistralai/Mixtral-8x22B-v0.1 config.json (8 experts, top-2; 141B parameters, 39B active)"),
+    ModelSpec("qwen3-30b-a3b", 48, 2048, 32, 4, 6144, 151936, 40960, rope_theta=1000000.0, head_dim_override=128,
+              norm_eps=1e-6, moe=MoESpec(num_experts=128, top_k=8, expert_intermediate_size=768),
+              source=_QWEN3.format("Qwen3-30B-A3B") + " (128 experts, top-8; 30.5B parameters, 3.3B active)"),
+    ModelSpec("qwen3-235b-a22b", 94, 4096, 64, 4, 12288, 151936, 40960, rope_theta=1000000.0,
+              head_dim_override=128, norm_eps=1e-6,
+              moe=MoESpec(num_experts=128, top_k=8, expert_intermediate_size=1536),
+              source=_QWEN3.format("Qwen3-235B-A22B") + " (128 experts, top-8; 235B parameters, 22B active)"),
+    ModelSpec("deepseek-v3", 61, 7168, 128, 128, 18432, 129280, 163840, norm_eps=1e-6, dtype="fp8",
+              moe=MoESpec(num_experts=256, top_k=8, expert_intermediate_size=2048, shared_intermediate_size=2048,
+                          first_dense_layers=3),
+              mla=MLASpec(kv_lora_rank=512, qk_rope_head_dim=64, qk_nope_head_dim=128, v_head_dim=128,
+                          q_lora_rank=1536),
+              source="deepseek-ai/DeepSeek-V3 config.json (MLA, 256 routed experts top-8 + 1 shared, first 3 layers "
+                     "dense, fp8 weights; DeepSeek-AI 2024, 'DeepSeek-V3 Technical Report': 671B parameters, 37B "
+                     "active; its multi-token-prediction module is not counted)"),
     ModelSpec("tiny", 2, 64, 4, 2, 128, 256, 1024,
               source="servesim test model"),
+    ModelSpec("tiny-moe", 2, 64, 4, 2, 128, 256, 1024,
+              moe=MoESpec(num_experts=4, top_k=2, expert_intermediate_size=64),
+              source="servesim test model: tiny with a 4-expert top-2 sparse MLP in every layer"),
     ModelSpec("small", 4, 512, 8, 4, 1408, 16384, 2048,
               source="servesim CPU validation model (about 30M parameters): big enough that compute, not Python, "
                      "dominates an iteration on a CPU"),
@@ -204,14 +108,17 @@ _ALIASES: dict[str, str] = {
     "01-ai/Yi-34B": "yi-34b",
     "01-ai/Yi-34B-200K": "yi-34b-200k",
     "tiiuae/falcon-180B": "falcon-180b",
+    "meta-llama/Llama-3.1-8B": "llama-3.1-8b", "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b",
+    "meta-llama/Llama-3.1-70B": "llama-3.1-70b", "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b",
+    "meta-llama/Llama-3.1-405B": "llama-3.1-405b", "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b",
+    "Qwen/Qwen3-32B": "qwen3-32b", "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b", "Qwen/Qwen3-235B-A22B": "qwen3-235b-a22b",
+    "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b", "mistralai/Mixtral-8x7B-Instruct-v0.1": "mixtral-8x7b",
+    "mistralai/Mixtral-8x22B-v0.1": "mixtral-8x22b", "mistralai/Mixtral-8x22B-Instruct-v0.1": "mixtral-8x22b",
+    "deepseek-ai/DeepSeek-V3": "deepseek-v3", "deepseek-ai/DeepSeek-V3-0324": "deepseek-v3",
     "gpt-3": "gpt-3-175b", "gpt3-175b": "gpt-3-175b", "gpt-3-davinci": "gpt-3-175b",
 }
 _LOOKUP: dict[str, str] = {_norm(k): k for k in MODELS}
 _LOOKUP.update({_norm(a): n for a, n in _ALIASES.items()})
-
-
-_REQUIRED_HF_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size",
-                     "vocab_size", "max_position_embeddings")
 
 
 def with_max_model_len(model: ModelSpec | str, max_model_len: int | None) -> ModelSpec:
@@ -224,53 +131,6 @@ def with_max_model_len(model: ModelSpec | str, max_model_len: int | None) -> Mod
     return dataclasses.replace(spec, max_context=max_model_len)
 
 
-def load_hf_config(path: str | os.PathLike) -> ModelSpec:
-    """Build a ModelSpec from a Hugging Face config.json (Llama/Mistral/Qwen2-style keys) or its directory."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "config.json"
-    cfg = read_json_object(p, ModelConfigError, "a JSON object (a Hugging Face config.json)", "model config")
-    missing = [k for k in _REQUIRED_HF_KEYS if k not in cfg]
-    if missing:
-        raise ModelConfigError(f"model config {p} is missing required key(s): {', '.join(missing)} "
-                               f"(expected Llama/Mistral/Qwen2-style keys: {', '.join(_REQUIRED_HF_KEYS)})")
-
-    def _int(key: str, default: int | None = None) -> int:
-        v = cfg.get(key, default)
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ModelConfigError(f"model config {p}: {key} must be a positive integer, got {v!r}")
-        return v
-
-    heads = _int("num_attention_heads")
-    kv = cfg.get("num_key_value_heads")
-    head_dim = cfg.get("head_dim")
-    hidden = _int("hidden_size")
-    name = cfg.get("_name_or_path") or (p.parent.name if p.parent.name else p.stem)
-    act = str(cfg.get("hidden_act", "silu")).lower()
-    try:
-        return ModelSpec(
-            name=str(name),
-            num_layers=_int("num_hidden_layers"),
-            hidden_size=hidden,
-            num_heads=heads,
-            num_kv_heads=heads if kv is None else _int("num_key_value_heads"),
-            intermediate_size=_int("intermediate_size"),
-            vocab_size=_int("vocab_size"),
-            max_context=_int("max_position_embeddings"),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            gated_mlp=act in ("silu", "swiglu", "swish"),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            source=str(p),
-            head_dim_override=(None if head_dim is None or _int("head_dim") * heads == hidden
-                               else _int("head_dim")),
-        )
-    except ModelConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ModelConfigError(f"model config {p}: {e}") from e
-
-
 def get_model(name_or_path: str | ModelSpec) -> ModelSpec:
     """Resolve a catalogue name (case-insensitive, HF ids accepted) or a path to a config.json / its directory."""
     if isinstance(name_or_path, ModelSpec):
@@ -280,6 +140,7 @@ def get_model(name_or_path: str | ModelSpec) -> ModelSpec:
         return MODELS[key]
     p = Path(name_or_path)
     if p.is_file() or (p.is_dir() and (p / "config.json").is_file()):
+        from sim.catalog.hf_config import load_hf_config
         return load_hf_config(p)
     raise UnknownModelError(f"unknown model {name_or_path!r}: not a catalogue name and not a path to a "
                             f"config.json; known models: {', '.join(sorted(MODELS))}")

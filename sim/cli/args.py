@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import textwrap
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
 #: in a help text: prints nothing but keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
@@ -120,10 +121,48 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel stages (default: %(default)s)")
     g.add_argument("--replicas", type=positive_int, default=1,
                    help="independent model replicas behind the router (default: %(default)s)")
-    g.add_argument("--router", choices=("round_robin", "least_outstanding"), default="round_robin",
-                   help="how arriving requests are assigned to replicas (default: %(default)s)")
+    g.add_argument("--router", choices=("round_robin", "least_outstanding", "cache_aware"), default="round_robin",
+                   help="how arriving requests are assigned to replicas; cache_aware (with prefix caching): the "
+                        "replica where the prompt left to prefill after its cached prefix, plus "
+                        "--router-cache-weight tokens per outstanding request, is least (default: %(default)s)")
+    g.add_argument("--router-cache-weight", type=float, default=1024.0, metavar="TOKENS",
+                   help="cache_aware routing: prefill tokens one outstanding request counts as (default: %(default)s)")
+    add_moe_and_dtype_arguments(g)
     add_scheduler_arguments(p)
     add_kv_arguments(p, "override the computed KV capacity (blocks per replica)")
+
+
+def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
+    """Expert parallelism, routing skew and the weight / KV-cache dtypes (vLLM's names where vLLM has them)."""
+    g.add_argument("--ep", type=positive_int, default=1, metavar="N",
+                   help="expert-parallel degree of a MoE model: its routed experts spread whole over N GPUs, with "
+                        "all-to-all dispatch and combine; the EP group is the TP group (vLLM's "
+                        "--enable-expert-parallel), so N = --tp (default: 1, experts split by TP)")
+    g.add_argument("--enable-expert-parallel", action="store_true",
+                   help="vLLM's flag: --ep equal to --tp")
+    g.add_argument("--router-skew", type=float, default=0.0, metavar="S",
+                   help="MoE routing skew: expert popularity Zipf-like with exponent S (default: 0, uniform)")
+    g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", "bf16", "fp16", "fp8"),
+                   default="auto",
+                   help="weight dtype: auto (the checkpoint's: bf16, fp8 for DeepSeek-V3), bf16, fp16 or fp8 (one "
+                        "byte per weight; GEMMs at the GPU's FP8 peak, weight-only on GPUs without FP8 tensor cores, "
+                        "as vLLM's Marlin kernels) (default: %(default)s)")
+    g.add_argument("--kv-cache-dtype", choices=("auto", "fp8"), default="auto",
+                   help="KV-cache element dtype, as vLLM's flag: auto (the activation dtype, 2 bytes) or fp8 "
+                        "(1 byte; about twice the blocks) (default: %(default)s)")
+
+
+def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The SimConfig fields the deployment flags give (model, GPU, parallelism, dtypes, scheduler, KV)."""
+    ep = args.tp if getattr(args, "enable_expert_parallel", False) else getattr(args, "ep", 1)
+    return {"model": args.model_config or args.model, "max_model_len": args.max_model_len,
+            "gpu": args.gpu or "a100-80gb", "tp": args.tp, "pp": args.pp, "replicas": args.replicas, "ep": ep,
+            "dtype": args.dtype, "kv_cache_dtype": args.kv_cache_dtype, "router_skew": args.router_skew,
+            "scheduler": scheduler_of(args), "token_budget": args.token_budget, "max_batch_size": args.max_batch,
+            "chunk_align": args.chunk_align, "block_size": args.block_size, "watermark": args.watermark,
+            "gpu_memory_utilization": args.gpu_mem_util, "kv_blocks": args.kv_blocks, "router": args.router,
+            "router_cache_weight": args.router_cache_weight,
+            "enable_prefix_caching": args.enable_prefix_caching}
 
 
 def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,6 +181,10 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
                    help="vLLM's flag: with --scheduler vllm, run vLLM v0's chunked-prefill scheduler, which is "
                         "Sarathi-Serve's policy (stall-free, decodes first, prefills chunked to the budget; "
                         "--scheduler sarathi)")
+    s.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic prefix caching (vLLM's flags): full KV blocks shared by their prefix hash, "
+                        "reference-counted, evicted least recently used; default: on for vllm_v1 (as vLLM v1), "
+                        "off for the other policies")
     s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
                    help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
                         + NO_DEFAULT)

@@ -14,6 +14,20 @@ def _params(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
 
 
+def _variant(m) -> str:
+    """What departs from a dense bf16 Llama layer: experts, MLA, the checkpoint dtype."""
+    parts = []
+    if m.moe:
+        parts.append(f"MoE {m.moe.num_experts}x top-{m.moe.top_k} (expert ffn {m.moe.expert_intermediate_size}"
+                     + (f", shared {m.moe.shared_intermediate_size}" if m.moe.shared_intermediate_size else "")
+                     + (f", first {m.moe.first_dense_layers} dense" if m.moe.first_dense_layers else "") + ")")
+    if m.mla:
+        parts.append(f"MLA latent {m.mla.latent_dim}")
+    if m.dtype != "bf16":
+        parts.append(m.dtype)
+    return ", ".join(parts)
+
+
 def _print_table(columns: list[tuple[str, str]], rows: list[tuple]) -> None:
     """Rows under their headers; a column is (header, format spec of its values, e.g. '<14' or '>8.0f')."""
     def width(spec: str) -> str:
@@ -34,12 +48,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     """List the model catalogue: shapes and parameter counts (`--json` for every field)."""
     from sim.catalog.models import MODELS
     if args.json:
-        _print_json(MODELS, ("num_params",))
+        _print_json(MODELS, ("num_params", "active_params"))
         return 0
-    cols = [("name", "<14"), ("layers", ">7"), ("hidden", ">8"), ("heads", ">6"), ("kv", ">4"), ("ffn", ">7"),
-            ("vocab", ">8"), ("ctx", ">7"), ("params", ">9")]
+    cols = [("name", "<16"), ("layers", ">7"), ("hidden", ">8"), ("heads", ">6"), ("kv", ">4"), ("ffn", ">7"),
+            ("vocab", ">8"), ("ctx", ">8"), ("params", ">9"), ("active", ">9"), ("  variant", "")]
     _print_table(cols, [(m.name, m.num_layers, m.hidden_size, m.num_heads, m.num_kv_heads, m.intermediate_size,
-                         m.vocab_size, m.max_context, _params(m.num_params)) for m in MODELS.values()])
+                         m.vocab_size, m.max_context, _params(m.num_params), _params(m.active_params),
+                         "  " + _variant(m)) for m in MODELS.values()])
     return 0
 
 

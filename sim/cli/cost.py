@@ -6,8 +6,14 @@ import argparse
 import json
 from typing import Any
 
-from sim.cli.args import add_command, add_cost_model_arguments, cost_model_from_args, positive_int
-from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+from sim.cli.args import (
+    add_command,
+    add_cost_model_arguments,
+    add_moe_and_dtype_arguments,
+    cost_model_from_args,
+    positive_int,
+)
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 _EXAMPLES = """examples:
   servesim cost --model llama-2-7b --gpu h100-sxm --cost-model kernels --prefill 512
@@ -24,6 +30,7 @@ def add_cost_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                                                "profile's)" + "%(default).0s")
     d.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
     d.add_argument("--pp", type=positive_int, default=1, help="pipeline stages (each stage is priced)")
+    add_moe_and_dtype_arguments(d)
     d.add_argument("--profile", default=None, metavar="DIR", help="price from this calibration profile%(default).0s")
     add_cost_model_arguments(p)
     b = p.add_argument_group("the iteration's batch")
@@ -56,7 +63,7 @@ def iteration_batch(prefills: list[int], contexts: list[int], decodes: int, deco
 
 def price(cost: Any, batch: Any) -> dict[str, Any]:
     """Per-stage op times with their sources, host time and the iteration's total."""
-    ops = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+    ops = LAYER_OPS + MOE_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
     stages = []
     for s in range(cost.num_stages):
         times = cost.breakdown(batch, s)
@@ -79,9 +86,12 @@ def cmd_cost(args: argparse.Namespace) -> int:
     from sim.simulator import SimConfig
 
     batch = iteration_batch(args.prefill, args.prefill_context, args.decodes, args.decode_context)
-    config = SimConfig(model=args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp)
+    config = SimConfig(model=args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
+                       ep=args.tp if args.enable_expert_parallel else args.ep, dtype=args.dtype,
+                       kv_cache_dtype=args.kv_cache_dtype, router_skew=args.router_skew)
     config, cost = cost_model_from_args(args, config)
-    cost = cost or RooflineCostModel(config.model, config.gpu, tp=config.tp, pp=config.pp)
+    model = config.model_spec()
+    cost = cost or RooflineCostModel(model, config.gpu, **config.roofline_kwargs(model))
     res = price(cost, batch)
     d = cost.describe()
     out = {"model": d["model"], "gpu": d["gpu"], "tp": config.tp, "pp": config.pp, "cost_model": cost.name,

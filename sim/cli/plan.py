@@ -15,11 +15,11 @@ from sim.cli.args import (
     add_deployment_arguments,
     add_max_model_len_argument,
     check_cost_model_args,
+    deployment_kwargs,
     int_list,
     name_list,
     nonneg_int,
     positive_int,
-    scheduler_of,
     seconds_or,
 )
 
@@ -296,12 +296,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from sim.capacity.search import CapacitySearch, ResultsFile, run_searches
     from sim.simulator import SimConfig
 
-    config = SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len,
-                       gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp, replicas=args.replicas,
-                       scheduler=scheduler_of(args), token_budget=args.token_budget,
-                       max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
-                       watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
-                       router=args.router)
+    config = SimConfig(**deployment_kwargs(args))
     config.check()  # an unknown GPU or weights that do not fit: one line, before any simulation
     workload = workload_from_args(args)
     slo = slo_from_args(args)

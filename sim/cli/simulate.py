@@ -14,7 +14,7 @@ from sim.cli.args import (
     add_run_folder_arguments,
     check_run_folder_args,
     cost_model_from_args,
-    scheduler_of,
+    deployment_kwargs,
     write_run_folder,
 )
 from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
@@ -41,14 +41,10 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> "SimConfig":
+def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The SimConfig the deployment and scheduler flags describe."""
     from sim.simulator import SimConfig
-    return SimConfig(model=args.model_config or args.model, max_model_len=args.max_model_len, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
-                     replicas=args.replicas, scheduler=scheduler_of(args), token_budget=args.token_budget,
-                     max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
-                     watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
-                     router=args.router, strict=args.strict, seed=args.seed)
+    return SimConfig(**deployment_kwargs(args), strict=args.strict, seed=args.seed)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import argparse
 import os
 import statistics
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from sim.cli.args import add_command, nonneg_int, positive, seconds_or
 from sim.cli.workload_args import add_generator_arguments, add_import_arguments, load_trace, trace_from_args

@@ -17,6 +17,30 @@ _SPEC_HELP = (
 )
 
 
+def _sessions(text: str) -> tuple[int, float]:
+    """TURNS[:THINK_S] of --sessions."""
+    turns, _, think = text.partition(":")
+    try:
+        t, s = int(turns), float(think or 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TURNS[:THINK_S], e.g. 4:30, got {text!r}") from None
+    if t < 1 or s < 0:
+        raise argparse.ArgumentTypeError(f"expected TURNS >= 1 and THINK_S >= 0, got {text!r}")
+    return t, s
+
+
+def _system_prompt(text: str) -> tuple[int, float]:
+    """TOKENS[:FRACTION] of --system-prompt."""
+    tokens, _, fraction = text.partition(":")
+    try:
+        n, f = int(tokens), float(fraction or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected TOKENS[:FRACTION], e.g. 512:0.8, got {text!r}") from None
+    if n < 1 or not 0 < f <= 1:
+        raise argparse.ArgumentTypeError(f"expected TOKENS >= 1 and FRACTION in (0, 1], got {text!r}")
+    return n, f
+
+
 def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the synthetic-workload flags (-n, --arrival, --qps, ...) to any parser, as one argument group."""
     g = parser.add_argument_group(
@@ -46,6 +70,13 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
                    help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
                         f"prompt:output ratio (default: no limit{NO_DEFAULT})")
+    g.add_argument("--sessions", type=_sessions, default=None, metavar="TURNS[:THINK_S]",
+                   help="multi-turn conversations: consecutive requests become sessions of TURNS turns, each "
+                        "resending the earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) "
+                        "between turns" + NO_DEFAULT)
+    g.add_argument("--system-prompt", type=_system_prompt, default=None, metavar="TOKENS[:FRACTION]",
+                   help="a shared system prompt of TOKENS tokens before the prompts of FRACTION (default 1) of "
+                        "the requests (of the sessions, with --sessions)" + NO_DEFAULT)
     g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
 
@@ -66,6 +97,9 @@ def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
         lengths_from=args.lengths_from,
         max_total_tokens=args.max_total_tokens,
         seed=args.seed,
+        turns=args.sessions[0] if args.sessions else 1,
+        think_time_s=args.sessions[1] if args.sessions else 0.0,
+        system_prompt=args.system_prompt,
     )
 
 

@@ -5,12 +5,19 @@ once per forward, cold caches; on a GPU without CUDA graphs, launch gaps). Two t
 ``sim.ops.OVERHEAD_OPS`` model it: ``layer_overhead`` per decoder layer and ``forward_overhead``
 per forward pass, each linear with non-negative coefficients in simple work counts (the
 features below), fitted by relative least squares to the residuals of a profile's whole-unit
-rows: measured unit minus the op sum the tables predict for the same batch.
+rows (real ``ModelRunner.execute`` iterations over a grid of prefill, decode and mixed batches):
+measured unit minus the op sum the tables predict for the same batch, so the terms stay
+consistent with the op tables they complement. A residual rather than a replacement: the
+measured units cover only a small grid, while the op tables cover every shape and give per-op
+breakdowns; the features (work counts) extrapolate smoothly beyond the grid. ``layer_forward``
+rows are the mean over the model's layers (dense and MoE alike), and so is the op sum they are
+compared with (``sim.cost.op_roofline.mean_layer_time``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple
 
 from sim.batch import Batch
-from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+from sim.ops import DENSE_MLP_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 PricedOps = dict[str, tuple[float, str]]  # op -> (seconds, where the price comes from)
 
@@ -81,10 +81,24 @@ def deployment_fields(cost: Any) -> dict[str, Any]:
             "layers_per_stage": list(cost.layers)}
 
 
-def stage_totals(ops: PricedOps, layers: int, first: bool, last: bool) -> PricedOps:
-    """One stage's totals of per-call op prices: layer ops times the stage's layers, first- and last-stage ops
-    where they run, the stage send/recv except on the last stage; zero (source kept) where an op does not run."""
-    out = {op: (layers * ops[op][0], ops[op][1]) for op in LAYER_OPS if op in ops}
+def op_layers(op: str, layers: int, moe_layers: int, ep: int = 1) -> int:
+    """How many of a stage's ``layers`` run layer op ``op``: the dense MLP's ops on its dense layers, the MoE ops on
+    its ``moe_layers``, every other layer op on all of them. With expert parallelism a MoE layer's output is
+    gathered by its ``ep_combine``, so the MLP all-reduce runs on the dense layers only."""
+    if op in DENSE_MLP_OPS or (op == "tp_all_reduce_mlp" and ep > 1):
+        return layers - moe_layers
+    if op in MOE_OPS:
+        return moe_layers
+    return layers
+
+
+def stage_totals(ops: PricedOps, layers: int, first: bool, last: bool, moe_layers: int = 0, ep: int = 1
+                 ) -> PricedOps:
+    """One stage's totals of per-call op prices: layer ops times the stage's layers that run them (``moe_layers``
+    of them sparse), first- and last-stage ops where they run, the stage send/recv except on the last stage; zero
+    (source kept) where an op does not run."""
+    out = {op: (op_layers(op, layers, moe_layers, ep) * ops[op][0], ops[op][1]) for op in LAYER_OPS + MOE_OPS
+           if op in ops}
     for op in FIRST_STAGE_OPS:
         out[op] = ops[op] if first else (0.0, ops[op][1])
     for op in LAST_STAGE_OPS:

@@ -7,13 +7,16 @@ calibration's report and grid estimate use the same prices.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sim.catalog.hardware import GPUSpec, get_gpu
+from sim.catalog.models import ModelSpec
+from sim.cost.interface import op_layers
 from sim.cost.profile_format import SEQ_AXIS_OPS, Profile, ProfileError
 from sim.cost.roofline import RooflineCostModel
 from sim.cost.unit_rows import unit_batch
-from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, UNIT_TIMINGS
+from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, UNIT_TIMINGS
 
 _OpCost = tuple[float, float, float]
 
@@ -21,6 +24,15 @@ _OpCost = tuple[float, float, float]
 def prefill_pairs(chunk: int, cached: int) -> int:
     """Causal query-key pairs of a chunk over its cached context (query j sees cached + j + 1 keys)."""
     return chunk * cached + chunk * (chunk + 1) // 2
+
+
+def mean_layer_time(model: ModelSpec, prices: Mapping[str, tuple[float, ...]]) -> float:
+    """Seconds of one decoder layer averaged over the model's layers, from per-call ``prices`` (``[0]``: seconds) of
+    its layer ops: the dense MLP's counted on its dense layers, the MoE ops on its MoE layers (as ``layer_forward``
+    rows average the engine's layers); ops absent from ``prices`` count nothing."""
+    n, moe = model.num_layers, sum(model.is_moe_layer(i) for i in range(model.num_layers))
+    # each op weighted by its share of the layers: exactly 1.0 for every op of a dense model
+    return sum(op_layers(op, n, moe) / n * prices[op][0] for op in LAYER_OPS + MOE_OPS if op in prices)
 
 
 class OpRoofline:
@@ -76,7 +88,7 @@ class OpRoofline:
         b = unit_batch(tokens, seqs, context, variant)
         sampled = len(b.items)  # every unit item completes its known tokens
         ops = self.token_ops(tokens, sampled)
-        layer = sum(ops[o][0] for o in LAYER_OPS if o in ops and o not in COMMUNICATION_OPS)
+        layer = mean_layer_time(self.rl.model, {o: v for o, v in ops.items() if o not in COMMUNICATION_OPS})
         for it in b.prefill_items:
             layer += self.rl.attn_prefill_cost(it.num_new_tokens, it.num_cached_tokens,
                                                prefill_pairs(it.num_new_tokens, it.num_cached_tokens))[0]

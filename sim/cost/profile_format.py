@@ -20,6 +20,10 @@ median_s    median seconds of one call; ``p10_s``, ``p90_s`` the spread; ``repea
 Readers refuse malformed input with the file, line and field in the message. The format belongs to its
 reader, the profiled cost model; ``calibration.profile_writer`` writes it.
 
+A mixture-of-experts model's profile holds its MoE ops (``moe_router``, ``moe_experts``, ``moe_shared``
+when it has shared experts) and the dense MLP's ops only if some layer is dense (``model_ops``); its
+``model`` block adds the ``moe`` shape. A dense model's profile is as before.
+
 Versions: 2 adds the whole-unit rows and measures ``host_overhead`` as the engine's whole host
 part (scheduling, input preparation, output processing, ``on_batch_done``); version 1 profiles
 (host overhead = scheduling and input preparation only, no unit rows) are still read, and the
@@ -28,6 +32,7 @@ cost model prices them with the op sum alone.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +42,10 @@ import numpy as np
 import pandas as pd
 
 from sim.catalog.models import ModelSpec
+from sim.catalog.variants import MoESpec
 from sim.cost.unit_rows import ITERATION_VARIANTS
 from sim.jsonfile import read_json_object
-from sim.ops import ALL_OPS, COMMUNICATION_OPS, GRAPH_TIMINGS, UNIT_TIMINGS
+from sim.ops import ALL_OPS, COMMUNICATION_OPS, DENSE_MLP_OPS, GRAPH_TIMINGS, MOE_OPS, UNIT_TIMINGS
 
 FORMAT = "servesim-profile"
 VERSION = 2
@@ -58,10 +64,13 @@ SHAPE_FIELDS: tuple[str, ...] = ("hidden_size", "num_heads", "num_kv_heads", "he
 # ---- op roles in the table ------------------------------------------------------------------------
 #: ops whose table is indexed by sequences (rows that sample, or scheduled items), not tokens
 SEQ_AXIS_OPS: tuple[str, ...] = ("final_norm", "lm_head", "sampling", "host_overhead")
-#: ops whose shapes do not depend on tensor parallelism (hidden size is not sharded); stored with tp = 0
+#: ops whose shapes do not depend on tensor parallelism (hidden size is not sharded; every rank routes all
+#: tokens over all experts); stored with tp = 0
 TP_INDEPENDENT_OPS: tuple[str, ...] = ("input_norm", "post_attn_norm", "residual_add", "residual_add_mlp",
-                                       "final_norm", "sampling", "host_overhead", "pp_send_recv") + UNIT_TIMINGS \
-    + GRAPH_TIMINGS
+                                       "final_norm", "sampling", "host_overhead", "pp_send_recv",
+                                       "moe_router") + UNIT_TIMINGS + GRAPH_TIMINGS
+#: communication the single-process engine never does (no expert parallelism): always from the roofline
+EP_OPS: tuple[str, ...] = ("ep_dispatch", "ep_combine")
 MIXED = "mixed"  # variant of attn_decode rows whose sequences have different contexts
 #: engine attention backends whose cost follows the longest sequence of a batch (meta ``attention_backend``)
 PADDED_BACKENDS: tuple[str, ...] = ("sdpa",)
@@ -73,11 +82,32 @@ class ProfileError(ValueError):
     """A profile that is missing, malformed or does not fit the requested model/TP."""
 
 
+def moe_shape(model: ModelSpec) -> dict[str, int] | None:
+    """The ``moe`` entry of profile.json's model block (None for a dense model, which has no entry)."""
+    return dataclasses.asdict(model.moe) if model.moe is not None else None
+
+
 def model_shape(model: ModelSpec) -> dict[str, Any]:
-    """The model block of profile.json: name, layers, context and the shape fields."""
+    """The model block of profile.json: name, layers, context, the shape fields and a MoE model's ``moe`` shape."""
     d: dict[str, Any] = {"name": model.name, "num_layers": model.num_layers, "max_context": model.max_context}
     d.update({f: getattr(model, f) for f in SHAPE_FIELDS})
+    if model.moe is not None:  # absent for dense models: their profile.json is unchanged
+        d["moe"] = moe_shape(model)
     return d
+
+
+def model_ops(model: ModelSpec, ops: tuple[str, ...] = ALL_OPS) -> tuple[str, ...]:
+    """The ops (or unit timings) of ``ops`` that ``model`` runs: the dense MLP's where a layer is dense, the MoE
+    ops where one is sparse (``moe_shared`` only with shared experts); a MoE model has no ``forward_graph``
+    (the engine decodes it eagerly: ``engine.cuda_graphs.use_cuda_graphs``)."""
+    moe = model.moe
+    dense = moe is None or any(not model.is_moe_layer(i) for i in range(model.num_layers))
+    skip = set(() if dense else DENSE_MLP_OPS)
+    if moe is None:
+        skip |= set(MOE_OPS)
+    else:
+        skip |= set(GRAPH_TIMINGS) | set(() if moe.shared_intermediate_size else ("moe_shared",))
+    return tuple(op for op in ops if op not in skip)
 
 
 @dataclass
@@ -112,6 +142,8 @@ class Profile:
         comm = self.meta["communication"]
         if op == "pp_send_recv":
             return "measured" if comm.get("pp") == "measured" else "roofline"
+        if op in EP_OPS:
+            return "roofline"
         return "measured" if tp in comm.get("measured_tp", []) else "roofline"
 
     def check_model(self, model: ModelSpec) -> None:
@@ -119,12 +151,16 @@ class Profile:
         m = self.meta["model"]
         diff = [f"{f} {m.get(f)!r} (profile) vs {getattr(model, f)!r} ({model.name})"
                 for f in SHAPE_FIELDS if m.get(f) != getattr(model, f)]
+        if m.get("moe") != moe_shape(model):
+            diff.append(f"moe {m.get('moe')!r} (profile) vs {moe_shape(model)!r} ({model.name})")
         if diff:
             raise ProfileError(f"profile {self.path} was measured for model {m.get('name')!r}, whose shapes differ "
                                f"from {model.name!r}: " + "; ".join(diff))
 
-    def missing_ops(self, tp: int, ops: tuple[str, ...] = ALL_OPS) -> list[str]:
-        """Ops with no measurement for ``tp`` (communication counts as present when delegated to the roofline)."""
+    def missing_ops(self, tp: int, ops: tuple[str, ...] | None = None) -> list[str]:
+        """Ops (default: those the profiled model runs) with no measurement for ``tp`` (communication counts as
+        present when delegated to the roofline)."""
+        ops = model_ops(profile_model(self)) if ops is None else ops
         have = set(self.table.loc[(self.table["tp"] == tp) | (self.table["tp"] == 0), "op"])
         out = []
         for op in ops:
@@ -140,7 +176,7 @@ class Profile:
         if tp not in self.tps:
             raise ProfileError(f"profile {self.path} holds TP {', '.join(map(str, self.tps))}, not TP {tp}; "
                                f"calibrate with --tp {tp}")
-        missing = self.missing_ops(tp)
+        missing = self.missing_ops(tp, model_ops(model))
         if missing:
             raise ProfileError(f"profile {self.path} has no measurements for op(s) {', '.join(missing)} at TP {tp}"
                                + (" (calibration was stopped early; rerun `servesim calibrate` with the same "
@@ -268,8 +304,12 @@ def profile_model(profile: Profile) -> ModelSpec:
     """A ModelSpec with the profiled shapes (for reports on a profile alone)."""
     m = profile.meta["model"]
     heads, hidden = int(m["num_heads"]), int(m["hidden_size"])
+    try:
+        moe = MoESpec(**m["moe"]) if m.get("moe") is not None else None
+    except (TypeError, ValueError) as e:
+        raise ProfileError(f"{profile.path}/{PROFILE_JSON}: field model.moe: {e}") from e
     return ModelSpec(name=str(m.get("name", "profiled")), num_layers=int(m.get("num_layers", 1)), hidden_size=hidden,
                      num_heads=heads, num_kv_heads=int(m["num_kv_heads"]),
                      intermediate_size=int(m["intermediate_size"]), vocab_size=int(m["vocab_size"]),
                      max_context=int(m.get("max_context", 4096)), gated_mlp=bool(m["gated_mlp"]),
-                     head_dim_override=None if int(m["head_dim"]) * heads == hidden else int(m["head_dim"]))
+                     head_dim_override=None if int(m["head_dim"]) * heads == hidden else int(m["head_dim"]), moe=moe)

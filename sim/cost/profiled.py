@@ -8,21 +8,17 @@ table an op is priced by the roofline scaled to agree with the table at its edge
 Communication comes from the profile when it was measured there (several GPUs), else from the
 roofline's interconnect model. Every op's price names its source (``breakdown_sources``).
 
-Framework overhead (profile format 2): the ops above are timed one by one in a hot loop, but
-the engine runs them in sequence inside Python, with attention masks built once per forward
-pass and caches that the previous op cooled; on a GPU without CUDA graphs the launch gaps
-between kernels add up the same way. The profile's whole-unit rows (``layer_forward``,
-``forward``: real ``ModelRunner.execute`` iterations over a grid of prefill, decode and mixed
-batches) measure this. We model it (option "residual", not "replace": the measured units
-cover only a small grid, while the op tables cover every shape and give per-op breakdowns) as
-two terms of ``sim.ops.OVERHEAD_OPS``: ``layer_overhead`` per decoder layer, linear with
-non-negative coefficients in work counts (a constant, one per attention part present, per item,
-per new token, per prefill query-key pair, per decode key), and ``forward_overhead`` per forward
-pass on the last stage (constant, per token, per sampled row). Each is fitted at load time by
-relative least squares to the unit rows' residuals (measured unit minus the op sum the tables
-predict for the same batch), so it stays consistent with the op tables it complements; the
-features extrapolate smoothly beyond the grid. Overhead is framework time: never scaled to
-another GPU. A version-1 profile has no unit rows: its overhead terms are zero.
+Mixtures of experts: a MoE layer is priced with the MoE ops (router, routed experts, shared experts;
+the expert-parallel all-to-alls from the roofline, zero without EP) in place of the dense MLP's,
+dense layers with the dense MLP (``model.stage_layer_kinds``, ``sim.cost.interface.op_layers``).
+
+Framework overhead (profile format 2): ops timed one by one in a hot loop run faster than inside
+the engine's forward pass. The profile's whole-unit rows (``layer_forward``, ``forward``: real
+``ModelRunner.execute`` iterations) measure the difference; two fitted terms of
+``sim.ops.OVERHEAD_OPS``, ``layer_overhead`` per decoder layer and ``forward_overhead`` per forward
+pass on the last stage, add it to the op sum (``sim.cost.framework_overhead``: features, fit, and
+why a residual rather than a replacement). Overhead is framework time: never scaled to another
+GPU. A version-1 profile has no unit rows: its overhead terms are zero.
 
 Transfer: with ``gpu`` different from the profile's device, each op is scaled by the ratio of
 the two devices' rooflines at that op's shape (so compute-bound shapes scale with FLOP/s and
@@ -43,20 +39,21 @@ from sim.cost.framework_overhead import fit_overhead, forward_features, layer_fe
 from sim.cost.graph_decode import SOURCE as GRAPH_SOURCE
 from sim.cost.graph_decode import GraphDecodeTable
 from sim.cost.host_prefill import HostPrefill
-from sim.cost.interface import CostModel, StageCost, stage_totals
-from sim.cost.op_roofline import OpRoofline, prefill_pairs, profile_device_spec
-from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, read_profile
+from sim.cost.interface import CostModel, StageCost, op_layers, stage_totals
+from sim.cost.op_roofline import OpRoofline, mean_layer_time, prefill_pairs, profile_device_spec
+from sim.cost.profile_format import PADDED_BACKENDS, SEQ_AXIS_OPS, Profile, ProfileError, model_ops, read_profile
 from sim.cost.roofline import RooflineCostModel
 from sim.cost.tables import Grid2D, Table1D
 from sim.cost.wake import WakeTable
-from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, OVERHEAD_OPS, STAGE_OPS
+from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, OVERHEAD_OPS, STAGE_OPS
 
 if TYPE_CHECKING:
     from sim.simulator import SimConfig
 
 _CACHE_LIMIT = 200_000
-DEVICE_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
-TABLE_OPS: tuple[str, ...] = tuple(op for op in DEVICE_OPS + ("host_overhead",)
+OUTSIDE_LAYER_OPS: tuple[str, ...] = FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+#: 1-D tables a profile may hold (a model's own: ``model_ops(model, TABLE_OPS)``)
+TABLE_OPS: tuple[str, ...] = tuple(op for op in LAYER_OPS + MOE_OPS + OUTSIDE_LAYER_OPS + ("host_overhead",)
                                    if op not in ("attn_prefill", "attn_decode"))
 
 PROFILE = "profile"            # interpolated in the measured table
@@ -87,13 +84,13 @@ class ProfiledCostModel(CostModel):
         self.transfer = target.name != src_spec.name
         self._ref = (OpRoofline(RooflineCostModel(m, target, tp=tp, pp=pp, dtype_bytes=dtype_bytes, **roofline_kwargs))
                      if self.transfer else self._src)
-        self.layers = src_rl.layers
-        self.num_stages = pp
+        self.layers, self.moe_layers, self.num_stages = src_rl.layers, src_rl.moe_layers, pp
+        self.device_ops = LAYER_OPS + (MOE_OPS if m.is_moe else ()) + OUTSIDE_LAYER_OPS  # as the roofline names them
         self._suffix = TRANSFER if self.transfer else ""
         self._comm_measured = {op: self.profile.comm_source(op, tp) == "measured" for op in COMMUNICATION_OPS}
         self._tables: dict[str, Table1D] = {}
         self._edge: dict[str, tuple[float, float, float, float]] = {}  # op -> (lo, scale at lo, hi, scale at hi)
-        for op in TABLE_OPS:
+        for op in model_ops(m, TABLE_OPS):  # the ops this model runs (check_usable: every one measured)
             if op in COMMUNICATION_OPS and not self._comm_measured[op]:
                 continue
             rows = self.profile.rows(op, tp)
@@ -128,8 +125,7 @@ class ProfiledCostModel(CostModel):
     def _layer_ops(self, batch: Batch) -> float:
         """The op tables' seconds for one decoder layer of ``batch`` (no overhead)."""
         T = batch.num_prefill_tokens + batch.num_decode_tokens
-        ops = self.token_op_times(T, len(batch.items))
-        t = sum(ops[op][0] for op in LAYER_OPS if op in ops)
+        t = mean_layer_time(self.model, self.token_op_times(T, len(batch.items)))  # unit rows: mean over layers
         if batch.prefill_items:
             t += self.attn_prefill(batch)[0]
         if batch.num_decode_tokens:
@@ -191,7 +187,7 @@ class ProfiledCostModel(CostModel):
         else:
             ref_T, ref_N = src_T, src_N
         out: dict[str, tuple[float, str]] = {}
-        for op in DEVICE_OPS:
+        for op in self.device_ops:
             if op in ("attn_prefill", "attn_decode"):
                 continue
             if op == "pp_send_recv":
@@ -202,7 +198,7 @@ class ProfiledCostModel(CostModel):
                 else:
                     out[op] = (self._ref.pp_send_recv(T), ROOFLINE)
                 continue
-            if op in COMMUNICATION_OPS and not self._comm_measured[op]:
+            if op not in self._tables:  # communication not measured; an op this model does not run (zero layers)
                 out[op] = (ref_T[op][0], ROOFLINE)
                 continue
             if op in SEQ_AXIS_OPS:
@@ -222,7 +218,7 @@ class ProfiledCostModel(CostModel):
     def _stage_token_times(self, num_tokens: int, num_items: int, stage: int) -> dict[str, tuple[float, str]]:
         """Stage totals of the token-dependent ops (layer ops times the stage's layers); zero where one does not run."""
         ops = self.token_op_times(num_tokens, num_items)
-        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1)
+        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1, self.moe_layers[stage])
 
     def _token_part(self, num_tokens: int, num_items: int, stage: int) -> tuple[float, float, float]:
         key = (num_tokens, num_items, stage)
@@ -232,13 +228,13 @@ class ProfiledCostModel(CostModel):
         t = sum(v[0] for v in self._stage_token_times(num_tokens, num_items, stage).values())
         # work done (for MFU): the target roofline's useful FLOPs and bytes, as RooflineCostModel reports them
         costs = self._ref.rl.token_op_costs(num_tokens, num_items)
-        L = self.layers[stage]
+        L, moe = self.layers[stage], self.moe_layers[stage]
         first, last = stage == 0, stage == self.pp - 1
         f = b = 0.0
-        for op in LAYER_OPS:
+        for op in LAYER_OPS + MOE_OPS:
             if op in costs:
-                f += L * costs[op][1]
-                b += L * costs[op][2]
+                f += op_layers(op, L, moe) * costs[op][1]
+                b += op_layers(op, L, moe) * costs[op][2]
         for op in (FIRST_STAGE_OPS if first else ()) + (LAST_STAGE_OPS if last else ()):
             f += costs[op][1]
             b += costs[op][2]
@@ -373,7 +369,7 @@ class ProfiledCostModel(CostModel):
     def _explain(self, batch: Batch, stage: int) -> dict[str, tuple[float, str]]:
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
-            return {op: (0.0, PROFILE) for op in DEVICE_OPS + OVERHEAD_OPS}
+            return {op: (0.0, PROFILE) for op in self.device_ops + OVERHEAD_OPS}
         ops = self._stage_token_times(num_tokens, len(batch.items), stage)
         L = self.layers[stage]
         if batch.prefill_items:
@@ -389,7 +385,7 @@ class ProfiledCostModel(CostModel):
         if graph is not None:  # a graph replay: the ops' shares of the measured whole forward pass
             k = graph / (sum(v[0] for v in ops.values()) or 1.0)
             ops = {op: (v[0] * k, GRAPH_SOURCE) for op, v in ops.items()}
-        return {op: ops[op] for op in DEVICE_OPS + OVERHEAD_OPS}
+        return {op: ops[op] for op in self.device_ops + OVERHEAD_OPS}
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
         """Seconds per device op of ``sim.ops`` and per overhead term (``OVERHEAD_OPS``; zero where one does not
@@ -416,6 +412,7 @@ class ProfiledCostModel(CostModel):
             "profile_gpu": self.profile.gpu, "profile_date": meta.get("date"), "profile_commit": meta.get("git_commit"),
             "dtype": meta.get("dtype"), "model": self.model.name, "gpu": self.gpu.name, "tp": self.tp, "pp": self.pp,
             "layers_per_stage": list(self.layers),
+            **({"moe_layers_per_stage": self.moe_layers} if self.model.is_moe else {}),
             "decode_path": meta.get("decode_path", "eager"), "decode_graph_table": self._graphs is not None,
             "communication": {op: ("profile" if v else "roofline") for op, v in self._comm_measured.items()},
             "attention_backend": meta.get("attention_backend"),
@@ -441,9 +438,12 @@ class ProfiledCostModel(CostModel):
             f"(each op scaled by the roofline ratio of the two devices)")
 
 
-def for_simulation(profile: str | Path, config: "SimConfig", gpu: str | None) -> tuple["SimConfig", ProfiledCostModel]:
+def for_simulation(profile: str | Path, config: SimConfig, gpu: str | None) -> tuple[SimConfig, ProfiledCostModel]:
     """The profiled cost model for ``config``; with no explicit ``gpu`` a catalogue-GPU profile sets ``config.gpu``."""
     prof = read_profile(profile)
+    if config.ep != 1 or config.router_skew:
+        raise ProfileError(f"profile {prof.path}: a profile times the engine's own MoE layer (experts split by TP, no "
+                           f"expert parallelism; uniform routing): price --ep or --router-skew with the roofline")
     if gpu is None:  # the profile's own device: a catalogue GPU, or the measured device itself (never an A100)
         config = dataclasses.replace(config, gpu=prof.gpu or register_device(profile_device_spec(prof)[0]))
     model = get_model(config.model)

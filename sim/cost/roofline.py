@@ -12,7 +12,20 @@ bandwidth fraction and floor), they replace the uniform defaults for GEMMs and e
 ``fitted=False`` prices with the defaults alone. Attention is priced from
 the exact causal query-key pair counts. Communication (TP all-reduce, PP send/recv) is priced from
 the interconnect. Needs only the model shape and the GPU datasheet numbers, so it works for any
-entry of the catalogues. The reported FLOPs are the useful (unpadded) ones and the bytes are
+entry of the catalogues.
+
+Mixtures of experts: per MoE layer the router GEMM, the routed experts as one grouped GEMM over
+the experts the batch touches (``sim.cost.moe_routing``: each touched expert's weights read once,
+its tokens' FLOPs), and the shared experts as a dense MLP. With expert parallelism (``ep`` =
+``tp``: vLLM's ``--enable-expert-parallel`` uses the TP group) attention stays TP-sharded on the
+same GPUs; each GPU holds E/ep whole experts, takes 1/ep of the batch's tokens and sends each
+token's hidden state to its k experts' GPUs and back (dispatch and combine all-to-alls, the
+DeepEP pattern), and the MLP's all-reduce becomes an all-gather of the combined outputs; the
+busiest GPU (the popular experts under ``router_skew``) sets the time. FP8 weights (``weight_dtype
+"fp8"``) read one byte per parameter and run GEMMs at the GPU's FP8 peak (on a GPU without FP8
+tensor cores, Ampere, weight-only at the bf16 peak, as vLLM's Marlin kernels do: FP8 compute is
+never priced there); an FP8 KV cache reads one byte per cached value. MLA attention caches one latent per token (``kv_lora_rank +
+qk_rope_head_dim`` values) and is priced with its query/key and value head widths. The reported FLOPs are the useful (unpadded) ones and the bytes are
 device-memory traffic (communication excluded), for MFU and bandwidth utilisation.
 """
 
@@ -20,9 +33,10 @@ from __future__ import annotations
 
 from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
-from sim.catalog.models import ModelSpec, get_model, layers_per_stage
-from sim.cost.interface import CostModel, StageCost, deployment_fields
-from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+from sim.catalog.models import ModelSpec, check_weight_dtype, get_model, kv_dtype_bytes, layers_per_stage
+from sim.cost.interface import CostModel, StageCost, deployment_fields, op_layers
+from sim.cost.moe_routing import busiest_gpu_load
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 # ---- defaults (all rough, all overridable) ------------------------------------------------------
 # Large bf16 GEMMs reach ~70-80% of the dense peak with cuBLAS (about 230 of 312 TFLOP/s on A100);
@@ -64,7 +78,8 @@ class RooflineCostModel(CostModel):
     name = "roofline"
 
     def __init__(self, model: ModelSpec | str, gpu: GPUSpec | str, *, tp: int = 1, pp: int = 1,
-                 dtype_bytes: int = 2,
+                 dtype_bytes: int = 2, ep: int = 1, weight_dtype: str | None = None,
+                 kv_cache_dtype: str = "auto", router_skew: float = 0.0,
                  compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
                  memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY,
                  tile: int | None = None,
@@ -89,7 +104,16 @@ class RooflineCostModel(CostModel):
         if tile < 1:
             raise ValueError(f"tile must be >= 1, got {tile}")
         self.tp, self.pp, self.dtype_bytes, self.tile = tp, pp, dtype_bytes, tile
+        self.ep, self.router_skew = m.check_ep(tp, ep), router_skew
+        self.weight_dtype = weight_dtype or m.dtype
+        # FP8 weights take one byte; otherwise weights are in the activation dtype (4 bytes on a float32 CPU engine).
+        # Without FP8 tensor cores (Ampere) FP8 weights run weight-only (vLLM's Marlin W8A16): bf16 GEMM compute
+        self.weight_bytes = check_weight_dtype(self.weight_dtype) if self.weight_dtype == "fp8" else dtype_bytes
+        self.fp8_compute = self.weight_dtype == "fp8" and g.has_fp8
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_bytes = kv_dtype_bytes(kv_cache_dtype, dtype_bytes)
         self.layers = layers_per_stage(m.num_layers, pp)
+        self.moe_layers = [m.stage_layer_kinds(s, pp)[1] for s in range(pp)]
         self.num_stages = pp
         self.compute_efficiency, self.memory_efficiency = compute_efficiency, memory_efficiency
         self.comm_efficiency, self.kernel_launch_overhead = comm_efficiency, kernel_launch_overhead
@@ -100,11 +124,13 @@ class RooflineCostModel(CostModel):
         self.pp_link_bandwidth = g.interconnect_bw if pp_link_bandwidth is None else pp_link_bandwidth
 
         self._flop_rate = g.bf16_flops * compute_efficiency
+        gemm_peak = g.fp8_flops if self.fp8_compute else g.bf16_flops
+        self._gemm_rate = gemm_peak * compute_efficiency
         self._byte_rate = g.mem_bandwidth * memory_efficiency
         self._tp_rate = g.interconnect_bw * comm_efficiency
         self._pp_rate = self.pp_link_bandwidth * comm_efficiency
         fit = self.fit
-        self._gemm_fit = ((g.bf16_flops * fit.gemm_peak_efficiency, fit.gemm_half_rows,
+        self._gemm_fit = ((gemm_peak * fit.gemm_peak_efficiency, fit.gemm_half_rows,
                            g.mem_bandwidth * fit.gemm_memory_efficiency, fit.gemm_floor_s)
                           if fit is not None and fit.gemm_peak_efficiency else None)
         # kind -> (bytes/s, floor seconds)
@@ -115,16 +141,20 @@ class RooflineCostModel(CostModel):
         self._h, self._qh, self._kvh, self._hd = h, qh, kvh, hd
         self._inter = m.intermediate_per_gpu(tp)
         self._vocab_shard = m.vocab_per_gpu(tp)
-        self._linears: dict[str, tuple[int, int]] = {  # op -> (in features, out features) on one GPU
-            "qkv_proj": (h, (qh + 2 * kvh) * hd),
-            "o_proj": (qh * hd, h),
+        # attention projections on one GPU, each (in features, out features): fused qkv, or MLA's latent ones
+        self._qkv = (list(m.mla.projections(h, qh).values())[:-1] if m.mla is not None
+                     else [(h, (qh + 2 * kvh) * hd)])
+        self._linears: dict[str, tuple[int, int]] = {  # op -> (in features, out features) of a plain GEMM, one GPU
+            **({"qkv_proj": self._qkv[0]} if m.mla is None else {}),
+            "o_proj": (qh * (m.mla.v_head_dim if m.mla else hd), h),
             "gate_up_proj": (h, (2 if m.gated_mlp else 1) * self._inter),
             "down_proj": (self._inter, h),
         }
         # attention coefficients, per layer: FLOPs per query-key pair, bytes per new token / per key read
-        self._attn_flops_per_pair = 4.0 * qh * hd                 # QK^T and PV, 2 FLOPs per MAC
-        q_and_out = 2.0 * qh * hd * d                              # read q, write output
-        kv_row = 2.0 * kvh * hd * d                                # one token's k and v
+        qk_dim, v_dim = (m.mla.qk_head_dim, m.mla.v_head_dim) if m.mla is not None else (hd, hd)
+        self._attn_flops_per_pair = 2.0 * qh * (qk_dim + v_dim)   # QK^T and PV, 2 FLOPs per MAC
+        q_and_out = qh * (qk_dim + v_dim) * d                      # read q, write output
+        kv_row = float(m.kv_values_per_token_layer(tp) * self.kv_bytes)  # one token's cached k and v (or latent)
         self._attn_bytes_per_new = q_and_out + kv_row + 2.0 * kv_row  # + its own k,v read, cache write (read+write)
         self._attn_bytes_per_key = kv_row                          # cached keys/values read
         self._cache: dict[tuple[int, int, int], _OpCost] = {}
@@ -135,21 +165,27 @@ class RooflineCostModel(CostModel):
         """Roofline time of one kernel, launch overhead included."""
         t_c = flops / self._flop_rate
         t_m = nbytes / self._byte_rate
-        return (t_c if t_c > t_m else t_m) + self.kernel_launch_overhead
+        return (max(t_m, t_c)) + self.kernel_launch_overhead
 
-    def _linear(self, rows: int, k: int, n: int) -> _OpCost:
-        """A [rows, k] x [k, n] GEMM: tile-padded rows in the compute term, weights + activations in bytes."""
-        if rows <= 0:
+    def _linear(self, rows: float, k: int, n: int, groups: float = 1.0, weight_bytes: int | None = None) -> _OpCost:
+        """``groups`` [rows, k] x [k, n] GEMMs in one kernel (1: a plain GEMM; more: a MoE layer's experts).
+
+        Tile-padded rows in the compute term; weights (``weight_bytes`` per parameter, default the
+        model's) and activations in bytes; one kernel floor.
+        """
+        if rows <= 0 or groups <= 0:
             return _ZERO
         d = self.dtype_bytes
+        wb = self.weight_bytes if weight_bytes is None else weight_bytes
         padded = -(-rows // self.tile) * self.tile
-        nbytes = d * (k * n + rows * k + rows * n)
+        nbytes = groups * (wb * k * n + d * rows * (k + n))
         if self._gemm_fit is not None:  # efficiency rising with the rows (fitted to the GPU's GEMM table)
             peak, half, byte_rate, floor = self._gemm_fit
-            t = max(2.0 * (padded + half) * k * n / peak, nbytes / byte_rate) + floor
+            t = max(2.0 * groups * (padded + half) * k * n / peak, nbytes / byte_rate) + floor
         else:
-            t = max(2.0 * padded * k * n / self._flop_rate, nbytes / self._byte_rate) + self.kernel_launch_overhead
-        return (t, 2.0 * rows * k * n, float(nbytes))
+            t = (max(2.0 * groups * padded * k * n / self._gemm_rate, nbytes / self._byte_rate)
+                 + self.kernel_launch_overhead)
+        return (t, 2.0 * groups * rows * k * n, float(nbytes))
 
     def _elementwise(self, flops: float, nbytes: float, kind: str) -> _OpCost:
         fit = self._elem_fit.get(kind)
@@ -157,7 +193,7 @@ class RooflineCostModel(CostModel):
             return (self._roof(flops, nbytes), float(flops), float(nbytes))
         byte_rate, floor = fit
         t_c, t_m = flops / self._flop_rate, nbytes / byte_rate
-        return ((t_c if t_c > t_m else t_m) + floor, float(flops), float(nbytes))
+        return ((max(t_m, t_c)) + floor, float(flops), float(nbytes))
 
     def _all_reduce(self, nbytes: float) -> float:
         """Ring all-reduce of ``nbytes`` across the TP group (zero when tp = 1)."""
@@ -186,7 +222,7 @@ class RooflineCostModel(CostModel):
         ar = self._all_reduce(act_hidden)
         costs: dict[str, _OpCost] = {
             "input_norm": norm,
-            "qkv_proj": self._linear(T, *self._linears["qkv_proj"]),
+            "qkv_proj": self._sum(self._linear(T, i, o) for i, o in self._qkv),
             "rotary": self._elementwise(3.0 * rot_elems, 2.0 * rot_elems * d, "rotary"),
             "o_proj": self._linear(T, *self._linears["o_proj"]),
             "tp_all_reduce": (ar, 0.0, 0.0),
@@ -198,6 +234,8 @@ class RooflineCostModel(CostModel):
             "tp_all_reduce_mlp": (ar, 0.0, 0.0),
             "residual_add_mlp": resid,
         }
+        if self.model.moe is not None:
+            costs.update(self._moe_op_costs(T))
         # embedding: gather rows of the vocab-parallel table (+ all-reduce of the masked lookups when tp > 1)
         emb_t, emb_f, emb_b = self._elementwise(0.0, 2.0 * act_hidden + 8.0 * T, "embedding")
         costs["embedding"] = (emb_t + ar, emb_f, emb_b)
@@ -221,15 +259,59 @@ class RooflineCostModel(CostModel):
         costs["pp_send_recv"] = (pp_t, 0.0, 0.0)
         return costs
 
+    @staticmethod
+    def _sum(costs) -> _OpCost:
+        t = f = b = 0.0
+        for ct, cf, cb in costs:
+            t, f, b = t + ct, f + cf, b + cb
+        return (t, f, b)
+
+    def _mlp(self, rows: float, width: int, groups: float = 1.0) -> _OpCost:
+        """A gated MLP of ``width`` (one GPU's share) over ``rows`` tokens, ``groups`` of them (experts) in one pass."""
+        h, d = self._h, self.dtype_bytes
+        act = self._elementwise(5.0 * groups * rows * width, 3.0 * groups * rows * width * d, "act")
+        return self._sum((self._linear(rows, h, 2 * width, groups), act, self._linear(rows, width, h, groups)))
+
+    def _moe_op_costs(self, T: int) -> dict[str, _OpCost]:
+        """Per MoE layer: router, routed experts on the busiest GPU, shared experts, EP all-to-alls."""
+        moe, h, d, tp, ep = self.model.moe, self._h, self.dtype_bytes, self.tp, self.ep
+        assert moe is not None
+        E, k = moe.num_experts, moe.top_k
+        width = moe.expert_intermediate_size if ep > 1 else -(-moe.expert_intermediate_size // tp)
+        tokens = T / ep  # with EP each GPU routes its share of the (TP-replicated) tokens
+        load = busiest_gpu_load(T, E, k, ep, self.router_skew)
+        experts = (self._mlp(load.pairs / load.experts, width, load.experts) if load.experts > 0 else _ZERO)
+        combine_sum = self._elementwise(2.0 * load.pairs * h, 2.0 * load.pairs * h * d, "residual")
+        router = self._linear(T, h, E, weight_bytes=d)  # routers stay in the activation dtype in fp8 checkpoints
+        topk = self._elementwise(4.0 * T * E, 2.0 * T * E * 4, "act")  # float32 softmax and top-k over the logits
+        shared = (self._mlp(T, -(-moe.shared_intermediate_size // tp)) if moe.shared_intermediate_size else _ZERO)
+        a2a = self._all_to_all(tokens * k * h * d) if ep > 1 else 0.0
+        # the combine returns each GPU its tokens' outputs; an all-gather then gives every TP rank all of them
+        gather = self._all_gather(T * h * d) if ep > 1 else 0.0
+        return {"moe_router": self._sum((router, topk)), "ep_dispatch": (a2a, 0.0, 0.0),
+                "moe_experts": self._sum((experts, combine_sum)), "ep_combine": (a2a + gather, 0.0, 0.0),
+                "moe_shared": shared}
+
+    def _all_to_all(self, nbytes: float) -> float:
+        """All-to-all across the EP group: each GPU sends ``nbytes`` of which (ep - 1)/ep leave it."""
+        return (self.ep - 1) / self.ep * nbytes / self._tp_rate + self.comm_latency
+
+    def _all_gather(self, nbytes: float) -> float:
+        """Ring all-gather of ``nbytes`` (the whole result) across the TP group (zero when tp = 1)."""
+        if self.tp == 1:
+            return 0.0
+        return (self.tp - 1) / self.tp * nbytes / self._tp_rate + self.comm_latency
+
     def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int) -> dict[str, _OpCost]:
         """Stage totals (layer ops times the stage's layer count) of the token-dependent ops; all op names present."""
         costs = self.token_op_costs(num_tokens, num_items)
-        L = self.layers[stage]
+        L, moe = self.layers[stage], self.moe_layers[stage]
         out: dict[str, _OpCost] = {}
-        for op in LAYER_OPS:
+        for op in LAYER_OPS + MOE_OPS:
             if op in costs:
+                n = op_layers(op, L, moe, self.ep)
                 t, f, b = costs[op]
-                out[op] = (L * t, L * f, L * b)
+                out[op] = (n * t, n * f, n * b)
         first, last = stage == 0, stage == self.pp - 1
         for op in FIRST_STAGE_OPS:
             out[op] = costs[op] if first else _ZERO
@@ -308,7 +390,7 @@ class RooflineCostModel(CostModel):
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
         """Seconds per non-host op of ``sim.ops`` (zero where it does not run); sums to ``stage_cost().time``."""
-        names = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+        names = LAYER_OPS + (MOE_OPS if self.model.moe else ()) + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
             return {op: 0.0 for op in names}
@@ -325,6 +407,13 @@ class RooflineCostModel(CostModel):
         return {
             **deployment_fields(self),
             "dtype_bytes": self.dtype_bytes,
+            "weight_dtype": self.weight_dtype,
+            **({"fp8_compute": self.fp8_compute, "fp8_peak_source": self.gpu.fp8_source or
+                f"{self.gpu.name} has no FP8 tensor cores: weight-only FP8 with bf16 compute (vLLM's Marlin kernels)"}
+               if self.weight_dtype == "fp8" else {}),
+            "kv_cache_dtype": self.kv_cache_dtype,
+            **({"ep": self.ep, "router_skew": self.router_skew, "moe_layers_per_stage": self.moe_layers}
+               if self.model.moe else {}),
             "compute_efficiency": self.compute_efficiency,
             "memory_efficiency": self.memory_efficiency,
             "comm_efficiency": self.comm_efficiency,
@@ -340,6 +429,6 @@ class RooflineCostModel(CostModel):
             "comm_latency_s": self.comm_latency,
             "tp_link_bandwidth": self.gpu.interconnect_bw,
             "pp_link_bandwidth": self.pp_link_bandwidth,
-            "peak_flops": self.gpu.bf16_flops,
+            "peak_flops": self.gpu.fp8_flops if self.fp8_compute else self.gpu.bf16_flops,
             "mem_bandwidth": self.gpu.mem_bandwidth,
         }

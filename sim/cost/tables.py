@@ -13,7 +13,7 @@ roofline made to agree with the measurements at the grid's edge.
 from __future__ import annotations
 
 import bisect
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.optimize import isotonic_regression
@@ -54,7 +54,7 @@ class Table1D:
 
     def clamp(self, x: float) -> float:
         """The nearest grid edge for ``x`` outside the table (``x`` itself inside)."""
-        return self.lo if x < self.lo else self.hi if x > self.hi else x
+        return self.lo if x < self.lo else min(x, self.hi)
 
     def __call__(self, x: float) -> float:
         """Interpolated value at ``x`` (held constant beyond the edges)."""
@@ -136,7 +136,7 @@ class Grid2D:
         s0, s1 = self.shape(u0, v), self.shape(u1, v)
         if abs(s1 - s0) > 1e-9 * max(abs(s0), abs(s1)):
             w = (self.shape(u, v) - s0) / (s1 - s0)
-            w = 0.0 if w < 0.0 else 1.0 if w > 1.0 else w
+            w = 0.0 if w < 0.0 else min(w, 1.0)
         else:
             w = (u - u0) / (u1 - u0)
         a, b = self._row(i - 1, v), self._row(i, v)

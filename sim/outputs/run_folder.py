@@ -125,6 +125,17 @@ CONTEXT_HINT = ("hint: --max-total-tokens N clips requests to N tokens keeping e
                 "model's context serves them all); --max-model-len sets a long-context variant's context")
 
 
+def _variant(cfg: dict, summary: dict) -> str:
+    """', EP2, fp8 weights, fp8 KV' where the deployment is not the plain bf16 one."""
+    cost = summary.get("cost_model", {})
+    parts = [f"EP{cfg['ep']}"] if cfg.get("ep", 1) > 1 else []
+    if cost.get("weight_dtype") == "fp8":
+        parts.append("fp8 weights" + ("" if cost.get("fp8_compute", True) else " (weight-only)"))
+    if cfg.get("kv_cache_dtype", "auto") != "auto":
+        parts.append(f"{cfg['kv_cache_dtype']} KV cache")
+    return "".join(", " + p for p in parts)
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable table of the headline metrics."""
     cfg = summary["config"]
@@ -136,7 +147,7 @@ def format_summary(summary: dict) -> str:
         f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
         f"{'device' if str(cfg['gpu']).startswith('measured:') or cfg['gpu'] == 'cpu' else 'GPU'}"
         f"{'s' if gpus > 1 else ''} ({replicas} replica"
-        f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}), scheduler {cfg['scheduler']}, cost model "
+        f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}{_variant(cfg, summary)}), scheduler {cfg['scheduler']}, cost model "
         f"{summary['cost_model'].get('name')}",
         f"requests: {req['completed']} completed of {req['simulated']} simulated, {req['in_trace']} in trace, "
         f"{req['skipped']} skipped" + (f" ({reasons})" if req["skipped"] else ""),
@@ -171,4 +182,9 @@ def format_summary(summary: dict) -> str:
          f"{pipe['mean_bubble_fraction']:.1%}, median gap {pipe['median_bubble_s'] * 1e3:.3f} ms"),
         f"utilisation: MFU {fmt(ut['mfu'], '.1%')}, memory bandwidth {fmt(ut['memory_bandwidth_utilization'], '.1%')}",
     ]
+    pc = summary.get("prefix_cache")
+    if pc:
+        lines.append(f"prefix cache: {fmt(pc['hit_rate_tokens'], '.1%')} of prompt tokens hit ({fmt(pc['hit_rate_blocks'], '.1%')}"
+                     f" of blocks), {pc['evictions']:,} evictions, {pc['cached_free_blocks_mean']:,.0f} cached free "
+                     f"blocks on average")
     return "\n".join(lines)

@@ -50,6 +50,8 @@ class Scheduler(ABC):
     reserves_max_length: bool = False
     #: default per-iteration token budget when the user gives none (None: unlimited)
     default_token_budget: int | None = None
+    #: automatic prefix caching when the user says neither way (vLLM v1 turns it on; the v0-era policies did not)
+    default_prefix_caching: bool = False
 
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:
@@ -72,6 +74,7 @@ class Scheduler(ABC):
         #: False: a finished request's token times are folded into gap_log and dropped (memory per request,
         #: not per token: large simulations); True keeps them (engine, validation, tests)
         self.keep_token_times = True
+        self.cached_free_log: list[int] = []  # per scheduled batch, with prefix caching: cached free blocks
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -88,6 +91,8 @@ class Scheduler(ABC):
         if not decodes and not prefills:
             return None
         batch = Batch(decodes + prefills, self._next_batch_id, self.bm.num_used, num_decodes=len(decodes))
+        if self.bm.caching:  # cache occupancy over time: unreferenced blocks still holding a prefix
+            self.cached_free_log.append(self.bm.num_cached_free)
         for r, _new, _cached in batch.prefill_items:  # a decode was necessarily scheduled before
             if r.first_scheduled_time is None:  # never before arrival (float rounding of the arrival wait)
                 r.first_scheduled_time = now if now > r.arrival_time else r.arrival_time
@@ -99,8 +104,11 @@ class Scheduler(ABC):
         """Advance every item's request; sample a token where its known tokens are all computed."""
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
+        caching = self.bm.caching
         for req, new, _cached in batch.entries:
             req.num_computed += new
+            if caching and (new > 1 or req.num_computed % self.bm.block_size == 0):  # a block filled: share it
+                self.bm.on_computed(req)
             if req.num_computed == req.prompt_tokens + req.num_generated:
                 req.num_generated += 1
                 req.token_times.append(now)
@@ -171,13 +179,14 @@ class Scheduler(ABC):
         if len(self.running) >= self.config.max_batch_size:
             return False
         n = self._admit_tokens(request) if num_tokens is None else num_tokens
-        return self.bm.can_admit(n, use_watermark=not self.reserves_max_length)
+        return self.bm.can_admit(n, use_watermark=not self.reserves_max_length, request=request)
 
     def _admit(self, request: Request, num_tokens: int | None = None) -> None:
-        """Move the head of the waiting queue to running, allocating its blocks."""
+        """Move the head of the waiting queue to running, allocating its blocks (reusing a cached prefix: its
+        tokens count as computed, so ``num_pending`` and ``num_computed`` already reflect the hit)."""
         popped = self.waiting.popleft()
         assert popped is request
-        self.bm.grow(request, self._admit_tokens(request) if num_tokens is None else num_tokens)
+        self.bm.admit(request, self._admit_tokens(request) if num_tokens is None else num_tokens)
         request.status = Status.RUNNING
         self.running.append(request)
 
@@ -188,13 +197,14 @@ class Scheduler(ABC):
         budget = self.token_budget
         while self.waiting:
             r = self.waiting[0]
-            n = r.num_known  # a preempted request re-prefills its prompt plus the tokens it generated
+            # a preempted request re-prefills its prompt plus the tokens it generated, less a cached prefix
+            n = r.num_known - self.bm.prefix_hit(r)
             if budget is not None and tokens + n > budget:
                 break
             if not self._can_admit(r):
                 break
             self._admit(r)
-            items.append(BatchItem(r, n, 0))
+            items.append(BatchItem(r, n, r.num_computed))
             tokens += n
         return items
 

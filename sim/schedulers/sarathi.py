@@ -32,9 +32,9 @@ class SarathiScheduler(Scheduler):
             r = self.waiting[0]
             if not self._can_admit(r):
                 break
-            c = self._chunk(r.num_pending, budget_left, tokens)
             self._admit(r)  # blocks for the whole prompt, as Sarathi-Serve allocates at admission
-            items.append(BatchItem(r, c, 0))
+            c = self._chunk(r.num_pending, budget_left, tokens)  # after a prefix hit, only the rest
+            items.append(BatchItem(r, c, r.num_computed))
             tokens += c
             budget_left -= c
         return decodes, items

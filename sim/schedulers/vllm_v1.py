@@ -15,6 +15,7 @@ class VLLMV1Scheduler(Scheduler):
     name = "vllm_v1"
     chunks_prefills = True
     default_token_budget = DEFAULT_TOKEN_BUDGET
+    default_prefix_caching = True  # vLLM v1 enables automatic prefix caching by default
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []
@@ -37,10 +38,11 @@ class VLLMV1Scheduler(Scheduler):
             return decodes, items
         while self.waiting and budget_left > 0:
             r = self.waiting[0]
-            n = min(r.num_pending, budget_left)
-            if not self._can_admit(r, n):
+            hit = self.bm.prefix_hit(r)  # tokens a cached prefix gives (computed, in shared blocks)
+            n = min(r.num_pending - hit, budget_left)
+            if not self._can_admit(r, hit + n):
                 break
-            self._admit(r, n)
-            items.append(BatchItem(r, n, 0))
+            self._admit(r, hit + n)
+            items.append(BatchItem(r, n, hit))
             budget_left -= n
         return decodes, items

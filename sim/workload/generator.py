@@ -238,16 +238,21 @@ def generate_trace(
     lengths_from: str | os.PathLike[str] | None = None,
     max_total_tokens: int | None = None,
     seed: int = 0,
+    turns: int = 1,
+    think_time_s: float = 0.0,
+    system_prompt: tuple[int, float] | None = None,
 ) -> list[TraceRequest]:
     """A synthetic trace of num_requests requests (ids "0".."N-1"); the same arguments give the same trace.
 
     prompt_len/output_len default to the 'sharegpt' preset; lengths_from replaces both
-    (giving it together with either is an error).
+    (giving it together with either is an error). With ``turns`` > 1 consecutive requests become
+    conversations whose turns resend the earlier ones (``sim.workload.reuse``; the lengths drawn are
+    each turn's new message); ``system_prompt`` = (tokens, fraction) prepends a shared system prompt.
     """
     if isinstance(num_requests, bool) or not isinstance(num_requests, (int, np.integer)) or num_requests < 1:
         raise ValueError(f"num_requests must be an integer >= 1, got {num_requests!r}")
     n = int(num_requests)
-    arr_ss, prompt_ss, output_ss = np.random.SeedSequence(seed).spawn(3)
+    arr_ss, prompt_ss, output_ss, reuse_ss = np.random.SeedSequence(seed).spawn(4)  # the first three as before
     times = generate_arrivals(np.random.default_rng(arr_ss), n, arrival, qps, cv)
     if lengths_from is not None:
         if prompt_len is not None or output_len is not None:
@@ -262,7 +267,15 @@ def generate_trace(
         output = ospec.sample(np.random.default_rng(output_ss), n)
     if max_total_tokens is not None:
         prompt, output = clip_total_tokens(prompt, output, int(max_total_tokens))
-    return [
+    trace = [
         TraceRequest(str(i), float(t), int(p), int(o))
         for i, (t, p, o) in enumerate(zip(times.tolist(), prompt.tolist(), output.tolist()))
     ]
+    if turns > 1 or system_prompt is not None:
+        from sim.workload.reuse import add_system_prompt, make_sessions
+        session_ss, system_ss = reuse_ss.spawn(2)
+        if turns > 1:
+            trace = make_sessions(trace, turns, think_time_s, np.random.default_rng(session_ss))
+        if system_prompt is not None:
+            trace = add_system_prompt(trace, *system_prompt, np.random.default_rng(system_ss))
+    return trace

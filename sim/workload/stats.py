@@ -83,7 +83,38 @@ def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) ->
         "total_tokens": _describe(total),
         "pd_ratio": {**_describe(ratio), "tokens": float(prompt.sum() / output.sum())},
         "total_tokens_over": {str(m): int((total > m).sum()) for m in CONTEXT_MARKS},
+        "reuse": ideal_reuse(requests),
     }
+
+
+def ideal_reuse(requests: Sequence[TraceRequest], block_size: int = 16) -> dict[str, Any]:
+    """The prefix reuse a trace offers: the hit rate an infinite prefix cache would reach, in arrival order.
+
+    Each request hits the longest run of ``block_size``-token blocks an earlier request computed (leaving one
+    token to compute, as the cache does), then adds its own, answer included; None where the trace declares
+    no reuse.
+    """
+    from sim.prefix import block_hashes, prefix_spec
+
+    declared = sum(1 for r in requests if r.extra and prefix_spec(r.extra) is not None)
+    if not declared:
+        return {"requests_declaring_reuse": 0, "ideal_hit_rate_tokens": None, "block_size": block_size}
+    seen: set[int] = set()
+    hit = total = 0
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
+    for i in order:
+        r = requests[i]
+        # its prompt's and its answer's blocks (a conversation's next turn resends the answer)
+        keys = block_hashes(prefix_spec(r.extra) if r.extra else None, i, r.prompt_tokens + r.output_tokens - 1,
+                            block_size).tolist()
+        limit = min(len(keys), (r.prompt_tokens - 1) // block_size)
+        k = 0
+        while k < limit and keys[k] in seen:
+            k += 1
+        hit += k * block_size
+        total += r.prompt_tokens
+        seen.update(keys)
+    return {"requests_declaring_reuse": declared, "ideal_hit_rate_tokens": hit / total, "block_size": block_size}
 
 
 def format_stats(stats: dict[str, Any], name: str = "trace") -> str:
@@ -112,6 +143,11 @@ def format_stats(stats: dict[str, Any], name: str = "trace") -> str:
     lines.append(f"P:D ratio of token totals: {stats['pd_ratio']['tokens']:.3g}")
     over = ", ".join(f"> {k}: {v}" for k, v in stats["total_tokens_over"].items())
     lines.append(f"requests with prompt + output {over}")
+    reuse = stats.get("reuse") or {}
+    if reuse.get("ideal_hit_rate_tokens") is not None:
+        lines.append(f"prefix reuse: {reuse['requests_declaring_reuse']} requests declare it; an infinite prefix cache "
+                     f"({reuse['block_size']}-token blocks) would hit {reuse['ideal_hit_rate_tokens']:.1%} of prompt "
+                     "tokens")
     return "\n".join(lines)
 
 

@@ -3,8 +3,11 @@
 A line is a JSON object with ``arrival_time`` (seconds, finite, >= 0),
 ``prompt_tokens`` and ``output_tokens`` (integers >= 1) and an optional
 ``request_id`` (string or integer, kept as a string; default: the request's
-0-based index in the file). Other fields are kept in ``TraceRequest.extra`` and
-ignored by the simulator. Blank lines are skipped. An integral float such as
+0-based index in the file). Optional reuse fields describe what the prompt shares
+with other requests, for prefix caching (``sim.prefix``): ``hash_ids`` (a list of
+integer ids, one per ``hash_block_size`` tokens, default 512, as Mooncake's), or
+``prefix_group`` (any id) with ``prefix_len`` (the group's shared leading tokens).
+Other fields are kept in ``TraceRequest.extra`` and ignored by the simulator. Blank lines are skipped. An integral float such as
 ``3.0`` is accepted as the integer 3 (some tools write every number as a float);
 ``3.5``, booleans, NaN and Infinity are refused. See traces/README.md.
 """
@@ -17,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sim.prefix import check_prefix_fields
 from sim.request import TraceRequest
 
 REQUIRED_FIELDS = ("arrival_time", "prompt_tokens", "output_tokens")
@@ -150,6 +154,9 @@ def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceReques
     for name, value in extra.items():
         if _contains_non_finite(value):  # e.g. 1e999, which json parses to inf
             raise TraceError(path, f"expected finite numbers, got {_show(value)}", lineno, name)
+    bad = check_prefix_fields(extra) if extra else None
+    if bad is not None:  # the optional reuse description (sim.prefix): hash_ids, or prefix_group + prefix_len
+        raise TraceError(path, bad[1], lineno, bad[0])
     return TraceRequest(str(rid), float(t), prompt, output, extra, lineno)
 
 

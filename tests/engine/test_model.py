@@ -15,8 +15,9 @@ from engine.model import LlamaModel  # noqa: E402
 from engine.runner import ModelRunner, prompt_token_ids  # noqa: E402
 from sim.batch import Batch, BatchItem  # noqa: E402
 from sim.catalog.models import ModelSpec  # noqa: E402
+from sim.catalog.variants import MoESpec  # noqa: E402
 from sim.kv_cache import BlockManager  # noqa: E402
-from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS  # noqa: E402
+from sim.ops import ALL_OPS, FIRST_STAGE_OPS, HOST_OPS, LAST_STAGE_OPS, STAGE_OPS, layer_ops  # noqa: E402
 from sim.request import Request  # noqa: E402
 
 TINY = ModelSpec("tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads=2,
@@ -25,6 +26,11 @@ TINY = ModelSpec("tiny", num_layers=2, hidden_size=64, num_heads=4, num_kv_heads
 TINY_GELU_TIED = ModelSpec("tiny-gelu-tied", num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=4,
                            intermediate_size=96, vocab_size=256, max_context=1024, rope_theta=500000.0,
                            tie_embeddings=True, gated_mlp=False)
+# a mixture of experts with shared experts and a dense first layer (DeepSeek's layout) exercises every MLP kind
+TINY_MOE = ModelSpec("tiny-moe-shared", num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=2,
+                     intermediate_size=128, vocab_size=256, max_context=1024,
+                     moe=MoESpec(num_experts=4, top_k=2, expert_intermediate_size=32, shared_intermediate_size=48,
+                                 first_dense_layers=1))
 KV_BLOCKS = 64
 
 
@@ -61,6 +67,9 @@ def dense_logits(spec: ModelSpec, state: dict, ids: list[int]) -> torch.Tensor:
         o = torch.einsum("hqk,khd->qhd", probs, v).reshape(t, h * d)
         x = x + o @ w[p + "self_attn.o_proj.weight"].T
         m = rms(x, w[p + "post_attention_layernorm.weight"])
+        if spec.is_moe_layer(i):
+            x = x + dense_moe_mlp(spec, w, p, m)
+            continue
         if spec.gated_mlp:
             m = torch.nn.functional.silu(m @ w[p + "mlp.gate_proj.weight"].T) * (m @ w[p + "mlp.up_proj.weight"].T)
         else:
@@ -68,6 +77,31 @@ def dense_logits(spec: ModelSpec, state: dict, ids: list[int]) -> torch.Tensor:
         x = x + m @ w[p + "mlp.down_proj.weight"].T
     x = rms(x, w["model.norm.weight"])
     return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
+
+
+def dense_moe_mlp(spec: ModelSpec, w: dict, p: str, x: torch.Tensor) -> torch.Tensor:
+    """A MoE layer's MLP from HF Mixtral-named weights, token by token, every expert computed densely.
+
+    Routing as HF Mixtral writes it (softmax over all experts, keep the top k, renormalise), not the
+    engine's form (softmax over the top-k logits); the two are equal, which this checks too.
+    """
+    moe = spec.moe
+
+    def swiglu(v, gate, up, down):
+        return (torch.nn.functional.silu(v @ w[gate].T) * (v @ w[up].T)) @ w[down].T
+
+    probs = (x @ w[p + "block_sparse_moe.gate.weight"].T).softmax(-1)
+    out = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        chosen = probs[t].argsort(descending=True)[:moe.top_k]
+        for j in chosen.tolist():
+            e = f"{p}block_sparse_moe.experts.{j}."
+            out[t] += probs[t, j] / probs[t, chosen].sum() * swiglu(x[t], e + "w1.weight", e + "w3.weight",
+                                                                     e + "w2.weight")
+    if moe.shared_intermediate_size:
+        s = p + "mlp.shared_experts."
+        out += swiglu(x, s + "gate_proj.weight", s + "up_proj.weight", s + "down_proj.weight")
+    return out
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -120,7 +154,7 @@ def mixed_schedule(runner: ModelRunner, logits_by_pos: dict | None = None) -> li
 
 # ------------------------------------------------------------------ tests
 
-@pytest.mark.parametrize("spec", [TINY, TINY_GELU_TIED], ids=lambda s: s.name)
+@pytest.mark.parametrize("spec", [TINY, TINY_GELU_TIED, TINY_MOE], ids=lambda s: s.name)
 def test_paged_chunked_matches_dense_reference(spec):
     runner = make_runner(spec)
     logits = {}
@@ -190,8 +224,9 @@ def test_greedy_ids_same_whole_or_chunked():
     assert outs[0] == outs[1] == outs[2]
 
 
-def test_layer_runs_exactly_the_engine_ops(monkeypatch):
-    runner = make_runner()
+@pytest.mark.parametrize("spec", [TINY, TINY_MOE], ids=lambda s: s.name)
+def test_layer_runs_exactly_the_engine_ops(monkeypatch, spec):
+    runner = make_runner(spec)
     calls: list[str] = []
     for name, fn in list(engine_ops.OPS.items()):
         def wrapped(*args, _fn=fn, _name=name, **kwargs):
@@ -201,10 +236,12 @@ def test_layer_runs_exactly_the_engine_ops(monkeypatch):
     bm = BlockManager(KV_BLOCKS, runner.block_size)
     r = Request("r", 0.0, prompt_tokens=9, output_tokens=2)
     run_step(runner, bm, [(r, 9)])
-    expected = (list(FIRST_STAGE_OPS) + list(LAYER_OPS) * TINY.num_layers + list(STAGE_OPS)
-                + list(LAST_STAGE_OPS))
+    layers = [op for i in range(spec.num_layers) for op in layer_ops(spec.is_moe_layer(i))]
+    expected = list(FIRST_STAGE_OPS) + layers + list(STAGE_OPS) + list(LAST_STAGE_OPS)
     assert calls == expected
-    assert set(engine_ops.OPS) == set(expected)
+    assert set(engine_ops.OPS) == set(ALL_OPS) - set(HOST_OPS) >= set(expected)
+    if spec is not TINY:
+        return
 
     # patching one op changes what the model computes
     def run_logits():
@@ -220,16 +257,18 @@ def test_layer_runs_exactly_the_engine_ops(monkeypatch):
     assert not torch.allclose(run_logits(), base)
 
 
-def test_state_dict_round_trip_and_checkpoint(tmp_path):
-    runner = make_runner()
+@pytest.mark.parametrize("spec", [TINY, TINY_MOE], ids=lambda s: s.name)
+def test_state_dict_round_trip_and_checkpoint(tmp_path, spec):
+    runner = make_runner(spec)
     state = runner.model.state_dict()
-    other = LlamaModel(TINY, dtype=torch.float32, seed=123)
+    other = LlamaModel(spec, dtype=torch.float32, seed=123)
     assert not torch.equal(other.layers[0].qkv, runner.model.layers[0].qkv)
     other.load_state_dict(state)
     assert all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), state.values()))
+    assert other.num_bytes == spec.weight_bytes(4)  # every tensor counted, as the catalogue sizes the model
     st = pytest.importorskip("safetensors.torch")
     st.save_file(state, str(tmp_path / "model.safetensors"))
-    loaded = ModelRunner(TINY, device="cpu", dtype=torch.float32, kv_blocks=8, checkpoint=tmp_path)
+    loaded = ModelRunner(spec, device="cpu", dtype=torch.float32, kv_blocks=8, checkpoint=tmp_path)
     assert torch.equal(loaded.model.lm_head, runner.model.lm_head)
 
 

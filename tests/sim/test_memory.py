@@ -76,7 +76,9 @@ def test_knobs() -> None:
     assert kv_cache_blocks("llama-2-7b", "a100-80gb", block_size=32) in (base // 2, base // 2 + 1)
     no_reserve = kv_cache_blocks("llama-2-7b", "a100-80gb", activation_reserve_bytes=0)
     assert no_reserve > base
-    assert kv_cache_blocks("llama-2-7b", "a100-80gb", dtype_bytes=1) > 2 * base
+    assert kv_cache_blocks("llama-2-7b", "a100-80gb", dtype_bytes=1, kv_dtype_bytes=1) > 2 * base
+    # an FP8 KV cache alone: about twice the blocks (the same memory, half the bytes per token)
+    assert 1.99 * base < kv_cache_blocks("llama-2-7b", "a100-80gb", kv_dtype_bytes=1) < 2.01 * base
     with pytest.raises(ValueError):
         kv_cache_blocks("llama-2-7b", "a100-80gb", gpu_memory_utilization=1.5)
 

@@ -30,10 +30,10 @@ from sim.cost.interface import CostModel, StageCost, deployment_fields, stage_to
 from sim.cost.kernels import database as db
 from sim.cost.kernels.lookups import DecodeAttention, PrefillAttention, all_reduce_curve, gemm_curve, head_rows
 from sim.cost.roofline import RooflineCostModel
-from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, STAGE_OPS
+from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 ROOFLINE = "roofline"
-DEVICE_OPS: tuple[str, ...] = LAYER_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
+DEVICE_OPS: tuple[str, ...] = LAYER_OPS + MOE_OPS + FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS
 GEMM_OPS: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALL_REDUCE_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp")
 _CACHE_LIMIT = 200_000
@@ -115,7 +115,7 @@ class KernelCostModel(CostModel):
             return
         table = db.read_table(ref.path)
         tp, rate, lat = self.tp, self.rl._tp_rate, self.rl.comm_latency
-        ring = lambda nbytes: 2.0 * (tp - 1) / tp * nbytes / rate + lat  # noqa: E731 (the roofline's formula)
+        ring = lambda nbytes: 2.0 * (tp - 1) / tp * nbytes / rate + lat
         for graphs in (True, False):
             curve = all_reduce_curve(table, ref, tp, graphs, ring)
             if curve is not None:
@@ -132,7 +132,8 @@ class KernelCostModel(CostModel):
         costs = rl.token_op_costs(T, N)
         out: dict[str, _OpTime] = {op: (costs[op][0], ROOFLINE) for op in DEVICE_OPS if op in costs}
         for op in GEMM_OPS:
-            out[op] = self._gemms[op](T)
+            if op in self._gemms:  # MLA's latent projections are several GEMMs: roofline
+                out[op] = self._gemms[op](T)
         if N > 0:
             t, src = self._gemms["lm_head"](N)
             gather = costs["lm_head"][0] - rl._linear(N, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]
@@ -152,7 +153,8 @@ class KernelCostModel(CostModel):
                            ) -> dict[str, _OpTime]:
         """Stage totals of the token-count ops (layer ops times the stage's layers); zero where one does not run."""
         ops = self.token_op_times(num_tokens, num_items, decode_only)
-        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1)
+        return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1, self.rl.moe_layers[stage],
+                            self.rl.ep)
 
     def _token_part(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
                     ) -> tuple[float, float, float]:
@@ -232,14 +234,14 @@ class KernelCostModel(CostModel):
     def _explain(self, batch: Batch, stage: int) -> dict[str, _OpTime]:
         num_tokens = batch.num_prefill_tokens + batch.num_decode_tokens
         if num_tokens == 0:
-            return {op: (0.0, ROOFLINE) for op in DEVICE_OPS}
+            return {op: (0.0, ROOFLINE) for op in DEVICE_OPS if self.model.moe or op not in MOE_OPS}
         ops = self._stage_token_times(num_tokens, batch.size, stage, not batch.prefill_items)
         L = self.layers[stage]
         t, s = self.attn_prefill(batch) if batch.prefill_items else (0.0, ROOFLINE)
         ops["attn_prefill"] = (L * t, s)
         t, s = self.attn_decode(batch.num_decode_tokens, batch.decode_context)
         ops["attn_decode"] = (L * t, s)
-        return {op: ops[op] for op in DEVICE_OPS}
+        return {op: ops[op] for op in DEVICE_OPS if op in ops}
 
     def breakdown(self, batch: Batch, stage: int) -> dict[str, float]:
         """Seconds per device op of ``sim.ops`` (zero where one does not run); sums to ``stage_cost().time``."""
@@ -283,4 +285,6 @@ class KernelCostModel(CostModel):
 
 def for_simulation(config: Any, kernel_db: str | None) -> KernelCostModel:
     """The kernel-database cost model of ``config`` (a SimConfig)."""
-    return KernelCostModel(config.model, config.gpu, tp=config.tp, pp=config.pp, kernel_db=kernel_db)
+    model = config.model_spec()
+    kw = config.roofline_kwargs(model)
+    return KernelCostModel(model, config.gpu, tp=kw.pop("tp"), pp=kw.pop("pp"), kernel_db=kernel_db, **kw)

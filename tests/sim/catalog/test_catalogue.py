@@ -7,6 +7,7 @@ import json
 import pytest
 
 from sim.catalog.hardware import GPUS, GPUSpec, UnknownGPUError, get_gpu
+from sim.catalog.hf_config import load_hf_config
 from sim.catalog.models import (
     MODELS,
     ModelConfigError,
@@ -14,7 +15,6 @@ from sim.catalog.models import (
     UnknownModelError,
     get_model,
     layers_per_stage,
-    load_hf_config,
 )
 
 

@@ -10,6 +10,7 @@ import pytest
 from calibration.grid import FULL, QUICK, decode_points, plan, prefill_points, token_grid
 from calibration.report import held_out_1d, held_out_2d
 from sim.catalog.models import get_model
+from sim.cost.profile_format import model_ops
 from sim.cost.tables import Grid2D, Table1D, monotone
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, UNIT_TIMINGS
 
@@ -40,7 +41,9 @@ def test_attention_grids_respect_context_and_memory_limits():
 def test_plan_covers_every_op_but_communication():
     pts = plan(get_model("llama-2-7b"), [1, 2], QUICK)
     ops = {p.op for p in pts}
-    assert ops == set(ALL_OPS) - set(COMMUNICATION_OPS) | set(UNIT_TIMINGS)  # whole layers / forwards too
+    # the dense model's own ops (no MoE ops) and whole layers / forwards too
+    assert ops == set(model_ops(get_model("llama-2-7b"), ALL_OPS + UNIT_TIMINGS)) - set(COMMUNICATION_OPS)
+    assert not ops & {"moe_router", "moe_experts"}
     assert {p.tp for p in pts if p.op in UNIT_TIMINGS} == {0}
     assert {p.tp for p in pts if p.op == "input_norm"} == {0}       # TP-independent: measured once
     assert {p.tp for p in pts if p.op == "qkv_proj"} == {1, 2}

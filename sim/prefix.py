@@ -1,0 +1,119 @@
+"""What a request's prompt shares with others: chained hashes of its full KV blocks.
+
+A trace describes reuse in one of two ways (``TraceRequest.extra``):
+
+- ``hash_ids`` (Mooncake): one id per ``hash_block_size``-token block of the prompt (512 in
+  Mooncake's traces); equal ids mean equal tokens, prefix included;
+- ``prefix_group`` with ``prefix_len``: the first ``prefix_len`` tokens are the same for every
+  request of the group (a shared system prompt; a conversation whose turns resend the previous
+  ones).
+
+Either maps onto the deployment's block size: block ``k`` of the prompt gets a key naming what the
+trace says its tokens (and prefix) are; blocks the trace does not describe as shared get keys
+unique to the request (a preempted request can still hit its own blocks). Keys are int64s built
+from the trace's integers (group names by BLAKE2): the same in every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from typing import Any
+
+import numpy as np
+
+HASH_IDS, HASH_BLOCK_SIZE, GROUP, GROUP_LEN = "hash_ids", "hash_block_size", "prefix_group", "prefix_len"
+MOONCAKE_BLOCK_SIZE = 512
+
+
+def stable_key(value: Any) -> int:
+    """A process-independent integer for a group id (ints as they are, strings by BLAKE2)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=8).digest(), "little")
+
+
+def _as_list(v: Any) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def prefix_spec(extra: dict[str, Any]) -> tuple | None:
+    """The reuse a trace line declares, as a small immutable tuple (None: no declared reuse).
+
+    Groups nest: ``prefix_group: ["sys", "chat-7"]`` with ``prefix_len: [300, 2100]`` says tokens
+    [0, 300) are group sys's (a system prompt) and [300, 2100) the conversation's earlier turns.
+    """
+    if HASH_IDS in extra:
+        return (HASH_IDS, tuple(extra[HASH_IDS]), int(extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)))
+    if GROUP in extra:
+        return (GROUP, tuple(stable_key(g) for g in _as_list(extra[GROUP])),
+                tuple(int(n) for n in _as_list(extra[GROUP_LEN])))
+    return None
+
+
+def check_prefix_fields(extra: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, reason) when the reuse fields of a trace line are malformed, else None."""
+    if HASH_IDS in extra:
+        ids = extra[HASH_IDS]
+        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            return HASH_IDS, "expected a list of integers"
+        size = extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            return HASH_BLOCK_SIZE, f"expected a positive integer, got {size!r}"
+    if GROUP in extra:
+        groups, ends = _as_list(extra[GROUP]), _as_list(extra.get(GROUP_LEN))
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ends):
+            return GROUP_LEN, (f"expected a non-negative integer (or a list, one per group) with {GROUP}, got "
+                               f"{extra.get(GROUP_LEN)!r}")
+        if len(ends) != len(groups) or any(b < a for a, b in itertools.pairwise(ends)):
+            return GROUP_LEN, f"expected one non-decreasing end per group of {GROUP} ({len(groups)}), got {ends!r}"
+    return None
+
+
+_K = 22  # bits for a block's index within its request or group (4M blocks, 67M tokens at 16 per block)
+
+
+def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size: int) -> np.ndarray:
+    """One int64 key per full ``block_size``-token prompt block (a partial last block is never shared).
+
+    Equal keys mean equal tokens with equal prefixes: Mooncake's ``hash_ids`` are prefix hashes
+    already, a group's first ``prefix_len`` tokens are one prefix, and every other block is the
+    request's own; so no chaining is needed and the keys are computed at numpy speed.
+    """
+    n = prompt_tokens // block_size
+    k = np.arange(n, dtype=np.int64)
+    own = ((np.int64(index) << _K | k) << 2) | 3
+    if spec is None:
+        return own
+    if spec[0] == GROUP:  # block k is group g's when it ends within g's tokens (and past the groups before)
+        out = own.copy()
+        starts = 0
+        for g, end in zip(spec[1], spec[2]):
+            blocks = slice(starts, min(n, end // block_size))
+            out[blocks] = ((np.int64(g & (1 << 36) - 1) << _K | k[blocks]) << 2) | 2
+            starts = max(starts, end // block_size)
+        return out
+    _, ids, size = spec
+    if size % block_size:  # a block straddles two trace blocks: hash the ids it spans (rare block sizes)
+        out = own.copy()
+        for j in range(n):
+            first, last = j * block_size // size, ((j + 1) * block_size - 1) // size
+            if last < len(ids):
+                out[j] = hash((1, first, ids[first:last + 1], j * block_size - first * size))
+        return out
+    per = size // block_size
+    described = min(n, len(ids) * per)
+    # the id and its position in the list (equal for real prefix hashes; tells repeats within a request apart)
+    trace_ids = np.repeat(np.asarray(ids, dtype=np.int64) << 20 | np.arange(len(ids), dtype=np.int64), per)
+    out = own.copy()
+    out[:described] = ((trace_ids[:described] * per + k[:described] % per) << 2) | 1
+    return out
+
+
+def shareable_tokens(spec: tuple | None, prompt_tokens: int) -> int:
+    """Prompt tokens the trace declares as possibly shared with another request (for reuse statistics)."""
+    if spec is None:
+        return 0
+    if spec[0] == HASH_IDS:
+        return min(prompt_tokens, len(spec[1]) * spec[2])
+    return min(prompt_tokens, spec[2][-1] if spec[2] else 0)

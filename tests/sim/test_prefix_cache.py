@@ -1,0 +1,158 @@
+"""Prefix caching in the shared block manager: hand-derived cases, invariants over random traces with reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.prefix import prefix_spec
+from sim.prefix_cache import CachingBlockManager
+from sim.request import Request, Status
+from sim.schedulers import SchedulerConfig, make_scheduler
+from tests.helpers import run_constant
+
+BS = 16
+
+
+def _req(i: int, prompt: int, output: int = 4, arrival: float = 0.0, **prefix) -> Request:
+    return Request(chr(ord("A") + i), arrival, prompt, output, index=i, prefix=prefix_spec(prefix) if prefix else None)
+
+
+def _group(i, prompt, shared, arrival=0.0, output=4):
+    return _req(i, prompt, output, arrival, prefix_group="sys", prefix_len=shared)
+
+
+def test_two_requests_sharing_three_full_blocks_the_second_prefills_only_the_rest():
+    """A: 60 tokens, its first 48 (three blocks) shared with B. After A's prefill B prefills 60 - 48 = 12."""
+    a, b = _group(0, 60, 48), _group(1, 60, 48, arrival=5.0)
+    reqs, comps, _, scheds = run_constant([a, b], "sarathi", budget=512, caching=True, block_size=BS)
+    b_first = next(c for t, c in comps if t >= 5.0)
+    assert b_first == (("B", 12, 48),)
+    assert b.cached_tokens == 48 and a.cached_tokens == 0
+    st = scheds[0].bm.stats
+    assert (st.queried_tokens, st.hit_tokens, st.hit_blocks, st.queried_blocks) == (120, 48, 3, 6)
+    assert st.as_dict()["hit_rate_tokens"] == 48 / 120
+    assert [len(r.token_times) for r in reqs] == [4, 4]
+
+
+def test_a_whole_prompt_hit_still_computes_its_last_token():
+    """Identical 48-token prompts: the hit stops at 47 tokens, i.e. two blocks; B computes 16 (vLLM's rule)."""
+    a, b = _group(0, 48, 48), _group(1, 48, 48, arrival=5.0)
+    _, comps, _, _ = run_constant([a, b], "vllm_v1", caching=True, block_size=BS)
+    assert next(c for t, c in comps if t >= 5.0) == (("B", 16, 32),)
+
+
+def test_a_later_request_hits_the_blocks_of_a_prefill_still_under_way():
+    """Chunked at 32 tokens: A's first two blocks are registered after its first chunk; B, arriving then, hits them."""
+    a, b = _group(0, 96, 96, output=2), _group(1, 96, 96, arrival=1.0, output=2)
+    _, comps, _, _ = run_constant([a, b], "sarathi", budget=32, caching=True, block_size=BS)
+    at_1 = next(c for t, c in comps if t == 1.0)
+    assert at_1 == (("A", 32, 32),)  # A's second chunk fills the budget
+    b_items = [it for _, c in comps for it in c if it[0] == "B"]
+    assert b_items[0][2] >= 32  # B started on top of A's computed blocks
+
+
+def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
+    bm = CachingBlockManager(8, BS, 0.0)
+    a, b = _req(0, 64), _req(1, 64)  # 4 full blocks each
+    for r in (a, b):
+        bm.admit(r, 64)
+        r.num_computed = 64
+        bm.on_computed(r)
+    blocks_a, blocks_b = list(a.block_table), list(b.block_table)
+    assert bm.num_free == 0
+    for r in (a, b):
+        r.status = Status.FINISHED
+        bm.free(r)
+    assert bm.num_free == 8 and bm.num_cached_free == 8
+    c = _req(2, 48)  # needs 3 fresh blocks: A's last three, last block first (A was freed first, tail first)
+    bm.admit(c, 48)
+    assert c.block_table == blocks_a[::-1][:3]
+    assert bm.stats.evictions == 3
+    d = _req(0, 64)  # A again (same index: its own keys): only its first block is still cached
+    bm.admit(d, 64)
+    assert d.num_computed == 16 and d.block_table[0] == blocks_a[0]
+    assert d.block_table[1:] == blocks_b[::-1][:3]  # then B's tail, the least recently freed after A's
+    assert bm.stats.evictions == 6 and bm.is_cached(blocks_b[0]) and not bm.is_cached(blocks_b[1])
+
+
+def test_no_block_is_freed_while_referenced():
+    bm = CachingBlockManager(16, BS, 0.0)
+    a, b = _group(0, 64, 64), _group(1, 64, 64)
+    bm.admit(a, 64)
+    a.num_computed = 64
+    bm.on_computed(a)
+    bm.admit(b, 64)
+    shared = b.block_table[:3]  # (64 - 1) // 16 = 3 blocks hit
+    assert shared == a.block_table[:3] and all(bm.references(x) == 2 for x in shared)
+    a.status = Status.FINISHED
+    bm.free(a)
+    assert all(bm.references(x) == 1 for x in shared)
+    assert bm.num_cached_free == 1  # A's fourth block only: the shared three are still held by B
+    assert bm.num_used == len(b.block_table)
+
+
+def test_a_preempted_request_is_released_and_hits_its_own_blocks_again():
+    sched = make_scheduler("sarathi", SchedulerConfig(8, 512), CachingBlockManager(64, BS, 0.0))
+    r = _req(0, 80, output=8)
+    sched.add_request(r)
+    batch = sched.schedule(0.0)
+    sched.on_batch_done(batch, 1.0)
+    assert r.num_generated == 1 and sched.bm.num_cached_free == 0
+    sched._preempt(r)
+    assert r.block_table == [] and sched.bm.num_cached_free == 5  # its 5 full prompt blocks stay cached
+    batch = sched.schedule(2.0)
+    item = batch.entries[0]
+    assert item[0] is r and item[2] == 80 and item[1] == 1  # recompute: 80 cached, only the generated token
+    assert r.cached_tokens == 0  # the metric counts the first admission's hit
+
+
+@st.composite
+def reuse_scenarios(draw):
+    n = draw(st.integers(1, 14))
+    t, spec = 0.0, []
+    for i in range(n):
+        t += draw(st.sampled_from([0.0, 0.0, 0.5, 1.0, 3.0]))
+        prompt = draw(st.integers(1, 48))
+        kind = draw(st.sampled_from(["none", "group", "hash"]))
+        extra = ({} if kind == "none" else
+                 {"prefix_group": draw(st.integers(0, 2)), "prefix_len": draw(st.integers(0, prompt))}
+                 if kind == "group" else
+                 {"hash_ids": draw(st.lists(st.integers(0, 3), min_size=1, max_size=6)), "hash_block_size": 8})
+        spec.append(_req(i, prompt, draw(st.integers(1, 12)), t, **extra))
+        spec[-1].request_id = str(i)
+    policy = draw(st.sampled_from(["orca", "vllm", "sarathi", "vllm_v1"]))
+    return {"reqs": spec, "scheduler": policy, "blocks": draw(st.integers(16, 40)),
+            "replicas": draw(st.sampled_from([1, 2])),
+            "budget": draw(st.integers(4, 40)) if policy in ("sarathi", "vllm_v1") else None,
+            "router": draw(st.sampled_from(["round_robin", "least_outstanding", "cache_aware"]))}
+
+
+def _check_manager(bm: CachingBlockManager, running: list[Request]) -> bool:
+    """No block both free and referenced; references = holders; free count = unreferenced blocks."""
+    refs = np.zeros(bm.num_blocks, dtype=np.int64)
+    for r in running:
+        np.add.at(refs, r.block_table, 1)
+    free = set(bm._recycled) | set(range(bm._next, bm.num_blocks))
+    return (np.array_equal(refs, bm._refs) and all(refs[b] == 0 and not bm.is_cached(b) for b in bm._recycled)
+            and bm.num_free == int((refs == 0).sum()) and len(free) == len(bm._recycled) + bm.num_blocks - bm._next)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reuse_scenarios())
+def test_invariants_with_reuse(sc):
+    checks = []
+    hook = lambda s, b: checks.append(_check_manager(s.bm, s.running))
+    reqs, _, rec, scheds = run_constant(sc["reqs"], sc["scheduler"], budget=sc["budget"], blocks=sc["blocks"],
+                                        block_size=4, watermark=0.0, caching=True, hook=hook,
+                                        replicas=sc["replicas"], router=sc["router"])
+    assert checks and all(checks)
+    for r in reqs:  # no request lost; each gets exactly its output tokens
+        assert len(r.token_times) == r.output_tokens and r.block_table == []
+        assert 0 <= r.cached_tokens <= max(0, r.prompt_tokens - 1)  # a first hit never covers the whole prompt
+    for s in scheds:
+        assert s.bm.num_free == s.bm.num_blocks and not s.bm._refs.any()
+        st_ = s.bm.stats
+        assert st_.hit_tokens <= st_.queried_tokens and st_.hit_blocks <= st_.queried_blocks
+    assert all(row[9] <= sc["blocks"] for row in rec.stage_frame().to_numpy().tolist())
