@@ -41,8 +41,9 @@ from sim.catalog.models import ModelSpec
 from sim.cluster import STAGE_FIELDS
 from sim.kv_cache import blocks_for
 from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
+from sim.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
-from sim.simulator import ServingConfig, SimConfig, _versions
+from sim.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
@@ -89,7 +90,8 @@ class EngineResult:
     batches: pd.DataFrame
     stages: pd.DataFrame
     skipped: list[SkippedRequest] = field(default_factory=list)
-    token_ids: dict[str, list[int]] = field(default_factory=dict)  # request id -> generated ids
+    # request id -> output ids (sampled; in a block the trace shares, the key's id fed instead: ModelRunner.execute)
+    token_ids: dict[str, list[int]] = field(default_factory=dict)
 
 
 def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
@@ -221,9 +223,13 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         source=source, config=dataclasses.asdict(sim_cfg) | _engine_fields(config, runner),
         cost=_describe(runner, gpu, warm, frame), versions=_versions() | {"torch": torch.__version__},
         memory=_memory(runner, config))
+    req_df = metrics.requests_frame(requests)
+    if sched.bm.caching:  # the simulator's prefix-cache columns and summary, from the same block manager
+        frame, req_df = _with_cache_columns(frame, req_df, requests, [sched])
+        summary["prefix_cache"] = cache_summary([sched.bm], [sched.cached_free_log])
     summary["time_origin_s"] = origin
     summary["config"]["effective_token_budget"] = config.effective_token_budget(spec)
-    return EngineResult(summary, metrics.requests_frame(requests), frame, stages, skipped, token_ids)
+    return EngineResult(summary, req_df, frame, stages, skipped, token_ids)
 
 
 def _serve(runner: ModelRunner, sched: Any, requests: list[Request], config: EngineConfig,

@@ -3,14 +3,23 @@
 The runner owns the model, the device KV cache and each request's token ids (a
 reproducible, per-request seeded prompt plus the ids it sampled). It never changes a
 ``Request``'s counters: the shared scheduler advances them after the batch.
+
+Token ids follow the trace's reuse fields (``sim.prefix``), so that automatic prefix caching is
+exact: a KV block another request computed holds the very tokens the hitting request would have
+computed there. Every full block the trace declares shared (its key differs from the request's own
+key) holds ids drawn from a generator seeded by (seed, key), identical in every request with that
+key; that includes blocks the answer fills (a conversation's next turn resends it), where the
+runner teacher-forces the key's ids instead of the sampled ones (``ModelRunner.execute``).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.attention import AttnMetadata, build_metadata
@@ -21,14 +30,59 @@ from engine.model import LlamaModel, default_dtype
 from engine.ops import OPS
 from sim.batch import Batch, BatchItem
 from sim.catalog.models import ModelSpec
+from sim.prefix import block_hashes
 from sim.request import Request
 
 
-def prompt_token_ids(request_id: str, num_tokens: int, vocab_size: int, seed: int = 0) -> list[int]:
-    """Reproducible prompt ids for a request: drawn from a generator seeded by (seed, request id)."""
-    digest = hashlib.sha256(f"{seed}:{request_id}".encode()).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
-    return torch.randint(0, vocab_size, (num_tokens,), generator=gen).tolist()
+def _generator(text: str) -> torch.Generator:
+    digest = hashlib.sha256(text.encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+@functools.lru_cache(maxsize=8192)
+def _block_ids(key: int, block_size: int, vocab_size: int, seed: int) -> tuple[int, ...]:
+    return tuple(torch.randint(0, vocab_size, (block_size,), generator=_generator(f"{seed}:block:{key}")).tolist())
+
+
+def block_token_ids(key: int, block_size: int, vocab_size: int, seed: int = 0) -> list[int]:
+    """The ids of a shared KV block: drawn from a generator seeded by (seed, the block's prefix key)."""
+    return list(_block_ids(int(key), block_size, vocab_size, seed))
+
+
+def shared_blocks(request: Request, block_size: int) -> dict[int, int]:
+    """Block index -> prefix key of the full blocks ``request``'s trace line declares shared with others.
+
+    The keys are the caching block manager's (``sim.prefix.block_hashes`` over ``max_tokens - 1``
+    tokens: the prompt's blocks and those its answer fills). A block is shared when its key is not the
+    request's own (the tag-3 key ``block_hashes`` gives a block the trace does not describe), which also
+    covers keys of trace blocks straddling two of ours, whose low bits are a hash's. Empty without reuse fields.
+    """
+    if request.prefix is None:
+        return {}
+    n = request.max_tokens - 1
+    keys = block_hashes(request.prefix, request.index, n, block_size)
+    own = block_hashes(None, request.index, n, block_size)
+    idx = np.flatnonzero(keys != own)
+    return dict(zip(idx.tolist(), keys[idx].tolist()))
+
+
+def prompt_token_ids(request_id: str, num_tokens: int, vocab_size: int, seed: int = 0,
+                     shared: dict[int, int] | None = None, block_size: int = DEFAULT_BLOCK_SIZE) -> list[int]:
+    """Reproducible prompt ids for a request: drawn from a generator seeded by (seed, request id).
+
+    ``shared`` (``shared_blocks``) replaces the ids of each shared block, as far as the prompt reaches
+    into it, with the block's key-derived ids (``block_token_ids``); the other positions keep the ids the
+    request's own generator gives them, so a request without shared blocks gets the ids it always did.
+    A shared block the prompt only begins (its answer fills the rest, and the cache registers it once full)
+    is key-derived on the prompt's part too, so the cached block holds the key's tokens throughout.
+    """
+    toks = torch.randint(0, vocab_size, (num_tokens,), generator=_generator(f"{seed}:{request_id}")).tolist()
+    for blk, key in (shared or {}).items():
+        start = blk * block_size
+        if start < num_tokens:
+            end = min(num_tokens, start + block_size)
+            toks[start:end] = block_token_ids(key, block_size, vocab_size, seed)[:end - start]
+    return toks
 
 
 def _completes(item: BatchItem) -> bool:
@@ -70,22 +124,38 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.kv_cache, block_size, kv_blocks,
                                        capture=self.device.type == "cuda")
         self._tokens: dict[str, list[int]] = {}
+        self._shared: dict[str, dict[int, int]] = {}  # request id -> its shared blocks' keys (shared_blocks)
         self.last_timing: dict[str, float | int | str | bool] = {}
         self.last_logits: list[torch.Tensor | None] = []
 
     # ------------------------------------------------------------ token store
 
     def token_ids(self, request: Request) -> list[int]:
-        """The runner's ids for ``request``: its prompt, then every id sampled so far."""
+        """The runner's ids for ``request``: its prompt, then every output id so far (see ``execute``)."""
         toks = self._tokens.get(request.request_id)
         if toks is None:
-            toks = prompt_token_ids(request.request_id, request.prompt_tokens, self.spec.vocab_size, self.seed)
+            shared = shared_blocks(request, self.block_size)
+            if shared:
+                self._shared[request.request_id] = shared
+            toks = prompt_token_ids(request.request_id, request.prompt_tokens, self.spec.vocab_size, self.seed,
+                                    shared, self.block_size)
             self._tokens[request.request_id] = toks
         return toks
 
+    def forced_token(self, request: Request, position: int) -> int | None:
+        """The id the trace fixes at ``position`` (inside a shared block), or None where the model's sample stands."""
+        shared = self._shared.get(request.request_id)
+        if not shared:
+            return None
+        key = shared.get(position // self.block_size)
+        if key is None:
+            return None
+        return _block_ids(key, self.block_size, self.spec.vocab_size, self.seed)[position % self.block_size]
+
     def release(self, request: Request) -> None:
-        """Forget a finished request's token ids."""
+        """Forget a finished request's token ids (other requests' ids and the KV blocks they share are untouched)."""
         self._tokens.pop(request.request_id, None)
+        self._shared.pop(request.request_id, None)
 
     # ------------------------------------------------------------ execution
 
@@ -134,7 +204,13 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: Batch, *, all_logits: bool = False) -> list[int | None]:
-        """Run ``batch``; per item, the sampled next id if it completes the request's known tokens, else None.
+        """Run ``batch``; per item, the next id if it completes the request's known tokens, else None.
+
+        The next id is the sampled one, except at a position inside a block the trace declares shared
+        (``shared_blocks``: a conversation's answer that its next turn resends): there the block's
+        key-derived id is fed instead (teacher forcing a recorded conversation), so that the position holds
+        the same token whether its KV is computed here or found in the prefix cache. What is returned is
+        what is stored and fed next, and what the request's output ids report: the forced id where forced.
 
         ``all_logits`` keeps logits for every new token (tests); ``self.last_logits`` holds
         each item's float32 logits rows (or None; after a graph replay, valid until the next
@@ -175,8 +251,12 @@ class ModelRunner:
             self.last_logits.append(logits[cursor:cursor + n] if n else None)
             if n and _completes(it):
                 tok = sampled_ids[cursor + n - 1]
-                store = self._tokens[it.request.request_id]
-                del store[it.request.num_known:]  # a re-executed or recomputed item overwrites
+                r = it.request
+                forced = self.forced_token(r, r.num_known)
+                if forced is not None:
+                    tok = forced
+                store = self._tokens[r.request_id]
+                del store[r.num_known:]  # a re-executed or recomputed item overwrites
                 store.append(tok)
                 results.append(tok)
             else:

@@ -163,15 +163,23 @@ class CachingBlockManager(BlockManager):
             self._next += fresh
         if need - take - fresh:
             table.extend(self._evict(need - take - fresh))
-        self._refs[table[start:]] = 1
+        if need == 1:
+            self._refs[table[-1]] = 1
+        else:
+            self._refs[table[start:]] = 1
 
     def _evict(self, n: int) -> list[int]:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
         blocks = self._lru.pop(n, self._refs)
-        d = self._block_of
-        for k in self._key[blocks].tolist():
-            del d[k]
-        self._key[blocks] = NO_KEY
+        d, key = self._block_of, self._key
+        if n == 1:
+            b = int(blocks[0])
+            del d[int(key[b])]
+            key[b] = NO_KEY
+        else:
+            for k in key[blocks].tolist():
+                del d[k]
+            key[blocks] = NO_KEY
         self.stats.evictions += n
         self._evict_version += 1
         return blocks.tolist()
@@ -186,6 +194,13 @@ class CachingBlockManager(BlockManager):
         if done <= first:
             return
         d = self._block_of
+        if done == first + 1:  # one block filled (a decode, a small chunk): no list or numpy work
+            k, b = keys[first], request.block_table[first]
+            if k not in d:
+                d[k] = b
+                self._key[b] = k
+            request.num_hashed_blocks = done
+            return
         new_blocks = request.block_table[first:done]
         new_keys = keys[first:done]
         # a twin computed the same block first (or the trace repeats an id): the first block keeps the key
@@ -237,6 +252,17 @@ class _LRUList:
 
     def pop(self, n: int, refs: np.ndarray) -> np.ndarray:
         """Remove and return the ``n`` least recently freed live blocks."""
+        if n <= 8:  # a decode crossing into a new block: element by element beats numpy's per-call cost
+            order, pos, head, few = self._order, self._pos, self._head, []
+            while len(few) < n:
+                b = int(order[head])
+                if pos[b] == head and refs[b] == 0:
+                    few.append(b)
+                    pos[b] = -1
+                head += 1
+            self._head = head
+            self.size -= n
+            return np.array(few, dtype=np.int64)
         out: list[np.ndarray] = []
         got = 0
         while got < n:

@@ -10,6 +10,7 @@ import sys
 
 from sim.cli.args import NO_DEFAULT as _NO
 from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, nonneg_int, positive_int
+from sim.cli.workload_args import sessions_arg, system_prompt_arg
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -78,6 +79,13 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="generated output lengths, same forms (default: sharegpt" + _NO + ")")
     w.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="draw generated (prompt, output) pairs from a trace or length table instead" + _NO)
+    w.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
+                   help="generated requests become multi-turn conversations of TURNS turns, each resending the "
+                        "earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) between a "
+                        "session's arrivals before the trace is set to each rate" + _NO)
+    w.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
+                   help="a shared system prompt of TOKENS tokens before the generated prompts of FRACTION "
+                        "(default 1) of the requests (of the sessions, with --sessions)" + _NO)
     w.add_argument("--max-total-tokens", type=positive_int, default=None, metavar="N",
                    help="scale requests longer than N tokens down to N, keeping prompt:output (default: the "
                         "model's context length" + _NO + ")")
@@ -134,6 +142,10 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     s.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for the engine (cuda, without --kv-blocks)")
     s.add_argument("--watermark", type=float, default=0.01, help="fraction of KV blocks kept free at admission")
+    s.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic prefix caching on the engine and in the simulator (vLLM's flags): the report "
+                        "adds the prefix-cache hit rate measured against predicted; default: on for vllm_v1, "
+                        "off for the other policies")
     return p
 
 
@@ -143,6 +155,9 @@ def _workload(args: argparse.Namespace):
     from sim.catalog.models import with_max_model_len
     max_total = args.max_total_tokens or with_max_model_len(args.model, args.max_model_len).max_context
     if args.trace:
+        if args.sessions or args.system_prompt:
+            raise ValueError("--sessions and --system-prompt shape generated requests; a --trace brings its own reuse "
+                             "fields (prefix_group/prefix_len, hash_ids)")
         from sim.cli.workload_args import load_trace
         from sim.workload.transforms import clip_total
         tr = load_trace(args.trace, argparse.Namespace(trace_format=args.trace_format, arrival="static", qps=1.0,
@@ -156,7 +171,8 @@ def _workload(args: argparse.Namespace):
     from sim.workload.generator import generate_trace
     reqs = generate_trace(args.num_requests, arrival="static", prompt_len=args.prompt_len,
                           output_len=args.output_len, lengths_from=args.lengths_from, max_total_tokens=max_total,
-                          seed=args.seed)
+                          seed=args.seed, turns=args.sessions[0] if args.sessions else 1,
+                          think_time_s=args.sessions[1] if args.sessions else 0.0, system_prompt=args.system_prompt)
     return reqs, "synthetic", []
 
 
@@ -179,7 +195,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     config = ValidateConfig(
         model=args.model, max_model_len=args.max_model_len, schedulers=tuple(args.schedulers), token_budgets=parse_budgets(args.token_budget),
         max_batch_size=args.max_batch, chunk_align=args.chunk_align, block_size=args.block_size,
-        watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
+        watermark=args.watermark, enable_prefix_caching=args.enable_prefix_caching,
+        gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
         device=args.device, dtype=args.dtype, backend=args.backend, warmup=args.warmup,
         cuda_graphs=args.cuda_graphs, threads=args.threads, seed=args.seed, strict=args.strict,
         offline=args.offline, qps=args.qps, loads=args.loads, arrival=args.arrival, cv=args.cv,
@@ -209,20 +226,29 @@ def summary_text(result) -> str:
     """Tails first (per run: TTFT, TBT, E2E percentile and throughput errors), then batch-level error by kind, the
     all-batch median last (negative: predicted below measured)."""
     from calibration.validate.errors import tail_errors
+    from calibration.validate.results import prefix_cache_comparison
 
     def pct(x):
         return "-" if x is None else f"{x:+.0%}"
+    def rate(x):
+        return "-" if x is None else f"{x:.1%}"
     keys = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "e2e_p50", "throughput")
+    caches = {r.name: prefix_cache_comparison(r.engine.summary, r.simulated.summary) for r in result.runs}
+    hits = any(caches.values())  # a column of prefix-cache hit rates (measured/predicted) when caching is on
     lines = [f"{'run':<20}" + "".join(f"{k.replace('_', ' ').upper():>10}" for k in keys)
-             + f"{'prefill':>9}{'decode':>8}{'mixed':>8}{'all':>7}  same batches"]
+             + f"{'prefill':>9}{'decode':>8}{'mixed':>8}{'all':>7}" + (f"{'hit meas/pred':>16}" if hits else "")
+             + "  same batches"]
     for r in result.runs:
         tails, kinds = tail_errors(r.request_error), r.batch_error["by_kind"]
         drift = " (machine drifted)" if any(x.get("drifted") for x in r.repeats) else ""
+        pc = caches[r.name]
+        hit = (f"{rate(pc['hit_rate_tokens']['measured'])}/{rate(pc['hit_rate_tokens']['predicted'])}"
+               if pc else "-")
         lines.append(f"{r.name:<20}" + "".join(f"{pct(tails[k]['error']):>10}" for k in keys)
                      + "".join(f"{pct(kinds.get(k, {}).get('total', {}).get('median')):>{w}}"
                                for k, w in (("prefill", 9), ("decode", 8), ("mixed", 8)))
-                     + f"{pct(r.batch_error['total']['median']):>7}  {r.composition['matching']}/"
-                       f"{r.composition['engine_batches']}{drift}")
+                     + f"{pct(r.batch_error['total']['median']):>7}" + (f"{hit:>16}" if hits else "")
+                     + f"  {r.composition['matching']}/{r.composition['engine_batches']}{drift}")
     for r in result.runs:
         if len(r.repeats) > 1:
             lines.append(f"{r.name}: median batch error over {len(r.repeats)} engine runs "

@@ -28,6 +28,7 @@ class ValidateConfig:
     chunk_align: int = 0
     block_size: int = 16
     watermark: float = 0.01
+    enable_prefix_caching: bool | None = None  # None: each policy's default (on for vllm_v1), for engine and simulator
     gpu_memory_utilization: float = 0.9
     kv_blocks: int | None = None
     device: str | None = None

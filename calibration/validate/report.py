@@ -248,10 +248,38 @@ def tails_markdown(runs: list[dict[str, Any]]) -> list[str]:
     lines += _table(["run", *(h for _, h in TAIL_COLUMNS), "capacity (predicted)", "drift"], rows)
     rows = [[r["name"], *(_ms(r["tails"][k]["measured"]) for k, _ in TAIL_COLUMNS[:8])] for r in runs]
     lines += ["Measured (engine) values, ms:", ""] + _table(["run", *(h for _, h in TAIL_COLUMNS[:8])], rows)
+    lines += prefix_cache_markdown(runs)
     lines += ["## Batch-level error by kind (median; all batches last)", ""]
     rows = [[r["name"], *(_pct(r["batch_error_by_kind"].get(k)) for k in ("prefill", "decode", "mixed")),
              _pct(r["batch_error"]["total"]["median"])] for r in runs]
     return lines + _table(["run", "prefill-only", "decode-only", "mixed", "all batches"], rows)
+
+
+def _points(x: float | None) -> str:
+    return "-" if x is None or not np.isfinite(x) else f"{x * 100:+.1f} points"
+
+
+def prefix_cache_markdown(runs: list[dict[str, Any]]) -> list[str]:
+    """Prefix-cache hit rate measured (engine) against predicted (simulator) per run; nothing without caching."""
+    runs = [r for r in runs if r.get("prefix_cache")]
+    if not runs:
+        return []
+    lines = ["## Prefix cache: hit rate measured against predicted", "",
+             ("Share of the prompt tokens admissions found cached (blocks in brackets). Engine and simulator run "
+              "the same block manager: offline (same batches) the rates are equal; online the admission order "
+              "follows timing, so they may differ a little. Difference = predicted - measured."), ""]
+    rows = []
+    for r in runs:
+        pc = r["prefix_cache"]
+        t, b = pc["hit_rate_tokens"], pc["hit_rate_blocks"]
+        rows.append([r["name"], f"{_apct(t['measured'])} ({_apct(b['measured'])})",
+                     f"{_apct(t['predicted'])} ({_apct(b['predicted'])})", _points(t["difference"]),
+                     f"{pc['hit_tokens']['measured']} / {pc['queried_tokens']['measured']}",
+                     f"{pc['hit_tokens']['predicted']} / {pc['queried_tokens']['predicted']}",
+                     f"{pc['evictions']['measured']} / {pc['evictions']['predicted']}"])
+    return lines + _table(["run", "hit rate measured (engine)", "hit rate predicted (simulator)", "difference",
+                           "hit / queried tokens, measured", "hit / queried tokens, predicted",
+                           "evictions measured / predicted"], rows)
 
 
 def _repeat_medians(reps: list[dict[str, Any]]) -> list[float]:
@@ -295,7 +323,8 @@ def _run_markdown(r: dict[str, Any]) -> list[str]:
              f"the engine (measured), {r['requests']['completed_predicted']} in the simulator (predicted), "
              f"{r['requests']['skipped']} skipped. Iterations: {r['iterations']['measured']} measured, "
              f"{r['iterations']['predicted']} predicted; preemptions {r['preemptions']['measured']} measured, "
-             f"{r['preemptions']['predicted']} predicted.", ""]
+             f"{r['preemptions']['predicted']} predicted."
+             + _prefix_sentence(r.get("prefix_cache")), ""]
     what = ("offline: the engine and the simulator must form the same batches"
             if cm["offline"] else "online: timing differs, so batches may legitimately differ")
     lines += [f"Batch compositions: {cm['matching']} of {cm['engine_batches']} engine batches equal the simulator's "
@@ -334,6 +363,14 @@ def _run_markdown(r: dict[str, Any]) -> list[str]:
               f"every engine batch with its measured and predicted times: `{name}/batch_errors.csv`.", ""]
     lines += [f"![{name} {p[:-4]}]({name}/{p})" for p in RUN_PLOTS] + [""]
     return lines
+
+
+def _prefix_sentence(pc: dict[str, Any] | None) -> str:
+    if not pc:
+        return ""
+    t = pc["hit_rate_tokens"]
+    return (f" Prefix cache: {_apct(t['measured'])} of prompt tokens hit measured, {_apct(t['predicted'])} "
+            f"predicted ({_points(t['difference'])}).")
 
 
 def write_report(result: "ValidationResult", out: str | Path) -> tuple[Path, Path]:

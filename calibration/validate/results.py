@@ -16,6 +16,31 @@ from calibration.validate.errors import ExecutedBatch, batch_errors, shape_error
 DRIFT_THRESHOLD = 0.25
 
 
+def prefix_cache_comparison(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any] | None:
+    """Prefix-cache hit rate of the engine run (measured) against the simulator's (predicted); None without caching.
+
+    Both runs use the same ``CachingBlockManager``, so offline (same batches) the two are equal; online the order
+    in which requests are admitted and finish depends on timing, so they may differ a little.
+    ``difference`` is predicted - measured, in hit-rate points (a fraction, not a relative error).
+    """
+    m, p = measured.get("prefix_cache"), predicted.get("prefix_cache")
+    if not m and not p:
+        return None
+    m, p = m or {}, p or {}
+
+    def diff(key: str) -> float | None:
+        a, b = m.get(key), p.get(key)
+        return None if a is None or b is None else b - a
+
+    return {"hit_rate_tokens": {"measured": m.get("hit_rate_tokens"), "predicted": p.get("hit_rate_tokens"),
+                                "difference": diff("hit_rate_tokens")},
+            "hit_rate_blocks": {"measured": m.get("hit_rate_blocks"), "predicted": p.get("hit_rate_blocks"),
+                                "difference": diff("hit_rate_blocks")},
+            "hit_tokens": {"measured": m.get("hit_tokens"), "predicted": p.get("hit_tokens")},
+            "queried_tokens": {"measured": m.get("queried_tokens"), "predicted": p.get("queried_tokens")},
+            "evictions": {"measured": m.get("evictions"), "predicted": p.get("evictions")}}
+
+
 @dataclass
 class RunResult:
     """One scheduler at one load level: both runs, the priced batches and the comparison."""
@@ -55,6 +80,7 @@ class RunResult:
                          "completed_predicted": sim["requests"]["completed"], "skipped": eng["requests"]["skipped"]},
             "iterations": {"measured": eng["batches"]["iterations"], "predicted": sim["batches"]["iterations"]},
             "preemptions": {"measured": eng["kv_cache"]["preemptions"], "predicted": sim["kv_cache"]["preemptions"]},
+            "prefix_cache": prefix_cache_comparison(eng, sim),
             "batch_error": self.batch_error,
             "repeats": self.repeats,
             "request_level": self.request_error,

@@ -61,7 +61,8 @@ def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool, device: A
     from engine.replay import EngineConfig, cap_prefill_tokens
     ecfg = EngineConfig(model=cfg.model, max_model_len=cfg.max_model_len, scheduler=scheduler, token_budget=cfg.budget(scheduler),
                         max_batch_size=cfg.max_batch_size, chunk_align=cfg.chunk_align, block_size=cfg.block_size,
-                        watermark=cfg.watermark, gpu_memory_utilization=cfg.gpu_memory_utilization,
+                        watermark=cfg.watermark, enable_prefix_caching=cfg.enable_prefix_caching,
+                        gpu_memory_utilization=cfg.gpu_memory_utilization,
                         kv_blocks=cfg.kv_blocks, strict=cfg.strict, seed=cfg.seed, device=cfg.device,
                         dtype=cfg.dtype, backend=cfg.backend, offline=offline, warmup=cfg.warmup,
                         cuda_graphs=cfg.cuda_graphs)
@@ -136,9 +137,16 @@ def median_run(runs: Sequence[RunResult]) -> RunResult:
                      "tails": ({k: v["error"] for k, v in tail_errors(r.request_error).items()}
                                if getattr(r, "request_error", None) else {}),
                      "probe": getattr(r, "probe", None),
+                     "prefix_hit_rate": _hit_rate(r),
                      "drifted": bool(getattr(r, "probe", None) and r.probe["drift"] > DRIFT_THRESHOLD)}
                     for i, r in enumerate(runs)]
     return kept
+
+
+def _hit_rate(run: Any) -> float | None:
+    """The engine run's prefix-cache hit rate (share of prompt tokens), None without caching."""
+    engine = getattr(run, "engine", None)
+    return ((getattr(engine, "summary", None) or {}).get("prefix_cache") or {}).get("hit_rate_tokens")
 
 
 # ---- the whole validation ------------------------------------------------------------------------

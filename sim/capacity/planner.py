@@ -13,17 +13,18 @@ from GPU hourly prices, and the Pareto front of latency against throughput.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import math
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sim.capacity.candidates import Candidate, enumerate_candidates, enumerate_disaggregated, powers_of_two
 from sim.capacity.search import (
     CapacitySearch,
     InlineExecutor,
@@ -35,100 +36,15 @@ from sim.capacity.search import (
     run_searches,
 )
 from sim.catalog.hardware import get_gpu
-from sim.catalog.models import get_model
 from sim.jsonfile import read_json_object
-from sim.memory import InfeasibleConfigError
-from sim.schedulers import scheduler_class
-from sim.simulator import SimConfig
+
+__all__ = ["Candidate", "PlanResult", "enumerate_candidates", "enumerate_disaggregated", "plan", "powers_of_two"]
 
 RESULTS_FILE = "results.jsonl"
-TABLE_COLUMNS = ["config", "gpu", "tp", "ep", "pp", "replicas", "gpus", "scheduler", "token_budget", "status", "capacity_qps",
-                 "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
+TABLE_COLUMNS = ["config", "mode", "gpu", "tp", "ep", "pp", "replicas", "gpus", "scheduler", "token_budget",
+                 "status", "capacity_qps", "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
                  "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
                  "skipped", "simulations", "cost_model", "note"]
-
-
-# ---- candidates -------------------------------------------------------------------------------------
-
-@dataclass
-class Candidate:
-    """One deployment to size: its config, or why it cannot run."""
-
-    gpu: str
-    tp: int
-    pp: int
-    replicas: int
-    scheduler: str
-    token_budget: int | None
-    config: SimConfig | None = None
-    kv_blocks: int | None = None
-    infeasible: str | None = None
-    ep: int = 1
-
-    @property
-    def gpus(self) -> int:
-        return self.tp * self.pp * self.replicas
-
-    @property
-    def label(self) -> str:
-        """E.g. '4x h100-sxm (2 replicas x TP2 PP1) sarathi budget 512': the GPU count first."""
-        b = f" budget {self.token_budget}" if self.token_budget is not None else ""
-        reps = f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
-        ep = f" EP{self.ep}" if self.ep > 1 else ""
-        return f"{self.gpus}x {self.gpu} ({reps} x TP{self.tp}{ep} PP{self.pp}) {self.scheduler}{b}"
-
-
-def powers_of_two(limit: int) -> list[int]:
-    """1, 2, 4, ... up to ``limit``."""
-    out, v = [], 1
-    while v <= limit:
-        out.append(v)
-        v *= 2
-    return out
-
-
-def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps: Sequence[int] | None = None,
-                         pps: Sequence[int] = (1,), replicas: Sequence[int] | str = (1,),
-                         schedulers: Sequence[str] = ("vllm", "sarathi"), budgets: Sequence[int | None] = (None,),
-                         max_batch_size: int = 128, block_size: int = 16, gpu_memory_utilization: float = 0.9,
-                         base: SimConfig | None = None) -> list[Candidate]:
-    """Every (GPU, TP, PP, replicas, scheduler, budget) within ``max_gpus``; infeasible ones carry the reason.
-
-    ``replicas="max"`` uses as many replicas as fit in ``max_gpus``. Budgets apply only to
-    schedulers that chunk prompts (sarathi, vllm_v1); the others get their default budget once.
-    """
-    if max_gpus < 1:
-        raise ValueError(f"max_gpus must be >= 1, got {max_gpus}")
-    spec = get_model(model)
-    names = list(dict.fromkeys(scheduler_class(s).name for s in schedulers))
-    base = base or SimConfig()
-    out: list[Candidate] = []
-    for gpu_name in gpus:
-        gpu = get_gpu(gpu_name)
-        for tp in (tps or powers_of_two(max_gpus)):
-            for pp in pps:
-                if tp * pp > max_gpus:
-                    continue
-                reps = ([max_gpus // (tp * pp)] if replicas == "max"
-                        else [r for r in replicas if tp * pp * r <= max_gpus])
-                # a MoE model's experts are split by TP (ep 1) or spread whole over the TP group (ep = tp)
-                for ep in ([1, tp] if spec.is_moe and tp > 1 else [1]):
-                    shape = dataclasses.replace(base, model=model, gpu=gpu.name, tp=tp, pp=pp, ep=ep,
-                                                block_size=block_size,
-                                                gpu_memory_utilization=gpu_memory_utilization)
-                    try:
-                        blocks = shape.plan_memory(spec).num_blocks
-                    except (InfeasibleConfigError, ValueError) as exc:  # weights do not fit, heads do not split
-                        out.extend(Candidate(gpu.name, tp, pp, rep, "-", None, infeasible=str(exc), ep=ep)
-                                   for rep in reps)
-                        continue
-                    for rep in reps:
-                        for name in names:
-                            for budget in (budgets if scheduler_class(name).chunks_prefills else [None]):
-                                cfg = dataclasses.replace(shape, replicas=rep, scheduler=name, token_budget=budget,
-                                                          max_batch_size=max_batch_size)
-                                out.append(Candidate(gpu.name, tp, pp, rep, name, budget, cfg, blocks, ep=ep))
-    return out
 
 
 # ---- prices -----------------------------------------------------------------------------------------
@@ -240,7 +156,7 @@ def sustained_output_tok_s(qps: float, metrics: dict[str, Any]) -> float | None:
 
 def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
-    row.update(config=c.label, gpu=c.gpu, tp=c.tp, ep=c.ep, pp=c.pp, replicas=c.replicas, gpus=c.gpus,
+    row.update(config=c.label, mode=c.mode, gpu=c.gpu, tp=c.tp, ep=c.ep, pp=c.pp, replicas=c.replicas, gpus=c.gpus,
                scheduler=c.scheduler,
                token_budget=c.token_budget, kv_blocks=c.kv_blocks)
     price = prices.get(c.gpu)
@@ -303,7 +219,7 @@ def passing_points(candidates: list[Candidate], searches: dict[int, CapacitySear
         for p in s.points:
             m = p["metrics"]
             if p["passed"] and m:
-                rows.append({"config": c.label, "gpu": c.gpu, "tp": c.tp, "ep": c.ep, "pp": c.pp, "replicas": c.replicas,
+                rows.append({"config": c.label, "mode": c.mode, "gpu": c.gpu, "tp": c.tp, "ep": c.ep, "pp": c.pp, "replicas": c.replicas,
                              "scheduler": c.scheduler, "token_budget": c.token_budget, "seed": p["seed"],
                              "qps": p["qps"], "qps_per_gpu": p["qps"] / c.gpus,
                              "output_tok_s_per_gpu": (sustained_output_tok_s(p["qps"], m) or 0) / c.gpus,
@@ -398,7 +314,7 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
         front.to_csv(out / "pareto.csv", index=False, float_format="%.6g", lineterminator="\n")
         points.to_csv(out / "points.csv", index=False, float_format="%.6g", lineterminator="\n")
         if not points.empty:
-            model = next(get_model(c.config.model).name for c in candidates if c.config is not None)
+            model = next(c.config.model_spec().name for c in candidates if c.config is not None)
             result.figure_path = plot_pareto(points, front, out / "pareto.png", title=f"{model}: SLO {slo.describe()}",
                                              configs=table[table["status"] == "ok"])
     return result
@@ -419,7 +335,8 @@ def format_table(table: pd.DataFrame, limit: int | None = None) -> str:
     lines = [head, "-" * len(head)]
     rows = table if limit is None else table.head(limit)
     for r in rows.itertuples(index=False):
-        par = f"{r.tp}x{r.pp}x{r.replicas}"
+        disagg = getattr(r, "mode", "aggregated") == "disaggregated"
+        par = "P/D" if disagg else f"{r.tp}x{r.pp}x{r.replicas}"
         budget = _fmt(r.token_budget if r.token_budget == r.token_budget else None, ".0f")
         if r.status != "ok":
             lines.append(f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}  {r.status.upper()}: {r.note}")
@@ -430,5 +347,6 @@ def format_table(table: pd.DataFrame, limit: int | None = None) -> str:
                      f"{spread:>15}{_fmt(r.qps_per_gpu, '.3g'):>9}{_fmt(r.output_tok_s_per_gpu, '.0f'):>10}"
                      f"{_fmt(r.usd_per_hour, '.1f'):>7}{_fmt(r.usd_per_m_output_tokens, '.2f'):>8}"
                      f"{_fmt(tbt, '.0f'):>9}{_fmt(r.scheduling_delay_p50, '.2f'):>10}{_fmt(r.simulations, '.0f'):>5}"
+                     + (f"  [{r.config}]" if disagg else "")
                      + (f"  ({r.note})" if isinstance(r.note, str) and r.note else ""))
     return "\n".join(lines)

@@ -192,7 +192,8 @@ class PointSpec:
 def _cost_record(spec: PointSpec, cost: CostModel | None) -> dict[str, Any]:
     """Which cost model priced a point, for its results record."""
     if cost is None:
-        return {"name": "roofline", "gpu": spec.config.gpu}
+        return {"name": "roofline", "gpu": spec.config.gpu if isinstance(spec.config, SimConfig)
+                else spec.config.prefill.gpu}
     d = cost.describe()
     out = {"name": d.get("name", getattr(cost, "name", type(cost).__name__)), "gpu": d.get("gpu", spec.config.gpu)}
     if spec.profile is not None:
@@ -281,8 +282,7 @@ class _Watch:
             if not seen[r.index]:
                 seen[r.index] = 1
                 t = r.first_scheduled_time
-                if t > self._now:
-                    self._now = t
+                self._now = max(self._now, t)
                 if t - r.arrival_time > bound and not late[r.index]:
                     self._delay_count += 1
         limit = self._now - bound
@@ -334,6 +334,8 @@ def _flatten(summary: dict) -> dict[str, Any]:
              output_tokens_per_s=thr["output_tokens_per_s"], output_tokens=thr["output_tokens"],
              makespan_s=thr["makespan_s"], preemptions=summary["kv_cache"]["preemptions"],
              iterations=summary["batches"]["iterations"])
+    if "prefix_cache" in summary:
+        m["prefix_hit_rate_tokens"] = summary["prefix_cache"]["hit_rate_tokens"]
     return m
 
 
@@ -355,6 +357,11 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
         if spec.profile is not None:
             cost = spec.profile.cost_model(spec.config)
         rec["cost_model"] = _cost_record(spec, cost)
+        if not isinstance(spec.config, SimConfig):  # a disaggregated deployment: no early stop
+            from sim.disagg import simulate_disaggregated
+            rec["metrics"] = _flatten(simulate_disaggregated(trace, spec.config, source="capacity").summary)
+            rec["wall_s"] = round(time.perf_counter() - t0, 4)
+            return rec
         if spec.slo is not None and spec.qps is not None:
             simulated = _simulated_indices(spec.config, trace)
             watch = _Watch(spec.slo, trace, simulated)

@@ -44,8 +44,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -55,9 +56,27 @@ from sim.capacity.spec import LATENCIES, STATS, Slo, Workload
 from sim.cost.interface import CostModel
 from sim.simulator import SimConfig
 
-__all__ = ["LATENCIES", "STATS", "PASS_RULES", "Slo", "Workload", "PointSpec", "ProfileRef", "KernelsRef",
-           "PriceRef", "evaluate_point", "point_passes", "ResultsFile", "RateSearch", "CapacityResult",
-           "CapacitySearch", "InlineExecutor", "RunStats", "run_searches", "find_capacity"]
+__all__ = [
+    "LATENCIES",
+    "PASS_RULES",
+    "STATS",
+    "CapacityResult",
+    "CapacitySearch",
+    "InlineExecutor",
+    "KernelsRef",
+    "PointSpec",
+    "PriceRef",
+    "ProfileRef",
+    "RateSearch",
+    "ResultsFile",
+    "RunStats",
+    "Slo",
+    "Workload",
+    "evaluate_point",
+    "find_capacity",
+    "point_passes",
+    "run_searches",
+]
 
 PASS_RULES = ("median", "all")
 
@@ -188,10 +207,12 @@ class CapacitySearch:
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         self.rel_tol, self.pass_rule, self.cost_model, self.early_stop = rel_tol, pass_rule, cost_model, early_stop
-        budget = f" budget {config.token_budget}" if config.token_budget else ""
         priced = "" if self.profile is None else " (profiled)" if isinstance(self.profile, ProfileRef) else " (kernels)"
-        self.label = label or (f"{config.model} {config.replicas}x{config.gpu} TP{config.tp} PP{config.pp} "
-                               f"{config.scheduler}{budget}{priced}")
+        if isinstance(config, SimConfig):
+            budget = f" budget {config.token_budget}" if config.token_budget else ""
+            label = label or (f"{config.model} {config.replicas}x{config.gpu} TP{config.tp} PP{config.pp} "
+                              f"{config.scheduler}{budget}{priced}")
+        self.label = label or f"{config.model_spec().name} disaggregated {config.label}"
         self.searches: dict[int, RateSearch] = {}
         self.points: list[dict] = []
         self.records: dict[tuple[int, float], dict] = {}

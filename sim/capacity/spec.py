@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class Slo:
 
     @classmethod
     def make(cls, tbt_p99: float | None = 0.1, scheduling_delay_p50: float | None = 2.0,
-             **extra: float | None) -> "Slo":
+             **extra: float | None) -> Slo:
         """Sarathi-Serve's two bounds (None drops one) plus any ``<latency>_<stat>=seconds``."""
         items = {"tbt_p99": tbt_p99, "scheduling_delay_p50": scheduling_delay_p50, **extra}
         return cls(tuple((k, float(v)) for k, v in items.items() if v is not None))
@@ -90,6 +91,10 @@ class Workload:
     max_total_tokens: int | None = None
     arrival: str = "poisson"
     cv: float = 1.0
+    turns: int = 1                                 # conversations of this many turns (sim.workload.reuse)
+    think_time_s: float = 0.0
+    system_prompt: tuple[int, float] | None = None  # (tokens, fraction) of a shared system prompt
+    replay: str | None = None  # a trace whose requests (lengths and prefix reuse) are replayed in order
 
     def __post_init__(self) -> None:
         if self.num_requests < 1:
@@ -100,22 +105,52 @@ class Workload:
             raise ValueError(f"arrival must be poisson or gamma for a capacity search, got {self.arrival!r}")
         if self.lengths_from is not None and (self.prompt_len or self.output_len):
             raise ValueError("give either lengths_from or prompt_len/output_len, not both")
+        if self.replay is not None and (self.lengths_from or self.prompt_len or self.output_len or self.turns > 1
+                                        or self.system_prompt):
+            raise ValueError("a replayed trace gives the lengths and the reuse; give no other length or reuse flag")
 
-    def for_model(self, model: str | ModelSpec) -> "Workload":
+    def for_model(self, model: str | ModelSpec) -> Workload:
         """This workload with ``max_total_tokens`` defaulting to the model's context length."""
         if self.max_total_tokens is not None:
             return self
         return dataclasses.replace(self, max_total_tokens=get_model(model).max_context)
 
     def size(self, qps: float | None) -> int:
-        """Requests in a point at rate ``qps`` (None: the probe)."""
-        if qps is None:
-            return self.num_requests
-        return max(self.num_requests, math.ceil(qps * self.duration))
+        """Requests in a point at rate ``qps`` (None: the probe); a replayed trace has at most its own."""
+        n = self.num_requests if qps is None else max(self.num_requests, math.ceil(qps * self.duration))
+        return min(n, len(_replayed(self.replay))) if self.replay else n
 
     def trace(self, seed: int, qps: float | None) -> list[TraceRequest]:
         """The requests of seed ``seed`` at rate ``qps`` (None: all at t=0, for the probe)."""
         from sim.workload.generator import generate_trace
+        if self.replay:
+            return self._replay(seed, qps)
         return generate_trace(self.size(qps), arrival="static" if qps is None else self.arrival,
                               qps=qps or 1.0, cv=self.cv, prompt_len=self.prompt_len, output_len=self.output_len,
-                              lengths_from=self.lengths_from, max_total_tokens=self.max_total_tokens, seed=seed)
+                              lengths_from=self.lengths_from, max_total_tokens=self.max_total_tokens, seed=seed,
+                              turns=self.turns, think_time_s=self.think_time_s, system_prompt=self.system_prompt)
+
+    def _replay(self, seed: int, qps: float | None) -> list[TraceRequest]:
+        """The trace's first requests in arrival order, with their reuse fields, at arrivals generated for ``qps``.
+
+        Drawing lengths with replacement would repeat requests, and a repeated request hits its own copy in a
+        prefix cache: replaying in order keeps the trace's reuse as it is.
+        """
+        import numpy as np
+
+        from sim.workload.generator import generate_arrivals
+        from sim.workload.transforms import clip_total
+        reqs = _replayed(self.replay)[:self.size(qps)]
+        times = (np.zeros(len(reqs)) if qps is None else
+                 generate_arrivals(np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0]), len(reqs),
+                                   self.arrival, qps, self.cv))
+        out = [TraceRequest(r.request_id, float(t), r.prompt_tokens, r.output_tokens, r.extra, r.line)
+               for r, t in zip(reqs, times.tolist())]
+        return clip_total(out, self.max_total_tokens) if self.max_total_tokens is not None else out
+
+
+@functools.lru_cache(maxsize=4)
+def _replayed(path: str) -> list[TraceRequest]:
+    """A replayed trace's requests in arrival order, read once per process."""
+    from sim.workload.importers import read_any
+    return sorted(read_any(path).requests, key=lambda r: r.arrival_time)

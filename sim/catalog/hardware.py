@@ -68,6 +68,8 @@ class GPUSpec:
     roofline: RooflineFit | None = None  # fitted roofline parameters (None: the datasheet defaults)
     fp8_flops: float = 0.0   # dense FP8 tensor-core FLOP/s (0: no FP8 tensor cores, e.g. Ampere)
     fp8_source: str = ""
+    network_bw: float = 12.5e9  # per-GPU bytes/s across nodes (InfiniBand/RoCE NIC per GPU), for KV transfers
+    network_source: str = ""
 
     @property
     def has_fp8(self) -> bool:
@@ -86,7 +88,8 @@ def _load_catalogue(path: Path = CATALOGUE_FILE) -> dict[str, GPUSpec]:
                           float(e["interconnect_bw"]), source=e["source"], interconnect=e["interconnect"],
                           hourly_price_usd=float(e["hourly_price_usd"]), kernel_db=e.get("kernel_db", ""),
                           roofline=RooflineFit.from_toml(e["roofline"]) if "roofline" in e else None,
-                          fp8_flops=float(e.get("fp8_flops", 0.0)), fp8_source=e.get("fp8_source", ""))
+                          fp8_flops=float(e.get("fp8_flops", 0.0)), fp8_source=e.get("fp8_source", ""),
+                          network_bw=float(e["network_bw"]), network_source=e["network_source"])
             for name, e in table.items()}
 
 

@@ -67,6 +67,17 @@ def seconds_or(keywords: dict[str, Any], what: str) -> Callable[[str], Any]:
     return parse
 
 
+def nonneg_float(text: str) -> float:
+    """A finite number >= 0."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return v
+
+
 def int_list(text: str) -> list[int]:
     """Comma-separated integers >= 1, in the order given."""
     try:
@@ -95,6 +106,47 @@ def name_list(text: str) -> list[str]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return values
+
+
+# ---- which flags were given ----------------------------------------------------------------------
+
+class _StoreNoted(argparse.Action):
+    """argparse's store, also noting (dest, flag as typed) in the namespace's ``given_flags``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given_flags = (*getattr(namespace, "given_flags", ()), (self.dest, option_string))
+
+
+class _StoreTrueNoted(_StoreNoted):
+    """argparse's store_true, noted as given."""
+
+    def __init__(self, option_strings: list[str], dest: str, default: bool = False, required: bool = False,
+                 help: str | None = None) -> None:
+        super().__init__(option_strings, dest, nargs=0, const=True, default=default, required=required, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        super().__call__(parser, namespace, True, option_string)
+
+
+def note_given_flags(p: argparse.ArgumentParser) -> None:
+    """Make the store and store_true flags added to ``p`` from now on note that they were given (``flags_given``)."""
+    for name, action in ((None, _StoreNoted), ("store", _StoreNoted), ("store_true", _StoreTrueNoted)):
+        p.register("action", name, action)
+    p.set_defaults(given_flags=())
+
+
+def flags_given(args: argparse.Namespace, *adders: Callable[[argparse.ArgumentParser], None]) -> list[str]:
+    """The flags that ``adders`` register which the command line gave (as typed), or which left their default."""
+    scratch = argparse.ArgumentParser(add_help=False)
+    for add in adders:
+        add(scratch)
+    defaults = vars(scratch.parse_args([]))
+    noted = dict(getattr(args, "given_flags", ()))
+    return [noted.get(d) or "--" + d.replace("_", "-") for d in defaults
+            if d in noted or getattr(args, d, defaults[d]) != defaults[d]]
 
 
 # ---- flag groups --------------------------------------------------------------------------------
@@ -140,6 +192,11 @@ def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
                         "--enable-expert-parallel), so N = --tp (default: 1, experts split by TP)")
     g.add_argument("--enable-expert-parallel", action="store_true",
                    help="vLLM's flag: --ep equal to --tp")
+    add_dtype_arguments(g)
+
+
+def add_dtype_arguments(g: argparse._ArgumentGroup) -> None:
+    """Routing skew and the weight / KV-cache dtypes (also for plan, which searches EP itself)."""
     g.add_argument("--router-skew", type=float, default=0.0, metavar="S",
                    help="MoE routing skew: expert popularity Zipf-like with exponent S (default: 0, uniform)")
     g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", "bf16", "fp16", "fp8"),

@@ -13,6 +13,7 @@ from sim.cli.args import (
     add_command,
     add_cost_model_arguments,
     add_deployment_arguments,
+    add_dtype_arguments,
     add_max_model_len_argument,
     check_cost_model_args,
     deployment_kwargs,
@@ -22,6 +23,7 @@ from sim.cli.args import (
     positive_int,
     seconds_or,
 )
+from sim.cli.workload_args import sessions_arg, system_prompt_arg
 
 DEFAULT_NUM_REQUESTS = 500
 DEFAULT_DURATION = 60.0
@@ -80,6 +82,14 @@ def _add_workload_arguments(p: argparse.ArgumentParser) -> None:
                         "runs are optimistic where the scheduling delay binds (a growing queue still shows a small "
                         "median delay): for Llama-2-7B/Sarathi on one A100 the defaults give ~15%% more than "
                         "-n 3000 --duration 600; cost grows in proportion (default: %(default)s)")
+    g.add_argument("--replay", default=None, metavar="FILE",
+                   help="replay this trace's requests in arrival order (their lengths and prefix-reuse fields, e.g. "
+                        "Mooncake's hash_ids), at arrivals generated for each rate: what prefix caching needs (a "
+                        "length draw with replacement repeats requests, which then hit their own copies)")
+    g.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
+                   help="generated workloads: multi-turn conversations whose turns resend the earlier ones")
+    g.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
+                   help="generated workloads: a shared system prompt before FRACTION of the prompts")
     g.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson",
                    help="arrival process at the rate under test (default: %(default)s)")
     g.add_argument("--cv", type=float, default=1.0, metavar="C",
@@ -130,10 +140,14 @@ def workload_from_args(args: argparse.Namespace) -> Workload:
         raise ValueError("--trace/--lengths-from give the lengths; do not also give --prompt-len/--output-len")
     if src and not os.path.exists(src):
         raise ValueError(f"{src}: file not found")
+    if args.replay and not os.path.exists(args.replay):
+        raise ValueError(f"{args.replay}: file not found")
     return Workload(num_requests=args.num_requests, duration=args.duration, prompt_len=args.prompt_len,
                     output_len=args.output_len,
                     lengths_from=os.path.abspath(src) if src else None, max_total_tokens=args.max_total_tokens,
-                    arrival=args.arrival, cv=args.cv)
+                    arrival=args.arrival, cv=args.cv, turns=args.sessions[0] if args.sessions else 1,
+                    think_time_s=args.sessions[1] if args.sessions else 0.0, system_prompt=args.system_prompt,
+                    replay=os.path.abspath(args.replay) if args.replay else None)
 
 
 def slo_from_args(args: argparse.Namespace) -> Slo:
@@ -198,7 +212,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, pps=args.pp, replicas=args.replicas,
         schedulers=args.schedulers, budgets=args.budgets, max_batch_size=args.max_batch,
         block_size=args.block_size, gpu_memory_utilization=args.gpu_mem_util,
-        base=SimConfig(max_model_len=args.max_model_len))
+        base=SimConfig(max_model_len=args.max_model_len, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                       router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching))
+    if args.disaggregated:  # prefill and decode pools of every P:D ratio and TP within --max-gpus, beside
+        from sim.capacity.planner import enumerate_disaggregated
+        from sim.disagg import LinkConfig
+        candidates += enumerate_disaggregated(
+            args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, prefill_scheduler=args.prefill_scheduler,
+            decode_scheduler=args.decode_scheduler, prefill_budget=args.prefill_budget,
+            max_batch_size=args.max_batch, base=SimConfig(max_model_len=args.max_model_len, dtype=args.dtype,
+                                                          kv_cache_dtype=args.kv_cache_dtype,
+                                                          block_size=args.block_size,
+                                                          gpu_memory_utilization=args.gpu_mem_util),
+            link=LinkConfig(kind=args.kv_link, overlap=args.kv_transfer_overlap), max_replicas=args.max_pool_replicas)
     if not candidates:
         raise ValueError(f"no configuration fits in --max-gpus {args.max_gpus} (check --tp/--pp/--replicas)")
     n_ok = sum(c.config is not None for c in candidates)
@@ -228,6 +254,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(cheapest):
         print(f"\ncheapest {min(5, len(cheapest))} by cost per million output tokens:")
         print(format_table(cheapest, limit=5))
+    if args.disaggregated:
+        for mode in ("aggregated", "disaggregated"):
+            best = cheapest[cheapest["mode"] == mode].head(1)
+            print(f"cheapest {mode} configuration meeting the SLO: " +
+                  (f"{best.iloc[0]['config']} at {best.iloc[0]['usd_per_m_output_tokens']:.2f} $/M output tokens, "
+                   f"{best.iloc[0]['qps_per_gpu']:.3g} req/s per GPU" if len(best) else "none"))
     with open(os.path.join(args.out, "plan.txt"), "w", encoding="utf-8") as fh:
         fh.write(format_table(res.table) + "\n")
     st = res.stats
@@ -268,6 +300,26 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--max-batch", type=int, default=128, metavar="B",
                    help="max requests running at once (default: %(default)s)")
     g.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: %(default)s)")
+    add_dtype_arguments(g)
+    d = p.add_argument_group("disaggregated serving", "With --disaggregated the plan also sizes prefill and decode "
+                             "pools (sim/disagg.py) of every P:D ratio and TP within --max-gpus, on one Pareto front "
+                             "with the aggregated configurations.")
+    d.add_argument("--disaggregated", action="store_true", help="also search disaggregated deployments")
+    d.add_argument("--prefill-scheduler", default="vllm", metavar="S",
+                   help="the prefill pool's policy (default: vllm, whole prefills as DistServe)")
+    d.add_argument("--prefill-budget", type=positive_int, default=None, metavar="T",
+                   help="the prefill pool's token budget (default: the policy's)")
+    d.add_argument("--decode-scheduler", default="vllm", metavar="S", help="the decode pool's policy (default: vllm)")
+    d.add_argument("--kv-link", choices=("network", "nvlink"), default="network",
+                   help="where KV moves between the pools: the GPUs' NICs across nodes (catalogue network_bw) or "
+                        "NVLink within a node (default: network)")
+    d.add_argument("--kv-transfer-overlap", action="store_true",
+                   help="transfer KV layer by layer during the prefill")
+    d.add_argument("--max-pool-replicas", type=positive_int, default=4, metavar="N",
+                   help="replicas per pool at most (default: 4)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="automatic prefix caching in every configuration (vLLM's flags; default: on for vllm_v1 "
+                        "only, as vLLM); compare a trace with reuse both ways")
     g.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
     g.add_argument("--profile", default=None, metavar="DIR",

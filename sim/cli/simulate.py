@@ -5,28 +5,41 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sim.cli.args import (
     add_command,
     add_cost_model_arguments,
     add_deployment_arguments,
     add_run_folder_arguments,
+    check_cost_model_args,
     check_run_folder_args,
     cost_model_from_args,
     deployment_kwargs,
+    flags_given,
+    nonneg_float,
+    note_given_flags,
+    positive,
+    positive_int,
     write_run_folder,
 )
 from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
 if TYPE_CHECKING:
-    from sim.simulator import SimConfig
+    from sim.disagg import DisaggConfig
+    from sim.simulator import SimConfig, SimResult
+
+
+DEPLOYMENT_HELP = ("the deployment from a YAML or TOML file (aggregated, or disaggregated prefill and decode "
+                   "pools; schema in sim/deployment.py) instead of the deployment flags, which are then refused; "
+                   "with --profile the file's gpu counts as --gpu")
 
 
 def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``simulate`` on the ``servesim`` subcommands; returns its parser."""
     p = add_command(subparsers, "simulate", cmd_simulate,
                     "replay a trace (or a synthetic workload) through a simulated deployment")
+    note_given_flags(p)
     add_trace_input_arguments(p)
     p.add_argument("--out", default=None, metavar="DIR", help="folder for summary.json, requests.csv, batches.csv")
     p.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of the table")
@@ -35,38 +48,133 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="price ops from this calibration profile (`servesim calibrate`) instead of the roofline; "
                         "with --gpu other than the profile's device, times are a roofline-scaled estimate")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--deployment", default=None, metavar="FILE", help=DEPLOYMENT_HELP)
     add_deployment_arguments(p)
+    add_disaggregated_arguments(p)
     add_cost_model_arguments(p)
     add_generator_arguments(p)
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> SimConfig:
-    """The SimConfig the deployment and scheduler flags describe."""
+#: per-pool flags of a disaggregated deployment: (flag suffix, SimConfig field, type, metavar, what it sets); each
+#: defaults to the deployment flag of the same suffix (--prefill-tp to --tp)
+POOL_FLAGS = (("replicas", "replicas", positive_int, "N", "replicas"), ("tp", "tp", positive_int, "N", "TP degree"),
+              ("pp", "pp", positive_int, "N", "pipeline stages"), ("gpu", "gpu", str, "GPU", "GPU"),
+              ("scheduler", "scheduler", str, "S", "scheduler"),
+              ("token-budget", "token_budget", positive_int, "T", "token budget"),
+              ("max-batch", "max_batch_size", positive_int, "B", "batch-size cap"),
+              ("kv-blocks", "kv_blocks", positive_int, "N", "KV blocks per replica"))
+
+
+def add_disaggregated_arguments(p: argparse.ArgumentParser) -> None:
+    """--disaggregated, each pool's --prefill-* / --decode-* flags, the KV link and the decode router (simulate)."""
+    g = p.add_argument_group("disaggregated prefill and decode (pool flags left out take the deployment flags)")
+    g.add_argument("--disaggregated", action="store_true",
+                   help="a prefill pool and a decode pool; each request's KV cache moves between them over --kv-link")
+    for pool in ("prefill", "decode"):
+        for flag, field, kind, metavar, what in POOL_FLAGS:
+            g.add_argument(f"--{pool}-{flag}", dest=f"{pool}_{field}", type=kind, default=None, metavar=metavar,
+                           help=f"the {pool} pool's {what} (default: --{flag})")
+    g.add_argument("--kv-link", choices=("network", "nvlink"), default=None,
+                   help="the KV cache's path: network (the GPUs' NICs, across nodes) or nvlink (within one node) "
+                        "(default: network)")
+    g.add_argument("--kv-link-bandwidth", type=positive(float), default=None, metavar="GBPS",
+                   help="link bandwidth in GB/s (1e9 bytes/s) per GPU (default: the prefill GPU's NIC or NVLink "
+                        "rate)")
+    g.add_argument("--kv-link-latency-us", type=nonneg_float, default=None, metavar="US",
+                   help="fixed latency per transfer, microseconds (default: 10)")
+    g.add_argument("--kv-transfer-overlap", action="store_true",
+                   help="transfer the KV cache layer by layer during the prefill (only the last layer's share after it)")
+    g.add_argument("--decode-router", choices=("least_kv", "least_running"), default=None,
+                   help="which decode replica takes a prefilled request: least KV in use or fewest running "
+                        "(default: least_kv)")
+
+
+def disaggregated_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The prefill, decode, link and routers sections (deployment-file keys) the disaggregated flags give."""
+    pools = {pool: {field: v for _, field, *_ in POOL_FLAGS if (v := getattr(args, f"{pool}_{field}")) is not None}
+             for pool in ("prefill", "decode")}
+    if getattr(args, "enable_expert_parallel", False):
+        for own in pools.values():
+            if "tp" in own:
+                own["ep"] = own["tp"]
+    link = {"kind": args.kv_link, "bandwidth_GBps": args.kv_link_bandwidth, "latency_us": args.kv_link_latency_us,
+            "overlap": args.kv_transfer_overlap}
+    routers = {"prefill": args.router, "decode": args.decode_router, "cache_weight": args.router_cache_weight}
+    return {**pools, "link": {k: v for k, v in link.items() if v is not None},
+            "routers": {k: v for k, v in routers.items() if v is not None}}
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig | DisaggConfig:
+    """The deployment that --deployment, the disaggregated flags or the deployment flags describe."""
     from sim.simulator import SimConfig
-    return SimConfig(**deployment_kwargs(args), strict=args.strict, seed=args.seed)
+    if not (args.deployment or args.disaggregated):
+        given = flags_given(args, add_disaggregated_arguments)
+        if given:
+            raise ValueError(f"{', '.join(given)} describe a disaggregated deployment: add --disaggregated")
+        return SimConfig(**deployment_kwargs(args), strict=args.strict, seed=args.seed)
+    from sim.deployment import disaggregated, load_deployment, with_run_options
+    if args.deployment:
+        given = flags_given(args, add_deployment_arguments, add_disaggregated_arguments)
+        if given:
+            raise ValueError(f"--deployment {args.deployment} sets the whole deployment: drop {', '.join(given)} "
+                             f"(or change the file)")
+        config = load_deployment(args.deployment)
+    else:
+        config = disaggregated(deployment_kwargs(args), **disaggregated_sections(args))
+    return with_run_options(config, strict=args.strict, seed=args.seed)
+
+
+def costs_from_args(args: argparse.Namespace, config: SimConfig | DisaggConfig) -> tuple[Any, Any]:
+    """(config, cost model or None for the roofline); a disaggregated deployment gets a (prefill, decode) pair."""
+    from sim.simulator import SimConfig
+    if isinstance(config, SimConfig):
+        if args.deployment:  # the file's GPU stands for --gpu
+            args = argparse.Namespace(**{**vars(args), "gpu": config.gpu})
+        return cost_model_from_args(args, config)
+    check_cost_model_args(args)
+    if args.profile:
+        raise ValueError("--profile prices one deployment on the profile's device: price a disaggregated one with the "
+                         "roofline or --cost-model kernels")
+    if args.cost_model != "kernels":
+        return config, None
+    from sim.cost.kernels.model import for_simulation
+    return config, tuple(for_simulation(pool, args.kernel_db) for pool in (config.prefill, config.decode))
+
+
+def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, source: str, bar: Any) -> SimResult:
+    """simulate() or simulate_disaggregated(), as the deployment is; describe(config) added as "deployment"."""
+    from sim.deployment import describe
+    from sim.simulator import SimConfig, simulate
+    if isinstance(config, SimConfig):
+        result = simulate(trace, config, cost_model=costs, source=source, on_finish=lambda r: bar.update())
+    else:
+        from sim.disagg import simulate_disaggregated
+        result = simulate_disaggregated(trace, config, costs=costs, source=source)
+        bar.update(len(trace))
+    result.summary["deployment"] = describe(config)
+    return result
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Replay a request trace through the chosen scheduler, model, GPU and parallelism on the roofline cost model;
     print a summary and optionally write summary.json, requests.csv and batches.csv. Without --trace, the
-    synthetic-workload flags make the requests.
+    synthetic-workload flags make the requests. --deployment FILE reads the deployment from a YAML or TOML file;
+    --disaggregated runs separate prefill and decode pools with a KV transfer between them.
     """
     from tqdm import tqdm
 
     from sim.outputs.run_folder import clean_json, format_summary
-    from sim.simulator import simulate
 
     check_run_folder_args(args)
-    config = config_from_args(args)
-    config, cost_model = cost_model_from_args(args, config)
+    config, costs = costs_from_args(args, config_from_args(args))
     trace, source, warnings = load_workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     show = not args.quiet and sys.stderr.isatty()
     bar = tqdm(total=len(trace), unit="req", desc="simulating", disable=not show, mininterval=0.5)
     t0 = time.perf_counter()
-    result = simulate(trace, config, cost_model=cost_model, source=source, on_finish=lambda r: bar.update())
+    result = run_simulation(trace, config, costs, source, bar)
     bar.close()
     wall = time.perf_counter() - t0
     write_run_folder(args, result)

@@ -17,7 +17,7 @@ _SPEC_HELP = (
 )
 
 
-def _sessions(text: str) -> tuple[int, float]:
+def sessions_arg(text: str) -> tuple[int, float]:
     """TURNS[:THINK_S] of --sessions."""
     turns, _, think = text.partition(":")
     try:
@@ -29,7 +29,7 @@ def _sessions(text: str) -> tuple[int, float]:
     return t, s
 
 
-def _system_prompt(text: str) -> tuple[int, float]:
+def system_prompt_arg(text: str) -> tuple[int, float]:
     """TOKENS[:FRACTION] of --system-prompt."""
     tokens, _, fraction = text.partition(":")
     try:
@@ -70,11 +70,11 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
                    help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
                         f"prompt:output ratio (default: no limit{NO_DEFAULT})")
-    g.add_argument("--sessions", type=_sessions, default=None, metavar="TURNS[:THINK_S]",
+    g.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
                    help="multi-turn conversations: consecutive requests become sessions of TURNS turns, each "
                         "resending the earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) "
                         "between turns" + NO_DEFAULT)
-    g.add_argument("--system-prompt", type=_system_prompt, default=None, metavar="TOKENS[:FRACTION]",
+    g.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
                    help="a shared system prompt of TOKENS tokens before the prompts of FRACTION (default 1) of "
                         "the requests (of the sessions, with --sessions)" + NO_DEFAULT)
     g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",

@@ -2,7 +2,9 @@
 
 The report holds a table of summary metrics (one column per run) and overlaid
 CDFs (TTFT, TBT, end-to-end latency, scheduling delay). With ``run_plots`` each
-run's own plots (``sim.outputs.plots.write_plots``) are added in a section per run.
+run's own plots (``sim.outputs.plots.write_plots``, with ``prefix_cache.png`` for runs
+with prefix caching) are added in a section per run. Runs without prefix caching show "-"
+in its hit-rate row.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ METRICS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("KV mean utilisation", ("kv_cache", "mean_utilization"), ".1%"),
     ("KV max utilisation", ("kv_cache", "max_utilization"), ".1%"),
     ("preemptions", ("kv_cache", "preemptions"), "d"),
+    ("prefix hit rate (tokens)", ("prefix_cache", "hit_rate_tokens"), ".1%"),
     ("iterations", ("batches", "iterations"), "d"),
     ("mean batch size", ("batches", "mean_size"), ".1f"),
     ("mean tokens per iteration", ("batches", "mean_tokens"), ".1f"),
@@ -92,13 +95,28 @@ def _default_budget(summary: dict) -> str:
         try:
             from sim.schedulers import scheduler_class
             budget = scheduler_class(cfg.get("scheduler")).default_token_budget
-        except (KeyError, ValueError, TypeError):
+        except (KeyError, ValueError, TypeError, AttributeError):
             return "-"
     return "unlimited (default)" if budget is None else f"{budget} (default)"
 
 
+def _pools_cell(cfg: dict, path: tuple[str, ...], fmt: Any) -> str | None:
+    """A deployment cell of a disaggregated run: 'prefill / decode' (None for cells that are not per pool)."""
+    pools = [cfg.get("prefill") or {}, cfg.get("decode") or {}]
+    if fmt == "parallel":
+        return " / ".join(f"{p.get('replicas', '-')}x TP{p.get('tp', '-')} PP{p.get('pp', '-')}" for p in pools)
+    if path[:1] == ("config",) and len(path) == 2:
+        return " / ".join(str(p.get(path[1], "-")) for p in pools)
+    return None
+
+
 def metric_cell(summary: dict, path: tuple[str, ...], fmt: Any) -> str:
     """One formatted table cell ("-" when the metric is absent)."""
+    cfg = summary.get("config", {})
+    if cfg.get("mode") == "disaggregated":  # prefill / decode pools side by side
+        cell = _pools_cell(cfg, path, fmt)
+        if cell is not None:
+            return cell
     if fmt == "parallel":
         c = summary.get("config", {})
         return f"{c.get('tp', '-')} x {c.get('pp', '-')} x {c.get('replicas', '-')}"
@@ -182,7 +200,7 @@ def _html(title: str, runs: Sequence[Run], table: list[list[str]], images: list[
 def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels: Sequence[str] | None = None,
                  title: str = "servesim run comparison", run_plots: bool = False) -> tuple[Path, Path]:
     """Write report.md (with PNGs beside it) and the self-contained report.html; returns both paths."""
-    from sim.outputs.plots import PLOT_FILES, load_run, save_figure, write_plots
+    from sim.outputs.plots import load_run, save_figure, write_plots
     if not run_dirs:
         raise ValueError("give at least one run folder")
     dirs = [Path(d) for d in run_dirs]
@@ -197,8 +215,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
     if run_plots:
         for i, (d, run) in enumerate(zip(dirs, runs)):
             sub = f"run{i + 1}"
-            write_plots(d, out / sub, label=run.label)
-            per_run[run.label] = [f"{sub}/{f}" for f in PLOT_FILES]
+            per_run[run.label] = [f"{sub}/{f.name}" for f in write_plots(d, out / sub, label=run.label)]
     table = metrics_table(runs)
     md = out / "report.md"
     md.write_text(_markdown(title, runs, table, images, per_run))

@@ -121,6 +121,11 @@ def _ms(seconds: float | None) -> str:
     return f"{ms:.1f}" if ms >= 100 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
 
 
+def _ms_unit(seconds: float | None) -> str:
+    """'12.3 ms', or '-' where there is no value."""
+    return "-" if seconds is None else f"{_ms(seconds)} ms"
+
+
 CONTEXT_HINT = ("hint: --max-total-tokens N clips requests to N tokens keeping each prompt:output ratio (N = the "
                 "model's context serves them all); --max-model-len sets a long-context variant's context")
 
@@ -136,19 +141,55 @@ def _variant(cfg: dict, summary: dict) -> str:
     return "".join(", " + p for p in parts)
 
 
+def _pool(cfg: dict, cost: dict) -> str:
+    """One pool of a disaggregated deployment: '2x a100-80gb (2 replicas x TP1 PP1, vllm)'."""
+    replicas, tp, pp = cfg["replicas"], cfg["tp"], cfg["pp"]
+    return (f"{replicas * tp * pp}x {cfg['gpu']} ({replicas} replica{'s' if replicas > 1 else ''} x TP{tp} PP{pp}"
+            f"{_variant(cfg, {'cost_model': cost})}, {cfg['scheduler']})")
+
+
+def _disaggregated_header(summary: dict) -> str:
+    """The first line of a disaggregated run: both pools, the KV link, the cost model."""
+    cfg, cost = summary["config"], summary["cost_model"]
+    link = summary["disaggregation"]["link"]
+    names = "/".join(dict.fromkeys(str(cost[p].get("name")) for p in ("prefill", "decode")))
+    return (f"servesim: {cfg['prefill']['model']}, disaggregated: prefill {_pool(cfg['prefill'], cost['prefill'])} -> "
+            f"decode {_pool(cfg['decode'], cost['decode'])}, KV over {link['kind']} "
+            f"{link['bytes_per_s_per_gpu'] / 1e9:g} GB/s per GPU{' (overlapped)' if link.get('overlap') else ''}, "
+            f"cost model {names}")
+
+
+def _aggregated_header(summary: dict) -> str:
+    """The first line of a run on one pool: model, GPUs, parallelism, scheduler, cost model."""
+    cfg = summary["config"]
+    replicas, tp, pp = cfg["replicas"], cfg["tp"], cfg["pp"]
+    gpus = replicas * tp * pp
+    return (f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
+            f"{'device' if str(cfg['gpu']).startswith('measured:') or cfg['gpu'] == 'cpu' else 'GPU'}"
+            f"{'s' if gpus > 1 else ''} ({replicas} replica"
+            f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}{_variant(cfg, summary)}), scheduler {cfg['scheduler']}, "
+            f"cost model {summary['cost_model'].get('name')}")
+
+
+def _transfer_line(summary: dict) -> str:
+    """KV transfer times, link and decode-admission waits, the busiest link's utilisation."""
+    d = summary["disaggregation"]
+    util = max(d["link_utilization"], default=None)
+    return (f"KV transfer: P50 {_ms_unit(d['transfer_s']['p50'])}, P99 {_ms_unit(d['transfer_s']['p99'])} "
+            f"({d['transfers']} transfers); link wait P99 {_ms_unit(d['link_wait_s']['p99'])}; decode admission wait "
+            f"P99 {_ms_unit(d['decode_admission_wait_s']['p99'])}; link utilisation max "
+            f"{'-' if util is None else format(util, '.1%')}")
+
+
 def format_summary(summary: dict) -> str:
     """Human-readable table of the headline metrics."""
     cfg = summary["config"]
     req = summary["requests"]
-    replicas, tp, pp = cfg["replicas"], cfg["tp"], cfg["pp"]
-    gpus = replicas * tp * pp
+    disaggregated = cfg.get("mode") == "disaggregated"
+    pp = max(cfg["prefill"]["pp"], cfg["decode"]["pp"]) if disaggregated else cfg["pp"]
     reasons = ", ".join(f"{k} {v}" for k, v in req["skipped_by_reason"].items())
     lines = [
-        f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
-        f"{'device' if str(cfg['gpu']).startswith('measured:') or cfg['gpu'] == 'cpu' else 'GPU'}"
-        f"{'s' if gpus > 1 else ''} ({replicas} replica"
-        f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}{_variant(cfg, summary)}), scheduler {cfg['scheduler']}, cost model "
-        f"{summary['cost_model'].get('name')}",
+        _disaggregated_header(summary) if disaggregated else _aggregated_header(summary),
         f"requests: {req['completed']} completed of {req['simulated']} simulated, {req['in_trace']} in trace, "
         f"{req['skipped']} skipped" + (f" ({reasons})" if req["skipped"] else ""),
         *([CONTEXT_HINT] if {"prompt_exceeds_context", "total_exceeds_context"} & set(req["skipped_by_reason"])
@@ -170,12 +211,14 @@ def format_summary(summary: dict) -> str:
         return "-" if v is None else format(v, spec)
     lines += [
         "",
-        f"throughput: {fmt(th['requests_per_s'], '.3f')} req/s, {fmt(th['output_tokens_per_s'], '.1f')} output tok/s "
-        f"over {fmt(th['makespan_s'], '.1f')} s",
-        f"KV cache: {kv['blocks_per_replica']:,} blocks/replica, mean use {kv['mean_utilization']:.1%}, "
-        f"max {kv['max_utilization']:.1%}, {kv['preemptions']} preemptions",
-        f"batches: {summary['batches']['iterations']} iterations, mean size {summary['batches']['mean_size']:.1f}, "
-        f"mean tokens {summary['batches']['mean_tokens']:.1f}",
+        (f"throughput: {fmt(th['requests_per_s'], '.3f')} req/s, {fmt(th['output_tokens_per_s'], '.1f')} output tok/s "
+        f"over {fmt(th['makespan_s'], '.1f')} s"),
+        *([_transfer_line(summary)] if disaggregated else []),
+        (f"KV cache: {kv['blocks_per_replica']:,} blocks/{'decode ' if disaggregated else ''}replica, "
+        f"mean use {kv['mean_utilization']:.1%}, "
+        f"max {kv['max_utilization']:.1%}, {kv['preemptions']} preemptions"),
+        (f"batches: {summary['batches']['iterations']} iterations, mean size {summary['batches']['mean_size']:.1f}, "
+        f"mean tokens {summary['batches']['mean_tokens']:.1f}"),
         (f"pipeline: mean bubble fraction {pipe['mean_bubble_fraction']:.1%}, "
          f"median bubble {pipe['median_bubble_s'] * 1e3:.3f} ms" if pp > 1 else
          f"idle between iterations while busy (host overhead; no pipeline with PP1): "

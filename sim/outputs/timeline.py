@@ -188,7 +188,7 @@ def build_timeline(summary: dict, requests: pd.DataFrame, batches: pd.DataFrame,
             "generator": "servesim timeline", "source": summary.get("source"), "timing": timing_source(summary),
             "model": config.get("model"), "gpu": config.get("gpu"), "scheduler": config.get("scheduler"),
             "tp": config.get("tp"), "pp": config.get("pp"), "replicas": config.get("replicas"),
-            "requests_shown": shown, "requests_in_run": int(len(requests)),
+            "requests_shown": shown, "requests_in_run": len(requests),
         },
     }
 

@@ -75,6 +75,10 @@ class Scheduler(ABC):
         #: not per token: large simulations); True keeps them (engine, validation, tests)
         self.keep_token_times = True
         self.cached_free_log: list[int] = []  # per scheduled batch, with prefix caching: cached free blocks
+        #: disaggregated serving: a prefill replica keeps a finished request's blocks until its KV has moved
+        #: (``release``); a decode replica takes requests whose KV arrives from elsewhere (``reserve``, ``receive``)
+        self.hold_finished = False
+        self.num_incoming = 0
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -84,6 +88,30 @@ class Scheduler(ABC):
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting) or bool(self.running)
+
+    # ---- disaggregated serving: KV computed on one replica, decoded on another -----------------------------
+    def release(self, request: Request) -> None:
+        """Free a finished request's blocks held for its KV transfer (``hold_finished``)."""
+        self.bm.free(request)
+
+    def reserve(self, request: Request) -> bool:
+        """Blocks for a request whose prompt's KV will arrive from a prefill replica; False if they do not fit now.
+
+        Admission as for a new request: the batch cap (counting requests still in transfer) and the watermark.
+        """
+        if len(self.running) + self.num_incoming >= self.config.max_batch_size:
+            return False
+        if not self.bm.can_admit(request.num_known):
+            return False
+        self.bm.grow(request, request.num_known)
+        self.num_incoming += 1
+        return True
+
+    def receive(self, request: Request) -> None:
+        """The reserved request's KV has arrived: it decodes from the next iteration on."""
+        self.num_incoming -= 1
+        request.status = Status.RUNNING
+        self.running.append(request)
 
     def schedule(self, now: float = 0.0) -> Batch | None:
         """Form the next batch (allocating KV blocks), or None when nothing can run now."""
@@ -117,7 +145,8 @@ class Scheduler(ABC):
                 if req.num_generated >= req.output_tokens:
                     req.status = Status.FINISHED
                     req.completion_time = now
-                    self.bm.free(req)
+                    if not self.hold_finished:
+                        self.bm.free(req)
                     self._fold_tokens(req)
                     finished.append(req)
         if finished:
@@ -176,7 +205,7 @@ class Scheduler(ABC):
 
     def _can_admit(self, request: Request, num_tokens: int | None = None) -> bool:
         """Batch-size cap and KV admission (watermark for paged policies, none for reservations)."""
-        if len(self.running) >= self.config.max_batch_size:
+        if len(self.running) + self.num_incoming >= self.config.max_batch_size:
             return False
         n = self._admit_tokens(request) if num_tokens is None else num_tokens
         return self.bm.can_admit(n, use_watermark=not self.reserves_max_length, request=request)

@@ -118,3 +118,15 @@ def test_catalogues_list_as_json(capsys):
 def test_requests_past_the_context_get_a_hint_to_clip_them(capsys):
     text = _run(capsys, "-n", "20", "--prompt-len", "uniform:900:1200", "--output-len", "uniform:8:16")
     assert "prompt_exceeds_context" in text and "hint: --max-total-tokens N" in text
+
+
+def test_a_disaggregated_run_names_both_pools_and_its_kv_link(capsys):
+    """Issue 20: the header gives each pool's GPUs, parallelism and scheduler and the link; a line the transfers."""
+    out = _run(capsys, "--disaggregated", "--prefill-tp", "2", "--decode-replicas", "2", "--scheduler", "vllm",
+               "--kv-link", "nvlink", "--kv-link-bandwidth", "450", "--max-total-tokens", "2048", model="llama-2-7b")
+    assert out.splitlines()[0] == (
+        "servesim: llama-2-7b, disaggregated: prefill 2x a100-80gb (1 replica x TP2 PP1, vllm) -> decode 2x "
+        "a100-80gb (2 replicas x TP1 PP1, vllm), KV over nvlink 450 GB/s per GPU, cost model roofline")
+    assert re.search(r"^KV transfer: P50 [\d.]+ ms, P99 [\d.]+ ms \(30 transfers\); link wait P99 [\d.]+ ms; "
+                     r"decode admission wait P99 [\d.]+ ms; link utilisation max [\d.]+%$", out, re.MULTILINE)
+    assert "blocks/decode replica" in out and "no pipeline with PP1" in out

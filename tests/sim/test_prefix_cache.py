@@ -156,3 +156,34 @@ def test_invariants_with_reuse(sc):
         st_ = s.bm.stats
         assert st_.hit_tokens <= st_.queried_tokens and st_.hit_blocks <= st_.queried_blocks
     assert all(row[9] <= sc["blocks"] for row in rec.stage_frame().to_numpy().tolist())
+
+
+def test_malformed_reuse_fields_name_the_line_and_field(tmp_path):
+    import pytest
+
+    from sim.workload.trace import TraceError, read_trace
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"arrival_time": 0, "prompt_tokens": 10, "output_tokens": 2, "prefix_group": "a", "prefix_len": 4}\n'
+                 '{"arrival_time": 1, "prompt_tokens": 10, "output_tokens": 2, "prefix_group": "a", "prefix_len": -1}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:2: field 'prefix_len'"):
+        read_trace(p)
+    p.write_text('{"arrival_time": 0, "prompt_tokens": 10, "output_tokens": 2, "hash_ids": [1, "x"]}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:1: field 'hash_ids'"):
+        read_trace(p)
+
+
+def test_generated_conversations_resend_their_earlier_turns():
+    from sim.workload.generator import generate_trace
+    plain = generate_trace(6, qps=1.0, prompt_len="fixed:100", output_len="fixed:20", seed=3)
+    conv = sorted(generate_trace(6, qps=1.0, prompt_len="fixed:100", output_len="fixed:20", seed=3, turns=3,
+                                 think_time_s=0.0, system_prompt=(50, 1.0)), key=lambda r: int(r.request_id))
+    assert [r.arrival_time for r in plain][::3] == [r.arrival_time for r in conv][::3]  # first turns keep theirs
+    # turn j: system prompt + j earlier turns of 120 tokens + its own 100-token message
+    assert [r.prompt_tokens for r in conv] == [150, 270, 390] * 2
+    assert conv[1].extra["prefix_group"] == ["system", "session-0"]
+    assert conv[1].extra["prefix_len"] == [50, 50 + 120 + 120]  # the group reaches the end of its own answer
+    from sim.workload.stats import ideal_reuse
+    # by hand, 16-token blocks: a turn hits the blocks its predecessor filled (prompt and answer, 169 and 289
+    # tokens: 10 and 18 blocks); the second session's first turn hits the system prompt's 3 full blocks
+    hits = (0 + 160 + 288) + (48 + 160 + 288)
+    assert ideal_reuse(conv)["ideal_hit_rate_tokens"] == hits / (2 * (150 + 270 + 390))

@@ -373,6 +373,31 @@ def test_cli_offline_run_and_errors(torch, tmp_path, capsys):
     assert "either qps or loads" in capsys.readouterr().err
 
 
+def test_cli_prefix_caching_reports_the_hit_rate_measured_and_predicted(torch, tmp_path, capsys):
+    """--enable-prefix-caching with a shared system prompt and sessions: offline, the engine's hit rate is the
+    simulator's (same block manager, same batches); report.json, report.md and the console show both."""
+    from sim.cli.main import main
+    out = tmp_path / "pc"
+    rc = main(["validate", "--model", "tiny", "--device", "cpu", "--dtype", "float32", "--backend", "sdpa",
+               "--profile", str(PROFILE), "-n", "8", "--prompt-len", "uniform:8:40", "--output-len", "uniform:4:20",
+               "--system-prompt", "48", "--sessions", "2", "--enable-prefix-caching", "--offline",
+               "--schedulers", "vllm,sarathi", "--max-batch", "2", "--token-budget", "sarathi=48", "--no-plots",
+               "--op-check", "0", "--warmup", "1", "-q", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0 and "hit meas/pred" in text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["config"]["enable_prefix_caching"] is True
+    for r in rep["runs"]:
+        pc = r["prefix_cache"]["hit_rate_tokens"]
+        assert pc["measured"] == pc["predicted"] > 0.2 and pc["difference"] == 0
+        assert r["composition_match"]["identical"]
+    md = (out / "report.md").read_text()
+    assert "## Prefix cache: hit rate measured against predicted" in md
+    assert main(["validate", "--model", "tiny", "--trace", "t.jsonl", "--system-prompt", "8", "--offline",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--sessions and --system-prompt shape generated requests" in capsys.readouterr().err
+
+
 def test_help_lists_validate_without_torch():
     import subprocess
     import sys

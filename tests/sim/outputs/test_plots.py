@@ -1,4 +1,5 @@
-"""Readable plots (sim.outputs.plots): plain log tick labels, TTFT in ms with percentile markers, many-run styles, PP=1 Gantt."""
+"""Readable plots (sim.outputs.plots): plain log tick labels, TTFT in ms with percentile markers, many-run styles, PP=1
+Gantt, prefix-cache plots and the report's hit-rate row."""
 
 from __future__ import annotations
 
@@ -12,19 +13,30 @@ from matplotlib.colors import to_rgba
 
 from sim.outputs.plots import (
     KIND_COLORS,
+    KV_STACK,
     PERCENTILE_MARKERS,
+    PLOT_FILES,
+    PREFIX_CACHE_PLOT,
     Run,
     axis_label,
     batch_gaps,
     cdf_figure,
+    hit_rate_over_time,
+    kv_cache_figure,
     latency_over_time_figure,
+    load_run,
     plain_number,
     plt,
+    prefix_cache_figure,
     run_style,
     stage_gantt_figure,
     tbt_figure,
+    write_plots,
 )
-from sim.outputs.report import _comparison_figure
+from sim.outputs.report import _comparison_figure, metrics_table, write_report
+from sim.outputs.run_folder import write_run
+from sim.simulator import SimConfig, simulate
+from sim.workload.generator import generate_trace
 
 PLAIN = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?$")
 
@@ -201,3 +213,103 @@ def test_pp2_gantt_keeps_the_stage_view():
     ax = fig.axes[0]
     assert len(fig.axes) == 1 and ax.get_title().startswith("stage timeline")
     assert [t.get_text() for t in ax.get_yticklabels()] == ["replica 0 stage 0", "replica 0 stage 1"]
+
+
+def _tiny_cache_run(tmp_path) -> Run:
+    """A hand-made run folder with prefix caching: 6 requests over 0-10 s, 2 replicas, 4 batches."""
+    requests = pd.DataFrame({"request_id": [str(i) for i in range(6)], "replica": [0, 1, 0, 1, 0, 1],
+                             "arrival_time": [0.0, 1.0, 4.5, 6.5, 9.0, 10.0],
+                             "prompt_tokens": [100, 300, 200, 200, 50, 150],
+                             "cached_tokens": [0, 150, 160, 40, 50, 0],
+                             "ttft": 0.1, "tpot": 0.01, "tbt_max": 0.02, "e2e": 1.0})
+    batches = pd.DataFrame({"replica": [0, 0, 1, 1], "stage": 0, "batch_id": [0, 1, 0, 1],
+                            "start": [0.0, 5.0, 1.0, 6.0], "end": [0.1, 5.1, 1.1, 6.1],
+                            "num_prefill_tokens": 100, "num_decode_tokens": 0, "batch_size": 1,
+                            "kv_blocks_used": [10, 20, 30, 40], "kv_cached_free_blocks": [0, 50, 10, 20]})
+    summary = {"config": {"scheduler": "sarathi", "model": "m", "gpu": "g", "tp": 1, "pp": 1, "replicas": 2},
+               "kv_cache": {"blocks_per_replica": 100},
+               "prefix_cache": {"enabled": True, "hit_rate_tokens": 0.4, "hit_rate_blocks": 0.41, "evictions": 3,
+                                "cached_free_blocks_mean": 20.0, "replicas": [{"hit_rate_tokens": 0.6, "evictions": 1},
+                                                                              {"hit_rate_tokens": 0.2, "evictions": 2}]}}
+    return load_run(write_run(tmp_path / "tiny", summary, requests, batches))
+
+
+def test_hit_rate_over_time_by_hand(tmp_path):
+    run = _tiny_cache_run(tmp_path)
+    # two bins of 5 s: arrivals 0, 1, 4.5 (cached 0+150+160 of 100+300+200) and 6.5, 9, 10 (40+50+0 of 200+50+150)
+    centres, rates = hit_rate_over_time(run.requests, nbins=2)
+    assert centres == pytest.approx([2.5, 7.5])
+    assert rates == pytest.approx([310 / 600, 90 / 400])
+    # five bins of 2 s: [0, 2) 150/400, [2, 4) empty and dropped, [4, 6) 160/200, [6, 8) 40/200, [8, 10] 50/200
+    centres, rates = hit_rate_over_time(run.requests, nbins=5)
+    assert centres == pytest.approx([1, 5, 7, 9])
+    assert rates == pytest.approx([150 / 400, 160 / 200, 40 / 200, 50 / 200])
+
+
+def test_prefix_cache_figure_shows_the_bins_the_run_and_the_replicas(tmp_path):
+    run = _tiny_cache_run(tmp_path)
+    over_time, per_replica = prefix_cache_figure(run).axes
+    c, rate = hit_rate_over_time(run.requests)
+    binned = next(line for line in over_time.get_lines() if line.get_label() == "arrivals in the bin")
+    assert binned.get_xdata() == pytest.approx(c) and binned.get_ydata() == pytest.approx(rate)
+    overall = [line for line in over_time.get_lines() if line.get_label().startswith("whole run")]
+    assert list(overall[0].get_ydata()) == [0.4, 0.4]
+    assert "40.0% of prompt tokens" in over_time.get_title()
+    assert [bar.get_height() for bar in per_replica.patches] == pytest.approx([0.6, 0.2])
+
+
+def test_prefix_cache_figure_has_no_replica_bars_for_one_replica(tmp_path):
+    run = _tiny_cache_run(tmp_path)
+    run.summary["prefix_cache"]["replicas"] = run.summary["prefix_cache"]["replicas"][:1]
+    assert len(prefix_cache_figure(run).axes) == 1
+
+
+def test_kv_cache_figure_stacks_cached_free_blocks(tmp_path):
+    run = _tiny_cache_run(tmp_path)
+    fig = kv_cache_figure(run)
+    assert len(fig.axes) == 2 and "prefix cache hit rate 40.0% of prompt tokens" in fig.axes[0].get_title()
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == list(KV_STACK)
+    # replica 0 at t=5: 20 in use, 50 cached free, 30 free of 100 blocks; the stacked tops are 0.2, 0.7, 1.0
+    tops = [c.get_paths()[0].vertices[:, 1].max() for c in fig.axes[0].collections]
+    assert tops == pytest.approx([0.2, 0.7, 1.0])
+
+
+def test_kv_cache_figure_without_prefix_caching_is_unchanged(tmp_path):
+    run = _tiny_cache_run(tmp_path)
+    run.batches = run.batches.drop(columns="kv_cached_free_blocks")
+    ax, = kv_cache_figure(run).axes
+    assert ax.get_ylabel() == "KV blocks used / capacity" and "prefix" not in ax.get_title()
+    assert [line.get_label() for line in ax.get_lines()] == ["replica 0", "replica 1"]
+
+
+@pytest.fixture(scope="module")
+def cache_runs(tmp_path_factory) -> dict[str, object]:
+    """Run folders of one small multi-turn trace with a shared system prompt: with and without prefix caching."""
+    base = tmp_path_factory.mktemp("cache_runs")
+    trace = generate_trace(40, qps=4, turns=4, think_time_s=5, system_prompt=(300, 0.7), seed=1)
+    out = {}
+    for name, cfg in (("cached", SimConfig(enable_prefix_caching=True, replicas=2, router="cache_aware")),
+                      ("plain", SimConfig(enable_prefix_caching=False, replicas=2))):
+        res = simulate(trace, cfg)
+        out[name] = write_run(base / name, res.summary, res.requests, res.batches)
+    return out
+
+
+def test_prefix_cache_png_only_for_caching_runs(cache_runs, tmp_path):
+    cached = write_plots(cache_runs["cached"], tmp_path / "cached")
+    plain = write_plots(cache_runs["plain"], tmp_path / "plain")
+    assert [p.name for p in cached] == [*PLOT_FILES, PREFIX_CACHE_PLOT]
+    assert [p.name for p in plain] == list(PLOT_FILES)
+    assert (tmp_path / "cached" / PREFIX_CACHE_PLOT).stat().st_size > 5000
+    assert not (tmp_path / "plain" / PREFIX_CACHE_PLOT).exists()
+
+
+def test_report_has_the_prefix_hit_rate_row(cache_runs, tmp_path):
+    runs = [load_run(cache_runs["cached"], "cached"), load_run(cache_runs["plain"], "plain")]
+    rows = {r[0]: r[1:] for r in metrics_table(runs)}
+    hit = runs[0].summary["prefix_cache"]["hit_rate_tokens"]
+    assert hit > 0 and rows["prefix hit rate (tokens)"] == [f"{hit:.1%}", "-"]
+    md, _ = write_report([cache_runs["cached"], cache_runs["plain"]], tmp_path / "report", run_plots=True)
+    text = md.read_text()
+    assert f"| prefix hit rate (tokens) | {hit:.1%} | - |" in text
+    assert f"run1/{PREFIX_CACHE_PLOT}" in text and f"run2/{PREFIX_CACHE_PLOT}" not in text

@@ -1,0 +1,364 @@
+"""Deployment files: a whole deployment, aggregated or disaggregated (prefill and decode pools), in YAML or TOML.
+
+``servesim simulate --deployment FILE`` reads one in place of the deployment flags; ``load_deployment``
+returns the ``SimConfig`` (aggregated) or ``DisaggConfig`` (disaggregated) it describes, and
+``describe`` writes a deployment back, every value resolved, for summary.json. The schema::
+
+    model: llama-2-13b        # required: a catalogue name, or a path to a Hugging Face config.json
+                              #   (relative paths are taken from the file's folder)
+    max_model_len: 4096       # optional: the context length (vLLM's --max-model-len)
+    mode: disaggregated       # aggregated (the default) or disaggregated
+
+    # pool keys: at the top level they apply to every pool; a pool's own section overrides them
+    gpu: a100-80gb            # the GPU from the catalogue (`servesim gpus`)
+    tp: 1                     # tensor-parallel degree      pp: pipeline stages      replicas: replicas
+    ep: 1                     # expert-parallel degree (1, or tp)
+    dtype: auto               # weights: auto, bf16, fp16, fp8     kv_cache_dtype: auto or fp8
+    router_skew: 0            # MoE routing skew
+    scheduler: vllm           # faster_transformer, orca, vllm, sarathi, vllm_v1
+    token_budget: 4096        # tokens per iteration; also vLLM's name max_num_batched_tokens
+    max_batch_size: 256       # requests running at once; also vLLM's name max_num_seqs
+    chunk_align: 0            # block_size: 16    watermark: 0.01    gpu_memory_utilization: 0.9
+    kv_blocks: 2000           # override the computed KV capacity (blocks per replica)
+    enable_prefix_caching: false
+    router: round_robin       # aggregated only: round_robin, least_outstanding, cache_aware
+    router_cache_weight: 1024 # aggregated only: cache_aware's prefill tokens per outstanding request
+
+    pool: {...}               # aggregated: the pool's section (optional: the top-level keys suffice)
+    prefill: {...}            # disaggregated, required: the prefill pool's keys
+    decode: {...}             # disaggregated, required: the decode pool's keys
+    link:                     # disaggregated, optional: the path the KV cache takes to the decode pool
+      kind: network           #   network (the GPUs' NICs, across nodes; the default) or nvlink (one node)
+      bandwidth_GBps: 25      #   GB/s (1e9 bytes/s) per GPU; default: the prefill GPU's NIC or NVLink rate
+      latency_us: 10          #   microseconds per transfer; default 10
+      overlap: false          #   transfer layer by layer during the prefill
+    routers:                  # disaggregated, optional
+      prefill: round_robin    #   arrivals to prefill replicas: round_robin, least_outstanding, cache_aware
+      decode: least_kv        #   prefilled requests to decode replicas: least_kv or least_running
+      cache_weight: 1024      #   cache_aware's prefill tokens per outstanding request
+
+In TOML the sections are tables (``[prefill]``, ``[link]``), after the top-level keys. Every value is checked
+as it is read: an error is one line naming the file and the key's path (``d.yaml: key 'prefill.tp':
+expected an integer >= 1, got 'two'``), an unknown key is refused with the known ones, and a file that does
+not parse names its line. The run's seed and ``--strict`` stay command-line flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sim.catalog.hardware import get_gpu
+from sim.catalog.models import get_model
+from sim.cluster import Router
+from sim.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
+from sim.memory import InfeasibleConfigError
+from sim.schedulers import scheduler_class
+from sim.simulator import SimConfig
+
+Check = Callable[[Any], Any]
+MODES = ("aggregated", "disaggregated")
+POOLS = {"aggregated": ("pool",), "disaggregated": ("prefill", "decode")}
+ALIASES = {"max_num_seqs": "max_batch_size", "max_num_batched_tokens": "token_budget"}  # vLLM's names
+ROUTING = ("router", "router_cache_weight")  # a pool key when aggregated; the routers section when not
+HINTS = {"prefill": "a pool section of mode: disaggregated", "decode": "a pool section of mode: disaggregated",
+         "link": "a section of mode: disaggregated", "routers": "a section of mode: disaggregated",
+         "pool": "a section of mode: aggregated (disaggregated pools are 'prefill' and 'decode')",
+         "router": "disaggregated routers are set under 'routers' (prefill, decode, cache_weight)",
+         "router_cache_weight": "disaggregated routers are set under 'routers' (prefill, decode, cache_weight)"}
+
+
+class DeploymentError(ValueError):
+    """A deployment file that cannot be read or describes no deployment (one line naming the file and key)."""
+
+
+class _Invalid(Exception):
+    """A value of the wrong kind; its message says what was expected."""
+
+
+# ---- value checks -------------------------------------------------------------------------------
+
+def _got(value: Any) -> str:
+    """' got X', with a hint where YAML read a number as text (PyYAML wants 1.0e9, not 1e9)."""
+    hint = ""
+    if isinstance(value, str) and "e" in value.lower():
+        try:
+            float(value)
+            hint = " (YAML reads 1e9 as text: write 1.0e9)"
+        except ValueError:
+            pass
+    return f"got {value!r}{hint}"
+
+
+def _integer(least: int) -> Check:
+    """Integers >= ``least`` (not booleans)."""
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise _Invalid(f"expected an integer >= {least}, {_got(v)}")
+        return v
+    return check
+
+
+def _number(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Check:
+    """Finite numbers in the interval from ``low`` to ``high`` (either end open or closed)."""
+    if high < math.inf:
+        what = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    else:
+        what = f"{'>' if low_open else '>='} {low:g}"
+
+    def check(v: Any) -> float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (v <= low if low_open else v < low) or (v >= high if high_open else v > high):
+            raise _Invalid(f"expected a number {what}, {_got(v)}")
+        return v
+    return check
+
+
+def _choice(names: Iterable[str]) -> Check:
+    """One of ``names``."""
+    names = tuple(names)
+
+    def check(v: Any) -> str:
+        if v not in names:
+            raise _Invalid(f"expected one of {', '.join(names)}, {_got(v)}")
+        return v
+    return check
+
+
+def _flag(v: Any) -> bool:
+    """True or false (YAML's and TOML's booleans)."""
+    if not isinstance(v, bool):
+        raise _Invalid(f"expected true or false, {_got(v)}")
+    return v
+
+
+def _looked_up(lookup: Callable[[str], Any]) -> Check:
+    """A name that ``lookup`` knows (its own message otherwise)."""
+    def check(v: Any) -> str:
+        if not isinstance(v, str):
+            raise _Invalid(f"expected a name, {_got(v)}")
+        try:
+            lookup(v)
+        except ValueError as e:
+            raise _Invalid(str(e)) from None
+        return v
+    return check
+
+
+def _nullable(check: Check) -> Check:
+    """``check``, or null (YAML's ~ or null: the default)."""
+    return lambda v: None if v is None else check(v)
+
+
+POSITIVE = _integer(1)
+POOL_KEYS: dict[str, Check] = {
+    "gpu": _looked_up(get_gpu), "tp": POSITIVE, "pp": POSITIVE, "replicas": POSITIVE, "ep": POSITIVE,
+    "dtype": _choice(("auto", "bf16", "fp16", "fp8")), "kv_cache_dtype": _choice(("auto", "fp8")),
+    "router_skew": _number(0), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(POSITIVE),
+    "max_batch_size": POSITIVE, "chunk_align": _integer(0), "block_size": POSITIVE,
+    "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
+    "kv_blocks": _nullable(POSITIVE), "enable_prefix_caching": _nullable(_flag),
+    "router": _choice(Router.POLICIES), "router_cache_weight": _number(0),
+}
+LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
+                               "latency_us": _nullable(_number(0)), "overlap": _flag}
+ROUTER_KEYS: dict[str, Check] = {"prefill": _choice(Router.POLICIES), "decode": _choice(DECODE_ROUTERS),
+                                 "cache_weight": _number(0)}
+SERVING_KEYS: dict[str, Check] = {"model": lambda v: v, "max_model_len": _nullable(POSITIVE), "mode": _choice(MODES)}
+
+
+def pool_keys(mode: str) -> dict[str, Check]:
+    """The keys of one pool of ``mode``: every deployment field of SimConfig (routing only when aggregated)."""
+    return {k: c for k, c in POOL_KEYS.items() if mode == "aggregated" or k not in ROUTING}
+
+
+# ---- reading ------------------------------------------------------------------------------------
+
+def load_deployment(path: str | Path) -> SimConfig | DisaggConfig:
+    """The deployment a YAML (.yaml, .yml) or TOML (.toml) file describes (schema: this module's docstring)."""
+    p = Path(path)
+    return from_mapping(read_file(p), str(path), p.parent)
+
+
+def read_file(path: Path) -> Any:
+    """The parsed file; DeploymentError with file:line where it does not parse."""
+    suffix = path.suffix.lower()
+    if suffix not in (".yaml", ".yml", ".toml"):
+        raise DeploymentError(f"{path}: a deployment file is YAML (.yaml, .yml) or TOML (.toml)")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such deployment file")
+    text = path.read_text()
+    return _read_toml(text, path) if suffix == ".toml" else _read_yaml(text, path)
+
+
+def _read_toml(text: str, path: Path) -> Any:
+    """``text`` parsed as TOML; a syntax error as file:line."""
+    import tomllib
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"^(.*) \(at line (\d+), column \d+\)$", str(e))
+        raise DeploymentError(f"{path}:{m[2]}: {m[1]}" if m else f"{path}: {e}") from None
+
+
+def _read_yaml(text: str, path: Path) -> Any:
+    """``text`` parsed as YAML (safe types only); a syntax error or a repeated key as file:line."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
+            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if twice is not None:
+                line = node.value[keys.index(twice, keys.index(twice) + 1)][0].start_mark.line + 1
+                raise DeploymentError(f"{path}:{line}: key {twice!r} given twice")
+            return super().construct_mapping(node, deep)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # a SafeLoader: safe_load with duplicate keys refused
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise DeploymentError(f"{where}: {getattr(e, 'problem', None) or e}") from None
+
+
+def _key(path: str, key: Any) -> str:
+    """The dotted path of ``key`` in the section at ``path``."""
+    return f"{path}.{key}" if path else str(key)
+
+
+def _fail(where: str, path: str, message: str) -> DeploymentError:
+    """The one-line error of the key at ``path`` (or of the whole file where ``path`` is empty)."""
+    return DeploymentError(f"{where}: key '{path}': {message}" if path else f"{where}: {message}")
+
+
+def _section(data: Any, where: str, path: str, checks: dict[str, Check]) -> dict[str, Any]:
+    """The checked values of the mapping at ``path`` (aliases resolved); unknown keys refused."""
+    if not isinstance(data, dict):
+        raise _fail(where, path, f"expected a mapping of keys, {_got(data)}")
+    out: dict[str, Any] = {}
+    named: dict[str, Any] = {}  # canonical name -> the key that gave it
+    for key, value in data.items():
+        name = ALIASES[key] if ALIASES.get(key) in checks else key
+        if name not in checks:
+            known = ", ".join([*checks, *(a for a, k in ALIASES.items() if k in checks)])
+            hint = f" ({HINTS[key]})" if key in HINTS else ""
+            raise _fail(where, _key(path, key), f"unknown key{hint}; known keys: {known}")
+        if name in named:
+            raise _fail(where, _key(path, key), f"'{named[name]}' and '{key}' set the same thing: give one")
+        named[name] = key
+        try:
+            out[name] = checks[name](value)
+        except _Invalid as e:
+            raise _fail(where, _key(path, key), str(e)) from None
+    return out
+
+
+def _model(value: Any, where: str, base: Path | None) -> str:
+    """The model: a catalogue name, or a config.json path (from ``base``, the file's folder, where it exists there)."""
+    if not isinstance(value, str):
+        raise _fail(where, "model", f"expected a model name or a path to a config.json, {_got(value)}")
+    beside = base / value if base is not None else None
+    ref = str(beside) if beside is not None and beside.exists() else value
+    try:
+        get_model(ref)
+    except ValueError as e:
+        raise _fail(where, "model", str(e)) from None
+    return ref
+
+
+def _as_given(value: Any) -> Any:
+    """Any value (a section, checked on its own)."""
+    return value
+
+
+def _mode(data: Any, where: str) -> str:
+    """The file's mode, checked (aggregated when not given)."""
+    given = data.get("mode", "aggregated") if isinstance(data, dict) else "aggregated"
+    return _section({"mode": given}, where, "", SERVING_KEYS)["mode"]
+
+
+def top_keys(mode: str) -> dict[str, Check]:
+    """The top-level keys of ``mode``: model, max_model_len, mode, its sections and the pool keys."""
+    sections = POOLS[mode] + (("link", "routers") if mode == "disaggregated" else ())
+    return {**SERVING_KEYS, **dict.fromkeys(sections, _as_given), **pool_keys(mode)}
+
+
+def from_mapping(data: Any, where: str = "<deployment>", base: Path | None = None) -> SimConfig | DisaggConfig:
+    """The deployment a parsed file describes; ``where`` names it in errors, ``base`` anchors a relative model path."""
+    mode = _mode(data, where)
+    top = _section(data if data is not None else {}, where, "", top_keys(mode))
+    if "model" not in top:
+        raise _fail(where, "model", "required: the model served (a catalogue name or a path to a config.json)")
+    if mode == "disaggregated" and (missing := [s for s in POOLS[mode] if s not in top]):
+        raise _fail(where, "", f"mode disaggregated needs a '{missing[0]}' section (the {missing[0]} pool's keys)")
+    common = {"model": _model(top["model"], where, base), "max_model_len": top.get("max_model_len"),
+              **{k: v for k, v in top.items() if k in POOL_KEYS}}
+    pools = [_section(top.get(s, {}), where, s, pool_keys(mode)) for s in POOLS[mode]]
+    link = _section(top.get("link", {}), where, "link", LINK_KEYS)
+    routers = _section(top.get("routers", {}), where, "routers", ROUTER_KEYS)
+    try:
+        return SimConfig(**common, **pools[0]) if mode == "aggregated" else disaggregated(common, *pools, link, routers)
+    except ValueError as e:
+        raise DeploymentError(f"{where}: {e}") from None
+
+
+# ---- building and describing --------------------------------------------------------------------
+
+def make_link(link: dict[str, Any]) -> LinkConfig:
+    """The LinkConfig of a ``link`` section (GB/s per GPU, microseconds), as the file or the flags give it."""
+    gbps, us = link.get("bandwidth_GBps"), link.get("latency_us")
+    return LinkConfig(kind=link.get("kind", "network"), bandwidth=None if gbps is None else gbps * 1e9,
+                      latency_s=None if us is None else us / 1e6, overlap=link.get("overlap", False))
+
+
+def disaggregated(common: dict[str, Any], prefill: dict[str, Any], decode: dict[str, Any], link: dict[str, Any],
+                  routers: dict[str, Any]) -> DisaggConfig:
+    """The DisaggConfig of SimConfig fields shared by both pools, each pool's own, a link and a routers section."""
+    shared = {k: v for k, v in common.items() if k not in ROUTING}
+    routing = {field: routers[k] for k, field in (("prefill", "router"), ("cache_weight", "router_cache_weight"))
+               if k in routers}
+    return DisaggConfig(SimConfig(**{**shared, **prefill, **routing}), SimConfig(**{**shared, **decode}),
+                        make_link(link), routers.get("decode", "least_kv"))
+
+
+def with_run_options(config: SimConfig | DisaggConfig, **options: Any) -> SimConfig | DisaggConfig:
+    """``config`` with run settings that are no deployment key (seed, strict) set on every pool."""
+    if isinstance(config, SimConfig):
+        return dataclasses.replace(config, **options)
+    own = {f.name for f in dataclasses.fields(config)}  # the deployment's own, e.g. its seed
+    return dataclasses.replace(config, prefill=dataclasses.replace(config.prefill, **options),
+                               decode=dataclasses.replace(config.decode, **options),
+                               **{k: v for k, v in options.items() if k in own})
+
+
+def _resolved_pool(config: SimConfig, mode: str) -> dict[str, Any]:
+    """A pool's keys as the simulation uses them: the policy's budget and caching, weight dtype, KV blocks."""
+    model = config.model_spec()
+    try:
+        blocks = config.kv_blocks or config.plan_memory(model).num_blocks
+    except InfeasibleConfigError:
+        blocks = None
+    resolved = {"dtype": config.weight_dtype(model), "token_budget": config.effective_token_budget(model),
+                "enable_prefix_caching": config.prefix_caching, "kv_blocks": blocks}
+    return {k: resolved.get(k, getattr(config, k)) for k in pool_keys(mode)}
+
+
+def describe(config: SimConfig | DisaggConfig) -> dict[str, Any]:
+    """The resolved deployment, as a deployment file writes it (every pool's values; reading it back runs the same)."""
+    if isinstance(config, SimConfig):
+        return {"model": config.model, "max_model_len": config.model_spec().max_context, "mode": "aggregated",
+                "pool": _resolved_pool(config, "aggregated")}
+    p = config.prefill
+    rate, latency = config.link.rate_and_latency(p.gpu)
+    return {"model": p.model, "max_model_len": p.model_spec().max_context, "mode": "disaggregated",
+            "prefill": _resolved_pool(p, "disaggregated"), "decode": _resolved_pool(config.decode, "disaggregated"),
+            "link": {"kind": config.link.kind, "bandwidth_GBps": rate / 1e9, "latency_us": round(latency * 1e6, 9),
+                     "overlap": config.link.overlap},
+            "routers": {"prefill": p.router, "decode": config.decode_router, "cache_weight": p.router_cache_weight}}
