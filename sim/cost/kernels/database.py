@@ -29,6 +29,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "context_attention": ("attention", "context_attention_perf"),
     "generation_attention": ("attention", "generation_attention_perf"),
     "all_reduce": ("comm", "custom_allreduce_perf"),
+    "moe": ("moe", "moe_perf"),
 }
 
 

@@ -23,12 +23,22 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+import numpy as np
+
 from sim.batch import Batch
 from sim.catalog.hardware import GPUS, GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.interface import CostModel, StageCost, deployment_fields, stage_totals
 from sim.cost.kernels import database as db
-from sim.cost.kernels.lookups import DecodeAttention, PrefillAttention, all_reduce_curve, gemm_curve, head_rows
+from sim.cost.kernels.lookups import (
+    MS,
+    Curve,
+    DecodeAttention,
+    PrefillAttention,
+    all_reduce_curve,
+    gemm_curve,
+    head_rows,
+)
 from sim.cost.roofline import RooflineCostModel
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
@@ -68,6 +78,7 @@ class KernelCostModel(CostModel):
         self._build_gemms()
         self._build_attention()
         self._build_all_reduce()
+        self._build_moe()
         self._token_cache: dict[tuple[int, int, int, bool], tuple[float, float, float]] = {}
         self._prefill_cache: dict[tuple[int, int], _OpTime] = {}
 
@@ -79,9 +90,10 @@ class KernelCostModel(CostModel):
     def _build_gemms(self) -> None:
         ref = self.refs["gemm"]
         table = db.read_table(ref.path)
-        rows = table[table["gemm_dtype"] == "bfloat16"]
+        dtype = "fp8" if self.rl.fp8_compute else "bfloat16"  # FP8 GEMMs where the GPU computes in FP8
+        rows = table[table["gemm_dtype"] == dtype]
         if rows.empty:
-            raise db.KernelDatabaseError(f"{ref.path}: no bfloat16 GEMM rows")
+            raise db.KernelDatabaseError(f"{ref.path}: no {dtype} GEMM rows")
         shapes = dict(self.rl._linears)  # op -> (k: in features, n: out features)
         shapes["lm_head"] = (self.model.hidden_size, self.model.vocab_per_gpu(self.tp))
         self._gemms = {op: gemm_curve(rows, ref, n, k, self._gemm_roofline) for op, (k, n) in shapes.items()}
@@ -107,6 +119,36 @@ class KernelCostModel(CostModel):
                     rows, fold, ref, lambda b, ctx: rl.attn_decode_cost(b / fold, b / fold * ctx)[0])
             else:
                 self.attention_notes.append(f"{ref.path.name} has no {qh}/{kvh} heads x {hd} rows: roofline")
+
+    def _build_moe(self) -> None:
+        """The routed experts' time against tokens from the ``moe`` table, for this exact expert shape, dtype,
+        TP or EP split and routing (balanced; power-law tables for a router skew); else the roofline, noted."""
+        self._moe = None
+        moe, ref = self.model.moe, self.refs.get("moe")
+        if moe is None:
+            return
+        if ref is None:
+            self.attention_notes.append("no moe table for this GPU and framework: moe_experts from the roofline")
+            return
+        rl = self.rl
+        t = db.read_table(ref.path)
+        skew = rl.router_skew
+        dist = "balanced" if skew == 0 else min(("power_law_1.01", "power_law_1.2"),
+                                                 key=lambda d: abs(float(d.split("_")[-1]) - skew))
+        want = {"hidden_size": self.model.hidden_size,
+                "inter_size": moe.expert_intermediate_size, "topk": moe.top_k, "num_experts": moe.num_experts,
+                "moe_tp_size": 1 if rl.ep > 1 else self.tp, "moe_ep_size": rl.ep, "distribution": dist}
+        dtypes = ("fp8", "fp8_block") if rl.fp8_compute else ("bfloat16",)  # per-tensor or block-scaled FP8
+        rows = t[np.logical_and.reduce([t[k] == v for k, v in want.items()]) & t["moe_dtype"].isin(dtypes)]
+        if rows.empty:
+            self.attention_notes.append(f"{ref.path.name} has no {'/'.join(dtypes)} rows for {want}: moe_experts "
+                                        "from the roofline")
+            return
+        rows, kernel = _fastest_kernel(rows)
+        rows = rows.sort_values("num_tokens")
+        self._moe = Curve(rows["num_tokens"].to_numpy(dtype=float), rows["latency"].to_numpy(dtype=float) * MS,
+                          lambda x: rl._moe_op_costs(max(1, int(round(x))))["moe_experts"][0],
+                          f"kernels:{ref.describe()} [{kernel}, {rows['moe_dtype'].iloc[0]}, {dist}]")
 
     def _build_all_reduce(self) -> None:
         self._all_reduce = {}
@@ -134,6 +176,8 @@ class KernelCostModel(CostModel):
         for op in GEMM_OPS:
             if op in self._gemms:  # MLA's latent projections are several GEMMs: roofline
                 out[op] = self._gemms[op](T)
+        if self._moe is not None:  # the table times the routed experts of T tokens (one rank's share)
+            out["moe_experts"] = self._moe(T)
         if N > 0:
             t, src = self._gemms["lm_head"](N)
             gather = costs["lm_head"][0] - rl._linear(N, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]
@@ -281,6 +325,15 @@ class KernelCostModel(CostModel):
             "distinct_prices_by_source": dict(sorted(self.source_counts.items())),
             "roofline": self.rl.describe(),
         }
+
+
+def _fastest_kernel(rows: Any) -> tuple[Any, str]:
+    """The rows of the kernel with the least total time over the token counts every kernel measured (vLLM's MoE
+    tables hold several backends for one shape, some several times slower at small batches)."""
+    common = set.intersection(*(set(g["num_tokens"]) for _, g in rows.groupby("kernel_source")))
+    totals = {k: g[g["num_tokens"].isin(common)]["latency"].sum() for k, g in rows.groupby("kernel_source")}
+    best = min(sorted(totals), key=totals.get)
+    return rows[rows["kernel_source"] == best], str(best)
 
 
 def for_simulation(config: Any, kernel_db: str | None) -> KernelCostModel:

@@ -161,3 +161,38 @@ def test_capacity_and_plan_price_with_the_kernel_databases(tmp_path, capsys):
     assert "the kernel databases: price 1 of 2 configurations" in out.err
     assert "roofline: no measured kernel database for GPU a40" in out.out
     assert main(["capacity", "--cost-model", "kernels", "--profile", str(tmp_path), "-n", "5"]) == 2
+
+
+def test_moe_experts_are_the_measured_moe_table_at_measured_token_counts():
+    """Mixtral-8x7B, TP2 on H100: the fastest bf16 kernel of the table's (4096, 14336, top-2, 8 experts, TP2) rows."""
+    from sim.batch import synthetic_batch
+    km = KernelCostModel("mixtral-8x7b", "h100-sxm", tp=2)
+    ref = km.refs["moe"]
+    t = db.read_table(ref.path)
+    rows = t[(t.hidden_size == 4096) & (t.inter_size == 14336) & (t.topk == 2) & (t.num_experts == 8)
+             & (t.moe_tp_size == 2) & (t.moe_ep_size == 1) & (t.distribution == "balanced")
+             & (t.moe_dtype == "bfloat16")]
+    assert len(rows)
+    for tokens in (16, 256):
+        batch = synthetic_batch([100] * tokens, [], prefix="d")
+        per_layer = rows[rows.num_tokens == tokens].latency.min() * 1e-3
+        assert km.breakdown(batch, 0)["moe_experts"] == pytest.approx(32 * per_layer, rel=1e-9)
+        assert "moe_perf" in km.breakdown_sources(batch, 0)["moe_experts"]
+    assert km.breakdown_sources(batch, 0)["moe_router"] == "roofline"
+
+
+def test_moe_shapes_without_rows_fall_back_to_the_roofline_and_say_so():
+    from sim.batch import synthetic_batch
+    km = KernelCostModel("tiny-moe", "h100-sxm")  # no table measures a 4-expert, 64-wide MoE
+    assert any("moe_experts from the roofline" in n for n in km.attention_notes)
+    assert km.breakdown_sources(synthetic_batch([100] * 8, [], prefix="d"), 0)["moe_experts"] == "roofline"
+    ds = KernelCostModel("deepseek-v3", "h100-sxm", tp=8, ep=8)  # its FP8 checkpoint: block-scaled FP8 rows
+    assert "fp8_block" in ds.breakdown_sources(synthetic_batch([100] * 8, [], prefix="d"), 0)["moe_experts"]
+
+
+def test_fp8_weights_read_the_fp8_gemm_rows_on_hopper():
+    from sim.batch import synthetic_batch
+    b = synthetic_batch([], [(2048, 0)], prefix="p")
+    bf16 = KernelCostModel("llama-3.1-8b", "h100-sxm").breakdown(b, 0)["gate_up_proj"]
+    fp8 = KernelCostModel("llama-3.1-8b", "h100-sxm", weight_dtype="fp8").breakdown(b, 0)["gate_up_proj"]
+    assert fp8 < 0.8 * bf16  # a compute-bound prefill GEMM, measured faster in FP8
