@@ -10,7 +10,7 @@ import sys
 
 from sim.cli.args import NO_DEFAULT as _NO
 from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, nonneg_int, positive_int
-from sim.cli.workload_args import sessions_arg, system_prompt_arg
+from sim.cli.workload_args import add_reuse_arguments
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -79,13 +79,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="generated output lengths, same forms (default: sharegpt" + _NO + ")")
     w.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="draw generated (prompt, output) pairs from a trace or length table instead" + _NO)
-    w.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
-                   help="generated requests become multi-turn conversations of TURNS turns, each resending the "
-                        "earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) between a "
-                        "session's arrivals before the trace is set to each rate" + _NO)
-    w.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
-                   help="a shared system prompt of TOKENS tokens before the generated prompts of FRACTION "
-                        "(default 1) of the requests (of the sessions, with --sessions)" + _NO)
+    add_reuse_arguments(w)
     w.add_argument("--max-total-tokens", type=positive_int, default=None, metavar="N",
                    help="scale requests longer than N tokens down to N, keeping prompt:output (default: the "
                         "model's context length" + _NO + ")")

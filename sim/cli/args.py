@@ -399,3 +399,25 @@ def add_command(subparsers: argparse._SubParsersAction, name: str, func: Callabl
                               formatter_class=HelpFormatter if show_defaults else PlainHelpFormatter)
     p.set_defaults(func=func)
     return p
+
+
+def add_kv_link_arguments(g: argparse._ArgumentGroup) -> None:
+    """The KV link between a prefill and a decode pool (simulate --disaggregated, plan --disaggregated)."""
+    g.add_argument("--kv-link", choices=("network", "nvlink"), default=None,
+                   help="the KV cache's path: network (the GPUs' NICs, across nodes) or nvlink (within one node) "
+                        "(default: network)")
+    g.add_argument("--kv-link-bandwidth", type=positive(float), default=None, metavar="GBPS",
+                   help="link bandwidth in GB/s (1e9 bytes/s) per GPU (default: the prefill GPU's NIC or NVLink "
+                        "rate)")
+    g.add_argument("--kv-link-latency-us", type=nonneg_float, default=None, metavar="US",
+                   help="fixed latency per transfer, microseconds (default: 10)")
+    g.add_argument("--kv-transfer-overlap", action="store_true",
+                   help="transfer the KV cache layer by layer during the prefill (only the last layer's share after it)")
+
+
+def kv_link_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The deployment file's ``link`` keys the KV link flags give (only those given)."""
+    link = {"kind": args.kv_link, "bandwidth_GBps": args.kv_link_bandwidth, "latency_us": args.kv_link_latency_us,
+            "overlap": args.kv_transfer_overlap or None}
+    return {k: v for k, v in link.items() if v is not None}
+

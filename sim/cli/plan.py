@@ -14,16 +14,18 @@ from sim.cli.args import (
     add_cost_model_arguments,
     add_deployment_arguments,
     add_dtype_arguments,
+    add_kv_link_arguments,
     add_max_model_len_argument,
     check_cost_model_args,
     deployment_kwargs,
     int_list,
+    kv_link_section,
     name_list,
     nonneg_int,
     positive_int,
     seconds_or,
 )
-from sim.cli.workload_args import sessions_arg, system_prompt_arg
+from sim.cli.workload_args import add_reuse_arguments
 
 DEFAULT_NUM_REQUESTS = 500
 DEFAULT_DURATION = 60.0
@@ -86,10 +88,7 @@ def _add_workload_arguments(p: argparse.ArgumentParser) -> None:
                    help="replay this trace's requests in arrival order (their lengths and prefix-reuse fields, e.g. "
                         "Mooncake's hash_ids), at arrivals generated for each rate: what prefix caching needs (a "
                         "length draw with replacement repeats requests, which then hit their own copies)")
-    g.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
-                   help="generated workloads: multi-turn conversations whose turns resend the earlier ones")
-    g.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
-                   help="generated workloads: a shared system prompt before FRACTION of the prompts")
+    add_reuse_arguments(g)
     g.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson",
                    help="arrival process at the rate under test (default: %(default)s)")
     g.add_argument("--cv", type=float, default=1.0, metavar="C",
@@ -216,7 +215,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                        router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching))
     if args.disaggregated:  # prefill and decode pools of every P:D ratio and TP within --max-gpus, beside
         from sim.capacity.planner import enumerate_disaggregated
-        from sim.disagg import LinkConfig
+        from sim.deployment import make_link
         candidates += enumerate_disaggregated(
             args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, prefill_scheduler=args.prefill_scheduler,
             decode_scheduler=args.decode_scheduler, prefill_budget=args.prefill_budget,
@@ -224,7 +223,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                                                           kv_cache_dtype=args.kv_cache_dtype,
                                                           block_size=args.block_size,
                                                           gpu_memory_utilization=args.gpu_mem_util),
-            link=LinkConfig(kind=args.kv_link, overlap=args.kv_transfer_overlap), max_replicas=args.max_pool_replicas)
+            link=make_link(kv_link_section(args)), max_replicas=args.max_pool_replicas)
     if not candidates:
         raise ValueError(f"no configuration fits in --max-gpus {args.max_gpus} (check --tp/--pp/--replicas)")
     n_ok = sum(c.config is not None for c in candidates)
@@ -310,11 +309,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--prefill-budget", type=positive_int, default=None, metavar="T",
                    help="the prefill pool's token budget (default: the policy's)")
     d.add_argument("--decode-scheduler", default="vllm", metavar="S", help="the decode pool's policy (default: vllm)")
-    d.add_argument("--kv-link", choices=("network", "nvlink"), default="network",
-                   help="where KV moves between the pools: the GPUs' NICs across nodes (catalogue network_bw) or "
-                        "NVLink within a node (default: network)")
-    d.add_argument("--kv-transfer-overlap", action="store_true",
-                   help="transfer KV layer by layer during the prefill")
+    add_kv_link_arguments(d)
     d.add_argument("--max-pool-replicas", type=positive_int, default=4, metavar="N",
                    help="replicas per pool at most (default: 4)")
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,

@@ -11,15 +11,15 @@ from sim.cli.args import (
     add_command,
     add_cost_model_arguments,
     add_deployment_arguments,
+    add_kv_link_arguments,
     add_run_folder_arguments,
     check_cost_model_args,
     check_run_folder_args,
     cost_model_from_args,
     deployment_kwargs,
     flags_given,
-    nonneg_float,
+    kv_link_section,
     note_given_flags,
-    positive,
     positive_int,
     write_run_folder,
 )
@@ -75,16 +75,7 @@ def add_disaggregated_arguments(p: argparse.ArgumentParser) -> None:
         for flag, field, kind, metavar, what in POOL_FLAGS:
             g.add_argument(f"--{pool}-{flag}", dest=f"{pool}_{field}", type=kind, default=None, metavar=metavar,
                            help=f"the {pool} pool's {what} (default: --{flag})")
-    g.add_argument("--kv-link", choices=("network", "nvlink"), default=None,
-                   help="the KV cache's path: network (the GPUs' NICs, across nodes) or nvlink (within one node) "
-                        "(default: network)")
-    g.add_argument("--kv-link-bandwidth", type=positive(float), default=None, metavar="GBPS",
-                   help="link bandwidth in GB/s (1e9 bytes/s) per GPU (default: the prefill GPU's NIC or NVLink "
-                        "rate)")
-    g.add_argument("--kv-link-latency-us", type=nonneg_float, default=None, metavar="US",
-                   help="fixed latency per transfer, microseconds (default: 10)")
-    g.add_argument("--kv-transfer-overlap", action="store_true",
-                   help="transfer the KV cache layer by layer during the prefill (only the last layer's share after it)")
+    add_kv_link_arguments(g)
     g.add_argument("--decode-router", choices=("least_kv", "least_running"), default=None,
                    help="which decode replica takes a prefilled request: least KV in use or fewest running "
                         "(default: least_kv)")
@@ -98,11 +89,8 @@ def disaggregated_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]
         for own in pools.values():
             if "tp" in own:
                 own["ep"] = own["tp"]
-    link = {"kind": args.kv_link, "bandwidth_GBps": args.kv_link_bandwidth, "latency_us": args.kv_link_latency_us,
-            "overlap": args.kv_transfer_overlap}
     routers = {"prefill": args.router, "decode": args.decode_router, "cache_weight": args.router_cache_weight}
-    return {**pools, "link": {k: v for k, v in link.items() if v is not None},
-            "routers": {k: v for k, v in routers.items() if v is not None}}
+    return {**pools, "link": kv_link_section(args), "routers": {k: v for k, v in routers.items() if v is not None}}
 
 
 def config_from_args(args: argparse.Namespace) -> SimConfig | DisaggConfig:

@@ -41,6 +41,17 @@ def system_prompt_arg(text: str) -> tuple[int, float]:
     return n, f
 
 
+def add_reuse_arguments(g: argparse._ArgumentGroup) -> None:
+    """--sessions and --system-prompt: generated workloads with prompt reuse (sim.workload.reuse)."""
+    g.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
+                   help="multi-turn conversations: consecutive requests become sessions of TURNS turns, each "
+                        "resending the earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) "
+                        "between turns" + NO_DEFAULT)
+    g.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
+                   help="a shared system prompt of TOKENS tokens before the prompts of FRACTION (default 1) of "
+                        "the requests (of the sessions, with --sessions)" + NO_DEFAULT)
+
+
 def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the synthetic-workload flags (-n, --arrival, --qps, ...) to any parser, as one argument group."""
     g = parser.add_argument_group(
@@ -70,13 +81,7 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
                    help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
                         f"prompt:output ratio (default: no limit{NO_DEFAULT})")
-    g.add_argument("--sessions", type=sessions_arg, default=None, metavar="TURNS[:THINK_S]",
-                   help="multi-turn conversations: consecutive requests become sessions of TURNS turns, each "
-                        "resending the earlier turns (prefix reuse), THINK_S seconds (exponential mean, default 0) "
-                        "between turns" + NO_DEFAULT)
-    g.add_argument("--system-prompt", type=system_prompt_arg, default=None, metavar="TOKENS[:FRACTION]",
-                   help="a shared system prompt of TOKENS tokens before the prompts of FRACTION (default 1) of "
-                        "the requests (of the sessions, with --sessions)" + NO_DEFAULT)
+    add_reuse_arguments(g)
     g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
                    help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
 
