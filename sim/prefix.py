@@ -98,8 +98,8 @@ def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size:
         out = own.copy()
         for j in range(n):
             first, last = j * block_size // size, ((j + 1) * block_size - 1) // size
-            if last < len(ids):
-                out[j] = hash((1, first, ids[first:last + 1], j * block_size - first * size))
+            if last < len(ids):  # tagged 1 like every trace-described block (a raw hash could read as "own")
+                out[j] = (hash((1, first, ids[first:last + 1], j * block_size - first * size)) & (1 << 60) - 1) << 2 | 1
         return out
     per = size // block_size
     described = min(n, len(ids) * per)

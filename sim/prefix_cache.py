@@ -23,6 +23,7 @@ from sim.prefix import block_hashes
 from sim.request import Request, Status
 
 NO_KEY = np.iinfo(np.int64).min  # a block holding no registered prefix
+OWN = 3  # the low two bits of a key unique to one request (sim.prefix): only that request can hit it
 
 
 @dataclass
@@ -85,9 +86,12 @@ class CachingBlockManager(BlockManager):
 
     # ---- lookup and admission ------------------------------------------------------------------------------
     def _keys(self, request: Request) -> list[int]:
-        if request.block_hashes is None:  # its prompt's and its answer's full blocks (generated ones are cached too)
-            request.block_hashes = block_hashes(request.prefix, request.index, request.max_tokens - 1,
-                                                self.block_size).tolist()
+        """Its prompt's and its answer's block keys (generated blocks are cached too); the shared ones lead."""
+        if request.block_hashes is None:
+            keys = block_hashes(request.prefix, request.index, request.max_tokens - 1, self.block_size)
+            own = np.flatnonzero((keys & 3) == OWN)
+            request.num_shared_blocks = int(own[0]) if len(own) else len(keys)  # sim.prefix: shared keys lead
+            request.block_hashes = keys.tolist()
         return request.block_hashes
 
     def cached_prefix(self, request: Request) -> list[int]:
@@ -101,9 +105,13 @@ class CachingBlockManager(BlockManager):
         hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else []
         keys = self._keys(request)
         limit = min(len(keys), (request.num_known - 1) // self.block_size)  # at least one token left to compute
-        get = self._block_of.get
+        get, own, key_of, shared = self._block_of.get, request.last_blocks, self._key, request.num_shared_blocks
         for i in range(len(hit), limit):
-            b = get(keys[i])
+            k = keys[i]
+            if i >= shared:  # only its owner can hit it: where its last table put it, unless evicted since
+                b = own[i] if own is not None and i < len(own) and key_of[own[i]] == k else None
+            else:
+                b = get(k)
             if b is None:
                 break
             hit.append(b)
@@ -146,12 +154,23 @@ class CachingBlockManager(BlockManager):
     # ---- growth, registration, release ---------------------------------------------------------------------
     def grow(self, request: Request, num_tokens: int) -> None:
         """Extend the table with never-cached free blocks first, then the least recently freed cached ones."""
-        need = self.blocks_for(num_tokens) - len(request.block_table)
+        table, recycled = request.block_table, self._recycled
+        need = -(-num_tokens // self.block_size) - len(table)
         if need <= 0:
+            return
+        if need == 1 and (recycled or self._lru.size or self._next < self.num_blocks):  # a decode's next block
+            if recycled:
+                b = recycled.pop()
+            elif self._next < self.num_blocks:
+                b = self._next
+                self._next += 1
+            else:
+                b = self._evict_one()
+            table.append(b)
+            self._refs[b] = 1
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
-        table, recycled = request.block_table, self._recycled
         start = len(table)
         take = min(need, len(recycled))
         if take:
@@ -168,24 +187,42 @@ class CachingBlockManager(BlockManager):
         else:
             self._refs[table[start:]] = 1
 
+    def _evict_one(self) -> int:
+        """The least recently freed cached block, its key forgotten (``_evict`` for one, without numpy calls)."""
+        b = self._lru.pop_one(self._refs)
+        k = int(self._key[b])
+        if k & 3 != OWN:
+            del self._block_of[k]
+        self._key[b] = NO_KEY
+        self.stats.evictions += 1
+        self._evict_version += 1
+        return b
+
     def _evict(self, n: int) -> list[int]:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
         blocks = self._lru.pop(n, self._refs)
         d, key = self._block_of, self._key
         if n == 1:
             b = int(blocks[0])
-            del d[int(key[b])]
+            k = int(key[b])
+            if k & 3 != OWN:  # a request's own keys are never in the shared dictionary
+                del d[k]
             key[b] = NO_KEY
         else:
             for k in key[blocks].tolist():
-                del d[k]
+                if k & 3 != OWN:
+                    del d[k]
             key[blocks] = NO_KEY
         self.stats.evictions += n
         self._evict_version += 1
         return blocks.tolist()
 
     def on_computed(self, request: Request) -> None:
-        """Register the request's blocks that are now full and computed (a later request can hit them)."""
+        """Register the request's blocks that are now full and computed (a later request can hit them).
+
+        Shared keys go into the dictionary (unless a twin computed the same block first, or the trace repeats an
+        id: the first block keeps the key); the request's own keys only onto their blocks (only it can hit them).
+        """
         keys = request.block_hashes
         if keys is None:
             return
@@ -193,23 +230,25 @@ class CachingBlockManager(BlockManager):
         first = request.num_hashed_blocks
         if done <= first:
             return
-        d = self._block_of
+        table, shared = request.block_table, request.num_shared_blocks
         if done == first + 1:  # one block filled (a decode, a small chunk): no list or numpy work
-            k, b = keys[first], request.block_table[first]
-            if k not in d:
-                d[k] = b
+            k, b = keys[first], table[first]
+            if first >= shared or self._block_of.setdefault(k, b) == b:
                 self._key[b] = k
             request.num_hashed_blocks = done
             return
-        new_blocks = request.block_table[first:done]
-        new_keys = keys[first:done]
-        # a twin computed the same block first (or the trace repeats an id): the first block keeps the key
-        if any(map(d.__contains__, new_keys)) or len(set(new_keys)) < len(new_keys):
-            pairs = [(k, b) for k, b in zip(new_keys, new_blocks) if d.setdefault(k, b) == b]
-            new_keys, new_blocks = [k for k, _ in pairs], [b for _, b in pairs]
-        else:
-            d.update(zip(new_keys, new_blocks))
-        self._key[new_blocks] = new_keys
+        cut = min(max(first, shared), done)  # [first, cut) shared, [cut, done) its own
+        if cut > first:
+            d = self._block_of
+            new_keys, new_blocks = keys[first:cut], table[first:cut]
+            if any(map(d.__contains__, new_keys)) or len(set(new_keys)) < len(new_keys):
+                pairs = [(k, b) for k, b in zip(new_keys, new_blocks) if d.setdefault(k, b) == b]
+                new_keys, new_blocks = [k for k, _ in pairs], [b for _, b in pairs]
+            else:
+                d.update(zip(new_keys, new_blocks))
+            self._key[new_blocks] = new_keys
+        if done > cut:
+            self._key[table[cut:done]] = keys[cut:done]
         request.num_hashed_blocks = done
 
     def free(self, request: Request) -> None:
@@ -222,6 +261,8 @@ class CachingBlockManager(BlockManager):
             cached = self._key[released] != NO_KEY
             self._lru.push(released[cached])
             self._recycled.extend(released[~cached].tolist())
+        # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
+        request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []
         request.num_hashed_blocks = 0
         request.prefix_lookup = None
@@ -249,6 +290,18 @@ class _LRUList:
         self._pos[blocks] = np.arange(self._tail, self._tail + n)
         self._tail += n
         self.size += n
+
+    def pop_one(self, refs: np.ndarray) -> int:
+        """Remove and return the least recently freed live block."""
+        order, pos, head = self._order, self._pos, self._head
+        while True:
+            b = int(order[head])
+            head += 1
+            if pos[b] == head - 1 and refs[b] == 0:
+                pos[b] = -1
+                self._head = head
+                self.size -= 1
+                return b
 
     def pop(self, n: int, refs: np.ndarray) -> np.ndarray:
         """Remove and return the ``n`` least recently freed live blocks."""

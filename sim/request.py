@@ -59,6 +59,8 @@ class Request:
     prefix_lookup: tuple | None = None  # (cache version, cached prefix blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
     cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache
+    last_blocks: list[int] | None = None  # its block table when last preempted (its own cached blocks are there)
+    num_shared_blocks: int = 0    # leading blocks whose keys other requests can share (the rest are its own)
 
     @classmethod
     def from_trace(cls, tr: TraceRequest, index: int) -> "Request":

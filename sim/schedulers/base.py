@@ -132,10 +132,10 @@ class Scheduler(ABC):
         """Advance every item's request; sample a token where its known tokens are all computed."""
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
-        caching = self.bm.caching
+        caching, bs = self.bm.caching, self.bm.block_size
         for req, new, _cached in batch.entries:
             req.num_computed += new
-            if caching and (new > 1 or req.num_computed % self.bm.block_size == 0):  # a block filled: share it
+            if caching and (new > 1 or not req.num_computed % bs):  # a block filled: share it
                 self.bm.on_computed(req)
             if req.num_computed == req.prompt_tokens + req.num_generated:
                 req.num_generated += 1

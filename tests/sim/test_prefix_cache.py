@@ -55,7 +55,7 @@ def test_a_later_request_hits_the_blocks_of_a_prefill_still_under_way():
 
 def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
     bm = CachingBlockManager(8, BS, 0.0)
-    a, b = _req(0, 64), _req(1, 64)  # 4 full blocks each
+    a, b = (_req(i, 64, prefix_group=g, prefix_len=64) for i, g in enumerate("ab"))  # 4 shareable blocks each
     for r in (a, b):
         bm.admit(r, 64)
         r.num_computed = 64
@@ -70,7 +70,7 @@ def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
     bm.admit(c, 48)
     assert c.block_table == blocks_a[::-1][:3]
     assert bm.stats.evictions == 3
-    d = _req(0, 64)  # A again (same index: its own keys): only its first block is still cached
+    d = _req(3, 64, prefix_group="a", prefix_len=64)  # A's prompt again: only its first block is still cached
     bm.admit(d, 64)
     assert d.num_computed == 16 and d.block_table[0] == blocks_a[0]
     assert d.block_table[1:] == blocks_b[::-1][:3]  # then B's tail, the least recently freed after A's
