@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,9 +33,11 @@ from sim import metrics
 from sim.catalog.hardware import get_gpu
 from sim.cluster import Recorder, Replica, Router
 from sim.cost.interface import CostModel
+from sim.cost.roofline import NVLINK_COMM_LATENCY_S
 from sim.gap_log import GapLog
 from sim.request import Request, TraceRequest
-from sim.simulator import SimConfig, SimResult, _versions
+from sim.schedulers import scheduler_class
+from sim.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
 from sim.workload.servable import rebase_arrivals
 
 LINK_KINDS = ("network", "nvlink")
@@ -54,17 +57,17 @@ class LinkConfig:
     def __post_init__(self) -> None:
         if self.kind not in LINK_KINDS:
             raise ValueError(f"link kind must be one of {', '.join(LINK_KINDS)}, got {self.kind!r}")
-        for name in ("bandwidth", "latency_s"):
-            v = getattr(self, name)
-            if v is not None and not v >= 0:
-                raise ValueError(f"link {name} must be >= 0, got {v}")
+        if self.bandwidth is not None and not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
+            raise ValueError(f"link bandwidth must be a positive number of bytes/s, got {self.bandwidth}")
+        if self.latency_s is not None and not (math.isfinite(self.latency_s) and self.latency_s >= 0):
+            raise ValueError(f"link latency must be >= 0 seconds, got {self.latency_s}")
 
     def rate_and_latency(self, gpu: str) -> tuple[float, float]:
         """(bytes/s per GPU stream, seconds per transfer) on the prefill pool's GPU."""
         g = get_gpu(gpu)
         bw = self.bandwidth or (g.network_bw if self.kind == "network" else g.interconnect_bw)
         lat = self.latency_s if self.latency_s is not None else (NETWORK_LATENCY_S if self.kind == "network"
-                                                                  else 10e-6)
+                                                                  else NVLINK_COMM_LATENCY_S)
         return bw, lat
 
 
@@ -81,6 +84,9 @@ class DisaggConfig:
     def __post_init__(self) -> None:
         if self.prefill.model != self.decode.model or self.prefill.max_model_len != self.decode.max_model_len:
             raise ValueError("the prefill and decode pools must serve the same model")
+        if scheduler_class(self.decode.scheduler).name == "faster_transformer":
+            raise ValueError("faster_transformer cannot be a decode pool's policy: its batches run to completion "
+                             "before anyone joins, and KV arrives from the prefill pool at any time")
         if self.decode_router not in DECODE_ROUTERS:
             raise ValueError(f"decode router must be one of {', '.join(DECODE_ROUTERS)}, got {self.decode_router!r}")
 
@@ -104,8 +110,9 @@ class DisaggConfig:
         self.prefill.check()
         self.decode.check()
 
-    def transfer_time(self, prompt_tokens: int) -> float:
-        """Seconds the KV of ``prompt_tokens`` takes over the link (latency included, before any overlap)."""
+    def transfer_time(self, prompt_tokens: int, overlapped: bool | None = None) -> float:
+        """Seconds the KV of ``prompt_tokens`` takes over the link after the prefill (latency included); with
+        ``overlapped`` False (default: the link's setting) the whole transfer."""
         model = self.model_spec()
         p, d = self.prefill, self.decode
         from sim.catalog.models import kv_dtype_bytes
@@ -114,7 +121,8 @@ class DisaggConfig:
         rate, latency = self.link.rate_and_latency(p.gpu)
         streams = min(p.tp * p.pp, d.tp * d.pp)
         t = nbytes / (rate * streams)
-        return latency + (t / model.num_layers if self.link.overlap else t)
+        overlap = self.link.overlap if overlapped is None else overlapped
+        return latency + (t / model.num_layers if overlap else t)
 
 
 class _Disaggregated:
@@ -136,6 +144,7 @@ class _Disaggregated:
         self.router = Router(self.prefill, config.prefill.router, config.prefill.router_cache_weight)
         self.final: dict[int, Request] = {}  # trace index -> the request object that ends its life
         self.outputs: dict[int, int] = {}    # trace index -> output tokens, while it prefills
+        self.prefill_copy: dict[int, Request] = {}  # trace index -> its prefill-side request (its cache hit)
         self.transfers: list[tuple] = []  # (index, prefilled, admitted, start, end, decode replica, prefill replica)
         self.link_busy = [0.0] * len(self.prefill)
 
@@ -144,6 +153,7 @@ class _Disaggregated:
         pre = Request(original.request_id, original.arrival_time, original.prompt_tokens, 1, index=original.index,
                       prefix=original.prefix)
         self.final[original.index] = pre
+        self.prefill_copy[original.index] = pre
         self.outputs[original.index] = original.output_tokens
         self.router.route(pre).submit(pre)
 
@@ -184,9 +194,9 @@ class _Disaggregated:
         with link.request() as lease:
             yield lease
             start = env.now
-            t = self.config.transfer_time(pre.prompt_tokens)
-            yield env.timeout(t)
-            self.link_busy[src.index] += t
+            yield env.timeout(self.config.transfer_time(pre.prompt_tokens))
+            # with overlap the earlier layers moved during the prefill: the link carried all of them
+            self.link_busy[src.index] += self.config.transfer_time(pre.prompt_tokens, overlapped=False)
         src.scheduler.release(pre)
         src._wake()
         self.final[pre.index] = dec
@@ -211,12 +221,14 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
     pools = (config.prefill, config.decode)
     if costs is None:
         costs = tuple(RooflineCostModel(model, p.gpu, **p.roofline_kwargs(model)) for p in pools)
-    plans = [p.plan_memory(model) for p in pools]
-    blocks = [p.kv_blocks or plan.num_blocks for p, plan in zip(pools, plans)]
-    pre_ok, skipped = config.prefill.servable(trace, model, blocks[0], source)
+    config.prefill.check_router()
+    memories, blocks = zip(*(p.memory(model) for p in pools))
+    # a prefill replica holds a prompt and its first token; a decode replica the whole request
+    prompts = [dataclasses.replace(tr, output_tokens=1) for tr in trace]
+    pre_ok, skipped = config.prefill.servable(prompts, model, blocks[0], source)
     dec_ok, dec_skipped = config.decode.servable(trace, model, blocks[1], source)
-    keep = {r.index for r in dec_ok}
-    requests = [r for r in pre_ok if r.index in keep]
+    keep = {r.index for r in pre_ok}
+    requests = [r for r in dec_ok if r.index in keep]
     seen = {s.request_id for s in skipped}
     skipped = skipped + [s for s in dec_skipped if s.request_id not in seen]
     origin = rebase_arrivals(requests)
@@ -225,6 +237,7 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
     run = _Disaggregated(env, config, [config.prefill.make_scheduler(blocks[0]) for _ in range(config.prefill.replicas)],
                          [config.decode.make_scheduler(blocks[1]) for _ in range(config.decode.replicas)],
                          costs[0], costs[1], rec)
+    bound_memory([r.scheduler for r in run.prefill + run.decode], requests)
 
     def arrivals():
         for r in requests:
@@ -247,21 +260,46 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
         s.flush_tokens()
     gaps = GapLog.merged(s.gap_log for s in schedulers)
     stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
-    gpu = get_gpu(config.prefill.gpu)
+    gpu = get_gpu(config.decode.gpu)
     summary = metrics.summarize(
         finals, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=blocks[1],
         block_size=config.decode.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
-        num_gpus=config.num_gpus, peak_flops=gpu.bf16_flops, mem_bandwidth=gpu.mem_bandwidth, source=source,
-        config={"mode": "disaggregated", **dataclasses.asdict(config)}, cost={"prefill": costs[0].describe(),
-                                                                              "decode": costs[1].describe()},
-        versions=_versions(), gpus_per_stage=config.prefill.tp, memory={"prefill": plans[0].to_dict(),
-                                                                         "decode": plans[1].to_dict()}, gaps=gaps)
+        num_gpus=config.num_gpus, peak_flops=config.decode.peak_flops(model), mem_bandwidth=gpu.mem_bandwidth,
+        source=source, config={"mode": "disaggregated", **dataclasses.asdict(config)},
+        cost={"prefill": costs[0].describe(), "decode": costs[1].describe()}, versions=_versions(),
+        gpus_per_stage=config.decode.tp, memory={"prefill": memories[0], "decode": memories[1]}, gaps=gaps)
     summary["time_origin_s"] = origin
+    _per_pool(summary, batches, config, blocks, model)
     summary["disaggregation"] = _transfer_summary(run, env.now, config)
-    req_df = metrics.requests_frame(finals)
+    req_df = _with_transfers(metrics.requests_frame(finals), run, requests)
     batches = batches.assign(pool=np.where(batches["replica"].to_numpy() < config.prefill.replicas, "prefill",
                                            "decode")) if len(batches) else batches
-    return SimResult(summary, _with_transfers(req_df, run, requests), batches, micro, stages, skipped)
+    if config.prefill.prefix_caching:  # the prefill pool's cache (decode replicas receive KV, they look up none)
+        pre = [r.scheduler for r in run.prefill]
+        batches, req_df = add_cache_outputs(summary, batches, req_df, [run.prefill_copy[r.index] for r in requests],
+                                            pre, range(len(pre)))
+    return SimResult(summary, req_df, batches, micro, stages, skipped)
+
+
+def _per_pool(summary: dict, batches: pd.DataFrame, config: DisaggConfig, blocks: tuple[int, int], model) -> None:
+    """KV use and utilisation pool by pool: each pool's batches over its own capacity, FLOPs on its own GPUs."""
+    split = batches["replica"].to_numpy() < config.prefill.replicas if len(batches) else np.zeros(0, dtype=bool)
+    kv, flops, nbytes = {}, 0.0, 0.0
+    for name, pool, rows, cap in (("prefill", config.prefill, batches[split], blocks[0]),
+                                  ("decode", config.decode, batches[~split], blocks[1])):
+        first = rows[rows["stage"] == 0]
+        kv[name] = {"blocks_per_replica": int(cap),
+                    "mean_utilization": float(first["kv_blocks_used"].mean() / cap) if len(first) else 0.0,
+                    "max_utilization": float(first["kv_blocks_used"].max() / cap) if len(first) else 0.0}
+        flops += float(rows["flops"].sum()) * pool.tp
+        nbytes += float(rows["bytes"].sum()) * pool.tp
+    summary["kv_cache"].update(kv["decode"])  # the headline figures: the decode pool, whose KV holds requests
+    summary["kv_cache"]["pools"] = kv
+    denom = summary["throughput"]["makespan_s"] * config.num_gpus
+    peak = max(config.prefill.peak_flops(model), config.decode.peak_flops(model))
+    bw = max(get_gpu(p.gpu).mem_bandwidth for p in (config.prefill, config.decode))
+    summary["utilization"].update(mfu=flops / (denom * peak) if denom > 0 else None,
+                                  memory_bandwidth_utilization=nbytes / (denom * bw) if denom > 0 else None)
 
 
 def _pct(values: list[float]) -> dict[str, float | None]:

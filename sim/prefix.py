@@ -24,11 +24,12 @@ import numpy as np
 
 HASH_IDS, HASH_BLOCK_SIZE, GROUP, GROUP_LEN = "hash_ids", "hash_block_size", "prefix_group", "prefix_len"
 MOONCAKE_BLOCK_SIZE = 512
+MAX_ID = 1 << 40  # hash ids are packed with their position (20 bits) and a tag into an int64 key
 
 
 def stable_key(value: Any) -> int:
-    """A process-independent integer for a group id (ints as they are, strings by BLAKE2)."""
-    if isinstance(value, int) and not isinstance(value, bool):
+    """A process-independent integer for a group id (small ints as they are, anything else by BLAKE2)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 36:
         return value
     return int.from_bytes(hashlib.blake2b(str(value).encode(), digest_size=8).digest(), "little")
 
@@ -57,6 +58,8 @@ def check_prefix_fields(extra: dict[str, Any]) -> tuple[str, str] | None:
         ids = extra[HASH_IDS]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             return HASH_IDS, "expected a list of integers"
+        if any(not 0 <= i < MAX_ID for i in ids):
+            return HASH_IDS, f"expected ids in [0, 2^40) (Mooncake's are small integers), got {max(ids)}"
         size = extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             return HASH_BLOCK_SIZE, f"expected a positive integer, got {size!r}"

@@ -30,10 +30,11 @@ OWN = 3  # the low two bits of a key unique to one request (sim.prefix): only th
 class PrefixCacheStats:
     """Counters for the summary: what admissions asked for, what they found, what was evicted."""
 
-    queried_tokens: int = 0   # prompt tokens of every admission lookup
+    queried_tokens: int = 0   # prompt tokens of every first admission
     hit_tokens: int = 0       # of which found in the cache
-    queried_blocks: int = 0   # full prompt blocks looked up
+    queried_blocks: int = 0   # full prompt blocks of every first admission
     hit_blocks: int = 0
+    recompute_hit_tokens: int = 0  # tokens a preempted request found again when re-admitted (its own, mostly)
     evictions: int = 0        # cached blocks given to another use
 
     def as_dict(self) -> dict:
@@ -135,11 +136,14 @@ class CachingBlockManager(BlockManager):
         """Reuse the cached prefix (its tokens count as computed), then fresh blocks up to ``num_tokens``."""
         hit = self.cached_prefix(request)
         request.prefix_lookup = None
-        st = self.stats
-        st.queried_tokens += request.prompt_tokens
-        st.queried_blocks += request.prompt_tokens // self.block_size
-        st.hit_tokens += len(hit) * self.block_size
-        st.hit_blocks += len(hit)
+        st, bs = self.stats, self.block_size
+        if request.num_preemptions == 0:  # the hit rate is of prompts as they arrive
+            st.queried_tokens += request.prompt_tokens
+            st.queried_blocks += request.prompt_tokens // bs
+            st.hit_tokens += min(len(hit) * bs, request.prompt_tokens)
+            st.hit_blocks += min(len(hit), request.prompt_tokens // bs)
+        else:  # a re-admission may find its prompt and the answer computed so far
+            st.recompute_hit_tokens += len(hit) * bs
         if hit:
             idx = np.asarray(hit, dtype=np.int64)
             self._lru.size -= int(np.count_nonzero(self._refs[idx] == 0))  # off the LRU list (entries go stale)
@@ -148,7 +152,7 @@ class CachingBlockManager(BlockManager):
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
         if request.num_preemptions == 0:
-            request.cached_tokens = request.num_computed
+            request.cached_tokens = min(request.num_computed, request.prompt_tokens)
         self.grow(request, num_tokens)
 
     # ---- growth, registration, release ---------------------------------------------------------------------

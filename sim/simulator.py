@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,8 @@ from sim.cluster import run_cluster
 from sim.cost.interface import CostModel
 from sim.gap_log import EXACT_LIMIT, GapLog
 from sim.kv_cache import BlockManager
-from sim.prefix_cache import CachingBlockManager, cache_summary
 from sim.memory import InfeasibleConfigError, MemoryPlan, plan_memory
+from sim.prefix_cache import CachingBlockManager, cache_summary
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS
@@ -119,8 +120,10 @@ class SimConfig(ServingConfig):
         for name in ("tp", "pp", "replicas", "ep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.router_skew < 0:
-            raise ValueError(f"router_skew must be >= 0, got {self.router_skew}")
+        for name in ("router_skew", "router_cache_weight"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {v}")
 
     def weight_dtype(self, model: ModelSpec | None = None) -> str:
         """The weights' dtype: the one given, else the checkpoint's."""
@@ -139,6 +142,29 @@ class SimConfig(ServingConfig):
                            gpu_memory_utilization=self.gpu_memory_utilization, ep=self.ep,
                            dtype_bytes=check_weight_dtype(self.weight_dtype(model)),
                            kv_dtype_bytes=kv_dtype_bytes(self.kv_cache_dtype))
+
+    def memory(self, model: ModelSpec | None = None) -> tuple[dict[str, Any], int]:
+        """(summary.json's memory section, KV blocks per replica): the plan, or ``kv_blocks`` where given (then an
+        infeasible plan is only reported: the user fixed the capacity)."""
+        try:
+            memory = self.plan_memory(model).to_dict()
+        except InfeasibleConfigError as e:
+            if self.kv_blocks is None:
+                raise
+            memory = {"infeasible": str(e)}
+        if self.kv_blocks is not None:
+            memory["kv_blocks_override"] = self.kv_blocks
+        return memory, memory["num_blocks"] if self.kv_blocks is None else self.kv_blocks
+
+    def check_router(self) -> None:
+        """Refuse routing by cached prefixes without prefix caching."""
+        if self.router == "cache_aware" and not self.prefix_caching:
+            raise ValueError("--router cache_aware routes by cached prefixes: enable them (--enable-prefix-caching)")
+
+    def peak_flops(self, model: ModelSpec | None = None) -> float:
+        """The GPU's dense peak for the weights' dtype (FP8 where the GPU computes in it), for MFU."""
+        gpu = get_gpu(self.gpu)
+        return gpu.fp8_flops if self.weight_dtype(model) == "fp8" and gpu.has_fp8 else gpu.bf16_flops
 
     def check(self) -> None:
         """Raise the error simulate() would (unknown model or GPU, weights that do not fit) without simulating."""
@@ -167,14 +193,35 @@ class SimResult:
 KEEP_TOKEN_TIMES_UP_TO = 2_000_000
 
 
+def bound_memory(schedulers: list[Scheduler], requests: list[Request]) -> None:
+    """Bound the run's memory (issue 16): past a limit a finished request keeps its figures, not its token times;
+    the exact gap log and the token times awaiting a fold are bounded for the run, not per replica."""
+    keep = sum(r.output_tokens for r in requests) <= KEEP_TOKEN_TIMES_UP_TO
+    for s in schedulers:
+        s.keep_token_times = keep
+        s.gap_log = GapLog(EXACT_LIMIT // len(schedulers))
+        s.fold_every_tokens = max(4096, FOLD_EVERY_TOKENS // len(schedulers))
+
+
+def add_cache_outputs(summary: dict, batches: pd.DataFrame, req_df: pd.DataFrame, requests: list[Request],
+                      schedulers: list[Scheduler], replicas: range | None = None
+                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """With prefix caching: summary.json's ``prefix_cache`` and the cache columns (``replicas``: the schedulers'
+    replica indices in ``batches``, default 0..n-1)."""
+    batches, req_df = _with_cache_columns(batches, req_df, requests, schedulers, replicas)
+    summary["prefix_cache"] = cache_summary([s.bm for s in schedulers], [s.cached_free_log for s in schedulers])
+    return batches, req_df
+
+
 def _with_cache_columns(batches: pd.DataFrame, req_df: pd.DataFrame, requests: list[Request],
-                        schedulers: list[Scheduler]) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        schedulers: list[Scheduler], replicas: range | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Prefix caching's columns: each request's cached prompt tokens, each batch's cached free blocks."""
     by_index = {r.index: r.cached_tokens for r in requests}
     req_df = req_df.assign(cached_tokens=[by_index[i] for i in sorted(by_index)])
     if len(batches):
         occ = np.zeros(len(batches), dtype=np.int64)
-        for i, s in enumerate(schedulers):
+        for i, s in zip(replicas or range(len(schedulers)), schedulers):
             log = np.asarray(s.cached_free_log, dtype=np.int64)
             rows = (batches["replica"].to_numpy() == i)
             occ[rows] = log[batches["batch_id"].to_numpy()[rows]]
@@ -205,25 +252,12 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     if cost_model is None:
         from sim.cost.roofline import RooflineCostModel
         cost_model = RooflineCostModel(model, gpu, **config.roofline_kwargs(model))
-    try:
-        memory = config.plan_memory(model).to_dict()
-    except InfeasibleConfigError as e:
-        if config.kv_blocks is None:
-            raise
-        memory = {"infeasible": str(e)}  # the user fixed the capacity; say what the catalogue thinks
-    num_blocks = memory["num_blocks"] if config.kv_blocks is None else config.kv_blocks
-    if config.kv_blocks is not None:
-        memory["kv_blocks_override"] = config.kv_blocks
+    memory, num_blocks = config.memory(model)
     requests, skipped = config.servable(trace, model, num_blocks, source)
     origin = rebase_arrivals(requests)
     schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
-    keep = sum(r.output_tokens for r in requests) <= KEEP_TOKEN_TIMES_UP_TO
-    for s in schedulers:  # past the limit each request keeps its figures, not its token times
-        s.keep_token_times = keep
-        s.gap_log = GapLog(EXACT_LIMIT // len(schedulers))  # exact gaps are bounded for the run, not per replica
-        s.fold_every_tokens = max(4096, FOLD_EVERY_TOKENS // len(schedulers))  # so are token times awaiting a fold
-    if config.router == "cache_aware" and not config.prefix_caching:
-        raise ValueError("--router cache_aware routes by cached prefixes: enable them (--enable-prefix-caching)")
+    bound_memory(schedulers, requests)
+    config.check_router()
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish, config.router_cache_weight)
 
     batches, micro = rec.take_frames()
@@ -236,12 +270,11 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
         block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
         num_gpus=config.replicas * config.tp * config.pp,
-        peak_flops=gpu.fp8_flops if config.weight_dtype(model) == "fp8" and gpu.has_fp8 else gpu.bf16_flops,
+        peak_flops=config.peak_flops(model),
         mem_bandwidth=gpu.mem_bandwidth, source=source, config=dataclasses.asdict(config),
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
     if config.prefix_caching:
-        batches, req_df = _with_cache_columns(batches, req_df, requests, schedulers)
-        summary["prefix_cache"] = cache_summary([s.bm for s in schedulers], [s.cached_free_log for s in schedulers])
+        batches, req_df = add_cache_outputs(summary, batches, req_df, requests, schedulers)
     if config.replicas > 1:  # how the router spread the load
         per = [sum(1 for r in requests if r.replica == i) for i in range(config.replicas)]
         mean = sum(per) / len(per)

@@ -8,6 +8,7 @@ something else.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,12 @@ class _Config:
             raise self.error(key, f"must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
         return v
 
+    def float(self, key: str, default: float) -> float:
+        v = self.cfg.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise self.error(key, f"must be a positive number, got {v!r}")
+        return float(v)
+
     def has(self, key: str) -> bool:
         return self.cfg.get(key) is not None
 
@@ -47,8 +54,8 @@ class _Config:
 def _refuse_unmodelled(c: _Config, model_type: str) -> None:
     """Raise for keys that change cost or memory in a way servesim does not model."""
     cfg = c.cfg
-    window = cfg.get("sliding_window")
-    if window is not None and cfg.get("use_sliding_window", True) and window < cfg["max_position_embeddings"]:
+    window = c.int("sliding_window") if c.has("sliding_window") else None
+    if window is not None and cfg.get("use_sliding_window", True) and window < c.int("max_position_embeddings"):
         raise c.error("sliding_window", f"sliding-window attention ({window} tokens, context "
                                         f"{cfg['max_position_embeddings']}) is not modelled: servesim would price full "
                                         "attention and a full KV cache; set it to null to accept that approximation")
@@ -129,10 +136,10 @@ def load_hf_config(path: str | os.PathLike) -> ModelSpec:
             intermediate_size=c.int("intermediate_size"),
             vocab_size=c.int("vocab_size"),
             max_context=c.int("max_position_embeddings"),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            rope_theta=c.float("rope_theta", 10000.0),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             gated_mlp=act in ("silu", "swiglu", "swish"),
-            norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
+            norm_eps=c.float("rms_norm_eps", 1e-5),
             source=str(p),
             head_dim_override=None if head_dim is None or head_dim * heads == hidden else head_dim,
             moe=_moe(c, model_type),

@@ -177,7 +177,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="how arriving requests are assigned to replicas; cache_aware (with prefix caching): the "
                         "replica where the prompt left to prefill after its cached prefix, plus "
                         "--router-cache-weight tokens per outstanding request, is least (default: %(default)s)")
-    g.add_argument("--router-cache-weight", type=float, default=1024.0, metavar="TOKENS",
+    g.add_argument("--router-cache-weight", type=nonneg_float, default=1024.0, metavar="TOKENS",
                    help="cache_aware routing: prefill tokens one outstanding request counts as (default: %(default)s)")
     add_moe_and_dtype_arguments(g)
     add_scheduler_arguments(p)
@@ -197,7 +197,7 @@ def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
 
 def add_dtype_arguments(g: argparse._ArgumentGroup) -> None:
     """Routing skew and the weight / KV-cache dtypes (also for plan, which searches EP itself)."""
-    g.add_argument("--router-skew", type=float, default=0.0, metavar="S",
+    g.add_argument("--router-skew", type=nonneg_float, default=0.0, metavar="S",
                    help="MoE routing skew: expert popularity Zipf-like with exponent S (default: 0, uniform)")
     g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", "bf16", "fp16", "fp8"),
                    default="auto",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -207,22 +208,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
     workload = workload_from_args(args)
     slo = slo_from_args(args)
     prices = load_prices(args.prices) if args.prices else None
+    base = SimConfig(max_model_len=args.max_model_len, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+                     router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching)
     candidates = enumerate_candidates(
         args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, pps=args.pp, replicas=args.replicas,
         schedulers=args.schedulers, budgets=args.budgets, max_batch_size=args.max_batch,
         block_size=args.block_size, gpu_memory_utilization=args.gpu_mem_util,
-        base=SimConfig(max_model_len=args.max_model_len, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-                       router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching))
+        base=base)
     if args.disaggregated:  # prefill and decode pools of every P:D ratio and TP within --max-gpus, beside
+        if args.profile or args.cost_model == "kernels":
+            raise ValueError("--disaggregated: its pools are priced on the roofline; drop --profile / --cost-model "
+                             "kernels, or plan the two modes apart")
         from sim.capacity.planner import enumerate_disaggregated
         from sim.deployment import make_link
         candidates += enumerate_disaggregated(
             args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, prefill_scheduler=args.prefill_scheduler,
             decode_scheduler=args.decode_scheduler, prefill_budget=args.prefill_budget,
-            max_batch_size=args.max_batch, base=SimConfig(max_model_len=args.max_model_len, dtype=args.dtype,
-                                                          kv_cache_dtype=args.kv_cache_dtype,
-                                                          block_size=args.block_size,
-                                                          gpu_memory_utilization=args.gpu_mem_util),
+            max_batch_size=args.max_batch, base=dataclasses.replace(base, block_size=args.block_size,
+                                                                    gpu_memory_utilization=args.gpu_mem_util),
             link=make_link(kv_link_section(args)), max_replicas=args.max_pool_replicas)
     if not candidates:
         raise ValueError(f"no configuration fits in --max-gpus {args.max_gpus} (check --tp/--pp/--replicas)")

@@ -19,8 +19,8 @@ import numpy as np
 
 def pick_probabilities(num_experts: int, top_k: int, skew: float = 0.0) -> np.ndarray:
     """Chance that one token routes to each expert; sums to ``top_k``, none above 1 (water-filled)."""
-    if skew < 0:
-        raise ValueError(f"router skew must be >= 0, got {skew}")
+    if not (np.isfinite(skew) and skew >= 0):
+        raise ValueError(f"router skew must be a finite number >= 0, got {skew}")
     pop = np.arange(1, num_experts + 1, dtype=np.float64) ** -skew
     q = top_k * pop / pop.sum()
     while (q > 1.0 + 1e-12).any():  # an expert cannot be picked twice by one token: cap it, spread the excess

@@ -97,13 +97,15 @@ class Scheduler(ABC):
     def reserve(self, request: Request) -> bool:
         """Blocks for a request whose prompt's KV will arrive from a prefill replica; False if they do not fit now.
 
-        Admission as for a new request: the batch cap (counting requests still in transfer) and the watermark.
+        Admission as for a new request: the batch cap (counting requests still in transfer), the watermark (or
+        the maximum length, for policies that reserve it).
         """
         if len(self.running) + self.num_incoming >= self.config.max_batch_size:
             return False
-        if not self.bm.can_admit(request.num_known):
+        n = self._admit_tokens(request)  # Orca reserves the maximum length, without the watermark
+        if not self.bm.can_admit(n, use_watermark=not self.reserves_max_length):
             return False
-        self.bm.grow(request, request.num_known)
+        self.bm.grow(request, n)
         self.num_incoming += 1
         return True
 

@@ -30,8 +30,10 @@ process or rate, and a rate change only rescales the same arrival pattern.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +211,16 @@ def clip_total_tokens(prompt: np.ndarray, output: np.ndarray, max_total: int) ->
     return np.where(over, new_prompt, prompt), np.where(over, max_total - new_prompt, output)
 
 
+def clip_total(requests: Sequence[TraceRequest], max_total: int) -> list[TraceRequest]:
+    """Scale requests with prompt + output > ``max_total`` down to that total, keeping their prompt:output ratio."""
+    prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=len(requests))
+    output = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=len(requests))
+    new_p, new_o = clip_total_tokens(prompt, output, int(max_total))
+    return [r if (p == r.prompt_tokens and o == r.output_tokens) else dataclasses.replace(r, prompt_tokens=p, output_tokens=o)
+            for r, p, o in zip(requests, new_p.tolist(), new_o.tolist())]
+
+
+
 def generate_arrivals(rng: np.random.Generator, n: int, arrival: str, qps: float, cv: float) -> np.ndarray:
     """Arrival times (seconds, non-decreasing, rounded to 1 us) of n requests."""
     if arrival not in ARRIVALS:
@@ -265,17 +277,20 @@ def generate_trace(
         ospec = parse_length_spec(output_len or "sharegpt", "output")
         prompt = pspec.sample(np.random.default_rng(prompt_ss), n)
         output = ospec.sample(np.random.default_rng(output_ss), n)
-    if max_total_tokens is not None:
+    reuse = turns > 1 or system_prompt is not None
+    if max_total_tokens is not None and not reuse:
         prompt, output = clip_total_tokens(prompt, output, int(max_total_tokens))
     trace = [
         TraceRequest(str(i), float(t), int(p), int(o))
         for i, (t, p, o) in enumerate(zip(times.tolist(), prompt.tolist(), output.tolist()))
     ]
-    if turns > 1 or system_prompt is not None:
+    if reuse:
         from sim.workload.reuse import add_system_prompt, make_sessions
         session_ss, system_ss = reuse_ss.spawn(2)
         if turns > 1:
             trace = make_sessions(trace, turns, think_time_s, np.random.default_rng(session_ss))
         if system_prompt is not None:
             trace = add_system_prompt(trace, *system_prompt, np.random.default_rng(system_ss))
+        if max_total_tokens is not None:  # after the turns and the system prompt have lengthened the prompts
+            trace = clip_total(trace, int(max_total_tokens))  # (a clipped prompt keeps its leading, shared tokens)
     return trace

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from sim.request import TraceRequest
-from sim.workload.generator import clip_total_tokens
+from sim.workload.generator import clip_total  # a transform; the generator applies it too
 
 
 def _arrivals(requests: Sequence[TraceRequest]) -> np.ndarray:
@@ -84,15 +84,6 @@ def resample_lengths(requests: Sequence[TraceRequest], pairs: np.ndarray, seed: 
     picked = pairs[np.random.default_rng(seed).integers(0, len(pairs), size=len(requests))]
     return [_with(r, prompt_tokens=int(p), output_tokens=int(o))
             for r, (p, o) in zip(requests, picked.tolist())]
-
-
-def clip_total(requests: Sequence[TraceRequest], max_total: int) -> list[TraceRequest]:
-    """Scale requests with prompt + output > ``max_total`` down to that total, keeping their prompt:output ratio."""
-    prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=len(requests))
-    output = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=len(requests))
-    new_p, new_o = clip_total_tokens(prompt, output, int(max_total))
-    return [r if (p == r.prompt_tokens and o == r.output_tokens) else _with(r, prompt_tokens=p, output_tokens=o)
-            for r, p, o in zip(requests, new_p.tolist(), new_o.tolist())]
 
 
 def bucket_width(requests: Sequence[TraceRequest]) -> float:

@@ -139,3 +139,28 @@ def test_plan_searches_prefill_decode_ratios_beside_aggregated_ones(tmp_path, ca
     table = pd.read_csv(tmp_path / "plan.csv")
     assert set(table["mode"]) == {"aggregated", "disaggregated"}
     assert (table[table["mode"] == "disaggregated"]["gpus"] == 2).all()
+
+
+def test_review_fixes_pools_kept_apart():
+    """The prefill pool holds a prompt and its first token (not the whole request); Orca decodes without
+    preempting (it reserves the maximum length); KV use is reported per pool; FasterTransformer cannot decode."""
+    reqs = [(0.0, 32, 60)] * 4  # 32 + 60 tokens: 6 blocks on the decode side, 3 on the prefill side
+    res = _run(reqs, _config(prefill={"kv_blocks": 3}, decode={"kv_blocks": 12, "scheduler": "orca"}))
+    assert res.summary["requests"]["completed"] == 4 and res.summary["kv_cache"]["preemptions"] == 0
+    pools = res.summary["kv_cache"]["pools"]
+    assert pools["prefill"]["blocks_per_replica"] == 3 and pools["decode"]["blocks_per_replica"] == 12
+    assert pools["prefill"]["max_utilization"] <= 1.0 and pools["decode"]["max_utilization"] <= 1.0
+    with pytest.raises(ValueError, match="faster_transformer cannot be a decode pool"):
+        _config(decode={"scheduler": "faster_transformer"})
+
+
+def test_link_utilisation_counts_the_whole_transfer_with_overlap():
+    res = _run([(0.0, 32, 2)], _config(overlap=True, latency=0.0))
+    end = res.requests.iloc[0].completion_time
+    assert res.summary["disaggregation"]["link_utilization"] == [pytest.approx(1.0 / end)]
+
+
+def test_plan_refuses_measured_prices_for_disaggregated_pools(capsys):
+    from sim.cli.main import main
+    assert main(["plan", "--disaggregated", "--cost-model", "kernels", "--out", "/tmp/servesim-plan-refused"]) == 2
+    assert "priced on the roofline" in capsys.readouterr().err

@@ -187,3 +187,17 @@ def test_generated_conversations_resend_their_earlier_turns():
     # tokens: 10 and 18 blocks); the second session's first turn hits the system prompt's 3 full blocks
     hits = (0 + 160 + 288) + (48 + 160 + 288)
     assert ideal_reuse(conv)["ideal_hit_rate_tokens"] == hits / (2 * (150 + 270 + 390))
+
+
+def test_hash_ids_past_their_packing_are_refused_and_nan_skew_too(tmp_path, capsys):
+    import pytest
+
+    from sim.cli.main import main
+    from sim.workload.trace import TraceError, read_trace
+    p = tmp_path / "t.jsonl"
+    p.write_text('{"arrival_time": 0, "prompt_tokens": 10, "output_tokens": 2, "hash_ids": [1, 36893488147419103232]}\n')
+    with pytest.raises(TraceError, match=r"t.jsonl:1: field 'hash_ids': expected ids in \[0, 2\^40\)"):
+        read_trace(p)
+    with pytest.raises(SystemExit):
+        main(["simulate", "--model", "mixtral-8x7b", "--router-skew", "nan", "-n", "5"])
+    assert "--router-skew" in capsys.readouterr().err

@@ -132,9 +132,13 @@ class KernelCostModel(CostModel):
             return
         rl = self.rl
         t = db.read_table(ref.path)
-        skew = rl.router_skew
-        dist = "balanced" if skew == 0 else min(("power_law_1.01", "power_law_1.2"),
-                                                 key=lambda d: abs(float(d.split("_")[-1]) - skew))
+        skew = rl.router_skew  # the tables' power-law exponents, if the skew is one of them (within 0.05)
+        dist = "balanced" if skew == 0 else next(
+            (d for d in ("power_law_1.01", "power_law_1.2") if abs(float(d.split("_")[-1]) - skew) <= 0.05), None)
+        if dist is None:
+            self.attention_notes.append(f"router skew {skew:g} is none of the moe table's distributions (balanced, "
+                                        "power law 1.01 or 1.2): moe_experts from the roofline")
+            return
         want = {"hidden_size": self.model.hidden_size,
                 "inter_size": moe.expert_intermediate_size, "topk": moe.top_k, "num_experts": moe.num_experts,
                 "moe_tp_size": 1 if rl.ep > 1 else self.tp, "moe_ep_size": rl.ep, "distribution": dist}

@@ -79,3 +79,9 @@ def test_plan_searches_expert_parallelism_for_moe_models_only():
     assert "EP2" in next(c.label for c in moe if c.ep == 2)
     dense = enumerate_candidates("llama-2-7b", ["h100-sxm"], max_gpus=4, schedulers=["sarathi"], budgets=[512])
     assert {c.ep for c in dense} == {1}
+
+
+def test_mistyped_fields_are_one_line_errors(tmp_path):
+    for patch, field in (({"sliding_window": "1024"}, "sliding_window"), ({"rms_norm_eps": None}, "rms_norm_eps")):
+        with pytest.raises(ModelConfigError, match=f"field '{field}'"):
+            load_hf_config(_write(tmp_path, {**MIXTRAL, **patch}))
