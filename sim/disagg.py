@@ -99,7 +99,8 @@ class DisaggConfig:
         """E.g. '3x a100-80gb: prefill 1x TP2 vllm, decode 1x TP1 vllm'."""
         def pool(c: SimConfig) -> str:
             budget = f" budget {c.token_budget}" if c.token_budget else ""
-            return f"{c.replicas}x TP{c.tp}{f' PP{c.pp}' if c.pp > 1 else ''} {c.scheduler}{budget}"
+            ep = f" EP{c.ep}" if c.ep > 1 else ""
+            return f"{c.replicas}x TP{c.tp}{ep}{f' PP{c.pp}' if c.pp > 1 else ''} {c.scheduler}{budget}"
         return f"{self.num_gpus}x {self.prefill.gpu}: prefill {pool(self.prefill)}, decode {pool(self.decode)}"
 
     def model_spec(self):

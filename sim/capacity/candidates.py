@@ -117,22 +117,35 @@ def enumerate_disaggregated(model: str, gpus: Sequence[str], *, max_gpus: int, t
     base = base or SimConfig()
     out: list[Candidate] = []
     tps = list(tps or powers_of_two(max_gpus))
+    moe = get_model(model).is_moe
+
+    def eps(tp: int) -> list[int]:  # a MoE pool splits its experts by TP, or spreads them over the TP group
+        return [1, tp] if moe and tp > 1 else [1]
+
     for gpu_name in gpus:
         gpu = get_gpu(gpu_name).name
         for tp_p, tp_d in itertools.product(tps, tps):
             for n_p, n_d in itertools.product(range(1, max_replicas + 1), repeat=2):
                 if n_p * tp_p + n_d * tp_d > max_gpus:
                     continue
-                pool = dataclasses.replace(base, model=model, gpu=gpu, pp=1, max_batch_size=max_batch_size)
-                pre = dataclasses.replace(pool, tp=tp_p, replicas=n_p, scheduler=prefill_scheduler,
-                                          token_budget=prefill_budget)
-                dec = dataclasses.replace(pool, tp=tp_d, replicas=n_d, scheduler=decode_scheduler, token_budget=None)
-                cfg = DisaggConfig(pre, dec, link or LinkConfig())
-                try:
-                    cfg.check()
-                except (InfeasibleConfigError, ValueError) as exc:
-                    out.append(Candidate(gpu, tp_p, 1, n_p, "-", None, infeasible=str(exc), disagg=cfg))
-                    continue
-                out.append(Candidate(gpu, tp_p, 1, n_p, f"P/D {pre.scheduler}/{dec.scheduler}", prefill_budget,
-                                     cfg, None, disagg=cfg))
+                for ep_p, ep_d in itertools.product(eps(tp_p), eps(tp_d)):
+                    out.append(_disaggregated_candidate(
+                        dataclasses.replace(base, model=model, gpu=gpu, pp=1, max_batch_size=max_batch_size),
+                        (tp_p, n_p, ep_p, prefill_scheduler, prefill_budget), (tp_d, n_d, ep_d, decode_scheduler),
+                        link or LinkConfig()))
     return out
+
+
+def _disaggregated_candidate(pool: SimConfig, prefill: tuple, decode: tuple, link: LinkConfig) -> Candidate:
+    """One P:D deployment, or why it cannot run: (tp, replicas, ep, scheduler, budget) of each pool."""
+    tp_p, n_p, ep_p, sched_p, budget = prefill
+    tp_d, n_d, ep_d, sched_d = decode
+    pre = dataclasses.replace(pool, tp=tp_p, replicas=n_p, ep=ep_p, scheduler=sched_p, token_budget=budget)
+    dec = dataclasses.replace(pool, tp=tp_d, replicas=n_d, ep=ep_d, scheduler=sched_d, token_budget=None)
+    cfg = DisaggConfig(pre, dec, link)
+    try:
+        cfg.check()
+    except (InfeasibleConfigError, ValueError) as exc:
+        return Candidate(pool.gpu, tp_p, 1, n_p, "-", None, infeasible=str(exc), disagg=cfg, ep=ep_p)
+    return Candidate(pool.gpu, tp_p, 1, n_p, f"P/D {pre.scheduler}/{dec.scheduler}", budget, cfg, None, disagg=cfg,
+                     ep=ep_p)

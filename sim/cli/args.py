@@ -209,9 +209,14 @@ def add_dtype_arguments(g: argparse._ArgumentGroup) -> None:
                         "(1 byte; about twice the blocks) (default: %(default)s)")
 
 
+def ep_of(args: argparse.Namespace) -> int:
+    """The expert-parallel degree the flags give: --ep, or --tp with vLLM's --enable-expert-parallel."""
+    return args.tp if getattr(args, "enable_expert_parallel", False) else getattr(args, "ep", 1)
+
+
 def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The SimConfig fields the deployment flags give (model, GPU, parallelism, dtypes, scheduler, KV)."""
-    ep = args.tp if getattr(args, "enable_expert_parallel", False) else getattr(args, "ep", 1)
+    ep = ep_of(args)
     return {"model": args.model_config or args.model, "max_model_len": args.max_model_len,
             "gpu": args.gpu or "a100-80gb", "tp": args.tp, "pp": args.pp, "replicas": args.replicas, "ep": ep,
             "dtype": args.dtype, "kv_cache_dtype": args.kv_cache_dtype, "router_skew": args.router_skew,

@@ -11,6 +11,7 @@ from sim.cli.args import (
     add_cost_model_arguments,
     add_moe_and_dtype_arguments,
     cost_model_from_args,
+    ep_of,
     positive_int,
 )
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
@@ -87,7 +88,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
     batch = iteration_batch(args.prefill, args.prefill_context, args.decodes, args.decode_context)
     config = SimConfig(model=args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,
-                       ep=args.tp if args.enable_expert_parallel else args.ep, dtype=args.dtype,
+                       ep=ep_of(args), dtype=args.dtype,
                        kv_cache_dtype=args.kv_cache_dtype, router_skew=args.router_skew)
     config, cost = cost_model_from_args(args, config)
     model = config.model_spec()

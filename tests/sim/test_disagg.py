@@ -164,3 +164,10 @@ def test_plan_refuses_measured_prices_for_disaggregated_pools(capsys):
     from sim.cli.main import main
     assert main(["plan", "--disaggregated", "--cost-model", "kernels", "--out", "/tmp/servesim-plan-refused"]) == 2
     assert "priced on the roofline" in capsys.readouterr().err
+
+
+def test_disaggregated_plans_try_expert_parallelism_in_each_pool_of_a_moe_model():
+    from sim.capacity.planner import enumerate_disaggregated
+    cands = enumerate_disaggregated("mixtral-8x7b", ["h100-sxm"], max_gpus=4, tps=[2], max_replicas=1)
+    assert {(c.disagg.prefill.ep, c.disagg.decode.ep) for c in cands} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+    assert "EP2" in next(c.label for c in cands if c.disagg.decode.ep == 2)
