@@ -30,6 +30,7 @@ TABLES: dict[str, tuple[str, str]] = {
     "generation_attention": ("attention", "generation_attention_perf"),
     "all_reduce": ("comm", "custom_allreduce_perf"),
     "moe": ("moe", "moe_perf"),
+    "moe_a2a": ("comm", "moe_a2a_perf"),
 }
 
 

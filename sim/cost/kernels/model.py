@@ -48,6 +48,8 @@ GEMM_OPS: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALL_REDUCE_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp")
 _CACHE_LIMIT = 200_000
 _OpTime = tuple[float, str]
+US = 1e-6  # the moe_a2a table's latency unit (its transmit_us column)
+LOW_LATENCY_TOKENS = 256  # DeepEP's low-latency kernels take at most this many tokens a rank (the table's range)
 
 
 def gpus_with_database() -> list[str]:
@@ -79,6 +81,7 @@ class KernelCostModel(CostModel):
         self._build_attention()
         self._build_all_reduce()
         self._build_moe()
+        self._build_a2a()
         self._token_cache: dict[tuple[int, int, int, bool], tuple[float, float, float]] = {}
         self._prefill_cache: dict[tuple[int, int], _OpTime] = {}
 
@@ -154,6 +157,45 @@ class KernelCostModel(CostModel):
                           lambda x: rl._moe_op_costs(max(1, int(round(x))))["moe_experts"][0],
                           f"kernels:{ref.describe()} [{kernel}, {rows['moe_dtype'].iloc[0]}, {dist}]")
 
+    def _build_a2a(self) -> None:
+        """EP dispatch and combine from the ``moe_a2a`` table (DeepEP on one node: its low-latency kernels up to
+        256 tokens a rank, its high-throughput ones above), for this EP degree and expert shape; else roofline."""
+        self._a2a: dict[str, tuple[Curve, Curve]] = {}
+        moe, ref, rl = self.model.moe, self.refs.get("moe_a2a"), self.rl
+        if moe is None or rl.ep == 1 or ref is None:
+            return
+        t = db.read_table(ref.path)
+        rows = t[(t["ep_size"] == rl.ep) & (t["node_num"] == 1) & (t["hidden_size"] == self.model.hidden_size)
+                 & (t["topk"] == moe.top_k) & (t["num_experts"] == moe.num_experts) & (t["comm_dtype"] == "default")]
+        h, d, k = self.model.hidden_size, rl.dtype_bytes, moe.top_k
+        curves = {}
+        for phase in ("dispatch", "combine"):
+            pair = []
+            for backend in ("deepep_ll", "deepep_ht"):
+                r = rows[(rows["phase"] == phase) & (rows["comm_backend"] == backend)].sort_values("num_tokens")
+                if r.empty:
+                    break
+                pair.append(Curve(r["num_tokens"].to_numpy(dtype=float), r["latency"].to_numpy(dtype=float) * US,
+                                  lambda x: rl._all_to_all(x * k * h * d), f"kernels:{ref.describe()} [{backend}]"))
+            if len(pair) == 2:
+                curves[phase] = tuple(pair)
+        if len(curves) == 2:
+            self._a2a = curves
+        else:
+            self.attention_notes.append(f"{ref.path.name} has no EP{rl.ep} rows for this expert shape: EP "
+                                        "dispatch/combine from the roofline")
+
+    def _a2a_times(self, T: int) -> dict[str, _OpTime]:
+        """Measured dispatch and combine of T tokens (T/ep a rank); the combine adds the roofline's all-gather."""
+        per_rank = T / self.rl.ep
+        out = {}
+        for op, phase in (("ep_dispatch", "dispatch"), ("ep_combine", "combine")):
+            low, high = self._a2a[phase]
+            out[op] = (low if per_rank <= LOW_LATENCY_TOKENS else high)(per_rank)
+        gather = self.rl._all_gather(T * self.model.hidden_size * self.rl.dtype_bytes)
+        out["ep_combine"] = (out["ep_combine"][0] + gather, out["ep_combine"][1] + "+roofline-gather")
+        return out
+
     def _build_all_reduce(self) -> None:
         self._all_reduce = {}
         ref = self.refs.get("all_reduce")
@@ -182,6 +224,8 @@ class KernelCostModel(CostModel):
                 out[op] = self._gemms[op](T)
         if self._moe is not None:  # the table times the routed experts of T tokens (one rank's share)
             out["moe_experts"] = self._moe(T)
+        if self._a2a and T:
+            out.update(self._a2a_times(T))
         if N > 0:
             t, src = self._gemms["lm_head"](N)
             gather = costs["lm_head"][0] - rl._linear(N, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]

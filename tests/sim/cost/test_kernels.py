@@ -196,3 +196,17 @@ def test_fp8_weights_read_the_fp8_gemm_rows_on_hopper():
     bf16 = KernelCostModel("llama-3.1-8b", "h100-sxm").breakdown(b, 0)["gate_up_proj"]
     fp8 = KernelCostModel("llama-3.1-8b", "h100-sxm", weight_dtype="fp8").breakdown(b, 0)["gate_up_proj"]
     assert fp8 < 0.8 * bf16  # a compute-bound prefill GEMM, measured faster in FP8
+
+
+def test_ep_dispatch_and_combine_are_deepeps_measured_times():
+    """DeepSeek-V3 at EP8 on H100: 64 decodes are 8 tokens a rank, priced by DeepEP's low-latency kernels."""
+    from sim.batch import synthetic_batch
+    km = KernelCostModel("deepseek-v3", "h100-sxm", tp=8, ep=8)
+    t = db.read_table(km.refs["moe_a2a"].path)
+    rows = t[(t.ep_size == 8) & (t.node_num == 1) & (t.hidden_size == 7168) & (t.topk == 8) & (t.num_experts == 256)
+             & (t.comm_dtype == "default") & (t.comm_backend == "deepep_ll") & (t.num_tokens == 8)]
+    batch = synthetic_batch([1000] * 64, [], prefix="d")
+    dispatch = rows[rows.phase == "dispatch"].latency.iloc[0] * 1e-6
+    assert km.breakdown(batch, 0)["ep_dispatch"] == pytest.approx(58 * dispatch, rel=1e-9)  # 58 MoE layers
+    src = km.breakdown_sources(batch, 0)
+    assert "moe_a2a_perf" in src["ep_dispatch"] and src["ep_combine"].endswith("+roofline-gather")
