@@ -13,8 +13,12 @@ GAP_COLOR = "tab:red"
 
 
 def gantt_window(batches: pd.DataFrame, num_batches: int = 40) -> tuple[float, float]:
-    """A window of about ``num_batches`` micro-batches of replica 0 from the middle of the run."""
-    b = batches[(batches["replica"] == batches["replica"].min()) & (batches["stage"] == 0)].sort_values("start")
+    """A window of about ``num_batches`` micro-batches of the busiest replica (the lowest of equals) from the middle
+    of the run, so no lane is too dense to read (a disaggregated run's decode replicas iterate most)."""
+    first = batches[batches["stage"] == 0]
+    counts = first["replica"].value_counts()
+    busiest = int(counts[counts == counts.max()].index.min()) if len(counts) else 0
+    b = first[first["replica"] == busiest].sort_values("start")
     if b.empty:
         return 0.0, 1.0
     i = max(0, len(b) // 2 - num_batches // 2)
@@ -66,7 +70,8 @@ def _draw_gaps(ax: plt.Axes, gap_ax: plt.Axes, gaps: pd.DataFrame, lanes: list[t
         ax.vlines(mid, y - 0.4, y + 0.4, color=GAP_COLOR, lw=1.5, zorder=3)
         gap_ax.plot(mid, (g["end"] - g["start"]).to_numpy(float) * 1e3, "o", ms=3, label=f"replica {rep}",
                     color=run_style(y)["color"])
-    lengths = (gaps["end"] - gaps["start"]).to_numpy(float) * 1e3
+    drawn = gaps[[(r, st) in set(lanes) for r, st in zip(gaps["replica"], gaps["stage"])]] if len(gaps) else gaps
+    lengths = (drawn["end"] - drawn["start"]).to_numpy(float) * 1e3  # the scale of what the lanes show
     gap_ax.set_ylabel("gap before batch (ms)")
     set_scale(gap_ax, lengths, axis="y")
     if gap_ax.get_yscale() == "linear" and lengths.size:
