@@ -13,8 +13,9 @@ from __future__ import annotations
 import gc
 from array import array
 from collections import deque
+from collections.abc import Callable
 from operator import attrgetter
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ class Replica:
     """One model instance (TP x PP GPUs) with its own scheduler and KV cache."""
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
-                 pp: int, recorder: Recorder, on_done: Callable[["Replica", list[Request]], None]) -> None:
+                 pp: int, recorder: Recorder, on_done: Callable[[Replica, list[Request]], None]) -> None:
         self.env, self.index, self.scheduler, self.cost, self.pp = env, index, scheduler, cost, pp
         self.recorder, self.on_done = recorder, on_done
         self.outstanding = 0  # requests routed here and not finished (for the router)
@@ -162,7 +163,7 @@ class Replica:
                 continue
             batch, ready_at = inbox.popleft()
             c = cost.stage_cost(batch, stage)
-            start = ready_at if ready_at > env.now else env.now
+            start = max(env.now, ready_at)
             yield env.timeout(start - env.now + c.time)
             self._stage_done(stage, batch, start, c)
 
@@ -239,12 +240,18 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
     replicas = [Replica(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
     router = Router(replicas, router_policy, cache_weight)
 
+    replay_arrivals(env, requests, lambda r: router.route(r).submit(r))
+    return rec
+
+
+def replay_arrivals(env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None]) -> None:
+    """Hand each request (sorted by arrival) to ``submit`` at its arrival time and run the simulation to the end."""
     def arrivals():
         for r in requests:
             delay = r.arrival_time - env.now
             if delay > 0:
                 yield env.timeout(delay)
-            router.route(r).submit(r)
+            submit(r)
 
     env.process(arrivals())
     # The run allocates millions of short-lived tuples and no reference cycles worth collecting mid-run;
@@ -256,4 +263,3 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
     finally:
         if was_enabled:
             gc.enable()
-    return rec

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.catalog.hardware import get_gpu
-from sim.catalog.models import get_model
+from sim.catalog.models import DTYPE_BYTES, get_model
 from sim.cluster import Router
 from sim.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
 from sim.memory import InfeasibleConfigError
@@ -157,7 +157,7 @@ def _nullable(check: Check) -> Check:
 POSITIVE = _integer(1)
 POOL_KEYS: dict[str, Check] = {
     "gpu": _looked_up(get_gpu), "tp": POSITIVE, "pp": POSITIVE, "replicas": POSITIVE, "ep": POSITIVE,
-    "dtype": _choice(("auto", "bf16", "fp16", "fp8")), "kv_cache_dtype": _choice(("auto", "fp8")),
+    "dtype": _choice(("auto", *DTYPE_BYTES)), "kv_cache_dtype": _choice(("auto", "fp8")),
     "router_skew": _number(0), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(POSITIVE),
     "max_batch_size": POSITIVE, "chunk_align": _integer(0), "block_size": POSITIVE,
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),

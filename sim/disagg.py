@@ -21,7 +21,6 @@ admission wait and the transfer; E2E ends on the decode side.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,7 @@ import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
-from sim.cluster import Recorder, Replica, Router
+from sim.cluster import Recorder, Replica, Router, replay_arrivals
 from sim.cost.interface import CostModel
 from sim.cost.roofline import NVLINK_COMM_LATENCY_S
 from sim.gap_log import GapLog
@@ -240,20 +239,7 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
                          costs[0], costs[1], rec)
     bound_memory([r.scheduler for r in run.prefill + run.decode], requests)
 
-    def arrivals():
-        for r in requests:
-            if r.arrival_time > env.now:
-                yield env.timeout(r.arrival_time - env.now)
-            run.submit(r)
-
-    env.process(arrivals())
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        env.run()
-    finally:
-        if was:
-            gc.enable()
+    replay_arrivals(env, requests, run.submit)
     finals = [run.final[r.index] for r in requests]
     batches, micro = rec.take_frames()
     schedulers = [r.scheduler for r in run.prefill + run.decode]

@@ -204,19 +204,14 @@ class CachingBlockManager(BlockManager):
 
     def _evict(self, n: int) -> list[int]:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
+        if n == 1:
+            return [self._evict_one()]
         blocks = self._lru.pop(n, self._refs)
         d, key = self._block_of, self._key
-        if n == 1:
-            b = int(blocks[0])
-            k = int(key[b])
+        for k in key[blocks].tolist():
             if k & 3 != OWN:  # a request's own keys are never in the shared dictionary
                 del d[k]
-            key[b] = NO_KEY
-        else:
-            for k in key[blocks].tolist():
-                if k & 3 != OWN:
-                    del d[k]
-            key[blocks] = NO_KEY
+        key[blocks] = NO_KEY
         self.stats.evictions += n
         self._evict_version += 1
         return blocks.tolist()
@@ -309,17 +304,8 @@ class _LRUList:
 
     def pop(self, n: int, refs: np.ndarray) -> np.ndarray:
         """Remove and return the ``n`` least recently freed live blocks."""
-        if n <= 8:  # a decode crossing into a new block: element by element beats numpy's per-call cost
-            order, pos, head, few = self._order, self._pos, self._head, []
-            while len(few) < n:
-                b = int(order[head])
-                if pos[b] == head and refs[b] == 0:
-                    few.append(b)
-                    pos[b] = -1
-                head += 1
-            self._head = head
-            self.size -= n
-            return np.array(few, dtype=np.int64)
+        if n <= 8:  # a few blocks: element by element beats numpy's per-call cost
+            return np.array([self.pop_one(refs) for _ in range(n)], dtype=np.int64)
         out: list[np.ndarray] = []
         got = 0
         while got < n:

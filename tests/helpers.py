@@ -38,3 +38,23 @@ def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=100
         s.schedule = logged
     rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp, router)
     return reqs, compositions, rec, scheds
+
+
+def sim_compositions(monkeypatch, trace, config, cost_model):
+    """Run ``sim.simulate`` and record each batch composition the (shared) scheduler produced."""
+    from sim.schedulers import Scheduler
+    from sim.simulator import simulate
+
+    comps: list[tuple] = []
+    orig = Scheduler.schedule
+
+    def logged(self, now=0.0):
+        b = orig(self, now)
+        if b is not None:
+            comps.append(b.composition())
+        return b
+
+    with monkeypatch.context() as m:
+        m.setattr(Scheduler, "schedule", logged)
+        result = simulate(trace, config, cost_model=cost_model)
+    return comps, result

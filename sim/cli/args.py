@@ -11,6 +11,8 @@ import textwrap
 from collections.abc import Callable
 from typing import Any
 
+from sim.catalog.models import DTYPE_BYTES
+
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
 #: in a help text: prints nothing but keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
 NO_DEFAULT = "%(default).0s"
@@ -199,7 +201,7 @@ def add_dtype_arguments(g: argparse._ArgumentGroup) -> None:
     """Routing skew and the weight / KV-cache dtypes (also for plan, which searches EP itself)."""
     g.add_argument("--router-skew", type=nonneg_float, default=0.0, metavar="S",
                    help="MoE routing skew: expert popularity Zipf-like with exponent S (default: 0, uniform)")
-    g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", "bf16", "fp16", "fp8"),
+    g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", *DTYPE_BYTES),
                    default="auto",
                    help="weight dtype: auto (the checkpoint's: bf16, fp8 for DeepSeek-V3), bf16, fp16 or fp8 (one "
                         "byte per weight; GEMMs at the GPU's FP8 peak, weight-only on GPUs without FP8 tensor cores, "

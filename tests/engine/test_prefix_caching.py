@@ -21,9 +21,8 @@ from sim.kv_cache import BlockManager  # noqa: E402
 from sim.prefix import prefix_spec  # noqa: E402
 from sim.prefix_cache import CachingBlockManager  # noqa: E402
 from sim.request import Request, TraceRequest  # noqa: E402
-from sim.schedulers.base import Scheduler  # noqa: E402
-from sim.simulator import simulate  # noqa: E402
 from sim.workload.generator import generate_trace  # noqa: E402
+from tests.helpers import sim_compositions  # noqa: E402
 
 BS = 16
 # 4 conversations of 3 turns, each turn resending the earlier ones (answers included) after a shared
@@ -185,29 +184,13 @@ def test_caching_changes_the_work_not_the_ids(runs, name):
         assert pc["evictions"] > 0 and on.summary["kv_cache"]["preemptions"] > 0
 
 
-def _sim_compositions(monkeypatch, trace, config, cost_model):
-    comps: list[tuple] = []
-    orig = Scheduler.schedule
-
-    def logged(self, now=0.0):
-        b = orig(self, now)
-        if b is not None:
-            comps.append(b.composition())
-        return b
-
-    with monkeypatch.context() as m:
-        m.setattr(Scheduler, "schedule", logged)
-        result = simulate(trace, config, cost_model=cost_model)
-    return comps, result
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_offline_hit_rate_and_batches_equal_the_simulators(runs, monkeypatch, name):
     res, comps = runs[name, True]
     cfg = dataclasses.replace(BASE, enable_prefix_caching=True, **CASES[name])
     sim_cfg = cfg.sim_config(gpu="a100-80gb", kv_blocks=res.summary["kv_cache"]["blocks_per_replica"])
     offline = [dataclasses.replace(tr, arrival_time=0.0) for tr in TRACE]
-    sim_comps, sim = _sim_compositions(monkeypatch, offline, sim_cfg, ConstantCostModel(1.0, per_token=0.01))
+    sim_comps, sim = sim_compositions(monkeypatch, offline, sim_cfg, ConstantCostModel(1.0, per_token=0.01))
     assert comps == sim_comps
     eng_pc, sim_pc = res.summary["prefix_cache"], sim.summary["prefix_cache"]
     for k in ("queried_tokens", "hit_tokens", "hit_blocks", "evictions", "hit_rate_tokens", "hit_rate_blocks"):

@@ -20,9 +20,9 @@ from sim.cluster import STAGE_FIELDS  # noqa: E402
 from sim.cost.constant import ConstantCostModel  # noqa: E402
 from sim.outputs.run_folder import read_run, write_run  # noqa: E402
 from sim.request import TraceRequest  # noqa: E402
-from sim.schedulers.base import Scheduler  # noqa: E402
 from sim.simulator import simulate  # noqa: E402
 from sim.workload.trace import read_trace, write_trace  # noqa: E402
+from tests.helpers import sim_compositions  # noqa: E402
 
 # (id, prompt, output): prompts shorter than, equal to and longer than a 16-token block
 SPEC = [("a", 37, 9), ("b", 5, 12), ("c", 20, 7), ("d", 64, 5), ("e", 16, 10), ("f", 50, 8)]
@@ -102,23 +102,6 @@ def _tiny():
     return get_model("tiny")
 
 
-def _sim_compositions(monkeypatch, trace, config, cost_model):
-    """Run ``sim.simulate`` and record each batch composition the (shared) scheduler produced."""
-    comps: list[tuple] = []
-    orig = Scheduler.schedule
-
-    def logged(self, now=0.0):
-        b = orig(self, now)
-        if b is not None:
-            comps.append(b.composition())
-        return b
-
-    with monkeypatch.context() as m:
-        m.setattr(Scheduler, "schedule", logged)
-        result = simulate(trace, config, cost_model=cost_model)
-    return comps, result
-
-
 @pytest.mark.parametrize("name", ["faster_transformer", "orca-batch2", "vllm", "sarathi-8", "sarathi-24",
                                   "vllm_v1-13", "vllm-preempt", "sarathi-24-preempt", "vllm_v1-20-preempt"])
 def test_offline_batch_compositions_identical_to_the_simulator(runs, monkeypatch, name):
@@ -126,7 +109,7 @@ def test_offline_batch_compositions_identical_to_the_simulator(runs, monkeypatch
     cfg = dataclasses.replace(BASE, **CASES[name])
     sim_cfg = cfg.sim_config(gpu="a100-80gb", kv_blocks=res.summary["kv_cache"]["blocks_per_replica"])
     for cost in (ConstantCostModel(1.0, per_token=0.01, host=0.5), None):  # None: the roofline
-        sim_comps, sim = _sim_compositions(monkeypatch, TRACE, sim_cfg, cost)
+        sim_comps, sim = sim_compositions(monkeypatch, TRACE, sim_cfg, cost)
         assert comps == sim_comps, name
         cols = ["batch_id", "num_prefill_tokens", "num_decode_tokens", "batch_size", "num_prefill_items",
                 "kv_blocks_used"]
