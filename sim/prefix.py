@@ -25,6 +25,8 @@ import numpy as np
 HASH_IDS, HASH_BLOCK_SIZE, GROUP, GROUP_LEN = "hash_ids", "hash_block_size", "prefix_group", "prefix_len"
 MOONCAKE_BLOCK_SIZE = 512
 MAX_ID = 1 << 40  # hash ids are packed with their position (20 bits) and a tag into an int64 key
+OWN = 3  # the tag (low two bits) of a key unique to one request: only that request can hit it
+NO_KEY = np.iinfo(np.int64).min  # a block holding no key
 
 
 def stable_key(value: Any) -> int:

@@ -19,11 +19,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sim.kv_cache import BlockManager, KVCacheError
-from sim.prefix import block_hashes
+from sim.block_index import KeyIndex, LRUList
+from sim.prefix import NO_KEY, OWN, block_hashes
 from sim.request import Request, Status
 
-NO_KEY = np.iinfo(np.int64).min  # a block holding no registered prefix
-OWN = 3  # the low two bits of a key unique to one request (sim.prefix): only that request can hit it
 
 
 @dataclass
@@ -58,9 +57,10 @@ class CachingBlockManager(BlockManager):
         super().__init__(num_blocks, block_size, watermark)
         self._refs = np.zeros(num_blocks, dtype=np.int32)          # running requests holding each block
         self._key = np.full(num_blocks, NO_KEY, dtype=np.int64)     # the prefix key a cached block holds
-        self._block_of: dict[int, int] = {}                         # key -> cached block
-        self._lru = _LRUList(num_blocks)                            # cached, unreferenced: least recent first
+        self._index = KeyIndex(self._key)                           # shared key -> the block holding it
+        self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
         self._evict_version = 0  # bumped by evictions: a request's last lookup is extended, not redone, until then
+        self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
         self.stats = PrefixCacheStats()
 
     # ---- counts --------------------------------------------------------------------------------------------
@@ -83,16 +83,18 @@ class CachingBlockManager(BlockManager):
 
     def is_cached(self, block: int) -> bool:
         """Whether ``block`` holds a registered prefix (referenced or waiting on the LRU list)."""
+        self._flush()
         return bool(self._key[block] != NO_KEY)
 
     # ---- lookup and admission ------------------------------------------------------------------------------
-    def _keys(self, request: Request) -> list[int]:
-        """Its prompt's and its answer's block keys (generated blocks are cached too); the shared ones lead."""
+    def _keys(self, request: Request) -> np.ndarray:
+        """Its prompt's and its answer's block keys (generated blocks are cached too), once per run; the ones
+        other requests may share lead (``sim.prefix``)."""
         if request.block_hashes is None:
             keys = block_hashes(request.prefix, request.index, request.max_tokens - 1, self.block_size)
-            own = np.flatnonzero((keys & 3) == OWN)
-            request.num_shared_blocks = int(own[0]) if len(own) else len(keys)  # sim.prefix: shared keys lead
-            request.block_hashes = keys.tolist()
+            own = np.flatnonzero((keys & 3) == OWN) if request.prefix is not None else (0,)
+            request.num_shared_blocks = int(own[0]) if len(own) else len(keys)
+            request.block_hashes = keys
         return request.block_hashes
 
     def cached_prefix(self, request: Request) -> list[int]:
@@ -102,20 +104,21 @@ class CachingBlockManager(BlockManager):
         """
         if request.block_table:
             return []
+        if self._dirty:
+            self._flush()
         memo = request.prefix_lookup  # (manager, its eviction count, hit): a router asks every replica's manager
         hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else []
         keys = self._keys(request)
         limit = min(len(keys), (request.num_known - 1) // self.block_size)  # at least one token left to compute
-        get, own, key_of, shared = self._block_of.get, request.last_blocks, self._key, request.num_shared_blocks
-        for i in range(len(hit), limit):
-            k = keys[i]
-            if i >= shared:  # only its owner can hit it: where its last table put it, unless evicted since
-                b = own[i] if own is not None and i < len(own) and key_of[own[i]] == k else None
-            else:
-                b = get(k)
-            if b is None:
-                break
-            hit.append(b)
+        shared = min(limit, request.num_shared_blocks)
+        if len(hit) < shared:
+            hit.extend(self._index.match(keys[len(hit):shared]))
+        own = request.last_blocks  # only its owner can hit its own keys: where its last table put them
+        if shared <= len(hit) < limit and own is not None and len(hit) < len(own):
+            i, end = len(hit), min(limit, len(own))
+            mine = np.asarray(own[i:end], dtype=np.int64)
+            ok = self._key[mine] == keys[i:end]
+            hit.extend(own[i:end] if ok.all() else own[i:i + int(np.argmin(ok))])
         request.prefix_lookup = (self, self._evict_version, hit)
         return hit
 
@@ -146,7 +149,7 @@ class CachingBlockManager(BlockManager):
             st.recompute_hit_tokens += len(hit) * bs
         if hit:
             idx = np.asarray(hit, dtype=np.int64)
-            self._lru.size -= int(np.count_nonzero(self._refs[idx] == 0))  # off the LRU list (entries go stale)
+            self._lru.remove(idx[self._refs[idx] == 0])  # the cached free ones leave the LRU list
             self._refs[idx] += 1
         request.block_table = list(hit)
         request.num_computed = len(hit) * self.block_size
@@ -175,91 +178,100 @@ class CachingBlockManager(BlockManager):
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
-        start = len(table)
+        refs = self._refs
         take = min(need, len(recycled))
         if take:
-            table.extend(recycled[-1:-take - 1:-1])
+            got = recycled[-1:-take - 1:-1]
+            table.extend(got)
             del recycled[-take:]
+            refs[got] = 1
         fresh = min(need - take, self.num_blocks - self._next)
         if fresh:
             table.extend(range(self._next, self._next + fresh))
+            refs[self._next:self._next + fresh] = 1
             self._next += fresh
         if need - take - fresh:
-            table.extend(self._evict(need - take - fresh))
-        if need == 1:
-            self._refs[table[-1]] = 1
-        else:
-            self._refs[table[start:]] = 1
+            evicted = self._evict(need - take - fresh)
+            refs[evicted] = 1
+            table.extend(evicted.tolist())
 
     def _evict_one(self) -> int:
         """The least recently freed cached block, its key forgotten (``_evict`` for one, without numpy calls)."""
-        b = self._lru.pop_one(self._refs)
-        k = int(self._key[b])
-        if k & 3 != OWN:
-            del self._block_of[k]
-        self._key[b] = NO_KEY
+        b = self._lru.pop_one()
+        self._key[b] = NO_KEY  # its index entry goes stale
         self.stats.evictions += 1
         self._evict_version += 1
         return b
 
-    def _evict(self, n: int) -> list[int]:
+    def _evict(self, n: int) -> np.ndarray:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
-        if n == 1:
-            return [self._evict_one()]
-        blocks = self._lru.pop(n, self._refs)
-        d, key = self._block_of, self._key
-        for k in key[blocks].tolist():
-            if k & 3 != OWN:  # a request's own keys are never in the shared dictionary
-                del d[k]
-        key[blocks] = NO_KEY
+        blocks = self._lru.pop(n)
+        self._key[blocks] = NO_KEY  # their index entries go stale
         self.stats.evictions += n
         self._evict_version += 1
-        return blocks.tolist()
+        return blocks
 
     def on_computed(self, request: Request) -> None:
-        """Register the request's blocks that are now full and computed (a later request can hit them).
+        """Note that ``request`` has newly full, computed blocks: shared ones are registered before the next
+        lookup, all of them at once (most requests compute several chunks between two lookups); its own ones
+        when it is released, since only it can hit them and only after that."""
+        if request.num_hashed_blocks < request.num_shared_blocks and request.block_hashes is not None:
+            self._dirty[request] = None
 
-        Shared keys go into the dictionary (unless a twin computed the same block first, or the trace repeats an
-        id: the first block keeps the key); the request's own keys only onto their blocks (only it can hit them).
+    def _flush(self) -> None:
+        """Register every noted request's newly full blocks."""
+        for r in self._dirty:
+            self._register(r)
+        self._dirty.clear()
+
+    def _register(self, request: Request, table_ids: np.ndarray | None = None) -> None:
+        """Register the request's blocks that are full and computed (a later request can hit them).
+
+        Shared keys go into the index, unless a twin (another request computing the same block at the same
+        time, neither having found the other's) registered it first and still holds it: the first block keeps
+        the key, the later one stays uncached. Its own keys go only onto their blocks (only it can hit them).
         """
         keys = request.block_hashes
-        if keys is None:
-            return
         done = min(len(keys), request.num_computed // self.block_size)
         first = request.num_hashed_blocks
         if done <= first:
             return
         table, shared = request.block_table, request.num_shared_blocks
-        if done == first + 1:  # one block filled (a decode, a small chunk): no list or numpy work
-            k, b = keys[first], table[first]
-            if first >= shared or self._block_of.setdefault(k, b) == b:
-                self._key[b] = k
-            request.num_hashed_blocks = done
-            return
         cut = min(max(first, shared), done)  # [first, cut) shared, [cut, done) its own
-        if cut > first:
-            d = self._block_of
-            new_keys, new_blocks = keys[first:cut], table[first:cut]
-            if any(map(d.__contains__, new_keys)) or len(set(new_keys)) < len(new_keys):
-                pairs = [(k, b) for k, b in zip(new_keys, new_blocks) if d.setdefault(k, b) == b]
-                new_keys, new_blocks = [k for k, _ in pairs], [b for _, b in pairs]
-            else:
-                d.update(zip(new_keys, new_blocks))
-            self._key[new_blocks] = new_keys
-        if done > cut:
-            self._key[table[cut:done]] = keys[cut:done]
+        if done == first + 1:  # one block filled (a decode, a small chunk): no numpy work
+            if cut == first or self._index.add_one(int(keys[first]), table[first]):
+                self._key[table[first]] = keys[first]
+        else:
+            blocks = (np.fromiter(table[first:done], np.int64, done - first) if table_ids is None
+                      else table_ids[first:done])
+            new_keys = keys[first:done]
+            if cut > first:
+                added = self._index.add(new_keys[:cut - first], blocks[:cut - first])
+                if added is not None:  # twins hold some: those blocks stay uncached
+                    keep = np.ones(done - first, dtype=bool)
+                    keep[:cut - first] = added
+                    blocks, new_keys = blocks[keep], new_keys[keep]
+            self._key[blocks] = new_keys
         request.num_hashed_blocks = done
 
     def free(self, request: Request) -> None:
         """Drop ``request``'s references, tail first: cached blocks join the LRU list, the rest are recycled."""
         table = request.block_table
+        ids = np.fromiter(table, np.int64, len(table))
+        self._dirty.pop(request, None)
+        if request.block_hashes is not None:  # register what it computed since the last lookup, its own blocks too
+            self._register(request, ids)
         if table:
-            idx = np.asarray(table[::-1], dtype=np.int64)
-            self._refs[idx] -= 1
-            released = idx[self._refs[idx] == 0]
+            idx, refs = ids[::-1], self._refs
+            refs[idx] -= 1
+            left = refs[idx]
+            released = idx[left == 0] if left.any() else idx  # blocks another request holds stay put
             cached = self._key[released] != NO_KEY
-            self._lru.push(released[cached])
-            self._recycled.extend(released[~cached].tolist())
+            if cached.all():
+                self._lru.push(released)
+            else:
+                self._lru.push(released[cached])
+                self._recycled.extend(released[~cached].tolist())
         # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
         request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []
@@ -269,80 +281,15 @@ class CachingBlockManager(BlockManager):
             request.block_hashes = None  # its keys are needed only while it runs
 
 
-class _LRUList:
-    """Blocks in the order they became cached-free; a block re-referenced since is a stale entry, skipped."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self._order = np.empty(max(1024, num_blocks // 8), dtype=np.int64)
-        self._pos = np.full(num_blocks, -1, dtype=np.int64)  # each block's latest position on the list
-        self._head = self._tail = 0
-        self.size = 0  # live entries: cached blocks with no references
-
-    def push(self, blocks: np.ndarray) -> None:
-        """Append ``blocks`` as the most recently freed."""
-        n = len(blocks)
-        if not n:
-            return
-        if self._tail + n > len(self._order):
-            self._compact(n)
-        self._order[self._tail:self._tail + n] = blocks
-        self._pos[blocks] = np.arange(self._tail, self._tail + n)
-        self._tail += n
-        self.size += n
-
-    def pop_one(self, refs: np.ndarray) -> int:
-        """Remove and return the least recently freed live block."""
-        order, pos, head = self._order, self._pos, self._head
-        while True:
-            b = int(order[head])
-            head += 1
-            if pos[b] == head - 1 and refs[b] == 0:
-                pos[b] = -1
-                self._head = head
-                self.size -= 1
-                return b
-
-    def pop(self, n: int, refs: np.ndarray) -> np.ndarray:
-        """Remove and return the ``n`` least recently freed live blocks."""
-        if n <= 8:  # a few blocks: element by element beats numpy's per-call cost
-            return np.array([self.pop_one(refs) for _ in range(n)], dtype=np.int64)
-        out: list[np.ndarray] = []
-        got = 0
-        while got < n:
-            end = min(self._tail, self._head + max(2 * (n - got), 256))
-            chunk = self._order[self._head:end]
-            live = chunk[(self._pos[chunk] == np.arange(self._head, end)) & (refs[chunk] == 0)]
-            take = live[:n - got]
-            if len(take) < len(live):  # stop right after the last block taken
-                end = self._head + int(np.flatnonzero(chunk == take[-1])[-1]) + 1
-            out.append(take)
-            got += len(take)
-            self._head = end
-        blocks = np.concatenate(out)
-        self._pos[blocks] = -1
-        self.size -= n
-        return blocks
-
-    def _compact(self, extra: int) -> None:
-        """Drop the consumed head (and grow the buffer if it must) before appending ``extra`` entries."""
-        live = self._order[self._head:self._tail]
-        size = max(len(self._order), 2 * (len(live) + extra))
-        order = np.empty(size, dtype=np.int64)
-        order[:len(live)] = live
-        valid = self._pos[live] == np.arange(self._head, self._tail)
-        self._pos[live[valid]] = np.flatnonzero(valid)
-        self._order, self._head, self._tail = order, 0, len(live)
-
-
 def cache_summary(managers: list[CachingBlockManager], occupancy: list[list[int]]) -> dict:
     """summary.json's ``prefix_cache``: totals over replicas, each replica's hit rate and evictions, occupancy."""
     total = PrefixCacheStats()
     for m in managers:
         for k, v in asdict(m.stats).items():
             setattr(total, k, getattr(total, k) + v)
-    occ = [x for log in occupancy for x in log]
+    occ = np.concatenate([np.asarray(log, dtype=np.int64) for log in occupancy] or [np.zeros(0, np.int64)])
     return {"enabled": True, **total.as_dict(),
-            "cached_free_blocks_mean": sum(occ) / len(occ) if occ else 0.0,
-            "cached_free_blocks_max": max(occ, default=0),
+            "cached_free_blocks_mean": float(occ.mean()) if len(occ) else 0.0,
+            "cached_free_blocks_max": int(occ.max()) if len(occ) else 0,
             "replicas": [{"hit_rate_tokens": m.stats.as_dict()["hit_rate_tokens"], "evictions": m.stats.evictions}
                          for m in managers]}

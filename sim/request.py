@@ -55,7 +55,7 @@ class Request:
     first_token_time: float | None = None
     tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
     prefix: tuple | None = None   # the reuse its trace line declares (sim.prefix.prefix_spec)
-    block_hashes: Any = None      # its full prompt blocks' prefix keys (numpy int64), while a caching cache needs them
+    block_hashes: Any = None      # its blocks' prefix keys (numpy int64), while a caching cache needs them
     prefix_lookup: tuple | None = None  # (cache version, cached prefix blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
     cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache

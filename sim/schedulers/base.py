@@ -9,6 +9,7 @@ drive the same objects and pass the current time in as data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ class Scheduler(ABC):
         #: False: a finished request's token times are folded into gap_log and dropped (memory per request,
         #: not per token: large simulations); True keeps them (engine, validation, tests)
         self.keep_token_times = True
-        self.cached_free_log: list[int] = []  # per scheduled batch, with prefix caching: cached free blocks
+        self.cached_free_log = array("q")  # per scheduled batch, with prefix caching: cached free blocks
         #: disaggregated serving: a prefill replica keeps a finished request's blocks until its KV has moved
         #: (``release``); a decode replica takes requests whose KV arrives from elsewhere (``reserve``, ``receive``)
         self.hold_finished = False
@@ -277,7 +278,7 @@ class Scheduler(ABC):
                         crossing.append(r)
                 else:
                     others.append(r)
-            if len(crossing) <= self.bm.num_free:
+            if not crossing or len(crossing) <= self.bm.num_free:
                 grow = self.bm.grow
                 for r in crossing:
                     grow(r, r.num_computed + 1)
