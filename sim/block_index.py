@@ -23,10 +23,11 @@ class KeyIndex:
     which happens when the table fills, so it stays within a few times the rows its cached blocks need.
     """
 
-    def __init__(self, key_of: np.ndarray) -> None:
+    def __init__(self, key_of: np.ndarray, min_rows: int = 256) -> None:
         self._key_of = key_of
+        self._min_rows = min_rows
         self._row: dict[int, int] = {}  # the key with its run bits cleared -> its row of ``_table``
-        self._table = np.full(max(256, len(key_of) // 4) * W, -1, dtype=np.int32)  # rows of W, flat
+        self._table = np.full(min_rows * W, -1, dtype=np.int32)  # rows of W block ids, flat
 
     def __len__(self) -> int:
         return len(self._row)
@@ -89,24 +90,25 @@ class KeyIndex:
 
     def _rows_for(self, runs: list[int]) -> list[int]:
         """The rows of these runs, new ones allocated (the table rebuilt or grown first if they may not fit)."""
-        if len(self._row) + len(runs) > len(self._table) // W:
-            self._rebuild(len(runs))
+        rows = list(map(self._row.get, runs))
+        if None not in rows:
+            return rows
+        new = list(dict.fromkeys(r for r, row in zip(runs, rows) if row is None))  # once each, in order
+        if len(self._row) + len(new) > len(self._table) // W:
+            self._rebuild(len(new))
+            new = list(dict.fromkeys(r for r in runs if r not in self._row))  # it kept only runs holding keys
         d = self._row
-        out = []
-        for run in runs:
-            r = d.get(run)
-            if r is None:
-                r = d[run] = len(d)
-            out.append(r)
-        return out
+        d.update(zip(new, range(len(d), len(d) + len(new))))
+        return list(map(d.__getitem__, runs))
 
     def _rebuild(self, extra: int) -> None:
-        """Rows for the runs whose blocks still hold their keys only, with room for three times as many more."""
+        """Rows for the runs whose blocks still hold their keys only, with room for three times as many more (a small table:
+        the simulator runs faster with its arrays in the processor's cache)."""
         key = self._key_of
         live = np.flatnonzero((key != NO_KEY) & (key & 3 != OWN))
         k = key[live]
         runs, row = np.unique(k & ~SUB, return_inverse=True)
-        rows = max(len(self._table) // W, 4 * (len(runs) + extra), len(key) // 4)
+        rows = max(self._min_rows, 4 * (len(runs) + extra))
         self._table = np.full(rows * W, -1, dtype=np.int32)
         self._table[row * W + ((k >> 2) & (W - 1))] = live
         self._row = dict(zip(runs.tolist(), range(len(runs))))
@@ -118,8 +120,7 @@ class LRUList:
     def __init__(self, num_blocks: int) -> None:
         self._order = np.empty(max(1024, num_blocks // 8), dtype=np.int64)
         self._pos = np.full(num_blocks, -1, dtype=np.int64)  # each block's latest position on the list
-        self._head = self._tail = 0
-        self.size = 0  # live entries: cached blocks with no references
+        self._head = self._tail = 0  # the caller counts the live entries (its cached free blocks)
 
     def push(self, blocks: np.ndarray) -> None:
         """Append ``blocks`` as the most recently freed."""
@@ -131,12 +132,10 @@ class LRUList:
         self._order[self._tail:self._tail + n] = blocks
         self._pos[blocks] = np.arange(self._tail, self._tail + n)
         self._tail += n
-        self.size += n
 
     def remove(self, blocks: np.ndarray) -> None:
         """Take ``blocks`` (on the list) off it: a request hit them (their entries go stale)."""
         self._pos[blocks] = -1
-        self.size -= len(blocks)
 
     def pop_one(self) -> int:
         """Remove and return the least recently freed live block."""
@@ -147,7 +146,6 @@ class LRUList:
             if pos[b] == head - 1:
                 pos[b] = -1
                 self._head = head
-                self.size -= 1
                 return b
 
     def pop(self, n: int) -> np.ndarray:
@@ -159,16 +157,12 @@ class LRUList:
         while got < n:
             end = min(self._tail, self._head + max(2 * (n - got), 256))
             chunk = self._order[self._head:end]
-            live = chunk[self._pos[chunk] == np.arange(self._head, end)]
-            take = live[:n - got]
-            if len(take) < len(live):  # stop right after the last block taken
-                end = self._head + int(np.flatnonzero(chunk == take[-1])[-1]) + 1
-            out.append(take)
-            got += len(take)
-            self._head = end
-        blocks = np.concatenate(out)
+            live = np.flatnonzero(self._pos[chunk] == np.arange(self._head, end))[:n - got]
+            out.append(chunk[live])
+            got += len(live)
+            self._head = self._head + int(live[-1]) + 1 if got == n else end  # right after the last block taken
+        blocks = out[0] if len(out) == 1 else np.concatenate(out)
         self._pos[blocks] = -1
-        self.size -= n
         return blocks
 
     def _compact(self, extra: int) -> None:

@@ -108,11 +108,22 @@ def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size:
         return out
     per = size // block_size
     described = min(n, len(ids) * per)
+    rows = -(-described // per)
     # the id and its position in the list (equal for real prefix hashes; tells repeats within a request apart)
-    trace_ids = np.repeat(np.asarray(ids, dtype=np.int64) << 20 | np.arange(len(ids), dtype=np.int64), per)
-    out = own.copy()
-    out[:described] = ((trace_ids[:described] * per + k[:described] % per) << 2) | 1
-    return out
+    trace_ids = np.asarray(ids[:rows], dtype=np.int64) << 20 | np.arange(rows, dtype=np.int64)
+    own[:described] = (((trace_ids[:, None] * per + np.arange(per)) << 2) | 1).ravel()[:described]
+    return own
+
+
+def shared_blocks(spec: tuple | None, num_tokens: int, block_size: int) -> int:
+    """How many leading keys of ``block_hashes(spec, _, num_tokens, block_size)`` other requests may share (the
+    rest are the request's own)."""
+    n = num_tokens // block_size
+    if spec is None:
+        return 0
+    if spec[0] == GROUP:
+        return min(n, spec[2][-1] // block_size) if spec[2] else 0
+    return min(n, len(spec[1]) * spec[2] // block_size)
 
 
 def shareable_tokens(spec: tuple | None, prompt_tokens: int) -> int:

@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.kv_cache import BlockManager, KVCacheError
 from sim.block_index import KeyIndex, LRUList
-from sim.prefix import NO_KEY, OWN, block_hashes
+from sim.kv_cache import BlockManager, KVCacheError
+from sim.prefix import NO_KEY, block_hashes, shared_blocks
 from sim.request import Request, Status
-
 
 
 @dataclass
@@ -59,6 +58,7 @@ class CachingBlockManager(BlockManager):
         self._key = np.full(num_blocks, NO_KEY, dtype=np.int64)     # the prefix key a cached block holds
         self._index = KeyIndex(self._key)                           # shared key -> the block holding it
         self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
+        self.num_cached_free = 0  # blocks on the LRU list: unreferenced, still holding a prefix (part of num_free)
         self._evict_version = 0  # bumped by evictions: a request's last lookup is extended, not redone, until then
         self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
         self.stats = PrefixCacheStats()
@@ -66,16 +66,11 @@ class CachingBlockManager(BlockManager):
     # ---- counts --------------------------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
-        return self.num_blocks - self._next + len(self._recycled) + self._lru.size
+        return self.num_blocks - self._next + len(self._recycled) + self.num_cached_free
 
     @property
     def num_used(self) -> int:
-        return self.num_blocks - self.num_free
-
-    @property
-    def num_cached_free(self) -> int:
-        """Unreferenced blocks still holding a cached prefix (part of ``num_free``)."""
-        return self._lru.size
+        return self._next - len(self._recycled) - self.num_cached_free
 
     def references(self, block: int) -> int:
         """How many running requests hold ``block`` (0: free)."""
@@ -91,10 +86,9 @@ class CachingBlockManager(BlockManager):
         """Its prompt's and its answer's block keys (generated blocks are cached too), once per run; the ones
         other requests may share lead (``sim.prefix``)."""
         if request.block_hashes is None:
-            keys = block_hashes(request.prefix, request.index, request.max_tokens - 1, self.block_size)
-            own = np.flatnonzero((keys & 3) == OWN) if request.prefix is not None else (0,)
-            request.num_shared_blocks = int(own[0]) if len(own) else len(keys)
-            request.block_hashes = keys
+            n = request.max_tokens - 1
+            request.block_hashes = block_hashes(request.prefix, request.index, n, self.block_size)
+            request.num_shared_blocks = shared_blocks(request.prefix, n, self.block_size)
         return request.block_hashes
 
     def cached_prefix(self, request: Request) -> list[int]:
@@ -104,14 +98,14 @@ class CachingBlockManager(BlockManager):
         """
         if request.block_table:
             return []
-        if self._dirty:
-            self._flush()
         memo = request.prefix_lookup  # (manager, its eviction count, hit): a router asks every replica's manager
         hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else []
         keys = self._keys(request)
         limit = min(len(keys), (request.num_known - 1) // self.block_size)  # at least one token left to compute
         shared = min(limit, request.num_shared_blocks)
         if len(hit) < shared:
+            if self._dirty and self._may_extend(keys, len(hit)):
+                self._flush()
             hit.extend(self._index.match(keys[len(hit):shared]))
         own = request.last_blocks  # only its owner can hit its own keys: where its last table put them
         if shared <= len(hit) < limit and own is not None and len(hit) < len(own):
@@ -121,6 +115,17 @@ class CachingBlockManager(BlockManager):
             hit.extend(own[i:end] if ok.all() else own[i:i + int(np.argmin(ok))])
         request.prefix_lookup = (self, self._evict_version, hit)
         return hit
+
+    def _may_extend(self, keys: np.ndarray, i: int) -> bool:
+        """Whether a prefix can go on past block ``i``: its key is indexed, or computed by a request not yet
+        registered. A key names its block's position (``sim.prefix``), so only block ``i`` of another request
+        can hold it; when neither holds it the lookup ends there without registering anything."""
+        k = int(keys[i])
+        if self._index.get(k) is not None:
+            return True
+        bs = self.block_size
+        return any(r.num_hashed_blocks <= i < r.num_computed // bs and i < len(r.block_hashes) and r.block_hashes[i] == k
+                   for r in self._dirty)
 
     def prefix_hit(self, request: Request) -> int:
         return len(self.cached_prefix(request)) * self.block_size
@@ -149,9 +154,14 @@ class CachingBlockManager(BlockManager):
             st.recompute_hit_tokens += len(hit) * bs
         if hit:
             idx = np.asarray(hit, dtype=np.int64)
-            self._lru.remove(idx[self._refs[idx] == 0])  # the cached free ones leave the LRU list
+            cached_free = idx[self._refs[idx] == 0]  # they leave the LRU list
+            self._lru.remove(cached_free)
+            self.num_cached_free -= len(cached_free)
             self._refs[idx] += 1
         request.block_table = list(hit)
+        request.block_ids = ids = np.empty(self.blocks_for(max(num_tokens, request.max_tokens)) + 1, dtype=np.int64)
+        if hit:
+            ids[:len(hit)] = idx
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
         if request.num_preemptions == 0:
@@ -165,7 +175,7 @@ class CachingBlockManager(BlockManager):
         need = -(-num_tokens // self.block_size) - len(table)
         if need <= 0:
             return
-        if need == 1 and (recycled or self._lru.size or self._next < self.num_blocks):  # a decode's next block
+        if need == 1 and (recycled or self.num_cached_free or self._next < self.num_blocks):  # a decode's next block
             if recycled:
                 b = recycled.pop()
             elif self._next < self.num_blocks:
@@ -173,31 +183,46 @@ class CachingBlockManager(BlockManager):
                 self._next += 1
             else:
                 b = self._evict_one()
+            self._ids(request, len(table) + 1)[len(table)] = b
             table.append(b)
             self._refs[b] = 1
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
-        refs = self._refs
+        refs, start = self._refs, len(table)
+        ids = self._ids(request, start + need)
         take = min(need, len(recycled))
         if take:
             got = recycled[-1:-take - 1:-1]
             table.extend(got)
             del recycled[-take:]
-            refs[got] = 1
+            ids[start:start + take] = got
+            refs[ids[start:start + take]] = 1
         fresh = min(need - take, self.num_blocks - self._next)
         if fresh:
             table.extend(range(self._next, self._next + fresh))
+            ids[start + take:start + take + fresh] = np.arange(self._next, self._next + fresh)
             refs[self._next:self._next + fresh] = 1
             self._next += fresh
         if need - take - fresh:
             evicted = self._evict(need - take - fresh)
             refs[evicted] = 1
+            ids[start + take + fresh:start + need] = evicted
             table.extend(evicted.tolist())
+
+    def _ids(self, request: Request, size: int) -> np.ndarray:
+        """The request's block-id buffer, with room for ``size`` blocks (allocated where admission did not)."""
+        ids = request.block_ids
+        if ids is None or len(ids) < size:
+            grown = np.empty(max(size, 2 * len(request.block_table), self.blocks_for(request.max_tokens) + 1), np.int64)
+            grown[:len(request.block_table)] = request.block_table
+            ids = request.block_ids = grown
+        return ids
 
     def _evict_one(self) -> int:
         """The least recently freed cached block, its key forgotten (``_evict`` for one, without numpy calls)."""
         b = self._lru.pop_one()
+        self.num_cached_free -= 1
         self._key[b] = NO_KEY  # its index entry goes stale
         self.stats.evictions += 1
         self._evict_version += 1
@@ -206,6 +231,7 @@ class CachingBlockManager(BlockManager):
     def _evict(self, n: int) -> np.ndarray:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
         blocks = self._lru.pop(n)
+        self.num_cached_free -= n
         self._key[blocks] = NO_KEY  # their index entries go stale
         self.stats.evictions += n
         self._evict_version += 1
@@ -224,7 +250,7 @@ class CachingBlockManager(BlockManager):
             self._register(r)
         self._dirty.clear()
 
-    def _register(self, request: Request, table_ids: np.ndarray | None = None) -> None:
+    def _register(self, request: Request) -> None:
         """Register the request's blocks that are full and computed (a later request can hit them).
 
         Shared keys go into the index, unless a twin (another request computing the same block at the same
@@ -242,8 +268,7 @@ class CachingBlockManager(BlockManager):
             if cut == first or self._index.add_one(int(keys[first]), table[first]):
                 self._key[table[first]] = keys[first]
         else:
-            blocks = (np.fromiter(table[first:done], np.int64, done - first) if table_ids is None
-                      else table_ids[first:done])
+            blocks = request.block_ids[first:done]
             new_keys = keys[first:done]
             if cut > first:
                 added = self._index.add(new_keys[:cut - first], blocks[:cut - first])
@@ -257,24 +282,26 @@ class CachingBlockManager(BlockManager):
     def free(self, request: Request) -> None:
         """Drop ``request``'s references, tail first: cached blocks join the LRU list, the rest are recycled."""
         table = request.block_table
-        ids = np.fromiter(table, np.int64, len(table))
         self._dirty.pop(request, None)
         if request.block_hashes is not None:  # register what it computed since the last lookup, its own blocks too
-            self._register(request, ids)
+            self._register(request)
         if table:
-            idx, refs = ids[::-1], self._refs
+            idx, refs = request.block_ids[len(table) - 1::-1], self._refs
             refs[idx] -= 1
             left = refs[idx]
             released = idx[left == 0] if left.any() else idx  # blocks another request holds stay put
             cached = self._key[released] != NO_KEY
             if cached.all():
                 self._lru.push(released)
+                self.num_cached_free += len(released)
             else:
                 self._lru.push(released[cached])
+                self.num_cached_free += int(np.count_nonzero(cached))
                 self._recycled.extend(released[~cached].tolist())
         # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
         request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []
+        request.block_ids = None
         request.num_hashed_blocks = 0
         request.prefix_lookup = None
         if request.status is Status.FINISHED:

@@ -58,6 +58,7 @@ class Request:
     block_hashes: Any = None      # its blocks' prefix keys (numpy int64), while a caching cache needs them
     prefix_lookup: tuple | None = None  # (cache version, cached prefix blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
+    block_ids: Any = None         # its block table as a numpy buffer (a caching cache's copy: no list conversions)
     cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache
     last_blocks: list[int] | None = None  # its block table when last preempted (its own cached blocks are there)
     num_shared_blocks: int = 0    # leading blocks whose keys other requests can share (the rest are its own)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.prefix import prefix_spec
+from sim.prefix import block_hashes, prefix_spec, shared_blocks
 from sim.prefix_cache import CachingBlockManager
 from sim.request import Request, Status
 from sim.schedulers import SchedulerConfig, make_scheduler
@@ -106,6 +106,21 @@ def test_a_preempted_request_is_released_and_hits_its_own_blocks_again():
     item = batch.entries[0]
     assert item[0] is r and item[2] == 80 and item[1] == 1  # recompute: 80 cached, only the generated token
     assert r.cached_tokens == 0  # the metric counts the first admission's hit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(["hash", "group", "none"]), st.lists(st.integers(0, 40), max_size=8), st.integers(0, 3000),
+       st.sampled_from([1, 3, 8, 16, 100]), st.sampled_from([8, 64, 100, 512]))
+def test_shared_keys_lead_and_shared_blocks_counts_them(kind, ids, tokens, block_size, hash_block):
+    """Keys other requests may share (tags 1, 2) come first, the request's own (tag 3) after; shared_blocks says
+    where the first own key is without looking at the keys."""
+    extra = ({"hash_ids": ids, "hash_block_size": hash_block} if kind == "hash" else
+             {"prefix_group": list(range(len(ids))), "prefix_len": sorted(i * 40 for i in ids)} if kind == "group" and ids
+             else {})
+    spec = prefix_spec(extra)
+    keys = block_hashes(spec, 7, tokens, block_size)
+    n = shared_blocks(spec, tokens, block_size)
+    assert len(keys) == tokens // block_size and (keys[:n] & 3 != 3).all() and (keys[n:] & 3 == 3).all()
 
 
 @st.composite

@@ -1,0 +1,76 @@
+"""The prefix cache's key index and LRU list against plain-Python models of what they must answer."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.block_index import KeyIndex, LRUList, W
+from sim.prefix import NO_KEY
+
+NUM_BLOCKS = 64
+
+
+def _key(run: int, sub: int) -> int:
+    return ((run * W + sub) << 2) | 1  # a trace-described key (tag 1): consecutive subs share a run
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3)), min_size=1, max_size=12,
+                                   unique=True), st.integers(0, 12)), min_size=1, max_size=40),
+       st.randoms(use_true_random=False))
+def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
+    """Keys (of a few runs, in any order) are added for free blocks, blocks are evicted; get() and match() always
+    agree with a dictionary holding the first live block of each key. A 2-row table rebuilds all the time."""
+    key_of = np.full(NUM_BLOCKS, NO_KEY, dtype=np.int64)
+    index, holder = KeyIndex(key_of, min_rows=2), {}
+    for pairs, evict in steps:
+        free = [b for b in range(NUM_BLOCKS) if key_of[b] == NO_KEY]
+        n = min(len(pairs), len(free))
+        if n:
+            keys = np.array([_key(run, sub) for run, sub in pairs[:n]], dtype=np.int64)
+            blocks = np.array(rnd.sample(free, n), dtype=np.int64)
+            added = index.add(keys, blocks) if n > 1 else np.array([index.add_one(int(keys[0]), int(blocks[0]))])
+            added = np.ones(n, dtype=bool) if added is None else added
+            for k, b, a in zip(keys.tolist(), blocks.tolist(), added.tolist()):
+                live = holder.get(k) is not None and key_of[holder[k]] == k
+                assert a == (not live)  # a block still holding the key keeps it (the first of twins)
+                if a:
+                    holder[k] = b
+                    key_of[b] = k
+        for b in rnd.sample(range(NUM_BLOCKS), evict):
+            key_of[b] = NO_KEY
+        for k, b in holder.items():
+            assert index.get(k) == (b if key_of[b] == k else None)
+        keys = np.array([_key(pairs[0][0], s) for s in range(4)], dtype=np.int64)  # match: the leading keys held
+        expect = []
+        for k in keys.tolist():
+            if holder.get(k) is None or key_of[holder[k]] != k:
+                break
+            expect.append(holder[k])
+        assert index.match(keys) == expect
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "remove"]), st.integers(1, 20)), max_size=60),
+       st.randoms(use_true_random=False))
+def test_lru_list_pops_least_recently_pushed_first(ops, rnd):
+    lru, model = LRUList(256), []  # model: live blocks, least recent first
+    outside = list(range(256))
+    for op, n in ops:
+        if op == "push":
+            blocks = [outside.pop() for _ in range(min(n, len(outside)))]
+            lru.push(np.array(blocks, dtype=np.int64))
+            model += blocks
+        elif op == "pop" and model:
+            n = min(n, len(model))
+            got = lru.pop(n).tolist() if n > 1 else [lru.pop_one()]
+            assert got == model[:n]
+            del model[:n]
+            outside += got
+        elif op == "remove" and model:
+            taken = rnd.sample(model, min(n, len(model)))
+            lru.remove(np.array(taken, dtype=np.int64))
+            model = [b for b in model if b not in taken]
+            outside += taken
