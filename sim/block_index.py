@@ -6,6 +6,9 @@ block evicts one and every computed block registers one, millions of each on a l
 
 from __future__ import annotations
 
+from itertools import compress, repeat
+from operator import is_
+
 import numpy as np
 
 from sim.prefix import NO_KEY, OWN
@@ -93,7 +96,7 @@ class KeyIndex:
         rows = list(map(self._row.get, runs))
         if None not in rows:
             return rows
-        new = list(dict.fromkeys(r for r, row in zip(runs, rows) if row is None))  # once each, in order
+        new = list(dict.fromkeys(compress(runs, map(is_, rows, repeat(None)))))  # once each, in order
         if len(self._row) + len(new) > len(self._table) // W:
             self._rebuild(len(new))
             new = list(dict.fromkeys(r for r in runs if r not in self._row))  # it kept only runs holding keys
