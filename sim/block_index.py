@@ -1,4 +1,5 @@
-"""The caching block manager's two indexes: which block holds a shared prefix key, and the LRU order of cached free blocks.
+"""The caching block manager's two indexes: which block holds a shared prefix key, and the LRU order
+of the cached free blocks.
 
 Both keep their state in numpy arrays and work a request's blocks at a time: on a full cache every new
 block evicts one and every computed block registers one, millions of each on a long trace.
@@ -31,9 +32,6 @@ class KeyIndex:
         self._min_rows = min_rows
         self._row: dict[int, int] = {}  # the key with its run bits cleared -> its row of ``_table``
         self._table = np.full(min_rows * W, -1, dtype=np.int32)  # rows of W block ids, flat
-
-    def __len__(self) -> int:
-        return len(self._row)
 
     def get(self, key: int) -> int | None:
         """The block holding ``key``, or None."""

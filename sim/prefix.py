@@ -11,7 +11,10 @@ A trace describes reuse in one of two ways (``TraceRequest.extra``):
 Either maps onto the deployment's block size: block ``k`` of the prompt gets a key naming what the
 trace says its tokens (and prefix) are; blocks the trace does not describe as shared get keys
 unique to the request (a preempted request can still hit its own blocks). Keys are int64s built
-from the trace's integers (group names by BLAKE2): the same in every process.
+from the trace's integers (group names by BLAKE2): the same in every process. A key names its
+block's position in the prompt (so equal keys sit at equal positions), and a prefix's consecutive
+blocks have consecutive keys within each 512-token trace block or 32-block stretch of a group
+(``sim.block_index`` keeps one entry per such run).
 """
 
 from __future__ import annotations

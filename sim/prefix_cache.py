@@ -5,10 +5,11 @@ reference counts; a block whose count drops to zero keeps its hash and goes on a
 cached free blocks, evicted (least recently freed first) only when a fresh block is needed.
 Admission reuses the longest run of cached blocks at the start of the prompt and prefills the
 rest; a whole-prompt hit still computes its last token (the hit stops at ``prompt - 1`` tokens,
-as vLLM does), so the model samples the first output token. A request's prompt blocks are
-registered as soon as they are full and computed, so a request admitted later hits them while
-the first is still running; so are the blocks its answer fills (a conversation's next turn
-resends them). Watermark and preemption are unchanged: a preempted request's
+as vLLM does), so the model samples the first output token. A request's blocks can be hit as
+soon as they are full and computed, so a request admitted later hits them while the first is
+still running; so can the blocks its answer fills (a conversation's next turn resends them).
+(They are registered in bulk, when a lookup could reach them or at release: the same answers,
+at a fraction of the cost.) Watermark and preemption are unchanged: a preempted request's
 blocks are freed (and stay cached until evicted).
 """
 
@@ -46,8 +47,9 @@ class PrefixCacheStats:
 class CachingBlockManager(BlockManager):
     """A ``BlockManager`` whose full blocks are shared by key, reference-counted and evicted LRU.
 
-    Per-block state lives in numpy arrays (references, key, position on the LRU list), so that a
-    request's hundreds of blocks are freed, registered and evicted a request at a time.
+    Per-block state lives in numpy arrays (references, key; the LRU list's and the key index's in
+    ``sim.block_index``), so that a request's hundreds of blocks are freed, registered and evicted a
+    request at a time.
     """
 
     caching = True
@@ -77,7 +79,8 @@ class CachingBlockManager(BlockManager):
         return int(self._refs[block])
 
     def is_cached(self, block: int) -> bool:
-        """Whether ``block`` holds a registered prefix (referenced or waiting on the LRU list)."""
+        """Whether ``block`` holds a registered key (referenced or on the LRU list; a running request's own
+        blocks are registered when it is released)."""
         self._flush()
         return bool(self._key[block] != NO_KEY)
 
@@ -117,9 +120,9 @@ class CachingBlockManager(BlockManager):
         return hit
 
     def _may_extend(self, keys: np.ndarray, i: int) -> bool:
-        """Whether a prefix can go on past block ``i``: its key is indexed, or computed by a request not yet
-        registered. A key names its block's position (``sim.prefix``), so only block ``i`` of another request
-        can hold it; when neither holds it the lookup ends there without registering anything."""
+        """Whether a lookup can find block ``i`` of a prompt: its key is indexed, or computed by a request not
+        yet registered. A key names its block's position (``sim.prefix``), so only block ``i`` of another
+        request can hold it; when neither does, the lookup ends there and nothing needs registering first."""
         k = int(keys[i])
         if self._index.get(k) is not None:
             return True

@@ -123,6 +123,20 @@ def test_shared_keys_lead_and_shared_blocks_counts_them(kind, ids, tokens, block
     assert len(keys) == tokens // block_size and (keys[:n] & 3 != 3).all() and (keys[n:] & 3 == 3).all()
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["hash", "group"]), st.lists(st.integers(0, 5), min_size=1, max_size=6),
+                          st.integers(0, 800)), min_size=2, max_size=5), st.sampled_from([4, 16, 100]),
+       st.sampled_from([16, 64, 100]))
+def test_equal_keys_sit_at_equal_positions(reqs, block_size, hash_block):
+    """A key names its block's position: what lets a lookup that misses block i skip registering others' blocks."""
+    seen: dict[int, int] = {}
+    for index, (kind, ids, tokens) in enumerate(reqs):
+        extra = ({"hash_ids": ids, "hash_block_size": hash_block} if kind == "hash" else
+                 {"prefix_group": ids[0], "prefix_len": min(tokens, 40 * ids[-1])})
+        for pos, k in enumerate(block_hashes(prefix_spec(extra), index, tokens, block_size).tolist()):
+            assert seen.setdefault(k, pos) == pos
+
+
 @st.composite
 def reuse_scenarios(draw):
     n = draw(st.integers(1, 14))
