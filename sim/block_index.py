@@ -103,8 +103,8 @@ class KeyIndex:
         return list(map(d.__getitem__, runs))
 
     def _rebuild(self, extra: int) -> None:
-        """Rows for the runs whose blocks still hold their keys only, with room for three times as many more (a small table:
-        the simulator runs faster with its arrays in the processor's cache)."""
+        """Rows for the runs whose blocks still hold their keys only, with room for three times as many more
+        (a small table: the simulator runs faster with its arrays in the processor's cache)."""
         key = self._key_of
         live = np.flatnonzero((key != NO_KEY) & (key & 3 != OWN))
         k = key[live]

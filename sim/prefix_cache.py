@@ -127,8 +127,8 @@ class CachingBlockManager(BlockManager):
         if self._index.get(k) is not None:
             return True
         bs = self.block_size
-        return any(r.num_hashed_blocks <= i < r.num_computed // bs and i < len(r.block_hashes) and r.block_hashes[i] == k
-                   for r in self._dirty)
+        return any(r.num_hashed_blocks <= i < min(r.num_computed // bs, len(r.block_hashes))
+                   and r.block_hashes[i] == k for r in self._dirty)
 
     def prefix_hit(self, request: Request) -> int:
         return len(self.cached_prefix(request)) * self.block_size

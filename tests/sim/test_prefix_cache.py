@@ -114,9 +114,9 @@ def test_a_preempted_request_is_released_and_hits_its_own_blocks_again():
 def test_shared_keys_lead_and_shared_blocks_counts_them(kind, ids, tokens, block_size, hash_block):
     """Keys other requests may share (tags 1, 2) come first, the request's own (tag 3) after; shared_blocks says
     where the first own key is without looking at the keys."""
+    groups = {"prefix_group": list(range(len(ids))), "prefix_len": sorted(i * 40 for i in ids)}
     extra = ({"hash_ids": ids, "hash_block_size": hash_block} if kind == "hash" else
-             {"prefix_group": list(range(len(ids))), "prefix_len": sorted(i * 40 for i in ids)} if kind == "group" and ids
-             else {})
+             groups if kind == "group" and ids else {})
     spec = prefix_spec(extra)
     keys = block_hashes(spec, 7, tokens, block_size)
     n = shared_blocks(spec, tokens, block_size)
