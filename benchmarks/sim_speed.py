@@ -13,6 +13,10 @@ its wall time over the roofline's (target: within 1.5x); building the model
     python benchmarks/sim_speed.py            # both cases
     python benchmarks/sim_speed.py --quick    # 2,000 requests, no 64-replica case
     python benchmarks/sim_speed.py --kernels --schedulers sarathi,vllm
+    python benchmarks/sim_speed.py --prefix-caching   # also: caching on over off, 10,000 Mooncake requests
+
+``--prefix-caching`` runs ``benchmarks/prefix_caching.py``'s speed comparison (target: within 1.3x; needs
+../shared/traces/mooncake).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2,000 requests and skip the 64-replica case")
     ap.add_argument("--kernels", action="store_true",
                     help="also run each scheduler with the kernel-database cost model (needs the kernels extra)")
+    ap.add_argument("--prefix-caching", action="store_true",
+                    help="also time prefix caching on against off on 10,000 of Mooncake's requests")
     args = ap.parse_args()
     n = 2000 if args.quick else args.requests
     print(f"lengths: {LENGTHS or 'generator sharegpt preset'}; arrivals: Poisson at {args.qps} req/s per replica")
@@ -68,6 +74,13 @@ def main() -> None:
             print(f"{f'{sched}, kernels model':<34}{kwall:>8.2f}{ks['batches']['iterations']:>12}{out:>13}"
                   f"{out / kwall:>12.0f}{ks['latency_s']['tbt']['p99'] * 1e3:>12.1f}"
                   f"   kernels/roofline wall {kwall / wall:.2f}x")
+    if args.prefix_caching:
+        import prefix_caching  # the sibling script (benchmarks/ is on the path when this one runs)
+        if not prefix_caching.TRACE.exists():
+            print(f"skipped the prefix-caching case: {prefix_caching.TRACE} is not here")
+        else:
+            trace = sorted(prefix_caching.read_any(prefix_caching.TRACE).requests, key=lambda r: r.arrival_time)
+            prefix_caching.speed(trace)
     if not args.quick:
         wall, s = run(100_000, args.qps * 64, "sarathi", replicas=64)
         out = s["throughput"]["output_tokens"]
