@@ -96,8 +96,8 @@ class KeyIndex:
             return rows
         new = list(dict.fromkeys(compress(runs, map(is_, rows, repeat(None)))))  # once each, in order
         if len(self._row) + len(new) > len(self._table) // W:
-            self._rebuild(len(new))
-            new = list(dict.fromkeys(r for r in runs if r not in self._row))  # it kept only runs holding keys
+            self._rebuild(len(runs))  # room for all of them: it keeps only the runs whose blocks hold keys
+            new = list(dict.fromkeys(r for r in runs if r not in self._row))
         d = self._row
         d.update(zip(new, range(len(d), len(d) + len(new))))
         return list(map(d.__getitem__, runs))

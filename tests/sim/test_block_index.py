@@ -17,7 +17,7 @@ def _key(run: int, sub: int) -> int:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3)), min_size=1, max_size=12,
+@given(st.lists(st.tuples(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 3)), min_size=1, max_size=40,
                                    unique=True), st.integers(0, 12)), min_size=1, max_size=40),
        st.randoms(use_true_random=False))
 def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
@@ -74,3 +74,17 @@ def test_lru_list_pops_least_recently_pushed_first(ops, rnd):
             lru.remove(np.array(taken, dtype=np.int64))
             model = [b for b in model if b not in taken]
             outside += taken
+
+
+def test_a_rebuild_makes_room_for_every_run_it_drops():
+    """A full table of stale rows (every block evicted), then one call adding to 8 of those runs and a new one:
+    the rebuild that the new run triggers drops the stale rows, and the table must then hold all 9."""
+    key_of = np.full(NUM_BLOCKS, NO_KEY, dtype=np.int64)
+    index = KeyIndex(key_of, min_rows=2)
+    for runs in (range(8), range(100, 124)):  # 8 rows (the table grows to 32), then 24 more: full
+        keys = np.array([_key(run, 0) for run in runs], dtype=np.int64)
+        assert index.add(keys, np.arange(len(keys))) is None
+    keys = np.array([_key(run, 1) for run in [*range(8), 200]], dtype=np.int64)  # 8 stale runs and a new one
+    assert index.add(keys, np.arange(30, 39)) is None
+    key_of[30:39] = keys
+    assert [index.get(k) for k in keys.tolist()] == list(range(30, 39))
