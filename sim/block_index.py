@@ -60,7 +60,8 @@ class KeyIndex:
 
     def add(self, keys: np.ndarray, blocks: np.ndarray) -> np.ndarray | None:
         """Index each block under its key unless a block still holding that key is indexed already (a twin):
-        None when all were added, else the mask of those added. The caller writes their keys into ``key_of``."""
+        None when all were added, else the mask of those added. The caller writes their keys into ``key_of``.
+        The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
         runs = keys & ~SUB
         starts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
         if len(starts):  # slot = row * W + position in the run = (key >> 2) + row * W - (run >> 2)

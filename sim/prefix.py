@@ -13,8 +13,8 @@ trace says its tokens (and prefix) are; blocks the trace does not describe as sh
 unique to the request (a preempted request can still hit its own blocks). Keys are int64s built
 from the trace's integers (group names by BLAKE2): the same in every process. A key names its
 block's position in the prompt (so equal keys sit at equal positions), and a prefix's consecutive
-blocks have consecutive keys within each 512-token trace block or 32-block stretch of a group
-(``sim.block_index`` keeps one entry per such run).
+blocks have consecutive keys within each trace block or group (``sim.block_index`` keeps one entry
+per aligned window of 32 such keys: a 512-token Mooncake block in 16-token blocks).
 """
 
 from __future__ import annotations

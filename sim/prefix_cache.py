@@ -8,8 +8,9 @@ rest; a whole-prompt hit still computes its last token (the hit stops at ``promp
 as vLLM does), so the model samples the first output token. A request's blocks can be hit as
 soon as they are full and computed, so a request admitted later hits them while the first is
 still running; so can the blocks its answer fills (a conversation's next turn resends them).
-(They are registered in bulk, when a lookup could reach them or at release: the same answers,
-at a fraction of the cost.) Watermark and preemption are unchanged: a preempted request's
+(They are registered in bulk, when a lookup could reach them or at release, at a fraction of the
+cost: every lookup finds what it would have found with each block registered as computed, except
+between twins, below.) Watermark and preemption are unchanged: a preempted request's
 blocks are freed (and stay cached until evicted).
 """
 
@@ -257,8 +258,10 @@ class CachingBlockManager(BlockManager):
         """Register the request's blocks that are full and computed (a later request can hit them).
 
         Shared keys go into the index, unless a twin (another request computing the same block at the same
-        time, neither having found the other's) registered it first and still holds it: the first block keeps
-        the key, the later one stays uncached. Its own keys go only onto their blocks (only it can hit them).
+        time, neither having found the other's) registered it first and still holds it: the first registered
+        keeps the key, the later one stays uncached. Registration is deferred, in the order requests were
+        noted (``on_computed``), so that is usually but not always the one computed first (vLLM v1 keeps both
+        findable and hits the first computed). Its own keys go only onto their blocks (only it can hit them).
         """
         keys = request.block_hashes
         done = min(len(keys), request.num_computed // self.block_size)
@@ -285,8 +288,9 @@ class CachingBlockManager(BlockManager):
     def free(self, request: Request) -> None:
         """Drop ``request``'s references, tail first: cached blocks join the LRU list, the rest are recycled."""
         table = request.block_table
-        self._dirty.pop(request, None)
-        if request.block_hashes is not None:  # register what it computed since the last lookup, its own blocks too
+        if request in self._dirty:  # the requests noted before it first, in the order they were noted (twins)
+            self._flush()
+        if request.block_hashes is not None:  # its own blocks too
             self._register(request)
         if table:
             idx, refs = request.block_ids[len(table) - 1::-1], self._refs

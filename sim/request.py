@@ -56,7 +56,7 @@ class Request:
     tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
     prefix: tuple | None = None   # the reuse its trace line declares (sim.prefix.prefix_spec)
     block_hashes: Any = None      # its blocks' prefix keys (numpy int64), while a caching cache needs them
-    prefix_lookup: tuple | None = None  # (cache version, cached prefix blocks): the last lookup, reused until stale
+    prefix_lookup: tuple | None = None  # (manager, its eviction count, hit blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
     block_ids: Any = None         # its block table as a numpy buffer (a caching cache's copy: no list conversions)
     cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache
