@@ -46,15 +46,12 @@ class KeyIndex:
         first = self.get(int(keys[0]))
         if first is None or len(keys) == 1:
             return [] if first is None else [first]
-        runs = keys & ~SUB
-        starts = np.concatenate(([0], np.flatnonzero(runs[1:] != runs[:-1]) + 1))
-        heads = runs[starts]
+        starts, heads = _runs(keys)
         rows = list(map(self._row.get, heads.tolist()))
         if None in rows:  # a run never indexed: the prefix ends at its start
             n = rows.index(None)
-            keys, runs, starts, heads, rows = keys[:starts[n]], runs[:starts[n]], starts[:n], heads[:n], rows[:n]
-        offset = np.asarray(rows, dtype=np.int64) * W - (heads >> 2)
-        held = self._table[(keys >> 2) + np.repeat(offset, np.diff(np.append(starts, len(keys))))]
+            keys, starts, heads, rows = keys[:starts[n]], starts[:n], heads[:n], rows[:n]
+        held = self._table[_slots(keys, starts, heads, rows)]
         ok = (held >= 0) & (self._key_of[held] == keys)
         return held.tolist() if ok.all() else held[:int(np.argmin(ok))].tolist()
 
@@ -62,16 +59,8 @@ class KeyIndex:
         """Index each block under its key unless a block still holding that key is indexed already (a twin):
         None when all were added, else the mask of those added. The caller writes their keys into ``key_of``.
         The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
-        runs = keys & ~SUB
-        starts = np.flatnonzero(runs[1:] != runs[:-1]) + 1
-        if len(starts):  # slot = row * W + position in the run = (key >> 2) + row * W - (run >> 2)
-            starts = np.concatenate(([0], starts))
-            first = runs[starts]
-            offset = np.asarray(self._rows_for(first.tolist()), dtype=np.int64) * W - (first >> 2)
-            slot = (keys >> 2) + np.repeat(offset, np.diff(np.append(starts, len(keys))))
-        else:  # one run (most chunks of a Mooncake prompt)
-            run = int(runs[0])
-            slot = (keys >> 2) + (self._rows_for([run])[0] * W - (run >> 2))
+        starts, heads = _runs(keys)
+        slot = _slots(keys, starts, heads, self._rows_for(heads.tolist()))
         held = self._table[slot]
         twin = (held >= 0) & (self._key_of[held] == keys)
         if twin.any():
@@ -114,6 +103,22 @@ class KeyIndex:
         self._table = np.full(rows * W, -1, dtype=np.int32)
         self._table[row * W + ((k >> 2) & (W - 1))] = live
         self._row = dict(zip(runs.tolist(), range(len(runs))))
+
+
+def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each run of ``keys`` (keys equal but for their position in a ``W`` window) starts, and its key with
+    those bits cleared (the dictionary's key)."""
+    runs = keys & ~SUB
+    starts = np.concatenate(([0], np.flatnonzero(runs[1:] != runs[:-1]) + 1))
+    return starts, runs[starts]
+
+
+def _slots(keys: np.ndarray, starts: np.ndarray, heads: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Each key's slot in the flat table: row * W + position in the run = (key >> 2) + row * W - (run >> 2)."""
+    offset = np.asarray(rows, dtype=np.int64) * W - (heads >> 2)
+    if len(starts) == 1:  # one run (most chunks of a Mooncake prompt)
+        return (keys >> 2) + int(offset[0])
+    return (keys >> 2) + np.repeat(offset, np.diff(np.append(starts, len(keys))))
 
 
 class LRUList:

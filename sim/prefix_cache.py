@@ -163,9 +163,8 @@ class CachingBlockManager(BlockManager):
             self.num_cached_free -= len(cached_free)
             self._refs[idx] += 1
         request.block_table = list(hit)
-        request.block_ids = ids = np.empty(self.blocks_for(max(num_tokens, request.max_tokens)) + 1, dtype=np.int64)
-        if hit:
-            ids[:len(hit)] = idx
+        request.block_ids = None
+        self._ids(request, self.blocks_for(num_tokens))  # its buffer, holding the hit blocks
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
         if request.num_preemptions == 0:

@@ -17,13 +17,18 @@ _SPEC_HELP = (
 )
 
 
+def _count_and_number(text: str, form: str, example: str, default: float) -> tuple[int, float]:
+    """INT[:NUMBER] as (int, float), the number ``default`` when left out; ``form`` and ``example`` for errors."""
+    head, _, tail = text.partition(":")
+    try:
+        return int(head), float(tail or default)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {form}, e.g. {example}, got {text!r}") from None
+
+
 def sessions_arg(text: str) -> tuple[int, float]:
     """TURNS[:THINK_S] of --sessions."""
-    turns, _, think = text.partition(":")
-    try:
-        t, s = int(turns), float(think or 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TURNS[:THINK_S], e.g. 4:30, got {text!r}") from None
+    t, s = _count_and_number(text, "TURNS[:THINK_S]", "4:30", 0)
     if t < 1 or s < 0:
         raise argparse.ArgumentTypeError(f"expected TURNS >= 1 and THINK_S >= 0, got {text!r}")
     return t, s
@@ -31,11 +36,7 @@ def sessions_arg(text: str) -> tuple[int, float]:
 
 def system_prompt_arg(text: str) -> tuple[int, float]:
     """TOKENS[:FRACTION] of --system-prompt."""
-    tokens, _, fraction = text.partition(":")
-    try:
-        n, f = int(tokens), float(fraction or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected TOKENS[:FRACTION], e.g. 512:0.8, got {text!r}") from None
+    n, f = _count_and_number(text, "TOKENS[:FRACTION]", "512:0.8", 1)
     if n < 1 or not 0 < f <= 1:
         raise argparse.ArgumentTypeError(f"expected TOKENS >= 1 and FRACTION in (0, 1], got {text!r}")
     return n, f

@@ -230,3 +230,18 @@ def test_hash_ids_past_their_packing_are_refused_and_nan_skew_too(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["simulate", "--model", "mixtral-8x7b", "--router-skew", "nan", "-n", "5"])
     assert "--router-skew" in capsys.readouterr().err
+
+
+def test_reuse_flags_parse_and_refuse_by_form():
+    import argparse
+    import re
+
+    import pytest
+
+    from sim.cli.workload_args import sessions_arg, system_prompt_arg
+    assert sessions_arg("4:30") == (4, 30.0) and sessions_arg("3") == (3, 0.0)
+    assert system_prompt_arg("512") == (512, 1.0) and system_prompt_arg("512:0.8") == (512, 0.8)
+    for parse, bad, says in ((sessions_arg, "4:y", "TURNS[:THINK_S]"), (sessions_arg, "0:1", "TURNS >= 1"),
+                             (system_prompt_arg, "x", "TOKENS[:FRACTION]"), (system_prompt_arg, "5:2", "(0, 1]")):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
+            parse(bad)
