@@ -7,6 +7,7 @@ block evicts one and every computed block registers one, millions of each on a l
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from itertools import compress, repeat
 from operator import is_
 
@@ -18,16 +19,40 @@ W = 32  # consecutive keys per dictionary entry: a Mooncake hash block's 512 tok
 SUB = (W - 1) << 2  # the key bits naming a key within its run (above the two tag bits, sim.prefix)
 
 
+class KeyRuns:
+    """A request's shared keys cut into the index's runs, once per request: its lookups and registrations slice
+    these instead of finding the runs again each time."""
+
+    __slots__ = ("keys", "pos", "starts", "heads")
+
+    def __init__(self, keys: np.ndarray) -> None:
+        self.keys = keys
+        self.pos = (keys >> 2) & (W - 1)  # each key's slot within its run's row
+        self.starts: list[int] = []  # each run's first key
+        self.heads: list[int] = []  # each run's key with its position bits cleared
+        if len(keys):
+            runs = keys & ~SUB
+            change = (runs[1:] != runs[:-1]).nonzero()[0] + 1  # (nonzero: flatnonzero costs three times more)
+            self.starts = [0, *change.tolist()]
+            self.heads = [int(runs[0]), *runs[change].tolist()]
+
+    def span(self, a: int, b: int) -> tuple[int, int]:
+        """The runs holding keys ``[a, b)``: ``range(*span)`` indexes ``starts`` and ``heads``."""
+        return bisect_right(self.starts, a) - 1, bisect_left(self.starts, b)
+
+
 class KeyIndex:
     """Shared prefix key -> the block holding it; one dictionary entry (a row of ``W`` block ids) per run of
     ``W`` consecutive keys, since a prefix's blocks have consecutive keys (``sim.prefix``).
 
-    Evictions only clear the block's key (``key_of``, the manager's array); an entry naming a block that holds
-    another key since is stale and reads as absent. Stale rows go when the table is rebuilt from ``key_of``,
-    which happens when the table fills, so it stays within a few times the rows its cached blocks need.
+    Evictions only clear the block's key (``key_of``, the manager's array, whose spare last entry stays
+    ``NO_KEY``: an empty slot, -1, reads it); an entry naming a block that holds another key since is stale and
+    reads as absent. Stale rows go when the table is rebuilt from ``key_of``, which happens when the table
+    fills, so it stays within a few times the rows its cached blocks need.
     """
 
     def __init__(self, key_of: np.ndarray, min_rows: int = 256) -> None:
+        assert key_of[-1] == NO_KEY, "key_of needs a spare NO_KEY entry at the end"
         self._key_of = key_of
         self._min_rows = min_rows
         self._row: dict[int, int] = {}  # the key with its run bits cleared -> its row of ``_table``
@@ -39,31 +64,34 @@ class KeyIndex:
         if r is None:
             return None
         b = int(self._table[r * W + ((key >> 2) & (W - 1))])
-        return b if b >= 0 and self._key_of[b] == key else None
+        return b if self._key_of[b] == key else None
 
-    def match(self, keys: np.ndarray) -> list[int]:
-        """The blocks holding the leading run of ``keys`` that are all indexed (a prompt's cached prefix)."""
-        first = self.get(int(keys[0]))
-        if first is None or len(keys) == 1:
-            return [] if first is None else [first]
-        starts, heads = _runs(keys)
-        rows = list(map(self._row.get, heads.tolist()))
+    def match(self, runs: KeyRuns, a: int, b: int) -> np.ndarray:
+        """The blocks holding the leading stretch of ``runs.keys[a:b]`` that is all indexed (a cached prefix)."""
+        first = self.get(int(runs.keys[a]))
+        if first is None or b - a == 1:
+            return np.array([] if first is None else [first], dtype=np.int64)
+        r0, r1 = runs.span(a, b)
+        rows = list(map(self._row.get, runs.heads[r0:r1]))
         if None in rows:  # a run never indexed: the prefix ends at its start
             n = rows.index(None)
-            keys, starts, heads, rows = keys[:starts[n]], starts[:n], heads[:n], rows[:n]
-        held = self._table[_slots(keys, starts, heads, rows)]
-        ok = (held >= 0) & (self._key_of[held] == keys)
-        return held.tolist() if ok.all() else held[:int(np.argmin(ok))].tolist()
+            b, rows = runs.starts[r0 + n], rows[:n]
+        held = self._table[self._slots(runs, a, b, r0, rows)]
+        ok = self._key_of[held] == runs.keys[a:b]
+        return held if np.count_nonzero(ok) == len(ok) else held[:int(np.argmin(ok))]
 
-    def add(self, keys: np.ndarray, blocks: np.ndarray) -> np.ndarray | None:
-        """Index each block under its key unless a block still holding that key is indexed already (a twin):
-        None when all were added, else the mask of those added. The caller writes their keys into ``key_of``.
-        The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
-        starts, heads = _runs(keys)
-        slot = _slots(keys, starts, heads, self._rows_for(heads.tolist()))
-        held = self._table[slot]
-        twin = (held >= 0) & (self._key_of[held] == keys)
-        if twin.any():
+    def add(self, runs: KeyRuns, a: int, b: int, blocks: np.ndarray) -> np.ndarray | None:
+        """Index ``blocks`` under ``runs.keys[a:b]`` unless a block still holding the key is indexed already (a
+        twin): None when all were added, else the mask of those added. The caller writes their keys into
+        ``key_of``. The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
+        r0, r1 = runs.span(a, b)
+        rows, fresh = self._rows_for(runs.heads[r0:r1])
+        slot = self._slots(runs, a, b, r0, rows)
+        if fresh:  # new rows only: no twin
+            self._table[slot] = blocks
+            return None
+        twin = self._key_of[self._table[slot]] == runs.keys[a:b]
+        if np.count_nonzero(twin):
             mine = ~twin
             self._table[slot[mine]] = blocks[mine]
             return mine
@@ -72,53 +100,47 @@ class KeyIndex:
 
     def add_one(self, key: int, block: int) -> bool:
         """``add`` for one block (a decode's): whether it was added."""
-        slot = self._rows_for([key & ~SUB])[0] * W + ((key >> 2) & (W - 1))
-        held = int(self._table[slot])
-        if held >= 0 and self._key_of[held] == key:
+        slot = self._rows_for([key & ~SUB])[0][0] * W + ((key >> 2) & (W - 1))
+        if self._key_of[self._table[slot]] == key:
             return False
         self._table[slot] = block
         return True
 
-    def _rows_for(self, runs: list[int]) -> list[int]:
-        """The rows of these runs, new ones allocated (the table rebuilt or grown first if they may not fit)."""
+    @staticmethod
+    def _slots(runs: KeyRuns, a: int, b: int, r0: int, rows: list[int]) -> np.ndarray:
+        """Keys ``[a, b)``'s slots in the flat table (``rows``: those of runs ``r0`` on)."""
+        if len(rows) == 1:  # one run (most chunks of a Mooncake prompt)
+            return runs.pos[a:b] + rows[0] * W
+        ends = runs.starts[r0 + 1:r0 + len(rows)] + [b]  # each run's keys within [a, b)
+        counts = [e - s for s, e in zip([a, *ends[:-1]], ends)]
+        return runs.pos[a:b] + np.repeat(np.asarray(rows, dtype=np.int64) * W, counts)
+
+    def _rows_for(self, runs: list[int]) -> tuple[list[int], bool]:
+        """The rows of these runs, new ones allocated (the table rebuilt or grown first if they may not fit), and
+        whether all are new (so empty: a run absent from the dictionary has no cached block left)."""
         rows = list(map(self._row.get, runs))
         if None not in rows:
-            return rows
+            return rows, False
+        fresh = rows.count(None) == len(rows)
         new = list(dict.fromkeys(compress(runs, map(is_, rows, repeat(None)))))  # once each, in order
         if len(self._row) + len(new) > len(self._table) // W:
             self._rebuild(len(runs))  # room for all of them: it keeps only the runs whose blocks hold keys
             new = list(dict.fromkeys(r for r in runs if r not in self._row))
         d = self._row
         d.update(zip(new, range(len(d), len(d) + len(new))))
-        return list(map(d.__getitem__, runs))
+        return list(map(d.__getitem__, runs)), fresh
 
     def _rebuild(self, extra: int) -> None:
-        """Rows for the runs whose blocks still hold their keys only, with room for three times as many more
+        """Rows for the runs whose blocks still hold their keys only, with room for seven times as many more
         (a small table: the simulator runs faster with its arrays in the processor's cache)."""
         key = self._key_of
         live = np.flatnonzero((key != NO_KEY) & (key & 3 != OWN))
         k = key[live]
         runs, row = np.unique(k & ~SUB, return_inverse=True)
-        rows = max(self._min_rows, 4 * (len(runs) + extra))
+        rows = max(self._min_rows, 8 * (len(runs) + extra))
         self._table = np.full(rows * W, -1, dtype=np.int32)
         self._table[row * W + ((k >> 2) & (W - 1))] = live
         self._row = dict(zip(runs.tolist(), range(len(runs))))
-
-
-def _runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where each run of ``keys`` (keys equal but for their position in a ``W`` window) starts, and its key with
-    those bits cleared (the dictionary's key)."""
-    runs = keys & ~SUB
-    starts = np.concatenate(([0], np.flatnonzero(runs[1:] != runs[:-1]) + 1))
-    return starts, runs[starts]
-
-
-def _slots(keys: np.ndarray, starts: np.ndarray, heads: np.ndarray, rows: list[int]) -> np.ndarray:
-    """Each key's slot in the flat table: row * W + position in the run = (key >> 2) + row * W - (run >> 2)."""
-    offset = np.asarray(rows, dtype=np.int64) * W - (heads >> 2)
-    if len(starts) == 1:  # one run (most chunks of a Mooncake prompt)
-        return (keys >> 2) + int(offset[0])
-    return (keys >> 2) + np.repeat(offset, np.diff(np.append(starts, len(keys))))
 
 
 class LRUList:
@@ -159,12 +181,19 @@ class LRUList:
         """Remove and return the ``n`` least recently freed live blocks."""
         if n <= 8:  # a few blocks: element by element beats numpy's per-call cost
             return np.array([self.pop_one() for _ in range(n)], dtype=np.int64)
+        head, end = self._head, self._head + n
+        if end <= self._tail:  # the next n entries all live (no hit took one off since): the usual case
+            chunk = self._order[head:end]
+            if np.count_nonzero(self._pos[chunk] == np.arange(head, end)) == n:
+                self._pos[chunk] = -1
+                self._head = end
+                return chunk.copy()
         out: list[np.ndarray] = []
         got = 0
         while got < n:
             end = min(self._tail, self._head + max(2 * (n - got), 256))
             chunk = self._order[self._head:end]
-            live = np.flatnonzero(self._pos[chunk] == np.arange(self._head, end))[:n - got]
+            live = (self._pos[chunk] == np.arange(self._head, end)).nonzero()[0][:n - got]
             out.append(chunk[live])
             got += len(live)
             self._head = self._head + int(live[-1]) + 1 if got == n else end  # right after the last block taken

@@ -81,20 +81,34 @@ def check_prefix_fields(extra: dict[str, Any]) -> tuple[str, str] | None:
 _K = 22  # bits for a block's index within its request or group (4M blocks, 67M tokens at 16 per block)
 
 
+def own_key(index: int, k: int) -> int:
+    """The key of block ``k`` of request ``index`` where its trace describes no reuse (only it can hit it); a
+    request's own keys step by 4 (``np.arange(own_key(i, a), own_key(i, b), 4)`` are blocks ``[a, b)``'s)."""
+    return ((index << _K | k) << 2) | OWN
+
+
 def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size: int) -> np.ndarray:
-    """One int64 key per full ``block_size``-token prompt block (a partial last block is never shared).
+    """One int64 key per full ``block_size``-token prompt block (a partial last block is never shared): the
+    ``shared_keys``, then the request's own.
 
     Equal keys mean equal tokens with equal prefixes: Mooncake's ``hash_ids`` are prefix hashes
     already, a group's first ``prefix_len`` tokens are one prefix, and every other block is the
     request's own; so no chaining is needed and the keys are computed at numpy speed.
     """
     n = prompt_tokens // block_size
-    k = np.arange(n, dtype=np.int64)
-    own = ((np.int64(index) << _K | k) << 2) | 3
-    if spec is None:
-        return own
+    shared = shared_keys(spec, prompt_tokens, block_size)
+    own = np.arange(own_key(index, len(shared)), own_key(index, n), 4, dtype=np.int64)
+    return np.concatenate((shared, own)) if len(shared) else own
+
+
+def shared_keys(spec: tuple | None, prompt_tokens: int, block_size: int) -> np.ndarray:
+    """The keys of the leading ``shared_blocks`` full blocks: those other requests may share."""
+    n = shared_blocks(spec, prompt_tokens, block_size)
+    if not n:
+        return np.zeros(0, dtype=np.int64)
     if spec[0] == GROUP:  # block k is group g's when it ends within g's tokens (and past the groups before)
-        out = own.copy()
+        out = np.empty(n, dtype=np.int64)
+        k = np.arange(n, dtype=np.int64)
         starts = 0
         for g, end in zip(spec[1], spec[2]):
             blocks = slice(starts, min(n, end // block_size))
@@ -103,19 +117,29 @@ def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size:
         return out
     _, ids, size = spec
     if size % block_size:  # a block straddles two trace blocks: hash the ids it spans (rare block sizes)
-        out = own.copy()
-        for j in range(n):
+        out = np.empty(n, dtype=np.int64)
+        for j in range(n):  # tagged 1 like every trace-described block (a raw hash could read as "own")
             first, last = j * block_size // size, ((j + 1) * block_size - 1) // size
-            if last < len(ids):  # tagged 1 like every trace-described block (a raw hash could read as "own")
-                out[j] = (hash((1, first, ids[first:last + 1], j * block_size - first * size)) & (1 << 60) - 1) << 2 | 1
+            out[j] = (hash((1, first, ids[first:last + 1], j * block_size - first * size)) & (1 << 60) - 1) << 2 | 1
         return out
     per = size // block_size
-    described = min(n, len(ids) * per)
-    rows = -(-described // per)
-    # the id and its position in the list (equal for real prefix hashes; tells repeats within a request apart)
-    trace_ids = np.asarray(ids[:rows], dtype=np.int64) << 20 | np.arange(rows, dtype=np.int64)
-    own[:described] = (((trace_ids[:, None] * per + np.arange(per)) << 2) | 1).ravel()[:described]
-    return own
+    rows = -(-n // per)
+    # block j of the r-th trace block: ((((id << 20) | r) * per + j) << 2) | 1, the id with its position in the
+    # list (equal for real prefix hashes; tells repeats within a request apart); the r and j terms are _lanes'
+    return ((np.asarray(ids[:rows], dtype=np.int64) * (4 * per << 20))[:, None] + _lanes(per, rows)).ravel()[:n]
+
+
+_LANES: dict[int, np.ndarray] = {}
+
+
+def _lanes(per: int, rows: int) -> np.ndarray:
+    """``[r, j] = (r * per + j) * 4 + 1`` for ``rows`` trace blocks of ``per`` blocks (kept: a prompt's keys in
+    three numpy calls instead of seven)."""
+    lanes = _LANES.get(per)
+    if lanes is None or len(lanes) < rows:
+        r = np.arange(max(rows, 2 * len(lanes) if lanes is not None else 64), dtype=np.int64)
+        lanes = _LANES[per] = (r[:, None] * per + np.arange(per, dtype=np.int64)) * 4 + 1
+    return lanes[:rows]
 
 
 def shared_blocks(spec: tuple | None, num_tokens: int, block_size: int) -> int:

@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.block_index import KeyIndex, LRUList
+from sim.block_index import KeyIndex, KeyRuns, LRUList
 from sim.kv_cache import BlockManager, KVCacheError
-from sim.prefix import NO_KEY, block_hashes, shared_blocks
+from sim.prefix import NO_KEY, own_key, shared_keys
 from sim.request import Request, Status
+
+NO_BLOCKS = np.zeros(0, dtype=np.int64)  # a lookup that found nothing
 
 
 @dataclass
@@ -58,7 +60,7 @@ class CachingBlockManager(BlockManager):
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
         super().__init__(num_blocks, block_size, watermark)
         self._refs = np.zeros(num_blocks, dtype=np.int32)          # running requests holding each block
-        self._key = np.full(num_blocks, NO_KEY, dtype=np.int64)     # the prefix key a cached block holds
+        self._key = np.full(num_blocks + 1, NO_KEY, dtype=np.int64)  # the prefix key a cached block holds (+ a spare)
         self._index = KeyIndex(self._key)                           # shared key -> the block holding it
         self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
         self.num_cached_free = 0  # blocks on the LRU list: unreferenced, still holding a prefix (part of num_free)
@@ -86,50 +88,56 @@ class CachingBlockManager(BlockManager):
         return bool(self._key[block] != NO_KEY)
 
     # ---- lookup and admission ------------------------------------------------------------------------------
-    def _keys(self, request: Request) -> np.ndarray:
-        """Its prompt's and its answer's block keys (generated blocks are cached too), once per run; the ones
-        other requests may share lead (``sim.prefix``)."""
-        if request.block_hashes is None:
+    def _keys(self, request: Request) -> KeyRuns:
+        """The keys of its prompt's and answer's blocks that other requests may share (generated blocks are cached
+        too), cut into the index's runs, once per run; the rest are its own (``sim.prefix.own_key``)."""
+        if request.prefix_keys is None:
             n = request.max_tokens - 1
-            request.block_hashes = block_hashes(request.prefix, request.index, n, self.block_size)
-            request.num_shared_blocks = shared_blocks(request.prefix, n, self.block_size)
-        return request.block_hashes
+            request.prefix_keys = KeyRuns(shared_keys(request.prefix, n, self.block_size))
+            request.num_shared_blocks = len(request.prefix_keys.keys)
+            request.num_key_blocks = n // self.block_size
+        return request.prefix_keys
 
-    def cached_prefix(self, request: Request) -> list[int]:
+    def cached_prefix(self, request: Request) -> np.ndarray:
         """Block ids of the longest cached run at the start of ``request``'s prompt, leaving a token to compute.
 
         The last answer is kept on the request and only extended until an eviction may have shortened it.
+        (An array: a list costs a conversion each way, some 15 us for a long prompt.)
         """
         if request.block_table:
-            return []
+            return NO_BLOCKS
         memo = request.prefix_lookup  # (manager, its eviction count, hit): a router asks every replica's manager
-        hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else []
-        keys = self._keys(request)
-        limit = min(len(keys), (request.num_known - 1) // self.block_size)  # at least one token left to compute
+        hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else NO_BLOCKS
+        runs = self._keys(request)
+        limit = min(request.num_key_blocks, (request.num_known - 1) // self.block_size)  # a token left to compute
         shared = min(limit, request.num_shared_blocks)
-        if len(hit) < shared:
-            if self._dirty and self._may_extend(keys, len(hit)):
-                self._flush()
-            hit.extend(self._index.match(keys[len(hit):shared]))
+        while len(hit) < shared:  # the index's blocks, then the unregistered ones of any request holding the next
+            more = self._index.match(runs, len(hit), shared)
+            if len(more):
+                hit = np.concatenate((hit, more)) if len(hit) else more
+            if len(hit) == shared or not self._dirty:
+                break
+            holder = self._holder(int(runs.keys[len(hit)]), len(hit))
+            if holder is None:
+                break
+            self._flush(holder)
         own = request.last_blocks  # only its owner can hit its own keys: where its last table put them
         if shared <= len(hit) < limit and own is not None and len(hit) < len(own):
             i, end = len(hit), min(limit, len(own))
             mine = np.asarray(own[i:end], dtype=np.int64)
-            ok = self._key[mine] == keys[i:end]
-            hit.extend(own[i:end] if ok.all() else own[i:i + int(np.argmin(ok))])
+            ok = self._key[mine] == np.arange(own_key(request.index, i), own_key(request.index, end), 4)
+            hit = np.concatenate((hit, mine if np.count_nonzero(ok) == len(ok) else mine[:int(np.argmin(ok))]))
         request.prefix_lookup = (self, self._evict_version, hit)
         return hit
 
-    def _may_extend(self, keys: np.ndarray, i: int) -> bool:
-        """Whether a lookup can find block ``i`` of a prompt: its key is indexed, or computed by a request not
-        yet registered. A key names its block's position (``sim.prefix``), so only block ``i`` of another
-        request can hold it; when neither does, the lookup ends there and nothing needs registering first."""
-        k = int(keys[i])
-        if self._index.get(k) is not None:
-            return True
-        bs = self.block_size
-        return any(r.num_hashed_blocks <= i < min(r.num_computed // bs, len(r.block_hashes))
-                   and r.block_hashes[i] == k for r in self._dirty)
+    def _holder(self, k: int, i: int) -> Request | None:
+        """The last noted request holding shared key ``k`` at block ``i``, computed but not registered (None: no
+        such request). A key names its block's position (``sim.prefix``), so only block ``i`` can hold it."""
+        bs, last = self.block_size, None
+        for r in self._dirty:
+            if r.num_hashed_blocks <= i < min(r.num_computed // bs, r.num_shared_blocks) and r.prefix_keys.keys[i] == k:
+                last = r
+        return last
 
     def prefix_hit(self, request: Request) -> int:
         return len(self.cached_prefix(request)) * self.block_size
@@ -140,8 +148,8 @@ class CachingBlockManager(BlockManager):
         need = self.blocks_for(num_tokens)
         if request is not None:
             hit = self.cached_prefix(request)
-            if hit:
-                need -= int(np.count_nonzero(self._refs[hit]))
+            if len(hit):
+                need -= np.count_nonzero(self._refs[hit])
         return self.num_free - need >= floor
 
     def admit(self, request: Request, num_tokens: int) -> None:
@@ -156,14 +164,13 @@ class CachingBlockManager(BlockManager):
             st.hit_blocks += min(len(hit), request.prompt_tokens // bs)
         else:  # a re-admission may find its prompt and the answer computed so far
             st.recompute_hit_tokens += len(hit) * bs
-        if hit:
-            idx = np.asarray(hit, dtype=np.int64)
-            cached_free = idx[self._refs[idx] == 0]  # they leave the LRU list
+        if len(hit):
+            cached_free = hit[self._refs[hit] == 0]  # they leave the LRU list
             self._lru.remove(cached_free)
             self.num_cached_free -= len(cached_free)
-            self._refs[idx] += 1
-        request.block_table = list(hit)
-        request.block_ids = None
+            self._refs[hit] += 1
+        request.block_table = hit.tolist()
+        request.block_ids = hit
         self._ids(request, self.blocks_for(num_tokens))  # its buffer, holding the hit blocks
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
@@ -214,11 +221,13 @@ class CachingBlockManager(BlockManager):
             table.extend(evicted.tolist())
 
     def _ids(self, request: Request, size: int) -> np.ndarray:
-        """The request's block-id buffer, with room for ``size`` blocks (allocated where admission did not)."""
+        """The request's block-id buffer, with room for ``size`` blocks (grown from the old one, or from the
+        table where there is none)."""
         ids = request.block_ids
         if ids is None or len(ids) < size:
-            grown = np.empty(max(size, 2 * len(request.block_table), self.blocks_for(request.max_tokens) + 1), np.int64)
-            grown[:len(request.block_table)] = request.block_table
+            n = len(request.block_table)
+            grown = np.empty(max(size, 2 * n, self.blocks_for(request.max_tokens) + 1), np.int64)
+            grown[:n] = request.block_table if ids is None else ids[:n]
             ids = request.block_ids = grown
         return ids
 
@@ -241,17 +250,25 @@ class CachingBlockManager(BlockManager):
         return blocks
 
     def on_computed(self, request: Request) -> None:
-        """Note that ``request`` has newly full, computed blocks: shared ones are registered before the next
-        lookup, all of them at once (most requests compute several chunks between two lookups); its own ones
-        when it is released, since only it can hit them and only after that."""
-        if request.num_hashed_blocks < request.num_shared_blocks and request.block_hashes is not None:
+        """Note that ``request`` has newly full, computed blocks: shared ones are registered when a lookup could
+        find them (``_holder``) or it is released, all of them at once (most requests compute several chunks
+        in between); its own ones when it is released, since only it can hit them and only after that."""
+        if request.num_hashed_blocks < request.num_shared_blocks and request.prefix_keys is not None:
             self._dirty[request] = None
 
-    def _flush(self) -> None:
-        """Register every noted request's newly full blocks."""
-        for r in self._dirty:
+    def _flush(self, through: Request | None = None) -> None:
+        """Register the noted requests' newly full blocks in the order noted: those up to ``through``, or all.
+        The order decides twins (``_register``), so a request never registers before one noted earlier."""
+        if through is None:
+            for r in self._dirty:
+                self._register(r)
+            self._dirty.clear()
+            return
+        for r in list(self._dirty):
             self._register(r)
-        self._dirty.clear()
+            del self._dirty[r]
+            if r is through:
+                return
 
     def _register(self, request: Request) -> None:
         """Register the request's blocks that are full and computed (a later request can hit them).
@@ -259,51 +276,54 @@ class CachingBlockManager(BlockManager):
         Shared keys go into the index, unless a twin (another request computing the same block at the same
         time, neither having found the other's) registered it first and still holds it: the first registered
         keeps the key, the later one stays uncached. Registration is deferred, in the order requests were
-        noted (``on_computed``), so that is usually but not always the one computed first (vLLM v1 keeps both
-        findable and hits the first computed). Its own keys go only onto their blocks (only it can hit them).
+        noted (``on_computed``; a request keeps its place until registered), so that is usually but not always
+        the one computed first (vLLM v1 keeps both findable and hits the first computed). Its own keys go only
+        onto their blocks (only it can hit them).
         """
-        keys = request.block_hashes
-        done = min(len(keys), request.num_computed // self.block_size)
+        runs = request.prefix_keys
+        done = min(request.num_key_blocks, request.num_computed // self.block_size)
         first = request.num_hashed_blocks
         if done <= first:
             return
         table, shared = request.block_table, request.num_shared_blocks
         cut = min(max(first, shared), done)  # [first, cut) shared, [cut, done) its own
         if done == first + 1:  # one block filled (a decode, a small chunk): no numpy work
-            if cut == first or self._index.add_one(int(keys[first]), table[first]):
-                self._key[table[first]] = keys[first]
+            if cut == first:
+                self._key[table[first]] = own_key(request.index, first)
+            elif self._index.add_one(int(runs.keys[first]), table[first]):
+                self._key[table[first]] = runs.keys[first]
         else:
-            blocks = request.block_ids[first:done]
-            new_keys = keys[first:done]
             if cut > first:
-                added = self._index.add(new_keys[:cut - first], blocks[:cut - first])
-                if added is not None:  # twins hold some: those blocks stay uncached
-                    keep = np.ones(done - first, dtype=bool)
-                    keep[:cut - first] = added
-                    blocks, new_keys = blocks[keep], new_keys[keep]
-            self._key[blocks] = new_keys
+                blocks = request.block_ids[first:cut]
+                added = self._index.add(runs, first, cut, blocks)
+                if added is None:
+                    self._key[blocks] = runs.keys[first:cut]
+                else:  # twins hold some: those blocks stay uncached
+                    self._key[blocks[added]] = runs.keys[first:cut][added]
+            if done > cut:
+                self._key[request.block_ids[cut:done]] = np.arange(own_key(request.index, cut),
+                                                                   own_key(request.index, done), 4)
         request.num_hashed_blocks = done
 
     def free(self, request: Request) -> None:
         """Drop ``request``'s references, tail first: cached blocks join the LRU list, the rest are recycled."""
         table = request.block_table
         if request in self._dirty:  # the requests noted before it first, in the order they were noted (twins)
-            self._flush()
-        if request.block_hashes is not None:  # its own blocks too
+            self._flush(request)
+        if request.prefix_keys is not None:  # its own blocks too
             self._register(request)
         if table:
             idx, refs = request.block_ids[len(table) - 1::-1], self._refs
-            refs[idx] -= 1
-            left = refs[idx]
-            released = idx[left == 0] if left.any() else idx  # blocks another request holds stay put
+            refs[idx] = left = refs[idx] - 1
+            released = idx[left == 0] if np.count_nonzero(left) else idx  # blocks another request holds stay put
             cached = self._key[released] != NO_KEY
-            if cached.all():
+            n = np.count_nonzero(cached)  # (count_nonzero: a third of any()'s and all()'s cost per call)
+            if n == len(released):
                 self._lru.push(released)
-                self.num_cached_free += len(released)
             else:
                 self._lru.push(released[cached])
-                self.num_cached_free += int(np.count_nonzero(cached))
                 self._recycled.extend(released[~cached].tolist())
+            self.num_cached_free += n
         # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
         request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []
@@ -311,7 +331,7 @@ class CachingBlockManager(BlockManager):
         request.num_hashed_blocks = 0
         request.prefix_lookup = None
         if request.status is Status.FINISHED:
-            request.block_hashes = None  # its keys are needed only while it runs
+            request.prefix_keys = None  # its keys are needed only while it runs
 
 
 def cache_summary(managers: list[CachingBlockManager], occupancy: list[list[int]]) -> dict:

@@ -55,13 +55,14 @@ class Request:
     first_token_time: float | None = None
     tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
     prefix: tuple | None = None   # the reuse its trace line declares (sim.prefix.prefix_spec)
-    block_hashes: Any = None      # its blocks' prefix keys (numpy int64), while a caching cache needs them
+    prefix_keys: Any = None       # its shareable blocks' keys (sim.block_index.KeyRuns), while a cache needs them
     prefix_lookup: tuple | None = None  # (manager, its eviction count, hit blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
     block_ids: Any = None         # its block table as a numpy buffer (a caching cache's copy: no list conversions)
     cached_tokens: int = 0        # prompt tokens its first admission found in the prefix cache
     last_blocks: list[int] | None = None  # its block table when last preempted (its own cached blocks are there)
     num_shared_blocks: int = 0    # leading blocks whose keys other requests can share (the rest are its own)
+    num_key_blocks: int = 0       # its full blocks at its longest (all have keys: prefix_keys', then its own)
 
     @classmethod
     def from_trace(cls, tr: TraceRequest, index: int) -> "Request":

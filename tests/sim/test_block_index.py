@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.block_index import KeyIndex, LRUList, W
+from sim.block_index import KeyIndex, KeyRuns, LRUList, W
 from sim.prefix import NO_KEY
 
 NUM_BLOCKS = 64
@@ -23,7 +23,7 @@ def _key(run: int, sub: int) -> int:
 def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
     """Keys (of a few runs, in any order) are added for free blocks, blocks are evicted; get() and match() always
     agree with a dictionary holding the first live block of each key. A 2-row table rebuilds all the time."""
-    key_of = np.full(NUM_BLOCKS, NO_KEY, dtype=np.int64)
+    key_of = np.full(NUM_BLOCKS + 1, NO_KEY, dtype=np.int64)  # the spare entry empty slots read
     index, holder = KeyIndex(key_of, min_rows=2), {}
     for pairs, evict in steps:
         free = [b for b in range(NUM_BLOCKS) if key_of[b] == NO_KEY]
@@ -31,7 +31,10 @@ def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
         if n:
             keys = np.array([_key(run, sub) for run, sub in pairs[:n]], dtype=np.int64)
             blocks = np.array(rnd.sample(free, n), dtype=np.int64)
-            added = index.add(keys, blocks) if n > 1 else np.array([index.add_one(int(keys[0]), int(blocks[0]))])
+            lead = np.array([_key(99, s) for s in range(rnd.randint(0, 3))], dtype=np.int64)  # a slice of a prompt
+            runs = KeyRuns(np.concatenate((lead, keys)))
+            added = (index.add(runs, len(lead), len(lead) + n, blocks) if n > 1
+                     else np.array([index.add_one(int(keys[0]), int(blocks[0]))]))
             added = np.ones(n, dtype=bool) if added is None else added
             for k, b, a in zip(keys.tolist(), blocks.tolist(), added.tolist()):
                 live = holder.get(k) is not None and key_of[holder[k]] == k
@@ -49,7 +52,8 @@ def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
             if holder.get(k) is None or key_of[holder[k]] != k:
                 break
             expect.append(holder[k])
-        assert index.match(keys) == expect
+        assert index.match(KeyRuns(keys), 0, len(keys)).tolist() == expect
+        assert index.match(KeyRuns(np.concatenate((keys[:1], keys))), 1, len(keys) + 1).tolist() == expect  # a slice
 
 
 @settings(max_examples=100, deadline=None)
@@ -79,12 +83,12 @@ def test_lru_list_pops_least_recently_pushed_first(ops, rnd):
 def test_a_rebuild_makes_room_for_every_run_it_drops():
     """A full table of stale rows (every block evicted), then one call adding to 8 of those runs and a new one:
     the rebuild that the new run triggers drops the stale rows, and the table must then hold all 9."""
-    key_of = np.full(NUM_BLOCKS, NO_KEY, dtype=np.int64)
+    key_of = np.full(NUM_BLOCKS + 1, NO_KEY, dtype=np.int64)  # the spare entry empty slots read
     index = KeyIndex(key_of, min_rows=2)
     for runs in (range(8), range(100, 124)):  # 8 rows (the table grows to 32), then 24 more: full
         keys = np.array([_key(run, 0) for run in runs], dtype=np.int64)
-        assert index.add(keys, np.arange(len(keys))) is None
+        assert index.add(KeyRuns(keys), 0, len(keys), np.arange(len(keys))) is None
     keys = np.array([_key(run, 1) for run in [*range(8), 200]], dtype=np.int64)  # 8 stale runs and a new one
-    assert index.add(keys, np.arange(30, 39)) is None
+    assert index.add(KeyRuns(keys), 0, len(keys), np.arange(30, 39)) is None
     key_of[30:39] = keys
     assert [index.get(k) for k in keys.tolist()] == list(range(30, 39))

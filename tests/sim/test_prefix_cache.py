@@ -53,6 +53,24 @@ def test_a_later_request_hits_the_blocks_of_a_prefill_still_under_way():
     assert b_items[0][2] >= 32  # B started on top of A's computed blocks
 
 
+def test_a_lookup_reaches_unregistered_blocks_past_cached_ones_and_admission_agrees():
+    """B's block (hash 1) is cached; A, still running, has computed (not yet registered) a block with hash 2 at
+    position 1. C = [1, 2] finds both, in the lookup the scheduler sizes its prefill by and in admission alike
+    (hash ids here are not prefix hashes: each block is matched by its id and position)."""
+    bm = CachingBlockManager(64, 4, 0.0)
+    a, b, c = (_req(i, 12, 2, hash_ids=ids, hash_block_size=4) for i, ids in enumerate(([0, 2], [1], [1, 2])))
+    bm.admit(b, 12)
+    b.num_computed, b.status = 12, Status.FINISHED
+    bm.on_computed(b)
+    bm.free(b)
+    bm.admit(a, 12)
+    a.num_computed = 8
+    bm.on_computed(a)
+    assert bm.prefix_hit(c) == 8 and bm.can_admit(12, request=c)
+    bm.admit(c, 12)
+    assert c.num_computed == 8 and c.block_table[:2] == [0, a.block_table[1]]  # B's first block (it had 0-2)
+
+
 def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
     bm = CachingBlockManager(8, BS, 0.0)
     a, b = (_req(i, 64, prefix_group=g, prefix_len=64) for i, g in enumerate("ab"))  # 4 shareable blocks each
