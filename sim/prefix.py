@@ -82,9 +82,13 @@ _K = 22  # bits for a block's index within its request or group (4M blocks, 67M 
 
 
 def own_key(index: int, k: int) -> int:
-    """The key of block ``k`` of request ``index`` where its trace describes no reuse (only it can hit it); a
-    request's own keys step by 4 (``np.arange(own_key(i, a), own_key(i, b), 4)`` are blocks ``[a, b)``'s)."""
+    """The key of block ``k`` of request ``index`` where its trace describes no reuse (only it can hit it)."""
     return ((index << _K | k) << 2) | OWN
+
+
+def own_keys(index: int, a: int, b: int) -> np.ndarray:
+    """``own_key`` of blocks ``[a, b)``: they step by 4, so never stored."""
+    return np.arange(own_key(index, a), own_key(index, b), 4, dtype=np.int64)
 
 
 def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size: int) -> np.ndarray:
@@ -97,7 +101,7 @@ def block_hashes(spec: tuple | None, index: int, prompt_tokens: int, block_size:
     """
     n = prompt_tokens // block_size
     shared = shared_keys(spec, prompt_tokens, block_size)
-    own = np.arange(own_key(index, len(shared)), own_key(index, n), 4, dtype=np.int64)
+    own = own_keys(index, len(shared), n)
     return np.concatenate((shared, own)) if len(shared) else own
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from sim.block_index import KeyIndex, KeyRuns, LRUList
 from sim.kv_cache import BlockManager, KVCacheError
-from sim.prefix import NO_KEY, own_key, shared_keys
+from sim.prefix import NO_KEY, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 
 NO_BLOCKS = np.zeros(0, dtype=np.int64)  # a lookup that found nothing
@@ -125,7 +125,7 @@ class CachingBlockManager(BlockManager):
         if shared <= len(hit) < limit and own is not None and len(hit) < len(own):
             i, end = len(hit), min(limit, len(own))
             mine = np.asarray(own[i:end], dtype=np.int64)
-            ok = self._key[mine] == np.arange(own_key(request.index, i), own_key(request.index, end), 4)
+            ok = self._key[mine] == own_keys(request.index, i, end)
             hit = np.concatenate((hit, mine if np.count_nonzero(ok) == len(ok) else mine[:int(np.argmin(ok))]))
         request.prefix_lookup = (self, self._evict_version, hit)
         return hit
@@ -259,11 +259,6 @@ class CachingBlockManager(BlockManager):
     def _flush(self, through: Request | None = None) -> None:
         """Register the noted requests' newly full blocks in the order noted: those up to ``through``, or all.
         The order decides twins (``_register``), so a request never registers before one noted earlier."""
-        if through is None:
-            for r in self._dirty:
-                self._register(r)
-            self._dirty.clear()
-            return
         for r in list(self._dirty):
             self._register(r)
             del self._dirty[r]
@@ -301,8 +296,7 @@ class CachingBlockManager(BlockManager):
                 else:  # twins hold some: those blocks stay uncached
                     self._key[blocks[added]] = runs.keys[first:cut][added]
             if done > cut:
-                self._key[request.block_ids[cut:done]] = np.arange(own_key(request.index, cut),
-                                                                   own_key(request.index, done), 4)
+                self._key[request.block_ids[cut:done]] = own_keys(request.index, cut, done)
         request.num_hashed_blocks = done
 
     def free(self, request: Request) -> None:
