@@ -109,6 +109,9 @@ def speed(trace: list, n: int = 10_000, repeats: int = 5) -> list[str]:
     return [line]
 
 
+NOTES = "## What it shows\n"  # the section of OUT written by hand, after the generated ones
+
+
 def main() -> None:
     trace = sorted(read_any(TRACE).requests, key=lambda r: r.arrival_time)
     ideal = ideal_reuse(trace)["ideal_hit_rate_tokens"]
@@ -124,7 +127,9 @@ def main() -> None:
         f"context are skipped). An infinite prefix cache would hit **{ideal:.1%}** of the prompt tokens "
         "(`servesim trace stats`); the KV cache of one H100 holds about 450k tokens (28k blocks), some 30 of "
         "these prompts, so most reuse is evicted before it comes back.", "",
-        "Command: `python benchmarks/prefix_caching.py`.", "",
+        "Command: `python benchmarks/prefix_caching.py`. Hit rates count each request's first admission (a "
+        "re-admission after preemption is counted apart). The latency and capacity figures are the simulator's, the "
+        "wall times measured on this 2-core VM.", "",
         "## Latency and hit rate", "", *lat, "",
         "## Capacity (one replica; P99 TBT 100 ms, median scheduling delay 2 s)", "",
         "Mooncake's trace replayed in order at each rate tried; generated conversations drawn per seed "
@@ -132,8 +137,9 @@ def main() -> None:
         "turn's new message).", "", *cap, "",
         "## Simulator speed", "", *spd, "",
     ])
-    OUT.write_text(text)
-    print(f"wrote {OUT}")
+    notes = OUT.read_text().partition(NOTES)[2] if OUT.exists() else ""  # the hand-written reading, kept
+    OUT.write_text(text + ("\n" + NOTES + notes if notes else ""))
+    print(f"wrote {OUT}" + (f" (its '{NOTES.strip()}' section kept: update it by hand)" if notes else ""))
 
 
 if __name__ == "__main__":
