@@ -23,13 +23,21 @@ class KeyRuns:
     """A request's shared keys cut into the index's runs, once per request: its lookups and registrations slice
     these instead of finding the runs again each time."""
 
-    __slots__ = ("keys", "pos", "starts", "heads")
+    __slots__ = ("keys", "pos", "starts", "heads", "aligned")
 
-    def __init__(self, keys: np.ndarray) -> None:
+    def __init__(self, keys: np.ndarray, aligned: bool = False) -> None:
+        """``aligned``: the caller knows that every ``W`` keys from the first form one run (Mooncake's 512-token
+        blocks in 16-token ones), so the runs need not be found."""
         self.keys = keys
-        self.pos = (keys >> 2) & (W - 1)  # each key's slot within its run's row
+        self.aligned = aligned
         self.starts: list[int] = []  # each run's first key
         self.heads: list[int] = []  # each run's key with its position bits cleared
+        if aligned:
+            self.pos = _positions(len(keys))
+            self.starts = list(range(0, len(keys), W))
+            self.heads = (keys[::W] & ~SUB).tolist()
+            return
+        self.pos = (keys >> 2) & (W - 1)  # each key's slot within its run's row
         if len(keys):
             runs = keys & ~SUB
             change = (runs[1:] != runs[:-1]).nonzero()[0] + 1  # (nonzero: flatnonzero costs three times more)
@@ -39,6 +47,17 @@ class KeyRuns:
     def span(self, a: int, b: int) -> tuple[int, int]:
         """The runs holding keys ``[a, b)``: ``range(*span)`` indexes ``starts`` and ``heads``."""
         return bisect_right(self.starts, a) - 1, bisect_left(self.starts, b)
+
+
+_POS = np.zeros(0, dtype=np.int64)
+
+
+def _positions(n: int) -> np.ndarray:
+    """``[0, 1, .., W-1, 0, 1, ..]``, ``n`` long: the slots of aligned runs' keys (a view of one kept array)."""
+    global _POS
+    if len(_POS) < n:
+        _POS = np.tile(np.arange(W, dtype=np.int64), -(-max(n, 2 * len(_POS), 4096) // W))
+    return _POS[:n]
 
 
 class KeyIndex:
@@ -86,6 +105,10 @@ class KeyIndex:
         ``key_of``. The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
         r0, r1 = runs.span(a, b)
         rows, fresh = self._rows_for(runs.heads[r0:r1])
+        if fresh and runs.aligned:  # new rows, one after the other, each run filling its row: one stretch
+            start = rows[0] * W + a - runs.starts[r0]
+            self._table[start:start + b - a] = blocks
+            return None
         slot = self._slots(runs, a, b, r0, rows)
         if fresh:  # new rows only: no twin
             self._table[slot] = blocks
@@ -144,11 +167,16 @@ class KeyIndex:
 
 
 class LRUList:
-    """Blocks in the order they became cached-free; an entry whose block was taken off since is stale, skipped."""
+    """Blocks in the order they became cached-free. A block taken off by a hit leaves a dead entry behind,
+    marked and skipped; while no entry ahead is dead (the usual case), pops take the next entries unchecked."""
 
-    def __init__(self, num_blocks: int) -> None:
-        self._order = np.empty(max(1024, num_blocks // 8), dtype=np.int64)
-        self._pos = np.full(num_blocks, -1, dtype=np.int64)  # each block's latest position on the list
+    def __init__(self, num_blocks: int, pos: np.ndarray | None = None) -> None:
+        """``pos``: where to keep each block's position (an int64 array of ``num_blocks``; a new one if None)."""
+        size = max(1024, num_blocks // 8)
+        self._order = np.empty(size, dtype=np.int64)
+        self._dead = np.zeros(size, dtype=bool)  # entries whose block a hit took off
+        self._num_dead = 0  # dead entries at or past the head
+        self._pos = np.empty(num_blocks, dtype=np.int64) if pos is None else pos  # each listed block's position
         self._head = self._tail = 0  # the caller counts the live entries (its cached free blocks)
 
     def push(self, blocks: np.ndarray) -> None:
@@ -163,50 +191,49 @@ class LRUList:
         self._tail += n
 
     def remove(self, blocks: np.ndarray) -> None:
-        """Take ``blocks`` (on the list) off it: a request hit them (their entries go stale)."""
-        self._pos[blocks] = -1
+        """Take ``blocks`` (on the list) off it: a request hit them (their entries die)."""
+        self._dead[self._pos[blocks]] = True
+        self._num_dead += len(blocks)
 
     def pop_one(self) -> int:
         """Remove and return the least recently freed live block."""
-        order, pos, head = self._order, self._pos, self._head
-        while True:
-            b = int(order[head])
-            head += 1
-            if pos[b] == head - 1:
-                pos[b] = -1
-                self._head = head
-                return b
+        head = self._head
+        if self._num_dead:
+            dead = self._dead
+            while dead[head]:
+                head += 1
+                self._num_dead -= 1
+        self._head = head + 1
+        return int(self._order[head])
 
     def pop(self, n: int) -> np.ndarray:
         """Remove and return the ``n`` least recently freed live blocks."""
         if n <= 8:  # a few blocks: element by element beats numpy's per-call cost
             return np.array([self.pop_one() for _ in range(n)], dtype=np.int64)
         head, end = self._head, self._head + n
-        if end <= self._tail:  # the next n entries all live (no hit took one off since): the usual case
-            chunk = self._order[head:end]
-            if np.count_nonzero(self._pos[chunk] == np.arange(head, end)) == n:
-                self._pos[chunk] = -1
-                self._head = end
-                return chunk.copy()
+        if not self._num_dead or not np.count_nonzero(self._dead[head:end]):  # all live
+            self._head = end
+            return self._order[head:end].copy()
         out: list[np.ndarray] = []
         got = 0
         while got < n:
             end = min(self._tail, self._head + max(2 * (n - got), 256))
-            chunk = self._order[self._head:end]
-            live = (self._pos[chunk] == np.arange(self._head, end)).nonzero()[0][:n - got]
-            out.append(chunk[live])
+            live = (~self._dead[self._head:end]).nonzero()[0][:n - got]
+            out.append(self._order[self._head:end][live])
             got += len(live)
-            self._head = self._head + int(live[-1]) + 1 if got == n else end  # right after the last block taken
-        blocks = out[0] if len(out) == 1 else np.concatenate(out)
-        self._pos[blocks] = -1
-        return blocks
+            last = self._head + int(live[-1]) + 1 if got == n else end  # right after the last block taken
+            self._num_dead -= (last - self._head) - len(live)
+            self._head = last
+        return out[0] if len(out) == 1 else np.concatenate(out)
 
     def _compact(self, extra: int) -> None:
-        """Drop the consumed head (and grow the buffer if it must) before appending ``extra`` entries."""
-        live = self._order[self._head:self._tail]
+        """Drop the consumed head and the dead entries (and grow the buffer if it must) before appending
+        ``extra`` entries."""
+        live = self._order[self._head:self._tail][~self._dead[self._head:self._tail]]
         size = max(len(self._order), 2 * (len(live) + extra))
-        order = np.empty(size, dtype=np.int64)
-        order[:len(live)] = live
-        valid = self._pos[live] == np.arange(self._head, self._tail)
-        self._pos[live[valid]] = np.flatnonzero(valid)
-        self._order, self._head, self._tail = order, 0, len(live)
+        self._order = np.empty(size, dtype=np.int64)
+        self._order[:len(live)] = live
+        self._dead = np.zeros(size, dtype=bool)
+        self._num_dead = 0
+        self._pos[live] = np.arange(len(live))
+        self._head, self._tail = 0, len(live)

@@ -157,6 +157,14 @@ def shared_blocks(spec: tuple | None, num_tokens: int, block_size: int) -> int:
     return min(n, len(spec[1]) * spec[2] // block_size)
 
 
+def blocks_per_hash_id(spec: tuple | None, block_size: int) -> int | None:
+    """How many ``block_size``-token blocks each of a trace's hash ids covers (None: not a whole number, or no
+    hash ids): ``shared_keys`` then numbers them 0, 1, .. within each id's run."""
+    if spec is None or spec[0] != HASH_IDS or spec[2] % block_size:
+        return None
+    return spec[2] // block_size
+
+
 def shareable_tokens(spec: tuple | None, prompt_tokens: int) -> int:
     """Prompt tokens the trace declares as possibly shared with another request (for reuse statistics)."""
     if spec is None:

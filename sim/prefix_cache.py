@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.block_index import KeyIndex, KeyRuns, LRUList
+from sim.block_index import KeyIndex, KeyRuns, LRUList, W
 from sim.kv_cache import BlockManager, KVCacheError
-from sim.prefix import NO_KEY, own_key, own_keys, shared_keys
+from sim.prefix import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 
 NO_BLOCKS = np.zeros(0, dtype=np.int64)  # a lookup that found nothing
@@ -59,13 +59,18 @@ class CachingBlockManager(BlockManager):
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
         super().__init__(num_blocks, block_size, watermark)
-        self._refs = np.zeros(num_blocks, dtype=np.int32)          # running requests holding each block
-        self._key = np.full(num_blocks + 1, NO_KEY, dtype=np.int64)  # the prefix key a cached block holds (+ a spare)
-        self._index = KeyIndex(self._key)                           # shared key -> the block holding it
-        self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
+        # A block's key, references and LRU position side by side (columns of one array): each step that touches
+        # a block touches all three, so one cache line instead of three (its blocks are scattered over the pool).
+        state = np.zeros((num_blocks + 1, 3), dtype=np.int64)
+        self._key = state[:, 0]                # the prefix key a cached block holds (+ a spare entry)
+        self._key[:] = NO_KEY
+        self._refs = state[:num_blocks, 1]     # running requests holding each block
+        self._index = KeyIndex(self._key)      # shared key -> the block holding it
+        self._lru = LRUList(num_blocks, pos=state[:num_blocks, 2])  # cached, unreferenced: least recent first
         self.num_cached_free = 0  # blocks on the LRU list: unreferenced, still holding a prefix (part of num_free)
         self._evict_version = 0  # bumped by evictions: a request's last lookup is extended, not redone, until then
         self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
+        self._twinned: set[Request] = set()  # running requests some of whose full blocks a twin keeps (uncached)
         self.stats = PrefixCacheStats()
 
     # ---- counts --------------------------------------------------------------------------------------------
@@ -93,7 +98,8 @@ class CachingBlockManager(BlockManager):
         too), cut into the index's runs, once per run; the rest are its own (``sim.prefix.own_key``)."""
         if request.prefix_keys is None:
             n = request.max_tokens - 1
-            request.prefix_keys = KeyRuns(shared_keys(request.prefix, n, self.block_size))
+            aligned = blocks_per_hash_id(request.prefix, self.block_size) == W  # each hash id one run
+            request.prefix_keys = KeyRuns(shared_keys(request.prefix, n, self.block_size), aligned)
             request.num_shared_blocks = len(request.prefix_keys.keys)
             request.num_key_blocks = n // self.block_size
         return request.prefix_keys
@@ -287,6 +293,8 @@ class CachingBlockManager(BlockManager):
                 self._key[table[first]] = own_key(request.index, first)
             elif self._index.add_one(int(runs.keys[first]), table[first]):
                 self._key[table[first]] = runs.keys[first]
+            else:
+                self._twinned.add(request)
         else:
             if cut > first:
                 blocks = request.block_ids[first:cut]
@@ -295,6 +303,7 @@ class CachingBlockManager(BlockManager):
                     self._key[blocks] = runs.keys[first:cut]
                 else:  # twins hold some: those blocks stay uncached
                     self._key[blocks[added]] = runs.keys[first:cut][added]
+                    self._twinned.add(request)
             if done > cut:
                 self._key[request.block_ids[cut:done]] = own_keys(request.index, cut, done)
         request.num_hashed_blocks = done
@@ -309,15 +318,18 @@ class CachingBlockManager(BlockManager):
         if table:
             idx, refs = request.block_ids[len(table) - 1::-1], self._refs
             refs[idx] = left = refs[idx] - 1
-            released = idx[left == 0] if np.count_nonzero(left) else idx  # blocks another request holds stay put
-            cached = self._key[released] != NO_KEY
-            n = np.count_nonzero(cached)  # (count_nonzero: a third of any()'s and all()'s cost per call)
-            if n == len(released):
-                self._lru.push(released)
-            else:
-                self._lru.push(released[cached])
-                self._recycled.extend(released[~cached].tolist())
-            self.num_cached_free += n
+            if np.count_nonzero(left) or request in self._twinned:  # others hold some, or twins left some uncached
+                self._twinned.discard(request)
+                released = idx[left == 0]  # blocks another request holds stay put
+                cached = self._key[released] != NO_KEY
+                keyed, unkeyed = released[cached], released[~cached]
+            else:  # its first num_hashed_blocks hold keys (registered or hit), the rest none: the tail of idx
+                cut = len(table) - request.num_hashed_blocks
+                keyed, unkeyed = idx[cut:], idx[:cut]
+            self._lru.push(keyed)
+            if len(unkeyed):
+                self._recycled.extend(unkeyed.tolist())
+            self.num_cached_free += len(keyed)
         # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
         request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []
