@@ -135,7 +135,7 @@ class DecodeGraphs:
             ids[i] = token_store(r)[cached]
             pos[i] = cached
             slots[i] = table[cached // bs] * bs + cached % bs
-            rows.append(table[:nb] + [scratch] * (width - nb))
+            rows.append([*table[:nb], *[scratch] * (width - nb)])  # (a list, or a numpy view with caching)
             lens[i] = cached + 1
         rows += [[scratch] * width] * (size - n)
         ids_t, pos_t = torch.tensor(ids, dtype=torch.int64), torch.tensor(pos, dtype=torch.int64)

@@ -110,7 +110,7 @@ class CachingBlockManager(BlockManager):
         The last answer is kept on the request and only extended until an eviction may have shortened it.
         (An array: a list costs a conversion each way, some 15 us for a long prompt.)
         """
-        if request.block_table:
+        if len(request.block_table):
             return NO_BLOCKS
         memo = request.prefix_lookup  # (manager, its eviction count, hit): a router asks every replica's manager
         hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else NO_BLOCKS
@@ -175,9 +175,8 @@ class CachingBlockManager(BlockManager):
             self._lru.remove(cached_free)
             self.num_cached_free -= len(cached_free)
             self._refs[hit] += 1
-        request.block_table = hit.tolist()
-        request.block_ids = hit
-        self._ids(request, self.blocks_for(num_tokens))  # its buffer, holding the hit blocks
+        request.block_ids = hit  # its buffer, holding the hit blocks (grown below)
+        request.block_table = hit
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
         if request.num_preemptions == 0:
@@ -187,8 +186,8 @@ class CachingBlockManager(BlockManager):
     # ---- growth, registration, release ---------------------------------------------------------------------
     def grow(self, request: Request, num_tokens: int) -> None:
         """Extend the table with never-cached free blocks first, then the least recently freed cached ones."""
-        table, recycled = request.block_table, self._recycled
-        need = -(-num_tokens // self.block_size) - len(table)
+        recycled, start = self._recycled, len(request.block_table)
+        need = -(-num_tokens // self.block_size) - start
         if need <= 0:
             return
         if need == 1 and (recycled or self.num_cached_free or self._next < self.num_blocks):  # a decode's next block
@@ -199,24 +198,22 @@ class CachingBlockManager(BlockManager):
                 self._next += 1
             else:
                 b = self._evict_one()
-            self._ids(request, len(table) + 1)[len(table)] = b
-            table.append(b)
+            ids = self._ids(request, start + 1)
+            ids[start] = b
+            request.block_table = ids[:start + 1]
             self._refs[b] = 1
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
-        refs, start = self._refs, len(table)
+        refs = self._refs
         ids = self._ids(request, start + need)
         take = min(need, len(recycled))
         if take:
-            got = recycled[-1:-take - 1:-1]
-            table.extend(got)
+            ids[start:start + take] = recycled[-1:-take - 1:-1]
             del recycled[-take:]
-            ids[start:start + take] = got
             refs[ids[start:start + take]] = 1
         fresh = min(need - take, self.num_blocks - self._next)
         if fresh:
-            table.extend(range(self._next, self._next + fresh))
             ids[start + take:start + take + fresh] = np.arange(self._next, self._next + fresh)
             refs[self._next:self._next + fresh] = 1
             self._next += fresh
@@ -224,16 +221,16 @@ class CachingBlockManager(BlockManager):
             evicted = self._evict(need - take - fresh)
             refs[evicted] = 1
             ids[start + take + fresh:start + need] = evicted
-            table.extend(evicted.tolist())
+        request.block_table = ids[:start + need]
 
     def _ids(self, request: Request, size: int) -> np.ndarray:
-        """The request's block-id buffer, with room for ``size`` blocks (grown from the old one, or from the
-        table where there is none)."""
+        """The request's block-id buffer (its table is a view of it), with room for ``size`` blocks."""
         ids = request.block_ids
         if ids is None or len(ids) < size:
             n = len(request.block_table)
             grown = np.empty(max(size, 2 * n, self.blocks_for(request.max_tokens) + 1), np.int64)
-            grown[:n] = request.block_table if ids is None else ids[:n]
+            if n:
+                grown[:n] = ids[:n]
             ids = request.block_ids = grown
         return ids
 
@@ -315,7 +312,7 @@ class CachingBlockManager(BlockManager):
             self._flush(request)
         if request.prefix_keys is not None:  # its own blocks too
             self._register(request)
-        if table:
+        if len(table):
             idx, refs = request.block_ids[len(table) - 1::-1], self._refs
             refs[idx] = left = refs[idx] - 1
             if np.count_nonzero(left) or request in self._twinned:  # others hold some, or twins left some uncached

@@ -9,6 +9,7 @@ next output token.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -46,7 +47,7 @@ class Request:
     status: Status = Status.WAITING
     num_computed: int = 0  # tokens whose KV entries are in the cache
     num_generated: int = 0  # output tokens sampled so far
-    block_table: list[int] = field(default_factory=list)
+    block_table: Sequence[int] = field(default_factory=list)  # a list; with prefix caching, a numpy view
     num_preemptions: int = 0
     replica: int = -1
     first_scheduled_time: float | None = None

@@ -151,7 +151,7 @@ def test_a_hit_attends_over_blocks_another_request_computed():
     bm.free(a)
     assert bm.num_cached_free == 4
     bm.admit(b, b.num_known)
-    assert b.num_computed == b.cached_tokens == 64 and b.block_table[:4] == a_blocks[:4]
+    assert b.num_computed == b.cached_tokens == 64 and list(b.block_table[:4]) == a_blocks[:4]
     first = None
     while not b.is_finished:  # the prefill computes only [64, 80); the decodes attend over a's blocks
         n = b.num_pending

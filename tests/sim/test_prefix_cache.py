@@ -68,7 +68,7 @@ def test_a_lookup_reaches_unregistered_blocks_past_cached_ones_and_admission_agr
     bm.on_computed(a)
     assert bm.prefix_hit(c) == 8 and bm.can_admit(12, request=c)
     bm.admit(c, 12)
-    assert c.num_computed == 8 and c.block_table[:2] == [0, a.block_table[1]]  # B's first block (it had 0-2)
+    assert c.num_computed == 8 and list(c.block_table[:2]) == [0, a.block_table[1]]  # B's first block (it had 0-2)
 
 
 def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
@@ -86,12 +86,12 @@ def test_eviction_is_lru_among_unreferenced_blocks_tail_first():
     assert bm.num_free == 8 and bm.num_cached_free == 8
     c = _req(2, 48)  # needs 3 fresh blocks: A's last three, last block first (A was freed first, tail first)
     bm.admit(c, 48)
-    assert c.block_table == blocks_a[::-1][:3]
+    assert list(c.block_table) == blocks_a[::-1][:3]
     assert bm.stats.evictions == 3
     d = _req(3, 64, prefix_group="a", prefix_len=64)  # A's prompt again: only its first block is still cached
     bm.admit(d, 64)
     assert d.num_computed == 16 and d.block_table[0] == blocks_a[0]
-    assert d.block_table[1:] == blocks_b[::-1][:3]  # then B's tail, the least recently freed after A's
+    assert list(d.block_table[1:]) == blocks_b[::-1][:3]  # then B's tail, the least recently freed after A's
     assert bm.stats.evictions == 6 and bm.is_cached(blocks_b[0]) and not bm.is_cached(blocks_b[1])
 
 
@@ -102,8 +102,8 @@ def test_no_block_is_freed_while_referenced():
     a.num_computed = 64
     bm.on_computed(a)
     bm.admit(b, 64)
-    shared = b.block_table[:3]  # (64 - 1) // 16 = 3 blocks hit
-    assert shared == a.block_table[:3] and all(bm.references(x) == 2 for x in shared)
+    shared = list(b.block_table[:3])  # (64 - 1) // 16 = 3 blocks hit
+    assert shared == list(a.block_table[:3]) and all(bm.references(x) == 2 for x in shared)
     a.status = Status.FINISHED
     bm.free(a)
     assert all(bm.references(x) == 1 for x in shared)
