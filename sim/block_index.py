@@ -170,13 +170,12 @@ class LRUList:
     """Blocks in the order they became cached-free. A block taken off by a hit leaves a dead entry behind,
     marked and skipped; while no entry ahead is dead (the usual case), pops take the next entries unchecked."""
 
-    def __init__(self, num_blocks: int, pos: np.ndarray | None = None) -> None:
-        """``pos``: where to keep each block's position (an int64 array of ``num_blocks``; a new one if None)."""
+    def __init__(self, num_blocks: int) -> None:
         size = max(1024, num_blocks // 8)
         self._order = np.empty(size, dtype=np.int64)
         self._dead = np.zeros(size, dtype=bool)  # entries whose block a hit took off
         self._num_dead = 0  # dead entries at or past the head
-        self._pos = np.empty(num_blocks, dtype=np.int64) if pos is None else pos  # each listed block's position
+        self._pos = np.zeros(num_blocks, dtype=np.int64)  # each listed block's position (others: stale)
         self._head = self._tail = 0  # the caller counts the live entries (its cached free blocks)
 
     def push(self, blocks: np.ndarray) -> None:

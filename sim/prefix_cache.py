@@ -52,21 +52,18 @@ class CachingBlockManager(BlockManager):
 
     Per-block state lives in numpy arrays (references, key; the LRU list's and the key index's in
     ``sim.block_index``), so that a request's hundreds of blocks are freed, registered and evicted a
-    request at a time.
+    request at a time; a request's block table is a view of its block-id array (``block_ids``), not a
+    list (a list of a long prompt's block ids cost more to build and free than all the rest).
     """
 
     caching = True
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
         super().__init__(num_blocks, block_size, watermark)
-        # A block's key, references and LRU position side by side (columns of one array): each step that touches
-        # a block touches all three, so one cache line instead of three (its blocks are scattered over the pool).
-        state = np.zeros((num_blocks + 1, 3), dtype=np.int64)
-        self._key = state[:, 0]                # the prefix key a cached block holds (+ a spare entry)
-        self._key[:] = NO_KEY
-        self._refs = state[:num_blocks, 1]     # running requests holding each block
-        self._index = KeyIndex(self._key)      # shared key -> the block holding it
-        self._lru = LRUList(num_blocks, pos=state[:num_blocks, 2])  # cached, unreferenced: least recent first
+        self._refs = np.zeros(num_blocks, dtype=np.int32)          # running requests holding each block
+        self._key = np.full(num_blocks + 1, NO_KEY, dtype=np.int64)  # the prefix key a cached block holds (+ a spare)
+        self._index = KeyIndex(self._key)                           # shared key -> the block holding it
+        self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
         self.num_cached_free = 0  # blocks on the LRU list: unreferenced, still holding a prefix (part of num_free)
         self._evict_version = 0  # bumped by evictions: a request's last lookup is extended, not redone, until then
         self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
