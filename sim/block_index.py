@@ -25,11 +25,11 @@ class KeyRuns:
 
     __slots__ = ("keys", "pos", "starts", "heads", "aligned")
 
-    def __init__(self, keys: np.ndarray, aligned: bool = False) -> None:
-        """``aligned``: the caller knows that every ``W`` keys from the first form one run (Mooncake's 512-token
-        blocks in 16-token ones), so the runs need not be found."""
+    def __init__(self, keys: np.ndarray, per_id: int | None = None) -> None:
+        """``per_id``: how many keys each trace hash id covers (``sim.prefix.blocks_per_hash_id``); when that is
+        ``W`` (Mooncake's 512-token blocks in 16-token ones), every ``W`` keys form one run, found without search."""
         self.keys = keys
-        self.aligned = aligned
+        self.aligned = aligned = per_id == W
         self.starts: list[int] = []  # each run's first key
         self.heads: list[int] = []  # each run's key with its position bits cleared
         if aligned:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.block_index import KeyIndex, KeyRuns, LRUList, W
+from sim.block_index import KeyIndex, KeyRuns, LRUList
 from sim.kv_cache import BlockManager, KVCacheError
 from sim.prefix import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
@@ -95,8 +95,8 @@ class CachingBlockManager(BlockManager):
         too), cut into the index's runs, once per run; the rest are its own (``sim.prefix.own_key``)."""
         if request.prefix_keys is None:
             n = request.max_tokens - 1
-            aligned = blocks_per_hash_id(request.prefix, self.block_size) == W  # each hash id one run
-            request.prefix_keys = KeyRuns(shared_keys(request.prefix, n, self.block_size), aligned)
+            per_id = blocks_per_hash_id(request.prefix, self.block_size)
+            request.prefix_keys = KeyRuns(shared_keys(request.prefix, n, self.block_size), per_id)
             request.num_shared_blocks = len(request.prefix_keys.keys)
             request.num_key_blocks = n // self.block_size
         return request.prefix_keys
