@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 from typing import Any
 
 import numpy as np
@@ -57,24 +58,78 @@ def prefix_spec(extra: dict[str, Any]) -> tuple | None:
     return None
 
 
-def check_prefix_fields(extra: dict[str, Any]) -> tuple[str, str] | None:
-    """(field, reason) when the reuse fields of a trace line are malformed, else None."""
+#: the most hash ids one request may give: a key packs an id's row in the request into 20 bits (``shared_keys``)
+MAX_HASH_IDS = 1 << 20
+#: the largest ``hash_block_size``: no tool hashes blocks of more than a million tokens (Mooncake's are 512), and
+#: a block size near 2^41 would overflow the int64 packing
+MAX_HASH_BLOCK_SIZE = 1 << 20
+
+
+def _brief(value: Any) -> str:
+    """A bad value for a message, at most 60 characters (a trace line may hold megabytes)."""
+    try:
+        text = json.dumps(value)  # as the trace wrote it: null, true
+    except (TypeError, ValueError):
+        try:
+            text = repr(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            text = "an integer of thousands of digits"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    """An int that is not a bool (JSON's true is no id)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_hash_ids(extra: dict[str, Any], tokens: int | None) -> tuple[str, str] | None:
+    """(field, reason) when hash_ids or hash_block_size is malformed, past its bound, or longer than ``tokens``."""
+    ids = extra[HASH_IDS]
+    if not isinstance(ids, list):
+        return HASH_IDS, f"expected a list of integers, got {_brief(ids)}"
+    if len(ids) > MAX_HASH_IDS:
+        return HASH_IDS, f"expected at most {MAX_HASH_IDS:,} ids (2^20) per request, got {len(ids):,}"
+    at = next((k for k, i in enumerate(ids) if not _is_int(i)), None)
+    if at is not None:
+        return HASH_IDS, f"expected a list of integers, got {_brief(ids[at])} at index {at}"
+    at = next((k for k, i in enumerate(ids) if not 0 <= i < MAX_ID), None)
+    if at is not None:
+        return HASH_IDS, (f"expected ids in [0, 2^40) (Mooncake's are small integers), got {_brief(ids[at])} "
+                          f"at index {at}")
+    size = extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)
+    if not _is_int(size) or not 1 <= size <= MAX_HASH_BLOCK_SIZE:
+        return HASH_BLOCK_SIZE, f"expected an integer in [1, 2^20] (tokens per hash id), got {_brief(size)}"
+    most = -(-tokens // size) if tokens is not None else len(ids)
+    if len(ids) > most:
+        return HASH_IDS, (f"expected at most {most:,} id{'s' if most != 1 else ''}, one per {size}-token block of the "
+                          f"request's {tokens:,} prompt and output tokens, got {len(ids):,}")
+    return None
+
+
+def check_prefix_fields(extra: dict[str, Any], prompt_tokens: int | None = None,
+                        output_tokens: int | None = None) -> tuple[str, str] | None:
+    """(field, reason) when the reuse fields of a trace line are malformed, else None; given the request's lengths,
+    also when they describe more tokens than it holds (its prompt and answer, which a next turn may resend)."""
+    tokens = prompt_tokens + output_tokens if prompt_tokens is not None and output_tokens is not None else None
     if HASH_IDS in extra:
-        ids = extra[HASH_IDS]
-        if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-            return HASH_IDS, "expected a list of integers"
-        if any(not 0 <= i < MAX_ID for i in ids):
-            return HASH_IDS, f"expected ids in [0, 2^40) (Mooncake's are small integers), got {max(ids)}"
-        size = extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            return HASH_BLOCK_SIZE, f"expected a positive integer, got {size!r}"
+        bad = _check_hash_ids(extra, tokens)
+        if bad is not None:
+            return bad
+    elif HASH_BLOCK_SIZE in extra:
+        return HASH_BLOCK_SIZE, f"given without {HASH_IDS} (the block size of which ids?)"
     if GROUP in extra:
         groups, ends = _as_list(extra[GROUP]), _as_list(extra.get(GROUP_LEN))
-        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in ends):
+        if not all(_is_int(n) and n >= 0 for n in ends):
             return GROUP_LEN, (f"expected a non-negative integer (or a list, one per group) with {GROUP}, got "
-                               f"{extra.get(GROUP_LEN)!r}")
+                               f"{_brief(extra.get(GROUP_LEN))}")
         if len(ends) != len(groups) or any(b < a for a, b in itertools.pairwise(ends)):
-            return GROUP_LEN, f"expected one non-decreasing end per group of {GROUP} ({len(groups)}), got {ends!r}"
+            return GROUP_LEN, (f"expected one non-decreasing end per group of {GROUP} ({len(groups)}), "
+                               f"got {_brief(ends)}")
+        if tokens is not None and ends and ends[-1] > tokens:
+            return GROUP_LEN, (f"expected at most the request's {tokens:,} prompt and output tokens, "
+                               f"got {_brief(ends[-1])}")
+    elif GROUP_LEN in extra:
+        return GROUP_LEN, f"given without {GROUP} (the shared tokens of which group?)"
     return None
 
 
@@ -131,6 +186,46 @@ def shared_keys(spec: tuple | None, prompt_tokens: int, block_size: int) -> np.n
     # block j of the r-th trace block: ((((id << 20) | r) * per + j) << 2) | 1, the id with its position in the
     # list (equal for real prefix hashes; tells repeats within a request apart); the r and j terms are _lanes'
     return ((np.asarray(ids[:rows], dtype=np.int64) * (4 * per << 20))[:, None] + _lanes(per, rows)).ravel()[:n]
+
+
+def shared_runs(spec: tuple | None, num_tokens: int, block_size: int) -> list[tuple[Any, int, int]]:
+    """``shared_keys(spec, num_tokens, block_size)`` as runs ``(family, first, count)``, block ``i`` of a run being
+    ``(family, first + i)``: equal pairs where the keys are equal (short of the int64 packing's wraparound), in a
+    list as long as the hash ids or groups, however many tokens (what ``trace stats`` compares)."""
+    n = shared_blocks(spec, num_tokens, block_size)
+    runs: list[tuple[Any, int, int]] = []
+    if not n:
+        return runs
+    if spec[0] == GROUP:  # group g's keys number its blocks from the start of the prompt
+        starts = 0
+        for g, end in zip(spec[1], spec[2]):
+            stop = min(n, end // block_size)
+            if stop > starts:
+                runs.append(((GROUP, g & (1 << 36) - 1), starts, stop - starts))
+            starts = max(starts, end // block_size)
+        return runs
+    _, ids, size = spec
+    if size % block_size == 0:  # block u in an id's row has key ((id * per << 20) + u) << 2 | 1: family id * per, at u
+        per = size // block_size
+        for r in range(-(-n // per)):
+            family, a, b = (HASH_IDS, ids[r] * per), r * per, min(n, (r + 1) * per)
+            if runs and runs[-1][0] == family and runs[-1][1] + runs[-1][2] == a:
+                runs[-1] = (family, runs[-1][1], runs[-1][2] + b - a)  # the same id again, next in line
+            else:
+                runs.append((family, a, b - a))
+        return runs
+    j = 0  # blocks straddling two trace blocks: one run each; the blocks inside trace block f: one run
+    while j < n:
+        first, last = j * block_size // size, ((j + 1) * block_size - 1) // size
+        off = j * block_size - first * size
+        if first != last:
+            runs.append((("straddle", first, ids[first:last + 1], off), 0, 1))
+            j += 1
+            continue
+        end = min(n, (first + 1) * size // block_size)
+        runs.append((("within", first, ids[first], off % block_size), off // block_size, end - j))
+        j = end
+    return runs
 
 
 _LANES: dict[int, np.ndarray] = {}

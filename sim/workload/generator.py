@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -39,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.request import TraceRequest
-from sim.workload.trace import TraceError, read_trace
+from sim.workload.trace import MAX_ARRIVAL_SPAN_S, MAX_TOKENS, TraceError, _read_text, read_trace
 
 ARRIVALS = ("poisson", "gamma", "static")
 
@@ -102,19 +103,34 @@ class LengthSpec:
         raise AssertionError(self.kind)
 
 
+def _brief(text: str) -> str:
+    """A spec or part of one for a message, at most 60 characters."""
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
 def _spec_error(spec: str, why: str, kind: str | None = None) -> SpecError:
     forms = _USAGE[kind] if kind in _USAGE else ", ".join(list(_USAGE.values()) + list(PRESETS))
-    return SpecError(f"invalid length spec {spec!r}: {why} (expected {forms})")
+    return SpecError(f"invalid length spec {_brief(spec)}: {why} (expected {forms})")
 
 
 def _number(spec: str, kind: str, text: str, name: str, integer: bool) -> float:
+    """A spec parameter: ASCII digits only (int() reads '１２' and '1_000'), finite, and for a length at most
+    _MAX_LENGTH (a larger one would overflow the int64 draws)."""
+    what = "an integer" if integer else "a number"
+    stripped = text.strip()
+    if len(stripped) > 40:  # no parameter needs 40 characters (int() refuses 4,300 digits, slowly)
+        raise _spec_error(spec, f"{name} must be {what} of at most 40 characters, got {len(stripped):,}", kind)
+    if not stripped.isascii() or "_" in stripped:
+        raise _spec_error(spec, f"{name} must be {what} in ASCII digits, got {_brief(text)}", kind)
     try:
-        value = int(text) if integer else float(text)
+        value = int(stripped) if integer else float(stripped)
     except ValueError:
-        what = "an integer" if integer else "a number"
-        raise _spec_error(spec, f"{name} must be {what}, got {text!r}", kind) from None
+        raise _spec_error(spec, f"{name} must be {what}, got {_brief(text)}", kind) from None
     if not math.isfinite(value):
-        raise _spec_error(spec, f"{name} must be finite, got {text!r}", kind)
+        raise _spec_error(spec, f"{name} must be finite, got {_brief(text)}", kind)
+    if name in ("N", "LO", "HI", "MEDIAN", "MAX") and value > _MAX_LENGTH:
+        raise _spec_error(spec, f"{name} must be at most {_MAX_LENGTH:,} tokens (2^31 - 1), got {_brief(text)}", kind)
     return value
 
 
@@ -130,7 +146,7 @@ def parse_length_spec(spec: str, role: str = "prompt") -> LengthSpec:
     kind, *args = text.split(":")
     kind = kind.strip().lower()
     if kind not in _USAGE:
-        raise _spec_error(spec, f"unknown distribution {kind!r}")
+        raise _spec_error(spec, f"unknown distribution {_brief(kind)}")
     arity = _USAGE[kind].replace("[:MAX]", "").count(":")
     if len(args) != arity and not (kind == "lognormal" and len(args) == 3):
         raise _spec_error(spec, f"{kind} takes {arity} parameter(s), got {len(args)}", kind)
@@ -163,42 +179,58 @@ def parse_length_spec(spec: str, role: str = "prompt") -> LengthSpec:
 
 
 def load_length_pairs(path: str | os.PathLike[str]) -> np.ndarray:
-    """(prompt, output) token pairs, shape (n, 2), from a JSONL trace or a CSV length table."""
+    """(prompt, output) token pairs, shape (n, 2), from a JSONL trace or a CSV length table (read within bounds: a
+    FIFO without a writer does not block, a stream stops at sim.jsonfile.MAX_STREAM_BYTES)."""
     path = os.fspath(path)
     if not path.lower().endswith(".csv"):
         trace = read_trace(path)
         return np.array([(r.prompt_tokens, r.output_tokens) for r in trace.requests], dtype=np.int64)
     try:
-        fh = open(path, newline="", encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise TraceError(path, "length table not found") from None
-    with fh:
-        reader = csv.reader(fh)
-        header = next(reader, None) or []
-        cols = next(((header.index(a), header.index(b), a, b) for a, b in _CSV_COLUMNS
-                     if a in header and b in header), None)
-        if cols is None:
-            wanted = " or ".join(f"{a},{b}" for a, b in _CSV_COLUMNS)
-            raise TraceError(path, f"CSV header needs columns {wanted}, got {','.join(header)!r}", 1)
-        ia, ib, na, nb = cols
-        pairs = []
-        for lineno, row in enumerate(reader, start=2):
+        text = _read_text(path)
+    except TraceError as exc:
+        if exc.reason == "trace file not found":
+            raise TraceError(path, "length table not found") from None
+        raise
+    rows = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [c.strip() for c in next(rows, None) or []]
+    except csv.Error as exc:
+        raise TraceError(path, f"unreadable CSV header: {exc}", 1) from None
+    cols = next(((header.index(a), header.index(b), a, b) for a, b in _CSV_COLUMNS
+                 if a in header and b in header), None)
+    if cols is None:
+        wanted = " or ".join(f"{a},{b}" for a, b in _CSV_COLUMNS)
+        raise TraceError(path, f"CSV header needs columns {wanted}, got {_brief(','.join(header))}", 1)
+    ia, ib, na, nb = cols
+    for name in (na, nb):
+        if header.count(name) > 1:
+            raise TraceError(path, "appears twice in the CSV header (which one is meant?)", 1, name)
+    pairs = []
+    try:
+        for row in rows:
             if not row:
                 continue
-            pair = []
-            for idx, name in ((ia, na), (ib, nb)):
-                cell = row[idx].strip() if idx < len(row) else ""
-                try:
-                    value = float(cell)
-                except ValueError:
-                    value = math.nan
-                if not (math.isfinite(value) and value.is_integer() and value >= 1):
-                    raise TraceError(path, f"expected an integer >= 1, got {cell!r}", lineno, name)
-                pair.append(int(value))
-            pairs.append(pair)
+            pairs.append([_table_count(path, rows.line_num, name, row[idx] if idx < len(row) else "")
+                          for idx, name in ((ia, na), (ib, nb))])
+    except csv.Error as exc:
+        raise TraceError(path, f"unreadable CSV row: {exc}", rows.line_num) from None
     if not pairs:
         raise TraceError(path, "length table has no rows")
     return np.array(pairs, dtype=np.int64)
+
+
+def _table_count(path: str, lineno: int, name: str, cell: str) -> int:
+    """A length table's token count: an integer >= 1 (3.0 counts as 3) of ASCII digits, at most MAX_TOKENS."""
+    text = cell.strip()
+    value = math.nan
+    if text.isascii() and "_" not in text and len(text) <= 40:
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    if not (math.isfinite(value) and value.is_integer() and 1 <= value <= MAX_TOKENS):
+        raise TraceError(path, f"expected an integer from 1 to 2^53, got {_brief(cell)}", lineno, name)
+    return int(value)
 
 
 def clip_total_tokens(prompt: np.ndarray, output: np.ndarray, max_total: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,27 +248,42 @@ def clip_total(requests: Sequence[TraceRequest], max_total: int) -> list[TraceRe
     prompt = np.fromiter((r.prompt_tokens for r in requests), dtype=np.int64, count=len(requests))
     output = np.fromiter((r.output_tokens for r in requests), dtype=np.int64, count=len(requests))
     new_p, new_o = clip_total_tokens(prompt, output, int(max_total))
-    return [r if (p == r.prompt_tokens and o == r.output_tokens) else dataclasses.replace(r, prompt_tokens=p, output_tokens=o)
+    from sim.workload.reuse import fit_reuse  # reuse fields must not describe tokens the request no longer has
+    return [r if (p == r.prompt_tokens and o == r.output_tokens) else
+            dataclasses.replace(r, prompt_tokens=p, output_tokens=o, extra=fit_reuse(r.extra, p + o))
             for r, p, o in zip(requests, new_p.tolist(), new_o.tolist())]
 
 
 
+#: the gaps' coefficient of variation a gamma process may have: past 100 its shape (1/CV^2) is so small that most
+#: gaps draw as 0 and the mean rate is lost; below 0.001 it is a fixed rate
+MIN_CV, MAX_CV = 1e-3, 100.0
+
+
 def generate_arrivals(rng: np.random.Generator, n: int, arrival: str, qps: float, cv: float) -> np.ndarray:
-    """Arrival times (seconds, non-decreasing, rounded to 1 us) of n requests."""
+    """Arrival times (seconds, non-decreasing, rounded to 1 us) of n requests; SpecError for a rate or CV out of
+    bounds, or a rate so low that they would span more than MAX_ARRIVAL_SPAN_S."""
     if arrival not in ARRIVALS:
         raise ValueError(f"arrival must be one of {', '.join(ARRIVALS)}, got {arrival!r}")
     if arrival == "static":
         return np.zeros(n)
     if not (math.isfinite(qps) and qps > 0):
-        raise ValueError(f"qps must be a finite number > 0, got {qps}")
+        raise SpecError(f"qps must be a finite number > 0, got {qps}")
+    if n / qps > MAX_ARRIVAL_SPAN_S:  # refused before drawing: such gaps may overflow a float64
+        raise SpecError(f"qps {qps:g} spreads {n:,} arrivals over about {n / qps:.3g} s, more than a trace may span "
+                        f"({MAX_ARRIVAL_SPAN_S:g} s, 31.7 years); give a higher rate")
     if arrival == "poisson":
         gaps = rng.standard_exponential(n) / qps
     else:
-        if not (math.isfinite(cv) and cv > 0):
-            raise ValueError(f"cv must be a finite number > 0, got {cv}")
+        if not (math.isfinite(cv) and MIN_CV <= cv <= MAX_CV):
+            raise SpecError(f"cv must be a finite number from {MIN_CV:g} to {MAX_CV:g}, got {cv}")
         shape = 1.0 / (cv * cv)
         gaps = rng.standard_gamma(shape, n) / (shape * qps)
-    return np.round(np.cumsum(gaps), 6)
+    times = np.round(np.cumsum(gaps), 6)
+    if n and not times[-1] <= MAX_ARRIVAL_SPAN_S:
+        raise SpecError(f"qps {qps:g} spread these {n:,} {arrival} arrivals over {times[-1]:.3g} s, more than a trace "
+                        f"may span ({MAX_ARRIVAL_SPAN_S:g} s, 31.7 years); give a higher rate")
+    return times
 
 
 def generate_trace(

@@ -34,15 +34,18 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from sim.prefix import check_prefix_fields
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, generate_arrivals
-from sim.workload.trace import MAX_TOKENS, Trace, TraceError, _check_order, _decode_line, _read_text, read_trace
+from sim.workload.trace import (MAX_TOKENS, Trace, TraceError, _check_order, _contains_non_finite, _decode_line,
+                                _read_text, read_trace, split_lines)
 
 FORMATS = ("jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise")
 ZERO_POLICIES = ("skip", "error")
@@ -103,26 +106,38 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 # ---- cells ------------------------------------------------------------------------------------
 
 
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _number_text(path: str, lineno: int, name: str, cell: str, expected: str) -> str:
+    """A cell's text, stripped, refused unless plain ASCII: int() and float() read '١٢', '１２' and '1_000' too."""
+    text = cell.strip()
+    if not text.isascii() or "_" in text:
+        raise TraceError(path, f"expected {expected} in ASCII digits, got {_short(cell)}", lineno, name)
+    return text
+
+
 def _count(path: str, lineno: int, name: str, cell: Any) -> int:
     """A token count: an integer >= 0 (an integral float such as 3.0 counts as 3); zeros are handled by the caller."""
     value = cell
     if isinstance(cell, str):
-        text = cell.strip()
-        if "_" in text:  # int() and float() accept 1_000; a trace cell should not
-            raise TraceError(path, f"expected an integer >= 0, got {cell!r}", lineno, name)
+        text = _number_text(path, lineno, name, cell, "an integer >= 0")
+        if _DIGITS.fullmatch(text) and len(text) > 16:  # more digits than 2^53 has (int() stops at 4300)
+            raise TraceError(path, f"expected at most 2^53 tokens, got {_short(cell)}", lineno, name)
         try:
             value = int(text)
         except ValueError:
             try:
                 value = float(text)
             except ValueError:
-                raise TraceError(path, f"expected an integer >= 0, got {cell!r}", lineno, name) from None
+                raise TraceError(path, f"expected an integer >= 0, got {_short(cell)}", lineno, name) from None
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         value = int(value)
+    shown = _short(value if not isinstance(value, float) or math.isfinite(value) else cell)  # '1e400', not inf
     if type(value) is not int or value < 0:
-        raise TraceError(path, f"expected an integer >= 0, got {_short(value)}", lineno, name)
+        raise TraceError(path, f"expected an integer >= 0, got {shown}", lineno, name)
     if value > MAX_TOKENS:
-        raise TraceError(path, f"expected at most 2^53 tokens, got {_short(value)}", lineno, name)
+        raise TraceError(path, f"expected at most 2^53 tokens, got {shown}", lineno, name)
     return value
 
 
@@ -130,21 +145,25 @@ def _seconds(path: str, lineno: int, name: str, cell: Any, unit: float = 1.0) ->
     """A time: a finite number >= 0, multiplied by ``unit`` to give seconds."""
     value = cell
     if isinstance(cell, str):
-        if "_" in cell:
-            raise TraceError(path, f"expected a number >= 0, got {cell!r}", lineno, name)
+        text = _number_text(path, lineno, name, cell, "a number >= 0")
         try:
-            value = float(cell.strip())
+            value = float(text)
         except ValueError:
-            raise TraceError(path, f"expected a number >= 0, got {cell!r}", lineno, name) from None
+            raise TraceError(path, f"expected a number >= 0, got {_short(cell)}", lineno, name) from None
     if isinstance(value, int) and not isinstance(value, bool) and value > 1e300:
         value = math.inf  # too large for a float
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise TraceError(path, f"expected a finite number >= 0, got {_short(value)}", lineno, name)
+        shown = _short(value if not isinstance(value, float) or math.isfinite(value) else cell)
+        raise TraceError(path, f"expected a finite number >= 0, got {shown}", lineno, name)
     return float(value) * unit
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    """A bad cell or value for a message, at most 40 characters (a cell may hold megabytes)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = "an integer of thousands of digits"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -187,7 +206,12 @@ def _csv_rows(path: str, required: tuple[str, ...]) -> tuple[list[str], list[tup
             header = [c.strip() for c in cells]
             bad = next((c for c in header if any(ord(ch) < 32 for ch in c)), None)
             if bad is not None:  # 'arrived_at\0' would silently not be the arrival column
-                raise TraceError(path, f"header cell {bad!r} holds a control character", reader.line_num)
+                raise TraceError(path, f"header cell {_short(bad)} holds a control character", reader.line_num)
+            twice = next((c for k, c in enumerate(header) if c and c in header[:k]), None)
+            if twice is not None:  # which of the two is meant? (the first used to win silently)
+                at = [k + 1 for k, c in enumerate(header) if c == twice][:2]
+                raise TraceError(path, f"appears twice in the CSV header (columns {at[0]} and {at[1]}; which one is "
+                                       "meant?)", reader.line_num, twice)
             missing = [c for c in required if c not in header]
             if missing:
                 raise TraceError(path, f"CSV header lacks column(s) {', '.join(missing)} "
@@ -234,7 +258,7 @@ def _finish(path: str, rows: list[_Row], names: tuple[str, str], zero_lengths: s
         rid = r.request_id if r.request_id is not None else str(r.index)
         first = seen.setdefault(rid, r.line)
         if first != r.line:
-            raise TraceError(path, f"duplicate id {rid!r} (first on line {first})", r.line, "request_id")
+            raise TraceError(path, f"duplicate id {_short(rid)} (first on line {first})", r.line, "request_id")
         requests.append(TraceRequest(rid, r.arrival, r.prompt, r.output, r.extra, r.line))
     warnings += _check_order(path, requests, on_unsorted)
     return Trace(path, requests, warnings)
@@ -253,10 +277,10 @@ def read_azure(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_u
         stamps = pd.to_datetime(pd.Series([cells[it].strip() for _, cells in raw], dtype=object),
                                 format="ISO8601", errors="coerce", utc=True)
     except (ValueError, TypeError) as exc:
-        raise TraceError(path, f"cannot read the timestamps: {exc}", None, "TIMESTAMP") from None
+        raise TraceError(path, f"cannot read the timestamps: {str(exc)[:100]}", None, "TIMESTAMP") from None
     if stamps.isna().any():
         k = int(np.flatnonzero(stamps.isna().to_numpy())[0])
-        raise TraceError(path, f"expected a date-time like 2023-11-16 18:15:46.6805900, got {raw[k][1][it]!r}",
+        raise TraceError(path, f"expected a date-time like 2023-11-16 18:15:46.6805900, got {_short(raw[k][1][it])}",
                          raw[k][0], "TIMESTAMP")
     ns = stamps.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").astype(np.int64)
     seconds = (ns - ns.min()) / 1e9 if len(ns) else ns.astype(float)
@@ -270,29 +294,34 @@ def read_mooncake(path: str | os.PathLike[str], *, zero_lengths: str = "skip", o
     """Mooncake JSONL: timestamp (ms), input_length, output_length; hash_ids and other keys kept as extras."""
     path = os.fspath(path)
     rows: list[_Row] = []
-    for lineno, text in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, text in enumerate(split_lines(_read_text(path)), start=1):
         if not text.strip():
             continue
         obj = _decode_line(path, lineno, text)
         for key in _MOONCAKE_KEYS:
             if key not in obj:
                 raise TraceError(path, f"missing (required: {', '.join(_MOONCAKE_KEYS)})", lineno, key)
-        hashes = obj.get("hash_ids")
-        if hashes is not None and not (isinstance(hashes, list) and
-                                       all(type(h) is int for h in hashes)):
-            raise TraceError(path, "expected a list of integers", lineno, "hash_ids")
         for key in _MOONCAKE_KEYS:  # JSON numbers only, as the JSONL reader: "12" is not a length
             if isinstance(obj[key], (str, bool)) or obj[key] is None:
                 raise TraceError(path, f"expected a number, got {_short(obj[key])}", lineno, key)
         rid = obj.get("request_id")
         if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == ""):
-            raise TraceError(path, f"expected a non-empty string or an integer, got {rid!r}", lineno, "request_id")
+            raise TraceError(path, f"expected a non-empty string or an integer, got {_short(rid)}", lineno,
+                             "request_id")
         extra = {k: v for k, v in obj.items()
                  if k not in _MOONCAKE_KEYS and k not in ("request_id", "arrival_time", "prompt_tokens", "output_tokens")}
-        rows.append(_Row(lineno, len(rows), _seconds(path, lineno, "timestamp", obj["timestamp"], 1e-3),
-                         _count(path, lineno, "input_length", obj["input_length"]),
-                         _count(path, lineno, "output_length", obj["output_length"]), extra,
-                         None if rid is None else str(rid)))
+        arrival = _seconds(path, lineno, "timestamp", obj["timestamp"], 1e-3)
+        prompt = _count(path, lineno, "input_length", obj["input_length"])
+        output = _count(path, lineno, "output_length", obj["output_length"])
+        for name, value in extra.items():
+            if _contains_non_finite(value):  # 1e999 parses to inf; the JSONL writer could not write it back
+                raise TraceError(path, "expected finite numbers", lineno, name)
+        # hash_ids as the JSONL reader checks them (null, floats, ids past 2^40: refused here, not in a later
+        # command); a zero-length row is skipped or refused by _finish, whatever its ids
+        bad = check_prefix_fields(extra, *((prompt, output) if prompt and output else ())) if extra else None
+        if bad is not None:
+            raise TraceError(path, bad[1], lineno, bad[0])
+        rows.append(_Row(lineno, len(rows), arrival, prompt, output, extra, None if rid is None else str(rid)))
     if not rows:
         raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
     return _finish(path, rows, ("input_length", "output_length"), zero_lengths, on_unsorted)

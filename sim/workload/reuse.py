@@ -12,13 +12,31 @@ prefix cache can replay it:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from sim.prefix import GROUP, GROUP_LEN
+from sim.prefix import GROUP, GROUP_LEN, HASH_BLOCK_SIZE, HASH_IDS, MOONCAKE_BLOCK_SIZE
 from sim.request import TraceRequest
 
 SYSTEM_GROUP = "system"
 SESSION = "session"  # extra field: the conversation a request belongs to
+
+
+def fit_reuse(extra: dict[str, Any], tokens: int) -> dict[str, Any]:
+    """``extra`` with its reuse fields cut to a request now ``tokens`` long (prompt and output), as a trace reader
+    requires: prefix_len ends past it lowered to it, hash_ids past its last block dropped. The cache's keys, which
+    stop before the last token, are unchanged; ``extra`` itself is returned when nothing is cut."""
+    out = extra
+    ends = extra.get(GROUP_LEN)
+    if isinstance(ends, list) and any(isinstance(e, int) and e > tokens for e in ends):
+        out = {**out, GROUP_LEN: [min(e, tokens) if isinstance(e, int) else e for e in ends]}
+    elif isinstance(ends, int) and not isinstance(ends, bool) and ends > tokens:
+        out = {**out, GROUP_LEN: tokens}
+    ids, size = extra.get(HASH_IDS), extra.get(HASH_BLOCK_SIZE, MOONCAKE_BLOCK_SIZE)
+    if isinstance(ids, list) and isinstance(size, int) and size >= 1 and len(ids) > -(-tokens // size):
+        out = {**out, HASH_IDS: ids[:-(-tokens // size)]}
+    return out
 
 
 def _with(tr: TraceRequest, **changes) -> TraceRequest:

@@ -23,7 +23,9 @@ class SkippedRequest:
 
     def where(self, source: str) -> str:
         loc = f"{source}:{self.line}" if self.line is not None else source
-        return f"{loc}: request {self.request_id!r}: field '{self.field}': {self.reason}"
+        rid = repr(self.request_id)  # bounded (a trace's id may be megabytes), generously: a SHA-512 id stays whole
+        rid = rid if len(rid) <= 200 else rid[:197] + "..."
+        return f"{loc}: request {rid}: field '{self.field}': {self.reason}"
 
 
 def _why_unservable(tr: TraceRequest, model: ModelSpec, bm: BlockManager,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -87,33 +88,84 @@ def trace_stats(requests: Sequence[TraceRequest], bin_s: float | None = None) ->
     }
 
 
+class _Spans:
+    """Disjoint, non-touching integer intervals [lo, hi), sorted: the blocks of one key family seen so far (a family
+    seen as one interval, as most are, is kept as a (lo, hi) tuple instead: a million of these objects would cost
+    seconds of garbage collection)."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = [lo], [hi]
+
+    def covered(self, x: int) -> int:
+        """How many consecutive positions from ``x`` on are in the set."""
+        i = bisect_right(self.lo, x) - 1
+        return self.hi[i] - x if i >= 0 and self.hi[i] > x else 0
+
+    def add(self, a: int, b: int) -> None:
+        """Add [a, b), merging the intervals it overlaps or touches."""
+        i, j = bisect_left(self.hi, a), bisect_right(self.lo, b)
+        if i < j:
+            a, b = min(a, self.lo[i]), max(b, self.hi[j - 1])
+        self.lo[i:j], self.hi[i:j] = [a], [b]
+
+
+def _covered(seen: tuple[int, int] | _Spans | None, x: int) -> int:
+    """How many consecutive positions from ``x`` on a family has seen."""
+    if seen is None:
+        return 0
+    if type(seen) is tuple:
+        return seen[1] - x if seen[0] <= x < seen[1] else 0
+    return seen.covered(x)
+
+
+def _with_span(seen: tuple[int, int] | _Spans | None, a: int, b: int) -> tuple[int, int] | _Spans:
+    """A family's seen positions with [a, b) added."""
+    if seen is None:
+        return a, b
+    if type(seen) is tuple:
+        if a <= seen[1] and seen[0] <= b:
+            return min(a, seen[0]), max(b, seen[1])
+        seen = _Spans(*seen)
+    seen.add(a, b)
+    return seen
+
+
 def ideal_reuse(requests: Sequence[TraceRequest], block_size: int = 16) -> dict[str, Any]:
     """The prefix reuse a trace offers: the hit rate an infinite prefix cache would reach, in arrival order.
 
     Each request hits the longest run of ``block_size``-token blocks an earlier request computed (leaving one
     token to compute, as the cache does), then adds its own, answer included; None where the trace declares
-    no reuse.
+    no reuse. Blocks are compared a run at a time (``sim.prefix.shared_runs``; a request's own blocks never match
+    another's), so time and memory grow with the hash ids and groups, not with the tokens.
     """
-    from sim.prefix import block_hashes, prefix_spec
+    from sim.prefix import prefix_spec, shared_runs
 
-    declared = sum(1 for r in requests if r.extra and prefix_spec(r.extra) is not None)
+    specs = [prefix_spec(r.extra) if r.extra else None for r in requests]
+    declared = sum(1 for s in specs if s is not None)
     if not declared:
         return {"requests_declaring_reuse": 0, "ideal_hit_rate_tokens": None, "block_size": block_size}
-    seen: set[int] = set()
+    seen: dict[Any, tuple[int, int] | _Spans] = {}
     hit = total = 0
     order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_time)
     for i in order:
         r = requests[i]
         # its prompt's and its answer's blocks (a conversation's next turn resends the answer)
-        keys = block_hashes(prefix_spec(r.extra) if r.extra else None, i, r.prompt_tokens + r.output_tokens - 1,
-                            block_size).tolist()
-        limit = min(len(keys), (r.prompt_tokens - 1) // block_size)
+        runs = shared_runs(specs[i], r.prompt_tokens + r.output_tokens - 1, block_size) if specs[i] else []
+        limit = (r.prompt_tokens - 1) // block_size
         k = 0
-        while k < limit and keys[k] in seen:
-            k += 1
-        hit += k * block_size
+        for family, first, count in runs:
+            if k >= limit:
+                break
+            got = min(count, _covered(seen.get(family), first))
+            k += got
+            if got < count:
+                break
+        hit += min(k, limit) * block_size
         total += r.prompt_tokens
-        seen.update(keys)
+        for family, first, count in runs:
+            seen[family] = _with_span(seen.get(family), first, first + count)
     return {"requests_declaring_reuse": declared, "ideal_hit_rate_tokens": hit / total, "block_size": block_size}
 
 

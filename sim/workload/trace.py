@@ -17,9 +17,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from sim.jsonfile import InputTooLargeError, read_input_bytes
 from sim.prefix import check_prefix_fields
 from sim.request import TraceRequest
 
@@ -31,6 +33,20 @@ _UNSORTED_POLICIES = ("sort", "error")
 #: the largest token count a trace may give: 2^53, exact in a float64 (no model comes within 10^8 of it)
 MAX_TOKENS = 2**53
 
+#: the longest a trace may last, first arrival to last (31.7 years): simulated times are float64 seconds from the
+#: first arrival (an epoch clock past 1e6 s is re-based there, sim.workload.servable), so they stay below 2^30 s,
+#: where float64s are at most 2^-23 s (0.12 us) apart: every arrival and latency keeps its microseconds (at 1e300 s
+#: a request's gaps round to 0)
+MAX_ARRIVAL_SPAN_S = 1e9
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends the CSV readers accept too (splitlines would also split on
+# \x85 and \u2028, which a JSON string may hold raw)
+
+
+def split_lines(text: str) -> list[str]:
+    """The lines of a text file ending in \\n, \\r\\n or a lone \\r, as an editor numbers them (1-based: index + 1)."""
+    return text.split("\n") if "\r" not in text else _LINE_BREAK.split(text)
+
 
 class TraceError(ValueError):
     """A trace that cannot be used; the message names the file, the 1-based line and the field."""
@@ -41,7 +57,8 @@ class TraceError(ValueError):
         self.field = field
         self.reason = message
         where = self.path if line is None else f"{self.path}:{line}"
-        what = message if field is None else f"field '{field}': {message}"
+        name = field if field is None or len(field) <= 60 else field[:57] + "..."  # an unknown key may be huge
+        what = message if field is None else f"field '{name}': {message}"
         super().__init__(f"{where}: {what}")
 
 
@@ -85,8 +102,20 @@ def _show(value: Any) -> str:
     try:
         text = json.dumps(value)
     except (TypeError, ValueError):
-        text = repr(value)
+        try:
+            text = repr(value)
+        except ValueError:  # an int past Python's digit limit for str()
+            text = "an integer of thousands of digits"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _brief_repr(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages that quote an id or a cell as Python does."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit for str()
+        text = "an integer of thousands of digits"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _contains_non_finite(value: Any) -> bool:
@@ -154,7 +183,7 @@ def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceReques
     for name, value in extra.items():
         if _contains_non_finite(value):  # e.g. 1e999, which json parses to inf
             raise TraceError(path, f"expected finite numbers, got {_show(value)}", lineno, name)
-    bad = check_prefix_fields(extra) if extra else None
+    bad = check_prefix_fields(extra, prompt, output) if extra else None
     if bad is not None:  # the optional reuse description (sim.prefix): hash_ids, or prefix_group + prefix_len
         raise TraceError(path, bad[1], lineno, bad[0])
     return TraceRequest(str(rid), float(t), prompt, output, extra, lineno)
@@ -171,11 +200,14 @@ def _read_text(path: str) -> str:
     else:
         data = _read_bytes(path)
         if not os.path.isfile(path):
+            if not data:  # not an empty file: a pipe, a FIFO or a device that gave nothing
+                raise TraceError(path, "read nothing (a pipe or FIFO with no writer, or an empty stream)")
             _PIPES[path] = data
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        lineno = data[: exc.start].count(b"\n") + 1
+        head = data[: exc.start]
+        lineno = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
         raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", lineno) from None
 
 
@@ -184,9 +216,14 @@ _PIPES: dict[str, bytes] = {}
 
 
 def _read_bytes(path: str) -> bytes:
+    """The file's bytes through the bounded reader: a FIFO with no writer reads as empty, a stream is cut at
+    ``sim.jsonfile.MAX_STREAM_BYTES`` (``/dev/zero`` must not fill memory)."""
     try:
-        with open(path, "rb") as fh:
-            return fh.read()
+        return read_input_bytes(path)
+    except InputTooLargeError as exc:
+        text = str(exc)  # "PATH: more than N bytes from a stream ...", the path perhaps shortened
+        reason = text[len(path) + 2:] if text.startswith(f"{path}: ") else text.split(": ", 1)[-1]
+        raise TraceError(path, reason) from None
     except FileNotFoundError:
         raise TraceError(path, "trace file not found") from None
     except IsADirectoryError:
@@ -195,8 +232,23 @@ def _read_bytes(path: str) -> bytes:
         raise TraceError(path, f"cannot read trace file: {exc.strerror or exc}") from None
 
 
+def _check_span(path: str, requests: list[TraceRequest]) -> None:
+    """Refuse arrivals more than MAX_ARRIVAL_SPAN_S after the earliest, naming the first such line."""
+    if not requests:
+        return
+    earliest = min(requests, key=lambda r: r.arrival_time)
+    far = next((r for r in requests if r.arrival_time - earliest.arrival_time > MAX_ARRIVAL_SPAN_S), None)
+    if far is not None:
+        where = f" on line {earliest.line}" if earliest.line is not None else ""
+        raise TraceError(path, f"{far.arrival_time:.6g} s is more than {MAX_ARRIVAL_SPAN_S:g} s (31.7 years) after the "
+                               f"first arrival ({earliest.arrival_time:.6g} s{where}): too long a span to keep "
+                               "microseconds", far.line, "arrival_time")
+
+
 def _check_order(path: str, requests: list[TraceRequest], on_unsorted: str) -> list[str]:
-    """Sort requests by arrival (stably) if needed; return the warning, or refuse in 'error' mode."""
+    """Sort requests by arrival (stably) if needed; return the warning, or refuse in 'error' mode (and refuse a span
+    past MAX_ARRIVAL_SPAN_S)."""
+    _check_span(path, requests)
     first: TraceRequest | None = None
     prev: TraceRequest | None = None
     running_max = -math.inf
@@ -230,13 +282,14 @@ def read_trace(path: str | os.PathLike[str], *, on_unsorted: str = "sort") -> Tr
     path = os.fspath(path)
     requests: list[TraceRequest] = []
     seen: dict[str, int] = {}
-    for lineno, text in enumerate(_read_text(path).split("\n"), start=1):
+    for lineno, text in enumerate(split_lines(_read_text(path)), start=1):
         if not text.strip():
             continue
         req = _parse_request(path, lineno, len(requests), _decode_line(path, lineno, text))
         first_line = seen.setdefault(req.request_id, lineno)
         if first_line != lineno:
-            raise TraceError(path, f"duplicate id {req.request_id!r} (first on line {first_line})", lineno, "request_id")
+            raise TraceError(path, f"duplicate id {_brief_repr(req.request_id)} (first on line {first_line})", lineno,
+                             "request_id")
         requests.append(req)
     if not requests:
         raise TraceError(path, "trace has no requests (the file is empty or has only blank lines)")
@@ -248,16 +301,17 @@ def _format_request(r: TraceRequest) -> str:
     """One request as a JSON line with a fixed key order; refuses values that read_trace would refuse."""
     t = float(r.arrival_time)
     if not math.isfinite(t) or t < 0:
-        raise ValueError(f"request {r.request_id!r}: arrival_time must be finite and >= 0, got {t!r}")
+        raise ValueError(f"request {_brief_repr(r.request_id)}: arrival_time must be finite and >= 0, got {t!r}")
     counts = []
     for name in ("prompt_tokens", "output_tokens"):
         v = getattr(r, name)
         if isinstance(v, bool) or int(v) != v or v < 1:
-            raise ValueError(f"request {r.request_id!r}: {name} must be an integer >= 1, got {v!r}")
+            raise ValueError(f"request {_brief_repr(r.request_id)}: {name} must be an integer >= 1, "
+                             f"got {_brief_repr(v)}")
         counts.append(int(v))
     clash = _CORE_FIELDS.intersection(r.extra)
     if clash:
-        raise ValueError(f"request {r.request_id!r}: extra fields shadow core fields {sorted(clash)}")
+        raise ValueError(f"request {_brief_repr(r.request_id)}: extra fields shadow core fields {sorted(clash)}")
     parts = [
         f'"request_id": {json.dumps(str(r.request_id))}',
         f'"arrival_time": {t!r}',
@@ -278,7 +332,7 @@ def write_trace(path: str | os.PathLike[str], requests: Iterable[TraceRequest]) 
     for r in requests:
         rid = str(r.request_id)
         if not rid or rid in seen:
-            raise ValueError(f"request_id {rid!r} is empty or duplicated; read_trace would refuse the file")
+            raise ValueError(f"request_id {_brief_repr(rid)} is empty or duplicated; read_trace would refuse the file")
         seen.add(rid)
         lines.append(_format_request(r))
     parent = os.path.dirname(os.fspath(path))

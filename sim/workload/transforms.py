@@ -19,6 +19,8 @@ import numpy as np
 
 from sim.request import TraceRequest
 from sim.workload.generator import clip_total  # a transform; the generator applies it too
+from sim.workload.reuse import fit_reuse
+from sim.workload.trace import MAX_ARRIVAL_SPAN_S
 
 
 def _arrivals(requests: Sequence[TraceRequest]) -> np.ndarray:
@@ -46,6 +48,10 @@ def rescale_rate(requests: Sequence[TraceRequest], rate: float) -> list[TraceReq
     if math.isnan(current):
         raise ValueError("cannot rescale the rate of a trace with fewer than 2 distinct arrival times")
     factor = current / rate
+    span = (max(r.arrival_time for r in requests) - min(r.arrival_time for r in requests)) * factor
+    if not span <= MAX_ARRIVAL_SPAN_S:  # a trace reader would refuse the result
+        raise ValueError(f"target rate {rate:g} req/s would spread the arrivals over {span:.3g} s, more than a trace "
+                         f"may span ({MAX_ARRIVAL_SPAN_S:g} s, 31.7 years); give a higher rate")
     return [_with(r, arrival_time=round(r.arrival_time * factor, 9)) for r in requests]
 
 
@@ -82,7 +88,7 @@ def resample_lengths(requests: Sequence[TraceRequest], pairs: np.ndarray, seed: 
     if pairs.ndim != 2 or pairs.shape[1] != 2 or len(pairs) == 0 or (pairs < 1).any():
         raise ValueError("length pairs must be a non-empty (n, 2) array of integers >= 1")
     picked = pairs[np.random.default_rng(seed).integers(0, len(pairs), size=len(requests))]
-    return [_with(r, prompt_tokens=int(p), output_tokens=int(o))
+    return [_with(r, prompt_tokens=int(p), output_tokens=int(o), extra=fit_reuse(r.extra, p + o))
             for r, (p, o) in zip(requests, picked.tolist())]
 
 
@@ -118,6 +124,9 @@ def jitter_buckets(requests: Sequence[TraceRequest], width: float | None = None,
     for d, s, c, w in zip(distinct.tolist(), start.tolist(), counts.tolist(), span.tolist()):
         new[s:s + c] = d + np.sort(rng.random(c)) * w
     new = np.maximum.accumulate(np.round(new, 6))  # rounding must not reorder neighbours
+    if not new[-1] - new[0] <= MAX_ARRIVAL_SPAN_S:  # the last bucket spreads over the whole width
+        raise ValueError(f"jitter width {width:g} s would spread the arrivals over {new[-1] - new[0]:.3g} s, more than "
+                         f"a trace may span ({MAX_ARRIVAL_SPAN_S:g} s, 31.7 years)")
     return [_with(r, arrival_time=float(x)) for r, x in zip(requests, new.tolist())]
 
 
