@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from sim.cli.args import add_command, int_list, name_list
+from sim.cli.args import add_command, name_list
+from sim.cli.errors import BAD_INPUT, error
+from sim.cli.values import MAX_PARALLEL, int_list_in, int_range, positive_seconds
 
 DEFAULT_PROFILES = Path("calibration/profiles")
+#: sweeps of the grid at most (--rounds), and torch threads at most (--threads)
+MAX_ROUNDS = 100
+MAX_THREADS = 1024
+_tp_degrees = int_list_in(1, MAX_PARALLEL)
 
 
 def _tp_list(s: str) -> list[int]:
     """Comma-separated TP degrees, sorted and without repeats."""
-    return sorted(set(int_list(s)))
+    return sorted(set(_tp_degrees(s)))
 
 
 def _ops_list(s: str) -> tuple[str, ...]:
@@ -37,7 +42,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="weights and activations (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help=f"profile folder (default: {DEFAULT_PROFILES}/MODEL-DEVICE[-quick])")
-    p.add_argument("--budget-s", type=float, default=None, metavar="S",
+    p.add_argument("--budget-s", type=positive_seconds, default=None, metavar="S",
                    help="stop after S seconds, keeping what was measured (rerun to resume) (default: no limit)")
     p.add_argument("--quick", action="store_true",
                    help="small grid and few repeats (tests, CPU smoke runs); the default grid is full (CUDA) or "
@@ -45,10 +50,10 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     p.add_argument("--backend", default="auto", choices=("auto", "sdpa", "flex", "flash"),
                    help="attention backend (default: auto, as the engine selects it: flash, then flex on CUDA; "
                         "sdpa on CPU)")
-    p.add_argument("--threads", type=int, default=1, metavar="N",
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=1, metavar="N",
                    help="CPU only: torch intra-op threads while timing (one thread keeps timings stable on a "
                         "shared machine; match the engine's setting when comparing) (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=None, metavar="R",
+    p.add_argument("--rounds", type=int_range(1, MAX_ROUNDS), default=None, metavar="R",
                    help="sweep the points R times and keep each point's best (lowest-median) sweep (default: 3 "
                         "on a CPU, whose timings other processes disturb; 1 on CUDA)")
     p.add_argument("--cuda-graphs", dest="cuda_graphs", action=argparse.BooleanOptionalAction, default=None,
@@ -92,7 +97,9 @@ def _report(path: str, gpu: str | None) -> int:
     df = fit_report(prof)
     factors = transfer_factors(prof, gpu) if gpu else None
     text = format_report(prof, df, gpu, factors)
-    (prof.path / REPORT_MD).write_text(text)
+    from sim.outputs.run_folder import naming
+    with naming(prof.path / REPORT_MD):
+        (prof.path / REPORT_MD).write_text(text)
     print(text, end="")
     print(f"\nwrote {prof.path / REPORT_MD}")
     return 0
@@ -132,9 +139,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("servesim: error: measuring needs torch (pip install torch); --report and --dry-run do not",
-              file=sys.stderr)
-        return 2
+        error("measuring needs torch (pip install torch==2.13.0); --report and --dry-run do not")
+        return BAD_INPUT
     from calibration.device_info import resolve_device
     from calibration.profiler import calibrate, calibration_config
 

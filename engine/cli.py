@@ -17,11 +17,17 @@ from sim.cli.args import (
     add_run_folder_arguments,
     add_scheduler_arguments,
     check_run_folder_args,
+    int_range,
+    note_given_flags,
     scheduler_of,
+    served_status,
     write_run_folder,
 )
+from sim.cli.errors import BAD_INPUT, FAILED, error
 from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
+#: warm-up iterations at most (each runs a real forward pass)
+MAX_WARMUP = 10_000
 TORCH_HINT = ("servesim engine needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
 
@@ -30,6 +36,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     """Register ``engine`` on the ``servesim`` subcommands; returns its parser."""
 
     p = add_command(subparsers, "engine", cmd_engine, "replay a trace on the real PyTorch engine and measure it")
+    note_given_flags(p)  # so that a generator flag given with --trace is refused by name
     add_trace_input_arguments(p)
     p.add_argument("--offline", action="store_true",
                    help="every request arrives at t=0 (throughput run) instead of at its trace arrival time")
@@ -58,7 +65,7 @@ def add_engine_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     m.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                    help="run decode-only iterations eagerly instead of replaying captured CUDA graphs "
                         "(graphs are on by default on CUDA)" + NO)
-    m.add_argument("--warmup", type=int, default=3, metavar="N",
+    m.add_argument("--warmup", type=int_range(0, MAX_WARMUP), default=3, metavar="N",
                    help="iterations run before measuring, on copies of the first requests; excluded from the "
                         "results and reported in summary.json (cost_model.warmup)")
     m.add_argument("--gpu", default=None,
@@ -82,8 +89,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print(TORCH_HINT, file=sys.stderr)
-        return 2
+        error(TORCH_HINT)
+        return BAD_INPUT
     import json
     import time
 
@@ -107,21 +114,21 @@ def cmd_engine(args: argparse.Namespace) -> int:
     try:
         result = replay(trace, config, source=source, progress=not args.quiet and sys.stderr.isatty())
     except EngineOutOfMemoryError as e:
-        print(f"servesim: error: {e}", file=sys.stderr)
-        return 1
+        error(str(e))
+        return FAILED
     wall = time.perf_counter() - t0
     write_run_folder(args, result)
     summary = clean_json(result.summary)
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return served_status(summary)
     print(format_summary(summary))
     print(engine_line(summary))
     for s in summary["requests"]["skipped_examples"][:5]:
         print(f"skipped: {s}")
     print(f"\nengine run took {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
                                                    if args.out else ""))
-    return 0
+    return served_status(summary)
 
 
 def engine_line(summary: dict) -> str:

@@ -9,8 +9,33 @@ import argparse
 import sys
 
 from sim.cli.args import NO_DEFAULT as _NO
-from sim.cli.args import add_command, add_max_model_len_argument, float_list, name_list, nonneg_int, positive_int
+from sim.cli.args import add_command, add_max_model_len_argument, name_list, note_given_flags
+from sim.cli.errors import BAD_INPUT, error
+from sim.cli.values import (
+    MAX_QPS,
+    MAX_TOKENS,
+    batch_size,
+    block_count,
+    block_size,
+    duration,
+    float_list_in,
+    fraction,
+    free_fraction,
+    gap_cv,
+    int_range,
+    positive_seconds,
+    request_count,
+    seed_count,
+    seed_value,
+    total_tokens,
+)
 from sim.cli.workload_args import add_reuse_arguments
+
+#: engine iterations run and discarded per run at most (--warmup), batches re-run with op timers (--op-check),
+#: engine runs per scheduler and load (--repeats), CPU threads (--threads)
+MAX_WARMUP, MAX_OP_CHECK, MAX_REPEATS, MAX_THREADS = 10_000, 100_000, 100, 1024
+#: a load level as a fraction of the predicted capacity at most (--load)
+MAX_LOAD = 100.0
 
 TORCH_HINT = ("servesim validate runs the real engine and needs PyTorch: pip install torch==2.13.0 "
               "(or install servesim with the engine extra: pip install -e '.[engine]')")
@@ -24,13 +49,24 @@ def parse_budgets(text: str | None) -> dict[str, int | None]:
     for part in text.split(","):
         key, _, val = part.strip().rpartition("=")
         try:
-            n = int(val)
+            n = int(val) if val.isascii() else 0  # int() would read Unicode digits
         except ValueError:
             raise ValueError(f"--token-budget: expected T or SCHEDULER=T[,...], got {text!r}") from None
-        if n < 1:
-            raise ValueError(f"--token-budget: budgets must be >= 1, got {n}")
+        if not 1 <= n <= MAX_TOKENS:
+            raise ValueError(f"--token-budget: budgets must be from 1 to {MAX_TOKENS}, got {val!r}")
         out[key.strip() or "*"] = n
     return out
+
+
+def _budgets_arg(text: str) -> str:
+    """--token-budget checked at parse time (the command reads it with parse_budgets)."""
+    try:
+        if not text.strip():
+            raise ValueError(f"--token-budget: expected T or SCHEDULER=T[,...], got {text!r}")
+        parse_budgets(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--token-budget: ")) from None
+    return text
 
 
 _EXAMPLES = """examples:
@@ -45,6 +81,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p = add_command(subparsers, "validate", cmd_validate,
                     "run a trace on the real engine and in the simulator; report the prediction error",
                     epilog=_EXAMPLES)
+    note_given_flags(p)  # so that a generator flag given with --trace is refused by name
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, plots, run folders" + _NO)
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="calibration profile of the engine's device (`servesim calibrate`); default: calibrate "
@@ -62,15 +99,15 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     w.add_argument("--trace-format", default="auto",
                    choices=("auto", "jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise"),
                    help="format of --trace")
-    w.add_argument("--qps", type=float_list, default=(), metavar="Q1,Q2,...",
+    w.add_argument("--qps", type=float_list_in(0.0, MAX_QPS), default=(), metavar="Q1,Q2,...",
                    help="target mean arrival rates (req/s): the trace's arrivals are rescaled to each, or generated "
                         "(--arrival) when it has none" + _NO)
-    w.add_argument("--load", dest="loads", type=float_list, default=(), metavar="F1,F2,...",
+    w.add_argument("--load", dest="loads", type=float_list_in(0.0, MAX_LOAD), default=(), metavar="F1,F2,...",
                    help="target rates as fractions of the capacity the simulator predicts with the profile for each "
                         "scheduler (e.g. 0.5,0.9: validate near saturation)" + _NO)
     w.add_argument("--offline", action="store_true",
                    help="every request at t=0; also checks that engine and simulator form identical batches")
-    w.add_argument("-n", "--num-requests", type=positive_int, default=200, metavar="N",
+    w.add_argument("-n", "--num-requests", type=request_count, default=200, metavar="N",
                    help="requests to generate when no --trace is given")
     w.add_argument("--prompt-len", default=None, metavar="SPEC",
                    help="generated prompt lengths: fixed:N | uniform:LO:HI | zipf:THETA:LO:HI | lognormal:MEDIAN:SIGMA "
@@ -80,23 +117,25 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     w.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="draw generated (prompt, output) pairs from a trace or length table instead" + _NO)
     add_reuse_arguments(w)
-    w.add_argument("--max-total-tokens", type=positive_int, default=None, metavar="N",
+    w.add_argument("--max-total-tokens", type=total_tokens, default=None, metavar="N",
                    help="scale requests longer than N tokens down to N, keeping prompt:output (default: the "
                         "model's context length" + _NO + ")")
     w.add_argument("--arrival", choices=("poisson", "gamma"), default="poisson",
                    help="arrival process for generated arrivals")
-    w.add_argument("--cv", type=float, default=1.0, help="coefficient of variation of the gaps for --arrival gamma")
-    w.add_argument("--seed", type=nonneg_int, default=0, help="seed of generated lengths, arrivals, weights and prompts")
+    w.add_argument("--cv", type=gap_cv, default=1.0, help="coefficient of variation of the gaps for --arrival gamma")
+    w.add_argument("--seed", type=seed_value, default=0,
+                   help="seed of generated lengths, arrivals, weights and prompts")
     w.add_argument("--strict", action="store_true",
                    help="refuse a trace holding a request that can never be served instead of skipping it")
 
     c = p.add_argument_group("capacity (for --load)")
-    c.add_argument("--slo-tbt-p99", type=float, default=0.1, metavar="S", help="P99 time-between-tokens bound (s)")
-    c.add_argument("--slo-sched-delay-p50", "--slo-delay-p50", dest="slo_delay_p50", type=float, default=2.0,
+    c.add_argument("--slo-tbt-p99", type=positive_seconds, default=0.1, metavar="S",
+                   help="P99 time-between-tokens bound (s)")
+    c.add_argument("--slo-sched-delay-p50", "--slo-delay-p50", dest="slo_delay_p50", type=positive_seconds, default=2.0,
                    metavar="S", help="median scheduling delay bound (s; the name plan and capacity use)")
-    c.add_argument("--capacity-duration", type=float, default=30.0, metavar="S",
+    c.add_argument("--capacity-duration", type=duration, default=30.0, metavar="S",
                    help="simulated seconds of arrivals per capacity point")
-    c.add_argument("--capacity-seeds", type=positive_int, default=1, metavar="K",
+    c.add_argument("--capacity-seeds", type=seed_count, default=1, metavar="K",
                    help="seeds the capacity search aggregates (median)")
 
     m = p.add_argument_group("model and device")
@@ -110,12 +149,12 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="attention backend (use the one the profile was calibrated with)")
     m.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_false", default=None,
                    help="run decode-only iterations eagerly instead of CUDA graphs" + _NO)
-    m.add_argument("--warmup", type=int, default=10, metavar="N", help="engine iterations run and discarded per run")
-    m.add_argument("--threads", type=positive_int, default=None, metavar="T",
+    m.add_argument("--warmup", type=int_range(0, MAX_WARMUP), default=10, metavar="N", help="engine iterations run and discarded per run")
+    m.add_argument("--threads", type=int_range(1, MAX_THREADS), default=None, metavar="T",
                    help="CPU intra-op threads while the engine runs (default: the profile's, as calibrated)" + _NO)
-    m.add_argument("--op-check", type=int, default=24, metavar="N",
+    m.add_argument("--op-check", type=int_range(0, MAX_OP_CHECK), default=24, metavar="N",
                    help="engine batches re-run with every op timed in situ, to explain the error (0: off)")
-    m.add_argument("--repeats", type=positive_int, default=1, metavar="K",
+    m.add_argument("--repeats", type=int_range(1, MAX_REPEATS), default=1, metavar="K",
                    help="engine runs per scheduler and load: the one with the median batch-level error is reported "
                         "and every run's median is listed, so the measurement's own noise shows (use "
                         "3-5 on a shared CPU)")
@@ -124,18 +163,18 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="skip the Perfetto timeline.json of each run folder")
 
     s = p.add_argument_group("scheduler and KV cache (the same for engine and simulator)")
-    s.add_argument("--token-budget", default=None, metavar="T|S=T,...",
+    s.add_argument("--token-budget", type=_budgets_arg, default=None, metavar="T|S=T,...",
                    help="tokens per iteration for every scheduler (T) or per scheduler (sarathi=512,vllm=4096); "
                         "default: each policy's own (Sarathi 512, vLLM unlimited)" + _NO)
-    s.add_argument("--max-batch", type=positive_int, default=128, metavar="B", help="max requests running at once")
-    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE", help="Sarathi chunk alignment (0: off)")
-    s.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block")
-    s.add_argument("--kv-blocks", type=positive_int, default=None, metavar="N",
+    s.add_argument("--max-batch", type=batch_size, default=128, metavar="B", help="max requests running at once")
+    s.add_argument("--chunk-align", type=int_range(0, MAX_TOKENS), default=0, metavar="TILE", help="Sarathi chunk alignment (0: off)")
+    s.add_argument("--block-size", type=block_size, default=16, help="tokens per KV block")
+    s.add_argument("--kv-blocks", type=block_count, default=None, metavar="N",
                    help="KV capacity in blocks, given to both engine and simulator (default: from GPU memory on "
                         "cuda; on cpu twice what the trace needs at once)" + _NO)
-    s.add_argument("--gpu-mem-util", type=float, default=0.9, metavar="F",
+    s.add_argument("--gpu-mem-util", type=fraction, default=0.9, metavar="F",
                    help="fraction of GPU memory for the engine (cuda, without --kv-blocks)")
-    s.add_argument("--watermark", type=float, default=0.01, help="fraction of KV blocks kept free at admission")
+    s.add_argument("--watermark", type=free_fraction, default=0.01, help="fraction of KV blocks kept free at admission")
     s.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                    help="automatic prefix caching on the engine and in the simulator (vLLM's flags): the report "
                         "adds the prefix-cache hit rate measured against predicted; default: on for vllm_v1, "
@@ -152,6 +191,11 @@ def _workload(args: argparse.Namespace):
         if args.sessions or args.system_prompt:
             raise ValueError("--sessions and --system-prompt shape generated requests; a --trace brings its own reuse "
                              "fields (prefix_group/prefix_len, hash_ids)")
+        given = dict(getattr(args, "given_flags", ()))
+        generator = [given[d] for d in ("num_requests", "prompt_len", "output_len", "lengths_from") if d in given]
+        if generator:
+            raise ValueError(f"--trace gives the requests; {', '.join(generator)} only shape generated ones: drop "
+                             f"{'it' if len(generator) == 1 else 'them'} or --trace")
         from sim.cli.workload_args import load_trace
         from sim.workload.transforms import clip_total
         tr = load_trace(args.trace, argparse.Namespace(trace_format=args.trace_format, arrival="static", qps=1.0,
@@ -182,8 +226,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print(TORCH_HINT, file=sys.stderr)
-        return 2
+        error(TORCH_HINT)
+        return BAD_INPUT
     from calibration.validate.run import ValidateConfig, calibrate_profile, validate
 
     config = ValidateConfig(

@@ -69,6 +69,16 @@ class ValidateConfig:
         for x in self.loads:
             if not (math.isfinite(x) and x > 0):
                 raise ValueError(f"loads must be finite fractions > 0 of the predicted capacity, got {x}")
+        for name in ("cv", "slo_tbt_p99", "slo_delay_p50"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        if not (math.isfinite(self.capacity_duration) and self.capacity_duration >= 0):
+            raise ValueError(f"capacity_duration must be a finite number of seconds >= 0, got {self.capacity_duration}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        if not 0 <= self.watermark < 1:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
         if self.warmup < 0:
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
         if self.threads is not None and self.threads < 1:

@@ -37,10 +37,13 @@ from sim.capacity.search import (
 )
 from sim.catalog.hardware import get_gpu
 from sim.jsonfile import read_json_object
+from sim.outputs.run_folder import naming
 
 __all__ = ["Candidate", "PlanResult", "enumerate_candidates", "enumerate_disaggregated", "plan", "powers_of_two"]
 
 RESULTS_FILE = "results.jsonl"
+#: the highest GPU-hour price a price file may give (USD); anything above is a typo, not a price
+MAX_PRICE = 1e6
 TABLE_COLUMNS = ["config", "mode", "gpu", "tp", "ep", "pp", "replicas", "gpus", "scheduler", "token_budget",
                  "status", "capacity_qps", "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
                  "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
@@ -64,8 +67,9 @@ def load_prices(path: str | os.PathLike[str]) -> dict[str, float]:
             name = get_gpu(k).name
         except ValueError as exc:
             raise ValueError(f"{path}: field '{k}': {exc}") from None
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{path}: field '{k}': expected a price in USD per GPU-hour >= 0, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= MAX_PRICE:
+            raise ValueError(f"{path}: field '{k}': expected a price in USD per GPU-hour from 0 to {MAX_PRICE:g}, "
+                             f"got {v!r}")
         prices[name] = float(v)
     return prices
 
@@ -310,9 +314,9 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
     result = PlanResult(table, front, points, stats, store.path, None, results)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "plan.csv", index=False, float_format="%.6g", lineterminator="\n")
-        front.to_csv(out / "pareto.csv", index=False, float_format="%.6g", lineterminator="\n")
-        points.to_csv(out / "points.csv", index=False, float_format="%.6g", lineterminator="\n")
+        for name, frame in (("plan.csv", table), ("pareto.csv", front), ("points.csv", points)):
+            with naming(out / name):
+                frame.to_csv(out / name, index=False, float_format="%.6g", lineterminator="\n")
         if not points.empty:
             model = next(c.config.model_spec().name for c in candidates if c.config is not None)
             result.figure_path = plot_pareto(points, front, out / "pareto.png", title=f"{model}: SLO {slo.describe()}",

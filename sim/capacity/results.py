@@ -9,6 +9,7 @@ from typing import Any
 
 from sim.capacity.point import point_passes
 from sim.capacity.spec import Slo
+from sim.outputs.run_folder import naming
 
 # ---- results file -----------------------------------------------------------------------------------
 
@@ -64,12 +65,13 @@ class ResultsFile:
         self.records.setdefault(rec["key"], []).append(rec)
         if self.path is None:
             return
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(rec, sort_keys=True, allow_nan=False, default=_jsonable) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with naming(self.path):
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(json.dumps(rec, sort_keys=True, allow_nan=False, default=_jsonable) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         if self._fh is not None:

@@ -272,7 +272,8 @@ class CapacitySearch:
             m = rec["metrics"]
             if not m or not m["completed"] or not m["requests_per_s"]:
                 self.error = (f"no request of the workload can be served ({m['skipped'] if m else '?'} of "
-                              f"{self.workload.num_requests} skipped: too long for the context or the KV cache)")
+                              f"{self.workload.size(None)} skipped: too long for the context, the KV cache or "
+                              f"the token budget)")
                 return
             self.saturated_rps = t = float(m["requests_per_s"])
             self._start(t * START_FRACTION, min_rate=t * MIN_RATE_FRACTION, max_rate=t * MAX_RATE_FACTOR)

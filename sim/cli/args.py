@@ -12,102 +12,31 @@ from collections.abc import Callable
 from typing import Any
 
 from sim.catalog.models import DTYPE_BYTES
+from sim.cli.values import (  # noqa: F401 - the value types are re-exported: the engine's and calibration's
+    MAX_REQUESTS,            # commands import them from here
+    MAX_TOKENS,
+    batch_size,
+    block_count,
+    block_size,
+    float_list,
+    float_range,
+    fraction,
+    free_fraction,
+    int_list,
+    int_range,
+    name_list,
+    nonneg_float,
+    nonneg_int,
+    parallel_degree,
+    positive_int,
+    replica_count,
+    seconds_or,
+    token_count,
+)
 
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
 #: in a help text: prints nothing but keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
 NO_DEFAULT = "%(default).0s"
-
-
-# ---- value types --------------------------------------------------------------------------------
-
-def _int_at_least(least: int) -> Callable[[str], int]:
-    """A parser of integers >= ``least``, with argparse's one-line message naming the flag."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text!r}") from None
-        if v < least:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {least}, got {text}")
-        return v
-    return parse
-
-
-#: an integer >= 0 (seeds, counts where 0 means all)
-nonneg_int = _int_at_least(0)
-#: an integer >= 1
-positive_int = _int_at_least(1)
-
-
-def positive(kind: type) -> Callable[[str], Any]:
-    """A parser of numbers of ``kind`` (int or float) > 0."""
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            v = 0
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"expected a {'number' if kind is float else 'whole number'} > 0, "
-                                             f"got {text!r}")
-        return v
-    return parse
-
-
-def seconds_or(keywords: dict[str, Any], what: str) -> Callable[[str], Any]:
-    """A parser of finite seconds > 0, or one of ``keywords`` (mapped to its value); ``what`` names the choices."""
-    def parse(text: str) -> Any:
-        key = text.strip().lower()
-        if key in keywords:
-            return keywords[key]
-        try:
-            v = float(text)
-        except ValueError:
-            v = -1.0
-        if not 0 < v < float("inf"):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return v
-    return parse
-
-
-def nonneg_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return v
-
-
-def int_list(text: str) -> list[int]:
-    """Comma-separated integers >= 1, in the order given."""
-    try:
-        values = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
-    return values
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    """Comma-separated numbers > 0."""
-    try:
-        vals = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not vals or any(not v > 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers > 0, got {text!r}")
-    return vals
-
-
-def name_list(text: str) -> list[str]:
-    """A non-empty comma-separated list of names."""
-    values = [x.strip() for x in text.split(",") if x.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-    return values
 
 
 # ---- which flags were given ----------------------------------------------------------------------
@@ -140,22 +69,28 @@ def note_given_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(given_flags=())
 
 
-def flags_given(args: argparse.Namespace, *adders: Callable[[argparse.ArgumentParser], None]) -> list[str]:
-    """The flags that ``adders`` register which the command line gave (as typed), or which left their default."""
+def given_by_dest(args: argparse.Namespace, *adders: Callable[[argparse.ArgumentParser], None]) -> dict[str, str]:
+    """{dest: flag as typed} of the flags that ``adders`` register which the command line gave, or which left
+    their default (for parsers without ``note_given_flags``)."""
     scratch = argparse.ArgumentParser(add_help=False)
     for add in adders:
         add(scratch)
     defaults = vars(scratch.parse_args([]))
     noted = dict(getattr(args, "given_flags", ()))
-    return [noted.get(d) or "--" + d.replace("_", "-") for d in defaults
-            if d in noted or getattr(args, d, defaults[d]) != defaults[d]]
+    return {d: noted.get(d) or "--" + d.replace("_", "-") for d in defaults
+            if d in noted or getattr(args, d, defaults[d]) != defaults[d]}
+
+
+def flags_given(args: argparse.Namespace, *adders: Callable[[argparse.ArgumentParser], None]) -> list[str]:
+    """The flags that ``adders`` register which the command line gave (as typed), or which left their default."""
+    return list(given_by_dest(args, *adders).values())
 
 
 # ---- flag groups --------------------------------------------------------------------------------
 
 def add_max_model_len_argument(g: Any) -> None:
     """--max-model-len (vLLM's flag) on a parser or argument group."""
-    g.add_argument("--max-model-len", type=positive_int, default=None, metavar="N",
+    g.add_argument("--max-model-len", type=token_count, default=None, metavar="N",
                    help="the model's context length, overriding the catalogue's or config.json's (long-context "
                         "variants; prompt + output above it are skipped) (default: the model's own)" + NO_DEFAULT)
 
@@ -171,15 +106,15 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
     add_max_model_len_argument(g)
     g.add_argument("--gpu", default=None, help="GPU from the catalogue (`servesim gpus`) (default: a100-80gb; with "
                                                "--profile, the profile's GPU)%(default).0s")
-    g.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree (default: %(default)s)")
-    g.add_argument("--pp", type=positive_int, default=1, help="pipeline-parallel stages (default: %(default)s)")
-    g.add_argument("--replicas", type=positive_int, default=1,
+    g.add_argument("--tp", type=parallel_degree, default=1, help="tensor-parallel degree (default: %(default)s)")
+    g.add_argument("--pp", type=parallel_degree, default=1, help="pipeline-parallel stages (default: %(default)s)")
+    g.add_argument("--replicas", type=replica_count, default=1,
                    help="independent model replicas behind the router (default: %(default)s)")
     g.add_argument("--router", choices=("round_robin", "least_outstanding", "cache_aware"), default="round_robin",
                    help="how arriving requests are assigned to replicas; cache_aware (with prefix caching): the "
                         "replica where the prompt left to prefill after its cached prefix, plus "
                         "--router-cache-weight tokens per outstanding request, is least (default: %(default)s)")
-    g.add_argument("--router-cache-weight", type=nonneg_float, default=1024.0, metavar="TOKENS",
+    g.add_argument("--router-cache-weight", type=float_range(0.0, MAX_TOKENS), default=1024.0, metavar="TOKENS",
                    help="cache_aware routing: prefill tokens one outstanding request counts as (default: %(default)s)")
     add_moe_and_dtype_arguments(g)
     add_scheduler_arguments(p)
@@ -188,7 +123,7 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
     """Expert parallelism, routing skew and the weight / KV-cache dtypes (vLLM's names where vLLM has them)."""
-    g.add_argument("--ep", type=positive_int, default=1, metavar="N",
+    g.add_argument("--ep", type=parallel_degree, default=1, metavar="N",
                    help="expert-parallel degree of a MoE model: its routed experts spread whole over N GPUs, with "
                         "all-to-all dispatch and combine; the EP group is the TP group (vLLM's "
                         "--enable-expert-parallel), so N = --tp (default: 1, experts split by TP)")
@@ -199,7 +134,7 @@ def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
 
 def add_dtype_arguments(g: argparse._ArgumentGroup) -> None:
     """Routing skew and the weight / KV-cache dtypes (also for plan, which searches EP itself)."""
-    g.add_argument("--router-skew", type=nonneg_float, default=0.0, metavar="S",
+    g.add_argument("--router-skew", type=float_range(0.0, 100.0), default=0.0, metavar="S",
                    help="MoE routing skew: expert popularity Zipf-like with exponent S (default: 0, uniform)")
     g.add_argument("--dtype", "--quantization", dest="dtype", choices=("auto", *DTYPE_BYTES),
                    default="auto",
@@ -234,12 +169,12 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("scheduler")
     s.add_argument("--scheduler", default="sarathi",
                    help=f"batching policy: {', '.join(MAIN_SCHEDULERS)} (default: %(default)s)")
-    s.add_argument("--token-budget", "--max-num-batched-tokens", dest="token_budget", type=positive_int,
+    s.add_argument("--token-budget", "--max-num-batched-tokens", dest="token_budget", type=token_count,
                    default=None, metavar="T",
                    help="max tokens per iteration (vLLM's max_num_batched_tokens): Sarathi's budget (default 512), "
                         "vLLM v1's (default 2048), vLLM v0's (default max(max_model_len, 2048), as vLLM); "
                         "Orca/FasterTransformer: optional cap on prefill tokens" + NO_DEFAULT)
-    s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=positive_int, default=128, metavar="B",
+    s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=batch_size, default=128, metavar="B",
                    help="max requests running at once (vLLM's max_num_seqs, Orca's batch size) (default: %(default)s)")
     s.add_argument("--enable-chunked-prefill", action="store_true",
                    help="vLLM's flag: with --scheduler vllm, run vLLM v0's chunked-prefill scheduler, which is "
@@ -249,7 +184,7 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
                    help="automatic prefix caching (vLLM's flags): full KV blocks shared by their prefix hash, "
                         "reference-counted, evicted least recently used; default: on for vllm_v1 (as vLLM v1), "
                         "off for the other policies")
-    s.add_argument("--chunk-align", type=int, default=0, metavar="TILE",
+    s.add_argument("--chunk-align", type=int_range(0, MAX_TOKENS), default=0, metavar="TILE",
                    help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
                         + NO_DEFAULT)
 
@@ -267,12 +202,12 @@ def scheduler_of(args: argparse.Namespace) -> str:
 def add_kv_arguments(p: argparse.ArgumentParser, kv_blocks_help: str) -> None:
     """KV-cache block size, capacity and admission watermark."""
     k = p.add_argument_group("KV cache")
-    k.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV block (default: %(default)s)")
-    k.add_argument("--gpu-mem-util", "--gpu-memory-utilization", dest="gpu_mem_util", type=float, default=0.9,
+    k.add_argument("--block-size", type=block_size, default=16, help="tokens per KV block (default: %(default)s)")
+    k.add_argument("--gpu-mem-util", "--gpu-memory-utilization", dest="gpu_mem_util", type=fraction, default=0.9,
                    metavar="F",
                    help="fraction of GPU memory for weights, activations and KV cache (default: %(default)s)")
-    k.add_argument("--kv-blocks", type=positive_int, default=None, metavar="N", help=kv_blocks_help + NO_DEFAULT)
-    k.add_argument("--watermark", type=float, default=0.01,
+    k.add_argument("--kv-blocks", type=block_count, default=None, metavar="N", help=kv_blocks_help + NO_DEFAULT)
+    k.add_argument("--watermark", type=free_fraction, default=0.01,
                    help="fraction of blocks kept free at admission (default: %(default)s)")
 
 
@@ -327,17 +262,18 @@ def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
                         "KV cache, stage Gantt)")
     p.add_argument("--timeline", action="store_true",
                    help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
-    p.add_argument("--timeline-requests", type=nonneg_int, default=1000, metavar="N",
+    p.add_argument("--timeline-requests", type=int_range(0, MAX_REQUESTS), default=1000, metavar="N",
                    help="request slices in the timeline: the first N requests by arrival (0: all)")
 
 
 def check_run_folder_args(args: argparse.Namespace) -> None:
-    """Refuse --plots/--timeline without --out, and an --out that cannot be written, before any work is done."""
+    """Refuse --plots/--timeline without --out, and an --out that cannot be written, before any work is done;
+    a previous run's manifest in --out goes now, so that an interrupted run never leaves it looking complete."""
     if (args.plots or args.timeline) and not args.out:
         raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
     if args.out:
-        from sim.outputs.run_folder import prepare_out_dir
-        prepare_out_dir(args.out)
+        from sim.outputs.run_folder import claim_run_folder
+        claim_run_folder(args.out)
 
 
 def write_run_folder(args: argparse.Namespace, result: Any) -> None:
@@ -352,6 +288,19 @@ def write_run_folder(args: argparse.Namespace, result: Any) -> None:
     if args.timeline:
         from sim.outputs.timeline import write_timeline
         write_timeline(args.out, max_requests=args.timeline_requests if args.timeline_requests > 0 else None)
+
+
+def served_status(summary: dict) -> int:
+    """Exit status of a finished run: 0, or 1 with one line on stderr when the trace had requests and none of them
+    could be served (each skipped as too long for the context, the KV cache or the budget)."""
+    req = summary["requests"]
+    if not req["in_trace"] or req["simulated"]:
+        return 0
+    from sim.cli.errors import FAILED, error
+    reasons = ", ".join(f"{k}: {v}" for k, v in req["skipped_by_reason"].items())
+    error(f"none of the {req['in_trace']} requests can be served by this deployment ({reasons}); see the reasons "
+          f"above")
+    return FAILED
 
 
 # ---- subcommands --------------------------------------------------------------------------------
@@ -413,10 +362,10 @@ def add_kv_link_arguments(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--kv-link", choices=("network", "nvlink"), default=None,
                    help="the KV cache's path: network (the GPUs' NICs, across nodes) or nvlink (within one node) "
                         "(default: network)")
-    g.add_argument("--kv-link-bandwidth", type=positive(float), default=None, metavar="GBPS",
+    g.add_argument("--kv-link-bandwidth", type=float_range(0.0, 1e6, low_open=True), default=None, metavar="GBPS",
                    help="link bandwidth in GB/s (1e9 bytes/s) per GPU (default: the prefill GPU's NIC or NVLink "
                         "rate)")
-    g.add_argument("--kv-link-latency-us", type=nonneg_float, default=None, metavar="US",
+    g.add_argument("--kv-link-latency-us", type=float_range(0.0, 1e9), default=None, metavar="US",
                    help="fixed latency per transfer, microseconds (default: 10)")
     g.add_argument("--kv-transfer-overlap", action="store_true",
                    help="transfer the KV cache layer by layer during the prefill (only the last layer's share after it)")

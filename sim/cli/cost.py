@@ -12,8 +12,8 @@ from sim.cli.args import (
     add_moe_and_dtype_arguments,
     cost_model_from_args,
     ep_of,
-    positive_int,
 )
+from sim.cli.values import MAX_BATCH, MAX_TOKENS, int_range, parallel_degree, token_count
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 _EXAMPLES = """examples:
@@ -29,19 +29,20 @@ def add_cost_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     d.add_argument("--model", default="llama-2-7b", help="model from the catalogue or a Hugging Face config.json")
     d.add_argument("--gpu", default=None, help="GPU from the catalogue (default: a100-80gb; with --profile, the "
                                                "profile's)" + "%(default).0s")
-    d.add_argument("--tp", type=positive_int, default=1, help="tensor-parallel degree")
-    d.add_argument("--pp", type=positive_int, default=1, help="pipeline stages (each stage is priced)")
+    d.add_argument("--tp", type=parallel_degree, default=1, help="tensor-parallel degree")
+    d.add_argument("--pp", type=parallel_degree, default=1, help="pipeline stages (each stage is priced)")
     add_moe_and_dtype_arguments(d)
     d.add_argument("--profile", default=None, metavar="DIR", help="price from this calibration profile%(default).0s")
     add_cost_model_arguments(p)
     b = p.add_argument_group("the iteration's batch")
-    b.add_argument("--prefill", type=positive_int, action="append", default=[], metavar="TOKENS",
+    b.add_argument("--prefill", type=token_count, action="append", default=[], metavar="TOKENS",
                    help="a prefill chunk of TOKENS new tokens; repeat for several chunks")
-    b.add_argument("--prefill-context", type=int, action="append", default=[], metavar="TOKENS",
+    b.add_argument("--prefill-context", type=int_range(0, MAX_TOKENS), action="append", default=[], metavar="TOKENS",
                    help="tokens already cached before each chunk, in the order of --prefill (one value: every "
                         "chunk) (default: 0)")
-    b.add_argument("--decodes", type=int, default=0, metavar="B", help="decode requests in the batch")
-    b.add_argument("--decode-context", type=positive_int, default=1024, metavar="TOKENS",
+    b.add_argument("--decodes", type=int_range(0, MAX_BATCH), default=0, metavar="B",
+                   help="decode requests in the batch")
+    b.add_argument("--decode-context", type=token_count, default=1024, metavar="TOKENS",
                    help="keys each decode reads, its new one included")
     p.add_argument("--json", action="store_true", help="print the breakdown as JSON")
     return p

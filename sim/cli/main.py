@@ -12,7 +12,10 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from sim.cli.errors import CliParser, run_cli
 from sim.version import __version__
+
+__all__ = ["COMMANDS", "build_parser", "main", "run_cli"]
 
 #: (module, function registering its subcommands), in the order ``servesim --help`` lists them
 COMMANDS: tuple[tuple[str, str], ...] = (
@@ -30,7 +33,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``servesim`` parser (imports each command module's parser code, no torch)."""
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="servesim",
         description="Predict LLM serving latency tails, throughput and pipeline bubbles by discrete-event "
                     "simulation of Orca, vLLM, Sarathi-Serve and other schedulers.")
@@ -41,35 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the subcommand; bad input gets one line on stderr and exit status 2."""
+def _run(argv: Sequence[str] | None) -> int:
+    """Build the parser, parse ``argv`` and run the subcommand (inside run_cli, start-up included)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # bad input: one clear line, no traceback
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"servesim: error: {msg}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:  # an optional or missing dependency: name it and how to get it
-        hint = "pip install torch==2.13.0" if e.name == "torch" else f"pip install {e.name}"
-        print(f"servesim: error: this command needs the Python package {e.name!r}, which is not installed "
-              f"({hint})", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and closed early: not an error
-        import os
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as e:  # a file we cannot read or write (permissions, a full disk, a folder where a file goes)
-        where = f"{e.filename}: " if e.filename else ""
-        print(f"servesim: error: {where}{e.strerror or e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("servesim: interrupted", file=sys.stderr)
-        return 130
+    return args.func(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand under the error contract (sim.cli.errors): bad input is one line on
+    stderr and exit status 2, a bug one line and 1, Ctrl-C 130; never a traceback unless SERVESIM_DEBUG=1."""
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":

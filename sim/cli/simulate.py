@@ -20,9 +20,10 @@ from sim.cli.args import (
     flags_given,
     kv_link_section,
     note_given_flags,
-    positive_int,
+    served_status,
     write_run_folder,
 )
+from sim.cli.values import batch_size, block_count, parallel_degree, replica_count, token_count
 from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
 if TYPE_CHECKING:
@@ -58,12 +59,13 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 
 #: per-pool flags of a disaggregated deployment: (flag suffix, SimConfig field, type, metavar, what it sets); each
 #: defaults to the deployment flag of the same suffix (--prefill-tp to --tp)
-POOL_FLAGS = (("replicas", "replicas", positive_int, "N", "replicas"), ("tp", "tp", positive_int, "N", "TP degree"),
-              ("pp", "pp", positive_int, "N", "pipeline stages"), ("gpu", "gpu", str, "GPU", "GPU"),
+POOL_FLAGS = (("replicas", "replicas", replica_count, "N", "replicas"),
+              ("tp", "tp", parallel_degree, "N", "TP degree"), ("pp", "pp", parallel_degree, "N", "pipeline stages"),
+              ("gpu", "gpu", str, "GPU", "GPU"),
               ("scheduler", "scheduler", str, "S", "scheduler"),
-              ("token-budget", "token_budget", positive_int, "T", "token budget"),
-              ("max-batch", "max_batch_size", positive_int, "B", "batch-size cap"),
-              ("kv-blocks", "kv_blocks", positive_int, "N", "KV blocks per replica"))
+              ("token-budget", "token_budget", token_count, "T", "token budget"),
+              ("max-batch", "max_batch_size", batch_size, "B", "batch-size cap"),
+              ("kv-blocks", "kv_blocks", block_count, "N", "KV blocks per replica"))
 
 
 def add_disaggregated_arguments(p: argparse.ArgumentParser) -> None:
@@ -178,10 +180,4 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"... and {req['skipped'] - 5} more skipped (counts by reason above; the first 20 in summary.json)")
         print(f"\nsimulated in {wall:.2f} s wall" + (f"; wrote {args.out}/summary.json, requests.csv, batches.csv"
                                                    if args.out else ""))
-    req = result.summary["requests"]
-    if req["in_trace"] and not req["simulated"]:
-        print(f"servesim: error: none of the {req['in_trace']} requests can be served by this deployment "
-              f"({', '.join(f'{k}: {v}' for k, v in req['skipped_by_reason'].items())}); see the reasons above",
-              file=sys.stderr)
-        return 1
-    return 0
+    return served_status(result.summary)

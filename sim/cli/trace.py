@@ -11,8 +11,17 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from sim.cli.args import add_command, nonneg_int, positive, seconds_or
-from sim.cli.workload_args import add_generator_arguments, add_import_arguments, load_trace, trace_from_args
+from sim.cli.args import add_command, given_by_dest, note_given_flags, seconds_or
+from sim.cli.values import MAX_COUNT, int_range, positive_seconds, rate, seed_value, total_tokens
+from sim.cli.workload_args import (
+    ARRIVAL_FLAGS,
+    add_generator_arguments,
+    add_import_arguments,
+    check_arrival_flags,
+    load_trace,
+    trace_from_args,
+)
+from sim.outputs.run_folder import naming
 from sim.request import TraceRequest
 from sim.workload.trace import write_trace
 from sim.workload.transforms import TransformSpec, apply_transforms
@@ -32,19 +41,39 @@ def summary_line(requests: Sequence[TraceRequest]) -> str:
 
 def _generate(args: argparse.Namespace) -> int:
     """Write a seeded synthetic trace: request ids 0..N-1, arrival times in seconds, prompt and output token counts."""
-    try:
-        requests = trace_from_args(args)
+    requests = trace_from_args(args)
+    with naming(args.out):
         write_trace(args.out, requests)
-    except (ValueError, OSError) as exc:
-        print(f"servesim trace generate: error: {exc}", file=sys.stderr)
-        return 2
     print(f"wrote {args.out}: {summary_line(requests)}")
     return 0
+
+
+#: bins of the rate over time at most (--bin)
+MAX_BINS = 1_000_000
+
+
+def _check_bins(requests: Sequence[TraceRequest], bin_s: float | None) -> None:
+    """Refuse a --bin so narrow against the trace's span that the rate over time would need MAX_BINS bins or more."""
+    if bin_s is None or not requests:
+        return
+    times = [r.arrival_time for r in requests]
+    span = max(times) - min(times)
+    if span / bin_s >= MAX_BINS:
+        raise ValueError(f"--bin {bin_s:g}: the trace spans {span:g} s, {span / bin_s:.3g} bins; give at least "
+                         f"{span / MAX_BINS:.3g} s (at most {MAX_BINS:,} bins)")
+
+
+def _check_arrivals(args: argparse.Namespace, path: str) -> None:
+    """Refuse --arrival/--qps/--cv for a trace with its own arrival times (they would be ignored)."""
+    given = given_by_dest(args, add_import_arguments)
+    check_arrival_flags(path, args.trace_format, [given[d] for d in ARRIVAL_FLAGS if d in given])
 
 
 def _window(text: str) -> tuple[float, float]:
     """START:END in seconds (END may be empty for 'to the end')."""
     try:
+        if not text.isascii():  # float() would read Unicode digits
+            raise ValueError(text)
         a, b = text.split(":")
         start = float(a) if a else 0.0
         end = float(b) if b else float("inf")
@@ -69,16 +98,16 @@ def add_transform_arguments(parser: argparse.ArgumentParser) -> None:
                         "timestamps (for coarse timestamps such as Mooncake's ~3 s buckets)")
     g.add_argument("--window", type=_window, default=None, metavar="START:END",
                    help="keep requests arriving in [START, END) seconds and shift them to start at 0")
-    g.add_argument("--first", type=positive(int), default=None, metavar="N", help="keep the first N requests")
-    g.add_argument("--sample", type=positive(int), default=None, metavar="N",
+    g.add_argument("--first", type=int_range(1, MAX_COUNT), default=None, metavar="N", help="keep the first N requests")
+    g.add_argument("--sample", type=int_range(1, MAX_COUNT), default=None, metavar="N",
                    help="keep a seeded uniform random subset of N requests (arrival order kept)")
-    g.add_argument("--rate", type=positive(float), default=None, metavar="R",
+    g.add_argument("--rate", type=rate, default=None, metavar="R",
                    help="scale all arrival times so the mean rate, (N-1)/(last-first arrival), is R req/s; the "
                         "burstiness (inter-arrival CV) is unchanged")
     g.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="keep arrival times but draw (prompt, output) pairs with replacement from FILE "
                         "(any supported trace format)")
-    g.add_argument("--max-total-tokens", type=positive(int), default=None, metavar="N",
+    g.add_argument("--max-total-tokens", type=total_tokens, default=None, metavar="N",
                    help="scale requests whose prompt + output exceeds N down to N tokens keeping their "
                         "prompt:output ratio (as Sarathi-Serve's benchmark does)")
 
@@ -94,15 +123,13 @@ def _convert(args: argparse.Namespace) -> int:
     """Read a trace in any supported format (Azure, Mooncake, BurstGPT, Splitwise, length tables, servesim JSONL),
     optionally transform it, and write servesim JSONL. Malformed rows are reported with file and line.
     """
-    try:
-        trace = load_trace(args.input, args)
-        for w in trace.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        requests, notes = apply_transforms(trace.requests, transform_spec_from_args(args))
+    _check_arrivals(args, args.input)
+    trace = load_trace(args.input, args)
+    for w in trace.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    requests, notes = apply_transforms(trace.requests, transform_spec_from_args(args))
+    with naming(args.output):
         write_trace(args.output, requests)
-    except (ValueError, OSError) as exc:
-        print(f"servesim trace convert: error: {exc}", file=sys.stderr)
-        return 2
     for note in notes:
         print(note)
     print(f"wrote {args.output}: {summary_line(requests)}")
@@ -116,16 +143,15 @@ def _stats(args: argparse.Namespace) -> int:
     import json
 
     from sim.workload.stats import format_stats, plot_stats, trace_stats
-    try:
-        trace = load_trace(args.file, args)
-        for w in trace.warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        stats = trace_stats(trace.requests, args.bin)
-        if args.plot:
+    _check_arrivals(args, args.file)
+    trace = load_trace(args.file, args)
+    for w in trace.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    _check_bins(trace.requests, args.bin)
+    stats = trace_stats(trace.requests, args.bin)
+    if args.plot:
+        with naming(args.plot):
             plot_stats(trace.requests, args.plot, args.bin, title=os.path.basename(args.file))
-    except (ValueError, OSError) as exc:
-        print(f"servesim trace stats: error: {exc}", file=sys.stderr)
-        return 2
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats, args.file))
     if args.plot:
         print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
@@ -161,22 +187,24 @@ def add_trace_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     conv = add_command(trace_sub, "convert", _convert,
                        "convert a trace from another format to servesim JSONL, optionally transformed",
                        show_defaults=False, epilog=_CONVERT_EXAMPLES)
+    note_given_flags(conv)  # so that --qps given for a trace with its own arrivals is refused by name
     conv.add_argument("input", metavar="IN", help="trace to read")
     conv.add_argument("output", metavar="OUT.jsonl", help="servesim JSONL trace to write (parent folders are created)")
     add_import_arguments(conv)
     add_transform_arguments(conv)
-    conv.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
+    conv.add_argument("--seed", type=seed_value, default=0, metavar="S",
                       help="seed for generated arrivals, --jitter, --sample and --lengths-from (default: %(default)s)")
 
     st = add_command(trace_sub, "stats", _stats, "print (and plot) a trace's rate, burstiness, lengths and P:D ratio",
                      show_defaults=False,
                      epilog="example: servesim trace stats AzureLLMInferenceTrace_conv.csv --plot azure_stats.png")
+    note_given_flags(st)
     st.add_argument("file", metavar="FILE", help="trace to read")
     st.add_argument("--plot", default=None, metavar="OUT.png", help="also write a PNG with four panels")
-    st.add_argument("--bin", type=positive(float), default=None, metavar="SECONDS",
+    st.add_argument("--bin", type=positive_seconds, default=None, metavar="SECONDS",
                     help="bin width of the rate over time (default: a round width giving about 60 bins)")
     st.add_argument("--json", action="store_true", help="print the statistics as JSON")
     add_import_arguments(st)
-    st.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
+    st.add_argument("--seed", type=seed_value, default=0, metavar="S",
                     help="seed of generated arrivals for length tables (default: %(default)s)")
     return trace

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from sim.cli.args import NO_DEFAULT, nonneg_int, positive_int
+from sim.cli.args import NO_DEFAULT, given_by_dest
+from sim.cli.values import MAX_SECONDS, MAX_TOKENS, gap_cv, rate, request_count, seed_value, total_tokens
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
 from sim.workload.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
@@ -17,10 +18,16 @@ _SPEC_HELP = (
 )
 
 
+#: turns of one generated conversation at most (each turn resends the earlier ones)
+MAX_TURNS = 1000
+
+
 def _count_and_number(text: str, form: str, example: str, default: float) -> tuple[int, float]:
     """INT[:NUMBER] as (int, float), the number ``default`` when left out; ``form`` and ``example`` for errors."""
     head, _, tail = text.partition(":")
     try:
+        if not text.isascii():  # int() and float() would read Unicode digits
+            raise ValueError(text)
         return int(head), float(tail or default)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {form}, e.g. {example}, got {text!r}") from None
@@ -29,16 +36,18 @@ def _count_and_number(text: str, form: str, example: str, default: float) -> tup
 def sessions_arg(text: str) -> tuple[int, float]:
     """TURNS[:THINK_S] of --sessions."""
     t, s = _count_and_number(text, "TURNS[:THINK_S]", "4:30", 0)
-    if t < 1 or s < 0:
-        raise argparse.ArgumentTypeError(f"expected TURNS >= 1 and THINK_S >= 0, got {text!r}")
+    if not (1 <= t <= MAX_TURNS and 0 <= s <= MAX_SECONDS):
+        raise argparse.ArgumentTypeError(f"expected TURNS >= 1 (at most {MAX_TURNS}) and THINK_S >= 0 (finite "
+                                         f"seconds), got {text!r}")
     return t, s
 
 
 def system_prompt_arg(text: str) -> tuple[int, float]:
     """TOKENS[:FRACTION] of --system-prompt."""
     n, f = _count_and_number(text, "TOKENS[:FRACTION]", "512:0.8", 1)
-    if n < 1 or not 0 < f <= 1:
-        raise argparse.ArgumentTypeError(f"expected TOKENS >= 1 and FRACTION in (0, 1], got {text!r}")
+    if not (1 <= n <= MAX_TOKENS and 0 < f <= 1):
+        raise argparse.ArgumentTypeError(f"expected TOKENS >= 1 (at most {MAX_TOKENS}) and FRACTION in (0, 1], "
+                                         f"got {text!r}")
     return n, f
 
 
@@ -60,15 +69,15 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
         "Seeded synthetic requests. Arrivals, prompt lengths and output lengths use independent "
         "random streams of --seed, so changing --qps or --arrival keeps the same lengths.",
     )
-    g.add_argument("-n", "--num-requests", type=positive_int, default=None, metavar="N",
+    g.add_argument("-n", "--num-requests", type=request_count, default=None, metavar="N",
                    help="number of requests (default: 1000); with --trace, the first N requests by arrival "
                         "(default: all)" + NO_DEFAULT)
     g.add_argument("--arrival", choices=ARRIVALS, default="poisson",
                    help="arrival process: poisson (exponential gaps), gamma (gamma gaps with --cv), "
                         "static (all at t=0); poisson/gamma start at the first gap (default: %(default)s)")
-    g.add_argument("--qps", type=float, default=1.0, metavar="Q",
+    g.add_argument("--qps", type=rate, default=1.0, metavar="Q",
                    help="mean arrival rate in requests per second, for poisson and gamma (default: %(default)s)")
-    g.add_argument("--cv", type=float, default=1.0, metavar="C",
+    g.add_argument("--cv", type=gap_cv, default=1.0, metavar="C",
                    help="coefficient of variation of the gaps for --arrival gamma; 1 is Poisson-like, "
                         ">1 bursty (default: %(default)s)")
     g.add_argument("--prompt-len", default=None, metavar="SPEC",
@@ -79,11 +88,11 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
                    help="draw (prompt, output) pairs jointly from FILE instead: a JSONL trace, or a CSV with "
                         "columns num_prefill_tokens,num_decode_tokens (Sarathi/Vidur tables) or "
                         "ContextTokens,GeneratedTokens (Azure); excludes --prompt-len/--output-len" + NO_DEFAULT)
-    g.add_argument("--max-total-tokens", type=int, default=None, metavar="N",
+    g.add_argument("--max-total-tokens", type=total_tokens, default=None, metavar="N",
                    help="scale any request whose prompt+output exceeds N down to N tokens, keeping its "
                         f"prompt:output ratio (default: no limit{NO_DEFAULT})")
     add_reuse_arguments(g)
-    g.add_argument("--seed", type=nonneg_int, default=0, metavar="S",
+    g.add_argument("--seed", type=seed_value, default=0, metavar="S",
                    help="random seed; the same flags and seed give a byte-identical trace (default: %(default)s)")
 
 
@@ -148,9 +157,9 @@ def add_import_arguments(parser: argparse.ArgumentParser, *, format_flag: str = 
             "A length table without an arrived_at column gets generated arrival times (as `trace generate`).")
         a.add_argument("--arrival", choices=ARRIVALS, default="poisson",
                        help="arrival process: poisson, gamma (with --cv) or static (default: %(default)s)")
-        a.add_argument("--qps", type=float, default=1.0, metavar="Q",
+        a.add_argument("--qps", type=rate, default=1.0, metavar="Q",
                        help="mean arrival rate in requests per second (default: %(default)s)")
-        a.add_argument("--cv", type=float, default=1.0, metavar="C",
+        a.add_argument("--cv", type=gap_cv, default=1.0, metavar="C",
                        help="coefficient of variation of the gaps for --arrival gamma (default: %(default)s)")
 
 
@@ -163,9 +172,40 @@ def load_trace(path: str, args: argparse.Namespace, *, zero_lengths: str | None 
                     on_unsorted=getattr(args, "on_unsorted", "sort"))
 
 
+#: generator flags that also apply to a --trace: the first N requests, the clip, the seed of generated arrivals
+TRACE_FLAGS = ("num_requests", "max_total_tokens", "seed")
+#: generator flags that make arrivals for a length table without them, and are refused with any other trace
+ARRIVAL_FLAGS = ("arrival", "qps", "cv")
+
+
+def check_trace_flags(args: argparse.Namespace) -> None:
+    """Refuse generator flags that --trace would silently ignore, naming both (before the trace is read)."""
+    given = given_by_dest(args, add_generator_arguments)
+    for dest in TRACE_FLAGS:
+        given.pop(dest, None)
+    arrivals = [given.pop(d) for d in ARRIVAL_FLAGS if d in given]
+    if given:
+        raise ValueError(f"--trace gives the requests; {', '.join(given.values())} only shape generated ones: "
+                         f"drop {'it' if len(given) == 1 else 'them'} or --trace")
+    check_arrival_flags(args.trace, getattr(args, "trace_format", "auto"), arrivals, "--trace ")
+
+
+def check_arrival_flags(path: str, fmt: str, flags: list[str], what: str = "") -> None:
+    """Refuse arrival ``flags`` (--arrival, --qps, --cv as typed) for a trace that is not a length table: its own
+    arrival times would win and the flags be ignored. ``what`` names the trace's flag in the message."""
+    if not flags:
+        return
+    from sim.workload.importers import detect_format
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt != "lengths":
+        raise ValueError(f"{what}{path} ({fmt}) has its own arrival times: drop {', '.join(flags)} (they make "
+                         f"arrivals only for a length table without them)")
+
+
 def load_workload(args: argparse.Namespace) -> tuple[list[TraceRequest], str, list[str]]:
     """(trace requests, source label, warnings) from --trace (clipped by --max-total-tokens) or the generator flags."""
     if args.trace:
+        check_trace_flags(args)
         tr = load_trace(args.trace, args, zero_lengths="error" if args.strict else "skip")
         n = getattr(args, "num_requests", None)
         if n is not None and n < len(tr.requests):  # a quick look at a long trace

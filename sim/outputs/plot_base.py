@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, ScalarFormatter
 
-from sim.outputs.run_folder import read_run
+from sim.outputs.run_folder import naming, read_run
 
 matplotlib.use("Agg")  # no display: pyplot picks its backend at the first figure, so this may follow the import
 
@@ -49,8 +49,11 @@ def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    try:
+        with naming(path):
+            fig.savefig(path, dpi=DPI)
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -276,18 +276,28 @@ def write_plots(run_dir: str | Path, out_dir: str | Path | None = None, *, label
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sim.outputs.plots RUN_DIR`: write the plots of any run folder (simulator or engine)."""
-    import argparse
-    p = argparse.ArgumentParser(prog="python -m sim.outputs.plots",
-                                description=f"Write the PNG plots ({', '.join(PLOT_FILES)}; {PREFIX_CACHE_PLOT} "
-                                            "with prefix caching) of a run folder.")
+def _main(argv: Sequence[str] | None) -> int:
+    """Parse the tool's flags and write the plots (run under the error contract by ``main``)."""
+    from sim.cli.errors import CliParser
+    p = CliParser(prog="python -m sim.outputs.plots",
+                  description=f"Write the PNG plots ({', '.join(PLOT_FILES)}; {PREFIX_CACHE_PLOT} "
+                              "with prefix caching) of a run folder.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder with summary.json, requests.csv, batches.csv")
     p.add_argument("--out", default=None, metavar="DIR", help="where to write (default: RUN_DIR)")
     args = p.parse_args(argv)
+    if args.out is not None:
+        from sim.outputs.run_folder import prepare_out_dir
+        prepare_out_dir(args.out)
     for path in write_plots(args.run_dir, args.out):
         print(f"wrote {path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sim.outputs.plots RUN_DIR`: write the plots of any run folder (simulator or engine), under
+    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
+    from sim.cli.errors import run_cli
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sim.outputs.run_folder import naming
+
 if TYPE_CHECKING:  # matplotlib is imported only when a report is written, not when the CLI starts
     from matplotlib.figure import Figure
 
@@ -218,7 +220,9 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path, *, labels:
             per_run[run.label] = [f"{sub}/{f.name}" for f in write_plots(d, out / sub, label=run.label)]
     table = metrics_table(runs)
     md = out / "report.md"
-    md.write_text(_markdown(title, runs, table, images, per_run))
+    with naming(md):
+        md.write_text(_markdown(title, runs, table, images, per_run))
     page = out / "report.html"
-    page.write_text(_html(title, runs, table, images, per_run, out))
+    with naming(page):
+        page.write_text(_html(title, runs, table, images, per_run, out))
     return md, page

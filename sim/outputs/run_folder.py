@@ -2,15 +2,19 @@
 
 A folder is complete only with its ``manifest.json``, written last: every file is first written under a
 temporary name and renamed into place, and the manifest (file names, bytes and row counts) replaces the
-old one only after all three are in place. An interrupted or failed write (SIGINT, a full disk) leaves no
-manifest, and readers refuse such a folder by name instead of reading truncated tables.
+old one only after all three are in place. A run removes the previous manifest as soon as it starts
+(:func:`claim_run_folder`), so an interrupted or failed run (SIGINT, a full disk), a re-run into the same
+folder included, leaves no manifest, and readers refuse such a folder by name instead of reading truncated
+or stale tables. A write error names the file it was writing (:func:`naming`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +49,23 @@ def _atomic(path: Path, write: Any) -> None:
     """``write(tmp)`` to a temporary name beside ``path``, then rename it into place (removed if it fails)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with naming(path, tmp):
+            write(tmp)
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike[str], stand_in: str | os.PathLike[str] | None = None) -> Iterator[None]:
+    """Writes to ``path`` inside: an OSError naming no file (a full disk: ENOSPC), or naming ``stand_in`` (its
+    temporary file), is raised again naming ``path``, so that the one-line error says which file failed."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None and (stand_in is None or os.fspath(e.filename) != os.fspath(stand_in)):
+            raise
+        raise OSError(e.errno, e.strerror or str(e) or type(e).__name__, os.fspath(path)) from e
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -73,10 +90,21 @@ def prepare_out_dir(out_dir: str | Path, flag: str = "--out") -> Path:
     return out
 
 
+def claim_run_folder(out_dir: str | Path, flag: str = "--out") -> Path:
+    """Prepare ``out_dir`` for a new run (see prepare_out_dir) and drop a previous run's manifest at once.
+
+    From then on the folder is incomplete until this run's manifest lands: a run interrupted or failing
+    before that (a re-run into the same folder included) never leaves the previous results looking complete.
+    """
+    out = prepare_out_dir(out_dir, flag)
+    with naming(out / MANIFEST):
+        (out / MANIFEST).unlink(missing_ok=True)
+    return out
+
+
 def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame) -> Path:
     """Write the three standard files into ``out_dir`` (created if needed), then the manifest that completes it."""
-    out = prepare_out_dir(out_dir)
-    (out / MANIFEST).unlink(missing_ok=True)  # the folder is incomplete until the new manifest lands
+    out = claim_run_folder(out_dir)  # the folder is incomplete until the new manifest lands
     write_json(out / "summary.json", summary)
     for name, frame in (("requests.csv", requests), ("batches.csv", batches)):
         _atomic(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format=FLOAT_FORMAT,

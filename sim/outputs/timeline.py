@@ -27,13 +27,14 @@ from __future__ import annotations
 import heapq
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from sim.outputs.run_folder import read_run
+from sim.outputs.run_folder import naming, read_run
 
 DEFAULT_MAX_REQUESTS = 1000
 _REQUEST_TID0 = 1000
@@ -199,34 +200,48 @@ def write_timeline(run_dir: str | Path, out: str | Path | None = None, *,
     summary, requests, batches = read_run(run_dir)
     data = build_timeline(summary, requests, batches, max_requests=max_requests, window=window)
     path = Path(out) if out is not None else Path(run_dir) / "timeline.json"
-    path.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
+    with naming(path):
+        path.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m sim.outputs.timeline RUN_DIR`: write a timeline for any run folder (simulator or engine)."""
+def _window(text: str) -> tuple[float, float]:
+    """START:END in finite seconds with START < END (--window)."""
     import argparse
-    p = argparse.ArgumentParser(prog="python -m sim.outputs.timeline",
-                                description="Write RUN_DIR/timeline.json (Chrome trace events; open it in "
-                                            "https://ui.perfetto.dev) from a run folder.")
+    try:
+        start, end = (float(x) for x in text.split(":"))
+    except ValueError:
+        start = end = math.nan
+    if not (math.isfinite(start) and math.isfinite(end) and start < end):
+        raise argparse.ArgumentTypeError(f"expected START:END in seconds with START < END, got {text!r}")
+    return start, end
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    """Parse the tool's flags and write the timeline (run under the error contract by ``main``)."""
+    from sim.cli.errors import CliParser
+    from sim.cli.values import MAX_REQUESTS, int_range
+    p = CliParser(prog="python -m sim.outputs.timeline",
+                  description="Write RUN_DIR/timeline.json (Chrome trace events; open it in "
+                              "https://ui.perfetto.dev) from a run folder.")
     p.add_argument("run_dir", metavar="RUN_DIR", help="folder with summary.json, requests.csv, batches.csv")
     p.add_argument("--out", default=None, metavar="FILE", help="where to write (default: RUN_DIR/timeline.json)")
-    p.add_argument("--window", default=None, metavar="START:END",
+    p.add_argument("--window", type=_window, default=None, metavar="START:END",
                    help="only batches and requests overlapping [START, END] seconds (default: the whole run)")
-    p.add_argument("--max-requests", type=int, default=DEFAULT_MAX_REQUESTS, metavar="N",
+    p.add_argument("--max-requests", type=int_range(0, MAX_REQUESTS), default=DEFAULT_MAX_REQUESTS, metavar="N",
                    help="request slices for the first N requests by arrival; 0 for all (default: %(default)s)")
     args = p.parse_args(argv)
-    window = None
-    if args.window:
-        try:
-            window = tuple(float(x) for x in args.window.split(":"))
-            assert len(window) == 2 and window[0] < window[1]
-        except (ValueError, AssertionError):
-            p.error(f"--window: expected START:END in seconds with START < END, got {args.window!r}")
     path = write_timeline(args.run_dir, args.out, max_requests=args.max_requests if args.max_requests > 0 else None,
-                          window=window)
+                          window=args.window)
     print(f"wrote {path}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sim.outputs.timeline RUN_DIR`: write a timeline for any run folder (simulator or engine), under
+    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
+    from sim.cli.errors import run_cli
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
