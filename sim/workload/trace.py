@@ -39,6 +39,10 @@ MAX_TOKENS = 2**53
 #: a request's gaps round to 0)
 MAX_ARRIVAL_SPAN_S = 1e9
 
+#: the latest arrival on any clock, 1e11 s: epoch seconds until the year 5138 (today's are about 1.8e9 s), and a
+#: millisecond epoch read as seconds is refused instead of re-based into a plausible trace
+MAX_ARRIVAL_S = 1e11
+
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends the CSV readers accept too (splitlines would also split on
 # \x85 and \u2028, which a JSON string may hold raw)
 
@@ -203,12 +207,19 @@ def _read_text(path: str) -> str:
             if not data:  # not an empty file: a pipe, a FIFO or a device that gave nothing
                 raise TraceError(path, "read nothing (a pipe or FIFO with no writer, or an empty stream)")
             _PIPES[path] = data
+    nul = data.find(b"\0")
+    if nul >= 0:  # no trace format holds one: binary data, or a file cut short by a crash
+        raise TraceError(path, "holds a NUL byte (binary data, not a text trace)", _line_of(data, nul))
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        head = data[: exc.start]
-        lineno = head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
-        raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", lineno) from None
+        raise TraceError(path, f"not UTF-8 text (byte {data[exc.start]:#04x})", _line_of(data, exc.start)) from None
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of byte ``offset`` (line ends \\n, \\r\\n or a lone \\r)."""
+    head = data[:offset]
+    return head.count(b"\n") + head.count(b"\r") - head.count(b"\r\n") + 1
 
 
 #: bytes of pipes already read, by path (a process reads each of its pipes once)
@@ -236,6 +247,11 @@ def _check_span(path: str, requests: list[TraceRequest]) -> None:
     """Refuse arrivals more than MAX_ARRIVAL_SPAN_S after the earliest, naming the first such line."""
     if not requests:
         return
+    latest = max(requests, key=lambda r: r.arrival_time)
+    if latest.arrival_time > MAX_ARRIVAL_S:
+        raise TraceError(path, f"{latest.arrival_time:.6g} s is past {MAX_ARRIVAL_S:g} s on any clock (epoch seconds "
+                               "are about 1.8e9; milliseconds or nanoseconds given as seconds?)", latest.line,
+                         "arrival_time")
     earliest = min(requests, key=lambda r: r.arrival_time)
     far = next((r for r in requests if r.arrival_time - earliest.arrival_time > MAX_ARRIVAL_SPAN_S), None)
     if far is not None:

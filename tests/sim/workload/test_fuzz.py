@@ -120,8 +120,9 @@ def test_questionable_accepts_are_refused(tmp_path, name, text, field):
 
 
 def test_a_control_character_in_a_header_cell_is_refused(tmp_path):
-    """`arrived_at\\0` would silently not be the arrival column (arrivals then generated)."""
+    """`arrived_at\\a` would silently not be the arrival column (arrivals then generated; a NUL byte anywhere is
+    refused before, tests/sim/workload/test_hostile_traces.py)."""
     path = tmp_path / "t.csv"
-    path.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio,arrived_at\x00\n5,2,7,2.5,0.5\n")
+    path.write_text("num_prefill_tokens,num_decode_tokens,num_total_tokens,pd_ratio,arrived_at\x07\n5,2,7,2.5,0.5\n")
     with pytest.raises(TraceError, match="control character"):
         read_any(path, "lengths")

@@ -185,8 +185,11 @@ def test_a_column_given_twice_is_refused_by_name(tmp_path):
 
 def test_an_arrival_span_past_the_bound_is_refused(tmp_path, capsys):
     line = '{{"arrival_time": {}, "prompt_tokens": 100, "output_tokens": 10}}\n'
-    path = _file(tmp_path, "far.jsonl", line.format(0) + line.format("1e300"))
+    path = _file(tmp_path, "far.jsonl", line.format(0) + line.format("5e9"))
     err = _refused(path, 2, "arrival_time", "more than 1e+09 s (31.7 years) after the first arrival (0 s on line 1)")
+    # on any clock, alone or not: 1e300 s (its gaps would round to 0) is past the absolute bound, 1e11 s
+    alone = _file(tmp_path, "alone.jsonl", line.format("1e300"))
+    _refused(alone, 1, "arrival_time", "past 1e+11 s on any clock")
     _cli_refuses(["trace", "stats", path], capsys, f"{path}:2: field 'arrival_time'")
     assert "Warning" not in str(err)
     epoch = _file(tmp_path, "epoch.jsonl", line.format(1.7e9) + line.format(1.7e9 + 0.000001) + line.format(2.6e9))
@@ -352,3 +355,12 @@ def test_length_specs_refuse_absurd_values_naming_the_limit(spec, says, capsys, 
     assert main(["trace", "generate", "--out", str(tmp_path / "t.jsonl"), "-n", "3", "--prompt-len", spec]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and len(err) < 400, err
+
+
+def test_a_nul_byte_is_refused_at_its_line_in_every_format(tmp_path):
+    """A NUL byte (binary data, a file cut short by a crash) is refused even in a free-text column (BurstGPT's
+    Log Type), where it was read silently."""
+    burst = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n5,ChatGPT,472,18,490,Conversation log\x00\n"
+    _refused(_file(tmp_path, "b.csv", burst), 2, None, "NUL byte")
+    _refused(_file(tmp_path, "t.jsonl", '{"arrival_time": 0, "prompt_tokens": 5, "output_tokens": 1}\r\x00'), 2, None,
+             "NUL byte")
