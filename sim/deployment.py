@@ -53,9 +53,28 @@ from pathlib import Path
 from typing import Any
 
 from sim.catalog.hardware import get_gpu
+from sim.catalog.limits import (
+    MAX_BATCH_SIZE,
+    MAX_BLOCK_SIZE,
+    MAX_CONTEXT,
+    MAX_KV_BLOCKS,
+    MAX_PARALLEL,
+    MAX_POOL_GPUS,
+    MAX_REPLICAS,
+)
 from sim.catalog.models import DTYPE_BYTES, get_model
 from sim.cluster import Router
 from sim.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
+from sim.jsonfile import (
+    YAML_TOML_SKIP,
+    brief,
+    brief_name,
+    brief_text,
+    long_integer,
+    read_input_text,
+    structure_problem,
+    too_deep,
+)
 from sim.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
 from sim.simulator import SimConfig
@@ -71,6 +90,14 @@ HINTS = {"prefill": "a pool section of mode: disaggregated", "decode": "a pool s
          "router": "disaggregated routers are set under 'routers' (prefill, decode, cache_weight)",
          "router_cache_weight": "disaggregated routers are set under 'routers' (prefill, decode, cache_weight)"}
 
+#: the largest deployment file read: one is a few dozen lines (this module's example, comments included, is
+#: under 3 KB); a bigger file is no deployment and would take seconds to parse
+MAX_FILE_BYTES = 64 << 10
+#: the most keys in one file, over all its sections (the schema has under 100)
+MAX_KEYS = 1000
+#: the deepest nesting of mappings and lists (the schema nests 2: a section's keys)
+MAX_NESTING = 8
+
 
 class DeploymentError(ValueError):
     """A deployment file that cannot be read or describes no deployment (one line naming the file and key)."""
@@ -83,22 +110,24 @@ class _Invalid(Exception):
 # ---- value checks -------------------------------------------------------------------------------
 
 def _got(value: Any) -> str:
-    """' got X', with a hint where YAML read a number as text (PyYAML wants 1.0e9, not 1e9)."""
+    """' got X', with a hint where YAML read a number as text (PyYAML wants 1.0e+9, not 1e9 or 1.0e9)."""
     hint = ""
     if isinstance(value, str) and "e" in value.lower():
         try:
             float(value)
-            hint = " (YAML reads 1e9 as text: write 1.0e9)"
+            hint = " (YAML reads 1e9 as text: write 1.0e+9)"
         except ValueError:
             pass
-    return f"got {value!r}{hint}"
+    return f"got {brief(value)}{hint}"
 
 
-def _integer(least: int) -> Check:
-    """Integers >= ``least`` (not booleans)."""
+def _integer(least: int, most: int, what: str) -> Check:
+    """Integers from ``least`` to ``most`` (not booleans); ``what`` says what the bound is."""
     def check(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise _Invalid(f"expected an integer >= {least}, {_got(v)}")
+        if v > most:
+            raise _Invalid(f"expected at most {most:,} ({what}), {_got(v)}")
         return v
     return check
 
@@ -154,21 +183,27 @@ def _nullable(check: Check) -> Check:
     return lambda v: None if v is None else check(v)
 
 
-POSITIVE = _integer(1)
+# every count is bounded (sim.catalog.limits), so that no file can make the simulator allocate without end
+PARALLEL = _integer(1, MAX_PARALLEL, "servesim's bound on a parallel degree")
+TOKENS = _integer(1, MAX_CONTEXT, "servesim's bound on a token count")
 POOL_KEYS: dict[str, Check] = {
-    "gpu": _looked_up(get_gpu), "tp": POSITIVE, "pp": POSITIVE, "replicas": POSITIVE, "ep": POSITIVE,
+    "gpu": _looked_up(get_gpu), "tp": PARALLEL, "pp": PARALLEL, "ep": PARALLEL,
+    "replicas": _integer(1, MAX_REPLICAS, "servesim's bound on replicas per pool"),
     "dtype": _choice(("auto", *DTYPE_BYTES)), "kv_cache_dtype": _choice(("auto", "fp8")),
-    "router_skew": _number(0), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(POSITIVE),
-    "max_batch_size": POSITIVE, "chunk_align": _integer(0), "block_size": POSITIVE,
+    "router_skew": _number(0, 100), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(TOKENS),
+    "max_batch_size": _integer(1, MAX_BATCH_SIZE, "servesim's bound on running requests"),
+    "chunk_align": _integer(0, MAX_CONTEXT, "servesim's bound on a token count"),
+    "block_size": _integer(1, MAX_BLOCK_SIZE, "servesim's bound on tokens per block"),
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
-    "kv_blocks": _nullable(POSITIVE), "enable_prefix_caching": _nullable(_flag),
-    "router": _choice(Router.POLICIES), "router_cache_weight": _number(0),
+    "kv_blocks": _nullable(_integer(1, MAX_KV_BLOCKS, "servesim's bound on blocks per replica")),
+    "enable_prefix_caching": _nullable(_flag),
+    "router": _choice(Router.POLICIES), "router_cache_weight": _number(0, 1e12),
 }
 LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
-                               "latency_us": _nullable(_number(0)), "overlap": _flag}
+                               "latency_us": _nullable(_number(0, 1e12)), "overlap": _flag}
 ROUTER_KEYS: dict[str, Check] = {"prefill": _choice(Router.POLICIES), "decode": _choice(DECODE_ROUTERS),
-                                 "cache_weight": _number(0)}
-SERVING_KEYS: dict[str, Check] = {"model": lambda v: v, "max_model_len": _nullable(POSITIVE), "mode": _choice(MODES)}
+                                 "cache_weight": _number(0, 1e12)}
+SERVING_KEYS: dict[str, Check] = {"model": lambda v: v, "max_model_len": _nullable(TOKENS), "mode": _choice(MODES)}
 
 
 def pool_keys(mode: str) -> dict[str, Check]:
@@ -181,31 +216,52 @@ def pool_keys(mode: str) -> dict[str, Check]:
 def load_deployment(path: str | Path) -> SimConfig | DisaggConfig:
     """The deployment a YAML (.yaml, .yml) or TOML (.toml) file describes (schema: this module's docstring)."""
     p = Path(path)
-    return from_mapping(read_file(p), str(path), p.parent)
+    return from_mapping(read_file(p), brief_name(path), p.parent)
 
 
 def read_file(path: Path) -> Any:
-    """The parsed file; DeploymentError with file:line where it does not parse."""
+    """The parsed file; DeploymentError with file:line where it does not parse, or past the bounds on its size
+    (MAX_FILE_BYTES), keys (MAX_KEYS) and nesting (MAX_NESTING)."""
     suffix = path.suffix.lower()
+    where = brief_name(path)
     if suffix not in (".yaml", ".yml", ".toml"):
-        raise DeploymentError(f"{path}: a deployment file is YAML (.yaml, .yml) or TOML (.toml)")
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such deployment file")
-    text = path.read_text()
-    return _read_toml(text, path) if suffix == ".toml" else _read_yaml(text, path)
+        raise DeploymentError(f"{where}: a deployment file is YAML (.yaml, .yml) or TOML (.toml)")
+    try:
+        exists = path.exists()
+    except (OSError, ValueError):  # a name too long to look up: the reader says so
+        exists = True
+    if not exists:
+        raise FileNotFoundError(f"{where}: no such deployment file")
+    text = read_input_text(path, DeploymentError, "deployment file", MAX_FILE_BYTES)
+    deep = too_deep(text, MAX_NESTING, YAML_TOML_SKIP)  # before the recursive parsers
+    if deep is not None:
+        raise DeploymentError(f"{where}:{deep}: nested more than {MAX_NESTING} levels deep (a deployment file "
+                              "nests 2)")
+    try:
+        data = _read_toml(text, where) if suffix == ".toml" else _read_yaml(text, where)
+    except RecursionError:
+        raise DeploymentError(f"{where}: nested too deeply to read (a deployment file nests 2 levels)") from None
+    except DeploymentError:
+        raise
+    except ValueError as e:  # a value the parser cannot convert (an integer of 5,000 digits)
+        raise DeploymentError(f"{where}:{long_integer(text) or f' {brief_text(e)}'}") from None
+    shape = structure_problem(data, MAX_KEYS, MAX_NESTING)
+    if shape:
+        raise DeploymentError(f"{where}: {shape} (a deployment file has a few dozen keys, nested 2 levels)")
+    return data
 
 
-def _read_toml(text: str, path: Path) -> Any:
+def _read_toml(text: str, where: str) -> Any:
     """``text`` parsed as TOML; a syntax error as file:line."""
     import tomllib
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"^(.*) \(at line (\d+), column \d+\)$", str(e))
-        raise DeploymentError(f"{path}:{m[2]}: {m[1]}" if m else f"{path}: {e}") from None
+        raise DeploymentError(f"{where}:{m[2]}: {brief_text(m[1])}" if m else f"{where}: {brief_text(e)}") from None
 
 
-def _read_yaml(text: str, path: Path) -> Any:
+def _read_yaml(text: str, where: str) -> Any:
     """``text`` parsed as YAML (safe types only); a syntax error or a repeated key as file:line."""
     import yaml
 
@@ -213,19 +269,24 @@ def _read_yaml(text: str, path: Path) -> Any:
         """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last)."""
 
         def construct_mapping(self, node: Any, deep: bool = False) -> dict:
-            keys = [self.construct_object(k, deep=True) for k, _ in node.value]
-            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
-            if twice is not None:
-                line = node.value[keys.index(twice, keys.index(twice) + 1)][0].start_mark.line + 1
-                raise DeploymentError(f"{path}:{line}: key {twice!r} given twice")
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    twice = key in seen
+                except TypeError:  # an unhashable key: PyYAML's own error names it
+                    continue
+                if twice:
+                    raise DeploymentError(f"{where}:{key_node.start_mark.line + 1}: key {brief(key)} given twice")
+                seen.add(key)
             return super().construct_mapping(node, deep)
 
     try:
         return yaml.load(text, Loader=Loader)  # a SafeLoader: safe_load with duplicate keys refused
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise DeploymentError(f"{where}: {getattr(e, 'problem', None) or e}") from None
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise DeploymentError(f"{at}: {brief_text(getattr(e, 'problem', None) or e, 200)}") from None
 
 
 def _key(path: str, key: Any) -> str:
@@ -265,7 +326,10 @@ def _model(value: Any, where: str, base: Path | None) -> str:
     if not isinstance(value, str):
         raise _fail(where, "model", f"expected a model name or a path to a config.json, {_got(value)}")
     beside = base / value if base is not None else None
-    ref = str(beside) if beside is not None and beside.exists() else value
+    try:
+        ref = str(beside) if beside is not None and beside.exists() else value
+    except (OSError, ValueError):  # a name the system cannot look up (too long, a NUL byte): not a file
+        ref = value
     try:
         get_model(ref)
     except ValueError as e:
@@ -301,12 +365,17 @@ def from_mapping(data: Any, where: str = "<deployment>", base: Path | None = Non
     common = {"model": _model(top["model"], where, base), "max_model_len": top.get("max_model_len"),
               **{k: v for k, v in top.items() if k in POOL_KEYS}}
     pools = [_section(top.get(s, {}), where, s, pool_keys(mode)) for s in POOLS[mode]]
+    for section, pool in zip(POOLS[mode], pools):
+        n = {k: pool.get(k, common.get(k, 1)) for k in ("replicas", "tp", "pp")}
+        if n["replicas"] * n["tp"] * n["pp"] > MAX_POOL_GPUS:
+            raise _fail(where, section, f"{n['replicas']:,} replicas x tp {n['tp']} x pp {n['pp']} is more than the "
+                                        f"{MAX_POOL_GPUS:,} GPUs servesim simulates in one pool")
     link = _section(top.get("link", {}), where, "link", LINK_KEYS)
     routers = _section(top.get("routers", {}), where, "routers", ROUTER_KEYS)
     try:
         return SimConfig(**common, **pools[0]) if mode == "aggregated" else disaggregated(common, *pools, link, routers)
     except ValueError as e:
-        raise DeploymentError(f"{where}: {e}") from None
+        raise DeploymentError(f"{where}: {brief_text(e, 200)}") from None
 
 
 # ---- building and describing --------------------------------------------------------------------

@@ -20,6 +20,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from sim.jsonfile import brief
+
 GiB = 1 << 30
 
 
@@ -129,7 +131,7 @@ def get_gpu(name: str | GPUSpec) -> GPUSpec:
         return _MEASURED[name]
     key = _LOOKUP.get(_norm(str(name)))
     if key is None:
-        raise UnknownGPUError(f"unknown GPU {name!r}; known GPUs: {', '.join(sorted(GPUS))}")
+        raise UnknownGPUError(f"unknown GPU {brief(str(name))}; known GPUs: {', '.join(sorted(GPUS))}")
     return GPUS[key]
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import re
 from pathlib import Path
 
+from sim.catalog.limits import MAX_CONTEXT, size_problem
 from sim.catalog.spec import (  # noqa: F401 (re-exported: the catalogue's vocabulary)
     DTYPE_BYTES,
     ModelConfigError,
@@ -20,6 +21,7 @@ from sim.catalog.spec import (  # noqa: F401 (re-exported: the catalogue's vocab
     layers_per_stage,
 )
 from sim.catalog.variants import MLASpec, MoESpec
+from sim.jsonfile import brief
 
 _LLAMA2 = "Touvron et al. 2023, 'Llama 2' + meta-llama/{} config.json"
 _LLAMA3 = "meta-llama/{} config.json (Llama 3 model card)"
@@ -126,9 +128,19 @@ def with_max_model_len(model: ModelSpec | str, max_model_len: int | None) -> Mod
     spec = get_model(model)
     if max_model_len is None or max_model_len == spec.max_context:
         return spec
-    if max_model_len < 1:
-        raise ValueError(f"max_model_len must be >= 1, got {max_model_len}")
+    why = size_problem(max_model_len, MAX_CONTEXT)
+    if why:
+        raise ValueError(f"max_model_len {why}")
     return dataclasses.replace(spec, max_context=max_model_len)
+
+
+def _is_config(p: Path) -> bool:
+    """Whether ``p`` names a config file (a FIFO or a device too: its reader bounds them) or a folder holding one;
+    False for a name the system cannot look up (too long, a NUL byte)."""
+    try:
+        return (p.exists() and not p.is_dir()) or (p / "config.json").exists()
+    except (OSError, ValueError):
+        return False
 
 
 def get_model(name_or_path: str | ModelSpec) -> ModelSpec:
@@ -139,8 +151,8 @@ def get_model(name_or_path: str | ModelSpec) -> ModelSpec:
     if key is not None:
         return MODELS[key]
     p = Path(name_or_path)
-    if p.is_file() or (p.is_dir() and (p / "config.json").is_file()):
+    if _is_config(p):
         from sim.catalog.hf_config import load_hf_config
         return load_hf_config(p)
-    raise UnknownModelError(f"unknown model {name_or_path!r}: not a catalogue name and not a path to a "
+    raise UnknownModelError(f"unknown model {brief(str(name_or_path))}: not a catalogue name and not a path to a "
                             f"config.json; known models: {', '.join(sorted(MODELS))}")

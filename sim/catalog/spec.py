@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim.catalog.limits import MODEL_LIMITS, size_problem
 from sim.catalog.variants import MLASpec, MoESpec
+from sim.jsonfile import brief
 
 #: weight dtypes and their bytes per parameter (vLLM's --dtype / --quantization fp8)
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1}
@@ -21,7 +23,7 @@ DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1}
 def check_weight_dtype(dtype: str) -> int:
     """Bytes per weight of ``dtype`` (bf16, fp16, fp8)."""
     if dtype not in DTYPE_BYTES:
-        raise ValueError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_BYTES)}")
+        raise ValueError(f"--dtype {brief(dtype)}: expected one of {', '.join(DTYPE_BYTES)}")
     return DTYPE_BYTES[dtype]
 
 
@@ -31,7 +33,7 @@ def kv_dtype_bytes(kv_cache_dtype: str, activation_bytes: int = 2) -> int:
         return activation_bytes
     if kv_cache_dtype in ("fp8", "fp8_e4m3", "fp8_e5m2"):
         return 1
-    raise ValueError(f"--kv-cache-dtype {kv_cache_dtype!r}: expected auto or fp8")
+    raise ValueError(f"--kv-cache-dtype {brief(kv_cache_dtype)}: expected auto or fp8")
 
 
 class UnknownModelError(ValueError):
@@ -45,9 +47,9 @@ class ModelConfigError(ValueError):
 def layers_per_stage(num_layers: int, pp: int) -> list[int]:
     """Decoder layers held by each pipeline stage; earlier stages take the remainder (as vLLM does)."""
     if pp < 1:
-        raise ValueError(f"pipeline parallel size must be >= 1, got {pp}")
+        raise ValueError(f"pipeline parallel size must be >= 1, got {brief(pp)}")
     if pp > num_layers:
-        raise ValueError(f"pipeline parallel size {pp} exceeds the number of layers {num_layers}")
+        raise ValueError(f"pipeline parallel size {brief(pp)} exceeds the number of layers {num_layers}")
     base, rem = divmod(num_layers, pp)
     return [base + (1 if s < rem else 0) for s in range(pp)]
 
@@ -75,21 +77,22 @@ class ModelSpec:
     dtype: str = "bf16"                   # the checkpoint's weight dtype (DeepSeek-V3 ships fp8)
 
     def __post_init__(self) -> None:
-        for f in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size",
-                  "vocab_size", "max_context"):
+        for f, limit in MODEL_LIMITS.items():  # bounded: a loop over layers or heads must end
             v = getattr(self, f)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"model {self.name!r}: {f} must be a positive integer, got {v!r}")
+            why = None if v is None and f == "head_dim_override" else size_problem(v, limit)
+            if why:
+                raise ValueError(f"model {brief(self.name)}: {f} {why}")
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model {self.name!r}: num_heads {self.num_heads} is not a multiple of "
+            raise ValueError(f"model {brief(self.name)}: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
         if self.head_dim_override is None and self.hidden_size % self.num_heads and self.mla is None:
-            raise ValueError(f"model {self.name!r}: hidden_size {self.hidden_size} does not split into "
+            raise ValueError(f"model {brief(self.name)}: hidden_size {self.hidden_size} does not split into "
                              f"{self.num_heads} heads (give head_dim if the model's heads are narrower)")
         if self.dtype not in DTYPE_BYTES:
-            raise ValueError(f"model {self.name!r}: dtype {self.dtype!r} is not one of {', '.join(DTYPE_BYTES)}")
+            raise ValueError(f"model {brief(self.name)}: dtype {brief(self.dtype)} is not one of "
+                             f"{', '.join(DTYPE_BYTES)}")
         if self.moe is not None and self.moe.first_dense_layers > self.num_layers:
-            raise ValueError(f"model {self.name!r}: first_dense_layers exceeds num_layers {self.num_layers}")
+            raise ValueError(f"model {brief(self.name)}: first_dense_layers exceeds num_layers {self.num_layers}")
 
     @property
     def is_moe(self) -> bool:
@@ -119,21 +122,23 @@ class ModelSpec:
         if ep == 1:
             return ep
         if self.moe is None:
-            raise ValueError(f"--ep {ep}: {self.name} has no experts to spread (expert parallelism needs a MoE model)")
+            raise ValueError(f"--ep {brief(ep)}: {brief(self.name)} has no experts to spread (expert parallelism "
+                             "needs a MoE model)")
         if ep != tp:
-            raise ValueError(f"--ep {ep}: the expert-parallel group is the tensor-parallel group (vLLM's "
-                             f"--enable-expert-parallel), so --ep must equal --tp ({tp})")
+            raise ValueError(f"--ep {brief(ep)}: the expert-parallel group is the tensor-parallel group (vLLM's "
+                             f"--enable-expert-parallel), so --ep must equal --tp ({brief(tp)})")
         return ep
 
     def check_tp(self, tp: int) -> None:
         """Raise ValueError unless the attention heads split evenly over ``tp`` GPUs."""
         if tp < 1:
-            raise ValueError(f"tensor parallel size must be >= 1, got {tp}")
+            raise ValueError(f"tensor parallel size must be >= 1, got {brief(tp)}")
         if self.num_heads % tp:
-            raise ValueError(f"model {self.name}: {self.num_heads} attention heads do not split over tp={tp}")
+            raise ValueError(f"model {brief(self.name)}: {self.num_heads} attention heads do not split over "
+                             f"tp={brief(tp)}")
         if self.num_kv_heads % tp and tp % self.num_kv_heads:
-            raise ValueError(f"model {self.name}: {self.num_kv_heads} kv heads neither split over nor "
-                             f"replicate evenly across tp={tp}")
+            raise ValueError(f"model {brief(self.name)}: {self.num_kv_heads} kv heads neither split over nor "
+                             f"replicate evenly across tp={brief(tp)}")
 
     def q_heads_per_gpu(self, tp: int = 1) -> int:
         """Query heads on one GPU of a TP group."""
@@ -218,7 +223,7 @@ class ModelSpec:
         """Parameters held by one GPU of pipeline ``stage``: its layers, plus embedding (first) and lm head (last)."""
         layers = layers_per_stage(self.num_layers, pp)
         if not 0 <= stage < pp:
-            raise ValueError(f"stage {stage} out of range for pp={pp}")
+            raise ValueError(f"stage {brief(stage)} out of range for pp={brief(pp)}")
         start = sum(layers[:stage])
         n = self._layers_params(range(start, start + layers[stage]), tp, ep)
         emb = self.vocab_per_gpu(tp) * self.hidden_size

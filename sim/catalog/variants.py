@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim.catalog.limits import VARIANT_LIMITS, size_problem
+
 
 def _positive(owner: str, **fields: int) -> None:
+    """Raise ValueError unless every field is a positive integer within its bound (``sim.catalog.limits``)."""
     for name, v in fields.items():
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{owner}: {name} must be a positive integer, got {v!r}")
+        why = size_problem(v, VARIANT_LIMITS[name])
+        if why:
+            raise ValueError(f"{owner}: {name} {why}")
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,10 @@ class MoESpec:
                   expert_intermediate_size=self.expert_intermediate_size)
         if self.top_k > self.num_experts:
             raise ValueError(f"MoE: top_k {self.top_k} exceeds num_experts {self.num_experts}")
-        if self.shared_intermediate_size < 0 or self.first_dense_layers < 0:
-            raise ValueError("MoE: shared_intermediate_size and first_dense_layers must be >= 0")
+        for name in ("shared_intermediate_size", "first_dense_layers"):
+            why = size_problem(getattr(self, name), VARIANT_LIMITS[name], least=0)
+            if why:
+                raise ValueError(f"MoE: {name} {why}")
 
     def is_moe_layer(self, layer: int) -> bool:
         """Whether decoder layer ``layer`` (0-based) has the sparse MLP."""
