@@ -7,7 +7,7 @@ from pathlib import Path
 
 from sim.cli.args import add_command, name_list
 from sim.cli.errors import BAD_INPUT, error
-from sim.cli.values import MAX_PARALLEL, int_list_in, int_range, positive_seconds
+from sim.cli.values import MAX_PARALLEL, budget_seconds, int_list_in, int_range
 
 DEFAULT_PROFILES = Path("calibration/profiles")
 #: sweeps of the grid at most (--rounds), and torch threads at most (--threads)
@@ -42,7 +42,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
                    help="weights and activations (default: auto = bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help=f"profile folder (default: {DEFAULT_PROFILES}/MODEL-DEVICE[-quick])")
-    p.add_argument("--budget-s", type=positive_seconds, default=None, metavar="S",
+    p.add_argument("--budget-s", type=budget_seconds, default=None, metavar="S",
                    help="stop after S seconds, keeping what was measured (rerun to resume) (default: no limit)")
     p.add_argument("--quick", action="store_true",
                    help="small grid and few repeats (tests, CPU smoke runs); the default grid is full (CUDA) or "

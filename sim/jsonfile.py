@@ -85,6 +85,17 @@ def brief(value: Any, width: int = BRIEF_CHARS) -> str:
     return s
 
 
+def brief_json(value: Any, width: int = BRIEF_CHARS) -> str:
+    """A bad value as its input wrote it (JSON: null, true), cut to ``width`` characters; repr where JSON cannot."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int_text(value)
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = brief(value, width)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def brief_text(text: Any, width: int = 120) -> str:
     """Text for a message (an exception's, a parser's): on one line, cut to ``width`` characters."""
     s = " ".join(str(text)[:4 * width].split())

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 from typing import Any
 
 import numpy as np
+
+from sim.jsonfile import brief_json as _brief
 
 HASH_IDS, HASH_BLOCK_SIZE, GROUP, GROUP_LEN = "hash_ids", "hash_block_size", "prefix_group", "prefix_len"
 MOONCAKE_BLOCK_SIZE = 512
@@ -63,18 +64,6 @@ MAX_HASH_IDS = 1 << 20
 #: the largest ``hash_block_size``: no tool hashes blocks of more than a million tokens (Mooncake's are 512), and
 #: a block size near 2^41 would overflow the int64 packing
 MAX_HASH_BLOCK_SIZE = 1 << 20
-
-
-def _brief(value: Any) -> str:
-    """A bad value for a message, at most 60 characters (a trace line may hold megabytes)."""
-    try:
-        text = json.dumps(value)  # as the trace wrote it: null, true
-    except (TypeError, ValueError):
-        try:
-            text = repr(value)
-        except ValueError:  # an int past Python's digit limit for str()
-            text = "an integer of thousands of digits"
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _is_int(v: Any) -> bool:

@@ -15,8 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from sim.cli.main import build_parser, main
 from tests.fuzz_corpus import Case, all_cases
 from tests.paths import ROOT

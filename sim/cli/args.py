@@ -13,7 +13,7 @@ from typing import Any
 
 from sim.catalog.models import DTYPE_BYTES
 from sim.cli.values import (  # noqa: F401 - the value types are re-exported: the engine's and calibration's
-    MAX_REQUESTS,            # commands import them from here
+    MAX_REQUESTS,  # commands import them from here
     MAX_TOKENS,
     batch_size,
     block_count,

@@ -180,3 +180,5 @@ gap_cv = float_range(0.0, MAX_CV, low_open=True)
 duration = float_range(0.0, MAX_DURATION_S)
 #: a finite time in seconds > 0
 positive_seconds = float_range(0.0, MAX_SECONDS, low_open=True)
+#: a finite time budget in seconds >= 0 (0: stop at the first check, keeping what is done)
+budget_seconds = float_range(0.0, MAX_SECONDS)

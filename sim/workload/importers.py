@@ -44,8 +44,17 @@ import pandas as pd
 from sim.prefix import check_prefix_fields
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, generate_arrivals
-from sim.workload.trace import (MAX_TOKENS, Trace, TraceError, _check_order, _contains_non_finite, _decode_line,
-                                _read_text, read_trace, split_lines)
+from sim.workload.trace import (
+    MAX_TOKENS,
+    Trace,
+    TraceError,
+    _check_order,
+    _contains_non_finite,
+    _decode_line,
+    _read_text,
+    read_trace,
+    split_lines,
+)
 
 FORMATS = ("jsonl", "azure", "mooncake", "lengths", "burstgpt", "splitwise")
 ZERO_POLICIES = ("skip", "error")

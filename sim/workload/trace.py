@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sim.jsonfile import InputTooLargeError, read_input_bytes
+from sim.jsonfile import InputTooLargeError, brief_json, read_input_bytes
 from sim.prefix import check_prefix_fields
 from sim.request import TraceRequest
 
@@ -103,14 +103,7 @@ def _show(value: Any) -> str:
     """A short JSON-ish rendering of a bad value for an error message."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        try:
-            text = repr(value)
-        except ValueError:  # an int past Python's digit limit for str()
-            text = "an integer of thousands of digits"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return brief_json(value)
 
 
 def _brief_repr(value: Any, limit: int = 60) -> str:
