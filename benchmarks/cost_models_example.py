@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from calibration.vidur_import import import_vidur
     from sim.cost.profiled import ProfiledCostModel
-    from sim.simulator import SimConfig, simulate
+    from sim.serving import SimConfig, simulate
     from sim.workload.trace import read_trace
 
     trace = read_trace(TRACE).requests

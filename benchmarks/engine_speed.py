@@ -30,7 +30,7 @@ from sim.batch import Batch, BatchItem
 from sim.catalog.models import get_model
 from sim.cli.args import int_list
 from sim.cost.roofline import RooflineCostModel
-from sim.kv_cache import BlockManager, blocks_for
+from sim.kv.block_manager import BlockManager, blocks_for
 from sim.request import Request
 
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from sim.capacity.search import Slo, Workload, find_capacity
-from sim.simulator import SimConfig, simulate
+from sim.serving import SimConfig, simulate
 from sim.workload.importers import read_any
 from sim.workload.stats import ideal_reuse
 from sim.workload.transforms import rescale_rate

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sim.simulator import SimConfig, simulate
+from sim.serving import SimConfig, simulate
 from sim.workload.generator import generate_trace
 
 SHAREGPT = Path(__file__).resolve().parents[1].parent / "shared/traces/sarathi/sharegpt_8k_filtered_stats_llama2_tokenizer.csv"

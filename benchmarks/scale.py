@@ -26,7 +26,7 @@ SHAREGPT = ROOT.parent / "shared" / "traces" / "sarathi" / "sharegpt_8k_filtered
 def run_case(case: str, requests: int, qps: float, replicas: int) -> dict:
     """One case in this process: simulate, then report wall seconds and peak resident bytes."""
     sys.path.insert(0, str(ROOT))
-    from sim.simulator import SimConfig, simulate
+    from sim.serving import SimConfig, simulate
     from sim.workload.generator import generate_trace
 
     t0 = time.perf_counter()

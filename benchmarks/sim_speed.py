@@ -25,7 +25,7 @@ import argparse
 import time
 from pathlib import Path
 
-from sim.simulator import SimConfig, simulate
+from sim.serving import SimConfig, simulate
 from sim.workload.generator import generate_trace
 
 SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")

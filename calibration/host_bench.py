@@ -41,7 +41,7 @@ class HostBench:
     def measure(self, batch_size: int) -> Timing:
         """Decode-only iterations of ``batch_size`` requests: wall time of schedule, execute and on_batch_done,
         less the runner's ``forward_s``."""
-        from sim.kv_cache import BlockManager
+        from sim.kv.block_manager import BlockManager
         from sim.request import Request
         from sim.schedulers import SchedulerConfig, make_scheduler
 
@@ -84,7 +84,7 @@ def measure_prefill_host(model: ModelSpec | str, device: torch.device, dtype: to
     import numpy as np
 
     from engine.runner import ModelRunner
-    from sim.kv_cache import BlockManager
+    from sim.kv.block_manager import BlockManager
     from sim.request import Request
     from sim.schedulers import SchedulerConfig, make_scheduler
 

@@ -93,7 +93,7 @@ class IterationBench:
     def measure(self, tokens: int, seqs: int, context: int, variant: str, warmup: int, repeats: int
                 ) -> tuple[list[float], list[float]]:
         """Seconds per repeat: (one decoder layer, mean over layers; forward pass with sampling)."""
-        from sim.kv_cache import BlockManager
+        from sim.kv.block_manager import BlockManager
 
         self._n += 1
         batch = unit_batch(tokens, seqs, context, variant, prefix=f"unit{self._n}-")

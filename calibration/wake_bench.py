@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from sim.catalog.models import ModelSpec
-from sim.kv_cache import BlockManager
+from sim.kv.block_manager import BlockManager
 
 IDLE_GAPS_S: tuple[float, ...] = (0.002, 0.01, 0.03, 0.1, 0.3)
 

@@ -11,7 +11,7 @@ import torch
 from engine.model import default_dtype
 from sim.catalog.hardware import GPUSpec, get_gpu, gpu_for_device_name
 from sim.catalog.models import ModelSpec
-from sim.memory import default_activation_reserve_bytes
+from sim.kv.memory import default_activation_reserve_bytes
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,

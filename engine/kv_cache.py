@@ -1,4 +1,4 @@
-"""Paged KV cache on the device, addressed by the block ids that ``sim.kv_cache.BlockManager`` hands out.
+"""Paged KV cache on the device, addressed by the block ids that ``sim.kv.block_manager.BlockManager`` hands out.
 
 Layout: one tensor ``[num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]``;
 layer ``l``'s K and V caches are views ``[num_blocks, block_size, num_kv_heads, head_dim]``

@@ -38,12 +38,12 @@ from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
 from sim.catalog.models import ModelSpec
-from sim.cluster import STAGE_FIELDS
-from sim.kv_cache import blocks_for
-from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
-from sim.prefix_cache import cache_summary
+from sim.serving.cluster import STAGE_FIELDS
+from sim.kv.block_manager import blocks_for
+from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
+from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
-from sim.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
+from sim.serving.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
 #: batches.csv columns: the simulator's, then the measured split of each iteration's wall time
@@ -97,7 +97,7 @@ class EngineResult:
 def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
     """``config`` with a per-iteration token limit on CUDA for a policy that has none (Orca, FasterTransformer;
     vLLM v0 has its own default): max(DEFAULT_MAX_BATCHED_TOKENS, the model's context), the tokens the activation
-    reserve was sized for (sim.memory), as vLLM bounds an iteration by max_num_batched_tokens. Without it a
+    reserve was sized for (sim.kv.memory), as vLLM bounds an iteration by max_num_batched_tokens. Without it a
     burst of whole prompts (158K tokens in the first batch of a 300-request trace) runs out of memory."""
     if device.type != "cuda" or config.effective_token_budget() is not None:
         return config

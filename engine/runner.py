@@ -4,7 +4,7 @@ The runner owns the model, the device KV cache and each request's token ids (a
 reproducible, per-request seeded prompt plus the ids it sampled). It never changes a
 ``Request``'s counters: the shared scheduler advances them after the batch.
 
-Token ids follow the trace's reuse fields (``sim.prefix``), so that automatic prefix caching is
+Token ids follow the trace's reuse fields (``sim.kv.prefix_keys``), so that automatic prefix caching is
 exact: a KV block another request computed holds the very tokens the hitting request would have
 computed there. Every full block the trace declares shared (its key differs from the request's own
 key) holds ids drawn from a generator seeded by (seed, key), identical in every request with that
@@ -30,7 +30,7 @@ from engine.model import LlamaModel, default_dtype
 from engine.ops import OPS
 from sim.batch import Batch, BatchItem
 from sim.catalog.models import ModelSpec
-from sim.prefix import block_hashes
+from sim.kv.prefix_keys import block_hashes
 from sim.request import Request
 
 
@@ -52,7 +52,7 @@ def block_token_ids(key: int, block_size: int, vocab_size: int, seed: int = 0) -
 def shared_blocks(request: Request, block_size: int) -> dict[int, int]:
     """Block index -> prefix key of the full blocks ``request``'s trace line declares shared with others.
 
-    The keys are the caching block manager's (``sim.prefix.block_hashes`` over ``max_tokens - 1``
+    The keys are the caching block manager's (``sim.kv.prefix_keys.block_hashes`` over ``max_tokens - 1``
     tokens: the prompt's blocks and those its answer fills). A block is shared when its key is not the
     request's own (the tag-3 key ``block_hashes`` gives a block the trace does not describe), which also
     covers keys of trace blocks straddling two of ours, whose low bits are a hash's. Empty without reuse fields.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sim.prefix import prefix_spec
+from sim.kv.prefix_keys import prefix_spec
 
 
 class Status(str, Enum):
@@ -55,8 +55,8 @@ class Request:
     completion_time: float | None = None
     first_token_time: float | None = None
     tbt_max: float | None = None  # largest gap between its output tokens (set when it finishes)
-    prefix: tuple | None = None   # the reuse its trace line declares (sim.prefix.prefix_spec)
-    prefix_keys: Any = None       # its shareable blocks' keys (sim.block_index.KeyRuns), while a cache needs them
+    prefix: tuple | None = None   # the reuse its trace line declares (sim.kv.prefix_keys.prefix_spec)
+    prefix_keys: Any = None       # its shareable blocks' keys (sim.kv.key_index.KeyRuns), while a cache needs them
     prefix_lookup: tuple | None = None  # (manager, its eviction count, hit blocks): the last lookup, reused until stale
     num_hashed_blocks: int = 0    # leading blocks already registered in the prefix cache
     block_ids: Any = None         # its block table as a numpy buffer (a caching cache's copy: no list conversions)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from sim.cluster import run_cluster
+from sim.serving.cluster import run_cluster
 from sim.cost.constant import ConstantCostModel
-from sim.kv_cache import BlockManager
-from sim.prefix_cache import CachingBlockManager
+from sim.kv.block_manager import BlockManager
+from sim.kv.prefix_cache import CachingBlockManager
 from sim.request import Request
 from sim.schedulers import SchedulerConfig, make_scheduler
 
@@ -43,7 +43,7 @@ def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=100
 def sim_compositions(monkeypatch, trace, config, cost_model):
     """Run ``sim.simulate`` and record each batch composition the (shared) scheduler produced."""
     from sim.schedulers import Scheduler
-    from sim.simulator import simulate
+    from sim.serving.simulator import simulate
 
     comps: list[tuple] = []
     orig = Scheduler.schedule

@@ -97,7 +97,7 @@ def op_check(runner: Any, batches: Sequence[ExecutedBatch], cost: CostModel, *, 
     import torch
 
     from engine import ops as engine_ops
-    from sim.kv_cache import BlockManager, KVCacheError
+    from sim.kv.block_manager import BlockManager, KVCacheError
 
     timer = _OpTimer(runner.device.type)
     originals = dict(engine_ops.OPS)

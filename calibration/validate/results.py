@@ -50,7 +50,7 @@ class RunResult:
     level: LoadLevel
     token_budget: int | None
     engine: Any                   # engine.replay.EngineResult
-    simulated: Any                # sim.simulator.SimResult
+    simulated: Any                # sim.serving.simulator.SimResult
     batches: pd.DataFrame         # price_batches() frame
     batch_error: dict[str, Any]
     request_error: dict[str, Any]

@@ -90,7 +90,7 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
     """Replay ``trace`` on the engine (``runner``) and simulate it with ``cost``; compare the two. A reference
     timing taken before and after the engine run tells whether the machine's speed drifted meanwhile."""
     from engine.replay import replay
-    from sim.simulator import simulate
+    from sim.serving.simulator import simulate
 
     offline = level.kind == "offline"
     ecfg = _engine_config(cfg, scheduler, offline, runner.device)

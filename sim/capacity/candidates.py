@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import get_model
-from sim.disagg import DisaggConfig, LinkConfig
-from sim.memory import InfeasibleConfigError
+from sim.serving.disagg import DisaggConfig, LinkConfig
+from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 
 
 @dataclass

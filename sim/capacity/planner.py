@@ -36,7 +36,7 @@ from sim.capacity.search import (
     run_searches,
 )
 from sim.catalog.hardware import get_gpu
-from sim.jsonfile import read_json_object
+from sim.inputs import read_json_object
 from sim.outputs.run_folder import naming
 
 __all__ = ["Candidate", "PlanResult", "enumerate_candidates", "enumerate_disaggregated", "plan", "powers_of_two"]

@@ -19,7 +19,7 @@ from sim.batch import Batch
 from sim.capacity.spec import _METRIC_RE, LATENCIES, STATS, Slo, Workload
 from sim.cost.interface import CostModel, DelegatingCost
 from sim.request import Request, TraceRequest
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 
 # ---- one simulation point -------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class _WatchedCost(DelegatingCost):
 
 def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int]:
     """Trace indices that ``simulate`` will run (it skips requests that can never be served)."""
-    from sim.kv_cache import BlockManager
+    from sim.kv.block_manager import BlockManager
     from sim.schedulers import scheduler_class
     from sim.workload.servable import prepare_requests
 
@@ -346,7 +346,7 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
     set and a bound is certainly broken the run stops early: ``metrics`` is None and
     ``stopped`` names the metric and bound. An exception becomes ``error`` (not stored).
     """
-    from sim.simulator import simulate
+    from sim.serving.simulator import simulate
 
     t0 = time.perf_counter()
     rec: dict[str, Any] = {"key": spec.key, "seed": spec.seed, "qps": spec.qps, "probe": spec.qps is None,
@@ -358,7 +358,7 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
             cost = spec.profile.cost_model(spec.config)
         rec["cost_model"] = _cost_record(spec, cost)
         if not isinstance(spec.config, SimConfig):  # a disaggregated deployment: no early stop
-            from sim.disagg import simulate_disaggregated
+            from sim.serving.disagg import simulate_disaggregated
             rec["metrics"] = _flatten(simulate_disaggregated(trace, spec.config, source="capacity").summary)
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
             return rec

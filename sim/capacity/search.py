@@ -54,7 +54,7 @@ from sim.capacity.point import KernelsRef, PointSpec, PriceRef, ProfileRef, eval
 from sim.capacity.results import ResultsFile
 from sim.capacity.spec import LATENCIES, STATS, Slo, Workload
 from sim.cost.interface import CostModel
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 
 __all__ = [
     "LATENCIES",

@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from sim.jsonfile import brief
+from sim.inputs import brief
 
 GiB = 1 << 30
 

@@ -27,7 +27,7 @@ from sim.catalog.limits import (
 )
 from sim.catalog.spec import ModelConfigError, ModelSpec
 from sim.catalog.variants import MLASpec, MoESpec
-from sim.jsonfile import JSONObject, brief, brief_name, brief_text, read_json_object
+from sim.inputs import JSONObject, brief, brief_name, brief_text, read_json_object
 
 REQUIRED_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size",
                  "max_position_embeddings")

@@ -5,14 +5,14 @@ hidden sizes near 20,000 and MLP widths near 75,000, 128 attention heads of widt
 vocabularies near 260,000, contexts of up to 10M tokens, a few hundred routed experts), so no real
 model is refused, while a config with 1e12 layers (a loop over layers that never ends) or 1e9 experts
 (an array per expert of 7 GiB) is refused by name before anything is sized or priced. The bounds of a
-deployment (``sim.deployment``) and of a profile (``sim.cost.profile_format``) are here too.
+deployment (``sim.serving.deployment``) and of a profile (``sim.cost.profile_format``) are here too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sim.jsonfile import brief
+from sim.inputs import brief
 
 MAX_LAYERS = 1024             # decoder layers (Llama-3.1-405B has 126)
 MAX_HIDDEN = 1 << 17          # 131,072: hidden size, MLA's latent ranks

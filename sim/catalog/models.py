@@ -21,7 +21,7 @@ from sim.catalog.spec import (  # noqa: F401 (re-exported: the catalogue's vocab
     layers_per_stage,
 )
 from sim.catalog.variants import MLASpec, MoESpec
-from sim.jsonfile import brief
+from sim.inputs import brief
 
 _LLAMA2 = "Touvron et al. 2023, 'Llama 2' + meta-llama/{} config.json"
 _LLAMA3 = "meta-llama/{} config.json (Llama 3 model card)"

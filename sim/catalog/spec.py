@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sim.catalog.limits import MODEL_LIMITS, size_problem
 from sim.catalog.variants import MLASpec, MoESpec
-from sim.jsonfile import brief
+from sim.inputs import brief
 
 #: weight dtypes and their bytes per parameter (vLLM's --dtype / --quantization fp8)
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1}

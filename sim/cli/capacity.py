@@ -53,7 +53,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     """
     from sim.capacity.planner import make_executor
     from sim.capacity.search import CapacitySearch, ResultsFile, run_searches
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
 
     config = SimConfig(**deployment_kwargs(args))
     config.check()  # an unknown GPU or weights that do not fit: one line, before any simulation

@@ -85,7 +85,7 @@ def cmd_cost(args: argparse.Namespace) -> int:
     summed over the stage's layers.
     """
     from sim.cost.roofline import RooflineCostModel
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
 
     batch = iteration_batch(args.prefill, args.prefill_context, args.decodes, args.decode_context)
     config = SimConfig(model=args.model, gpu=args.gpu or "a100-80gb", tp=args.tp, pp=args.pp,

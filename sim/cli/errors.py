@@ -9,6 +9,7 @@ This module imports nothing of the project, so any layer's entry point can run t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -71,6 +72,14 @@ def describe(exc: BaseException) -> str:
 def _debug() -> bool:
     """Whether SERVESIM_DEBUG asks for tracebacks."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def entry_point(main: Callable[[Sequence[str] | None], int]) -> Callable[[Sequence[str] | None], int]:
+    """``main`` under the error contract (``run_cli``), for a ``python -m`` tool: ``@entry_point def main(argv)``."""
+    @functools.wraps(main)
+    def wrapped(argv: Sequence[str] | None = None) -> int:
+        return run_cli(main, argv)
+    return wrapped
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

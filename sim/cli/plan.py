@@ -73,7 +73,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """
     from sim.capacity.planner import enumerate_candidates, format_table, load_prices, make_executor, plan, sort_table
     from sim.outputs.run_folder import naming, prepare_out_dir
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
 
     prepare_out_dir(args.out)  # everything is checked before the first simulation
     seeds, slo, profile = seeds_of(args), slo_from_args(args), price_ref(args)
@@ -91,7 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         base=base)
     if args.disaggregated:  # prefill and decode pools of every P:D ratio and TP within --max-gpus, beside
         from sim.capacity.planner import enumerate_disaggregated
-        from sim.deployment import make_link
+        from sim.serving.deployment import make_link
         candidates += enumerate_disaggregated(
             args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, prefill_scheduler=args.prefill_scheduler,
             decode_scheduler=args.decode_scheduler, prefill_budget=args.prefill_budget,
@@ -189,7 +189,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--block-size", type=block_size, default=16, help="tokens per KV block (default: %(default)s)")
     add_dtype_arguments(g)
     d = p.add_argument_group("disaggregated serving", "With --disaggregated the plan also sizes prefill and decode "
-                             "pools (sim/disagg.py) of every P:D ratio and TP within --max-gpus, on one Pareto front "
+                             "pools (sim/serving/disagg.py) of every P:D ratio and TP within --max-gpus, on one Pareto front "
                              "with the aggregated configurations.")
     d.add_argument("--disaggregated", action="store_true", help="also search disaggregated deployments")
     d.add_argument("--prefill-scheduler", default="vllm", metavar="S",

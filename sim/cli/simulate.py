@@ -27,12 +27,12 @@ from sim.cli.values import batch_size, block_count, parallel_degree, replica_cou
 from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
 
 if TYPE_CHECKING:
-    from sim.disagg import DisaggConfig
-    from sim.simulator import SimConfig, SimResult
+    from sim.serving.disagg import DisaggConfig
+    from sim.serving.simulator import SimConfig, SimResult
 
 
 DEPLOYMENT_HELP = ("the deployment from a YAML or TOML file (aggregated, or disaggregated prefill and decode "
-                   "pools; schema in sim/deployment.py) instead of the deployment flags, which are then refused; "
+                   "pools; schema in sim/serving/deployment.py) instead of the deployment flags, which are then refused; "
                    "with --profile the file's gpu counts as --gpu")
 
 
@@ -97,13 +97,13 @@ def disaggregated_sections(args: argparse.Namespace) -> dict[str, dict[str, Any]
 
 def config_from_args(args: argparse.Namespace) -> SimConfig | DisaggConfig:
     """The deployment that --deployment, the disaggregated flags or the deployment flags describe."""
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
     if not (args.deployment or args.disaggregated):
         given = flags_given(args, add_disaggregated_arguments)
         if given:
             raise ValueError(f"{', '.join(given)} describe a disaggregated deployment: add --disaggregated")
         return SimConfig(**deployment_kwargs(args), strict=args.strict, seed=args.seed)
-    from sim.deployment import disaggregated, load_deployment, with_run_options
+    from sim.serving.deployment import disaggregated, load_deployment, with_run_options
     if args.deployment:
         given = flags_given(args, add_deployment_arguments, add_disaggregated_arguments)
         if given:
@@ -117,7 +117,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig | DisaggConfig:
 
 def costs_from_args(args: argparse.Namespace, config: SimConfig | DisaggConfig) -> tuple[Any, Any]:
     """(config, cost model or None for the roofline); a disaggregated deployment gets a (prefill, decode) pair."""
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
     if isinstance(config, SimConfig):
         if args.deployment:  # the file's GPU stands for --gpu
             args = argparse.Namespace(**{**vars(args), "gpu": config.gpu})
@@ -134,12 +134,12 @@ def costs_from_args(args: argparse.Namespace, config: SimConfig | DisaggConfig) 
 
 def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, source: str, bar: Any) -> SimResult:
     """simulate() or simulate_disaggregated(), as the deployment is; describe(config) added as "deployment"."""
-    from sim.deployment import describe
-    from sim.simulator import SimConfig, simulate
+    from sim.serving.deployment import describe
+    from sim.serving.simulator import SimConfig, simulate
     if isinstance(config, SimConfig):
         result = simulate(trace, config, cost_model=costs, source=source, on_finish=lambda r: bar.update())
     else:
-        from sim.disagg import simulate_disaggregated
+        from sim.serving.disagg import simulate_disaggregated
         result = simulate_disaggregated(trace, config, costs=costs, source=source)
         bar.update(len(trace))
     result.summary["deployment"] = describe(config)

@@ -59,7 +59,7 @@ from sim.catalog.limits import (
 from sim.catalog.models import ModelSpec
 from sim.catalog.variants import MoESpec
 from sim.cost.unit_rows import ITERATION_VARIANTS
-from sim.jsonfile import InputTooLargeError, brief, brief_name, brief_text, read_input_bytes, read_json_object
+from sim.inputs import InputTooLargeError, brief, brief_name, brief_text, read_input_bytes, read_json_object
 from sim.ops import ALL_OPS, COMMUNICATION_OPS, DENSE_MLP_OPS, GRAPH_TIMINGS, MOE_OPS, UNIT_TIMINGS
 
 FORMAT = "servesim-profile"

@@ -48,7 +48,7 @@ from sim.cost.wake import WakeTable
 from sim.ops import COMMUNICATION_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, OVERHEAD_OPS, STAGE_OPS
 
 if TYPE_CHECKING:
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
 
 _CACHE_LIMIT = 200_000
 OUTSIDE_LAYER_OPS: tuple[str, ...] = FIRST_STAGE_OPS + LAST_STAGE_OPS + STAGE_OPS

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
+from sim.cli.errors import entry_point
 from sim.outputs.cache_plots import (
     KV_PANELS,
     KV_STACK,
@@ -276,8 +277,10 @@ def write_plots(run_dir: str | Path, out_dir: str | Path | None = None, *, label
     return paths
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    """Parse the tool's flags and write the plots (run under the error contract by ``main``)."""
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sim.outputs.plots RUN_DIR`: write the plots of any run folder (simulator or engine), under
+    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
     from sim.cli.errors import CliParser
     p = CliParser(prog="python -m sim.outputs.plots",
                   description=f"Write the PNG plots ({', '.join(PLOT_FILES)}; {PREFIX_CACHE_PLOT} "
@@ -291,13 +294,6 @@ def _main(argv: Sequence[str] | None) -> int:
     for path in write_plots(args.run_dir, args.out):
         print(f"wrote {path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sim.outputs.plots RUN_DIR`: write the plots of any run folder (simulator or engine), under
-    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
-    from sim.cli.errors import run_cli
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sim.cli.errors import entry_point
 from sim.outputs.run_folder import naming, read_run
 
 DEFAULT_MAX_REQUESTS = 1000
@@ -217,8 +218,10 @@ def _window(text: str) -> tuple[float, float]:
     return start, end
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    """Parse the tool's flags and write the timeline (run under the error contract by ``main``)."""
+@entry_point
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sim.outputs.timeline RUN_DIR`: write a timeline for any run folder (simulator or engine), under
+    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
     from sim.cli.errors import CliParser
     from sim.cli.values import MAX_REQUESTS, int_range
     p = CliParser(prog="python -m sim.outputs.timeline",
@@ -235,13 +238,6 @@ def _main(argv: Sequence[str] | None) -> int:
                           window=args.window)
     print(f"wrote {path}")
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m sim.outputs.timeline RUN_DIR`: write a timeline for any run folder (simulator or engine), under
-    servesim's error contract (a missing or incomplete folder is one line and exit status 2)."""
-    from sim.cli.errors import run_cli
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

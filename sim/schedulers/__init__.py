@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sim.kv_cache import BlockManager
+from sim.kv.block_manager import BlockManager
 from sim.schedulers.base import Scheduler, SchedulerConfig
 from sim.schedulers.faster_transformer import FasterTransformerScheduler
 from sim.schedulers.orca import OrcaScheduler

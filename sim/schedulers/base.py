@@ -17,7 +17,7 @@ import numpy as np
 
 from sim.batch import Batch, BatchItem
 from sim.gap_log import GapLog
-from sim.kv_cache import BlockManager
+from sim.kv.block_manager import BlockManager
 from sim.request import Request, Status
 
 #: token times of finished requests folded into the gap log together (32 bytes each while they wait)

@@ -180,7 +180,7 @@ def parse_length_spec(spec: str, role: str = "prompt") -> LengthSpec:
 
 def load_length_pairs(path: str | os.PathLike[str]) -> np.ndarray:
     """(prompt, output) token pairs, shape (n, 2), from a JSONL trace or a CSV length table (read within bounds: a
-    FIFO without a writer does not block, a stream stops at sim.jsonfile.MAX_STREAM_BYTES)."""
+    FIFO without a writer does not block, a stream stops at sim.inputs.MAX_STREAM_BYTES)."""
     path = os.fspath(path)
     if not path.lower().endswith(".csv"):
         trace = read_trace(path)

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.prefix import check_prefix_fields
+from sim.kv.prefix_keys import check_prefix_fields
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, generate_arrivals
 from sim.workload.trace import (

@@ -1,6 +1,6 @@
 """Synthetic workloads with prompt reuse: multi-turn conversations, a shared system prompt.
 
-Both write the reuse as ``prefix_group`` / ``prefix_len`` fields (``sim.prefix``), so the
+Both write the reuse as ``prefix_group`` / ``prefix_len`` fields (``sim.kv.prefix_keys``), so the
 prefix cache can replay it:
 
 - ``make_sessions``: consecutive requests become the turns of conversations; each turn resends
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.prefix import GROUP, GROUP_LEN, HASH_BLOCK_SIZE, HASH_IDS, MOONCAKE_BLOCK_SIZE
+from sim.kv.prefix_keys import GROUP, GROUP_LEN, HASH_BLOCK_SIZE, HASH_IDS, MOONCAKE_BLOCK_SIZE
 from sim.request import TraceRequest
 
 SYSTEM_GROUP = "system"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.catalog.models import ModelSpec
-from sim.kv_cache import BlockManager
+from sim.kv.block_manager import BlockManager
 from sim.request import Request, TraceRequest
 
 

@@ -137,10 +137,10 @@ def ideal_reuse(requests: Sequence[TraceRequest], block_size: int = 16) -> dict[
 
     Each request hits the longest run of ``block_size``-token blocks an earlier request computed (leaving one
     token to compute, as the cache does), then adds its own, answer included; None where the trace declares
-    no reuse. Blocks are compared a run at a time (``sim.prefix.shared_runs``; a request's own blocks never match
+    no reuse. Blocks are compared a run at a time (``sim.kv.prefix_keys.shared_runs``; a request's own blocks never match
     another's), so time and memory grow with the hash ids and groups, not with the tokens.
     """
-    from sim.prefix import prefix_spec, shared_runs
+    from sim.kv.prefix_keys import prefix_spec, shared_runs
 
     specs = [prefix_spec(r.extra) if r.extra else None for r in requests]
     declared = sum(1 for s in specs if s is not None)

@@ -4,7 +4,7 @@ A line is a JSON object with ``arrival_time`` (seconds, finite, >= 0),
 ``prompt_tokens`` and ``output_tokens`` (integers >= 1) and an optional
 ``request_id`` (string or integer, kept as a string; default: the request's
 0-based index in the file). Optional reuse fields describe what the prompt shares
-with other requests, for prefix caching (``sim.prefix``): ``hash_ids`` (a list of
+with other requests, for prefix caching (``sim.kv.prefix_keys``): ``hash_ids`` (a list of
 integer ids, one per ``hash_block_size`` tokens, default 512, as Mooncake's), or
 ``prefix_group`` (any id) with ``prefix_len`` (the group's shared leading tokens).
 Other fields are kept in ``TraceRequest.extra`` and ignored by the simulator. Blank lines are skipped. An integral float such as
@@ -21,8 +21,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from sim.jsonfile import InputTooLargeError, brief_json, read_input_bytes
-from sim.prefix import check_prefix_fields
+from sim.inputs import InputTooLargeError, brief_json, read_input_bytes
+from sim.kv.prefix_keys import check_prefix_fields
 from sim.request import TraceRequest
 
 REQUIRED_FIELDS = ("arrival_time", "prompt_tokens", "output_tokens")
@@ -181,7 +181,7 @@ def _parse_request(path: str, lineno: int, index: int, obj: dict) -> TraceReques
         if _contains_non_finite(value):  # e.g. 1e999, which json parses to inf
             raise TraceError(path, f"expected finite numbers, got {_show(value)}", lineno, name)
     bad = check_prefix_fields(extra, prompt, output) if extra else None
-    if bad is not None:  # the optional reuse description (sim.prefix): hash_ids, or prefix_group + prefix_len
+    if bad is not None:  # the optional reuse description (sim.kv.prefix_keys): hash_ids, or prefix_group + prefix_len
         raise TraceError(path, bad[1], lineno, bad[0])
     return TraceRequest(str(rid), float(t), prompt, output, extra, lineno)
 
@@ -221,7 +221,7 @@ _PIPES: dict[str, bytes] = {}
 
 def _read_bytes(path: str) -> bytes:
     """The file's bytes through the bounded reader: a FIFO with no writer reads as empty, a stream is cut at
-    ``sim.jsonfile.MAX_STREAM_BYTES`` (``/dev/zero`` must not fill memory)."""
+    ``sim.inputs.MAX_STREAM_BYTES`` (``/dev/zero`` must not fill memory)."""
     try:
         return read_input_bytes(path)
     except InputTooLargeError as exc:

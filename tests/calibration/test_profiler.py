@@ -157,7 +157,7 @@ def test_calibration_times_the_engines_own_op_functions(monkeypatch):
     and it is the same function the model's layers call."""
     from engine.runner import ModelRunner
     from sim.batch import Batch, BatchItem
-    from sim.kv_cache import BlockManager
+    from sim.kv.block_manager import BlockManager
     from sim.request import Request
 
     bench = OpBench(get_model("tiny"), CPU, torch.float32, "sdpa", 16, 0.5)

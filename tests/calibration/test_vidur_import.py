@@ -9,7 +9,7 @@ from calibration.vidur_import import import_vidur
 from sim.cli.main import main
 from sim.cost.profile_format import ProfileError, read_profile
 from sim.cost.profiled import ProfiledCostModel
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace
 from tests.paths import EXAMPLE_TRACE, SHARED, needs
 

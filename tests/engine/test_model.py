@@ -16,7 +16,7 @@ from engine.runner import ModelRunner, prompt_token_ids  # noqa: E402
 from sim.batch import Batch, BatchItem  # noqa: E402
 from sim.catalog.models import ModelSpec  # noqa: E402
 from sim.catalog.variants import MoESpec  # noqa: E402
-from sim.kv_cache import BlockManager  # noqa: E402
+from sim.kv.block_manager import BlockManager  # noqa: E402
 from sim.ops import ALL_OPS, FIRST_STAGE_OPS, HOST_OPS, LAST_STAGE_OPS, STAGE_OPS, layer_ops  # noqa: E402
 from sim.request import Request  # noqa: E402
 

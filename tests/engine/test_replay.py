@@ -16,11 +16,11 @@ from engine.device import EngineOutOfMemoryError  # noqa: E402
 from engine.replay import BATCH_FIELDS, EngineConfig, replay  # noqa: E402
 from engine.runner import ModelRunner  # noqa: E402
 from sim.catalog.hardware import gpu_for_device_name as gpu_from_device_name  # noqa: E402
-from sim.cluster import STAGE_FIELDS  # noqa: E402
+from sim.serving.cluster import STAGE_FIELDS  # noqa: E402
 from sim.cost.constant import ConstantCostModel  # noqa: E402
 from sim.outputs.run_folder import read_run, write_run  # noqa: E402
 from sim.request import TraceRequest  # noqa: E402
-from sim.simulator import simulate  # noqa: E402
+from sim.serving.simulator import simulate  # noqa: E402
 from sim.workload.trace import read_trace, write_trace  # noqa: E402
 from tests.helpers import sim_compositions  # noqa: E402
 
@@ -80,7 +80,7 @@ def test_generated_ids_identical_under_every_policy_budget_and_preemption(runs):
 def test_first_ids_match_a_lone_greedy_run():
     """Independent of any scheduler: request d alone, whole prompt then one decode at a time."""
     from sim.batch import Batch, BatchItem
-    from sim.kv_cache import BlockManager
+    from sim.kv.block_manager import BlockManager
     from sim.request import Request
 
     runner = ModelRunner(_tiny(), device="cpu", dtype=torch.float32, kv_blocks=64, backend="sdpa")
@@ -216,7 +216,7 @@ def test_static_padded_decode_path_gives_the_same_ids():
 
     # logits of one padded decode batch (3 rows -> 4, contexts of 1, 2 and 5 blocks) match the eager path
     from sim.batch import Batch, BatchItem
-    from sim.kv_cache import BlockManager
+    from sim.kv.block_manager import BlockManager
     from sim.request import Request
 
     eager_runner = ModelRunner(_tiny(), device="cpu", dtype=torch.float32, kv_blocks=64, backend="sdpa")
@@ -300,7 +300,7 @@ def test_cuda_caps_the_prefill_tokens_of_unbudgeted_policies():
     explicit budget and the CPU are left alone. The simulator's configuration follows, so validation compares
     the same batches."""
     from engine.replay import cap_prefill_tokens
-    from sim.memory import DEFAULT_MAX_BATCHED_TOKENS
+    from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for sched in ("orca", "faster_transformer"):

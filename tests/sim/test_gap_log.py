@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-import sim.simulator
+import sim.serving.simulator
 from sim.gap_log import RELATIVE_ERROR, GapLog
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace
 from tests.paths import ROOT
 
@@ -70,7 +70,7 @@ def test_folding_token_times_away_leaves_every_output_byte_identical(monkeypatch
     reqs = read_trace(ROOT / "traces" / "example_sharegpt_poisson.jsonl").requests
     cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="sarathi", replicas=2)
     kept = simulate(reqs, cfg)
-    monkeypatch.setattr(sim.simulator, "KEEP_TOKEN_TIMES_UP_TO", 0)
+    monkeypatch.setattr(sim.serving.simulator, "KEEP_TOKEN_TIMES_UP_TO", 0)
     done = []
     folded = simulate(reqs, cfg, on_finish=done.append)
     assert done and all(r.token_times is None and r.first_token_time is not None for r in done)

@@ -205,11 +205,11 @@ def test_an_interrupted_rerun_leaves_the_folder_incomplete(tmp_path, capsys, mon
     out = tmp_path / "run"
     assert main([*SIM, "--out", str(out)]) == 0
     check_run(out)
-    import sim.simulator
+    import sim.serving.simulator
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(sim.simulator, "simulate", interrupted)
+    monkeypatch.setattr(sim.serving.simulator, "simulate", interrupted)
     capsys.readouterr()
     assert main([*SIM, "--out", str(out)]) == errors.INTERRUPTED
     assert capsys.readouterr().err == "servesim: interrupted\n"

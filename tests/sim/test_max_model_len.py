@@ -8,7 +8,7 @@ import pytest
 
 from sim.catalog.models import get_model, with_max_model_len
 from sim.cli.main import build_parser, main
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.generator import generate_trace
 
 

@@ -6,7 +6,7 @@ import re
 
 from sim.cli.main import main
 from sim.request import TraceRequest
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from tests.paths import ROOT
 
 TINY_CPU = ROOT / "calibration" / "profiles" / "tiny-cpu"

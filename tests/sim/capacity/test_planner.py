@@ -212,7 +212,7 @@ def test_profile_prices_only_the_shapes_it_holds(tmp_path):
     import shutil
 
     from sim.capacity.search import ProfileRef
-    from sim.simulator import SimConfig
+    from sim.serving.simulator import SimConfig
 
     src = TINY_CPU_PROFILE
     if not (src / "profile.json").is_file():

@@ -22,7 +22,7 @@ from sim.capacity.search import (
     run_searches,
 )
 from sim.cost.constant import ConstantCostModel
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 from tests.paths import TINY_CPU_PROFILE
 
 # ---- a synthetic system whose capacity follows from the iteration time --------------------------------

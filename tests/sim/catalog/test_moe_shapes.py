@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sim.catalog.models import get_model
-from sim.memory import plan_memory
+from sim.kv.memory import plan_memory
 
 # (model, public total, public active per token): model cards and papers (see each entry's source)
 PUBLIC = [("mixtral-8x7b", 46.7e9, 12.9e9), ("mixtral-8x22b", 141e9, 39e9), ("qwen3-30b-a3b", 30.5e9, 3.3e9),
@@ -61,7 +61,7 @@ def test_expert_parallelism_spreads_whole_experts_and_tp_splits_their_width():
 
 def test_memory_counts_every_expert_and_fp8_halves_the_weights():
     """The issue's failure: Mixtral-8x7B was sized as a dense 7B (14.5 GB). All experts: ~93 GB, no single A100."""
-    from sim.memory import InfeasibleConfigError
+    from sim.kv.memory import InfeasibleConfigError
     with pytest.raises(InfeasibleConfigError, match="expert parallelism"):
         plan_memory("mixtral-8x7b", "a100-80gb")
     bf16 = plan_memory("mixtral-8x7b", "h100-sxm", tp=2)

@@ -18,7 +18,7 @@ from sim.cli.cost import iteration_batch  # noqa: E402
 from sim.cli.main import main  # noqa: E402
 from sim.cost.kernels.lookups import equivalent_prefill  # noqa: E402
 from sim.cost.kernels.model import KernelCostModel  # noqa: E402
-from sim.simulator import SimConfig, simulate  # noqa: E402
+from sim.serving.simulator import SimConfig, simulate  # noqa: E402
 from sim.workload.trace import read_trace  # noqa: E402
 from tests.paths import EXAMPLE_TRACE  # noqa: E402
 

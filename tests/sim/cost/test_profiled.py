@@ -11,7 +11,7 @@ from sim.cost.profile_format import read_profile
 from sim.cost.profiled import EDGE, PROFILE, ROOFLINE, TRANSFER, ProfiledCostModel, for_simulation
 from sim.cost.roofline import RooflineCostModel
 from sim.request import Request
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 from tests.profile_fixtures import roofline_times, synthetic_profile
 
 

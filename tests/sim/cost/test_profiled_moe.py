@@ -15,7 +15,7 @@ from sim.cost.profile_format import ProfileError, model_ops, profile_model, read
 from sim.cost.profiled import PROFILE, ROOFLINE, ProfiledCostModel, for_simulation
 from sim.cost.roofline import RooflineCostModel
 from sim.ops import ALL_OPS, DENSE_MLP_OPS, GRAPH_TIMINGS, MOE_OPS, UNIT_TIMINGS
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 from tests.profile_fixtures import synthetic_profile
 from tests.sim.cost.test_profiled import decodes, prefill
 

@@ -35,7 +35,7 @@ from sim.outputs.plots import (
 )
 from sim.outputs.report import _comparison_figure, metrics_table, write_report
 from sim.outputs.run_folder import write_run
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.generator import generate_trace
 
 PLAIN = re.compile(r"^-?[0-9][0-9,]*(\.[0-9]+)?$")

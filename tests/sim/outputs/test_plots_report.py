@@ -13,7 +13,7 @@ from sim.cli.main import main
 from sim.outputs.plots import PLOT_FILES, gantt_window, load_run, write_plots
 from sim.outputs.report import COMPARISON_PLOTS, metrics_table, write_report
 from sim.outputs.run_folder import write_run
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace, write_trace
 from tests.paths import EXAMPLE_TRACE as EXAMPLE
 

@@ -24,9 +24,9 @@ def _one_line_error(capsys, rc: int, *words: str) -> str:
 
 
 def test_out_naming_a_file_or_a_path_under_a_file_is_refused_before_simulating(tmp_path, capsys, monkeypatch):
-    import sim.simulator
+    import sim.serving.simulator
     ran = []
-    monkeypatch.setattr(sim.simulator, "simulate", lambda *a, **k: ran.append(1))
+    monkeypatch.setattr(sim.serving.simulator, "simulate", lambda *a, **k: ran.append(1))
     f = tmp_path / "taken"
     f.write_text("x")
     _one_line_error(capsys, main(SIM + ["--out", str(f)]), "is not a folder")

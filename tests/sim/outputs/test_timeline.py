@@ -14,7 +14,7 @@ from sim.cost.constant import ConstantCostModel
 from sim.outputs.run_folder import read_run, write_run
 from sim.outputs.timeline import _lanes, build_timeline, timing_source, write_timeline
 from sim.request import TraceRequest
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.trace import read_trace
 from tests.paths import EXAMPLE_TRACE as EXAMPLE
 

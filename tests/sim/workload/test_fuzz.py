@@ -92,7 +92,7 @@ def test_epoch_clocks_are_rebased_and_lose_no_precision():
     with the origin in summary.json; at that magnitude a float64 keeps only 0.25 s."""
     from sim.cost.constant import ConstantCostModel
     from sim.request import TraceRequest
-    from sim.simulator import SimConfig, simulate
+    from sim.serving.simulator import SimConfig, simulate
     base = [TraceRequest(str(i), i * 0.01, 50, 20) for i in range(20)]
     far = [TraceRequest(r.request_id, 1.7e15 + r.arrival_time, 50, 20) for r in base]
     cfg = SimConfig(model="tiny", kv_blocks=1000)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from sim.cli.main import main
-from sim.prefix import MAX_HASH_IDS, block_hashes, prefix_spec
+from sim.kv.prefix_keys import MAX_HASH_IDS, block_hashes, prefix_spec
 from sim.request import TraceRequest
 from sim.workload.generator import SpecError, generate_arrivals, generate_trace, load_length_pairs, parse_length_spec
 from sim.workload.importers import read_any
@@ -103,7 +103,7 @@ def test_a_huge_request_costs_its_hash_ids_not_its_tokens(tmp_path, fields):
 
 
 def _reference_reuse(requests: list[TraceRequest], block_size: int) -> float | None:
-    """ideal_reuse as it was: every block's key (sim.prefix.block_hashes) in one set."""
+    """ideal_reuse as it was: every block's key (sim.kv.prefix_keys.block_hashes) in one set."""
     if not any(r.extra and prefix_spec(r.extra) is not None for r in requests):
         return None
     seen: set[int] = set()
@@ -281,7 +281,7 @@ def _fifo_csv(tmp_path: Path) -> str:
 
 
 def test_an_endless_device_is_cut_at_the_stream_limit(monkeypatch):
-    monkeypatch.setattr("sim.jsonfile.MAX_STREAM_BYTES", 1 << 20)
+    monkeypatch.setattr("sim.inputs.MAX_STREAM_BYTES", 1 << 20)
     with _deadline(10):
         err = _refused("/dev/zero", None, None, "more than 1,048,576 bytes from a stream")
     assert str(err).startswith("/dev/zero: more than")

@@ -159,7 +159,7 @@ def test_cli_convert_reports_bad_row(tmp_path, capsys):
 
 @needs_shared
 def test_mooncake_convert_clip_and_simulate_matches_direct_import(tmp_path):
-    from sim.simulator import SimConfig, simulate
+    from sim.serving.simulator import SimConfig, simulate
     from sim.workload.importers import read_any
     out = tmp_path / "mc.jsonl"
     assert main(["trace", "convert", str(MOONCAKE), str(out), "--first", "300", "--max-total-tokens", "4096"]) == 0

@@ -1,4 +1,4 @@
-"""Deployment files (sim.deployment) and the disaggregated flags of ``servesim simulate`` (issue 20)."""
+"""Deployment files (sim.serving.deployment) and the disaggregated flags of ``servesim simulate`` (issue 20)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import yaml
 
 from sim.cli.main import build_parser, main
 from sim.cli.simulate import add_simulate_parser, config_from_args
-from sim.deployment import POOL_KEYS, DeploymentError, describe, load_deployment
-from sim.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig
+from sim.serving.deployment import POOL_KEYS, DeploymentError, describe, load_deployment
+from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig
 from sim.outputs.run_folder import read_run
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 
 WORKLOAD = ("-n", "50", "--qps", "20", "--prompt-len", "uniform:32:400", "--output-len", "uniform:2:100", "-q")
 

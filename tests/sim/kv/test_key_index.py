@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.block_index import KeyIndex, KeyRuns, LRUList, W
-from sim.prefix import NO_KEY
+from sim.kv.key_index import KeyIndex, KeyRuns, LRUList, W
+from sim.kv.prefix_keys import NO_KEY
 
 NUM_BLOCKS = 64
 

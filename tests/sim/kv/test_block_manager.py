@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sim.kv_cache import BlockManager, KVCacheError
+from sim.kv.block_manager import BlockManager, KVCacheError
 from sim.request import Request
 
 

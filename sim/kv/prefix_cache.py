@@ -1,6 +1,6 @@
 """Automatic prefix caching on the paged KV cache (vLLM's), for the simulator and the engine alike.
 
-A full block is known by the chained hash of its tokens (``sim.prefix``). Blocks carry
+A full block is known by the chained hash of its tokens (``sim.kv.prefix_keys``). Blocks carry
 reference counts; a block whose count drops to zero keeps its hash and goes on an LRU list of
 cached free blocks, evicted (least recently freed first) only when a fresh block is needed.
 Admission reuses the longest run of cached blocks at the start of the prompt and prefills the
@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.block_index import KeyIndex, KeyRuns, LRUList
-from sim.kv_cache import BlockManager, KVCacheError
-from sim.prefix import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
+from sim.kv.key_index import KeyIndex, KeyRuns, LRUList
+from sim.kv.block_manager import BlockManager, KVCacheError
+from sim.kv.prefix_keys import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 
 NO_BLOCKS = np.zeros(0, dtype=np.int64)  # a lookup that found nothing
@@ -51,7 +51,7 @@ class CachingBlockManager(BlockManager):
     """A ``BlockManager`` whose full blocks are shared by key, reference-counted and evicted LRU.
 
     Per-block state lives in numpy arrays (references, key; the LRU list's and the key index's in
-    ``sim.block_index``), so that a request's hundreds of blocks are freed, registered and evicted a
+    ``sim.kv.key_index``), so that a request's hundreds of blocks are freed, registered and evicted a
     request at a time; a request's block table is a view of its block-id array (``block_ids``), not a
     list (a list of a long prompt's block ids cost more to build and free than all the rest).
     """
@@ -92,7 +92,7 @@ class CachingBlockManager(BlockManager):
     # ---- lookup and admission ------------------------------------------------------------------------------
     def _keys(self, request: Request) -> KeyRuns:
         """The keys of its prompt's and answer's blocks that other requests may share (generated blocks are cached
-        too), cut into the index's runs, once per run; the rest are its own (``sim.prefix.own_key``)."""
+        too), cut into the index's runs, once per run; the rest are its own (``sim.kv.prefix_keys.own_key``)."""
         if request.prefix_keys is None:
             n = request.max_tokens - 1
             per_id = blocks_per_hash_id(request.prefix, self.block_size)
@@ -135,7 +135,7 @@ class CachingBlockManager(BlockManager):
 
     def _holder(self, k: int, i: int) -> Request | None:
         """The last noted request holding shared key ``k`` at block ``i``, computed but not registered (None: no
-        such request). A key names its block's position (``sim.prefix``), so only block ``i`` can hold it."""
+        such request). A key names its block's position (``sim.kv.prefix_keys``), so only block ``i`` can hold it."""
         bs, last = self.block_size, None
         for r in self._dirty:
             if r.num_hashed_blocks <= i < min(r.num_computed // bs, r.num_shared_blocks) and r.prefix_keys.keys[i] == k:

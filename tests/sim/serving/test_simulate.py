@@ -7,7 +7,7 @@ import pytest
 from sim.cli.main import main
 from sim.cost.constant import ConstantCostModel
 from sim.request import TraceRequest
-from sim.simulator import SimConfig, simulate
+from sim.serving.simulator import SimConfig, simulate
 from sim.workload.generator import generate_trace
 from sim.workload.servable import WorkloadError
 

@@ -60,7 +60,7 @@ class BlockManager:
         floor = self.watermark_blocks if use_watermark else 0
         return self.num_free - self.blocks_for(num_tokens) >= floor
 
-    # ---- prefix caching hooks: no cache here (sim.prefix_cache.CachingBlockManager has one) ----------------
+    # ---- prefix caching hooks: no cache here (sim.kv.prefix_cache.CachingBlockManager has one) ----------------
     caching = False
 
     def prefix_hit(self, request: Request) -> int:

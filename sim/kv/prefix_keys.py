@@ -13,7 +13,7 @@ trace says its tokens (and prefix) are; blocks the trace does not describe as sh
 unique to the request (a preempted request can still hit its own blocks). Keys are int64s built
 from the trace's integers (group names by BLAKE2): the same in every process. A key names its
 block's position in the prompt (so equal keys sit at equal positions), and a prefix's consecutive
-blocks have consecutive keys within each trace block or group (``sim.block_index`` keeps one entry
+blocks have consecutive keys within each trace block or group (``sim.kv.key_index`` keeps one entry
 per aligned window of 32 such keys: a 512-token Mooncake block in 16-token blocks).
 """
 
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from sim.jsonfile import brief_json as _brief
+from sim.inputs import brief_json as _brief
 
 HASH_IDS, HASH_BLOCK_SIZE, GROUP, GROUP_LEN = "hash_ids", "hash_block_size", "prefix_group", "prefix_len"
 MOONCAKE_BLOCK_SIZE = 512

@@ -30,13 +30,13 @@ import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
-from sim.cluster import Recorder, Replica, Router, replay_arrivals
+from sim.serving.cluster import Recorder, Replica, Router, replay_arrivals
 from sim.cost.interface import CostModel
 from sim.cost.roofline import NVLINK_COMM_LATENCY_S
 from sim.gap_log import GapLog
 from sim.request import Request, TraceRequest
 from sim.schedulers import scheduler_class
-from sim.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
+from sim.serving.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
 from sim.workload.servable import rebase_arrivals
 
 LINK_KINDS = ("network", "nvlink")

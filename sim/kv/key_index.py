@@ -13,10 +13,10 @@ from operator import is_
 
 import numpy as np
 
-from sim.prefix import NO_KEY, OWN
+from sim.kv.prefix_keys import NO_KEY, OWN
 
 W = 32  # consecutive keys per dictionary entry: a Mooncake hash block's 512 tokens in 16-token blocks
-SUB = (W - 1) << 2  # the key bits naming a key within its run (above the two tag bits, sim.prefix)
+SUB = (W - 1) << 2  # the key bits naming a key within its run (above the two tag bits, sim.kv.prefix_keys)
 
 
 class KeyRuns:
@@ -26,7 +26,7 @@ class KeyRuns:
     __slots__ = ("keys", "pos", "starts", "heads", "aligned")
 
     def __init__(self, keys: np.ndarray, per_id: int | None = None) -> None:
-        """``per_id``: how many keys each trace hash id covers (``sim.prefix.blocks_per_hash_id``); when that is
+        """``per_id``: how many keys each trace hash id covers (``sim.kv.prefix_keys.blocks_per_hash_id``); when that is
         ``W`` (Mooncake's 512-token blocks in 16-token ones), every ``W`` keys form one run, found without search."""
         self.keys = keys
         self.aligned = aligned = per_id == W
@@ -62,7 +62,7 @@ def _positions(n: int) -> np.ndarray:
 
 class KeyIndex:
     """Shared prefix key -> the block holding it; one dictionary entry (a row of ``W`` block ids) per run of
-    ``W`` consecutive keys, since a prefix's blocks have consecutive keys (``sim.prefix``).
+    ``W`` consecutive keys, since a prefix's blocks have consecutive keys (``sim.kv.prefix_keys``).
 
     Evictions only clear the block's key (``key_of``, the manager's array, whose spare last entry stays
     ``NO_KEY``: an empty slot, -1, reads it); an entry naming a block that holds another key since is stale and
@@ -102,7 +102,7 @@ class KeyIndex:
     def add(self, runs: KeyRuns, a: int, b: int, blocks: np.ndarray) -> np.ndarray | None:
         """Index ``blocks`` under ``runs.keys[a:b]`` unless a block still holding the key is indexed already (a
         twin): None when all were added, else the mask of those added. The caller writes their keys into
-        ``key_of``. The keys are distinct (a request's keys name their positions, ``sim.prefix``)."""
+        ``key_of``. The keys are distinct (a request's keys name their positions, ``sim.kv.prefix_keys``)."""
         r0, r1 = runs.span(a, b)
         rows, fresh = self._rows_for(runs.heads[r0:r1])
         if fresh and runs.aligned:  # new rows, one after the other, each run filling its row: one stretch

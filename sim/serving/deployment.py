@@ -63,9 +63,9 @@ from sim.catalog.limits import (
     MAX_REPLICAS,
 )
 from sim.catalog.models import DTYPE_BYTES, get_model
-from sim.cluster import Router
-from sim.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
-from sim.jsonfile import (
+from sim.serving.cluster import Router
+from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
+from sim.inputs import (
     YAML_TOML_SKIP,
     brief,
     brief_name,
@@ -75,9 +75,9 @@ from sim.jsonfile import (
     structure_problem,
     too_deep,
 )
-from sim.memory import InfeasibleConfigError
+from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
-from sim.simulator import SimConfig
+from sim.serving.simulator import SimConfig
 
 Check = Callable[[Any], Any]
 MODES = ("aggregated", "disaggregated")

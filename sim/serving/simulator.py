@@ -15,12 +15,12 @@ import pandas as pd
 from sim import metrics
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import ModelSpec, check_weight_dtype, kv_dtype_bytes, with_max_model_len
-from sim.cluster import run_cluster
+from sim.serving.cluster import run_cluster
 from sim.cost.interface import CostModel
 from sim.gap_log import EXACT_LIMIT, GapLog
-from sim.kv_cache import BlockManager
-from sim.memory import InfeasibleConfigError, MemoryPlan, plan_memory
-from sim.prefix_cache import CachingBlockManager, cache_summary
+from sim.kv.block_manager import BlockManager
+from sim.kv.memory import InfeasibleConfigError, MemoryPlan, plan_memory
+from sim.kv.prefix_cache import CachingBlockManager, cache_summary
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS
