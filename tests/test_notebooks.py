@@ -32,7 +32,7 @@ def test_notebook_executes_on_small_settings(path, monkeypatch):
     monkeypatch.setenv("SERVESIM_NOTEBOOK_SMALL", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    client = nbclient.NotebookClient(nb, timeout=600, startup_timeout=300, kernel_name="python3",  # a busy machine
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()  # raises CellExecutionError naming the cell on any exception
     assert os.environ["SERVESIM_NOTEBOOK_SMALL"] == "1"

@@ -42,14 +42,14 @@ def test_plan_workers_exit_when_the_parent_is_killed(tmp_path):
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         workers: list[int] = []
-        deadline = time.time() + 30
+        deadline = time.time() + 180  # generous: a busy machine may take long to start Python and the pool
         while time.time() < deadline and len(workers) < 2:
             time.sleep(0.2)
             workers = _children(p.pid)
         assert len(workers) >= 2, "the plan never started its workers"
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        deadline = time.time() + 10
+        deadline = time.time() + 60  # the kernel signals at once; the wait only bounds a busy machine's delay
         while time.time() < deadline and any(_alive(w) for w in workers):
             time.sleep(0.2)
         assert not any(_alive(w) for w in workers), [w for w in workers if _alive(w)]

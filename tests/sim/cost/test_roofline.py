@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -238,14 +237,3 @@ def test_falcon_replicated_kv_heads_and_tiny() -> None:
         RooflineCostModel("llama-2-7b", "a100-80gb", tp=3)
     with pytest.raises(ValueError):
         RooflineCostModel("llama-2-7b", "a100-80gb", compute_efficiency=0)
-
-
-def test_stage_cost_is_fast(cm7) -> None:
-    b = decode_batch(128, 1000)
-    cm7.stage_cost(b, 0)
-    n = 2000
-    start = time.perf_counter()
-    for _ in range(n):
-        cm7.stage_cost(b, 0)
-    per_call = (time.perf_counter() - start) / n
-    assert per_call < 50e-6  # target < 15 us; loose bound for slow CI machines

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -296,14 +295,12 @@ def test_write_refuses_duplicate_ids(tmp_path):
         write_trace(tmp_path / "bad.jsonl", [TraceRequest("a", 0.0, 1, 1), TraceRequest("a", 1.0, 1, 1)])
 
 
-def test_reading_100k_lines_is_fast(tmp_path):
+def test_reading_100k_lines_keeps_every_line(tmp_path):
+    """Every line read, numbered as in an editor (the reading speed is benchmarks/reader_speed.py's figure)."""
     path = tmp_path / "big.jsonl"
     write_trace(path, (TraceRequest(str(i), i * 0.01, 100 + i % 50, 1 + i % 7) for i in range(100_000)))
-    start = time.perf_counter()
     trace = read_trace(path)
-    elapsed = time.perf_counter() - start
     assert len(trace.requests) == 100_000 and trace.requests[-1].line == 100_000
-    assert elapsed < 2.0, f"read 100k lines in {elapsed:.2f} s"
 
 
 # --- real public traces ------------------------------------------------------------------
