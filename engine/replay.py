@@ -38,11 +38,11 @@ from engine.runner import ModelRunner
 from sim import metrics
 from sim.batch import Batch
 from sim.catalog.models import ModelSpec
-from sim.serving.cluster import STAGE_FIELDS
 from sim.kv.block_manager import blocks_for
 from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
+from sim.serving.cluster import STAGE_FIELDS
 from sim.serving.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
@@ -76,9 +76,10 @@ class EngineConfig(ServingConfig):
             raise ValueError(f"warmup must be >= 0, got {self.warmup}")
 
     def sim_config(self, *, gpu: str, kv_blocks: int) -> SimConfig:
-        """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks)."""
+        """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks, and the
+        engine's serial loop: it schedules, then runs, as the v0-era engines did)."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingConfig)}
-        return SimConfig(**{**shared, "kv_blocks": kv_blocks}, gpu=gpu)
+        return SimConfig(**{**shared, "kv_blocks": kv_blocks}, gpu=gpu, async_scheduling=False)
 
 
 @dataclass
@@ -229,6 +230,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         summary["prefix_cache"] = cache_summary([sched.bm], [sched.cached_free_log])
     summary["time_origin_s"] = origin
     summary["config"]["effective_token_budget"] = config.effective_token_budget(spec)
+    summary["config"]["engine_loop"] = "serial"  # the engine schedules, then runs (no async scheduling)
     return EngineResult(summary, req_df, frame, stages, skipped, token_ids)
 
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sim.serving.cluster import run_cluster
 from sim.cost.constant import ConstantCostModel
 from sim.kv.block_manager import BlockManager
 from sim.kv.prefix_cache import CachingBlockManager
 from sim.request import Request
 from sim.schedulers import SchedulerConfig, make_scheduler
+from sim.serving.cluster import run_cluster
 
 
 def make_requests(spec: list[tuple[float, int, int]]) -> list[Request]:
@@ -18,7 +18,7 @@ def make_requests(spec: list[tuple[float, int, int]]) -> list[Request]:
 
 def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=1000, block_size=16,
                  iteration_time=1.0, host=0.0, pp=1, replicas=1, watermark=0.01, chunk_align=0, hook=None,
-                 caching=False, router="round_robin"):
+                 caching=False, router="round_robin", replica_cls=None):
     """Simulate ``spec`` with a constant-time cost model; returns (requests, compositions, recorder, schedulers)."""
     reqs = make_requests(spec) if spec and isinstance(spec[0], tuple) else spec
     cfg = SchedulerConfig(max_batch, budget, chunk_align)
@@ -36,7 +36,8 @@ def run_constant(spec, scheduler: str, *, budget=None, max_batch=128, blocks=100
                     hook(s, b)
             return b
         s.schedule = logged
-    rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp, router)
+    rec = run_cluster(reqs, scheds, ConstantCostModel(iteration_time, host=host, num_stages=pp), pp, router,
+                      replica_cls=replica_cls)
     return reqs, compositions, rec, scheds
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import get_model
-from sim.serving.disagg import DisaggConfig, LinkConfig
 from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
+from sim.serving.disagg import DisaggConfig, LinkConfig
 from sim.serving.simulator import SimConfig
 
 

@@ -118,6 +118,10 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache_aware routing: prefill tokens one outstanding request counts as (default: %(default)s)")
     add_moe_and_dtype_arguments(g)
     add_scheduler_arguments(p)
+    p.add_argument("--async-scheduling", action=argparse.BooleanOptionalAction, default=None,
+                   help="vLLM V1's async engine loop: step N+1 is scheduled while step N runs (host time hidden "
+                        "under the device step; a request arriving mid-step first runs a step later); default: on "
+                        "for vllm_v1 with one pipeline stage, as vLLM 0.11+; the v0-era policies run serially")
     add_kv_arguments(p, "override the computed KV capacity (blocks per replica)")
 
 
@@ -161,7 +165,7 @@ def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_align": args.chunk_align, "block_size": args.block_size, "watermark": args.watermark,
             "gpu_memory_utilization": args.gpu_mem_util, "kv_blocks": args.kv_blocks, "router": args.router,
             "router_cache_weight": args.router_cache_weight,
-            "enable_prefix_caching": args.enable_prefix_caching}
+            "enable_prefix_caching": args.enable_prefix_caching, "async_scheduling": args.async_scheduling}
 
 
 def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sim.kv.key_index import KeyIndex, KeyRuns, LRUList
 from sim.kv.block_manager import BlockManager, KVCacheError
+from sim.kv.key_index import KeyIndex, KeyRuns, LRUList
 from sim.kv.prefix_keys import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 

@@ -195,7 +195,8 @@ def _aggregated_header(summary: dict) -> str:
     return (f"servesim: {cfg['model']} on {gpus} {cfg['gpu']} "
             f"{'device' if str(cfg['gpu']).startswith('measured:') or cfg['gpu'] == 'cpu' else 'GPU'}"
             f"{'s' if gpus > 1 else ''} ({replicas} replica"
-            f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}{_variant(cfg, summary)}), scheduler {cfg['scheduler']}, "
+            f"{'s' if replicas > 1 else ''} x TP{tp} x PP{pp}{_variant(cfg, summary)}), scheduler {cfg['scheduler']}"
+            f"{' (async scheduling)' if cfg.get('engine_loop') == 'async' else ''}, "
             f"cost model {summary['cost_model'].get('name')}")
 
 

@@ -53,6 +53,10 @@ class Scheduler(ABC):
     default_token_budget: int | None = None
     #: automatic prefix caching when the user says neither way (vLLM v1 turns it on; the v0-era policies did not)
     default_prefix_caching: bool = False
+    #: admission keeps the v0 block manager's watermark of free blocks (vLLM v1's KV cache manager has none)
+    uses_watermark: bool = True
+    #: the engine loop schedules step N+1 while step N runs (vLLM V1's async scheduling; sim.serving.async_loop)
+    default_async_scheduling: bool = False
 
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:
@@ -104,7 +108,7 @@ class Scheduler(ABC):
         if len(self.running) + self.num_incoming >= self.config.max_batch_size:
             return False
         n = self._admit_tokens(request)  # Orca reserves the maximum length, without the watermark
-        if not self.bm.can_admit(n, use_watermark=not self.reserves_max_length):
+        if not self.bm.can_admit(n, use_watermark=self.uses_watermark and not self.reserves_max_length):
             return False
         self.bm.grow(request, n)
         self.num_incoming += 1
@@ -211,7 +215,8 @@ class Scheduler(ABC):
         if len(self.running) + self.num_incoming >= self.config.max_batch_size:
             return False
         n = self._admit_tokens(request) if num_tokens is None else num_tokens
-        return self.bm.can_admit(n, use_watermark=not self.reserves_max_length, request=request)
+        return self.bm.can_admit(n, use_watermark=self.uses_watermark and not self.reserves_max_length,
+                               request=request)
 
     def _admit(self, request: Request, num_tokens: int | None = None) -> None:
         """Move the head of the waiting queue to running, allocating its blocks (reusing a cached prefix: its

@@ -16,6 +16,11 @@ class VLLMV1Scheduler(Scheduler):
     chunks_prefills = True
     default_token_budget = DEFAULT_TOKEN_BUDGET
     default_prefix_caching = True  # vLLM v1 enables automatic prefix caching by default
+    # V1's KV cache manager admits while blocks are free, with no watermark (vllm/v1/core/kv_cache_manager.py,
+    # allocate_slots, vLLM 0.10-0.19; the v0 block manager kept 1% free)
+    uses_watermark = False
+    # V1's engine core overlaps scheduling with the GPU step (EngineCore.step_with_batch_queue; vLLM 0.11+)
+    default_async_scheduling = True
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []

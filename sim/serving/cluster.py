@@ -225,8 +225,11 @@ class Router:
 
 def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
                 router_policy: str = "round_robin",
-                on_finish: Callable[[Request], None] | None = None, cache_weight: float = 1024.0) -> Recorder:
-    """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs."""
+                on_finish: Callable[[Request], None] | None = None, cache_weight: float = 1024.0,
+                replica_cls: type[Replica] | None = None) -> Recorder:
+    """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs.
+
+    ``replica_cls``: the engine loop (``Replica``'s serial one by default; ``sim.serving.async_loop``'s)."""
     import simpy
 
     env = simpy.Environment()
@@ -237,7 +240,7 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
             for r in finished:
                 on_finish(r)
 
-    replicas = [Replica(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
+    replicas = [(replica_cls or Replica)(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
     router = Router(replicas, router_policy, cache_weight)
 
     replay_arrivals(env, requests, lambda r: router.route(r).submit(r))

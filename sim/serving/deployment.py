@@ -63,8 +63,6 @@ from sim.catalog.limits import (
     MAX_REPLICAS,
 )
 from sim.catalog.models import DTYPE_BYTES, get_model
-from sim.serving.cluster import Router
-from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
 from sim.inputs import (
     YAML_TOML_SKIP,
     brief,
@@ -77,6 +75,8 @@ from sim.inputs import (
 )
 from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
+from sim.serving.cluster import Router
+from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
 from sim.serving.simulator import SimConfig
 
 Check = Callable[[Any], Any]
@@ -196,7 +196,7 @@ POOL_KEYS: dict[str, Check] = {
     "block_size": _integer(1, MAX_BLOCK_SIZE, "servesim's bound on tokens per block"),
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
     "kv_blocks": _nullable(_integer(1, MAX_KV_BLOCKS, "servesim's bound on blocks per replica")),
-    "enable_prefix_caching": _nullable(_flag),
+    "enable_prefix_caching": _nullable(_flag), "async_scheduling": _nullable(_flag),
     "router": _choice(Router.POLICIES), "router_cache_weight": _number(0, 1e12),
 }
 LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
@@ -415,7 +415,8 @@ def _resolved_pool(config: SimConfig, mode: str) -> dict[str, Any]:
     except InfeasibleConfigError:
         blocks = None
     resolved = {"dtype": config.weight_dtype(model), "token_budget": config.effective_token_budget(model),
-                "enable_prefix_caching": config.prefix_caching, "kv_blocks": blocks}
+                "enable_prefix_caching": config.prefix_caching, "kv_blocks": blocks,
+                "async_scheduling": mode == "aggregated" and config.engine_loop == "async"}
     return {k: resolved.get(k, getattr(config, k)) for k in pool_keys(mode)}
 
 

@@ -30,12 +30,12 @@ import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
-from sim.serving.cluster import Recorder, Replica, Router, replay_arrivals
 from sim.cost.interface import CostModel
 from sim.cost.roofline import NVLINK_COMM_LATENCY_S
 from sim.gap_log import GapLog
 from sim.request import Request, TraceRequest
 from sim.schedulers import scheduler_class
+from sim.serving.cluster import Recorder, Replica, Router, replay_arrivals
 from sim.serving.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
 from sim.workload.servable import rebase_arrivals
 
@@ -86,6 +86,9 @@ class DisaggConfig:
         if scheduler_class(self.decode.scheduler).name == "faster_transformer":
             raise ValueError("faster_transformer cannot be a decode pool's policy: its batches run to completion "
                              "before anyone joins, and KV arrives from the prefill pool at any time")
+        if any(p.async_scheduling for p in (self.prefill, self.decode)):
+            raise ValueError("async scheduling is modelled for aggregated vllm_v1 replicas; disaggregated pools run "
+                             "the serial engine loop: drop async_scheduling")
         if self.decode_router not in DECODE_ROUTERS:
             raise ValueError(f"decode router must be one of {', '.join(DECODE_ROUTERS)}, got {self.decode_router!r}")
 

@@ -15,7 +15,6 @@ import pandas as pd
 from sim import metrics
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import ModelSpec, check_weight_dtype, kv_dtype_bytes, with_max_model_len
-from sim.serving.cluster import run_cluster
 from sim.cost.interface import CostModel
 from sim.gap_log import EXACT_LIMIT, GapLog
 from sim.kv.block_manager import BlockManager
@@ -24,6 +23,8 @@ from sim.kv.prefix_cache import CachingBlockManager, cache_summary
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS
+from sim.serving.async_loop import AsyncReplica
+from sim.serving.cluster import run_cluster
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
 
 
@@ -114,6 +115,7 @@ class SimConfig(ServingConfig):
     dtype: str = "auto"           # weights: auto (the checkpoint's), bf16, fp16 or fp8
     kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: auto (the activation dtype) or fp8
     router_skew: float = 0.0      # MoE routing popularity skew (0: uniform; Zipf exponent otherwise)
+    async_scheduling: bool | None = None  # vLLM V1's async engine loop; None: on for vllm_v1 with one stage
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +126,20 @@ class SimConfig(ServingConfig):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+
+    @property
+    def engine_loop(self) -> str:
+        """"async" (vLLM V1's async scheduling, sim.serving.async_loop) or "serial" (schedule, then run)."""
+        policy = scheduler_class(self.scheduler)
+        if self.async_scheduling is None:
+            return "async" if policy.default_async_scheduling and self.pp == 1 else "serial"
+        if self.async_scheduling and not policy.default_async_scheduling:
+            raise ValueError(f"--async-scheduling is vLLM V1's engine loop; {self.scheduler} ran serially "
+                             "(schedule, then run): use --scheduler vllm_v1 or drop the flag")
+        if self.async_scheduling and self.pp > 1:
+            raise ValueError("--async-scheduling with --pp > 1: vLLM V1 overlaps pipeline stages with its batch "
+                             "queue instead; drop the flag")
+        return "async" if self.async_scheduling else "serial"
 
     def weight_dtype(self, model: ModelSpec | None = None) -> str:
         """The weights' dtype: the one given, else the checkpoint's."""
@@ -258,7 +274,9 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
     bound_memory(schedulers, requests)
     config.check_router()
-    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish, config.router_cache_weight)
+    replica_cls = AsyncReplica if config.engine_loop == "async" else None
+    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish, config.router_cache_weight,
+                      replica_cls)
 
     batches, micro = rec.take_frames()
     for s in schedulers:
@@ -282,4 +300,5 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
                               "imbalance_max_over_mean": max(per) / mean if mean else None}
     summary["time_origin_s"] = origin  # arrivals and every time in the outputs count from here
     summary["config"]["effective_token_budget"] = config.effective_token_budget(model)
+    summary["config"]["engine_loop"] = config.engine_loop
     return SimResult(summary, req_df, batches, micro, stages, skipped)

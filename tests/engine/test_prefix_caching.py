@@ -18,8 +18,8 @@ from sim.batch import Batch, BatchItem  # noqa: E402
 from sim.catalog.models import get_model  # noqa: E402
 from sim.cost.constant import ConstantCostModel  # noqa: E402
 from sim.kv.block_manager import BlockManager  # noqa: E402
-from sim.kv.prefix_keys import prefix_spec  # noqa: E402
 from sim.kv.prefix_cache import CachingBlockManager  # noqa: E402
+from sim.kv.prefix_keys import prefix_spec  # noqa: E402
 from sim.request import Request, TraceRequest  # noqa: E402
 from sim.workload.generator import generate_trace  # noqa: E402
 from tests.helpers import sim_compositions  # noqa: E402

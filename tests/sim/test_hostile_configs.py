@@ -24,8 +24,8 @@ from sim.catalog.limits import MAX_EXPERTS, MAX_LAYERS, MAX_REPLICAS
 from sim.catalog.models import ModelConfigError, get_model
 from sim.cli.main import main
 from sim.cost.profile_format import ProfileError, read_profile
-from sim.serving.deployment import MAX_FILE_BYTES, MAX_KEYS, DeploymentError, load_deployment
 from sim.inputs import brief, read_json_object
+from sim.serving.deployment import MAX_FILE_BYTES, MAX_KEYS, DeploymentError, load_deployment
 from tests.paths import TINY_CPU_PROFILE
 
 BASE = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 
 from calibration.validate.errors import idle_before
-from sim.serving.cluster import run_cluster
 from sim.cost.constant import ConstantCostModel
 from sim.cost.profile_format import ProfileError, read_profile
 from sim.cost.wake import WakeTable
 from sim.kv.block_manager import BlockManager
 from sim.schedulers import SchedulerConfig, make_scheduler
+from sim.serving.cluster import run_cluster
 from tests.helpers import make_requests
 from tests.paths import TINY_CPU_PROFILE
 

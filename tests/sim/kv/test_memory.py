@@ -8,7 +8,13 @@ import pytest
 
 from sim.catalog.hardware import GiB, GPUSpec, get_gpu
 from sim.catalog.models import get_model
-from sim.kv.memory import InfeasibleConfigError, MemoryPlan, default_activation_reserve_bytes, kv_cache_blocks, plan_memory
+from sim.kv.memory import (
+    InfeasibleConfigError,
+    MemoryPlan,
+    default_activation_reserve_bytes,
+    kv_cache_blocks,
+    plan_memory,
+)
 
 
 def test_llama2_7b_on_a100_80gb_hand_computed() -> None:

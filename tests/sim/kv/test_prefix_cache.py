@@ -6,8 +6,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim.kv.prefix_keys import NO_KEY, block_hashes, prefix_spec, shared_blocks
 from sim.kv.prefix_cache import CachingBlockManager
+from sim.kv.prefix_keys import NO_KEY, block_hashes, prefix_spec, shared_blocks
 from sim.request import Request, Status
 from sim.schedulers import SchedulerConfig, make_scheduler
 from tests.helpers import run_constant

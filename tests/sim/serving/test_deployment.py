@@ -11,9 +11,9 @@ import yaml
 
 from sim.cli.main import build_parser, main
 from sim.cli.simulate import add_simulate_parser, config_from_args
+from sim.outputs.run_folder import read_run
 from sim.serving.deployment import POOL_KEYS, DeploymentError, describe, load_deployment
 from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig
-from sim.outputs.run_folder import read_run
 from sim.serving.simulator import SimConfig
 
 WORKLOAD = ("-n", "50", "--qps", "20", "--prompt-len", "uniform:32:400", "--output-len", "uniform:2:100", "-q")

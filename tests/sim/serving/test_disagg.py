@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.cost.constant import ConstantCostModel
-from sim.serving.disagg import DisaggConfig, LinkConfig, simulate_disaggregated
 from sim.request import TraceRequest
+from sim.serving.disagg import DisaggConfig, LinkConfig, simulate_disaggregated
 from sim.serving.simulator import SimConfig
 
 # tiny: 2 layers x 2 kv heads x 16 dims x (k, v) x 2 bytes = 256 bytes of KV per token

@@ -1,0 +1,67 @@
+"""vLLM V1 as deployed (issue 30): its async engine loop and its KV admission, against times derived by hand.
+
+A constant-cost model (every step 1.0 s on the device, a fixed host time per step) makes each time exact.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.serving import SimConfig
+from sim.serving.async_loop import AsyncReplica
+from tests.helpers import make_requests, run_constant
+
+
+def _tokens(spec, *, host=0.0, asynchronous: bool):
+    reqs, _, _, _ = run_constant(spec, "vllm_v1", budget=4096, host=host,
+                                 replica_cls=AsyncReplica if asynchronous else None)
+    return {r.request_id: list(r.token_times) for r in reqs}
+
+
+def test_a_request_arriving_mid_step_waits_one_step_more_with_async_scheduling():
+    """A arrives at 0 into an idle engine: step [0, 1]. B arrives at 0.5, while that step runs. Serially B joins
+    the next step, [1, 2] (TTFT 1.5); with async scheduling the next step was decided at 0, when the first
+    started, so B first runs in [2, 3] (TTFT 2.5). A's tokens are the same (1, 2, 3)."""
+    spec = [(0.0, 16, 3), (0.5, 16, 2)]
+    serial, asynchronous = _tokens(spec, asynchronous=False), _tokens(spec, asynchronous=True)
+    assert serial["A"] == asynchronous["A"] == [1.0, 2.0, 3.0]
+    assert serial["B"] == [2.0, 3.0]
+    assert asynchronous["B"] == [3.0, 4.0]
+
+
+def test_host_time_shorter_than_the_step_is_hidden():
+    """Host 0.3 s a step, device 1.0 s: serially every step takes 1.3 s; with async scheduling the next step's
+    host work runs during the current step, so tokens come every 1.0 s after the first (0.3 + 1.0)."""
+    spec = [(0.0, 16, 4)]
+    assert _tokens(spec, host=0.3, asynchronous=False)["A"] == pytest.approx([1.3, 2.6, 3.9, 5.2])
+    assert _tokens(spec, host=0.3, asynchronous=True)["A"] == pytest.approx([1.3, 2.3, 3.3, 4.3])
+
+
+def test_host_time_longer_than_the_step_is_exposed_by_the_difference():
+    """Host 1.5 s, device 1.0 s: each step starts 1.5 s after the previous one started (its host work began
+    then), so tokens come every 1.5 s; serially every 2.5 s."""
+    spec = [(0.0, 16, 4)]
+    assert _tokens(spec, host=1.5, asynchronous=False)["A"] == pytest.approx([2.5, 5.0, 7.5, 10.0])
+    assert _tokens(spec, host=1.5, asynchronous=True)["A"] == pytest.approx([2.5, 4.0, 5.5, 7.0])
+
+
+def test_vllm_v1_admits_without_the_v0_watermark():
+    """100 blocks of 16 tokens, 1% watermark (1 block): a 1,600-token prompt needs all 100 blocks. vLLM v0's
+    block manager keeps the watermark free and can never admit it; V1's KV cache manager admits it."""
+    spec = [(0.0, 1600, 1)]
+    reqs, _, _, _ = run_constant(spec, "vllm_v1", budget=4096, blocks=100, watermark=0.01)
+    assert reqs[0].token_times == [1.0]
+    reqs, _, _, scheds = run_constant(make_requests(spec), "vllm", budget=4096, blocks=100, watermark=0.01)
+    assert reqs[0].token_times == [] and scheds[0].waiting
+
+
+def test_the_engine_loop_defaults_and_refusals():
+    assert SimConfig(scheduler="vllm_v1").engine_loop == "async"
+    assert SimConfig(scheduler="vllm_v1", pp=2).engine_loop == "serial"  # V1 pipelines with its batch queue
+    assert SimConfig(scheduler="vllm_v1", async_scheduling=False).engine_loop == "serial"
+    for policy in ("sarathi", "vllm", "orca", "faster_transformer"):
+        assert SimConfig(scheduler=policy).engine_loop == "serial"
+    with pytest.raises(ValueError, match="ran serially"):
+        SimConfig(scheduler="sarathi", async_scheduling=True).engine_loop
+    with pytest.raises(ValueError, match="batch queue"):
+        SimConfig(scheduler="vllm_v1", pp=2, async_scheduling=True).engine_loop
