@@ -79,7 +79,9 @@ class EngineConfig(ServingConfig):
         """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks, and the
         engine's serial loop: it schedules, then runs, as the v0-era engines did)."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingConfig)}
-        return SimConfig(**{**shared, "kv_blocks": kv_blocks}, gpu=gpu, async_scheduling=False)
+        shared.update(kv_blocks=kv_blocks, max_batch_size=self.effective_max_batch_size(),  # the engine's limits,
+                      token_budget=self.effective_token_budget())  # not the defaults of the simulated GPU
+        return SimConfig(**shared, gpu=gpu, async_scheduling=False)
 
 
 @dataclass
@@ -153,12 +155,12 @@ def warm_up(runner: ModelRunner, config: EngineConfig, requests: list[Request], 
     if runner.graphs is not None and requests:  # every decode shape the run can reach, before the clock starts
         longest = max(r.prompt_tokens + r.output_tokens for r in requests)
         runner.model.ensure_rope(longest)  # graphs capture the rotary table: size it for the whole run first
-        runner.graphs.capture_ahead(min(config.max_batch_size, len(requests)), longest)
+        runner.graphs.capture_ahead(min(config.effective_max_batch_size(), len(requests)), longest)
     if iterations <= 0 or not requests:
         return []
     sched = config.make_scheduler(runner.num_blocks)
     copies = [Request(f"warmup-{i}-{r.request_id}", 0.0, r.prompt_tokens, r.output_tokens, index=i)
-              for i, r in enumerate(requests[:config.max_batch_size])]
+              for i, r in enumerate(requests[:config.effective_max_batch_size()])]
     for r in copies:
         sched.add_request(r)
     times: list[float] = []
@@ -231,6 +233,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     summary["time_origin_s"] = origin
     summary["config"]["effective_token_budget"] = config.effective_token_budget(spec)
     summary["config"]["engine_loop"] = "serial"  # the engine schedules, then runs (no async scheduling)
+    summary["config"]["effective_max_num_seqs"] = config.effective_max_batch_size(spec)
     return EngineResult(summary, req_df, frame, stages, skipped, token_ids)
 
 

@@ -165,7 +165,8 @@ def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "chunk_align": args.chunk_align, "block_size": args.block_size, "watermark": args.watermark,
             "gpu_memory_utilization": args.gpu_mem_util, "kv_blocks": args.kv_blocks, "router": args.router,
             "router_cache_weight": args.router_cache_weight,
-            "enable_prefix_caching": args.enable_prefix_caching, "async_scheduling": args.async_scheduling}
+            "enable_prefix_caching": args.enable_prefix_caching, "async_scheduling": args.async_scheduling,
+            "usage_context": args.usage_context}
 
 
 def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
@@ -176,10 +177,16 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--token-budget", "--max-num-batched-tokens", dest="token_budget", type=token_count,
                    default=None, metavar="T",
                    help="max tokens per iteration (vLLM's max_num_batched_tokens): Sarathi's budget (default 512), "
-                        "vLLM v1's (default 2048), vLLM v0's (default max(max_model_len, 2048), as vLLM); "
+                        "vLLM v1's (default vLLM's: see --usage-context), vLLM v0's (default max(max_model_len, 2048), as vLLM); "
                         "Orca/FasterTransformer: optional cap on prefill tokens" + NO_DEFAULT)
-    s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=batch_size, default=128, metavar="B",
-                   help="max requests running at once (vLLM's max_num_seqs, Orca's batch size) (default: %(default)s)")
+    s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=batch_size, default=None, metavar="B",
+                   help="max requests running at once (vLLM's max_num_seqs, Orca's batch size); default: 128, and "
+                        "for vllm_v1 vLLM's by GPU and --usage-context (1024 on GPUs of 70 GiB or more that are not "
+                        "A100s, else 256)")
+    s.add_argument("--usage-context", choices=("api-server", "offline"), default="api-server",
+                   help="vllm_v1's defaults as vLLM sets them for its API server (vllm serve) or its offline LLM "
+                        "class: --max-num-batched-tokens 8192 or 16384 on large GPUs, else 2048 or 8192 "
+                        "(default: %(default)s)")
     s.add_argument("--enable-chunked-prefill", action="store_true",
                    help="vLLM's flag: with --scheduler vllm, run vLLM v0's chunked-prefill scheduler, which is "
                         "Sarathi-Serve's policy (stall-free, decodes first, prefills chunked to the budget; "

@@ -58,10 +58,20 @@ class Scheduler(ABC):
     #: the engine loop schedules step N+1 while step N runs (vLLM V1's async scheduling; sim.serving.async_loop)
     default_async_scheduling: bool = False
 
+    #: requests running at once when the user gives no max_num_seqs (Sarathi-Serve's experiments ran 128)
+    default_max_num_seqs: int = 128
+
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:
         """The budget this policy runs with when none is given, for a model of ``max_model_len`` tokens."""
         return cls.default_token_budget
+
+    @classmethod
+    def batch_defaults(cls, max_model_len: int, gpu_memory_bytes: float | None = None, gpu_name: str = "",
+                       usage_context: str = "api-server") -> tuple[int | None, int]:
+        """(token budget, max running requests) when the user gives neither, on a GPU of this memory and name
+        (None: unknown) serving as an API server or offline; the v0-era policies ignore the GPU and the usage."""
+        return cls.default_budget(max_model_len), cls.default_max_num_seqs
 
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config

@@ -6,6 +6,12 @@ from sim.batch import BatchItem
 from sim.schedulers.base import Scheduler
 
 DEFAULT_TOKEN_BUDGET = 2048
+USAGE_CONTEXTS = ("api-server", "offline")  # vLLM's UsageContext.OPENAI_API_SERVER and LLM_CLASS
+#: vLLM's EngineArgs.get_batch_defaults (vllm/engine/arg_utils.py, the same from 0.11 to 0.19): (max_num_batched_tokens,
+#: max_num_seqs) per usage context, larger on GPUs of at least 70 GiB that are not A100s (H100, H200, B200, MI300x)
+LARGE_GPU_DEFAULTS = {"api-server": (8192, 1024), "offline": (16384, 1024)}
+OTHER_GPU_DEFAULTS = {"api-server": (2048, 256), "offline": (8192, 256)}
+LARGE_GPU_BYTES = 70 * 2**30
 
 
 class VLLMV1Scheduler(Scheduler):
@@ -21,6 +27,16 @@ class VLLMV1Scheduler(Scheduler):
     uses_watermark = False
     # V1's engine core overlaps scheduling with the GPU step (EngineCore.step_with_batch_queue; vLLM 0.11+)
     default_async_scheduling = True
+
+    @classmethod
+    def batch_defaults(cls, max_model_len: int, gpu_memory_bytes: float | None = None, gpu_name: str = "",
+                       usage_context: str = "api-server") -> tuple[int | None, int]:
+        """vLLM V1's defaults by GPU memory class and usage context, with its caps: the budget at most
+        max_num_seqs x max_model_len, max_num_seqs at most the budget (_set_default_max_num_seqs_and_batched_tokens_args)."""
+        large = gpu_memory_bytes is not None and gpu_memory_bytes >= LARGE_GPU_BYTES and "a100" not in gpu_name.lower()
+        tokens, seqs = (LARGE_GPU_DEFAULTS if large else OTHER_GPU_DEFAULTS)[usage_context]
+        tokens = min(tokens, seqs * max_model_len)
+        return tokens, min(seqs, tokens)
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []

@@ -75,6 +75,7 @@ from sim.inputs import (
 )
 from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
+from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.cluster import Router
 from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
 from sim.serving.simulator import SimConfig
@@ -191,7 +192,8 @@ POOL_KEYS: dict[str, Check] = {
     "replicas": _integer(1, MAX_REPLICAS, "servesim's bound on replicas per pool"),
     "dtype": _choice(("auto", *DTYPE_BYTES)), "kv_cache_dtype": _choice(("auto", "fp8")),
     "router_skew": _number(0, 100), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(TOKENS),
-    "max_batch_size": _integer(1, MAX_BATCH_SIZE, "servesim's bound on running requests"),
+    "max_batch_size": _nullable(_integer(1, MAX_BATCH_SIZE, "servesim's bound on running requests")),
+    "usage_context": _choice(USAGE_CONTEXTS),
     "chunk_align": _integer(0, MAX_CONTEXT, "servesim's bound on a token count"),
     "block_size": _integer(1, MAX_BLOCK_SIZE, "servesim's bound on tokens per block"),
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
@@ -416,6 +418,7 @@ def _resolved_pool(config: SimConfig, mode: str) -> dict[str, Any]:
         blocks = None
     resolved = {"dtype": config.weight_dtype(model), "token_budget": config.effective_token_budget(model),
                 "enable_prefix_caching": config.prefix_caching, "kv_blocks": blocks,
+                "max_batch_size": config.effective_max_batch_size(model),
                 "async_scheduling": mode == "aggregated" and config.engine_loop == "async"}
     return {k: resolved.get(k, getattr(config, k)) for k in pool_keys(mode)}
 

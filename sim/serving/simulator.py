@@ -23,6 +23,7 @@ from sim.kv.prefix_cache import CachingBlockManager, cache_summary
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS
+from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.async_loop import AsyncReplica
 from sim.serving.cluster import run_cluster
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
@@ -35,7 +36,7 @@ class ServingConfig:
     model: str = "llama-2-7b"
     scheduler: str = "sarathi"
     token_budget: int | None = None
-    max_batch_size: int = 128
+    max_batch_size: int | None = None  # vLLM's max_num_seqs; None: the policy's default (vllm_v1: vLLM's, by GPU)
     chunk_align: int = 0
     block_size: int = 16
     watermark: float = 0.01
@@ -45,11 +46,14 @@ class ServingConfig:
     seed: int = 0
     max_model_len: int | None = None  # override the model's context length (vLLM's --max-model-len)
     enable_prefix_caching: bool | None = None  # None: the policy's default (on for vllm_v1, as vLLM)
+    usage_context: str = "api-server"  # vLLM's defaults differ for its API server and its offline LLM class
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.usage_context not in USAGE_CONTEXTS:
+            raise ValueError(f"usage_context must be one of {', '.join(USAGE_CONTEXTS)}, got {self.usage_context!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if not 0 <= self.watermark < 1:
@@ -77,11 +81,22 @@ class ServingConfig:
         requests.sort(key=lambda r: r.arrival_time)  # replayed in time order (stable: trace order on ties)
         return requests, skipped
 
+    def defaults_device(self) -> tuple[float | None, str]:
+        """(memory in bytes, name) of the device vLLM's defaults depend on; (None, "") when not a catalogue GPU."""
+        return None, ""
+
+    def batch_defaults(self, model: ModelSpec | None = None) -> tuple[int | None, int]:
+        """The policy's (token budget, max running requests) for this model, device and usage context."""
+        max_context = (model or self.model_spec()).max_context
+        return scheduler_class(self.scheduler).batch_defaults(max_context, *self.defaults_device(), self.usage_context)
+
     def effective_token_budget(self, model: ModelSpec | None = None) -> int | None:
-        """The per-iteration token budget: the one given, else the policy's default for the model's context."""
-        if self.token_budget is not None:
-            return self.token_budget
-        return scheduler_class(self.scheduler).default_budget((model or self.model_spec()).max_context)
+        """The per-iteration token budget: the one given, else the policy's default (vLLM's for vllm_v1)."""
+        return self.token_budget if self.token_budget is not None else self.batch_defaults(model)[0]
+
+    def effective_max_batch_size(self, model: ModelSpec | None = None) -> int:
+        """Requests running at once: the one given, else the policy's default (vLLM's for vllm_v1)."""
+        return self.max_batch_size if self.max_batch_size is not None else self.batch_defaults(model)[1]
 
     @property
     def prefix_caching(self) -> bool:
@@ -97,7 +112,7 @@ class ServingConfig:
 
     def make_scheduler(self, num_blocks: int) -> Scheduler:
         """A fresh policy object of this configuration over its own block manager of ``num_blocks`` blocks."""
-        cfg = SchedulerConfig(self.max_batch_size, self.effective_token_budget(), self.chunk_align)
+        cfg = SchedulerConfig(self.effective_max_batch_size(), self.effective_token_budget(), self.chunk_align)
         return make_scheduler(self.scheduler, cfg, self.make_block_manager(num_blocks))
 
 
@@ -126,6 +141,10 @@ class SimConfig(ServingConfig):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {v}")
+
+    def defaults_device(self) -> tuple[float | None, str]:
+        gpu = get_gpu(self.gpu)
+        return gpu.mem_bytes, gpu.name
 
     @property
     def engine_loop(self) -> str:
@@ -301,4 +320,5 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     summary["time_origin_s"] = origin  # arrivals and every time in the outputs count from here
     summary["config"]["effective_token_budget"] = config.effective_token_budget(model)
     summary["config"]["engine_loop"] = config.engine_loop
+    summary["config"]["effective_max_num_seqs"] = config.effective_max_batch_size(model)
     return SimResult(summary, req_df, batches, micro, stages, skipped)
