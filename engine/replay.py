@@ -43,6 +43,7 @@ from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
 from sim.serving.cluster import STAGE_FIELDS
+from sim.serving.frontend import PRESETS
 from sim.serving.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
@@ -77,11 +78,12 @@ class EngineConfig(ServingConfig):
 
     def sim_config(self, *, gpu: str, kv_blocks: int) -> SimConfig:
         """The simulator configuration of the same deployment (one replica, TP1, PP1, these KV blocks, and the
-        engine's serial loop: it schedules, then runs, as the v0-era engines did)."""
+        engine's serial loop: it schedules, then runs, as the v0-era engines did, with requests handed to it
+        directly, no API server in between)."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ServingConfig)}
         shared.update(kv_blocks=kv_blocks, max_batch_size=self.effective_max_batch_size(),  # the engine's limits,
                       token_budget=self.effective_token_budget())  # not the defaults of the simulated GPU
-        return SimConfig(**shared, gpu=gpu, async_scheduling=False)
+        return SimConfig(**shared, gpu=gpu, async_scheduling=False, frontend="none")  # no API server either
 
 
 @dataclass
@@ -234,6 +236,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     summary["config"]["effective_token_budget"] = config.effective_token_budget(spec)
     summary["config"]["engine_loop"] = "serial"  # the engine schedules, then runs (no async scheduling)
     summary["config"]["effective_max_num_seqs"] = config.effective_max_batch_size(spec)
+    summary["frontend"] = PRESETS["none"].describe()  # requests go to the engine directly: its own times
     return EngineResult(summary, req_df, frame, stages, skipped, token_ids)
 
 

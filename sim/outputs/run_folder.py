@@ -231,6 +231,12 @@ def format_summary(summary: dict) -> str:
         st = summary["latency_s"][key]
         cells = "".join(f"{_ms(st[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max"))
         lines.append(f"{name:<18}{cells}")
+    engine = summary.get("latency_engine_s")
+    if engine:  # a frontend model priced the client's view: the engine's own TTFT beside it
+        st = engine["ttft"]
+        lines.append(f"{'TTFT (engine)':<18}" + "".join(f"{_ms(st[k]):>10}" for k in ("mean", "p50", "p90", "p99", "max")))
+        lines.append(f"(as the client sees them, through the {summary['frontend']['name']} frontend model; "
+                     "the engine's own in summary.json latency_engine_s and requests.csv engine_*)")
     th = summary["throughput"]
     kv = summary["kv_cache"]
     pipe = summary["pipeline"]

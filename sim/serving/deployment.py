@@ -78,6 +78,7 @@ from sim.schedulers import scheduler_class
 from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.cluster import Router
 from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
+from sim.serving.frontend import parse_frontend
 from sim.serving.simulator import SimConfig
 
 Check = Callable[[Any], Any]
@@ -199,6 +200,7 @@ POOL_KEYS: dict[str, Check] = {
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
     "kv_blocks": _nullable(_integer(1, MAX_KV_BLOCKS, "servesim's bound on blocks per replica")),
     "enable_prefix_caching": _nullable(_flag), "async_scheduling": _nullable(_flag),
+    "frontend": _nullable(_looked_up(parse_frontend)),
     "router": _choice(Router.POLICIES), "router_cache_weight": _number(0, 1e12),
 }
 LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
@@ -419,7 +421,8 @@ def _resolved_pool(config: SimConfig, mode: str) -> dict[str, Any]:
     resolved = {"dtype": config.weight_dtype(model), "token_budget": config.effective_token_budget(model),
                 "enable_prefix_caching": config.prefix_caching, "kv_blocks": blocks,
                 "max_batch_size": config.effective_max_batch_size(model),
-                "async_scheduling": mode == "aggregated" and config.engine_loop == "async"}
+                "async_scheduling": mode == "aggregated" and config.engine_loop == "async",
+                "frontend": config.effective_frontend().name if mode == "aggregated" else "none"}
     return {k: resolved.get(k, getattr(config, k)) for k in pool_keys(mode)}
 
 

@@ -89,6 +89,9 @@ class DisaggConfig:
         if any(p.async_scheduling for p in (self.prefill, self.decode)):
             raise ValueError("async scheduling is modelled for aggregated vllm_v1 replicas; disaggregated pools run "
                              "the serial engine loop: drop async_scheduling")
+        if any(p.frontend not in (None, "none") for p in (self.prefill, self.decode)):
+            raise ValueError("a frontend is modelled for aggregated deployments; disaggregated runs report the "
+                             "engines' own times: drop frontend")
         if self.decode_router not in DECODE_ROUTERS:
             raise ValueError(f"decode router must be one of {', '.join(DECODE_ROUTERS)}, got {self.decode_router!r}")
 

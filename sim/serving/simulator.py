@@ -26,6 +26,7 @@ from sim.schedulers.base import FOLD_EVERY_TOKENS
 from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.async_loop import AsyncReplica
 from sim.serving.cluster import run_cluster
+from sim.serving.frontend import PRESETS, Frontend, client_latency, client_view, parse_frontend, to_engine
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
 
 
@@ -131,12 +132,15 @@ class SimConfig(ServingConfig):
     kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: auto (the activation dtype) or fp8
     router_skew: float = 0.0      # MoE routing popularity skew (0: uniform; Zipf exponent otherwise)
     async_scheduling: bool | None = None  # vLLM V1's async engine loop; None: on for vllm_v1 with one stage
+    frontend: str | None = None   # vllm, none or custom:...; None: vLLM's API server for vllm_v1 as an API server
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("tp", "pp", "replicas", "ep"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.frontend is not None:
+            parse_frontend(self.frontend)
         for name in ("router_skew", "router_cache_weight"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -145,6 +149,14 @@ class SimConfig(ServingConfig):
     def defaults_device(self) -> tuple[float | None, str]:
         gpu = get_gpu(self.gpu)
         return gpu.mem_bytes, gpu.name
+
+    def effective_frontend(self) -> Frontend:
+        """The frontend between clients and the engine: the one given, else vLLM's API server for vllm_v1 serving
+        as an API server (the v0-era policies and offline runs: none, their timings are the engine's)."""
+        if self.frontend is not None:
+            return parse_frontend(self.frontend)
+        served = self.scheduler == "vllm_v1" and self.usage_context == "api-server"
+        return PRESETS["vllm" if served else "none"]
 
     @property
     def engine_loop(self) -> str:
@@ -290,6 +302,8 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     memory, num_blocks = config.memory(model)
     requests, skipped = config.servable(trace, model, num_blocks, source)
     origin = rebase_arrivals(requests)
+    frontend = config.effective_frontend()
+    to_engine(requests, frontend)  # the engine sees a request once the frontend has handled it
     schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
     bound_memory(schedulers, requests)
     config.check_router()
@@ -312,6 +326,9 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
     if config.prefix_caching:
         batches, req_df = add_cache_outputs(summary, batches, req_df, requests, schedulers)
+    if frontend.active:  # requests.csv and latency_s as the client sees them; the engine's own kept beside
+        req_df = client_view(req_df, frontend, frontend.inbound(req_df["prompt_tokens"].to_numpy()))
+    client_latency(summary, req_df, frontend)
     if config.replicas > 1:  # how the router spread the load
         per = [sum(1 for r in requests if r.replica == i) for i in range(config.replicas)]
         mean = sum(per) / len(per)

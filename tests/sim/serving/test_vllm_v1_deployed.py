@@ -65,3 +65,54 @@ def test_the_engine_loop_defaults_and_refusals():
         SimConfig(scheduler="sarathi", async_scheduling=True).engine_loop
     with pytest.raises(ValueError, match="batch queue"):
         SimConfig(scheduler="vllm_v1", pp=2, async_scheduling=True).engine_loop
+
+
+def test_each_frontend_term_by_hand():
+    """One request of 100 prompt and 3 output tokens at t=0, steps of 1.0 s. The frontend takes 10 ms plus
+    100 us per prompt token (10 ms) before the engine sees it (0.02 s), 5 ms per streamed token, 20 ms at the end:
+    engine TTFT 1.0, client TTFT 0.02 + 1.0 + 0.005; engine E2E 3.0, client 0.02 + 3.0 + 0.005 + 0.02; the gaps
+    between tokens are the engine's."""
+    from sim.cost.constant import ConstantCostModel
+    from sim.request import TraceRequest
+    from sim.serving import simulate
+
+    res = simulate([TraceRequest("a", 0.0, 100, 3)], SimConfig(model="tiny", scheduler="vllm_v1",
+                                                               frontend="custom:10:100:5000:20"),
+                   cost_model=ConstantCostModel(1.0))
+    row = res.requests.iloc[0]
+    assert (row["arrival_time"], row["engine_arrival_time"]) == pytest.approx((0.0, 0.02))
+    assert (row["engine_ttft"], row["ttft"]) == pytest.approx((1.0, 1.025))
+    assert (row["engine_e2e"], row["e2e"]) == pytest.approx((3.0, 3.045))
+    assert row["tpot"] == pytest.approx((3.045 - 1.025) / 2)
+    lat, eng = res.summary["latency_s"], res.summary["latency_engine_s"]
+    assert lat["ttft"]["p50"] == pytest.approx(1.025) and eng["ttft"]["p50"] == pytest.approx(1.0)
+    assert lat["tbt"]["p50"] == pytest.approx(1.0)
+    assert res.summary["frontend"] == pytest.approx({"name": "custom", "request_s": 0.01, "per_prompt_token_s": 1e-4,
+                                                     "per_output_token_s": 5e-3, "completion_s": 0.02})
+    none = simulate([TraceRequest("a", 0.0, 100, 3)], SimConfig(model="tiny", scheduler="vllm_v1", frontend="none"),
+                    cost_model=ConstantCostModel(1.0))
+    assert none.requests.iloc[0]["ttft"] == pytest.approx(1.0) and "latency_engine_s" not in none.summary
+    assert SimConfig(scheduler="vllm_v1").effective_frontend().name == "vllm"
+    assert SimConfig(scheduler="vllm_v1", usage_context="offline").effective_frontend().name == "none"
+    assert SimConfig(scheduler="sarathi").effective_frontend().name == "none"
+    with pytest.raises(ValueError, match="custom:REQUEST_MS"):
+        SimConfig(frontend="fast")
+
+
+@pytest.mark.parametrize("gpu,usage,expected", [
+    ("h100-sxm", "api-server", (8192, 1024)), ("h100-sxm", "offline", (16384, 1024)),
+    ("a100-80gb", "api-server", (2048, 256)), ("a100-80gb", "offline", (8192, 256)),  # 80 GB, but an A100
+    ("l40s", "api-server", (2048, 256)), ("h200", "offline", (16384, 1024))])
+def test_vllm_v1_defaults_by_gpu_class_and_usage_context(gpu, usage, expected):
+    """vLLM's get_batch_defaults: (max_num_batched_tokens, max_num_seqs) by GPU memory class and usage context."""
+    c = SimConfig(scheduler="vllm_v1", gpu=gpu, usage_context=usage)
+    assert (c.effective_token_budget(), c.effective_max_batch_size()) == expected
+    given = SimConfig(scheduler="vllm_v1", gpu=gpu, usage_context=usage, token_budget=512, max_batch_size=64)
+    assert (given.effective_token_budget(), given.effective_max_batch_size()) == (512, 64)
+
+
+def test_vllm_v1_defaults_are_capped_as_vllm_caps_them():
+    """A 4-token context: the budget is at most max_num_seqs x max_model_len (256 x 4 = 1024)."""
+    c = SimConfig(model="tiny", max_model_len=4, scheduler="vllm_v1", gpu="a100-80gb")
+    assert (c.effective_token_budget(), c.effective_max_batch_size()) == (1024, 256)
+    assert SimConfig(scheduler="sarathi", gpu="h100-sxm").effective_max_batch_size() == 128  # v0-era: unchanged
