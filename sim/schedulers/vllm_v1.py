@@ -25,7 +25,7 @@ class VLLMV1Scheduler(Scheduler):
     # V1's KV cache manager admits while blocks are free, with no watermark (vllm/v1/core/kv_cache_manager.py,
     # allocate_slots, vLLM 0.10-0.19; the v0 block manager kept 1% free)
     uses_watermark = False
-    # V1's engine core overlaps scheduling with the GPU step (EngineCore.step_with_batch_queue; vLLM 0.11+)
+    # V1's engine core overlaps scheduling with the GPU step (EngineCore.step_with_batch_queue; default since 0.14)
     default_async_scheduling = True
 
     @classmethod

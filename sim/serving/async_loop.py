@@ -1,11 +1,14 @@
 """vLLM V1's engine loop with async scheduling, as a replica of the simpy model (one pipeline stage).
 
-With async scheduling (``--async-scheduling``, vLLM's default for V1 since 0.11 where supported) the engine
-core schedules step N+1 and prepares its inputs while step N runs on the GPU (``EngineCore.step_with_batch_queue``
-with a batch queue of two; the scheduler counts each running request's token of step N as a placeholder). So:
+With async scheduling (``--async-scheduling``, vLLM's default since 0.14 with executors that support it; read in
+vLLM 0.19.0) the engine core schedules step N+1 and prepares its inputs while step N runs on the GPU
+(``EngineCore.step_with_batch_queue`` with a batch queue of two; ``AsyncScheduler`` counts each running request's
+token of step N as a placeholder). So:
 
 - step N+1 is decided as step N starts on the device, from the requests that had reached the engine core by
-  then: a request arriving while step N runs is first scheduled in step N+2 (unless the engine was idle);
+  then: a request arriving while step N runs is first scheduled in step N+2 (unless the engine was idle). In
+  vLLM the input queue is drained after step N-1's outputs are processed, early in step N, so a request arriving
+  in that first moment of N still makes N+1: modelled as N+2, the typical case;
 - step N+1's host time (scheduling, input preparation) overlaps step N's device time: hidden when shorter,
   exposed by the difference when longer; step N+1 starts on the device at max(end of N, start of N + host);
 - when nothing could be decided during step N (no running request left, no request had arrived), the loop
