@@ -167,7 +167,7 @@ def fit_gpu(gpu: str, a100_elementwise: dict[str, dict[str, float]] | None = Non
 
 
 #: GPUs with measurements of their own: a kernel table measured on that very part, or Vidur's tables
-FITTED_GPUS = ("a100-80gb", "a40", "l40s", "h100-sxm", "h200", "b200")
+FITTED_GPUS = ("a100-80gb", "a40", "l40s", "h100-sxm", "h200", "b200", "rtx-pro-6000-server")
 
 
 def fit_all(gpus: tuple[str, ...] = FITTED_GPUS) -> dict[str, dict[str, Any]]:
