@@ -200,6 +200,17 @@ def _aggregated_header(summary: dict) -> str:
             f"cost model {summary['cost_model'].get('name')}")
 
 
+def _memory_line(mem: dict) -> list[str]:
+    """How one GPU's memory is split (the memory plan in summary.json), when the plan priced the KV capacity."""
+    if "budget_bytes" not in mem or "kv_blocks_override" in mem:
+        return []
+    gib = 2**30
+    return [f"memory per GPU: {mem['gpu_memory_bytes'] / gib:.1f} GiB x {mem['gpu_memory_utilization']:g} = "
+            f"{mem['budget_bytes'] / gib:.2f} GiB: weights {mem['weight_bytes'] / gib:.2f}, activation reserve "
+            f"{mem['activation_reserve_bytes'] / gib:.2f}, KV cache {mem['kv_cache_bytes'] / gib:.2f} "
+            f"({mem['num_blocks']:,} blocks of {mem['bytes_per_block'] / 2**20:g} MiB)"]
+
+
 def _transfer_line(summary: dict) -> str:
     """KV transfer times, link and decode-admission waits, the busiest link's utilisation."""
     d = summary["disaggregation"]
@@ -252,6 +263,7 @@ def format_summary(summary: dict) -> str:
         (f"KV cache: {kv['blocks_per_replica']:,} blocks/{'decode ' if disaggregated else ''}replica, "
         f"mean use {kv['mean_utilization']:.1%}, "
         f"max {kv['max_utilization']:.1%}, {kv['preemptions']} preemptions"),
+        *_memory_line(summary.get("memory") or {}),
         (f"batches: {summary['batches']['iterations']} iterations, mean size {summary['batches']['mean_size']:.1f}, "
         f"mean tokens {summary['batches']['mean_tokens']:.1f}"),
         (f"pipeline: mean bubble fraction {pipe['mean_bubble_fraction']:.1%}, "

@@ -116,3 +116,13 @@ def test_vllm_v1_defaults_are_capped_as_vllm_caps_them():
     c = SimConfig(model="tiny", max_model_len=4, scheduler="vllm_v1", gpu="a100-80gb")
     assert (c.effective_token_budget(), c.effective_max_batch_size()) == (1024, 256)
     assert SimConfig(scheduler="sarathi", gpu="h100-sxm").effective_max_batch_size() == 128  # v0-era: unchanged
+
+
+def test_rtx_4090_kv_blocks_within_5_percent_of_what_vllm_allocated():
+    """vLLM 0.19 allocated 2,588 KV blocks for Llama-3.1-8B on one RTX 4090 at gpu_memory_utilization 0.9,
+    max_model_len 32768 (num_gpu_blocks in the resolved configuration of LLMServingSim's published run,
+    ../shared/measured/vllm-e2e/README.md); servesim's memory plan gives 2,619 (+1.2%)."""
+    cfg = SimConfig(model="llama-3.1-8b", gpu="rtx-4090", scheduler="vllm_v1", max_model_len=32768,
+                    token_budget=2048, max_batch_size=256)
+    blocks = cfg.plan_memory().num_blocks
+    assert abs(blocks / 2588 - 1) < 0.05, blocks
