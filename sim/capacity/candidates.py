@@ -63,7 +63,7 @@ def powers_of_two(limit: int) -> list[int]:
 def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps: Sequence[int] | None = None,
                          pps: Sequence[int] = (1,), replicas: Sequence[int] | str = (1,),
                          schedulers: Sequence[str] = ("vllm", "sarathi"), budgets: Sequence[int | None] = (None,),
-                         max_batch_size: int = 128, block_size: int = 16, gpu_memory_utilization: float = 0.9,
+                         max_batch_size: int | None = None, block_size: int = 16, gpu_memory_utilization: float = 0.9,
                          base: SimConfig | None = None) -> list[Candidate]:
     """Every (GPU, TP, PP, replicas, scheduler, budget) within ``max_gpus``; infeasible ones carry the reason.
 
@@ -106,7 +106,7 @@ def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps:
 
 def enumerate_disaggregated(model: str, gpus: Sequence[str], *, max_gpus: int, tps: Sequence[int] | None = None,
                             prefill_scheduler: str = "vllm", decode_scheduler: str = "vllm",
-                            prefill_budget: int | None = None, max_batch_size: int = 128,
+                            prefill_budget: int | None = None, max_batch_size: int | None = None,
                             base: SimConfig | None = None, link: LinkConfig | None = None,
                             max_replicas: int = 4) -> list[Candidate]:
     """Every prefill pool (TP, replicas) x decode pool (TP, replicas) of one GPU type within ``max_gpus`` (PP 1).

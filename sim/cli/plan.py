@@ -184,8 +184,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="token budgets per iteration, for schedulers that chunk prompts (sarathi, vllm_v1); the "
                         "others run once with their default (a budget below the longest prompt would refuse "
                         "requests) (default: 512)")
-    g.add_argument("--max-batch", type=batch_size, default=128, metavar="B",
-                   help="max requests running at once (default: %(default)s)")
+    g.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=batch_size, default=None, metavar="B",
+                   help="max requests running at once (default: each policy's: 128, and vLLM's for vllm_v1)")
     g.add_argument("--block-size", type=block_size, default=16, help="tokens per KV block (default: %(default)s)")
     add_dtype_arguments(g)
     d = p.add_argument_group("disaggregated serving", "With --disaggregated the plan also sizes prefill and decode "
