@@ -220,6 +220,7 @@ class SimConfig(ServingConfig):
         model.check_ep(self.tp, self.ep)
         check_weight_dtype(self.weight_dtype(model))
         kv_dtype_bytes(self.kv_cache_dtype)
+        _ = self.engine_loop  # refuses async scheduling where it is not modelled
         if self.kv_blocks is None:
             self.plan_memory(model)
 
