@@ -39,11 +39,8 @@ class AsyncReplica(Replica):
         if self.pp != 1:
             raise ValueError("async scheduling models one pipeline stage (vLLM V1 runs PP with its batch queue)")
 
-    def submit(self, request: Request) -> None:
-        request.replica = self.index
-        self.outstanding += 1
+    def _enqueue(self, request: Request) -> None:
         self._held.append((self.env.now, request))
-        self._wake()
 
     def _release(self, until: float) -> None:
         """Hand the scheduler every request that reached the engine by ``until``."""

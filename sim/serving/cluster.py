@@ -97,8 +97,12 @@ class Replica:
     def submit(self, request: Request) -> None:
         request.replica = self.index
         self.outstanding += 1
-        self.scheduler.add_request(request)
+        self._enqueue(request)
         self._wake()
+
+    def _enqueue(self, request: Request) -> None:
+        """Hand an arrived request to the scheduler (the async loop holds it until its next decision)."""
+        self.scheduler.add_request(request)
 
     def _wake(self) -> None:
         if not self._wakeup.triggered:
