@@ -255,19 +255,42 @@ class Scheduler(ABC):
             tokens += n
         return items
 
-    def _grow_or_preempt(self, request: Request, num_tokens: int, victims: deque[Request]) -> bool:
-        """Give ``request`` blocks for ``num_tokens``, preempting ``victims`` newest first; False if it was preempted itself."""
+    def _tokens_in_flight(self) -> dict[Request, int]:
+        """Tokens of each request scheduled in a micro-batch still in flight (pipeline parallelism)."""
+        ahead: dict[Request, int] = {}
+        for b in self._in_flight.values():
+            for r, new, _cached in b.entries:
+                ahead[r] = ahead.get(r, 0) + new
+        return ahead
+
+    def _grow_or_preempt(self, request: Request, num_tokens: int, victims: deque[Request],
+                         in_flight: dict[Request, int] | None = None) -> bool:
+        """Give ``request`` blocks for ``num_tokens``, preempting ``victims`` newest first; False if it was
+        preempted itself, or (a request with tokens ``in_flight``, never preempted mid-pipeline) if it waits."""
         bm = self.bm
         if len(request.block_table) * bm.block_size >= num_tokens:
             return True  # fast path: most decodes stay inside their last block
         while not bm.can_grow(request, num_tokens):
-            if victims:
-                self._preempt(victims.pop())
+            victim = self._pop_victim(victims, in_flight) if in_flight else (victims.pop() if victims else None)
+            if victim is not None:
+                self._preempt(victim)
+            elif in_flight and request in in_flight:
+                return False
             else:
                 self._preempt(request)
                 return False
         bm.grow(request, num_tokens)
         return True
+
+    @staticmethod
+    def _pop_victim(victims: deque[Request], in_flight: dict[Request, int]) -> Request | None:
+        """The newest of ``victims`` with nothing in flight, removed from it (None if every one has)."""
+        for i in range(len(victims) - 1, -1, -1):
+            if victims[i] not in in_flight:
+                r = victims[i]
+                del victims[i]
+                return r
+        return None
 
     def _decode_pass(self, queue: deque[Request], budget: int | None) -> tuple[list, list[Request]]:
         """One-token decode items for the decoding requests of ``queue`` (at most ``budget``), in order.

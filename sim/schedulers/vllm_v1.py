@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from sim.batch import BatchItem
+from sim.request import Status
 from sim.schedulers.base import Scheduler
 
 DEFAULT_TOKEN_BUDGET = 2048
@@ -43,19 +46,29 @@ class VLLMV1Scheduler(Scheduler):
         items: list[BatchItem] = []
         budget_left = self.token_budget
         preemptions_before = self.num_preemptions
-        queue = self._schedulable_running()
+        # V1 counts scheduled tokens as computed (Scheduler.schedule advances num_computed_tokens, vLLM 0.10-0.19):
+        # with micro-batches in flight (pipeline parallelism) a prompt's next chunk is scheduled before the
+        # previous one finishes; a request whose known tokens are all in flight waits for its sampled token
+        ahead = self._tokens_in_flight() if self._in_flight else None
+        if ahead:
+            queue = deque(r for r in self.running if r.num_known - r.num_computed > ahead.get(r, 0))
+        else:
+            queue = deque(self.running)
+        waits = False  # a request in flight could not grow (it is never preempted mid-pipeline)
         while queue and budget_left > 0:
             r = queue.popleft()
-            cached = r.num_computed
+            cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
             pending = r.prompt_tokens + r.num_generated - cached
             n = pending if pending < budget_left else budget_left
-            if self._grow_or_preempt(r, cached + n, queue):
+            if self._grow_or_preempt(r, cached + n, queue, ahead):
                 if pending == 1 and r.num_generated:
                     decodes.append((r, 1, cached))  # plain tuple on the hot path (see Batch)
                 else:
                     items.append(BatchItem(r, n, cached))
                 budget_left -= n
-        if self.num_preemptions != preemptions_before:
+            elif r.status is Status.RUNNING:
+                waits = True
+        if waits or self.num_preemptions != preemptions_before:
             return decodes, items
         while self.waiting and budget_left > 0:
             r = self.waiting[0]

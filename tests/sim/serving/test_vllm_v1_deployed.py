@@ -57,7 +57,7 @@ def test_vllm_v1_admits_without_the_v0_watermark():
 
 def test_the_engine_loop_defaults_and_refusals():
     assert SimConfig(scheduler="vllm_v1").engine_loop == "async"
-    assert SimConfig(scheduler="vllm_v1", pp=2).engine_loop == "serial"  # V1 pipelines with its batch queue
+    assert SimConfig(scheduler="vllm_v1", pp=2).engine_loop == "serial"  # PP micro-batches in flight instead
     assert SimConfig(scheduler="vllm_v1", async_scheduling=False).engine_loop == "serial"
     for policy in ("sarathi", "vllm", "orca", "faster_transformer"):
         assert SimConfig(scheduler=policy).engine_loop == "serial"
@@ -126,3 +126,34 @@ def test_rtx_4090_kv_blocks_within_5_percent_of_what_vllm_allocated():
                     token_budget=2048, max_batch_size=256)
     blocks = cfg.plan_memory().num_blocks
     assert abs(blocks / 2588 - 1) < 0.05, blocks
+
+
+def test_vllm_v1_pipelines_a_prompts_chunks_over_four_stages():
+    """A 4,096-token prompt, budget 1,024, 4 stages of 1.0 s each. vLLM V1 counts scheduled tokens as computed,
+    so chunk k enters stage 0 at k-1 while the earlier ones are still in the pipeline: the last chunk leaves the
+    last stage at 3 + 4 = 7 s (TTFT 7). Sarathi-Serve waits for each chunk to finish: 4 chunks x 4 stages = 16 s."""
+    spec = [(0.0, 4096, 2)]
+    reqs, comps, rec, _ = run_constant(spec, "vllm_v1", budget=1024, pp=4)
+    assert reqs[0].first_token_time == 7.0
+    assert [c for _t, c in comps][:4] == [(("A", 1024, k * 1024),) for k in range(4)]  # chunk k over k x 1,024
+    stage0 = rec.stage_frame().query("stage == 0")
+    assert stage0["start"].tolist()[:4] == [0.0, 1.0, 2.0, 3.0]
+    assert reqs[0].token_times == [7.0, 11.0]  # the decode needs the sampled token: one full pass more
+    reqs, _, _, _ = run_constant(spec, "sarathi", budget=1024, pp=4)
+    assert reqs[0].first_token_time == 16.0
+
+
+def test_a_request_with_a_chunk_in_flight_waits_rather_than_being_preempted_mid_pipeline():
+    """4 blocks of 16 tokens, 2 stages of 1.0 s, budget 32. A (16-token prompt, 4 tokens) and B (32, 2).
+    0: [A16, B16] and [B16 more] in flight (3 blocks). 2: A's token; A's decode takes the last block. 3: B's token;
+    B's decode needs a third block: none free, no victim, B preempts itself. 4: A's token; [A, B re-prefills 31]
+    (budget 31 left); B's last 2 known tokens need a third block while its 31 are in flight: B waits (not
+    preempted mid-pipeline), nothing is admitted. 6: A's token; B (nothing in flight) preempts itself again;
+    [A] and [B 32] go. 8: A finishes (2 blocks free); B's last token gets its block: [B 1] at 8, out at 10."""
+    spec = [(0.0, 16, 4), (0.0, 32, 2)]
+    reqs, comps, _, scheds = run_constant(spec, "vllm_v1", budget=32, pp=2, blocks=4)
+    assert comps == [(0.0, (("A", 16, 0), ("B", 16, 0))), (0.0, (("B", 16, 16),)), (2.0, (("A", 1, 16),)),
+                     (4.0, (("A", 1, 17), ("B", 31, 0))), (6.0, (("A", 1, 18),)), (6.0, (("B", 32, 0),)),
+                     (8.0, (("B", 1, 32),))]
+    assert [r.token_times for r in reqs] == [[2.0, 4.0, 6.0, 8.0], [3.0, 10.0]]
+    assert scheds[0].num_preemptions == 2 and scheds[0].bm.num_used == 0
