@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import subprocess
 import sys
@@ -27,54 +26,27 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from a checkout: the simulator's package is beside this folder
+# the runs' reader is servesim's (`servesim validate --measured` reads the same files): shared, not duplicated
+from sim.measured.vllm_engine import (
+    GPUS,
+    MODELS,
+    EngineArgs,
+    NotExpressible,
+    block_hash_ids,
+    engine_args,
+    read_meta,
+    read_prompts,
+    read_requests_table,
+)
+
 DATA = ROOT.parent / "shared" / "measured" / "vllm-e2e"
 MEASURED = "measured (vLLM 0.19, LLMServingSim's runs)"
 STATS = ("mean", "p50", "p90", "p99")
 METRICS = ("ttft", "tpot", "e2e", "queue")
 LABELS = {"ttft": "TTFT", "tpot": "TPOT", "e2e": "E2E", "queue": "queue wait"}
-#: Hugging Face model ids of the runs -> servesim's catalogue
-MODELS = {"meta-llama/Llama-3.1-8B": "llama-3.1-8b", "Qwen/Qwen3-32B": "qwen3-32b",
-          "Qwen/Qwen3-30B-A3B-Instruct-2507": "qwen3-30b-a3b"}
-#: the folder naming each run's GPU -> servesim's catalogue (meta.json names the device only for the RTX 4090 run;
-#: the RTX PRO 6000 runs are taken as the Server Edition, whose kernel database AIConfigurator ships)
-GPUS = {"RTX4090": "rtx-4090", "RTXPRO6000": "rtx-pro-6000-server"}
 RUN_FOLDERS = ("RTX4090/Llama-3.1-8B", "RTXPRO6000/Llama-3.1-8B", "RTXPRO6000/Qwen3-32B",
                "RTXPRO6000/Qwen3-30B-A3B-Instruct-2507")
-
-
-class NotExpressible(ValueError):
-    """A measured deployment servesim cannot configure."""
-
-
-@dataclass(frozen=True)
-class EngineArgs:
-    """The engine arguments of one run (meta.json; vLLM 0.19's defaults where it is silent)."""
-
-    model: str
-    tp: int
-    dp: int
-    expert_parallel: bool
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    max_model_len: int | None
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    enable_prefix_caching: bool = True
-    async_scheduling: bool | None = None
-    num_gpu_blocks: int | None = None  # what vLLM allocated (recorded for the RTX 4090 run only)
-
-
-def engine_args(meta: dict[str, Any]) -> EngineArgs:
-    """Parse meta.json's engine_kwargs, kv_cache and resolved scheduler config."""
-    kw, kv = meta["engine_kwargs"], meta.get("kv_cache") or {}
-    sched = (meta.get("resolved_config") or {}).get("scheduler_config") or {}
-    return EngineArgs(model=kw["model"], tp=int(kw["tensor_parallel_size"]), dp=int(kw["data_parallel_size"]),
-                      expert_parallel=bool(kw["enable_expert_parallel"]), max_num_seqs=int(kw["max_num_seqs"]),
-                      max_num_batched_tokens=int(kw["max_num_batched_tokens"]), max_model_len=kw.get("max_model_len"),
-                      block_size=int(kv.get("block_size") or 16),
-                      gpu_memory_utilization=float(kv.get("gpu_memory_utilization") or 0.9),
-                      enable_prefix_caching=bool(kv.get("enable_prefix_caching", True)),
-                      async_scheduling=sched.get("async_scheduling"), num_gpu_blocks=kv.get("num_gpu_blocks"))
 
 
 @dataclass
@@ -90,31 +62,16 @@ class Run:
     gpu: str
 
 
-def block_hash_ids(prompts: list[list[int]], block_size: int) -> list[list[int]]:
-    """Chained ids of each prompt's full blocks: equal ids mean equal tokens with an equal prefix (vLLM's block
-    hashes, as small integers for servesim's ``hash_ids``)."""
-    ids: dict[tuple[int, tuple[int, ...]], int] = {}
-    out = []
-    for toks in prompts:
-        row, prev = [], -1
-        for k in range(len(toks) // block_size):
-            prev = ids.setdefault((prev, tuple(toks[k * block_size:(k + 1) * block_size])), len(ids))
-            row.append(prev)
-        out.append(row)
-    return out
-
-
 def load_run(folder: str, data: Path = DATA) -> Run:
     """Read one run (meta.json, requests.jsonl, timeseries.csv and its workload's token ids)."""
     base = data / folder
-    meta = json.loads((base / "meta.json").read_text())
+    meta = read_meta(base / "meta.json")
     args = engine_args(meta)
-    reqs = pd.read_json(base / "requests.jsonl", lines=True, dtype=False)
-    workload = [json.loads(line) for line in (data / meta["dataset_path"]).read_text().splitlines() if line.strip()]
-    if len(workload) != len(reqs) or any((w["input_toks"], w["output_toks"], len(w["input_tok_ids"])) != (
-            r.input_toks, r.output_toks, r.input_toks) for w, r in zip(workload, reqs.itertuples(), strict=True)):
+    reqs = read_requests_table(base / "requests.jsonl")
+    prompts = read_prompts(data / meta["dataset_path"])
+    if len(prompts) != len(reqs) or any(len(p) != n for p, n in zip(prompts, reqs["input_toks"])):
         raise ValueError(f"{base}: requests.jsonl and {meta['dataset_path']} do not describe the same requests")
-    return Run(folder, args, reqs, block_hash_ids([w["input_tok_ids"] for w in workload], args.block_size),
+    return Run(folder, args, reqs, block_hash_ids(prompts, args.block_size),
                pd.read_csv(base / "timeseries.csv"), MODELS[args.model], GPUS[folder.split("/")[0]])
 
 
