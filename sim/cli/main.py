@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sim.cli.errors import CliParser, run_cli
 from sim.version import __version__
@@ -28,7 +29,17 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("sim.cli.plan", "add_plan_parser"),               # `plan` and `capacity`
     ("calibration.validate.cli", "add_validate_parser"),
     ("sim.cli.catalog", "add_catalog_parsers"),        # `models` and `gpus`
+    ("sim.serve.cli", "add_serve_parser"),             # parser only: FastAPI and uvicorn are imported when serving
 )
+
+#: other layers' backends of ``servesim serve``, found by name: --engine's (module, factory of the parsed flags)
+SERVE_BACKENDS: dict[str, tuple[str, str]] = {"engine": ("engine.serve_backend", "backend_from_args")}
+
+
+def serve_backend(name: str) -> Callable[[argparse.Namespace], Any]:
+    """The named ``servesim serve`` backend's factory, imported here, the one place sim/ names other layers."""
+    module, factory = SERVE_BACKENDS[name]
+    return getattr(importlib.import_module(module), factory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,13 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module, register in COMMANDS:
         getattr(importlib.import_module(module), register)(sub)
+    parser.set_defaults(subcommand_parsers=sub.choices)  # an unknown flag is refused under its command's usage
     return parser
 
 
 def _run(argv: Sequence[str] | None) -> int:
     """Build the parser, parse ``argv`` and run the subcommand (inside run_cli, start-up included)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's usage, not the top level's (argparse's parse_args would print the latter)
+        parser = args.subcommand_parsers.get(getattr(args, "command", None), parser)
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
