@@ -106,7 +106,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         watermark=args.watermark, gpu_memory_utilization=args.gpu_mem_util, kv_blocks=args.kv_blocks,
         strict=args.strict, seed=args.seed, device=args.device, dtype=args.dtype, backend=args.backend,
         offline=args.offline, warmup=args.warmup, cuda_graphs=args.cuda_graphs, gpu=args.gpu,
-        checkpoint=args.checkpoint, enable_prefix_caching=args.enable_prefix_caching, usage_context=args.usage_context)
+        checkpoint=args.checkpoint, enable_prefix_caching=args.enable_prefix_caching, usage_context=args.usage_context,
+        kv_reservation=args.kv_reservation)
     trace, source, warnings = load_workload(args)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)

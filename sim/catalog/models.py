@@ -58,6 +58,8 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
               source=_LLAMA3.format("Llama-3.1-8B") + " (Llama 3.1: 128k context)"),
     ModelSpec("llama-3.1-70b", 80, 8192, 64, 8, 28672, 128256, 131072, rope_theta=500000.0,
               source=_LLAMA3.format("Llama-3.1-70B") + " (Llama 3.1: 128k context)"),
+    ModelSpec("llama-3.2-1b", 16, 2048, 32, 8, 8192, 128256, 131072, rope_theta=500000.0, tie_embeddings=True,
+              head_dim_override=64, source=_LLAMA3.format("Llama-3.2-1B") + " (tied embeddings; a draft for Llama 3.1)"),
     ModelSpec("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, 131072, rope_theta=500000.0,
               source=_LLAMA3.format("Llama-3.1-405B") + " (Llama 3.1: 128k context)"),
     ModelSpec("qwen3-32b", 64, 5120, 64, 8, 25600, 151936, 40960, rope_theta=1000000.0, head_dim_override=128,
@@ -107,6 +109,7 @@ _ALIASES: dict[str, str] = {
     "meta-llama/Meta-Llama-3-8B": "llama-3-8b", "meta-llama/Meta-Llama-3-8B-Instruct": "llama-3-8b",
     "meta-llama/Meta-Llama-3-70B": "llama-3-70b", "meta-llama/Meta-Llama-3-70B-Instruct": "llama-3-70b",
     "mistralai/Mistral-7B-v0.1": "mistral-7b", "mistral-7b-v0.1": "mistral-7b",
+    "mistralai/Mistral-7B-Instruct-v0.2": "mistral-7b",  # same shape (v0.2: rope_theta 1e6, no sliding window)
     "01-ai/Yi-34B": "yi-34b",
     "01-ai/Yi-34B-200K": "yi-34b-200k",
     "tiiuae/falcon-180B": "falcon-180b",

@@ -35,6 +35,7 @@ from sim.cli.values import (  # noqa: F401 - the value types are re-exported: th
 )
 
 MAIN_SCHEDULERS = ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1")
+KV_RESERVATIONS = ("max-model-len", "oracle")  # sim.schedulers.base.KV_RESERVATIONS (the CLI imports no policy)
 #: in a help text: prints nothing but keeps ArgumentDefaultsHelpFormatter from adding "(default: None)"
 NO_DEFAULT = "%(default).0s"
 
@@ -122,12 +123,33 @@ def add_deployment_arguments(p: argparse.ArgumentParser) -> None:
                    help="vLLM V1's async engine loop: step N+1 is scheduled while step N runs (host time hidden "
                         "under the device step; a request arriving mid-step first runs a step later); default: on "
                         "for vllm_v1 with one pipeline stage, as vLLM 0.11+; the v0-era policies run serially")
+    p.add_argument("--virtual-engines", action=argparse.BooleanOptionalAction, default=None,
+                   help="vllm (v0) with --pp > 1: one scheduler per virtual engine, each with its share of the KV "
+                        "blocks and its own queues, a request pinned to the least loaded, one micro-batch in flight "
+                        "each, as vLLM v0; --no-virtual-engines: one scheduler over the whole cache with up to --pp "
+                        "micro-batches in flight, as Sarathi-Serve's vLLM baseline (default: on for vllm)")
     p.add_argument("--frontend", default=None, metavar="vllm|none|custom:REQ_MS:PROMPT_US:TOKEN_US:DONE_MS",
                    help="the API server between clients and the engine, so that latencies are the client's: vllm "
                         "(vLLM's OpenAI server: 1.6 ms a request, 1.5 us a prompt token, 60 us a streamed token, "
                         "0.2 ms at the end; sources in sim/serving/frontend.py), none, or custom costs; default: "
                         "vllm for vllm_v1 with --usage-context api-server, else none (the engine's own times)")
     add_kv_arguments(p, "override the computed KV capacity (blocks per replica)")
+    add_speculative_arguments(p)
+
+
+def add_speculative_arguments(p: argparse.ArgumentParser) -> None:
+    """vLLM's --speculative-config and the acceptance model behind it (simulate, capacity; sim.spec)."""
+    g = p.add_argument_group("speculative decoding (vllm_v1)")
+    g.add_argument("--speculative-config", default=None, metavar="JSON",
+                   help='vLLM\'s speculative decoding config, e.g. \'{"method": "eagle3", "num_speculative_tokens": 3}\'; '
+                        "method eagle, eagle3, mtp (a one-layer head priced as a target layer per proposed token), "
+                        "ngram (host time only) or draft_model (with \"model\": a catalogue model or config.json, "
+                        "priced by the same cost model) (default: off)" + NO_DEFAULT)
+    g.add_argument("--spec-acceptance", default=None, metavar="RATES",
+                   help="acceptance as vLLM logs it: per-position rates (e.g. 0.8,0.6,0.45), or one rate a of a "
+                        "geometric model (position i accepted with probability a^i); seeded by --seed; default: the "
+                        "method's published figure (eagle3 0.65, eagle 0.7, mtp 0.875; sources in sim/spec/config.py), "
+                        "required for ngram and draft_model" + NO_DEFAULT)
 
 
 def add_moe_and_dtype_arguments(g: argparse._ArgumentGroup) -> None:
@@ -171,7 +193,10 @@ def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
             "gpu_memory_utilization": args.gpu_mem_util, "kv_blocks": args.kv_blocks, "router": args.router,
             "router_cache_weight": args.router_cache_weight,
             "enable_prefix_caching": args.enable_prefix_caching, "async_scheduling": args.async_scheduling,
-            "usage_context": args.usage_context, "frontend": args.frontend}
+            "usage_context": args.usage_context, "frontend": args.frontend,
+            "kv_reservation": getattr(args, "kv_reservation", "max-model-len"),
+            "virtual_engines": getattr(args, "virtual_engines", None),
+            **{k: v for k in ("speculative_config", "spec_acceptance") if (v := getattr(args, k, None)) is not None}}
 
 
 def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
@@ -185,9 +210,10 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
                         "vLLM v1's (default vLLM's: see --usage-context), vLLM v0's (default max(max_model_len, 2048), as vLLM); "
                         "Orca/FasterTransformer: optional cap on prefill tokens" + NO_DEFAULT)
     s.add_argument("--max-batch", "--max-num-seqs", dest="max_batch", type=batch_size, default=None, metavar="B",
-                   help="max requests running at once (vLLM's max_num_seqs, Orca's batch size); default: 128, and "
-                        "for vllm_v1 vLLM's by GPU and --usage-context (1024 on GPUs of 70 GiB or more that are not "
-                        "A100s, else 256)")
+                   help="max requests running at once (vLLM's max_num_seqs, Orca's batch size); default: the "
+                        "original's: 256 for vllm (vLLM v0), 128 for sarathi, orca and faster_transformer "
+                        "(Sarathi-Serve's), and for vllm_v1 vLLM's by GPU and --usage-context (1024 on GPUs of "
+                        "70 GiB or more that are not A100s, else 256)")
     s.add_argument("--usage-context", choices=("api-server", "offline"), default="api-server",
                    help="vllm_v1's defaults as vLLM sets them for its API server (vllm serve) or its offline LLM "
                         "class: --max-num-batched-tokens 8192 or 16384 on large GPUs, else 2048 or 8192 "
@@ -203,6 +229,10 @@ def add_scheduler_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--chunk-align", type=int_range(0, MAX_TOKENS), default=0, metavar="TILE",
                    help="Sarathi: round chunked batches down to a multiple of TILE tokens (default: 0, off)"
                         + NO_DEFAULT)
+    s.add_argument("--kv-reservation", choices=KV_RESERVATIONS, default="max-model-len",
+                   help="KV blocks Orca and FasterTransformer reserve per request at admission: max-model-len (as "
+                        "Sarathi-Serve's implementations) or oracle (a what-if: each request's own prompt + output, "
+                        "as if its output length were known) (default: %(default)s)")
 
 
 def scheduler_of(args: argparse.Namespace) -> str:
@@ -280,6 +310,9 @@ def add_run_folder_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write --out/timeline.json (Chrome trace events; open in https://ui.perfetto.dev)")
     p.add_argument("--timeline-requests", type=int_range(0, MAX_REQUESTS), default=1000, metavar="N",
                    help="request slices in the timeline: the first N requests by arrival (0: all)")
+    p.add_argument("--format", dest="table_format", choices=("csv", "parquet"), default="csv",
+                   help="requests and batches tables in --out as CSV or Parquet (full float64 precision, "
+                        "smaller; needs pyarrow)")
 
 
 def check_run_folder_args(args: argparse.Namespace) -> None:
@@ -287,6 +320,11 @@ def check_run_folder_args(args: argparse.Namespace) -> None:
     a previous run's manifest in --out goes now, so that an interrupted run never leaves it looking complete."""
     if (args.plots or args.timeline) and not args.out:
         raise ValueError("--plots and --timeline write into the run folder: give --out DIR")
+    if getattr(args, "table_format", "csv") == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError("--format parquet needs pyarrow: pip install pyarrow") from None
     if args.out:
         from sim.outputs.run_folder import claim_run_folder
         claim_run_folder(args.out)
@@ -297,7 +335,7 @@ def write_run_folder(args: argparse.Namespace, result: Any) -> None:
     if not args.out:
         return
     from sim.outputs.run_folder import write_run
-    write_run(args.out, result.summary, result.requests, result.batches)
+    write_run(args.out, result.summary, result.requests, result.batches, getattr(args, "table_format", "csv"))
     if args.plots:
         from sim.outputs.plots import write_plots
         write_plots(args.out)

@@ -22,6 +22,8 @@ from sim.request import Request, Status
 
 #: token times of finished requests folded into the gap log together (32 bytes each while they wait)
 FOLD_EVERY_TOKENS = 1 << 20
+#: --kv-reservation: the maximum length (the originals), or each request's own length (a what-if oracle)
+KV_RESERVATIONS = ("max-model-len", "oracle")
 
 
 @dataclass(frozen=True)
@@ -31,10 +33,18 @@ class SchedulerConfig:
     max_batch_size: int = 128          # max requests running at once (vLLM's max_num_seqs)
     token_budget: int | None = None    # max tokens per iteration (Sarathi budget, vLLM max_num_batched_tokens)
     chunk_align: int = 0               # Sarathi: round chunked batches down to this tile multiple (0: off)
+    max_model_len: int | None = None   # the model's context length (vLLM's --max-model-len); None: not known
+    #: what Orca and FasterTransformer reserve per request at admission: "max-model-len" (as Sarathi-Serve's
+    #: OrcaBlockSpaceManager), or "oracle", a what-if that knows each request's own prompt + output length
+    kv_reservation: str = "max-model-len"
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.kv_reservation not in KV_RESERVATIONS:
+            raise ValueError(f"kv_reservation must be one of {', '.join(KV_RESERVATIONS)}, got {self.kv_reservation!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if self.token_budget is not None and self.token_budget < 1:
             raise ValueError(f"token_budget must be >= 1, got {self.token_budget}")
         if self.chunk_align < 0:
@@ -58,8 +68,15 @@ class Scheduler(ABC):
     #: the engine loop schedules step N+1 while step N runs (vLLM V1's async scheduling; sim.serving.async_loop)
     default_async_scheduling: bool = False
 
-    #: requests running at once when the user gives no max_num_seqs (Sarathi-Serve's experiments ran 128)
+    #: requests running at once when the user gives no max_num_seqs: each policy sets its original's default
+    #: (128 is Sarathi-Serve's, BaseSchedulerConfig.max_num_seqs in sarathi/config/config.py)
     default_max_num_seqs: int = 128
+    #: whether this policy can run speculative decoding (``enable_speculation``; vllm_v1 only, as vLLM V1)
+    supports_speculation: bool = False
+    #: speculative decoding is on: decodes may emit several tokens a step (decode stretches must stay off)
+    speculative: bool = False
+    #: its runtime state (sim.spec.state.SpecDecoding) when on
+    spec = None
 
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:
@@ -145,12 +162,33 @@ class Scheduler(ABC):
         self._in_flight[batch.batch_id] = batch
         return batch
 
+    def enable_speculation(self, spec) -> None:
+        """Run speculative decoding with ``spec`` (a sim.spec.state.SpecDecoding); refused by policies without it."""
+        if not self.supports_speculation:
+            raise ValueError(f"speculative decoding is modelled for vLLM V1 only: use --scheduler vllm_v1 "
+                             f"(not {self.name})")
+        self.spec, self.speculative = spec, True
+
     def on_batch_done(self, batch: Batch, now: float = 0.0) -> list[Request]:
-        """Advance every item's request; sample a token where its known tokens are all computed."""
+        """Advance every item's request; sample a token where its known tokens are all computed. With speculative
+        decoding a verified item emits its token plus the drafts accepted, all at ``now`` (a burst); the rejected
+        positions are not computed (their slots are overwritten next step; vLLM keeps the blocks with the request)."""
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
         caching, bs = self.bm.caching, self.bm.block_size
+        spec = self.spec
         for req, new, _cached in batch.entries:
+            if spec is not None and req in spec.proposed:
+                accepted = spec.verify(req, batch.batch_id)
+                req.num_computed += 1 + accepted
+                if caching:
+                    self.bm.on_computed(req)
+                req.num_generated += 1 + accepted
+                req.token_times.extend([now] * (1 + accepted))
+                if req.num_generated >= req.output_tokens:
+                    spec.finished(req)
+                    self._finish(req, now, finished)
+                continue
             req.num_computed += new
             if caching and (new > 1 or not req.num_computed % bs):  # a block filled: share it
                 self.bm.on_computed(req)
@@ -160,15 +198,21 @@ class Scheduler(ABC):
                 if req.num_generated == 1:
                     req.first_token_time = now
                 if req.num_generated >= req.output_tokens:
-                    req.status = Status.FINISHED
-                    req.completion_time = now
-                    if not self.hold_finished:
-                        self.bm.free(req)
-                    self._fold_tokens(req)
-                    finished.append(req)
+                    if spec is not None:
+                        spec.finished(req)
+                    self._finish(req, now, finished)
         if finished:
             self.running = [r for r in self.running if r.status is not Status.FINISHED]
         return finished
+
+    def _finish(self, req: Request, now: float, finished: list[Request]) -> None:
+        """``req`` produced its last token at ``now``: its blocks go (unless held for a KV transfer)."""
+        req.status = Status.FINISHED
+        req.completion_time = now
+        if not self.hold_finished:
+            self.bm.free(req)
+        self._fold_tokens(req)
+        finished.append(req)
 
     def _fold_tokens(self, req: Request) -> None:
         """Queue a finished request for ``flush_tokens`` (folded many at a time: numpy per request cost the
@@ -217,8 +261,14 @@ class Scheduler(ABC):
         return deque(r for r in self.running if r not in busy)
 
     def _admit_tokens(self, request: Request) -> int:
-        """Tokens whose blocks admission must find: the whole known sequence, or the maximum length."""
-        return request.max_tokens if self.reserves_max_length else request.num_known
+        """Tokens whose blocks admission must find: the whole known sequence, or (Orca, FasterTransformer) the
+        maximum length: max_model_len, else (the oracle, or no context length given) the request's own."""
+        if not self.reserves_max_length:
+            return request.num_known
+        cfg = self.config
+        if cfg.kv_reservation == "oracle" or cfg.max_model_len is None:
+            return request.max_tokens
+        return cfg.max_model_len
 
     def _can_admit(self, request: Request, num_tokens: int | None = None) -> bool:
         """Batch-size cap and KV admission (watermark for paged policies, none for reservations)."""
@@ -359,3 +409,36 @@ class Scheduler(ABC):
         if self.chunks_prefills:
             return None
         return request.max_tokens - 1
+
+    # ---- decode stretches (sim.serving.stretch): repeated decode-only batches advanced in one go ----------------
+    def decode_stretch_steps(self, batch: Batch, waiting_blind: bool = False) -> int:
+        """How many more batches, after ``batch`` (just done), would decode every running request one token each and
+        nothing else, if no request arrives: 0 unless ``batch`` was such a batch of every running request, nothing
+        waits (``waiting_blind``: a policy that never looks at the queue while anything decodes), nothing is in
+        flight and there is no speculation; else up to the step before the first request's last token (that step,
+        which frees blocks, runs as usual). KV blocks are not checked here (``decode_step``)."""
+        n = len(self.running)
+        if (batch.prefill_items or batch.num_decode_tokens != n or (self.waiting and not waiting_blind)
+                or self._in_flight or self.num_incoming
+                or getattr(self, "spec", None) is not None or getattr(self, "speculative", False)):
+            return 0
+        if self.token_budget is not None and self.token_budget < n:  # the budget cuts the decodes
+            return 0
+        return min(r.output_tokens - r.num_generated for r in self.running) - 1
+
+    def decode_step(self, crossing: list[tuple[Request, int]]) -> tuple[int, int] | None:
+        """Schedule one more decode batch of the running requests as ``schedule`` would: each (request, tokens) of
+        ``crossing`` (in running order; a decode past its last block) grows to hold ``tokens``; returns (batch id,
+        blocks in use), or None, changing nothing, when the free blocks do not cover them (``schedule`` would
+        preempt: the stretch stops there)."""
+        bm = self.bm
+        if crossing:
+            if len(crossing) > bm.num_free:
+                return None
+            for r, tokens in crossing:
+                bm.grow(r, tokens)
+        if bm.caching:
+            self.cached_free_log.append(bm.num_cached_free)
+        batch_id = self._next_batch_id
+        self._next_batch_id += 1
+        return batch_id, bm.num_used

@@ -15,6 +15,9 @@ class SarathiScheduler(Scheduler):
     name = "sarathi"
     chunks_prefills = True
     default_token_budget = DEFAULT_TOKEN_BUDGET
+    #: Sarathi-Serve's default (BaseSchedulerConfig.max_num_seqs = 128, sarathi/config/config.py; replica_scheduler
+    #: max_batch_size 128 in the osdi-sarathi-serve branch's sarathi/benchmark/config/default.yml)
+    default_max_num_seqs = 128
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes, partial = self._decode_pass(self._schedulable_running(), self.token_budget)

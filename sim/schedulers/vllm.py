@@ -11,6 +11,10 @@ class VLLMScheduler(Scheduler):
     otherwise every running request decodes, preempting the newest by recompute when blocks run out."""
 
     name = "vllm"
+    #: vLLM v0's default max_num_seqs (EngineArgs.max_num_seqs = 256, vllm/engine/arg_utils.py, vLLM 0.6.x)
+    default_max_num_seqs = 256
+    #: with pipeline parallelism vLLM v0 runs one scheduler per virtual engine (sim.schedulers.virtual_engines)
+    pp_virtual_engines = True
 
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:

@@ -30,6 +30,8 @@ class VLLMV1Scheduler(Scheduler):
     uses_watermark = False
     # V1's engine core overlaps scheduling with the GPU step (EngineCore.step_with_batch_queue; default since 0.14)
     default_async_scheduling = True
+    # V1 verifies draft tokens in the same step (scheduled_spec_decode_tokens; sim.spec)
+    supports_speculation = True
 
     @classmethod
     def batch_defaults(cls, max_model_len: int, gpu_memory_bytes: float | None = None, gpu_name: str = "",
@@ -55,6 +57,8 @@ class VLLMV1Scheduler(Scheduler):
         else:
             queue = deque(self.running)
         waits = False  # a request in flight could not grow (it is never preempted mid-pipeline)
+        if self.spec is not None:  # speculative decoding (sim.spec): decodes verify 1 + k tokens
+            budget_left = self._running_speculative(queue, budget_left, decodes, items)
         while queue and budget_left > 0:
             r = queue.popleft()
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
@@ -80,3 +84,37 @@ class VLLMV1Scheduler(Scheduler):
             items.append(BatchItem(r, n, hit))
             budget_left -= n
         return decodes, items
+
+    def _running_speculative(self, queue: deque, budget_left: int, decodes: list, items: list) -> int:
+        """The running requests' pass with speculative decoding (one pipeline stage), as vLLM V1's scheduler runs
+        it: a decoding request schedules its token plus k drafts (k shrunk by the budget left, its remaining outputs
+        and the context limit; ``SpecDecoding.proposal``), all counted against the budget, and allocates slots for
+        them plus the drafter's lookahead (allocate_slots(num_lookahead_tokens), every running request). Fills
+        ``decodes`` (plain decodes, no draft) and ``items``; consumes ``queue``; returns the budget left."""
+        spec, bm = self.spec, self.bm
+        look, bs = spec.lookahead, bm.block_size
+        proposed = spec_blocks = 0
+        while queue and budget_left > 0:
+            r = queue.popleft()
+            cached = r.num_computed
+            pending = r.prompt_tokens + r.num_generated - cached
+            k = spec.proposal(r, budget_left, cached) if pending == 1 and r.num_generated else 0
+            n = 1 + k if k else min(pending, budget_left)
+            need = cached + n + look
+            if spec.max_model_len is not None and need > spec.max_model_len:  # allocate_slots caps it there
+                need = max(spec.max_model_len, cached + n)
+            if not self._grow_or_preempt(r, need, queue):
+                continue
+            # blocks held only for draft and lookahead slots (beyond the request's own next tokens)
+            spec_blocks += max(0, len(r.block_table) - -(-(cached + (1 if k else n)) // bs))
+            if k:
+                items.append(BatchItem(r, n, cached))  # a verify of n positions, priced as a chunk over its context
+                spec.proposed[r] = k
+                proposed += k
+            elif pending == 1 and r.num_generated:
+                decodes.append((r, 1, cached))
+            else:
+                items.append(BatchItem(r, n, cached))
+            budget_left -= n
+        spec.note_batch(self._next_batch_id, proposed, spec_blocks)
+        return budget_left

@@ -19,6 +19,7 @@ returns the ``SimConfig`` (aggregated) or ``DisaggConfig`` (disaggregated) it de
     token_budget: 4096        # tokens per iteration; also vLLM's name max_num_batched_tokens
     max_batch_size: 256       # requests running at once; also vLLM's name max_num_seqs
     chunk_align: 0            # block_size: 16    watermark: 0.01    gpu_memory_utilization: 0.9
+    kv_reservation: max-model-len  # Orca/FT per request: max-model-len (as the originals) or oracle (a what-if)
     kv_blocks: 2000           # override the computed KV capacity (blocks per replica)
     enable_prefix_caching: false
     router: round_robin       # aggregated only: round_robin, least_outstanding, cache_aware
@@ -75,11 +76,13 @@ from sim.inputs import (
 )
 from sim.kv.memory import InfeasibleConfigError
 from sim.schedulers import scheduler_class
+from sim.schedulers.base import KV_RESERVATIONS
 from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.cluster import Router
 from sim.serving.disagg import DECODE_ROUTERS, LINK_KINDS, DisaggConfig, LinkConfig
 from sim.serving.frontend import parse_frontend
 from sim.serving.simulator import SimConfig
+from sim.spec.config import parse_acceptance, parse_speculative_config
 
 Check = Callable[[Any], Any]
 MODES = ("aggregated", "disaggregated")
@@ -194,14 +197,18 @@ POOL_KEYS: dict[str, Check] = {
     "dtype": _choice(("auto", *DTYPE_BYTES)), "kv_cache_dtype": _choice(("auto", "fp8")),
     "router_skew": _number(0, 100), "scheduler": _looked_up(scheduler_class), "token_budget": _nullable(TOKENS),
     "max_batch_size": _nullable(_integer(1, MAX_BATCH_SIZE, "servesim's bound on running requests")),
-    "usage_context": _choice(USAGE_CONTEXTS),
+    "usage_context": _choice(USAGE_CONTEXTS), "kv_reservation": _choice(KV_RESERVATIONS),
     "chunk_align": _integer(0, MAX_CONTEXT, "servesim's bound on a token count"),
     "block_size": _integer(1, MAX_BLOCK_SIZE, "servesim's bound on tokens per block"),
     "watermark": _number(0, 1, high_open=True), "gpu_memory_utilization": _number(0, 1, low_open=True),
     "kv_blocks": _nullable(_integer(1, MAX_KV_BLOCKS, "servesim's bound on blocks per replica")),
     "enable_prefix_caching": _nullable(_flag), "async_scheduling": _nullable(_flag),
+    "virtual_engines": _nullable(_flag),
     "frontend": _nullable(_looked_up(parse_frontend)),
     "router": _choice(Router.POLICIES), "router_cache_weight": _number(0, 1e12),
+    # speculative decoding (sim.spec): vLLM's JSON as a string; its keys checked here, its acceptance at run time
+    "speculative_config": _nullable(_looked_up(lambda v: parse_speculative_config(v, "1"))),
+    "spec_acceptance": _nullable(_looked_up(parse_acceptance)),
 }
 LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
                                "latency_us": _nullable(_number(0, 1e12)), "overlap": _flag}
@@ -394,6 +401,8 @@ def make_link(link: dict[str, Any]) -> LinkConfig:
 def disaggregated(common: dict[str, Any], prefill: dict[str, Any], decode: dict[str, Any], link: dict[str, Any],
                   routers: dict[str, Any]) -> DisaggConfig:
     """The DisaggConfig of SimConfig fields shared by both pools, each pool's own, a link and a routers section."""
+    if common.get("speculative_config"):
+        raise ValueError("--speculative-config with disaggregated pools is not modelled: drop one of them")
     shared = {k: v for k, v in common.items() if k not in ROUTING}
     routing = {field: routers[k] for k, field in (("prefill", "router"), ("cache_weight", "router_cache_weight"))
                if k in routers}

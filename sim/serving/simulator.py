@@ -22,11 +22,16 @@ from sim.kv.memory import InfeasibleConfigError, MemoryPlan, plan_memory
 from sim.kv.prefix_cache import CachingBlockManager, cache_summary
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
-from sim.schedulers.base import FOLD_EVERY_TOKENS
+from sim.schedulers.base import FOLD_EVERY_TOKENS, KV_RESERVATIONS
+from sim.schedulers.virtual_engines import VirtualEngines, num_virtual_engines
 from sim.schedulers.vllm_v1 import USAGE_CONTEXTS
 from sim.serving.async_loop import AsyncReplica
+from sim.serving.closed_loop import ClosedLoop
 from sim.serving.cluster import run_cluster
 from sim.serving.frontend import PRESETS, Frontend, client_latency, client_view, parse_frontend, to_engine
+from sim.serving.load_verdict import add_load_verdict
+from sim.spec.run import add_spec_outputs, blocks_with_drafter, spec_cost, spec_of
+from sim.spec.run import enable as enable_speculation
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
 
 
@@ -48,11 +53,14 @@ class ServingConfig:
     max_model_len: int | None = None  # override the model's context length (vLLM's --max-model-len)
     enable_prefix_caching: bool | None = None  # None: the policy's default (on for vllm_v1, as vLLM)
     usage_context: str = "api-server"  # vLLM's defaults differ for its API server and its offline LLM class
+    kv_reservation: str = "max-model-len"  # Orca/FT reserve max_model_len per request; "oracle": a what-if
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_reservation not in KV_RESERVATIONS:
+            raise ValueError(f"kv_reservation must be one of {', '.join(KV_RESERVATIONS)}, got {self.kv_reservation!r}")
         if self.usage_context not in USAGE_CONTEXTS:
             raise ValueError(f"usage_context must be one of {', '.join(USAGE_CONTEXTS)}, got {self.usage_context!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -113,7 +121,8 @@ class ServingConfig:
 
     def make_scheduler(self, num_blocks: int) -> Scheduler:
         """A fresh policy object of this configuration over its own block manager of ``num_blocks`` blocks."""
-        cfg = SchedulerConfig(self.effective_max_batch_size(), self.effective_token_budget(), self.chunk_align)
+        cfg = SchedulerConfig(self.effective_max_batch_size(), self.effective_token_budget(), self.chunk_align,
+                              self.model_spec().max_context, self.kv_reservation)
         return make_scheduler(self.scheduler, cfg, self.make_block_manager(num_blocks))
 
 
@@ -132,7 +141,10 @@ class SimConfig(ServingConfig):
     kv_cache_dtype: str = "auto"  # vLLM's --kv-cache-dtype: auto (the activation dtype) or fp8
     router_skew: float = 0.0      # MoE routing popularity skew (0: uniform; Zipf exponent otherwise)
     async_scheduling: bool | None = None  # vLLM V1's async engine loop; None: on for vllm_v1 with one stage
+    virtual_engines: bool | None = None  # vLLM v0 with PP: a scheduler per virtual engine (None: on for vllm)
     frontend: str | None = None   # vllm, none or custom:...; None: vLLM's API server for vllm_v1 as an API server
+    speculative_config: str | None = None  # vLLM's --speculative-config JSON (sim.spec); None: off
+    spec_acceptance: str | None = None     # per-position acceptance rates, or one geometric rate (sim.spec)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -149,6 +161,28 @@ class SimConfig(ServingConfig):
     def defaults_device(self) -> tuple[float | None, str]:
         gpu = get_gpu(self.gpu)
         return gpu.mem_bytes, gpu.name
+
+    @property
+    def num_virtual_engines(self) -> int:
+        """Schedulers per replica: pp for vLLM v0 (one per virtual engine, each with num_blocks // pp) unless
+        ``virtual_engines`` is False (one shared scheduler, as Sarathi-Serve's vLLM baseline), else 1."""
+        policy = scheduler_class(self.scheduler)
+        if self.virtual_engines and num_virtual_engines(policy, 2) == 1:
+            raise ValueError(f"--virtual-engines is vLLM v0's pipeline-parallel engine: use --scheduler vllm "
+                             f"(not {self.scheduler}) or drop the flag")
+        return 1 if self.virtual_engines is False else num_virtual_engines(policy, self.pp)
+
+    def servable(self, trace: list[TraceRequest], model: ModelSpec, num_blocks: int,
+                 source: str) -> tuple[list[Request], list[SkippedRequest]]:
+        """As ServingConfig's, against one virtual engine's share of the blocks (a request never spans two)."""
+        return super().servable(trace, model, num_blocks // self.num_virtual_engines, source)
+
+    def make_scheduler(self, num_blocks: int) -> Scheduler:
+        """One replica's scheduler; vLLM v0 with PP: one per virtual engine behind VirtualEngines."""
+        n = self.num_virtual_engines
+        if n == 1:
+            return super().make_scheduler(num_blocks)
+        return VirtualEngines([super(SimConfig, self).make_scheduler(num_blocks // n) for _ in range(n)])
 
     def effective_frontend(self) -> Frontend:
         """The frontend between clients and the engine: the one given, else vLLM's API server for vllm_v1 serving
@@ -221,8 +255,8 @@ class SimConfig(ServingConfig):
         check_weight_dtype(self.weight_dtype(model))
         kv_dtype_bytes(self.kv_cache_dtype)
         _ = self.engine_loop  # refuses async scheduling where it is not modelled
-        if self.kv_blocks is None:
-            self.plan_memory(model)
+        spec_of(self)  # refuses speculative decoding where it is not modelled
+        self.make_scheduler(self.memory(model)[1])  # weights and KV fit (or kv_blocks given); Orca's reservation too
 
 
 @dataclass
@@ -287,12 +321,14 @@ def _versions() -> dict[str, str]:
 
 def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost_model: CostModel | None = None,
              model: ModelSpec | None = None, source: str = "<trace>",
-             on_finish: Callable[[Request], None] | None = None, **overrides: Any) -> SimResult:
+             on_finish: Callable[[Request], None] | None = None, closed_loop: ClosedLoop | None = None,
+             **overrides: Any) -> SimResult:
     """Replay ``trace`` through the configured deployment and return metrics.
 
     ``cost_model`` defaults to the roofline model of ``config.gpu``; ``model``
     overrides the catalogue lookup (e.g. a Hugging Face config); keyword
-    ``overrides`` patch ``config`` fields.
+    ``overrides`` patch ``config`` fields. ``closed_loop``: send requests as its clients free up
+    (``--max-concurrency``) instead of at their arrival times.
     """
     config = dataclasses.replace(config or SimConfig(), **overrides)
     model = model or config.model_spec()
@@ -301,16 +337,24 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         from sim.cost.roofline import RooflineCostModel
         cost_model = RooflineCostModel(model, gpu, **config.roofline_kwargs(model))
     memory, num_blocks = config.memory(model)
+    spec = spec_of(config)  # speculative decoding (sim.spec): the drafter's memory and price
+    if spec is not None:
+        num_blocks = blocks_with_drafter(num_blocks, memory, spec, model, config.tp,
+                                         check_weight_dtype(config.weight_dtype(model)))
+        cost_model = spec_cost(cost_model, spec, config, model)
     requests, skipped = config.servable(trace, model, num_blocks, source)
     origin = rebase_arrivals(requests)
     frontend = config.effective_frontend()
     to_engine(requests, frontend)  # the engine sees a request once the frontend has handled it
     schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
     bound_memory(schedulers, requests)
+    if spec is not None:
+        enable_speculation(schedulers, spec, config.seed, model.max_context)
     config.check_router()
     replica_cls = AsyncReplica if config.engine_loop == "async" else None
-    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router, on_finish, config.router_cache_weight,
-                      replica_cls)
+    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router,
+                      closed_loop.chain(on_finish) if closed_loop else on_finish, config.router_cache_weight,
+                      replica_cls, closed_loop.arrivals if closed_loop else None)
 
     batches, micro = rec.take_frames()
     for s in schedulers:
@@ -327,6 +371,8 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         cost=cost_model.describe(), versions=_versions(), gpus_per_stage=config.tp, memory=memory, gaps=gaps)
     if config.prefix_caching:
         batches, req_df = add_cache_outputs(summary, batches, req_df, requests, schedulers)
+    if spec is not None:
+        batches, req_df = add_spec_outputs(summary, batches, req_df, requests, schedulers, gaps)
     if frontend.active:  # requests.csv and latency_s as the client sees them; the engine's own kept beside
         req_df = client_view(req_df, frontend, frontend.inbound(req_df["prompt_tokens"].to_numpy()))
     client_latency(summary, req_df, frontend)
@@ -339,4 +385,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     summary["config"]["effective_token_budget"] = config.effective_token_budget(model)
     summary["config"]["engine_loop"] = config.engine_loop
     summary["config"]["effective_max_num_seqs"] = config.effective_max_batch_size(model)
+    add_load_verdict(summary, req_df, batches)  # saturation, goodput (default SLO), the knob at its limit
+    if closed_loop is not None:
+        summary["closed_loop"] = closed_loop.describe()
     return SimResult(summary, req_df, batches, micro, stages, skipped)

@@ -42,6 +42,8 @@ def test_sarathi_three_requests_never_stalls():
     assert b.first_scheduled_time == 2.0 and c.first_scheduled_time == 4.0
 
 
+# run_constant gives the schedulers no max_model_len, so Orca and FasterTransformer reserve each request's own
+# length here (1000 blocks hold every case either way); tests/sim/test_baselines.py pins max_model_len reservations.
 def test_orca_mixes_whole_prefills_with_decodes():
     reqs, comps, _, _ = run_constant(THREE, "orca")
     assert comps == [

@@ -98,6 +98,7 @@ def deployments(draw):
     for _ in range(2):
         sched = draw(st.sampled_from(["vllm", "sarathi", "vllm_v1", "orca"]))
         pools.append({"replicas": draw(st.integers(1, 3)), "kv_blocks": draw(st.integers(4, 12)),
+                      "max_model_len": 64,  # Orca reserves 64 tokens (4 blocks): the smallest cache holds one
                       "scheduler": sched, "max_batch_size": draw(st.integers(1, 4)),
                       "token_budget": draw(st.integers(8, 64)) if sched in ("sarathi", "vllm_v1") else None})
     return reqs, pools, draw(st.sampled_from(["least_kv", "least_running"])), draw(st.booleans())
@@ -143,9 +144,11 @@ def test_plan_searches_prefill_decode_ratios_beside_aggregated_ones(tmp_path, ca
 
 def test_review_fixes_pools_kept_apart():
     """The prefill pool holds a prompt and its first token (not the whole request); Orca decodes without
-    preempting (it reserves the maximum length); KV use is reported per pool; FasterTransformer cannot decode."""
+    preempting (it reserves the maximum length: 96 tokens, 6 blocks, two requests at a time in 12); KV use is
+    reported per pool; FasterTransformer cannot decode."""
     reqs = [(0.0, 32, 60)] * 4  # 32 + 60 tokens: 6 blocks on the decode side, 3 on the prefill side
-    res = _run(reqs, _config(prefill={"kv_blocks": 3}, decode={"kv_blocks": 12, "scheduler": "orca"}))
+    res = _run(reqs, _config(prefill={"kv_blocks": 3, "max_model_len": 96},
+                             decode={"kv_blocks": 12, "scheduler": "orca", "max_model_len": 96}))
     assert res.summary["requests"]["completed"] == 4 and res.summary["kv_cache"]["preemptions"] == 0
     pools = res.summary["kv_cache"]["pools"]
     assert pools["prefill"]["blocks_per_replica"] == 3 and pools["decode"]["blocks_per_replica"] == 12
