@@ -28,8 +28,7 @@ DEFAULT_ACCEPTANCE: dict[str, tuple[str, str]] = {
     # (table on the nebius/EAGLE3-Llama-3.3-70B-Instruct model card, 2025); 1 + sum_{i<=7} a^i = 2.77 gives a = 0.65
     "eagle3": ("0.65", ("EAGLE-3 Llama-3.1-8B head, tau 2.77 at K=7 on MT-bench (nebius EAGLE3-Llama-3.3-70B model "
                         "card's comparison table): geometric a=0.65")),
-    # EAGLE (Li et al. 2024, arXiv 2401.15077) reports per-position acceptance of about 0.7 for its 7B chat heads
-    "eagle": ("0.7", "EAGLE paper (arXiv 2401.15077), n-alpha about 0.7 on MT-bench for 7B chat models: geometric"),
+    # no default for "eagle": we could not check the EAGLE paper's per-position rates here (give --spec-acceptance)
     # DeepSeek-V3 technical report (arXiv 2412.19437, section 5.4.3): the second token's acceptance is 85-90%
     "mtp": ("0.875", "DeepSeek-V3 report (arXiv 2412.19437 s5.4.3): MTP 2nd-token acceptance 85-90%, midpoint"),
 }

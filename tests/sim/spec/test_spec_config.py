@@ -14,7 +14,7 @@ def test_vllm_keys_and_the_methods_defaults():
     assert parse_speculative_config('{"method": "mtp", "num_speculative_tokens": 1}').acceptance.rates == (0.875,)
     ng = parse_speculative_config('{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_max": 5}', "0.5")
     assert ng.lookahead == 0  # n-gram writes no draft KV: vLLM allocates no lookahead slots
-    assert set(DEFAULT_ACCEPTANCE) == {"eagle", "eagle3", "mtp"}
+    assert set(DEFAULT_ACCEPTANCE) == {"eagle3", "mtp"}
 
 
 def test_geometric_and_per_position_acceptance():
