@@ -35,6 +35,7 @@ from engine.device import (
 )
 from engine.gc_pause import frozen_heap
 from engine.runner import ModelRunner
+from engine.speculative import speculate, speculation_outputs
 from sim import metrics
 from sim.batch import Batch
 from sim.catalog.models import ModelSpec
@@ -44,6 +45,7 @@ from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
 from sim.serving.cluster import STAGE_FIELDS
 from sim.serving.frontend import PRESETS
+from sim.serving.load_verdict import add_load_verdict
 from sim.serving.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns
 from sim.workload.servable import SkippedRequest, rebase_arrivals
 
@@ -70,6 +72,8 @@ class EngineConfig(ServingConfig):
     cuda_graphs: bool | None = None   # None: on for CUDA
     gpu: str | None = None            # catalogue GPU for roofline FLOPs/bytes; None: detected from the device
     checkpoint: str | None = None     # local safetensors directory; None: seeded random weights
+    speculative_config: str | None = None  # vLLM's JSON; the engine runs method ngram (engine.speculative)
+    spec_acceptance: str | None = None     # unused by the engine (it measures acceptance); kept for the simulator
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +101,7 @@ class EngineResult:
     skipped: list[SkippedRequest] = field(default_factory=list)
     # request id -> output ids (sampled; in a block the trace shares, the key's id fed instead: ModelRunner.execute)
     token_ids: dict[str, list[int]] = field(default_factory=dict)
+    speculation: Any = None  # engine.speculative.EngineSpeculation of a speculative run: its lookups
 
 
 def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
@@ -183,13 +188,14 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
            model: ModelSpec | None = None, source: str = "<trace>",
            on_finish: Callable[[Request], None] | None = None,
            on_batch: Callable[[Batch], None] | None = None, progress: bool = False,
-           **overrides: Any) -> EngineResult:
+           closed_loop: Any = None, **overrides: Any) -> EngineResult:
     """Serve ``trace`` on the real engine and measure it; the engine-side counterpart of ``sim.simulate``.
 
     ``runner`` reuses a built ``ModelRunner`` (its block size and KV capacity win over
     ``config``); ``on_batch`` sees every measured batch after it completes; keyword
     ``overrides`` patch ``config`` fields. Raises ``EngineOutOfMemoryError`` with the
-    setting to change when the device runs out of memory.
+    setting to change when the device runs out of memory. ``closed_loop`` (``sim.serving.closed_loop.ClosedLoop``)
+    sends each request once one of its clients is free, as the simulator does with it.
     """
     config = dataclasses.replace(config or EngineConfig(), **overrides)
     spec = model or (runner.spec if runner is not None else config.model_spec())
@@ -206,10 +212,14 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     origin = rebase_arrivals(requests)
     sched = config.make_scheduler(runner.num_blocks)
     warm = warm_up(runner, config, requests, config.warmup)
+    speculation = speculate(config, sched, runner, spec) if config.speculative_config else None
 
-    with frozen_heap():  # no full garbage collection inside the measured loop (engine.gc_pause)
-        rows, micro, batches, token_ids = _serve(runner, sched, requests, config, on_finish, on_batch,
-                                                 progress)
+    try:
+        with frozen_heap():  # no full garbage collection inside the measured loop (engine.gc_pause)
+            rows, micro, batches, token_ids = _serve(runner, sched, requests, config, on_finish, on_batch,
+                                                     progress, closed_loop)
+    finally:
+        runner.speculation = None  # a reused runner (validate) starts its next run without it
 
     frame = pd.DataFrame(rows, columns=list(BATCH_FIELDS))
     if gpu is not None and len(batches):  # work done, priced by the roofline of this device after the run
@@ -237,13 +247,20 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
     summary["config"]["engine_loop"] = "serial"  # the engine schedules, then runs (no async scheduling)
     summary["config"]["effective_max_num_seqs"] = config.effective_max_batch_size(spec)
     summary["frontend"] = PRESETS["none"].describe()  # requests go to the engine directly: its own times
-    return EngineResult(summary, req_df, frame, stages, skipped, token_ids)
+    add_load_verdict(summary, req_df, frame)  # the saturation verdict, goodput and knob, as the simulator's
+    if closed_loop is not None:
+        summary["closed_loop"] = closed_loop.describe()
+    if speculation is not None:  # the simulator's speculative outputs, from the same scheduler state
+        frame, req_df = speculation_outputs(summary, frame, req_df, requests, sched, speculation)
+    return EngineResult(summary, req_df, frame, stages, skipped, token_ids, speculation)
 
 
 def _serve(runner: ModelRunner, sched: Any, requests: list[Request], config: EngineConfig,
            on_finish: Callable[[Request], None] | None, on_batch: Callable[[Batch], None] | None,
-           progress: bool) -> tuple[list[tuple], list[tuple], list[Batch], dict[str, list[int]]]:
-    """The real-time serving loop: admit arrivals, schedule, execute, record each batch's times."""
+           progress: bool, closed_loop: Any = None
+           ) -> tuple[list[tuple], list[tuple], list[Batch], dict[str, list[int]]]:
+    """The real-time serving loop: admit arrivals (with ``closed_loop``, once a client is free to send them),
+    schedule, execute, record each batch's times."""
     from tqdm import tqdm
     bar = tqdm(total=len(requests), unit="req", desc="engine", disable=not progress, mininterval=0.5)
     token_ids: dict[str, list[int]] = {}
@@ -253,16 +270,22 @@ def _serve(runner: ModelRunner, sched: Any, requests: list[Request], config: Eng
     pending = deque(requests)
     clock = time.perf_counter
     t0 = clock()
+
+    def sendable(r: Request) -> float:  # when the next request goes out: its arrival, or a client's turn
+        return r.arrival_time if closed_loop is None else closed_loop.next_send(r.arrival_time)
+
     while True:
         start = clock() - t0
-        while pending and pending[0].arrival_time <= start:
+        while pending and sendable(pending[0]) <= start:
             r = pending.popleft()
+            if closed_loop is not None:
+                closed_loop.send(r)
             r.replica = 0
             sched.add_request(r)
         batch = sched.schedule(start)
         if batch is None:
-            if pending:  # idle: sleep until the next arrival
-                wait = pending[0].arrival_time - (clock() - t0)
+            if pending and sendable(pending[0]) < math.inf:  # idle: sleep until the next arrival
+                wait = sendable(pending[0]) - (clock() - t0)
                 if wait > 0:
                     time.sleep(wait)
                 continue
@@ -276,6 +299,8 @@ def _serve(runner: ModelRunner, sched: Any, requests: list[Request], config: Eng
         for r in finished:
             token_ids[r.request_id] = runner.token_ids(r)[r.prompt_tokens:]
             runner.release(r)
+            if closed_loop is not None:
+                closed_loop.release(done)
         end = clock() - t0
         tm = runner.last_timing
         launch = done - tm["forward_s"] - (tm["total_s"] - tm["host_s"] - tm["forward_s"])

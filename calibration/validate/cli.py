@@ -29,7 +29,7 @@ from sim.cli.values import (
     seed_value,
     total_tokens,
 )
-from sim.cli.workload_args import add_reuse_arguments
+from sim.cli.workload_args import add_load_arguments, add_reuse_arguments, closed_loop_from_args
 
 #: engine iterations run and discarded per run at most (--warmup), batches re-run with op timers (--op-check),
 #: engine runs per scheduler and load (--repeats), CPU threads (--threads)
@@ -117,6 +117,7 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     w.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="draw generated (prompt, output) pairs from a trace or length table instead" + _NO)
     add_reuse_arguments(w)
+    add_load_arguments(p)  # --max-concurrency: closed-loop clients on the engine and in the simulator alike
     w.add_argument("--max-total-tokens", type=total_tokens, default=None, metavar="N",
                    help="scale requests longer than N tokens down to N, keeping prompt:output (default: the "
                         "model's context length" + _NO + ")")
@@ -179,6 +180,13 @@ def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="automatic prefix caching on the engine and in the simulator (vLLM's flags): the report "
                         "adds the prefix-cache hit rate measured against predicted; default: on for vllm_v1, "
                         "off for the other policies")
+    s.add_argument("--speculative-config", default=None, metavar="JSON",
+                   help='n-gram speculative decoding (vllm_v1), vLLM\'s JSON, e.g. \'{"method": "ngram", '
+                        '"num_speculative_tokens": 3, "prompt_lookup_min": 2, "prompt_lookup_max": 4}\': the engine '
+                        "drafts by prompt lookup and verifies greedily; its measured per-position acceptance and "
+                        "lookups are fed to the simulator, and the report compares them (default: off)")
+    from sim.measured.cli import add_measured_arguments
+    add_measured_arguments(p)  # --measured: a benchmark client's result against the simulator, no engine
     return p
 
 
@@ -223,6 +231,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     of batches with every op timed inside the forward pass to show which ops the error comes from. Writes
     report.md, report.json, plots and both runs' folders into --out.
     """
+    from sim.measured.cli import cmd_validate_measured, refuse_measured_only
+    if args.measured:  # no engine, no torch: the simulator against a benchmark client's measured run
+        return cmd_validate_measured(args)
+    refuse_measured_only(args)
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -240,7 +252,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         offline=args.offline, qps=args.qps, loads=args.loads, arrival=args.arrival, cv=args.cv,
         slo_tbt_p99=args.slo_tbt_p99, slo_delay_p50=args.slo_delay_p50, capacity_duration=args.capacity_duration,
         capacity_seeds=args.capacity_seeds, plots=args.plots, timeline=args.timeline, op_check=args.op_check,
-        repeats=args.repeats)
+        repeats=args.repeats, max_concurrency=args.max_concurrency, think_time_s=args.think_time,
+        speculative_config=args.speculative_config)
+    closed_loop_from_args(args)  # --think-time without --max-concurrency: refused before any engine run
     from sim.outputs.run_folder import prepare_out_dir
     out = prepare_out_dir(args.out)  # before the workload and any engine run
     trace, source, warnings = _workload(args)
@@ -273,7 +287,7 @@ def summary_text(result) -> str:
     keys = ("ttft_p50", "ttft_p99", "tbt_p50", "tbt_p99", "e2e_p50", "throughput")
     caches = {r.name: prefix_cache_comparison(r.engine.summary, r.simulated.summary) for r in result.runs}
     hits = any(caches.values())  # a column of prefix-cache hit rates (measured/predicted) when caching is on
-    lines = [f"{'run':<20}" + "".join(f"{k.replace('_', ' ').upper():>10}" for k in keys)
+    lines = [f"{'run':<20}" + "".join(f"{k.replace('_', ' ').upper():>11}" for k in keys)
              + f"{'prefill':>9}{'decode':>8}{'mixed':>8}{'all':>7}" + (f"{'hit meas/pred':>16}" if hits else "")
              + "  same batches"]
     for r in result.runs:
@@ -282,7 +296,7 @@ def summary_text(result) -> str:
         pc = caches[r.name]
         hit = (f"{rate(pc['hit_rate_tokens']['measured'])}/{rate(pc['hit_rate_tokens']['predicted'])}"
                if pc else "-")
-        lines.append(f"{r.name:<20}" + "".join(f"{pct(tails[k]['error']):>10}" for k in keys)
+        lines.append(f"{r.name:<20}" + "".join(f"{pct(tails[k]['error']):>11}" for k in keys)
                      + "".join(f"{pct(kinds.get(k, {}).get('total', {}).get('median')):>{w}}"
                                for k, w in (("prefill", 9), ("decode", 8), ("mixed", 8)))
                      + f"{pct(r.batch_error['total']['median']):>7}" + (f"{hit:>16}" if hits else "")

@@ -52,6 +52,9 @@ class ValidateConfig:
     timeline: bool = True
     op_check: int = 24                  # engine batches re-run with per-op timers (0: no op check)
     repeats: int = 1                    # engine runs per scheduler and load (the median one is reported)
+    max_concurrency: int | None = None  # closed-loop clients on both sides (sim.serving.closed_loop); None: open loop
+    think_time_s: float = 0.0           # a client's pause between a completion and its next request
+    speculative_config: str | None = None  # vLLM's JSON, method ngram: measured on the engine, fed to the simulator
 
     def __post_init__(self) -> None:
         from sim.schedulers import scheduler_class
@@ -91,6 +94,13 @@ class ValidateConfig:
             raise ValueError(f"capacity_seeds must be >= 1, got {self.capacity_seeds}")
         for s in set(self.token_budgets) - {"*"}:  # budgets for policies not validated now are ignored
             scheduler_class(s)
+        if self.speculative_config is not None:
+            from engine.speculative import engine_spec_config, prompt_lookup
+            engine_spec_config(self.speculative_config)  # n-gram only: the engine measures its acceptance
+            prompt_lookup(self.speculative_config)
+            if any(not scheduler_class(s).supports_speculation for s in self.schedulers):
+                raise ValueError("--speculative-config is modelled for vLLM V1 only: validate with --schedulers "
+                                 "vllm_v1")
 
     def model_spec(self) -> ModelSpec:
         """The model's shape, with ``max_model_len`` applied."""

@@ -329,6 +329,9 @@ def _run_markdown(r: dict[str, Any]) -> list[str]:
             if cm["offline"] else "online: timing differs, so batches may legitimately differ")
     lines += [f"Batch compositions: {cm['matching']} of {cm['engine_batches']} engine batches equal the simulator's "
               f"({_apct(cm['fraction'])}; {what}).", ""]
+    if r.get("speculative"):  # acceptance measured, used and simulated (calibration.validate.speculative)
+        from calibration.validate.speculative import markdown
+        lines += markdown(r["speculative"])
     if len(r.get("repeats") or []) > 1:
         reps = r["repeats"]
         meds = _repeat_medians(reps)

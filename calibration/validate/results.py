@@ -59,6 +59,7 @@ class RunResult:
     executed: list[ExecutedBatch] = field(default_factory=list, repr=False)
     repeats: list[dict[str, Any]] = field(default_factory=list)  # every engine run of this pair (median_run)
     probe: dict[str, float] | None = None  # reference timing before and after the engine run, and their drift
+    speculative: dict[str, Any] | None = None  # calibration.validate.speculative.comparison (speculative runs)
 
     def to_dict(self) -> dict[str, Any]:
         """The run's entry in report.json."""
@@ -81,6 +82,7 @@ class RunResult:
             "iterations": {"measured": eng["batches"]["iterations"], "predicted": sim["batches"]["iterations"]},
             "preemptions": {"measured": eng["kv_cache"]["preemptions"], "predicted": sim["kv_cache"]["preemptions"]},
             "prefix_cache": prefix_cache_comparison(eng, sim),
+            "speculative": self.speculative,
             "batch_error": self.batch_error,
             "repeats": self.repeats,
             "request_level": self.request_error,

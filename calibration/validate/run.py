@@ -65,8 +65,16 @@ def _engine_config(cfg: ValidateConfig, scheduler: str, offline: bool, device: A
                         gpu_memory_utilization=cfg.gpu_memory_utilization,
                         kv_blocks=cfg.kv_blocks, strict=cfg.strict, seed=cfg.seed, device=cfg.device,
                         dtype=cfg.dtype, backend=cfg.backend, offline=offline, warmup=cfg.warmup,
-                        cuda_graphs=cfg.cuda_graphs)
+                        cuda_graphs=cfg.cuda_graphs, speculative_config=cfg.speculative_config)
     return cap_prefill_tokens(ecfg, device) if device is not None else ecfg
+
+
+def _clients(cfg: ValidateConfig) -> Any:
+    """A fresh ClosedLoop of ``cfg``'s clients for one run (engine or simulator), or None (open loop)."""
+    if cfg.max_concurrency is None:
+        return None
+    from sim.serving.closed_loop import ClosedLoop
+    return ClosedLoop(cfg.max_concurrency, cfg.think_time_s)
 
 
 def machine_probe(device: Any, repeats: int = 5) -> float:
@@ -100,7 +108,8 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
         ran.append((batch, runner.last_timing["forward_s"]))
 
     before = machine_probe(runner.device)
-    eng = replay(trace, ecfg, runner=runner, source=source, on_batch=on_batch, progress=progress)
+    eng = replay(trace, ecfg, runner=runner, source=source, on_batch=on_batch, progress=progress,
+                 closed_loop=_clients(cfg))
     after = machine_probe(runner.device)
     executed = [ExecutedBatch.capture(b, fwd) for b, fwd in ran]  # items are immutable (request, new, cached)
     comps = [ex.composition() for ex in executed]
@@ -108,7 +117,15 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
     sim_cfg = ecfg.sim_config(gpu=sim_gpu, kv_blocks=runner.num_blocks)
     recorder = RecordingCost(cost)
     sim_trace = offline_trace(trace) if offline else trace
-    simulated = simulate(sim_trace, sim_cfg, cost_model=recorder, source=source)
+    spec_kw, used = {}, None
+    if cfg.speculative_config:  # the measured acceptance and lookups fed to the simulator (validate.speculative)
+        from calibration.validate.speculative import MeasuredLookups, acceptance_arg, acceptance_used
+        used = acceptance_used(eng.summary["speculative"]["per_position_acceptance"])
+        sim_cfg = dataclasses.replace(sim_cfg, speculative_config=cfg.speculative_config,
+                                      spec_acceptance=acceptance_arg(used[0]))
+        spec_kw = {"spec_proposer": MeasuredLookups(eng.speculation.lookups)}
+    simulated = simulate(sim_trace, sim_cfg, cost_model=recorder, source=source, closed_loop=_clients(cfg),
+                         **spec_kw)
     simulated.summary["timing"] = "predicted"
     simulated.summary["config"]["gpu"] = getattr(sim_gpu, "name", sim_gpu)
     priced = price_batches(executed, eng.batches, cost)
@@ -117,6 +134,9 @@ def run_pair(trace: list[TraceRequest], cfg: ValidateConfig, scheduler: str, lev
                     request_errors(eng.summary, simulated.summary), composition_match(comps, recorder.ordered()),
                     len(trace), executed)
     res.probe = {"before_s": before, "after_s": after, "drift": max(before, after) / min(before, after) - 1.0}
+    if used is not None:
+        from calibration.validate.speculative import comparison
+        res.speculative = comparison(eng, simulated, priced, *used)
     return res
 
 
@@ -182,6 +202,17 @@ def _levels(cfg: ValidateConfig) -> list[LoadLevel]:
     return [LoadLevel("trace")]
 
 
+def cpu_profile_warning(profile: str | Path, meta: dict) -> str:
+    """Why a CPU profile's predictions may be off here: it times one machine (its CPU, threads and load) at one
+    moment; the committed tiny-cpu profile was measured elsewhere (issue 32: -50..-75% against -19..+25% when
+    calibrated on the machine itself)."""
+    dev = meta.get("device") or {}
+    return (f"profile {profile} was measured on a CPU ({dev.get('name', '?')}, {dev.get('threads', '?')} thread(s), "
+            f"{meta.get('date', 'date unknown')}): a CPU profile belongs to the machine and the moment it was measured "
+            f"on, and another CPU, thread count or load shifts every prediction; leave out --profile to calibrate "
+            f"on this machine first")
+
+
 def load_cost_model(profile: str | Path, model: str):
     """The profiled cost model of ``profile`` for ``model`` on the profile's own device (no transfer)."""
     from sim.cost.profiled import ProfiledCostModel
@@ -218,6 +249,9 @@ def validate(trace: list[TraceRequest], config: ValidateConfig, profile: str | P
     if device.type == "cuda" and prof is not None and prof.gpu and engine_gpu is not None and engine_gpu.name != prof.gpu:
         notes.append(f"profile measured on {prof.gpu}, engine runs on {engine_gpu.name}: predictions are for the "
                      f"profile's GPU")
+    if device.type == "cpu" and prof is not None and profile is not None:  # issue 32: a CPU profile is a snapshot
+        notes.append(cpu_profile_warning(profile, meta))
+        log(f"warning: {notes[-1]}")
     threads = config.threads if config.threads is not None else (pdev.get("threads") if device.type == "cpu" else None)
     if device.type == "cpu" and threads is None:
         threads = 1

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sim.capacity.outcome import label_of
 from sim.catalog.hardware import get_gpu
 from sim.catalog.models import get_model
 from sim.kv.memory import InfeasibleConfigError
@@ -45,10 +46,8 @@ class Candidate:
         """E.g. '4x h100-sxm (2 replicas x TP2 PP1) sarathi budget 512': the GPU count first."""
         if self.disagg is not None:
             return self.disagg.label
-        b = f" budget {self.token_budget}" if self.token_budget is not None else ""
-        reps = f"{self.replicas} replica{'s' if self.replicas > 1 else ''}"
-        ep = f" EP{self.ep}" if self.ep > 1 else ""
-        return f"{self.gpus}x {self.gpu} ({reps} x TP{self.tp}{ep} PP{self.pp}) {self.scheduler}{b}"
+        return label_of(self.gpu, self.gpus, self.replicas, self.tp, self.ep, self.pp, self.scheduler,
+                        self.token_budget)
 
 
 def powers_of_two(limit: int) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import math
 import os
+import re
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -46,8 +47,8 @@ RESULTS_FILE = "results.jsonl"
 MAX_PRICE = 1e6
 TABLE_COLUMNS = ["config", "mode", "gpu", "tp", "ep", "pp", "replicas", "gpus", "scheduler", "token_budget",
                  "status", "capacity_qps", "capacity_min", "capacity_max", "qps_per_gpu", "output_tok_s_per_gpu", "usd_per_hour",
-                 "usd_per_m_output_tokens", "tbt_p99", "scheduling_delay_p50", "ttft_p99", "kv_blocks",
-                 "skipped", "simulations", "cost_model", "note"]
+                 "usd_per_m_output_tokens", "goodput_qps", "tbt_p99", "scheduling_delay_p50", "ttft_p99",
+                 "binding", "limit", "saturated_rps", "kv_blocks", "skipped", "simulations", "cost_model", "note"]
 
 
 # ---- prices -----------------------------------------------------------------------------------------
@@ -158,8 +159,9 @@ def sustained_output_tok_s(qps: float, metrics: dict[str, Any]) -> float | None:
     return qps * metrics["output_tokens"] / metrics["completed"]
 
 
-def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {k: None for k in TABLE_COLUMNS}
+def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = None,
+         slo_names: Iterable[str] = ()) -> dict[str, Any]:
+    row: dict[str, Any] = {k: None for k in [*TABLE_COLUMNS, *slo_names]}
     row.update(config=c.label, mode=c.mode, gpu=c.gpu, tp=c.tp, ep=c.ep, pp=c.pp, replicas=c.replicas, gpus=c.gpus,
                scheduler=c.scheduler,
                token_budget=c.token_budget, kv_blocks=c.kv_blocks)
@@ -176,7 +178,10 @@ def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = Non
     row.update(status="ok", capacity_qps=res.capacity, capacity_min=res.capacity_min,
                capacity_max=res.capacity_max, qps_per_gpu=res.capacity / c.gpus,
                tbt_p99=m.get("tbt_p99"), scheduling_delay_p50=m.get("scheduling_delay_p50"),
-               ttft_p99=m.get("ttft_p99"), skipped=m.get("skipped"))
+               ttft_p99=m.get("ttft_p99"), skipped=m.get("skipped"), binding=",".join(res.binding) or None,
+               limit=res.limit, saturated_rps=res.saturated_rps,
+               goodput_qps=res.capacity * m["good_fraction"] if m.get("good_fraction") is not None else None,
+               **{name: m.get(name) for name in slo_names})
     notes = [fallback] if fallback else []
     if res.capacity == 0:
         notes.append("fails the SLO even at the lowest rate tried")
@@ -191,6 +196,11 @@ def _row(c: Candidate, res, prices: dict[str, float], fallback: str | None = Non
         if row["usd_per_hour"] is not None and tok_s > 0:
             row["usd_per_m_output_tokens"] = row["usd_per_hour"] / (tok_s * 3600) * 1e6
     return row
+
+
+def slo_columns(slo: Slo) -> list[str]:
+    """The SLO's bounds that the fixed columns lack (plan.csv gets a column per bound the user gave)."""
+    return [name for name, _ in slo.bounds if name not in TABLE_COLUMNS]
 
 
 def sort_table(table: pd.DataFrame, by: str = "capacity") -> pd.DataFrame:
@@ -262,7 +272,8 @@ def plot_pareto(points: pd.DataFrame, front: pd.DataFrame, path: str | os.PathLi
                 family="monospace")
     ax.set_xlabel("request rate per GPU (req/s) meeting the SLO; faint: single-seed runs that passed")
     ax.set_ylabel(f"{latency.replace('_', ' ').upper()} (ms)")
-    ax.set_title(title or "latency vs throughput")
+    import textwrap  # a long SLO would run past the axes (and the legend beside them): wrap it instead
+    ax.set_title("\n".join(textwrap.wrap(title or "latency vs throughput", 70)), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return save_figure(fig, path)
@@ -272,7 +283,8 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
          seeds: Iterable[int] = (0, 1, 2), rel_tol: float = 0.05, pass_rule: str = "median",
          prices: dict[str, float] | None = None, out_dir: str | os.PathLike[str] | None = None,
          executor: cf.Executor | None = None, progress: bool | None = None,
-         profile: ProfileRef | None = None) -> PlanResult:
+         profile: ProfileRef | None = None, goodput: dict[str, float] | None = None,
+         clients: tuple[int, float] | None = None) -> PlanResult:
     """Run the capacity search of every feasible candidate and tabulate them.
 
     With ``out_dir``, points go to ``out_dir/results.jsonl`` (a rerun resumes from it) and the
@@ -288,7 +300,8 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
     fallback = {i: profile.fallback(c.config) if profile is not None else None
                 for i, c in enumerate(candidates) if c.config is not None}
     searches = {i: CapacitySearch(c.config, workload, slo, seeds=seeds, rel_tol=rel_tol, pass_rule=pass_rule,
-                                  label=c.label, profile=profile if fallback[i] is None else None)
+                                  label=c.label, profile=profile if fallback[i] is None else None,
+                                  goodput=goodput, clients=clients)
                 for i, c in enumerate(candidates) if c.config is not None}
     own = executor is None
     executor = executor if executor is not None else InlineExecutor()
@@ -303,10 +316,10 @@ def plan(candidates: list[Candidate], workload: Workload, slo: Slo | None = None
     for i, c in enumerate(candidates):
         res = searches[i].result() if i in searches else None
         results.append(res)
-        rows.append(_row(c, res, prices, fallback.get(i)))
+        rows.append(_row(c, res, prices, fallback.get(i), slo_columns(slo)))
         if i in searches:
             rows[-1]["cost_model"] = "roofline" if searches[i].profile is None else "profiled"
-    table = sort_table(pd.DataFrame(rows, columns=TABLE_COLUMNS))
+    table = sort_table(pd.DataFrame(rows, columns=[*TABLE_COLUMNS, *slo_columns(slo)]))
     points = passing_points(candidates, searches)
     # the front is built from the table (each configuration at its capacity, median over seeds), so that
     # every figure in pareto.csv is the one plan.csv gives for the same configuration
@@ -332,25 +345,65 @@ def _fmt(v: Any, spec: str) -> str:
     return format(v, spec)
 
 
-def format_table(table: pd.DataFrame, limit: int | None = None) -> str:
-    """Fixed-width text of the plan table (feasible rows first, infeasible/error rows with their reason)."""
+def _slo_header(name: str) -> tuple[str, float, str]:
+    """(column header, scale, format) of an SLO metric: TBT and TPOT in ms, the others in seconds."""
+    lat, _, stat = name.rpartition("_")
+    short = {"scheduling_delay": "delay", "ttft": "TTFT", "tbt": "TBT", "tpot": "TPOT", "e2e": "E2E"}[lat]
+    if lat in ("tbt", "tpot"):
+        return f"{short}{stat[1:] if stat[0] == 'p' else stat} ms", 1e3, ".0f"
+    return f"{short}{stat[1:] if stat[0] == 'p' else stat} s", 1.0, ".2f"
+
+
+#: digits in an infeasible row's reason: rows whose reasons differ only there are printed as one line
+_NUMBERS = re.compile(r"\d+(\.\d+)?")
+
+
+def format_table(table: pd.DataFrame, limit: int | None = None, slo: Slo | None = None) -> str:
+    """Fixed-width text of the plan table: a column per SLO bound (``slo``; default Sarathi-Serve's two), the bound
+    that binds just above capacity and the knob most often full; infeasible rows whose reasons differ only in their
+    figures are folded into one line with their count."""
+    names = [n for n, _ in (slo or Slo()).bounds]
+    cols = [_slo_header(n) for n in names]
     head = (f"{'gpu':<10}{'TPxPPxR':>9}{'gpus':>5} {'scheduler':<10}{'budget':>7}{'cap qps':>9}{'seeds':>15}"
-            f"{'qps/gpu':>9}{'tok/s/gpu':>10}{'$/h':>7}{'$/Mtok':>8}{'TBT99 ms':>9}{'delay50 s':>10}{'sims':>5}")
+            f"{'qps/gpu':>9}{'goodput':>8}{'$/h':>7}{'$/Mtok':>8}" + "".join(f"{h:>11}" for h, _, _ in cols)
+            + f"{'sims':>5}  binding / limit")
     lines = [head, "-" * len(head)]
     rows = table if limit is None else table.head(limit)
+    folded: dict[tuple, list] = {}
     for r in rows.itertuples(index=False):
         disagg = getattr(r, "mode", "aggregated") == "disaggregated"
-        par = "P/D" if disagg else f"{r.tp}x{r.pp}x{r.replicas}"
+        par = "P/D" if disagg else f"{r.tp}x{r.pp}x{r.replicas}" + (f"E{r.ep}" if r.ep and r.ep > 1 else "")
         budget = _fmt(r.token_budget if r.token_budget == r.token_budget else None, ".0f")
         if r.status != "ok":
-            lines.append(f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}  {r.status.upper()}: {r.note}")
+            key = (r.gpu, r.status, _NUMBERS.sub("#", str(r.note)))
+            if key not in folded:
+                folded[key] = []
+                lines.append((key, f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}  "
+                                   f"{r.status.upper()}: {r.note}"))
+            folded[key].append(r)
             continue
         spread = f"{_fmt(r.capacity_min, '.3g')}-{_fmt(r.capacity_max, '.3g')}"
-        tbt = r.tbt_p99 * 1e3 if r.tbt_p99 is not None and r.tbt_p99 == r.tbt_p99 else None
+        values = "".join(f"{_fmt(_num(getattr(r, n, None), k), f):>11}" for n, (_, k, f) in zip(names, cols))
+        why = "/".join(str(v) for v in (r.binding, r.limit) if isinstance(v, str) and v)
         lines.append(f"{r.gpu:<10}{par:>9}{r.gpus:>5} {r.scheduler:<10}{budget:>7}{_fmt(r.capacity_qps, '.3g'):>9}"
-                     f"{spread:>15}{_fmt(r.qps_per_gpu, '.3g'):>9}{_fmt(r.output_tok_s_per_gpu, '.0f'):>10}"
-                     f"{_fmt(r.usd_per_hour, '.1f'):>7}{_fmt(r.usd_per_m_output_tokens, '.2f'):>8}"
-                     f"{_fmt(tbt, '.0f'):>9}{_fmt(r.scheduling_delay_p50, '.2f'):>10}{_fmt(r.simulations, '.0f'):>5}"
+                     f"{spread:>15}{_fmt(r.qps_per_gpu, '.3g'):>9}{_fmt(_num(r.goodput_qps), '.3g'):>8}"
+                     f"{_fmt(r.usd_per_hour, '.1f'):>7}{_fmt(r.usd_per_m_output_tokens, '.2f'):>8}{values}"
+                     f"{_fmt(r.simulations, '.0f'):>5}  {why or '-'}"
                      + (f"  [{r.config}]" if disagg else "")
                      + (f"  ({r.note})" if isinstance(r.note, str) and r.note else ""))
-    return "\n".join(lines)
+    out = []
+    for line in lines:
+        if isinstance(line, tuple):
+            key, text = line
+            n = len(folded[key])
+            out.append(text if n == 1 else f"{text}  [and {n - 1} more like it: {n} configurations]")
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
+def _num(v: Any, scale: float = 1.0) -> float | None:
+    """A table cell as a number (None for missing or NaN), times ``scale``."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    return v * scale

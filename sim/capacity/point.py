@@ -19,6 +19,8 @@ from sim.batch import Batch
 from sim.capacity.spec import _METRIC_RE, LATENCIES, STATS, Slo, Workload
 from sim.cost.interface import CostModel, DelegatingCost
 from sim.request import Request, TraceRequest
+from sim.serving.closed_loop import ClosedLoop
+from sim.serving.load_verdict import add_load_verdict
 from sim.serving.simulator import SimConfig
 
 # ---- one simulation point -------------------------------------------------------------------------
@@ -171,6 +173,8 @@ class PointSpec:
     slo: Slo | None = None              # enables stopping early once a bound is surely broken
     cost_model: CostModel | None = None  # default: the roofline model of config.gpu
     profile: PriceRef | None = None      # a calibration profile or the kernel databases (built in the worker)
+    goodput: tuple[tuple[str, float], ...] | None = None  # goodput's per-request bounds (None: the default)
+    clients: tuple[int, float] | None = None  # closed-loop clients and their think time (None: open loop)
 
     def __post_init__(self) -> None:
         if self.cost_model is not None and self.profile is not None:
@@ -186,6 +190,8 @@ class PointSpec:
             cost = self.profile.ident()
         ident = {"config": dataclasses.asdict(self.config), "workload": dataclasses.asdict(self.workload),
                  "cost": cost, "seed": self.seed, "qps": self.qps}
+        if self.clients is not None:  # (absent otherwise: open-loop points keep their keys)
+            ident["clients"] = list(self.clients)
         return hashlib.sha1(_canonical(ident).encode()).hexdigest()[:20]
 
 
@@ -318,6 +324,7 @@ def _simulated_indices(config: SimConfig, trace: list[TraceRequest]) -> list[int
 
     model = config.model_spec()
     blocks = config.kv_blocks if config.kv_blocks is not None else config.plan_memory(model).num_blocks
+    blocks //= config.num_virtual_engines  # vLLM v0 with PP: a request fits one virtual engine's share or never
     policy = scheduler_class(config.scheduler)
     budget = config.effective_token_budget(model)
     accepted, _ = prepare_requests(trace, model=model, block_manager=BlockManager(blocks, config.block_size,
@@ -336,6 +343,12 @@ def _flatten(summary: dict) -> dict[str, Any]:
              iterations=summary["batches"]["iterations"])
     if "prefix_cache" in summary:
         m["prefix_hit_rate_tokens"] = summary["prefix_cache"]["hit_rate_tokens"]
+    sat, good = summary.get("saturation") or {}, summary.get("goodput") or {}
+    m.update(saturated=sat.get("saturated"), offered_rps=sat.get("offered_rps"),
+             queue_growth_rps=sat.get("queue_growth_rps"), goodput_rps=good.get("requests_per_s"),
+             good_fraction=good.get("fraction"))
+    for knob, frac in ((summary.get("limits") or {}).get("full_fraction") or {}).items():
+        m[f"full_{knob}"] = frac
     return m
 
 
@@ -359,10 +372,12 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
         rec["cost_model"] = _cost_record(spec, cost)
         if not isinstance(spec.config, SimConfig):  # a disaggregated deployment: no early stop
             from sim.serving.disagg import simulate_disaggregated
-            rec["metrics"] = _flatten(simulate_disaggregated(trace, spec.config, source="capacity").summary)
+            res = simulate_disaggregated(trace, spec.config, source="capacity")
+            add_load_verdict(res.summary, res.requests, None, dict(spec.goodput) if spec.goodput else None)
+            rec["metrics"] = _flatten(res.summary)
             rec["wall_s"] = round(time.perf_counter() - t0, 4)
             return rec
-        if spec.slo is not None and spec.qps is not None:
+        if spec.slo is not None and spec.qps is not None and spec.clients is None:  # (sends wait for clients)
             simulated = _simulated_indices(spec.config, trace)
             watch = _Watch(spec.slo, trace, simulated)
             if cost is None:  # the model simulate() would build
@@ -372,7 +387,10 @@ def evaluate_point(spec: PointSpec) -> dict[str, Any]:
             cost = _WatchedCost(cost, watch)
         try:
             res = simulate(trace, spec.config, cost_model=cost, source="capacity",
-                           on_finish=watch.on_finish if watch is not None else None)
+                           on_finish=watch.on_finish if watch is not None else None,
+                           closed_loop=ClosedLoop(*spec.clients) if spec.clients else None)
+            if spec.goodput:
+                add_load_verdict(res.summary, res.requests, res.batches, dict(spec.goodput))
             rec["metrics"] = _flatten(res.summary)
             if watch is not None and res.summary["requests"]["simulated"] != len(simulated):
                 raise RuntimeError(f"capacity: expected {len(simulated)} simulated requests, the simulator ran "

@@ -14,6 +14,10 @@ How it is found (:class:`CapacitySearch`):
 3. every other seed does the same starting at the first seed's capacity with steps of
    1 + 2 rel_tol (seeds rarely differ by more than a few tens of percent).
 
+A rate passes only while the deployment sustains it: a rate above the probe's throughput T fails unsimulated, and
+a point whose waiting queue keeps growing (``sim.serving.load_verdict``) fails whatever its latencies. So capacity
+is never above what the deployment serves; the bound that stopped the search is reported with the knob at its limit.
+
 Each seed draws its own request lengths and arrival pattern; within a seed a rate change only
 rescales the same arrival pattern (and a longer run extends it), so the verdict is (nearly)
 monotone in the rate. The reported capacity aggregates the per-seed capacities by ``pass_rule``:
@@ -45,11 +49,12 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sim.capacity.outcome import CapacityResult, clients_note, deployment_label
 from sim.capacity.point import KernelsRef, PointSpec, PriceRef, ProfileRef, evaluate_point, point_passes
 from sim.capacity.results import ResultsFile
 from sim.capacity.spec import LATENCIES, STATS, Slo, Workload
@@ -155,32 +160,6 @@ class RateSearch:
         return self.hi is not None
 
 
-@dataclass
-class CapacityResult:
-    """Outcome of one configuration's search."""
-
-    label: str
-    config: SimConfig
-    capacity: float | None            # aggregated over seeds by pass_rule (None on error)
-    per_seed: list[float]
-    capacity_min: float | None
-    capacity_max: float | None
-    bounded: bool                     # False: some seed still passed at the highest rate tried
-    num_simulations: int              # probe included, cached points included
-    metrics: dict[str, Any]           # median over seeds of each metric at each seed's capacity point
-    points: list[dict] = field(default_factory=list)  # seed, qps, passed, metrics of every point
-    error: str | None = None
-    saturated_rps: float | None = None
-
-    def describe(self) -> str:
-        if self.error:
-            return f"{self.label}: error: {self.error}"
-        spread = f"seeds {self.capacity_min:.3g}-{self.capacity_max:.3g}" if len(self.per_seed) > 1 else "1 seed"
-        more = "" if self.bounded else " (still passing at the highest rate tried: a lower bound)"
-        return (f"{self.label}: capacity {self.capacity:.3g} req/s ({spread}){more}, "
-                f"{self.num_simulations} simulations")
-
-
 class CapacitySearch:
     """The capacity search of one configuration as a state machine the driver feeds with points.
 
@@ -192,7 +171,8 @@ class CapacitySearch:
     def __init__(self, config: SimConfig, workload: Workload, slo: Slo | None = None, *,
                  seeds: Iterable[int] = (0, 1, 2), rel_tol: float = 0.05, pass_rule: str = "median",
                  cost_model: CostModel | None = None, early_stop: bool = True, start_qps: float | None = None,
-                 label: str | None = None, profile: PriceRef | str | os.PathLike[str] | None = None) -> None:
+                 label: str | None = None, profile: PriceRef | str | os.PathLike[str] | None = None,
+                 goodput: dict[str, float] | None = None, clients: tuple[int, float] | None = None) -> None:
         if pass_rule not in PASS_RULES:
             raise ValueError(f"pass_rule must be one of {', '.join(PASS_RULES)}, got {pass_rule!r}")
         if profile is not None and cost_model is not None:
@@ -207,11 +187,11 @@ class CapacitySearch:
         if not self.seeds:
             raise ValueError("at least one seed is needed")
         self.rel_tol, self.pass_rule, self.cost_model, self.early_stop = rel_tol, pass_rule, cost_model, early_stop
+        self.goodput = tuple(sorted(goodput.items())) if goodput else None
+        self.clients = clients
         priced = "" if self.profile is None else " (profiled)" if isinstance(self.profile, ProfileRef) else " (kernels)"
         if isinstance(config, SimConfig):
-            budget = f" budget {config.token_budget}" if config.token_budget else ""
-            label = label or (f"{config.model} {config.replicas}x{config.gpu} TP{config.tp} PP{config.pp} "
-                              f"{config.scheduler}{budget}{priced}")
+            label = label or f"{config.model} {deployment_label(config)}{priced}{clients_note(clients)}"
         self.label = label or f"{config.model_spec().name} disaggregated {config.label}"
         self.searches: dict[int, RateSearch] = {}
         self.points: list[dict] = []
@@ -237,10 +217,11 @@ class CapacitySearch:
                                            min_rate=min_rate, max_rate=max_rate) if first > 0 else
                                 RateSearch(start, rel_tol=self.rel_tol, min_rate=min_rate, max_rate=max_rate))
 
-    def _spec(self, seed: int, qps: float | None) -> PointSpec:
-        cfg = dataclasses.replace(self.config, seed=seed)
-        return PointSpec(cfg, self.workload, seed, qps, self.slo if self.early_stop else None, self.cost_model,
-                         self.profile)
+    def point_spec(self, seed: int, qps: float | None) -> PointSpec:
+        """The simulation of seed ``seed`` at rate ``qps`` (None: the probe) of this search."""
+        slo = self.slo if self.early_stop else None
+        return PointSpec(dataclasses.replace(self.config, seed=seed), self.workload, seed, qps, slo, self.cost_model,
+                         self.profile, self.goodput, self.clients)
 
     @property
     def done(self) -> bool:
@@ -254,12 +235,35 @@ class CapacitySearch:
         if self.error is not None:
             return []
         if not self.searches:
-            specs = [self._spec(self.seeds[0], None)]
+            specs = [self.point_spec(self.seeds[0], None)]
         else:
-            specs = [self._spec(s, r) for s, rs in self.searches.items() if (r := rs.next_rate()) is not None]
+            specs = [self.point_spec(s, r) for s, r in self._rates()]
         fresh = [sp for sp in specs if sp.key not in self._outstanding]
         self._outstanding.update(sp.key for sp in fresh)
         return fresh
+
+    def _rates(self) -> list[tuple[int, float]]:
+        """(seed, rate) to simulate next. A rate above the probe's saturated throughput (every request queued at
+        once: the most the deployment serves) fails unsimulated: no capacity above what the deployment sustains."""
+        cap = _round_rate(self.saturated_rps) if self.saturated_rps is not None else None  # (rates are rounded)
+        while True:
+            out, moved = [], False
+            for s, rs in list(self.searches.items()):
+                r = rs.next_rate()
+                if r is not None and cap is not None and r > cap:
+                    rs.record(r, False)
+                    stop = {"metric": "saturation", "bound": cap}
+                    self.records[(s, r)] = {"metrics": None, "stopped": stop}
+                    self.points.append({"seed": s, "qps": r, "passed": False, "metrics": None, "stopped": stop})
+                    moved = True
+                elif r is not None:
+                    out.append((s, r))
+            first = self.searches[self.seeds[0]]
+            if len(self.searches) < len(self.seeds) and first.next_rate() is None:
+                self._start_other_seeds()
+                moved = True
+            if not moved:
+                return out
 
     def feed(self, spec: PointSpec, rec: dict) -> None:
         """Take the finished point ``rec`` (a record from :func:`evaluate_point` or the results file)."""
@@ -302,9 +306,26 @@ class CapacitySearch:
             for k in at_cap[0]:
                 vals = [m[k] for m in at_cap if m.get(k) is not None]
                 metrics[k] = float(np.median(vals)) if vals else None
+        from sim.serving.load_verdict import binding_knob
+        full = {k[5:]: v for k, v in metrics.items() if k.startswith("full_") and v is not None}
         return CapacityResult(self.label, self.config, agg, caps, float(min(caps)), float(max(caps)),
                               all(self.searches[s].bounded for s in self.seeds), self.num_simulations, metrics,
-                              self.points, None, self.saturated_rps)
+                              self.points, None, self.saturated_rps, self._binding(), self.slo.headroom(metrics),
+                              binding_knob(full) if full else None)
+
+    def _binding(self) -> list[str]:
+        """The bounds broken at each seed's lowest failing rate (an early stop names its bound), most common first."""
+        counts: dict[str, int] = {}
+        for s in self.seeds:
+            hi = self.searches[s].hi
+            rec = self.records.get((s, hi)) if hi is not None else None
+            if rec is None:
+                continue
+            names = ([rec["stopped"]["metric"]] if rec.get("stopped") else
+                     self.slo.binding(rec["metrics"]) if rec.get("metrics") else [])
+            for n in names:
+                counts[n] = counts.get(n, 0) + 1
+        return sorted(counts, key=lambda n: -counts[n])
 
 
 # ---- driving searches --------------------------------------------------------------------------------

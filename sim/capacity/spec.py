@@ -61,7 +61,18 @@ class Slo:
             v = metrics.get(name)
             if v is not None and v > bound:
                 out.append(f"{name} {v:.4g} s > {bound:g} s")
+        if metrics.get("saturated"):  # a growing queue: no rate above what the deployment sustains passes
+            out.append(f"saturated (the waiting queue grows at {metrics.get('queue_growth_rps') or 0:.3g} req/s)")
         return out
+
+    def binding(self, metrics: dict[str, Any]) -> list[str]:
+        """The names of the bounds ``metrics`` break ("saturation" for a growing queue), in the SLO's order."""
+        out = [name for name, bound in self.bounds if (metrics.get(name) or 0) > bound]
+        return out + (["saturation"] if metrics.get("saturated") else [])
+
+    def headroom(self, metrics: dict[str, Any]) -> dict[str, float]:
+        """Each bound's use at ``metrics``: value / bound (1 is at the bound), for the bounds with a value."""
+        return {name: metrics[name] / bound for name, bound in self.bounds if metrics.get(name) is not None}
 
     def describe(self) -> str:
         return ", ".join(f"{k} <= {v:g} s" for k, v in self.bounds) or "none"

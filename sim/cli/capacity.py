@@ -18,6 +18,7 @@ from sim.cli.plan_args import (
     add_search_arguments,
     add_slo_arguments,
     add_workload_arguments,
+    clip_line,
     cost_line,
     price_ref,
     seeds_of,
@@ -25,6 +26,8 @@ from sim.cli.plan_args import (
     slo_from_args,
     workload_from_args,
 )
+from sim.cli.values import rate
+from sim.cli.workload_args import add_load_arguments, closed_loop_from_args, goodput_of
 
 
 def _ms(seconds: float | None, spec: str = ".1f") -> str:
@@ -59,14 +62,19 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     config.check()  # an unknown GPU or weights that do not fit: one line, before any simulation
     seeds, slo, profile = seeds_of(args), slo_from_args(args), price_ref(args, args.gpu)
     workload = workload_from_args(args, config.model_spec())
+    clipped = clip_line(args, workload, config.model_spec())
+    loop = closed_loop_from_args(args)
+    clients = (loop.max_concurrency, loop.think_time_s) if loop else None
     search = CapacitySearch(config, workload, slo, seeds=seeds, rel_tol=args.rel_tol,
-                            pass_rule=args.pass_rule, profile=profile)
+                            pass_rule=args.pass_rule, profile=profile, goodput=goodput_of(args), clients=clients)
     if profile is not None and args.profile:
         note = profile.cost_model(search.config).transfer_note()  # type: ignore[attr-defined]
         if note:
             print(note, file=sys.stderr)
     if args.results:
         _check_results_path(args.results)
+    if args.qps is not None:
+        return check_rate(search, args, clipped)
     store = ResultsFile(args.results)
     executor = make_executor(min(args.jobs or os.cpu_count() or 1, args.seeds), args.ray)
     try:
@@ -80,15 +88,21 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         d = asdict(res)
         d["slo"] = slo.as_dict()
         d["cost_model"] = cost_line(search)
+        d["sustained"] = "a rate passes only while the deployment sustains it: capacity <= the sustained rate"
+        d["clipped_to_context"] = clipped
         print(json.dumps(d, indent=2, default=str))
         return _status(res)
     print(f"SLO: {slo.describe()}; {workload.num_requests} requests per point, seeds {search.seeds}; "
           f"cost model: {cost_line(search)}")
+    if clipped:
+        print(clipped)
     if res.error is None:
         print(res.describe())
         print("per seed: " + ", ".join(f"{s}: {c:.4g}" for s, c in zip(search.seeds, res.per_seed)) + " req/s")
         if res.metrics:
             print(_at_capacity(res.metrics))
+            print(res.describe_binding())
+            print(res.describe_limit())
         if args.verbose:
             for p in sorted(res.points, key=lambda p: (p["seed"], p["qps"])):
                 why = "pass" if p["passed"] else "FAIL"
@@ -126,6 +140,11 @@ def add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:
                         "`servesim simulate --profile` does; with --gpu other than the profile's device, times are a "
                         "roofline-scaled estimate. Each worker process builds the cost model once")
     add_cost_model_arguments(p)
+    p.add_argument("--qps", type=rate, default=None, metavar="R",
+                   help="check one rate instead of searching: does this deployment meet the SLO at R req/s (each "
+                        "seed, full runs), and with what headroom; `servesim plan --qps R` finds the cheapest "
+                        "deployment that does")
+    add_load_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="list every simulated rate and its verdict")
 
@@ -142,3 +161,28 @@ def _check_results_path(path: str) -> None:
             pass
     except OSError as e:
         raise ValueError(f"--results {p}: cannot write there ({e.strerror or e})") from None
+
+
+def check_rate(search: Any, args: argparse.Namespace, clipped: str | None = None) -> int:
+    """`capacity --qps R`: run every seed at R (no early stop) and say whether the SLO holds, with each bound's use,
+    the saturation verdict and goodput; exit 1 when the rate fails (by --pass-rule)."""
+    from sim.capacity.planner import make_executor
+    from sim.capacity.rate_check import check_at_rate
+    executor = make_executor(min(args.jobs or os.cpu_count() or 1, args.seeds), args.ray)
+    try:
+        check = check_at_rate(search, args.qps, executor=executor, progress=show_progress(args))
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    if args.json:
+        print(json.dumps({**check, "clipped_to_context": clipped}, indent=2, default=str))
+    else:
+        print(f"SLO: {search.slo.describe()}; {search.workload.size(args.qps)} requests per seed, seeds "
+              f"{search.seeds}; cost model: {cost_line(search)}")
+        if clipped:
+            print(clipped)
+        for line in check["lines"]:
+            print(line)
+    if check.get("error"):
+        error(f"{search.label}: {check['error']}")
+        return FAILED
+    return 0 if check["passes"] else FAILED

@@ -28,12 +28,14 @@ from sim.cli.plan_args import (  # noqa: F401 - DEFAULT_*: benchmarks/plan_speed
     add_search_arguments,
     add_slo_arguments,
     add_workload_arguments,
+    clip_line,
     price_ref,
     seeds_of,
     show_progress,
     slo_from_args,
     workload_from_args,
 )
+from sim.cli.plan_rate import size_and_check
 from sim.cli.values import (
     MAX_PARALLEL,
     MAX_REPLICAS,
@@ -44,8 +46,10 @@ from sim.cli.values import (
     gpu_count,
     int_list_in,
     int_range,
+    rate,
     token_count,
 )
+from sim.cli.workload_args import goodput_of
 
 _EXAMPLE = ("example: servesim plan --model llama-2-7b --gpus a100-80gb,h100-sxm --max-gpus 8 "
             "--schedulers vllm,sarathi --budgets 256,512,1024,2048 --slo-tbt-p99 0.1 --out plan-7b")
@@ -83,7 +87,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     prices = load_prices(args.prices) if args.prices else None
     base = SimConfig(max_model_len=args.max_model_len, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
                      router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching)
-    workload = workload_from_args(args, dataclasses.replace(base, model=args.model).model_spec())
+    model = dataclasses.replace(base, model=args.model).model_spec()
+    workload = workload_from_args(args, model)
+    clipped = clip_line(args, workload, model)
     candidates = enumerate_candidates(
         args.model, args.gpus, max_gpus=args.max_gpus, tps=args.tp, pps=args.pp, replicas=args.replicas,
         schedulers=args.schedulers, budgets=args.budgets, max_batch_size=args.max_batch,
@@ -116,17 +122,22 @@ def cmd_plan(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         res = plan(candidates, workload, slo, seeds=seeds, rel_tol=args.rel_tol, pass_rule=args.pass_rule,
-                   prices=prices, out_dir=args.out, executor=executor, progress=show_progress(args), profile=profile)
+                   prices=prices, out_dir=args.out, executor=executor, progress=show_progress(args), profile=profile,
+                   goodput=goodput_of(args))
+        sized = (size_and_check(args, res.table, candidates, workload, slo, seeds, profile, executor)
+                 if args.qps is not None else None)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     wall = time.perf_counter() - t0
+    if clipped:
+        print(clipped)
     print("by capacity per GPU (requests/s per GPU at the SLO; cost per million output tokens at that rate):")
-    print(format_table(res.table))
+    print(format_table(res.table, slo=slo))
     cheapest = sort_table(res.table, by="cost")
     cheapest = cheapest[cheapest["status"] == "ok"]
     if len(cheapest):
         print(f"\ncheapest {min(5, len(cheapest))} by cost per million output tokens:")
-        print(format_table(cheapest, limit=5))
+        print(format_table(cheapest, limit=5, slo=slo))
     if args.disaggregated:
         for mode in ("aggregated", "disaggregated"):
             best = cheapest[cheapest["mode"] == mode].head(1)
@@ -135,11 +146,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
                    f"{best.iloc[0]['qps_per_gpu']:.3g} req/s per GPU" if len(best) else "none"))
     text_path = os.path.join(args.out, "plan.txt")
     with naming(text_path), open(text_path, "w", encoding="utf-8") as fh:
-        fh.write(format_table(res.table) + "\n")
+        fh.write(format_table(res.table, slo=slo) + "\n")
     st = res.stats
     print(f"\n{st.simulated} simulations run now ({st.sim_wall_s:.0f} s of simulation), {st.reused} taken from "
           f"{res.results_path}; {wall:.1f} s wall")
-    print(f"wrote {args.out}/plan.csv, plan.txt, pareto.csv, points.csv" + (", pareto.png" if res.figure_path else ""))
+    print(f"wrote {args.out}/plan.csv, plan.txt, pareto.csv, points.csv" + (", pareto.png" if res.figure_path else "")
+          + (", sizing.csv, launch.sh, deployment.yaml" if sized and sized.get("wrote") else ""))
+    if sized is not None:
+        print("\n" + "\n".join(sized["lines"]))
+        if not sized["ok"]:
+            error(sized["lines"][-1])
+            return FAILED
     return _plan_status(res.table, args.out)
 
 
@@ -166,6 +183,11 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                         "(default: %(default)s)")
     add_max_model_len_argument(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (results.jsonl makes reruns resume)")
+    p.add_argument("--qps", type=rate, default=None, metavar="R",
+                   help="size for a target rate: the cheapest deployment meeting the SLO at R req/s (each "
+                        "configuration's capacity scaled out by whole replicas, then checked by simulating it at R), "
+                        "its headroom and the next-cheapest alternatives; writes DIR/sizing.csv, DIR/launch.sh (its "
+                        "`vllm serve` line, or Sarathi-Serve's) and DIR/deployment.yaml (`simulate --deployment`)")
     g = p.add_argument_group("configurations")
     g.add_argument("--gpus", type=name_list, default=["a100-80gb"], metavar="G1,G2",
                    help="GPU types from `servesim gpus` (default: a100-80gb)")
@@ -178,8 +200,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--replicas", type=_replicas, default=[1], metavar="R1,R2|max",
                    help="replica counts, or 'max' for as many as fit; capacity per GPU barely changes with "
                         "replicas under round-robin routing, so the default is 1")
-    g.add_argument("--schedulers", type=name_list, default=["vllm", "sarathi"], metavar="S1,S2",
-                   help="faster_transformer, orca, vllm, sarathi, vllm_v1 (default: vllm,sarathi)")
+    g.add_argument("--schedulers", type=name_list, default=["vllm", "sarathi", "vllm_v1"], metavar="S1,S2",
+                   help="faster_transformer, orca, vllm, sarathi, vllm_v1 (default: vllm,sarathi,vllm_v1)")
     g.add_argument("--budgets", type=int_list_in(1, MAX_TOKENS), default=[512], metavar="B1,B2",
                    help="token budgets per iteration, for schedulers that chunk prompts (sarathi, vllm_v1); the "
                         "others run once with their default (a budget below the longest prompt would refuse "

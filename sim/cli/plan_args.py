@@ -24,7 +24,7 @@ from sim.cli.values import (
     seed_value,
     total_tokens,
 )
-from sim.cli.workload_args import add_reuse_arguments
+from sim.cli.workload_args import SHAREGPT_HELP, add_goodput_argument, add_reuse_arguments, clip_note
 
 DEFAULT_NUM_REQUESTS = 500
 DEFAULT_DURATION = 60.0
@@ -55,7 +55,8 @@ def add_workload_arguments(p: argparse.ArgumentParser) -> None:
                    help="same as --trace, e.g. Sarathi-Serve's ShareGPT table (sharegpt_8k_filtered_stats_"
                         "llama2_tokenizer.csv in ../shared/traces/sarathi/)")
     g.add_argument("--prompt-len", default=None, metavar="SPEC",
-                   help="prompt length distribution (see `servesim trace generate --help`; default: sharegpt)")
+                   help="prompt length distribution (see `servesim trace generate --help`; default: sharegpt). "
+                        + SHAREGPT_HELP)
     g.add_argument("--output-len", default=None, metavar="SPEC",
                    help="output length distribution (default: sharegpt)")
     g.add_argument("--max-total-tokens", type=total_tokens, default=None, metavar="N",
@@ -93,7 +94,9 @@ def add_slo_arguments(p: argparse.ArgumentParser) -> None:
                    help="P90 time per output token, seconds (default: off)")
     g.add_argument("--slo", type=_slo_item, action="append", default=[], metavar="NAME=S",
                    help="any other bound <latency>_<stat>=seconds, latency in ttft,tbt,tpot,e2e,scheduling_delay "
-                        "and stat in p50,p90,p99,mean,max (repeatable), e.g. --slo e2e_p90=60")
+                        "and stat in p50,p90,p99,mean,max (repeatable), e.g. --slo e2e_p90=60. Besides the bounds, "
+                        "a rate passes only while the deployment sustains it (its waiting queue does not grow)")
+    add_goodput_argument(g)
 
 
 def add_search_arguments(p: argparse.ArgumentParser) -> None:
@@ -140,6 +143,16 @@ def workload_from_args(args: argparse.Namespace, model: Any) -> Workload:
                         replay=os.path.abspath(args.replay) if args.replay else None)
     workload.for_model(model).trace(args.seed, None)  # reads the trace and draws the lengths: refusals come now
     return workload
+
+
+def clip_line(args: argparse.Namespace, workload: Workload, model: Any) -> str | None:
+    """The default clip to ``model``'s context (a ModelSpec) in one line, as simulate says it (counted in the first
+    seed's probe requests), or None when --max-total-tokens is given or nothing is clipped."""
+    if args.max_total_tokens is not None:
+        return None
+    raw = workload.trace(args.seed, None)
+    n = sum(r.prompt_tokens + r.output_tokens > model.max_context for r in raw)
+    return clip_note(n, len(raw), model.name, model.max_context) if n else None
 
 
 def slo_from_args(args: argparse.Namespace) -> Slo:

@@ -24,7 +24,16 @@ from sim.cli.args import (
     write_run_folder,
 )
 from sim.cli.values import batch_size, block_count, parallel_degree, replica_count, token_count
-from sim.cli.workload_args import add_generator_arguments, add_trace_input_arguments, load_workload
+from sim.cli.workload_args import (
+    add_generator_arguments,
+    add_goodput_argument,
+    add_load_arguments,
+    add_trace_input_arguments,
+    closed_loop_from_args,
+    fit_to_context,
+    goodput_of,
+    load_workload,
+)
 
 if TYPE_CHECKING:
     from sim.serving.disagg import DisaggConfig
@@ -54,6 +63,8 @@ def add_simulate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_disaggregated_arguments(p)
     add_cost_model_arguments(p)
     add_generator_arguments(p)
+    add_load_arguments(p)
+    add_goodput_argument(p.add_argument_group("goodput"))
     return p
 
 
@@ -132,18 +143,81 @@ def costs_from_args(args: argparse.Namespace, config: SimConfig | DisaggConfig) 
     return config, tuple(for_simulation(pool, args.kernel_db) for pool in (config.prefill, config.decode))
 
 
-def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, source: str, bar: Any) -> SimResult:
-    """simulate() or simulate_disaggregated(), as the deployment is; describe(config) added as "deployment"."""
+def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, source: str, bar: Any,
+                   closed_loop: Any = None, goodput_slo: dict[str, float] | None = None) -> SimResult:
+    """simulate() or simulate_disaggregated(), as the deployment is; describe(config) added as "deployment", the
+    saturation verdict and goodput (under ``goodput_slo``, default the default bounds) in every summary."""
     from sim.serving.deployment import describe
+    from sim.serving.load_verdict import add_load_verdict
     from sim.serving.simulator import SimConfig, simulate
     if isinstance(config, SimConfig):
-        result = simulate(trace, config, cost_model=costs, source=source, on_finish=lambda r: bar.update())
+        result = simulate(trace, config, cost_model=costs, source=source, on_finish=lambda r: bar.update(),
+                          closed_loop=closed_loop)
+        if goodput_slo is not None:
+            add_load_verdict(result.summary, result.requests, result.batches, goodput_slo)
     else:
+        if closed_loop is not None:
+            raise ValueError("--max-concurrency: closed-loop clients drive an aggregated deployment only")
         from sim.serving.disagg import simulate_disaggregated
         result = simulate_disaggregated(trace, config, costs=costs, source=source)
+        add_load_verdict(result.summary, result.requests, None, goodput_slo)
         bar.update(len(trace))
     result.summary["deployment"] = describe(config)
     return result
+
+
+def context_model(config: SimConfig | DisaggConfig) -> Any:
+    """The ModelSpec whose context bounds the requests (a disaggregated deployment's prefill pool's)."""
+    return (config.model_spec() if hasattr(config, "model_spec") else config.prefill.model_spec())
+
+
+def load_lines(summary: dict[str, Any]) -> list[str]:
+    """The console lines after the summary table: the saturation verdict, the knob at its limit, goodput,
+    closed-loop clients and what the prefix cache's hit rate is measured against."""
+    from sim.serving.load_verdict import describe_goodput, describe_limits
+    sat = summary.get("saturation") or {}
+    clipped = summary["requests"].get("clipped_to_context")
+    lines = ([clipped] if clipped else []) + ([f"load: {sat['verdict']}"] if sat else [])
+    if summary.get("limits") and sat.get("saturated"):
+        lines.append(f"limit: {describe_limits(summary['limits'])}")
+    if summary.get("goodput"):
+        lines.append(describe_goodput(summary["goodput"]))
+    cl = summary.get("closed_loop")
+    if cl:
+        lines.append(f"closed loop: {cl['max_concurrency']} clients, think time {cl['think_time_s']:g} s; requests "
+                     f"waited {cl['mean_wait_for_client_s']:.3g} s on average for a free client (not in latency)")
+    lines += prefix_cache_lines(summary)
+    return lines
+
+
+def add_trace_reuse(summary: dict[str, Any], trace: list) -> None:
+    """With prefix caching: summary.json's ``trace_reuse``, the reuse the simulated trace declares and the hit rate an
+    unbounded cache would reach on it (``trace stats``' figure), to read the simulated hit rate against."""
+    if "prefix_cache" not in summary:
+        return
+    from sim.workload.stats import ideal_reuse
+    block = summary["kv_cache"]["block_size"]
+    ideal = ideal_reuse(trace, block)
+    summary["trace_reuse"] = {"requests_with_reuse_info": ideal["requests_declaring_reuse"],
+                              "ideal_hit_rate_tokens": ideal["ideal_hit_rate_tokens"], "block_size": block}
+
+
+def prefix_cache_lines(summary: dict[str, Any]) -> list[str]:
+    """What the prefix cache's hit rate means for this trace: nothing to share, or the reuse the trace holds."""
+    pc = summary.get("prefix_cache")
+    if not pc:
+        return []
+    reuse = summary.get("trace_reuse")
+    if reuse is None:
+        return []
+    if not reuse["requests_with_reuse_info"]:
+        return ["prefix cache: the trace declares no shared prefixes (no hash_ids, sessions or system prompt): "
+                "nothing can hit; its evictions only recycle finished requests' blocks"]
+    return [f"prefix cache: the trace's requests share {reuse['ideal_hit_rate_tokens']:.1%} of their prompt tokens "
+            f"with earlier ones (what `servesim trace stats` reports: an unbounded cache); this deployment's "
+            f"{summary['kv_cache']['blocks_per_replica']:,} blocks per replica, LRU eviction, full blocks only "
+            f"and routing over {summary['config'].get('replicas', 1)} replica(s) kept "
+            f"{pc['hit_rate_tokens']:.1%}"]
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -158,14 +232,18 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     check_run_folder_args(args)
     config, costs = costs_from_args(args, config_from_args(args))
+    closed_loop, goodput_slo = closed_loop_from_args(args), goodput_of(args)
     trace, source, warnings = load_workload(args)
+    trace, note = fit_to_context(trace, args, context_model(config))
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
     show = not args.quiet and sys.stderr.isatty()
     bar = tqdm(total=len(trace), unit="req", desc="simulating", disable=not show, mininterval=0.5)
     t0 = time.perf_counter()
-    result = run_simulation(trace, config, costs, source, bar)
+    result = run_simulation(trace, config, costs, source, bar, closed_loop, goodput_slo)
     bar.close()
+    add_trace_reuse(result.summary, trace)
+    result.summary["requests"]["clipped_to_context"] = note  # the default clip, said once (None: none clipped)
     wall = time.perf_counter() - t0
     write_run_folder(args, result)
     if args.json:
@@ -173,6 +251,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(json.dumps(clean_json(result.summary), indent=2))
     else:
         print(format_summary(result.summary))
+        for line in load_lines(result.summary):
+            print(line)
         req = result.summary["requests"]
         for s in req["skipped_examples"][:5]:
             print(f"skipped: {s}")

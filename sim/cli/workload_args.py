@@ -4,9 +4,21 @@ generator's flags (``-n``, ``--arrival``, ``--qps``, ...). Shared by simulate, e
 from __future__ import annotations
 
 import argparse
+import math
+from typing import Any
 
 from sim.cli.args import NO_DEFAULT, given_by_dest
-from sim.cli.values import MAX_SECONDS, MAX_TOKENS, gap_cv, rate, request_count, seed_value, total_tokens
+from sim.cli.values import (
+    MAX_SECONDS,
+    MAX_TOKENS,
+    gap_cv,
+    int_range,
+    nonneg_float,
+    rate,
+    request_count,
+    seed_value,
+    total_tokens,
+)
 from sim.request import TraceRequest
 from sim.workload.generator import ARRIVALS, SHAREGPT_OUTPUT, SHAREGPT_PROMPT, generate_trace
 from sim.workload.importers import FORMATS, ZERO_POLICIES, ArrivalSpec, read_any
@@ -17,6 +29,12 @@ _SPEC_HELP = (
     "lognormal:MEDIAN:SIGMA | sharegpt"
 )
 
+
+#: what the ``sharegpt`` default is, wherever it is named: not the ShareGPT set ``vllm bench serve`` samples
+SHAREGPT_HELP = ("sharegpt is Sarathi-Serve's ShareGPT table of long conversations (median prompt 1,730 and output "
+                 "415 tokens, at most 8K), fitted as truncated lognormals (prompt " + SHAREGPT_PROMPT + ", output "
+                 + SHAREGPT_OUTPUT + "; the 2600 is the untruncated median): longer than the ShareGPT set that "
+                 "`vllm bench serve` samples")
 
 #: turns of one generated conversation at most (each turn resends the earlier ones)
 MAX_TURNS = 1000
@@ -81,9 +99,9 @@ def add_generator_arguments(parser: argparse.ArgumentParser) -> None:
                    help="coefficient of variation of the gaps for --arrival gamma; 1 is Poisson-like, "
                         ">1 bursty (default: %(default)s)")
     g.add_argument("--prompt-len", default=None, metavar="SPEC",
-                   help=f"prompt length distribution: {_SPEC_HELP} (default: sharegpt = {SHAREGPT_PROMPT}{NO_DEFAULT})")
+                   help=f"prompt length distribution: {_SPEC_HELP} (default: sharegpt{NO_DEFAULT}). {SHAREGPT_HELP}")
     g.add_argument("--output-len", default=None, metavar="SPEC",
-                   help=f"output length distribution, same forms (default: sharegpt = {SHAREGPT_OUTPUT}{NO_DEFAULT})")
+                   help=f"output length distribution, same forms (default: sharegpt{NO_DEFAULT})")
     g.add_argument("--lengths-from", default=None, metavar="FILE",
                    help="draw (prompt, output) pairs jointly from FILE instead: a JSONL trace, or a CSV with "
                         "columns num_prefill_tokens,num_decode_tokens (Sarathi/Vidur tables) or "
@@ -102,9 +120,13 @@ DEFAULT_REQUESTS = 1000
 
 def trace_from_args(args: argparse.Namespace) -> list[TraceRequest]:
     """Build the synthetic trace described by the add_generator_arguments flags (raises ValueError on bad flags)."""
+    arrival = args.arrival
+    if getattr(args, "max_concurrency", None) and not {"arrival", "qps"} & set(given_by_dest(args,
+                                                                                       add_generator_arguments)):
+        arrival = "static"  # closed-loop clients without a rate: all ready at t=0 (vLLM's --request-rate inf)
     return generate_trace(
         args.num_requests if args.num_requests is not None else DEFAULT_REQUESTS,
-        arrival=args.arrival,
+        arrival=arrival,
         qps=args.qps,
         cv=args.cv,
         prompt_len=args.prompt_len,
@@ -219,3 +241,97 @@ def load_workload(args: argparse.Namespace) -> tuple[list[TraceRequest], str, li
         return clipped, args.trace, tr.warnings + [f"--max-total-tokens: clipped {n} requests to "
                                                    f"{args.max_total_tokens} tokens keeping prompt:output ratio"]
     return trace_from_args(args), "synthetic", []
+
+
+# ---- requests the model cannot take, closed-loop clients, goodput ---------------------------------------
+
+def clip_note(clipped: int, total: int, model: str, limit: int) -> str:
+    """The one line simulate, capacity and plan print when the default clip changed requests."""
+    return (f"workload: clipped {clipped} of {total} requests to {model}'s context of {limit} tokens (prompt + "
+            f"output, keeping prompt:output; --max-total-tokens N sets another limit)")
+
+
+def fit_to_context(trace: list[TraceRequest], args: argparse.Namespace, model: Any) -> tuple[list[TraceRequest],
+                                                                                              str | None]:
+    """Requests longer than ``model``'s (a ModelSpec) context clipped to it, as capacity and plan do, and the note
+    saying how many; unchanged with --max-total-tokens (the user's clip) or --strict (refused instead)."""
+    if args.max_total_tokens is not None or getattr(args, "strict", False) or not trace:
+        return trace, None
+    limit = model.max_context
+    if not any(r.prompt_tokens + r.output_tokens > limit for r in trace):
+        return trace, None
+    from sim.workload.generator import clip_total
+    clipped = clip_total(trace, limit)
+    n = sum(a is not b for a, b in zip(trace, clipped))
+    return clipped, clip_note(n, len(trace), model.name, limit)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-concurrency and --think-time: closed-loop clients (sim.serving.closed_loop)."""
+    g = parser.add_argument_group(
+        "closed-loop clients",
+        "With --max-concurrency N at most N requests are in flight: each is sent at the later of its arrival and "
+        "the moment one of N clients is free (its last request completed, plus --think-time), and its latency "
+        "counts from the send, as `vllm bench serve --max-concurrency` measures. Generated arrivals default to "
+        "all at t=0 then (vLLM's default --request-rate inf): N clients sending back to back.")
+    g.add_argument("--max-concurrency", type=int_range(1, MAX_CLIENTS), default=None, metavar="N",
+                   help="closed-loop clients: requests in flight at most (default: open loop, every request sent "
+                        "at its arrival)" + NO_DEFAULT)
+    g.add_argument("--think-time", type=nonneg_float, default=0.0, metavar="S",
+                   help="seconds a client waits after a completion before sending its next request (not in "
+                        "vllm bench serve, which has none) (default: 0)" + NO_DEFAULT)
+
+
+#: closed-loop clients at most
+MAX_CLIENTS = 1_000_000
+
+
+def closed_loop_from_args(args: argparse.Namespace) -> Any:
+    """The ClosedLoop of --max-concurrency and --think-time, or None (open loop)."""
+    n = getattr(args, "max_concurrency", None)
+    if n is None:
+        if getattr(args, "think_time", 0.0):
+            raise ValueError("--think-time is the pause of closed-loop clients: add --max-concurrency N")
+        return None
+    from sim.serving.closed_loop import ClosedLoop
+    return ClosedLoop(n, args.think_time)
+
+
+def goodput_item(text: str) -> tuple[str, float]:
+    """KEY:MILLISECONDS of --goodput (vLLM's form), as (key, seconds)."""
+    from sim.serving.load_verdict import GOODPUT_KEYS
+    key, sep, value = text.partition(":")
+    try:
+        if not (sep and value.isascii()):
+            raise ValueError(text)
+        ms = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KEY:MILLISECONDS such as ttft:2000, got {text!r}") from None
+    if key not in GOODPUT_KEYS:
+        raise argparse.ArgumentTypeError(f"unknown goodput key {key!r} in {text!r}: expected one of "
+                                         f"{', '.join(GOODPUT_KEYS)} (vLLM's)")
+    if not (math.isfinite(ms) and 0 < ms <= MAX_SECONDS * 1e3):
+        raise argparse.ArgumentTypeError(f"expected milliseconds > 0 in {text!r}")
+    return key, ms / 1e3
+
+
+def add_goodput_argument(g: Any) -> None:
+    """--goodput KEY:MS ... as `vllm bench serve` takes it (requests meeting every bound, per second)."""
+    g.add_argument("--goodput", type=goodput_item, nargs="+", default=None, metavar="KEY:MS",
+                   help="per-request SLO of goodput, as vLLM's benchmark takes it: KEY:MILLISECONDS pairs, KEY in "
+                        "ttft, tpot, e2el; goodput = completed requests meeting every bound per second of the run "
+                        "(as vLLM's benchmark computes it) (default: ttft:2000 tpot:100, the per-request forms of "
+                        "capacity's default SLO)" + NO_DEFAULT)
+
+
+def goodput_of(args: argparse.Namespace) -> dict[str, float] | None:
+    """{key: seconds} of --goodput (None: the default bounds); a key given twice is refused."""
+    items = getattr(args, "goodput", None)
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for key, v in items:
+        if key in out:
+            raise ValueError(f"--goodput {key}:... given twice")
+        out[key] = v
+    return out

@@ -83,7 +83,8 @@ def _cdf(ax: plt.Axes, values: np.ndarray, **kw) -> None:
 def _title(run: Run) -> str:
     """Run label, scheduler, model, GPU and parallelism, for a plot title."""
     c = run.summary.get("config", {})
-    return f"{run.label}: {c.get('scheduler')}, {c.get('model')} on {c.get('gpu')} (TP{c.get('tp')} PP{c.get('pp')})"
+    what = f"{c.get('scheduler')}, {c.get('model')} on {c.get('gpu')} (TP{c.get('tp')} PP{c.get('pp')})"
+    return what if run.label == c.get("scheduler") else f"{run.label}: {what}"  # not "vllm: vllm, ..."
 
 
 def _cdf_axes(title: str, xlabel: str) -> tuple[plt.Figure, tuple[plt.Axes, plt.Axes]]:

@@ -46,6 +46,10 @@ METRICS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
     ("scheduling delay P50 (s)", ("latency_s", "scheduling_delay", "p50"), ".3f"),
     ("scheduling delay P99 (s)", ("latency_s", "scheduling_delay", "p99"), ".3f"),
     ("throughput (req/s)", ("throughput", "requests_per_s"), ".3f"),
+    ("goodput (req/s)", ("goodput", "requests_per_s"), ".3f"),
+    ("requests meeting the goodput SLO", ("goodput", "fraction"), ".1%"),
+    ("saturated (queue growing)", ("saturation", "saturated"), "yesno"),
+    ("offered rate (req/s)", ("saturation", "offered_rps"), ".3f"),
     ("output tokens/s", ("throughput", "output_tokens_per_s"), ".1f"),
     ("makespan (s)", ("throughput", "makespan_s"), ".1f"),
     ("KV mean utilisation", ("kv_cache", "mean_utilization"), ".1%"),
@@ -131,6 +135,8 @@ def metric_cell(summary: dict, path: tuple[str, ...], fmt: Any) -> str:
         return str(v)
     if isinstance(fmt, tuple):
         return f"{v * fmt[1]:.1f}"
+    if fmt == "yesno":
+        return "yes" if v else "no"
     return format(v, fmt)
 
 

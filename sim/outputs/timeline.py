@@ -18,8 +18,8 @@ picture. Layout (times in microseconds of simulated or measured time):
 
 Request slices are capped (``max_requests``, the first requests by arrival;
 default 1000) to keep the file small. Batches are all kept unless ``window``
-(start, end seconds) cuts the timeline to the slices that overlap it; a
-one-hour run of 157,000 iterations makes a file of about 44 MB.
+(start, end seconds) cuts the timeline to the slices that overlap it or the run holds more than
+``DEFAULT_MAX_BATCH_SLICES`` (then it stops where they are reached, and says so); a slice takes ~200 bytes.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from sim.cli.errors import entry_point
 from sim.outputs.run_folder import naming, read_run
 
 DEFAULT_MAX_REQUESTS = 1000
+#: batch slices kept by default (about 200 bytes each: ~10 MB); past it the timeline stops at the time the cap is
+#: reached and says so (issue 32: 500 requests at PP8 made 150,000 slices, 33 MB). ``--window`` shows later times.
+DEFAULT_MAX_BATCH_SLICES = 50_000
 _REQUEST_TID0 = 1000
 _SOURCES = ("predicted", "measured")
 
@@ -156,12 +159,20 @@ def _request_events(requests: pd.DataFrame, max_requests: int | None) -> tuple[l
 
 def build_timeline(summary: dict, requests: pd.DataFrame, batches: pd.DataFrame, *,
                    max_requests: int | None = DEFAULT_MAX_REQUESTS,
-                   window: tuple[float, float] | None = None) -> dict:
-    """The Chrome trace event JSON object of a run (see the module doc); ``max_requests=None`` keeps every request."""
+                   window: tuple[float, float] | None = None,
+                   max_batch_slices: int | None = DEFAULT_MAX_BATCH_SLICES) -> dict:
+    """The Chrome trace event JSON object of a run (see the module doc); ``max_requests=None`` keeps every request,
+    ``max_batch_slices=None`` every batch slice (else, without a ``window``, the timeline ends where that many
+    have started)."""
     if window is not None:
         t0, t1 = window
         batches = batches[(batches["end"] >= t0) & (batches["start"] <= t1)]
         requests = requests[(requests["completion_time"] >= t0) & (requests["arrival_time"] <= t1)]
+    in_run, requests_in_run, cut_at = len(batches), len(requests), None
+    if window is None and max_batch_slices is not None and len(batches) > max_batch_slices:
+        cut_at = float(np.sort(batches["start"].to_numpy(float))[max_batch_slices - 1])
+        batches = batches[batches["start"] <= cut_at].head(max_batch_slices)
+        requests = requests[requests["arrival_time"] <= cut_at]
     config = summary.get("config", {})
     blocks = (summary.get("kv_cache") or {}).get("blocks_per_replica")
     replicas = sorted(set(batches["replica"].astype(int).tolist()) |
@@ -190,7 +201,8 @@ def build_timeline(summary: dict, requests: pd.DataFrame, batches: pd.DataFrame,
             "generator": "servesim timeline", "source": summary.get("source"), "timing": timing_source(summary),
             "model": config.get("model"), "gpu": config.get("gpu"), "scheduler": config.get("scheduler"),
             "tp": config.get("tp"), "pp": config.get("pp"), "replicas": config.get("replicas"),
-            "requests_shown": shown, "requests_in_run": len(requests),
+            "requests_shown": shown, "requests_in_run": requests_in_run,
+            "batch_slices_shown": len(batches), "batch_slices_in_run": in_run, "cut_at_s": cut_at,
         },
     }
 
@@ -200,6 +212,12 @@ def write_timeline(run_dir: str | Path, out: str | Path | None = None, *,
     """Write ``timeline.json`` (or ``out``) for the run folder ``run_dir``; returns the path."""
     summary, requests, batches = read_run(run_dir)
     data = build_timeline(summary, requests, batches, max_requests=max_requests, window=window)
+    info = data["otherData"]
+    if info["cut_at_s"] is not None:
+        import sys
+        print(f"timeline: the first {info['cut_at_s']:.1f} s ({info['batch_slices_shown']:,} of "
+              f"{info['batch_slices_in_run']:,} batch slices, the default cap); python -m sim.outputs.timeline RUN "
+              f"--window START:END shows any other span", file=sys.stderr)
     path = Path(out) if out is not None else Path(run_dir) / "timeline.json"
     with naming(path):
         path.write_text(json.dumps(data, separators=(",", ":"), allow_nan=False))

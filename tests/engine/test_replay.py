@@ -33,9 +33,10 @@ BASE = EngineConfig(model="tiny", device="cpu", dtype="float32", backend="sdpa",
 # every policy, budgets below a block (8) and not a multiple of it (13, 24), and tiny KV capacity
 # (5 blocks for requests needing 18 at once) so that decodes preempt by recompute
 CASES = {
-    "faster_transformer": dict(scheduler="faster_transformer"),
-    "orca": dict(scheduler="orca"),
-    "orca-batch2": dict(scheduler="orca", max_batch_size=2),
+    # Orca and FasterTransformer reserve max_model_len: 128 tokens are 8 blocks, so 64 blocks hold 8 requests
+    "faster_transformer": dict(scheduler="faster_transformer", max_model_len=128),
+    "orca": dict(scheduler="orca", max_model_len=128),
+    "orca-batch2": dict(scheduler="orca", max_batch_size=2, max_model_len=128),
     "vllm": dict(scheduler="vllm"),
     "vllm-budget80": dict(scheduler="vllm", token_budget=80),
     "sarathi-512": dict(scheduler="sarathi"),

@@ -67,7 +67,7 @@ def test_num_requests_takes_the_first_requests_of_a_trace_and_skips_are_counted(
     assert main(["simulate", "--trace", trace, "-n", "5", "-q"]) == 0
     io = capsys.readouterr()
     assert "5 completed of 5 simulated, 5 in trace" in io.out and "first 5 of the trace's 200" in io.err
-    out = _run(capsys)  # tiny's 1024-token context skips most ShareGPT-length requests
+    out = _run(capsys, "--max-total-tokens", "4096")  # past tiny's 1024-token context: most requests skipped
     assert "more skipped" in out and "{" not in out.splitlines()[1]  # counts by reason, not a raw dict
 
 
@@ -116,7 +116,8 @@ def test_catalogues_list_as_json(capsys):
 
 
 def test_requests_past_the_context_get_a_hint_to_clip_them(capsys):
-    text = _run(capsys, "-n", "20", "--prompt-len", "uniform:900:1200", "--output-len", "uniform:8:16")
+    text = _run(capsys, "-n", "20", "--prompt-len", "uniform:900:1200", "--output-len", "uniform:8:16",
+                "--max-total-tokens", "4096")  # (without it they are clipped to the context: test_workload_fit)
     assert "prompt_exceeds_context" in text and "hint: --max-total-tokens N" in text
 
 

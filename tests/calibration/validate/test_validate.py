@@ -435,3 +435,4 @@ def test_the_report_leads_with_tails_then_kinds_then_all_batches(base):
         assert set(r["batch_error_by_kind"]) <= {"prefill", "decode", "mixed"}
         assert r["probe"]["before_s"] > 0 and isinstance(r["drifted"], bool)
     assert summary_text(res).splitlines()[0].split()[1:3] == ["TTFT", "P50"]
+    assert summary_text(res).splitlines()[0].split()[-8:-6] == ["P50", "THROUGHPUT"]  # issue 32: not "P50THROUGHPUT"

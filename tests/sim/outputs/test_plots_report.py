@@ -95,10 +95,14 @@ def test_cli_simulate_imports_other_formats_and_clips(tmp_path, capsys):
     src = tmp_path / "sw.csv"
     src.write_text("arrival_timestamp,prompt_size,token_size\n" + "".join(f"{i * 0.2},{3000 + 100 * i},{400}\n"
                                                                          for i in range(20)))
+    # Llama-2-7B's context is 4096: prompts 3000 + 100 i exceed it for i >= 11 (9 requests), prompt + 400 output
+    # tokens for i = 7..10 (4 more); by default they are clipped to the context (issue 32), said once
     assert main(["simulate", "--trace", str(src), "--json", "-q"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    # Llama-2-7B's context is 4096: prompts 3000 + 100 i exceed it for i >= 11 (9 requests), prompt + 400 output
-    # tokens for i = 7..10 (4 more)
+    assert summary["requests"]["completed"] == 20 and summary["requests"]["skipped"] == 0
+    assert summary["requests"]["clipped_to_context"].startswith("workload: clipped 13 of 20 requests to llama-2-7b's")
+    assert main(["simulate", "--trace", str(src), "--json", "-q", "--max-total-tokens", "100000"]) == 0  # no clip
+    summary = json.loads(capsys.readouterr().out)
     assert summary["requests"]["skipped"] == 13 and summary["requests"]["completed"] == 7
     assert summary["requests"]["skipped_by_reason"] == {"prompt_exceeds_context": 9, "total_exceeds_context": 4}
     assert main(["simulate", "--trace", str(src), "--trace-format", "splitwise", "--max-total-tokens", "4096",
