@@ -99,8 +99,20 @@ def enumerate_candidates(model: str, gpus: Sequence[str], *, max_gpus: int, tps:
                             for budget in (budgets if scheduler_class(name).chunks_prefills else [None]):
                                 cfg = dataclasses.replace(shape, replicas=rep, scheduler=name, token_budget=budget,
                                                           max_batch_size=max_batch_size)
-                                out.append(Candidate(gpu.name, tp, pp, rep, name, budget, cfg, blocks, ep=ep))
+                                out.extend(Candidate(gpu.name, tp, pp, rep, label, budget, c, blocks, ep=ep)
+                                           for label, c in _with_and_without_speculation(cfg))
     return out
+
+
+def _with_and_without_speculation(cfg: SimConfig) -> list[tuple[str, SimConfig]]:
+    """(label, config) of a candidate: with --speculative-config, where speculation is modelled (vLLM V1, one
+    stage), both without it and with it ("+spec"), so that the plan compares them; elsewhere without it."""
+    off = dataclasses.replace(cfg, speculative_config=None, spec_acceptance=None)
+    if not cfg.speculative_config:
+        return [(cfg.scheduler, cfg)]
+    if not scheduler_class(cfg.scheduler).supports_speculation or cfg.pp > 1:
+        return [(cfg.scheduler, off)]
+    return [(cfg.scheduler, off), (f"{cfg.scheduler}+spec", cfg)]
 
 
 def enumerate_disaggregated(model: str, gpus: Sequence[str], *, max_gpus: int, tps: Sequence[int] | None = None,

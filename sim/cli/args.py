@@ -148,7 +148,7 @@ def add_speculative_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spec-acceptance", default=None, metavar="RATES",
                    help="acceptance as vLLM logs it: per-position rates (e.g. 0.8,0.6,0.45), or one rate a of a "
                         "geometric model (position i accepted with probability a^i); seeded by --seed; default: the "
-                        "method's published figure (eagle3 0.65, eagle 0.7, mtp 0.875; sources in sim/spec/config.py), "
+                        "method's published figure (eagle3 0.65, mtp 0.875; sources in sim/spec/config.py), "
                         "required for ngram and draft_model" + NO_DEFAULT)
 
 

@@ -18,6 +18,7 @@ from sim.cli.args import (
     add_dtype_arguments,
     add_kv_link_arguments,
     add_max_model_len_argument,
+    add_speculative_arguments,
     kv_link_section,
     name_list,
 )
@@ -86,7 +87,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
                          "kernels, or plan the two modes apart")
     prices = load_prices(args.prices) if args.prices else None
     base = SimConfig(max_model_len=args.max_model_len, dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
-                     router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching)
+                     router_skew=args.router_skew, enable_prefix_caching=args.enable_prefix_caching,
+                     speculative_config=args.speculative_config, spec_acceptance=args.spec_acceptance)
+    check_plan_speculation(args, base)
     model = dataclasses.replace(base, model=args.model).model_spec()
     workload = workload_from_args(args, model)
     clipped = clip_line(args, workload, model)
@@ -173,6 +176,22 @@ def _plan_status(table, out: str) -> int:
     return 0
 
 
+def check_plan_speculation(args: argparse.Namespace, base) -> None:
+    """--speculative-config on plan: parsed once, refused without a scheduler that models it, or with --disaggregated."""
+    if not base.speculative_config:
+        if base.spec_acceptance:
+            raise ValueError("--spec-acceptance sets the acceptance of speculative decoding: add --speculative-config")
+        return
+    from sim.schedulers import scheduler_class
+    from sim.spec.run import spec_of
+    spec_of(dataclasses.replace(base, scheduler="vllm_v1"))  # a bad config or acceptance: one line, exit 2
+    if args.disaggregated:
+        raise ValueError("--speculative-config: disaggregated pools are not modelled with speculation; plan the "
+                         "two apart")
+    if not any(scheduler_class(s).supports_speculation for s in args.schedulers):
+        raise ValueError("--speculative-config is modelled for vLLM V1 only: add vllm_v1 to --schedulers")
+
+
 def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register `plan` and `capacity` on the main parser's subparsers."""
     p = add_command(subparsers, "plan", cmd_plan,
@@ -233,6 +252,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> None:
                         "measured for. Every other configuration falls back to the roofline, marked in the table's "
                         "cost_model column and note (no cross-GPU estimates: compare like with like)")
     add_cost_model_arguments(p)
+    add_speculative_arguments(p)  # vllm_v1 configurations are sized without and with it ("vllm_v1+spec")
     g.add_argument("--prices", default=None, metavar="FILE.json",
                    help='GPU-hour prices in USD, e.g. {"a100-80gb": 2.0, "h100-sxm": 3.5}; default: the catalogue\'s')
     add_workload_arguments(p)
