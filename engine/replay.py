@@ -116,10 +116,12 @@ def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConf
 
 
 def _cpu_kv_blocks(spec: ModelSpec, requests: list[TraceRequest], block_size: int, dtype: torch.dtype) -> int:
-    """Default CPU capacity: twice what all requests need at once (never preempts), capped at ``CPU_KV_BYTES``."""
+    """Default CPU capacity: twice what all requests need at once (never preempts), and at least one max_model_len
+    reservation (Orca and FasterTransformer reserve it per request), capped at ``CPU_KV_BYTES``."""
     per_block = 2 * spec.num_layers * block_size * spec.num_kv_heads * spec.head_dim * dtype_bytes(dtype)
     need = sum(blocks_for(r.prompt_tokens + r.output_tokens, block_size) for r in requests)
-    return max(1, min(2 * need, CPU_KV_BYTES // per_block))
+    need = max(2 * need, blocks_for(spec.max_context, block_size))
+    return max(1, min(need, CPU_KV_BYTES // per_block))
 
 
 def build_runner(config: EngineConfig, spec: ModelSpec, trace: list[TraceRequest]) -> ModelRunner:

@@ -127,6 +127,8 @@ class ModelRunner:
         self._shared: dict[str, dict[int, int]] = {}  # request id -> its shared blocks' keys (shared_blocks)
         self.last_timing: dict[str, float | int | str | bool] = {}
         self.last_logits: list[torch.Tensor | None] = []
+        #: speculative decoding's drafts and verification (engine.speculative.EngineSpeculation) when on
+        self.speculation = None
 
     # ------------------------------------------------------------ token store
 
@@ -151,6 +153,16 @@ class ModelRunner:
         if key is None:
             return None
         return _block_ids(key, self.block_size, self.spec.vocab_size, self.seed)[position % self.block_size]
+
+    def shares_blocks(self, request: Request) -> bool:
+        """Whether the trace fixes some of ``request``'s ids (shared blocks: ``forced_token``)."""
+        self.token_ids(request)
+        return bool(self._shared.get(request.request_id))
+
+    def _verifies(self, item: BatchItem) -> bool:
+        """A speculative verify: the item runs past the request's known tokens, over its drafts."""
+        r = item.request
+        return self.speculation is not None and item.num_cached_tokens + item.num_new_tokens > r.num_known
 
     def release(self, request: Request) -> None:
         """Forget a finished request's token ids (other requests' ids and the KV blocks they share are untouched)."""
@@ -181,12 +193,15 @@ class ModelRunner:
             it = items[i]
             r, start, end = it.request, it.num_cached_tokens, it.num_cached_tokens + it.num_new_tokens
             toks = self.token_ids(r)
-            if end > r.prompt_tokens + r.num_generated or end > len(toks):
+            verify = self._verifies(it)
+            if verify:  # the last known token, then the drafts (engine.speculative)
+                toks = toks[:r.num_known] + self.speculation.drafts_for(r, end - r.num_known)
+            if (end > r.num_known and not verify) or end > len(toks):
                 raise ValueError(f"request {r.request_id}: item covers tokens [{start}, {end}) but only "
                                  f"{min(r.num_known, len(toks))} are known")
             first = len(ids)
             ids.extend(toks[start:end])
-            if all_logits:
+            if all_logits or verify:  # a verify needs the target's token at every position
                 rows[i] = list(range(first, first + it.num_new_tokens))
             elif _completes(it):
                 rows[i] = [first + it.num_new_tokens - 1]
@@ -249,7 +264,14 @@ class ModelRunner:
         for it, item_rows in zip(batch.items, rows):
             n = len(item_rows)
             self.last_logits.append(logits[cursor:cursor + n] if n else None)
-            if n and _completes(it):
+            if n and self._verifies(it):  # greedy verify: accepted drafts and the target's next token
+                r = it.request
+                emitted = self.speculation.verified(r, sampled_ids[cursor:cursor + n])
+                store = self._tokens[r.request_id]
+                del store[r.num_known:]
+                store.extend(emitted)
+                results.append(emitted[-1])
+            elif n and _completes(it):
                 tok = sampled_ids[cursor + n - 1]
                 r = it.request
                 forced = self.forced_token(r, r.num_known)

@@ -90,7 +90,7 @@ def comparison(eng: Any, sim: Any, priced: pd.DataFrame, used: list[float], note
     m = eng.requests[cols].assign(rate=_rate(eng.requests))
     p = sim.requests[cols].assign(rate=_rate(sim.requests))
     j = m.merge(p, on="request_id", suffixes=("_measured", "_predicted"))
-    per_request = {"requests": int(len(j)),
+    per_request = {"requests": len(j),
                    "accepted_tokens_difference": error_stats(j["spec_accepted_predicted"] - j["spec_accepted_measured"]),
                    "acceptance_rate_difference": error_stats(j["rate_predicted"] - j["rate_measured"]),
                    "verify_steps_difference": error_stats(j["spec_steps_predicted"] - j["spec_steps_measured"])}

@@ -322,13 +322,14 @@ def _versions() -> dict[str, str]:
 def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost_model: CostModel | None = None,
              model: ModelSpec | None = None, source: str = "<trace>",
              on_finish: Callable[[Request], None] | None = None, closed_loop: ClosedLoop | None = None,
-             **overrides: Any) -> SimResult:
+             spec_proposer: Callable[[Request, int], int] | None = None, **overrides: Any) -> SimResult:
     """Replay ``trace`` through the configured deployment and return metrics.
 
     ``cost_model`` defaults to the roofline model of ``config.gpu``; ``model``
     overrides the catalogue lookup (e.g. a Hugging Face config); keyword
     ``overrides`` patch ``config`` fields. ``closed_loop``: send requests as its clients free up
-    (``--max-concurrency``) instead of at their arrival times.
+    (``--max-concurrency``) instead of at their arrival times. ``spec_proposer``: drafts found per step
+    (``SpecDecoding.proposer``; validate replays the engine's n-gram lookups), else k every step.
     """
     config = dataclasses.replace(config or SimConfig(), **overrides)
     model = model or config.model_spec()
@@ -350,6 +351,8 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     bound_memory(schedulers, requests)
     if spec is not None:
         enable_speculation(schedulers, spec, config.seed, model.max_context)
+        for s in schedulers:
+            s.spec.proposer = spec_proposer
     config.check_router()
     replica_cls = AsyncReplica if config.engine_loop == "async" else None
     rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router,

@@ -169,3 +169,12 @@ def test_speculative_replay_emits_the_same_tokens_and_counts(runs):
 def test_engine_refuses_speculation_outside_vllm_v1():
     with pytest.raises(ValueError, match="vLLM V1 only"):
         replay(TRACE[:1], dataclasses.replace(BASE, scheduler="vllm", speculative_config=NGRAM))
+
+
+def test_speculation_survives_preemption_and_small_budgets():
+    """14 KV blocks for requests needing 28 at once: recompute preemptions drop proposals (vLLM clears them), a
+    20-token budget shrinks drafts; the outputs stay those of the run without speculation."""
+    cfg = dataclasses.replace(BASE, kv_blocks=14, token_budget=20)
+    plain, spec = replay(TRACE, cfg), replay(TRACE, dataclasses.replace(cfg, speculative_config=NGRAM))
+    assert spec.summary["kv_cache"]["preemptions"] > 0 and spec.summary["speculative"]["accepted_tokens"] > 0
+    assert spec.token_ids == plain.token_ids
