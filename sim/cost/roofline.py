@@ -10,7 +10,8 @@ holds parameters fitted to published measurements (``RooflineFit``: GEMM efficie
 the rows, weight-read efficiency, per-kernel floors, the GPU's tile; per elementwise kind a
 bandwidth fraction and floor), they replace the uniform defaults for GEMMs and elementwise ops;
 ``fitted=False`` prices with the defaults alone. Attention is priced from
-the exact causal query-key pair counts. Communication (TP all-reduce, PP send/recv) is priced from
+the exact causal query-key pair counts (prefill, where fitted, at an efficiency rising with the keys
+per query: ``sim.cost.attention_fit``). Communication (TP all-reduce, PP send/recv) is priced from
 the interconnect. Needs only the model shape and the GPU datasheet numbers, so it works for any
 entry of the catalogues.
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, check_weight_dtype, get_model, kv_dtype_bytes, layers_per_stage
+from sim.cost.attention_fit import attention_fit
 from sim.cost.interface import CostModel, StageCost, deployment_fields, op_layers
 from sim.cost.moe_routing import busiest_gpu_load
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
@@ -87,9 +89,10 @@ class RooflineCostModel(CostModel):
                  host_overhead_base: float = DEFAULT_HOST_OVERHEAD_BASE_S,
                  host_overhead_per_item: float = DEFAULT_HOST_OVERHEAD_PER_ITEM_S,
                  comm_latency: float | None = None,
-                 pp_link_bandwidth: float | None = None,
+                 pp_link_bandwidth: float | None = None, tp_link_bandwidth: float | None = None,
                  comm_efficiency: float = DEFAULT_COMM_EFFICIENCY, fitted: bool = True) -> None:
-        """Precompute the shard shapes and rates; ``comm_latency``/``pp_link_bandwidth`` default from the GPU's link;
+        """Precompute the shard shapes and rates; ``comm_latency``/``pp_link_bandwidth``/``tp_link_bandwidth`` (a TP
+        group that spans slower links than the GPU's, e.g. pairwise NVLink bridges) default from the GPU's link;
         ``tile`` defaults to the GPU's fitted tile, else 64; ``fitted`` uses the GPU's fitted parameters if any."""
         self.model = m = get_model(model)
         self.gpu = g = get_gpu(gpu)
@@ -122,12 +125,15 @@ class RooflineCostModel(CostModel):
             comm_latency = NVLINK_COMM_LATENCY_S if g.interconnect == "nvlink" else PCIE_COMM_LATENCY_S
         self.comm_latency = comm_latency
         self.pp_link_bandwidth = g.interconnect_bw if pp_link_bandwidth is None else pp_link_bandwidth
+        self.tp_link_bandwidth = g.interconnect_bw if tp_link_bandwidth is None else tp_link_bandwidth
+        # prefill attention's efficiency rising with the keys per query (sim.cost.attention_fit), where measured
+        self.attn_fit = attention_fit(g.kernel_db) if fitted else None
 
         self._flop_rate = g.bf16_flops * compute_efficiency
         gemm_peak = g.fp8_flops if self.fp8_compute else g.bf16_flops
         self._gemm_rate = gemm_peak * compute_efficiency
         self._byte_rate = g.mem_bandwidth * memory_efficiency
-        self._tp_rate = g.interconnect_bw * comm_efficiency
+        self._tp_rate = self.tp_link_bandwidth * comm_efficiency
         self._pp_rate = self.pp_link_bandwidth * comm_efficiency
         fit = self.fit
         self._gemm_fit = ((gemm_peak * fit.gemm_peak_efficiency, fit.gemm_half_rows,
@@ -341,7 +347,11 @@ class RooflineCostModel(CostModel):
             return _ZERO
         f = self._attn_flops_per_pair * causal_pairs
         b = self._attn_bytes_per_new * new_tokens + self._attn_bytes_per_key * cached_tokens
-        return (self._roof(f, b), f, b)
+        fit = self.attn_fit
+        if fit is None:
+            return (self._roof(f, b), f, b)
+        t_c = f / (self.gpu.bf16_flops * fit.efficiency(causal_pairs / new_tokens))  # mean keys per query row
+        return (max(t_c, b / self._byte_rate) + self.kernel_launch_overhead, f, b)
 
     def attn_decode_cost(self, num_decodes: int, total_context: int) -> _OpCost:
         """One layer's decode attention: ``num_decodes`` queries reading ``total_context`` keys in all."""
@@ -427,7 +437,8 @@ class RooflineCostModel(CostModel):
             "host_overhead_base_s": self.host_overhead_base,
             "host_overhead_per_item_s": self.host_overhead_per_item,
             "comm_latency_s": self.comm_latency,
-            "tp_link_bandwidth": self.gpu.interconnect_bw,
+            "tp_link_bandwidth": self.tp_link_bandwidth,
+            "prefill_attention_fit": None if self.attn_fit is None else vars(self.attn_fit),
             "pp_link_bandwidth": self.pp_link_bandwidth,
             "peak_flops": self.gpu.fp8_flops if self.fp8_compute else self.gpu.bf16_flops,
             "mem_bandwidth": self.gpu.mem_bandwidth,
