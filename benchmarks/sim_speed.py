@@ -17,11 +17,32 @@ its wall time over the roofline's (target: within 1.5x); building the model
 
 ``--prefix-caching`` runs ``benchmarks/prefix_caching.py``'s speed comparison (target: within 1.3x; needs
 ../shared/traces/mooncake).
+
+``--ab OLD_TREE`` times whole ``servesim simulate`` processes (start-up, trace reading and writing the run folder
+included: what a user waits for) of this tree and of another checkout of the project (a git worktree of an
+older commit), interleaved (this, old, old, this, ...) on one trace file written here, beside this tree's
+in-process time; it prints each side's median and the ratio. Only the interleaved ratio means anything on a
+loaded machine. Issue 34 measured against commit 2f6ebbd (the code timed beside Vidur):
+
+    git worktree add /tmp/servesim-2f6ebbd 2f6ebbd
+    python benchmarks/sim_speed.py --ab /tmp/servesim-2f6ebbd --repeats 3
+
+Vidur side by side (when installed; its own CLI, same lengths and rate): ``python -m vidur.main
+--replica_config_model_name meta-llama/Llama-2-7b-hf --replica_config_device a100
+--request_generator_config_type synthetic --synthetic_request_generator_config_num_requests 10000
+--length_generator_config_type trace --trace_request_length_generator_config_trace_file
+<the ShareGPT table> --interval_generator_config_type poisson --poisson_request_interval_generator_config_qps 2``,
+timed with ``/usr/bin/time -v`` for wall time and peak memory, interleaved with ``--ab`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +70,58 @@ def run(n: int, qps: float, scheduler: str, replicas: int = 1, seed: int = 0, ke
     return time.perf_counter() - t0, res.summary
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli_seconds(tree: Path, trace: Path, scheduler: str, out: Path) -> float:
+    """Wall time of one whole ``servesim simulate`` process of the checkout ``tree`` (its ``sim`` imported)."""
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, "-m", "sim.cli", "simulate", "--trace", str(trace), "--model", "llama-2-7b", "--gpu",
+           "a100-80gb", "--scheduler", scheduler, "--out", str(out), "-q"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int) -> None:
+    """Whole-process time of this tree against ``old``, interleaved, beside this tree's in-process time."""
+    from sim.workload.trace import write_trace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.jsonl"
+        write_trace(trace, generate_trace(n, arrival="poisson", qps=qps, lengths_from=LENGTHS,
+                                          max_total_tokens=4096, seed=0))
+        print(f"A/B: this tree ({ROOT}) against {old}: {n} requests, whole `servesim simulate` processes with --out, "
+              f"interleaved, {repeats} of each; medians")
+        print(f"{'scheduler':<20}{'in-process s':>14}{'CLI s (this)':>14}{'CLI s (old)':>13}{'this/old':>10}")
+        for sched in schedulers:
+            new_t, old_t = [], []
+            for i in range(repeats):
+                order = ((ROOT, new_t), (old, old_t)) if i % 2 == 0 else ((old, old_t), (ROOT, new_t))
+                for tree, times in order:
+                    times.append(cli_seconds(tree, trace, sched, Path(tmp) / "out"))
+            wall, _ = run(n, qps, sched)
+            a, b = statistics.median(new_t), statistics.median(old_t)
+            print(f"{sched:<20}{wall:>14.2f}{a:>14.2f}{b:>13.2f}{a / b:>10.2f}", flush=True)
+
+
+def caching_overhead(n: int, qps: float, repeats: int) -> None:
+    """vllm_v1 with prefix caching on and off on requests that share nothing, interleaved, in-process (the
+    caching run's extra time is its bookkeeping: the same batches when nothing is preempted)."""
+    trace = generate_trace(n, arrival="poisson", qps=qps, lengths_from=LENGTHS, max_total_tokens=4096, seed=0)
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeats):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="vllm_v1", enable_prefix_caching=on)
+            t0 = time.perf_counter()
+            s = simulate(trace, cfg).summary
+            walls[on].append(time.perf_counter() - t0)
+            iters, pre = s["batches"]["iterations"], s["kv_cache"]["preemptions"]
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    print(f"vllm_v1, {n} req at {qps} req/s, no reuse: caching on {on:.2f} s, off {off:.2f} s (medians of {repeats}, "
+          f"interleaved): {on / off:.2f}x; last run {iters} iterations, {pre} preemptions")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=10_000)
@@ -59,8 +132,19 @@ def main() -> None:
                     help="also run each scheduler with the kernel-database cost model (needs the kernels extra)")
     ap.add_argument("--prefix-caching", action="store_true",
                     help="also time prefix caching on against off on 10,000 of Mooncake's requests")
+    ap.add_argument("--ab", type=Path, default=None, metavar="OLD_TREE",
+                    help="time whole CLI processes of this tree against another checkout, interleaved (and stop)")
+    ap.add_argument("--repeats", type=int, default=3, help="--ab, --caching-overhead: runs of each side")
+    ap.add_argument("--caching-overhead", action="store_true",
+                    help="vllm_v1 with prefix caching on over off on requests sharing nothing (and stop)")
     args = ap.parse_args()
     n = 2000 if args.quick else args.requests
+    if args.caching_overhead:
+        caching_overhead(n, args.qps, args.repeats)
+        return
+    if args.ab is not None:
+        ab(args.ab.resolve(), n, args.qps, args.schedulers.split(","), args.repeats)
+        return
     print(f"lengths: {LENGTHS or 'generator sharegpt preset'}; arrivals: Poisson at {args.qps} req/s per replica")
     print(f"{'case':<34}{'wall s':>8}{'iterations':>12}{'sim out tok':>13}{'tok/wall s':>12}{'P99 TBT ms':>12}")
     for sched in args.schedulers.split(","):

@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from sim.outputs.tables import TABLE_FORMATS, read_table, write_table
+
 FLOAT_FORMAT = "%.9g"
 
 
@@ -102,23 +104,45 @@ def claim_run_folder(out_dir: str | Path, flag: str = "--out") -> Path:
     return out
 
 
-def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame) -> Path:
-    """Write the three standard files into ``out_dir`` (created if needed), then the manifest that completes it."""
+def run_files(fmt: str = "csv") -> tuple[str, str, str]:
+    """The three files of a run folder whose tables are in ``fmt`` (csv or parquet)."""
+    return ("summary.json", f"requests.{fmt}", f"batches.{fmt}")
+
+
+def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame,
+              fmt: str = "csv") -> Path:
+    """Write the three standard files into ``out_dir`` (created if needed), then the manifest that completes it.
+
+    ``fmt``: the tables as CSV (the bytes ``DataFrame.to_csv`` writes, by a faster writer) or Parquet.
+    """
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")
     out = claim_run_folder(out_dir)  # the folder is incomplete until the new manifest lands
     write_json(out / "summary.json", summary)
-    for name, frame in (("requests.csv", requests), ("batches.csv", batches)):
-        _atomic(out / name, lambda tmp, f=frame: f.to_csv(tmp, index=False, float_format=FLOAT_FORMAT,
-                                                          lineterminator="\n"))
-    files = {n: {"bytes": (out / n).stat().st_size} for n in RUN_FILES}
-    files["requests.csv"]["rows"], files["batches.csv"]["rows"] = len(requests), len(batches)
-    write_json(out / MANIFEST, {"format": "servesim-run", "files": files})
+    names = run_files(fmt)
+    for name, frame in zip(names[1:], (requests, batches)):
+        _atomic(out / name, lambda tmp, f=frame: write_table(f, tmp, fmt, FLOAT_FORMAT))
+    files = {n: {"bytes": (out / n).stat().st_size} for n in names}
+    files[names[1]]["rows"], files[names[2]]["rows"] = len(requests), len(batches)
+    manifest = {"format": "servesim-run", "files": files} | ({"tables": fmt} if fmt != "csv" else {})
+    write_json(out / MANIFEST, manifest)
     return out
+
+
+def _manifest_tables(d: Path) -> str:
+    """The table format a run folder's manifest records (csv when it records none or cannot be read)."""
+    try:
+        fmt = json.loads((d / MANIFEST).read_text()).get("tables", "csv")
+    except (OSError, ValueError, AttributeError):
+        return "csv"
+    return fmt if fmt in TABLE_FORMATS else "csv"
 
 
 def check_run(run_dir: str | Path) -> Path:
     """``run_dir`` if it is a complete run folder (manifest present, every file at its recorded size)."""
     d = Path(run_dir)
-    missing = [n for n in RUN_FILES if not (d / n).exists()]
+    names = run_files(_manifest_tables(d))
+    missing = [n for n in names if not (d / n).exists()]
     if missing:
         raise FileNotFoundError(f"{d} is not a servesim run folder: missing {', '.join(missing)}")
     try:
@@ -126,7 +150,7 @@ def check_run(run_dir: str | Path) -> Path:
     except (OSError, ValueError, KeyError, TypeError):
         raise ValueError(f"{d}: incomplete run folder (no valid {MANIFEST}: the run that wrote it was interrupted, "
                          f"failed, or predates manifests); rerun it") from None
-    for name in RUN_FILES:
+    for name in names:
         size = (d / name).stat().st_size
         if name not in files or files[name].get("bytes") != size:
             raise ValueError(f"{d}/{name}: {size} bytes where {MANIFEST} recorded "
@@ -137,8 +161,9 @@ def check_run(run_dir: str | Path) -> Path:
 def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
     """Load a complete run folder written by the simulator or the engine (same schema)."""
     d = check_run(run_dir)
-    return (json.loads((d / "summary.json").read_text()), pd.read_csv(d / "requests.csv", dtype={"request_id": str}),
-            pd.read_csv(d / "batches.csv"))
+    _, requests, batches = run_files(_manifest_tables(d))
+    return (json.loads((d / "summary.json").read_text()), read_table(d / requests, dtype={"request_id": str}),
+            read_table(d / batches))
 
 
 def _ms(seconds: float | None) -> str:
@@ -228,9 +253,10 @@ def format_summary(summary: dict) -> str:
     disaggregated = cfg.get("mode") == "disaggregated"
     pp = max(cfg["prefill"]["pp"], cfg["decode"]["pp"]) if disaggregated else cfg["pp"]
     reasons = ", ".join(f"{k} {v}" for k, v in req["skipped_by_reason"].items())
+    ran = "sent to the engine" if summary.get("cost_model", {}).get("name") == "measured" else "simulated"
     lines = [
         _disaggregated_header(summary) if disaggregated else _aggregated_header(summary),
-        f"requests: {req['completed']} completed of {req['simulated']} simulated, {req['in_trace']} in trace, "
+        f"requests: {req['completed']} completed of {req['simulated']} {ran}, {req['in_trace']} in trace, "
         f"{req['skipped']} skipped" + (f" ({reasons})" if req["skipped"] else ""),
         *([CONTEXT_HINT] if {"prompt_exceeds_context", "total_exceeds_context"} & set(req["skipped_by_reason"])
           else []),

@@ -412,25 +412,25 @@ class Scheduler(ABC):
 
     # ---- decode stretches (sim.serving.stretch): repeated decode-only batches advanced in one go ----------------
     def decode_stretch_steps(self, batch: Batch, waiting_blind: bool = False) -> int:
-        """How many more batches, after ``batch`` (just done), would decode every running request one token each and
-        nothing else, if no request arrives: 0 unless ``batch`` was such a batch of every running request, nothing
-        waits (``waiting_blind``: a policy that never looks at the queue while anything decodes), nothing is in
-        flight and there is no speculation; else up to the step before the first request's last token (that step,
-        which frees blocks, runs as usual). KV blocks are not checked here (``decode_step``)."""
+        """Batches after ``batch`` that would again decode every running request (0 unless ``batch`` did, nothing
+        waits but for a ``waiting_blind`` policy's queue, nothing is in flight, no speculation, the budget covers
+        them), up to the step before a last token; blocks are ``decode_step``'s."""
         n = len(self.running)
         if (batch.prefill_items or batch.num_decode_tokens != n or (self.waiting and not waiting_blind)
-                or self._in_flight or self.num_incoming
-                or getattr(self, "spec", None) is not None or getattr(self, "speculative", False)):
-            return 0
-        if self.token_budget is not None and self.token_budget < n:  # the budget cuts the decodes
+                or self._in_flight or self.num_incoming or getattr(self, "spec", None) is not None
+                or getattr(self, "speculative", False) or (self.token_budget is not None and self.token_budget < n)):
             return 0
         return min(r.output_tokens - r.num_generated for r in self.running) - 1
 
+    def waiting_head_blocked(self) -> bool:
+        """Whether the first waiting request cannot be admitted, even for one token where prompts are chunked (batch
+        cap or KV): it stays so while decodes only grow, and later arrivals queue behind it (FCFS), so a decode
+        stretch may go on past them (without prefix caching, whose hits can change)."""
+        return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
+
     def decode_step(self, crossing: list[tuple[Request, int]]) -> tuple[int, int] | None:
-        """Schedule one more decode batch of the running requests as ``schedule`` would: each (request, tokens) of
-        ``crossing`` (in running order; a decode past its last block) grows to hold ``tokens``; returns (batch id,
-        blocks in use), or None, changing nothing, when the free blocks do not cover them (``schedule`` would
-        preempt: the stretch stops there)."""
+        """One more decode batch of the running requests, as ``schedule`` forms it: each (request, tokens) of ``crossing``
+        (running order) grows its blocks; (batch id, blocks in use), or None, changing nothing, if blocks run short."""
         bm = self.bm
         if crossing:
             if len(crossing) > bm.num_free:

@@ -24,6 +24,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from sim.request import Request
+from sim.serving import stretch
 from sim.serving.cluster import Replica
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ class AsyncReplica(Replica):
         env, cost = self.env, self.cost
         cutoff: float | None = None  # the device start of the step that just ran (the next was decided then)
         cold: tuple[float, float, float] | None = None
+        stretches: bool | None = None  # decided at the first decode batch (sim.serving.stretch)
         while True:
             batch = self._decide(cutoff) if cutoff is not None else None
             if batch is not None:
@@ -86,3 +88,12 @@ class AsyncReplica(Replica):
             yield env.timeout(start - env.now + c.time)
             cutoff = start
             self._stage_done(0, batch, start, c, (decided, host))
+            if not batch.prefill_items and stretches is not False:  # decode-only: advance a stretch if one follows
+                if stretches is None:
+                    stretches = stretch.stretch_capable(self, self.num_replicas)
+                # requests already held reach the scheduler at the first decision at or after their arrival
+                done = stretch.run_stretch(self, batch, env.now, cutoff, self._held[0][0] if self._held else None
+                                   ) if stretches else None
+                if done is not None:
+                    end, cutoff = done
+                    yield env.timeout(stretch.exact_delay(env.now, end))

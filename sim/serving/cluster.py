@@ -5,12 +5,15 @@ batch costs host time (CPU scheduling and input preparation); then each stage
 takes the batch in FIFO order, runs its share of the layers for the cost
 model's time and hands it on. When the last stage finishes, the scheduler
 advances the requests. A stage that waits for work while the replica still
-has a micro-batch in flight is in a pipeline bubble.
+has a micro-batch in flight is in a pipeline bubble. Runs of decode-only
+iterations are advanced in one step where that changes nothing
+(``sim.serving.stretch``).
 """
 
 from __future__ import annotations
 
 import gc
+import math
 from array import array
 from collections import deque
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from sim.batch import Batch
 from sim.cost.interface import CostModel
 from sim.request import Request
 from sim.schedulers.base import Scheduler
+from sim.serving import stretch
 
 if TYPE_CHECKING:  # simpy is imported when a simulation runs: tables and CLIs work without it
     import simpy
@@ -78,6 +82,15 @@ class Recorder:
 class Replica:
     """One model instance (TP x PP GPUs) with its own scheduler and KV cache."""
 
+    #: advance decode-only stretches in one step where allowed (``sim.serving.stretch``; False: iteration by
+    #: iteration, the reference the tests compare against)
+    decode_stretches = True
+    #: when the next request reaches the deployment (set by ``run_cluster`` when it replays a trace; None: unknown,
+    #: and no stretches)
+    next_arrival: Callable[[], float] | None = None
+    #: replicas in the deployment (stretches run on a single replica only; see ``sim.serving.stretch``)
+    num_replicas = 1
+
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
                  pp: int, recorder: Recorder, on_done: Callable[[Replica, list[Request]], None]) -> None:
         self.env, self.index, self.scheduler, self.cost, self.pp = env, index, scheduler, cost, pp
@@ -123,6 +136,7 @@ class Replica:
         env, sched, cost = self.env, self.scheduler, self.cost
         host_free_at = 0.0
         cold: tuple[float, float, float] | None = None
+        stretches: bool | None = None  # decided at the first decode batch (the deployment is complete by then)
         while True:
             if self.in_flight < self.pp:
                 if env.now < host_free_at:  # still preparing the previous micro-batch
@@ -148,6 +162,13 @@ class Replica:
                         c = c._replace(time=c.time + wake)
                     yield env.timeout(host + c.time)
                     self._stage_done(0, batch, host_free_at, c, (start, host))
+                    if not batch.prefill_items and stretches is not False:
+                        if stretches is None:
+                            stretches = stretch.stretch_capable(self, self.num_replicas)
+                        done = stretch.run_stretch(self, batch, env.now) if stretches else None
+                        if done is not None:
+                            end, host_free_at = done
+                            yield env.timeout(stretch.exact_delay(env.now, end))
                     continue
             self._wakeup = env.event()
             yield self._wakeup
@@ -230,10 +251,12 @@ class Router:
 def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
                 router_policy: str = "round_robin",
                 on_finish: Callable[[Request], None] | None = None, cache_weight: float = 1024.0,
-                replica_cls: type[Replica] | None = None) -> Recorder:
+                replica_cls: type[Replica] | None = None, arrivals: Callable | None = None) -> Recorder:
     """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs.
 
-    ``replica_cls``: the engine loop (``Replica``'s serial one by default; ``sim.serving.async_loop``'s)."""
+    ``replica_cls``: the engine loop (``Replica``'s serial one by default; ``sim.serving.async_loop``'s).
+    ``arrivals(env, requests, submit)``: the arrival process, which runs the simulation (default
+    :func:`replay_arrivals`; ``sim.serving.closed_loop``'s sends as clients free up)."""
     import simpy
 
     env = simpy.Environment()
@@ -246,19 +269,43 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
 
     replicas = [(replica_cls or Replica)(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
     router = Router(replicas, router_policy, cache_weight)
+    if arrivals is None:  # a replayed trace: the next arrival is known (decode stretches stop before it)
+        arrivals = ReplayArrivals()
+        for rep in replicas:
+            rep.next_arrival, rep.num_replicas = arrivals.next_time, len(replicas)
 
-    replay_arrivals(env, requests, lambda r: router.route(r).submit(r))
+    (arrivals or replay_arrivals)(env, requests, lambda r: router.route(r).submit(r))
     return rec
 
 
-def replay_arrivals(env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None]) -> None:
-    """Hand each request (sorted by arrival) to ``submit`` at its arrival time and run the simulation to the end."""
+class ReplayArrivals:
+    """``replay_arrivals`` that can say when the next request arrives (``next_time``; infinity after the last)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.submitted = 0
+
+    def next_time(self) -> float:
+        i = self.submitted
+        return self.requests[i].arrival_time if i < len(self.requests) else math.inf
+
+    def __call__(self, env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None]) -> None:
+        self.requests = requests
+        replay_arrivals(env, requests, submit, self)
+
+
+def replay_arrivals(env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None],
+                    tracker: ReplayArrivals | None = None) -> None:
+    """Hand each request (sorted by arrival) to ``submit`` at its arrival time and run the simulation to the end;
+    ``tracker.submitted`` counts the requests handed over."""
     def arrivals():
         for r in requests:
             delay = r.arrival_time - env.now
             if delay > 0:
                 yield env.timeout(delay)
             submit(r)
+            if tracker is not None:
+                tracker.submitted += 1
 
     env.process(arrivals())
     # The run allocates millions of short-lived tuples and no reference cycles worth collecting mid-run;

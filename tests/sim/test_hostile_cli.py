@@ -265,6 +265,8 @@ def test_a_full_disk_names_the_file_it_was_writing(tmp_path, capsys, monkeypatch
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")  # no file name, as a failing write() gives
     monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    from sim.outputs import run_folder
+    monkeypatch.setattr(run_folder, "write_table", full)  # run folders' tables (sim.outputs.tables, not to_csv)
     out = tmp_path / "run"
     _refused(capsys, main([*SIM, "--out", str(out)]), str(out / "requests.csv"), "No space left on device")
     plan_out = tmp_path / "plan"

@@ -146,11 +146,44 @@ class DecodeAttention:
         folded = f", {fold} KV groups folded into the batch" if fold > 1 else ""
         self.source = f"kernels:{ref.describe()} [{kernel}, mean context{folded}]"
 
+        self._rows: dict[int, tuple] = {}  # num_decodes -> its rows in the grid (a few dozen batch sizes recur)
+
+    def _rows_of(self, num_decodes: int) -> tuple:
+        """(kind, i, j, u) of a batch size: on row i (kind 0), beyond the grid's edge row i (1), between rows i and
+        j (2); ``Grid2D``'s own bracketing, found once per batch size instead of twice per call."""
+        u = float(num_decodes * self.fold)
+        ru = self.grid.rows_u
+        i = bisect.bisect_left(ru, u)
+        if i < len(ru) and ru[i] == u:
+            hit = (0, i, i, u)
+        elif i == 0 or i == len(ru):
+            hit = (1, 0 if i == 0 else len(ru) - 1, 0, u)
+        else:
+            hit = (2, i - 1, i, u)
+        self._rows[num_decodes] = hit
+        return hit
+
     def __call__(self, num_decodes: int, total_context: int) -> tuple[float, str]:
-        b = float(num_decodes * self.fold)
-        ctx = total_context / num_decodes
-        t = self.grid(b, ctx)
-        return t, self.source if self.grid.contains(b, ctx) else self.source + EDGE
+        """(seconds, source): ``Grid2D.__call__``'s arithmetic step for step (the same floats), its row search
+        memoised per batch size."""
+        kind, i, j, u = self._rows.get(num_decodes) or self._rows_of(num_decodes)
+        v = total_context / num_decodes
+        grid = self.grid
+        rows, shape = grid.rows, grid.shape
+        if kind == 0:
+            return grid._row(i, v), self.source if rows[i].contains(v) else self.source + EDGE
+        if kind == 1:
+            return grid._row(i, v) * shape(u, v) / shape(grid.rows_u[i], v), self.source + EDGE
+        u0, u1 = grid.rows_u[i], grid.rows_u[j]
+        s0, s1 = shape(u0, v), shape(u1, v)
+        if abs(s1 - s0) > 1e-9 * max(abs(s0), abs(s1)):
+            w = (shape(u, v) - s0) / (s1 - s0)
+            w = 0.0 if w < 0.0 else min(w, 1.0)
+        else:
+            w = (u - u0) / (u1 - u0)
+        a, b = grid._row(i, v), grid._row(j, v)
+        inside = rows[i].contains(v) and rows[j].contains(v)
+        return a + w * (b - a), self.source if inside else self.source + EDGE
 
 
 def all_reduce_curve(table: pd.DataFrame, ref: TableRef, gpus: int, graphs: bool,

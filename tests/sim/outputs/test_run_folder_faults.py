@@ -51,10 +51,10 @@ def test_a_full_disk_while_writing_is_one_line_and_leaves_no_complete_folder(tmp
     assert check_run(out)
     capsys.readouterr()
 
-    def full(self, path, *a, **k):
+    def full(frame, path, *a, **k):
         open(path, "w").write("request_id,arr")  # a torn first line, then the disk fills
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    monkeypatch.setattr(run_folder, "write_table", full)  # the tables' writer (sim.outputs.tables)
     _one_line_error(capsys, main(SIM + ["--out", str(out)]), "No space left on device")
     with pytest.raises(ValueError, match="incomplete run folder"):
         read_run(out)  # the old manifest went first: the previous complete run is not mistaken for this one

@@ -1,0 +1,182 @@
+"""Decode-only stretches: the iterations that repeat one decode batch, advanced in one simpy step.
+
+Between events that change what a replica runs, consecutive decode-only iterations carry the same
+requests, each one token further. After such a batch finishes, ``run_stretch`` works out the iterations
+that follow exactly as the serial engine loop would run them (each one's host and device time from the
+cost model, in the same floating-point order), grows KV blocks where a decode crosses a block boundary,
+records every iteration's batches.csv row and every token's time, and returns when the last one ends: the
+replica waits once instead of once per iteration. Same batches, same times, same outputs (tests compare).
+
+A stretch stops before the iteration in which (the step then runs through the scheduler as usual):
+
+- a request would produce its last token (its blocks are freed, the batch changes);
+- a request arrives at or before that iteration's end (the next decision may admit it); not for FasterTransformer,
+  which admits only into an empty batch (``WAITING_BLIND``), nor, without prefix caching, while the first waiting
+  request cannot be admitted (``Scheduler.waiting_head_blocked``: the batch cap or the KV cache holds it back, and
+  stays so as decodes only take blocks; arrivals queue behind it);
+- the decodes crossing a block boundary need more blocks than are free (the policy would preempt).
+
+It never starts unless the batch just done decoded every running request and nothing else, nothing waits (but
+as above), nothing is in flight and there is no speculative decoding
+(``Scheduler.decode_stretch_steps``), and only on
+a single-stage, single-replica deployment whose arrivals are known in advance (``Replica.next_arrival``;
+several replicas would interleave their batches.csv rows differently), priced by a cost model that reads
+only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the five policies whose next decode batch is the
+same requests' (``STRETCH_POLICIES``): every one of them forms "all running decodes" when nothing waits.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sim.batch import Batch
+from sim.schedulers import SCHEDULERS, Scheduler
+
+Replica = Any  # sim.serving.cluster.Replica (which imports this module)
+
+#: policies whose next batch, with nothing waiting and nothing finishing, is again every running request's decode
+STRETCH_POLICIES = frozenset(SCHEDULERS[n] for n in ("faster_transformer", "orca", "vllm", "sarathi", "vllm_v1"))
+#: policies whose batch, while any request runs, is every running request's decode whatever waits (FasterTransformer
+#: admits only into an empty batch): arrivals and a waiting queue do not stop their stretches (without prefix
+#: caching, where a router's lookup of an arriving request could read the cache mid-stretch)
+WAITING_BLIND = frozenset({SCHEDULERS["faster_transformer"]})
+_SCHEDULE, _ON_BATCH_DONE = Scheduler.schedule, Scheduler.on_batch_done
+
+
+#: cost models whose host and stage prices read only a batch's sizes, token counts and total decode context (by
+#: name: importing the kernels model here would load scipy into every run)
+PRICED_BY_AGGREGATES = frozenset({"sim.cost.constant.ConstantCostModel", "sim.cost.roofline.RooflineCostModel",
+                                  "sim.cost.kernels.model.KernelCostModel"})
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def stretch_capable(replica: Replica, replicas: int) -> bool:
+    """Whether this replica may run stretches at all (see the module docstring); checked once per run."""
+    sched = replica.scheduler
+    return (replica.decode_stretches and replica.pp == 1 and replicas == 1 and replica.next_arrival is not None
+            and _name(type(replica.cost)) in PRICED_BY_AGGREGATES and type(sched) in STRETCH_POLICIES
+            and "schedule" not in vars(sched) and "on_batch_done" not in vars(sched)  # nobody listens per batch
+            and type(sched).schedule is _SCHEDULE and type(sched).on_batch_done is _ON_BATCH_DONE
+            and Scheduler.schedule is _SCHEDULE and Scheduler.on_batch_done is _ON_BATCH_DONE)
+
+
+def exact_delay(now: float, end: float) -> float:
+    """A delay ``d`` with ``now + d == end`` in floating point (what simpy adds), so the clock lands on ``end``."""
+    d = end - now
+    while now + d < end:
+        d = math.nextafter(d, math.inf)
+    while now + d > end:
+        d = math.nextafter(d, -math.inf)
+    return d
+
+
+def _push(buckets: dict[int, list], step: int, limit: int, entry: tuple) -> None:
+    if step <= limit:
+        buckets.setdefault(step, []).append(entry)
+
+
+def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | None = None,
+                horizon: float | None = None) -> tuple[float, float] | None:
+    """Advance the decode-only iterations that follow ``batch`` (just done at ``now``); returns (the last one's
+    end, its host-done time: serial loop; its device start: async loop), or None when none follows. Rows, block
+    growth and token times are all recorded.
+
+    ``decided_at``: the async loop (``sim.serving.async_loop``), where the next step was decided at this time (the
+    device start of ``batch``) and each step's host time overlaps the previous step; a stretch then stops before a
+    step decided at or after ``horizon`` (a request reaching the scheduler). The serial loop decides as a step
+    starts and stops before a step that ends at or after the next arrival."""
+    sched = replica.scheduler
+    blind = not sched.bm.caching and (type(sched) in WAITING_BLIND or sched.waiting_head_blocked())
+    limit = sched.decode_stretch_steps(batch, blind)
+    if limit <= 0:
+        return None
+    if blind:
+        horizon = math.inf
+    elif horizon is None:
+        horizon = replica.next_arrival()
+    serial = decided_at is None
+    if horizon <= (now if serial else decided_at):
+        return None
+    reqs = sched.running
+    bm, bs = sched.bm, sched.bm.block_size
+    caching = bm.caching
+    base = [r.num_computed for r in reqs]
+    crossing: dict[int, list] = {}  # step -> (position, request, tokens to hold) of decodes needing a block
+    filled: dict[int, list] = {}    # step -> (position, request) whose block fills (prefix caching shares it)
+    for i, r in enumerate(reqs):
+        c = base[i]
+        _push(crossing, len(r.block_table) * bs - c + 1, limit, (i, r))
+        if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
+            _push(filled, bs - c % bs, limit, (i, r))
+    cost, rows, micro, index = replica.cost, replica.recorder.stage_rows, replica.recorder.microbatch_rows, replica.index
+    n = len(reqs)
+    light = Batch.__new__(Batch)  # one decode batch re-priced per step: only its aggregates change
+    light.entries, light._items, light.prefill_items = batch.entries, None, []
+    light.num_prefill_tokens, light.num_decode_tokens = 0, n
+    ctx = batch.decode_context
+    times: list[float] = []
+    t = now
+    host_done = now
+    for step in range(1, limit + 1):
+        ctx += n
+        light.decode_context = ctx
+        host = cost.host_time(light)
+        c = cost.stage_cost(light, 0)
+        if serial:  # serial: decided as it starts, the host time first, then the device's
+            decided, start = t, t + host
+            end = t + (host + c.time)
+            if end >= horizon:
+                break
+        else:  # async: decided as the previous step started; on the device after it and after its host work
+            decided = decided_at
+            if decided >= horizon:
+                break
+            start = max(t, decided + host)  # the async loop's own expression
+            end = t + ((start - t) + c.time)
+        due = crossing.pop(step, None)
+        if due:
+            if len(due) > 1:
+                due.sort(key=_first)
+            ids = sched.decode_step([(r, base[i] + step) for i, r in due])
+            if ids is None:
+                break
+            nxt = step + bs
+            if nxt <= limit:
+                crossing.setdefault(nxt, []).extend(due)
+        else:
+            ids = sched.decode_step(())
+            if ids is None:  # pragma: no cover - nothing to grow: never short of blocks
+                break
+        batch_id, used = ids
+        host_done = decided_at = start
+        rows.extend((index, 0, batch_id, start, end, 0, n, n, 0, used, c.flops, c.bytes))
+        micro.extend((index, batch_id, decided, host, end))
+        times.append(end)
+        if caching:
+            done = filled.pop(step, None)
+            if done:
+                done.sort(key=_first)
+                for i, r in done:
+                    r.num_computed = base[i] + step
+                    bm.on_computed(r)
+                nxt = step + bs
+                if nxt <= limit:
+                    filled.setdefault(nxt, []).extend(done)
+        t = end
+    k = len(times)
+    if not k:
+        return None
+    for i, r in enumerate(reqs):
+        r.num_computed = base[i] + k
+        r.num_generated += k
+        r.token_times.extend(times)
+    replica.last_done = t
+    return t, host_done
+
+
+def _first(entry: tuple) -> int:
+    return entry[0]
