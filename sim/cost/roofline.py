@@ -83,8 +83,7 @@ class RooflineCostModel(CostModel):
                  dtype_bytes: int = 2, ep: int = 1, weight_dtype: str | None = None,
                  kv_cache_dtype: str = "auto", router_skew: float = 0.0,
                  compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY,
-                 memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY,
-                 tile: int | None = None,
+                 memory_efficiency: float = DEFAULT_MEMORY_EFFICIENCY, tile: int | None = None,
                  kernel_launch_overhead: float = DEFAULT_KERNEL_LAUNCH_OVERHEAD_S,
                  host_overhead_base: float = DEFAULT_HOST_OVERHEAD_BASE_S,
                  host_overhead_per_item: float = DEFAULT_HOST_OVERHEAD_PER_ITEM_S,
@@ -113,11 +112,9 @@ class RooflineCostModel(CostModel):
         # Without FP8 tensor cores (Ampere) FP8 weights run weight-only (vLLM's Marlin W8A16): bf16 GEMM compute
         self.weight_bytes = check_weight_dtype(self.weight_dtype) if self.weight_dtype == "fp8" else dtype_bytes
         self.fp8_compute = self.weight_dtype == "fp8" and g.has_fp8
-        self.kv_cache_dtype = kv_cache_dtype
-        self.kv_bytes = kv_dtype_bytes(kv_cache_dtype, dtype_bytes)
-        self.layers = layers_per_stage(m.num_layers, pp)
+        self.kv_cache_dtype, self.kv_bytes = kv_cache_dtype, kv_dtype_bytes(kv_cache_dtype, dtype_bytes)
+        self.layers, self.num_stages = layers_per_stage(m.num_layers, pp), pp
         self.moe_layers = [m.stage_layer_kinds(s, pp)[1] for s in range(pp)]
-        self.num_stages = pp
         self.compute_efficiency, self.memory_efficiency = compute_efficiency, memory_efficiency
         self.comm_efficiency, self.kernel_launch_overhead = comm_efficiency, kernel_launch_overhead
         self.host_overhead_base, self.host_overhead_per_item = host_overhead_base, host_overhead_per_item
@@ -128,7 +125,6 @@ class RooflineCostModel(CostModel):
         self.tp_link_bandwidth = g.interconnect_bw if tp_link_bandwidth is None else tp_link_bandwidth
         # prefill attention's efficiency rising with the keys per query (sim.cost.attention_fit), where measured
         self.attn_fit = attention_fit(g.kernel_db) if fitted else None
-
         self._flop_rate = g.bf16_flops * compute_efficiency
         gemm_peak = g.fp8_flops if self.fp8_compute else g.bf16_flops
         self._gemm_rate = gemm_peak * compute_efficiency
@@ -361,6 +357,15 @@ class RooflineCostModel(CostModel):
         # total_context includes each decode's own key, already counted in the per-new-token bytes
         b = self._attn_bytes_per_new * num_decodes + self._attn_bytes_per_key * (total_context - num_decodes)
         return (self._roof(f, b), f, b)
+
+    def decode_run(self, n: int, context: int, steps: int) -> list[_OpCost]:
+        """Stage 0's ``stage_cost`` of ``steps`` batches of ``n`` decodes reading ``context`` keys, then n more a step
+        (decode stretches): ``attn_decode_cost``'s arithmetic in its order (the same floats), without a batch each."""
+        (t, f, b), L, kl = self._token_part(n, n, 0), self.layers[0], self.kernel_launch_overhead
+        pf, pk, bn = self._attn_flops_per_pair, self._attn_bytes_per_key, self._attn_bytes_per_new * n
+        fr, br = self._flop_rate, self._byte_rate
+        return [(t + L * (max((bn + pk * d) / br, pf * (d + n) / fr) + kl), f + L * (pf * (d + n)),
+                 b + L * (bn + pk * d)) for d in range(context - n, context - n + n * steps, n)]
 
     @staticmethod
     def _prefill_sums(batch: Batch) -> tuple[int, int, int]:

@@ -72,7 +72,7 @@ def csv_text(frame: pd.DataFrame, float_format: str) -> str:
     fmt = _row_format(frame, float_format) if plain and len(frame) else None
     if fmt is not None:  # numbers only, no NaN: one formatting operation a row
         rows = zip(*(frame[c].to_numpy().tolist() for c in frame.columns))
-        return "\n".join([",".join(names), *(fmt % row for row in rows)]) + "\n"
+        return "\n".join([",".join(names), *map(fmt.__mod__, rows)]) + "\n"
     if plain:
         cols = []
         for name in frame.columns:

@@ -28,9 +28,12 @@ same requests' (``STRETCH_POLICIES``): every one of them forms "all running deco
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from itertools import repeat
 from typing import Any
 
 from sim.batch import Batch
+from sim.cost.roofline import RooflineCostModel
 from sim.schedulers import SCHEDULERS, Scheduler
 
 Replica = Any  # sim.serving.cluster.Replica (which imports this module)
@@ -74,11 +77,6 @@ def exact_delay(now: float, end: float) -> float:
     return d
 
 
-def _push(buckets: dict[int, list], step: int, limit: int, entry: tuple) -> None:
-    if step <= limit:
-        buckets.setdefault(step, []).append(entry)
-
-
 def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | None = None,
                 horizon: float | None = None) -> tuple[float, float] | None:
     """Advance the decode-only iterations that follow ``batch`` (just done at ``now``); returns (the last one's
@@ -107,28 +105,26 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     base = [r.num_computed for r in reqs]
     crossing: dict[int, list] = {}  # step -> (position, request, tokens to hold) of decodes needing a block
     filled: dict[int, list] = {}    # step -> (position, request) whose block fills (prefix caching shares it)
-    for i, r in enumerate(reqs):
-        c = base[i]
-        _push(crossing, len(r.block_table) * bs - c + 1, limit, (i, r))
+    for i, (r, c) in enumerate(zip(reqs, base)):  # (a step per request beyond the limit is never pushed)
+        step = len(r.block_table) * bs - c + 1
+        if step <= limit:
+            crossing.setdefault(step, []).append((i, r))
         if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
-            _push(filled, bs - c % bs, limit, (i, r))
+            step = bs - c % bs
+            if step <= limit:
+                filled.setdefault(step, []).append((i, r))
     cost, rows, micro, index = replica.cost, replica.recorder.stage_rows, replica.recorder.microbatch_rows, replica.index
     n = len(reqs)
     light = Batch.__new__(Batch)  # one decode batch re-priced per step: only its aggregates change
     light.entries, light._items, light.prefill_items = batch.entries, None, []
-    light.num_prefill_tokens, light.num_decode_tokens = 0, n
-    ctx = batch.decode_context
+    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, batch.decode_context
     times: list[float] = []
     t = now
     host_done = now
-    for step in range(1, limit + 1):
-        ctx += n
-        light.decode_context = ctx
-        host = cost.host_time(light)
-        c = cost.stage_cost(light, 0)
+    for step, (host, (ctime, flops, nbytes)) in enumerate(_prices(cost, light, batch.decode_context, n, limit), 1):
         if serial:  # serial: decided as it starts, the host time first, then the device's
             decided, start = t, t + host
-            end = t + (host + c.time)
+            end = t + (host + ctime)
             if end >= horizon:
                 break
         else:  # async: decided as the previous step started; on the device after it and after its host work
@@ -136,7 +132,7 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
             if decided >= horizon:
                 break
             start = max(t, decided + host)  # the async loop's own expression
-            end = t + ((start - t) + c.time)
+            end = t + ((start - t) + ctime)
         due = crossing.pop(step, None)
         if due:
             if len(due) > 1:
@@ -153,7 +149,7 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
                 break
         batch_id, used = ids
         host_done = decided_at = start
-        rows.extend((index, 0, batch_id, start, end, 0, n, n, 0, used, c.flops, c.bytes))
+        rows.extend((index, 0, batch_id, start, end, 0, n, n, 0, used, flops, nbytes))
         micro.extend((index, batch_id, decided, host, end))
         times.append(end)
         if caching:
@@ -170,12 +166,28 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     k = len(times)
     if not k:
         return None
-    for i, r in enumerate(reqs):
-        r.num_computed = base[i] + k
+    for r, c in zip(reqs, base):
+        r.num_computed = c + k
         r.num_generated += k
         r.token_times.extend(times)
     replica.last_done = t
     return t, host_done
+
+
+def _prices(cost: Any, light: Batch, context: int, n: int, limit: int) -> Iterator[tuple[float, tuple]]:
+    """Each step's host time and (device time, FLOPs, bytes): the roofline prices the whole stretch in one call
+    (``RooflineCostModel.decode_run``, the same floats); other models per step, lazily, as the loop needs them."""
+    if type(cost) is RooflineCostModel:
+        return zip(repeat(cost.host_time(light)), cost.decode_run(n, context + n, limit))
+    return _priced_per_step(cost, light, context, n, limit)
+
+
+def _priced_per_step(cost: Any, light: Batch, ctx: int, n: int, limit: int) -> Iterator[tuple[float, tuple]]:
+    for _ in range(limit):
+        ctx += n
+        light.decode_context = ctx
+        host = cost.host_time(light)
+        yield host, cost.stage_cost(light, 0)
 
 
 def _first(entry: tuple) -> int:

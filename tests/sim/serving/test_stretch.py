@@ -143,3 +143,22 @@ def test_async_loop_stretches_under_kv_pressure_and_caching(monkeypatch, policy)
     *_, seen = _same_as_reference(monkeypatch, spec, policy, blocks=9, block_size=4, host=0.4, loop=AsyncReplica,
                                   caching=True)
     assert seen
+
+
+@pytest.mark.parametrize("model,gpu,kw", [
+    ("llama-2-7b", "a100-80gb", {}), ("llama-2-7b", "a100-80gb", {"fitted": False, "pp": 2}),
+    ("llama-3.1-70b", "h100-sxm", {"tp": 4, "weight_dtype": "fp8", "kv_cache_dtype": "fp8"}),
+    ("mixtral-8x7b", "h100-sxm", {"tp": 2, "ep": 2, "router_skew": 0.5}), ("deepseek-v3", "h200", {"tp": 8}),
+])
+def test_the_roofline_prices_a_stretch_with_the_floats_of_a_batch_per_step(model, gpu, kw):
+    """``RooflineCostModel.decode_run`` (a stretch priced in one call) is ``stage_cost`` of each step's batch, bit
+    for bit: stretches would otherwise change batches.csv and every token time."""
+    from sim.batch import Batch
+    from sim.cost.roofline import RooflineCostModel
+
+    cost = RooflineCostModel(model, gpu, **kw)
+    for cached in ([7], [0, 15, 16, 4095], list(range(3, 300, 7)), [40000] * 5):
+        n = len(cached)
+        steps = [Batch([(None, 1, c + j) for c in cached], num_decodes=n) for j in range(40)]
+        assert cost.decode_run(n, steps[0].decode_context, 40) == [tuple(cost.stage_cost(b, 0)) for b in steps]
+    assert cost.decode_run(3, 30, 0) == []
