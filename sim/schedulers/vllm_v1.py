@@ -93,6 +93,7 @@ class VLLMV1Scheduler(Scheduler):
         ``decodes`` (plain decodes, no draft) and ``items``; consumes ``queue``; returns the budget left."""
         spec, bm = self.spec, self.bm
         look, bs = spec.lookahead, bm.block_size
+        room = bm.num_blocks * bs
         proposed = spec_blocks = 0
         while queue and budget_left > 0:
             r = queue.popleft()
@@ -103,6 +104,8 @@ class VLLMV1Scheduler(Scheduler):
             need = cached + n + look
             if spec.max_model_len is not None and need > spec.max_model_len:  # allocate_slots caps it there
                 need = max(spec.max_model_len, cached + n)
+            if need > room:  # a cache below max_model_len (vLLM refuses to start): a lone request must still fit
+                need = max(room, cached + n)
             if not self._grow_or_preempt(r, need, queue):
                 continue
             # blocks held only for draft and lookahead slots (beyond the request's own next tokens)
