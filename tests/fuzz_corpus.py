@@ -35,6 +35,8 @@ class Case:
     argv: list[str]
     files: dict[str, bytes] = field(default_factory=dict)
     refuse: bool = True
+    #: a refusal must name this (a flag whose base command line would fail later anyway: the refusal must be its own)
+    must_name: str | None = None
 
 
 def _deep(depth: int, open_: str = "[", close: str = "]") -> str:
@@ -213,6 +215,23 @@ def deployment_cases(rng: random.Random) -> Iterator[Case]:
     }
     for what, text in texts.items():
         yield Case("deployment-yaml", what, _deploy("d.yaml"), {"d.yaml": text.encode()})
+    from tests.fuzz_corpus_review import SPEC_BAD, SPEC_OK
+    v1 = "model: tiny\nscheduler: vllm_v1\n"
+    spec = "speculative_config: '" + SPEC_OK + "'\n"
+    for what, text in {
+            **{f"speculative_config={v}": f"{v1}speculative_config: {v}\n" for v in
+               ("'{'", "'[]'", "7", "[1]", ".nan", "true", "'x'", "'" + SPEC_BAD[7] + "'")},
+            **{f"spec_acceptance={v}": f"{v1}{spec}spec_acceptance: {v}\n" for v in
+               (".nan", "-1", "1.5", "'abc'", "[0.5, .nan]", "{a: 1}", "'0.5,x'")},
+            "spec_acceptance without speculative_config": f"{v1}spec_acceptance: '0.5'\n",
+            "speculative_config with disaggregated pools": "model: tiny\nmode: disaggregated\n" + spec
+            + "prefill: {replicas: 1}\ndecode: {replicas: 1}\n",
+            **{f"kv_reservation={v}": f"model: tiny\nscheduler: orca\nkv_reservation: {v}\n" for v in
+               ("bogus", "1", "[]", "null")},
+            **{f"virtual_engines={v}": f"model: tiny\nscheduler: vllm\npp: 2\nvirtual_engines: {v}\n" for v in
+               ("'yes'", "2", "[]", ".nan")},
+            "virtual_engines on sarathi": "model: tiny\nscheduler: sarathi\npp: 2\nvirtual_engines: true\n"}.items():
+        yield Case("deployment-yaml", what, _deploy("d.yaml"), {"d.yaml": text.encode()})
     for what, text in {"deep": "x = " + _deep(100_000) + "\n", "duplicate key": 'model = "tiny"\nmodel = "tiny"\n',
                        "bad syntax": "model = \n", "unknown key": 'model = "tiny"\nsheduler = "vllm"\n'}.items():
         yield Case("deployment-toml", what, _deploy("d.toml"), {"d.toml": text.encode()})
@@ -300,11 +319,12 @@ def flag_cases(rng: random.Random, parser: argparse.ArgumentParser) -> Iterator[
 
 def all_cases(seed: int, parser: argparse.ArgumentParser, profile_json: dict, measurements: str) -> list[Case]:
     """Every family's cases, in a seeded order."""
+    from tests.fuzz_corpus_review import measured_cases, new_flag_cases
     rng = random.Random(seed)
     makers: list[Callable[[], Iterator[Case]]] = [
         lambda: trace_cases(rng), lambda: config_cases(rng), lambda: deployment_cases(rng),
         lambda: price_cases(rng), lambda: profile_cases(rng, profile_json, measurements),
-        lambda: flag_cases(rng, parser)]
+        lambda: flag_cases(rng, parser), lambda: measured_cases(rng), lambda: new_flag_cases(rng)]
     cases = [c for make in makers for c in make()]
     rng.shuffle(cases)
     return cases

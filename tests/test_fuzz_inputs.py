@@ -1,4 +1,4 @@
-"""Fuzzing the error contract: over 1,000 seeded hostile inputs to every reader and numeric flag, run in process.
+"""Fuzzing the error contract: over 1,700 seeded hostile inputs to every reader and numeric flag, run in process.
 
 Each must be refused with one line on stderr and exit 2 (or, for inputs that may be served, end without a
 traceback); none may hang. The counts per family and outcome are printed (``pytest -s``).
@@ -62,7 +62,8 @@ def run_case(case: Case, folder: Path) -> tuple[str, str]:
         return ("accepted" if case.refuse else "served"), text
     one_line = len(lines) == 1 and ": error: " in lines[0] and len(lines[0]) <= 600
     if rc == 2 and one_line:
-        return "refused", text
+        return ("refused" if case.must_name is None or case.must_name in text
+                else f"refused without naming {case.must_name}"), text
     if not case.refuse and rc == 1 and one_line:
         return "served", text
     return f"rc {rc}, {len(lines)} line(s)", text
@@ -72,7 +73,7 @@ def test_a_thousand_hostile_inputs_are_refused_cleanly(capsys):
     profile_json = json.loads((PROFILE / "profile.json").read_text())
     measurements = (PROFILE / "measurements.csv").read_text()
     cases = all_cases(28, build_parser(), profile_json, measurements)
-    assert len(cases) >= 1000 and len({c.family for c in cases}) >= 10
+    assert len(cases) >= 1700 and len({c.family for c in cases}) >= 16
     outcomes: Counter[tuple[str, str]] = Counter()
     bad: list[str] = []
     took: list[tuple[float, str]] = []

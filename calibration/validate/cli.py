@@ -79,7 +79,8 @@ _EXAMPLES = """examples:
 def add_validate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``validate`` on the ``servesim`` subcommands; returns its parser."""
     p = add_command(subparsers, "validate", cmd_validate,
-                    "run a trace on the real engine and in the simulator; report the prediction error",
+                    "run a trace on the real engine and in the simulator, or replay a benchmark client's result "
+                    "(--measured); report the prediction error",
                     epilog=_EXAMPLES)
     note_given_flags(p)  # so that a generator flag given with --trace is refused by name
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md, report.json, plots, run folders" + _NO)

@@ -48,6 +48,8 @@ def vllm_command(config: Any) -> str:
         args += list(_DTYPE[config.dtype])
     if config.kv_cache_dtype != "auto":
         args += ["--kv-cache-dtype", config.kv_cache_dtype]
+    if getattr(config, "speculative_config", None):  # a +spec winner was sized speculating: vLLM must too
+        args += ["--speculative-config", config.speculative_config]
     return VLLM_FAMILY[config.scheduler] + shlex.join(args)
 
 
@@ -75,8 +77,12 @@ def deployment_text(config: Any) -> str:
     """The deployment file (YAML) of ``config``, every value resolved; ``simulate --deployment`` reads it back."""
     import yaml
 
+    from sim.catalog.models import MODELS
     from sim.serving.deployment import describe
-    return yaml.safe_dump(describe(config), sort_keys=False)
+    d = describe(config)
+    if d["model"] not in MODELS and Path(str(d["model"])).is_file():  # a config.json relative to the cwd: absolute
+        d["model"] = str(Path(d["model"]).resolve())
+    return yaml.safe_dump(d, sort_keys=False)
 
 
 def write_launch_files(out: str | Path, config: Any, header: str) -> tuple[Path, Path]:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sim.capacity.point import evaluate_point, point_passes
+from sim.serving.load_verdict import MIN_REQUESTS
 
 
 def check_at_rate(search: Any, qps: float, *, executor: cf.Executor | None = None,
@@ -42,8 +43,12 @@ def check_at_rate(search: Any, qps: float, *, executor: cf.Executor | None = Non
     if broken:
         lines.append(f"broken in some seed: {', '.join(broken)}")
     sat = [r["metrics"].get("saturated") for r in recs]
-    lines.append(f"saturation: {sum(bool(x) for x in sat)} of {len(sat)} seeds saturated (queue growing), median "
-                 f"offered {metrics.get('offered_rps') or 0:.3g} req/s")
+    if all(x is None for x in sat):  # too few requests (or all at once): the SLO alone cannot tell a burst from a rate
+        lines.append(f"saturation: no verdict (fewer than {MIN_REQUESTS} requests per seed, or all at once): the SLO "
+                     f"verdict covers a burst, not a sustained {qps:g} req/s; raise -n or --duration")
+    else:
+        lines.append(f"saturation: {sum(bool(x) for x in sat)} of {len(sat)} seeds saturated (queue growing), median "
+                     f"offered {metrics.get('offered_rps') or 0:.3g} req/s")
     if metrics.get("goodput_rps") is not None:
         lines.append(f"goodput: {metrics['goodput_rps']:.3g} req/s ({metrics['good_fraction']:.1%} of requests meet "
                      f"the per-request SLO)")

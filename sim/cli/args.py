@@ -185,6 +185,12 @@ def ep_of(args: argparse.Namespace) -> int:
 def deployment_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     """The SimConfig fields the deployment flags give (model, GPU, parallelism, dtypes, scheduler, KV)."""
     ep = ep_of(args)
+    if getattr(args, "kv_reservation", None) == "oracle" and not getattr(args, "disaggregated", False):
+        from sim.schedulers import scheduler_class
+        if not scheduler_class(scheduler_of(args)).reserves_max_length:  # a no-op would pass silently
+            raise ValueError(f"--kv-reservation oracle sets what Orca and FasterTransformer reserve per request; "
+                             f"--scheduler {scheduler_of(args)} reserves none: use orca or faster_transformer, "
+                             "or drop it")
     return {"model": args.model_config or args.model, "max_model_len": args.max_model_len,
             "gpu": args.gpu or "a100-80gb", "tp": args.tp, "pp": args.pp, "replicas": args.replicas, "ep": ep,
             "dtype": args.dtype, "kv_cache_dtype": args.kv_cache_dtype, "router_skew": args.router_skew,

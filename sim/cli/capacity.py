@@ -93,7 +93,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         print(json.dumps(d, indent=2, default=str))
         return _status(res)
     print(f"SLO: {slo.describe()}; {workload.num_requests} requests per point, seeds {search.seeds}; "
-          f"cost model: {cost_line(search)}")
+          f"simulated (not measured), cost model: {cost_line(search)}")
     if clipped:
         print(clipped)
     if res.error is None:
@@ -177,7 +177,7 @@ def check_rate(search: Any, args: argparse.Namespace, clipped: str | None = None
         print(json.dumps({**check, "clipped_to_context": clipped}, indent=2, default=str))
     else:
         print(f"SLO: {search.slo.describe()}; {search.workload.size(args.qps)} requests per seed, seeds "
-              f"{search.seeds}; cost model: {cost_line(search)}")
+              f"{search.seeds}; simulated (not measured), cost model: {cost_line(search)}")
         if clipped:
             print(clipped)
         for line in check["lines"]:

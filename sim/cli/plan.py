@@ -134,7 +134,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
     if clipped:
         print(clipped)
-    print("by capacity per GPU (requests/s per GPU at the SLO; cost per million output tokens at that rate):")
+    print("by capacity per GPU (simulated requests/s per GPU at the SLO; cost per million output tokens at that "
+          "rate):")
     print(format_table(res.table, slo=slo))
     cheapest = sort_table(res.table, by="cost")
     cheapest = cheapest[cheapest["status"] == "ok"]

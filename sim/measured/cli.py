@@ -26,7 +26,9 @@ ENGINE_ONLY = {"device": "--device", "dtype": "--dtype", "backend": "--backend",
                "lengths_from": "--lengths-from", "sessions": "--sessions", "system_prompt": "--system-prompt",
                "max_total_tokens": "--max-total-tokens", "arrival": "--arrival", "cv": "--cv",
                "slo_tbt_p99": "--slo-tbt-p99", "slo_delay_p50": "--slo-sched-delay-p50",
-               "capacity_duration": "--capacity-duration", "capacity_seeds": "--capacity-seeds"}
+               "capacity_duration": "--capacity-duration", "capacity_seeds": "--capacity-seeds",
+               "max_concurrency": "--max-concurrency", "think_time": "--think-time",
+               "speculative_config": "--speculative-config"}
 #: store_false flags of validate's engine run: (dest, flag, value when given)
 ENGINE_SWITCHES = (("cuda_graphs", "--no-cuda-graphs", False), ("plots", "--no-plots", False),
                    ("timeline", "--no-timeline", False))
@@ -199,20 +201,31 @@ def _figures(run: Any, side: Any, result: Any) -> dict[str, tuple[Any, Any]]:
                 sim_out / sim_span if sim_span else None)}
 
 
-def simulate_run(run: Any, args: argparse.Namespace) -> Any:
+def prepare_run(run: Any, args: argparse.Namespace) -> tuple[Any, Any, str, Any] | None:
+    """(config, cost model, its description, workload) of ``run``, or None when servesim cannot configure it:
+    every input check of a run, done before any run is simulated (a refusal is then the only line on stderr)."""
+    from sim.measured.replay import build_workload
+    if run.not_expressible and not args.deployment:
+        return None
+    config, cost, cost_text = _cost(args, config_for(run, args))
+    config.check()  # an unknown GPU, a TP the heads do not split over, weights that do not fit: before simulating
+    return config, cost, cost_text, build_workload(run, args.seed)
+
+
+def simulate_run(run: Any, args: argparse.Namespace, prepared: tuple[Any, Any, str, Any] | None = None) -> Any:
     """One measured run replayed and compared (an Outcome; not simulated when servesim cannot configure it)."""
     from sim.measured.compare import compare
-    from sim.measured.replay import build_workload, simulate_workload
+    from sim.measured.replay import simulate_workload
     from sim.measured.report import Outcome
     from sim.serving.deployment import describe
-    if run.not_expressible and not args.deployment:  # the measured figures alone, for reference
+    prepared = prepared or prepare_run(run, args)
+    if prepared is None:  # the measured figures alone, for reference
         import numpy as np
 
         from sim.measured.compare import Side
         none = Side(ttft=np.array([]), e2e=np.array([]), n=np.array([]), gaps=[])
         return Outcome(run, rows=compare(run, none), skipped=run.not_expressible)
-    config, cost, cost_text = _cost(args, config_for(run, args))
-    work = build_workload(run, args.seed)
+    config, cost, cost_text, work = prepared
     side, result = simulate_workload(run, work, config, cost)
     frontend = result.summary.get("frontend", {}).get("name", "none")
     notes = list(work.notes)
@@ -235,11 +248,12 @@ def cmd_validate_measured(args: argparse.Namespace) -> int:
         if not 0 <= args.stage < len(runs):
             raise ValueError(f"--stage {args.stage}: {args.measured} holds {len(runs)} run(s) (0 to {len(runs) - 1})")
         runs = [runs[args.stage]]
+    prepared = [prepare_run(run, args) for run in runs]
     out = prepare_out_dir(args.out)
     outcomes = []
-    for run in runs:
+    for run, prep in zip(runs, prepared):
         print(f"simulating {run.label or run.source} ({len(run.succeeded):,} measured requests)", file=sys.stderr)
-        outcomes.append(simulate_run(run, args))
+        outcomes.append(simulate_run(run, args, prep))
     typed = sys.argv[1:] if sys.argv[1:2] == ["validate"] else ["validate", "--measured", str(args.measured),
                                                                  "--out", str(args.out)]
     command = shlex.join(["servesim", *typed])

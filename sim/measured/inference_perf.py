@@ -62,6 +62,15 @@ def _config(folder: Path) -> dict[str, Any]:
     return data
 
 
+def _stage_config(folder: Path, i: int, stage: Any) -> dict[str, Any]:
+    """config.yaml's ``load.stages[i]`` with its numbers checked (a rate or duration that is not a finite number >= 0
+    is refused naming the field: the workload is reconstructed from them)."""
+    if not isinstance(stage, dict):
+        return {}
+    f = Fields(str(folder / "config.yaml"), stage, f"load.stages[{i}]")
+    return {**stage, **{k: f.number(k) for k in ("rate", "duration", "concurrency_level") if f.has(k)}}
+
+
 def _mean(f: Fields | None, *keys: str) -> float | None:
     """The mean of the first of ``keys`` present in ``f`` (a {mean: ...} object)."""
     for k in keys:
@@ -151,7 +160,8 @@ def read_inference_perf(path: str | Path) -> list[MeasuredRun]:
     folder = Path(path)
     cfg = _config(folder)
     load_cfg = cfg.get("load") if isinstance(cfg.get("load"), dict) else {}
-    stages_cfg = [s if isinstance(s, dict) else {} for s in (load_cfg.get("stages") or [])]
+    stages = load_cfg.get("stages") if isinstance(load_cfg.get("stages"), list) else []
+    stages_cfg = [_stage_config(folder, i, s) for i, s in enumerate(stages)]
     files = sorted(((int(m[1]), p) for p in folder.iterdir() if (m := STAGE_FILE.search(p.name))), key=lambda x: x[0])
     if not files:
         files = [(0, folder / "summary_lifecycle_metrics.json")]

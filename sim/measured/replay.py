@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from sim.cli.values import MAX_REQUESTS
 from sim.measured.compare import Side
 from sim.measured.run import MeasuredRun
 from sim.request import TraceRequest
@@ -77,6 +78,9 @@ def build_workload(run: MeasuredRun, seed: int = 0) -> Workload:
     if not n or not mi or not mo:
         raise ValueError(f"{run.source}{f' ({run.label})' if run.label else ''}: no per-request records, and the "
                          "result lacks the request count or mean lengths to reconstruct the workload")
+    if n > MAX_REQUESTS:  # the bound of -n: more would exhaust memory or run for days
+        raise ValueError(f"{run.source}{f' ({run.label})' if run.label else ''}: the result's load is {n:,.0f} "
+                         f"requests, more than servesim replays ({MAX_REQUESTS:,}, the bound of -n)")
     times, arr = _arrivals(int(n), run.load, seed)
     pi, po = max(1, round(mi)), max(1, round(mo))
     trace = [TraceRequest(str(i), float(t), pi, po) for i, t in enumerate(times)]

@@ -148,18 +148,29 @@ class Fields:
         return default if v is None else str(v)
 
 
+#: the largest number a result may record, in its own unit (1e20: nanoseconds since the epoch are ~1.8e18 today; a
+#: larger time or count is corruption, not a measurement) and the largest integer (int64, what numpy holds)
+MAX_VALUE = 1e20
+MAX_INTEGER = 2**63 - 1
+
+
 def check_number(v: Any, where: str, low: float = 0.0) -> float:
-    """``v`` as a finite float >= ``low``; MeasuredError naming ``where`` otherwise."""
+    """``v`` as a finite float in [``low``, MAX_VALUE]; MeasuredError naming ``where`` otherwise."""
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < low:
         raise MeasuredError(f"{where}: expected a finite number >= {low:g}, got {brief_json(v)}")
+    if v > MAX_VALUE:
+        raise MeasuredError(f"{where}: expected a number <= {MAX_VALUE:g}, got {brief_json(v)}")
     return float(v)
 
 
 def check_integer(v: Any, where: str, low: int = 0) -> int:
-    """``v`` as an int >= ``low`` (an integral float such as 3.0 is accepted: some clients write every number so)."""
+    """``v`` as an int in [``low``, 2^63 - 1] (an integral float such as 3.0 is accepted: some clients write every
+    number so)."""
     ok = not isinstance(v, bool) and (isinstance(v, int) or (isinstance(v, float) and v.is_integer()))
     if not ok or v < low:
         raise MeasuredError(f"{where}: expected an integer >= {low}, got {brief_json(v)}")
+    if v > MAX_INTEGER:
+        raise MeasuredError(f"{where}: expected an integer <= {MAX_INTEGER}, got {brief_json(v)}")
     return int(v)
 
 

@@ -192,6 +192,9 @@ def read_engine_run(folder: Path) -> MeasuredRun:
     reqs = []
     for i, r in enumerate(table.itertuples()):
         ok = pd.notna(r.first_token_ts) and pd.notna(r.last_token_ts) and r.output_toks > 0
+        if ok and not r.queued_ts <= r.first_token_ts <= r.last_token_ts:  # one engine clock: a corrupt record
+            raise MeasuredError(f"{brief_name(folder / 'requests.jsonl')}: request {r.request_id}: fields "
+                                "'queued_ts' <= 'first_token_ts' <= 'last_token_ts' do not hold")
         reqs.append(MeasuredRequest(
             input_tokens=int(r.input_toks), output_tokens=int(r.output_toks), send_time=r.queued_ts - t0,
             ttft=r.first_token_ts - r.queued_ts if ok else None, latency=r.last_token_ts - r.queued_ts if ok else None,

@@ -103,14 +103,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from sim.serve.app import build_app, dumps_line
 
-    record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115 - closed below
+    record = None
 
     def on_record(line: dict) -> None:
         record.write(dumps_line(line) + "\n")
         record.flush()
 
     try:
-        state = build_state(args, on_record if record else None)
+        state = build_state(args, on_record if args.record else None)  # refusals first: no file left behind
+        record = open(args.record, "a", encoding="utf-8") if args.record else None  # noqa: SIM115 - closed below
         sock = bind_socket(args.host, args.port)
         host, port = sock.getsockname()[:2]
         dep = state.deployment

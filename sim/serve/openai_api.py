@@ -63,7 +63,7 @@ def parse_json(raw: bytes) -> dict[str, Any]:
         raise ApiError(f"request body of {len(raw)} bytes exceeds {MAX_BODY_BYTES}", 413, "RequestTooLarge")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, an integer over 4,300 digits
         raise ApiError(f"malformed JSON in the request body: {e}") from None
     if not isinstance(body, dict):
         raise ApiError(f"the request body must be a JSON object, got {type(body).__name__}")

@@ -170,11 +170,11 @@ def _flag(v: Any) -> bool:
     return v
 
 
-def _looked_up(lookup: Callable[[str], Any]) -> Check:
-    """A name that ``lookup`` knows (its own message otherwise)."""
+def _looked_up(lookup: Callable[[str], Any], what: str = "a name") -> Check:
+    """A name (or other string: ``what``) that ``lookup`` knows (its own message otherwise)."""
     def check(v: Any) -> str:
         if not isinstance(v, str):
-            raise _Invalid(f"expected a name, {_got(v)}")
+            raise _Invalid(f"expected {what}, {_got(v)}")
         try:
             lookup(v)
         except ValueError as e:
@@ -207,8 +207,8 @@ POOL_KEYS: dict[str, Check] = {
     "frontend": _nullable(_looked_up(parse_frontend)),
     "router": _choice(Router.POLICIES), "router_cache_weight": _number(0, 1e12),
     # speculative decoding (sim.spec): vLLM's JSON as a string; its keys checked here, its acceptance at run time
-    "speculative_config": _nullable(_looked_up(lambda v: parse_speculative_config(v, "1"))),
-    "spec_acceptance": _nullable(_looked_up(parse_acceptance)),
+    "speculative_config": _nullable(_looked_up(lambda v: parse_speculative_config(v, "1"), "a quoted JSON string")),
+    "spec_acceptance": _nullable(_looked_up(parse_acceptance, "a quoted string of rates, e.g. '0.6' or '0.7,0.5'")),
 }
 LINK_KEYS: dict[str, Check] = {"kind": _choice(LINK_KINDS), "bandwidth_GBps": _nullable(_number(0, low_open=True)),
                                "latency_us": _nullable(_number(0, 1e12)), "overlap": _flag}
