@@ -54,6 +54,14 @@ class _Blocks:
         return total
 
 
+
+def _same_on_every_engine(name: str) -> property:
+    """A flag the replica sets once and every virtual engine follows (read from the first)."""
+    def set_all(self, value) -> None:
+        for e in self.engines:
+            setattr(e, name, value)
+    return property(lambda self: getattr(self.engines[0], name), set_all)
+
 class VirtualEngines:
     """A replica's schedulers, one per virtual engine, behind the one-scheduler interface the replica drives."""
 
@@ -84,14 +92,8 @@ class VirtualEngines:
         for e in self.engines:
             e.gap_log = log
 
-    @property
-    def keep_token_times(self) -> bool:
-        return self.engines[0].keep_token_times
-
-    @keep_token_times.setter
-    def keep_token_times(self, keep: bool) -> None:
-        for e in self.engines:
-            e.keep_token_times = keep
+    keep_token_times = _same_on_every_engine("keep_token_times")
+    hold_finished = _same_on_every_engine("hold_finished")
 
     @property
     def fold_every_tokens(self) -> int:
@@ -101,15 +103,6 @@ class VirtualEngines:
     def fold_every_tokens(self, n: int) -> None:
         for e in self.engines:
             e.fold_every_tokens = max(1, n // len(self.engines))
-
-    @property
-    def hold_finished(self) -> bool:
-        return self.engines[0].hold_finished
-
-    @hold_finished.setter
-    def hold_finished(self, hold: bool) -> None:
-        for e in self.engines:
-            e.hold_finished = hold
 
     num_preemptions = property(lambda self: sum(e.num_preemptions for e in self.engines))
     num_incoming = property(lambda self: sum(e.num_incoming for e in self.engines))
