@@ -59,6 +59,9 @@ class Scheduler(ABC):
     chunks_prefills: bool = False
     #: whether admission reserves the request's maximum length (Orca, FasterTransformer)
     reserves_max_length: bool = False
+    #: waiting requests are admitted only with the token budget the running requests leave (Orca, Sarathi-Serve,
+    #: vLLM v1; vLLM v0 schedules prompts first): a budget the running ones fill admits no one
+    admits_after_decodes: bool = True
     #: default per-iteration token budget when the user gives none (None: unlimited)
     default_token_budget: int | None = None
     #: automatic prefix caching when the user says neither way (vLLM v1 turns it on; the v0-era policies did not)
@@ -411,16 +414,48 @@ class Scheduler(ABC):
         return request.max_tokens - 1
 
     # ---- decode stretches (sim.serving.stretch): repeated decode-only batches advanced in one go ----------------
-    def decode_stretch_steps(self, batch: Batch, waiting_blind: bool = False) -> int:
-        """Batches after ``batch`` that would again decode every running request (0 unless ``batch`` did, nothing
-        waits but for a ``waiting_blind`` policy's queue, nothing is in flight, no speculation, the budget covers
-        them), up to the step before a last token; blocks are ``decode_step``'s."""
-        n = len(self.running)
-        if (batch.prefill_items or batch.num_decode_tokens != n or (self.waiting and not waiting_blind)
-                or self._in_flight or self.num_incoming or getattr(self, "spec", None) is not None
-                or getattr(self, "speculative", False) or (self.token_budget is not None and self.token_budget < n)):
-            return 0
-        return min(r.output_tokens - r.num_generated for r in self.running) - 1
+    def stretch_plan(self, batch: Batch, waiting_blind: bool = False, chunk_stretch: bool = True
+                     ) -> tuple[int, Request | None, int]:
+        """(steps, partial, chunk): the batches after ``batch`` that would each again be every running request's
+        decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one prompt under way,
+        ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight, no speculation,
+        the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind a chunk that
+        fills the budget); up to the step before a last token. Blocks are ``decode_step``'s."""
+        run = self.running
+        n = len(run)
+        budget = self.token_budget
+        if (not n or self._in_flight or self.num_incoming or self.spec is not None or self.speculative
+                or (budget is not None and budget < n)):
+            return 0, None, 0
+        partial = None
+        if batch.prefill_items or batch.num_decode_tokens != n:  # after a prefill or a finish: all decoding now?
+            for r in run:
+                g = r.num_generated
+                if not g or r.num_computed + 1 != r.prompt_tokens + g:
+                    if partial is not None or not chunk_stretch or not self.chunks_prefills or budget is None:
+                        return 0, None, 0
+                    partial = r
+        if partial is None:
+            if self.waiting and not (waiting_blind or self.budget_full(n)):
+                return 0, None, 0
+            return min([r.output_tokens - r.num_generated for r in run]) - 1, None, 0
+        chunk = self._stretch_chunk(partial, n - 1)
+        if not chunk or (self.waiting and not (waiting_blind or self.budget_full(n - 1, chunk))):
+            return 0, None, 0
+        steps = -(-partial.num_pending // chunk) - 1  # the chunks before its last (which samples a token)
+        if n > 1:
+            steps = min(steps, min([r.output_tokens - r.num_generated for r in run if r is not partial]) - 1)
+        return steps, partial, chunk
+
+    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
+        """The chunk ``partial`` gets next to ``num_decodes`` decodes while more than a chunk of it remains (0: this
+        policy's batches do not repeat so; chunking policies say)."""
+        return 0
+
+    def budget_full(self, num_decodes: int, chunk: int = 0) -> bool:
+        """Whether decodes plus a chunk use the whole token budget of a policy that admits from what they leave
+        (then no waiting request can be admitted, whatever arrives)."""
+        return self.admits_after_decodes and self.token_budget is not None and num_decodes + chunk >= self.token_budget
 
     def waiting_head_blocked(self) -> bool:
         """Whether the first waiting request cannot be admitted, even for one token where prompts are chunked (batch
@@ -428,14 +463,17 @@ class Scheduler(ABC):
         stretch may go on past them (without prefix caching, whose hits can change)."""
         return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
 
-    def decode_step(self, crossing: list[tuple[Request, int]]) -> tuple[int, int] | None:
-        """One more decode batch of the running requests, as ``schedule`` forms it: each (request, tokens) of ``crossing``
-        (running order) grows its blocks; (batch id, blocks in use), or None, changing nothing, if blocks run short."""
+    def decode_step(self, grows: list[tuple[Request, int]]) -> tuple[int, int] | None:
+        """One more batch of a stretch, as ``schedule`` forms it: each (request, tokens) of ``grows`` (running order,
+        a chunk's last) grows its blocks; (batch id, blocks in use), or None, changing nothing, if blocks run short."""
         bm = self.bm
-        if crossing:
-            if len(crossing) > bm.num_free:
+        if grows:
+            need = 0
+            for r, tokens in grows:
+                need += bm.blocks_for(tokens) - len(r.block_table)
+            if need > bm.num_free:
                 return None
-            for r, tokens in crossing:
+            for r, tokens in grows:
                 bm.grow(r, tokens)
         if bm.caching:
             self.cached_free_log.append(bm.num_cached_free)

@@ -19,6 +19,7 @@ class FasterTransformerScheduler(Scheduler):
 
     name = "faster_transformer"
     reserves_max_length = True
+    admits_after_decodes = False  # only into an empty batch (decode stretches treat its queue as blind)
     #: Sarathi-Serve's default for every policy (BaseSchedulerConfig.max_num_seqs, sarathi/config/config.py)
     default_max_num_seqs = 128
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sim.batch import BatchItem
+from sim.request import Request
 from sim.schedulers.base import Scheduler
 
 DEFAULT_TOKEN_BUDGET = 512
@@ -18,6 +19,10 @@ class SarathiScheduler(Scheduler):
     #: Sarathi-Serve's default (BaseSchedulerConfig.max_num_seqs = 128, sarathi/config/config.py; replica_scheduler
     #: max_batch_size 128 in the osdi-sarathi-serve branch's sarathi/benchmark/config/default.yml)
     default_max_num_seqs = 128
+
+    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
+        """The prompt under way takes the budget the decodes leave (its blocks were allocated at admission)."""
+        return self._chunk(partial.num_pending, self.token_budget - num_decodes, num_decodes)
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes, partial = self._decode_pass(self._schedulable_running(), self.token_budget)

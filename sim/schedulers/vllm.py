@@ -15,6 +15,7 @@ class VLLMScheduler(Scheduler):
     default_max_num_seqs = 256
     #: with pipeline parallelism vLLM v0 runs one scheduler per virtual engine (sim.schedulers.virtual_engines)
     pp_virtual_engines = True
+    admits_after_decodes = False  # prompts first: an admissible prompt runs alone, whatever the decodes use
 
     @classmethod
     def default_budget(cls, max_model_len: int) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 
 from sim.batch import BatchItem
-from sim.request import Status
+from sim.request import Request, Status
 from sim.schedulers.base import Scheduler
 
 DEFAULT_TOKEN_BUDGET = 2048
@@ -42,6 +42,11 @@ class VLLMV1Scheduler(Scheduler):
         tokens, seqs = (LARGE_GPU_DEFAULTS if large else OTHER_GPU_DEFAULTS)[usage_context]
         tokens = min(tokens, seqs * max_model_len)
         return tokens, min(seqs, tokens)
+
+    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
+        """The prompt under way, last in running order, takes the budget the decodes before it leave (0 if some
+        running request comes after it: that one would get no budget)."""
+        return self.token_budget - num_decodes if self.running[-1] is partial else 0
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []

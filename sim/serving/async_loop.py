@@ -88,12 +88,13 @@ class AsyncReplica(Replica):
             yield env.timeout(start - env.now + c.time)
             cutoff = start
             self._stage_done(0, batch, start, c, (decided, host))
-            if not batch.prefill_items and stretches is not False:  # decode-only: advance a stretch if one follows
+            if stretches is not False:  # advance a stretch of decode-only steps if one follows
                 if stretches is None:
                     stretches = stretch.stretch_capable(self, self.num_replicas)
                 # requests already held reach the scheduler at the first decision at or after their arrival
                 done = stretch.run_stretch(self, batch, env.now, cutoff, self._held[0][0] if self._held else None
                                    ) if stretches else None
                 if done is not None:
-                    end, cutoff = done
-                    yield env.timeout(stretch.exact_delay(env.now, end))
+                    cutoff = done[1]
+                    for d in done[2]:
+                        yield env.timeout(d)

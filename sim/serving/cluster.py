@@ -90,6 +90,9 @@ class Replica:
     next_arrival: Callable[[], float] | None = None
     #: replicas in the deployment (stretches run on a single replica only; see ``sim.serving.stretch``)
     num_replicas = 1
+    #: the router reads this replica's KV cache when a request arrives (``cache_aware``): a serial-loop stretch
+    #: then stops before the step during which a request arrives, not after it
+    arrival_reads_cache = False
 
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, cost: CostModel,
                  pp: int, recorder: Recorder, on_done: Callable[[Replica, list[Request]], None]) -> None:
@@ -162,13 +165,14 @@ class Replica:
                         c = c._replace(time=c.time + wake)
                     yield env.timeout(host + c.time)
                     self._stage_done(0, batch, host_free_at, c, (start, host))
-                    if not batch.prefill_items and stretches is not False:
+                    if stretches is not False:
                         if stretches is None:
                             stretches = stretch.stretch_capable(self, self.num_replicas)
                         done = stretch.run_stretch(self, batch, env.now) if stretches else None
                         if done is not None:
-                            end, host_free_at = done
-                            yield env.timeout(stretch.exact_delay(env.now, end))
+                            host_free_at = done[1]
+                            for d in done[2]:
+                                yield env.timeout(d)
                     continue
             self._wakeup = env.event()
             yield self._wakeup
@@ -273,6 +277,7 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
         arrivals = ReplayArrivals()
         for rep in replicas:
             rep.next_arrival, rep.num_replicas = arrivals.next_time, len(replicas)
+            rep.arrival_reads_cache = router_policy == "cache_aware"
 
     (arrivals or replay_arrivals)(env, requests, lambda r: router.route(r).submit(r))
     return rec

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from itertools import repeat
 from typing import Any
 
-from sim.batch import Batch
+from sim.batch import Batch, BatchItem
 from sim.cost.roofline import RooflineCostModel
 from sim.schedulers import SCHEDULERS, Scheduler
 
@@ -68,7 +68,7 @@ def stretch_capable(replica: Replica, replicas: int) -> bool:
 
 
 def exact_delay(now: float, end: float) -> float:
-    """A delay ``d`` with ``now + d == end`` in floating point (what simpy adds), so the clock lands on ``end``."""
+    """A delay ``d`` as close to ``end - now`` as floats allow, preferring ``now + d == end`` (what simpy adds)."""
     d = end - now
     while now + d < end:
         d = math.nextafter(d, math.inf)
@@ -77,32 +77,53 @@ def exact_delay(now: float, end: float) -> float:
     return d
 
 
+def hops(now: float, ends: list[float], delays: list[float]) -> list[float]:
+    """Timeouts that bring the clock from ``now`` to exactly ``ends[-1]``: one where some delay lands on it, else
+    one onto the latest step end that can be landed on, then each later step's own delay (the loop's expression,
+    so exact). A sum can miss a value when ``now``'s low bits sit half-way and rounding goes to even."""
+    for j in range(len(ends) - 1, -1, -1):
+        d = exact_delay(now, ends[j])
+        if now + d == ends[j]:
+            return [d, *delays[j + 1:]]
+    return delays
+
+
 def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | None = None,
-                horizon: float | None = None) -> tuple[float, float] | None:
-    """Advance the decode-only iterations that follow ``batch`` (just done at ``now``); returns (the last one's
-    end, its host-done time: serial loop; its device start: async loop), or None when none follows. Rows, block
-    growth and token times are all recorded.
+                horizon: float | None = None) -> tuple[float, float, list[float]] | None:
+    """Advance the iterations that follow ``batch`` (just done at ``now``) while each is every running request's
+    decode (plus, where one prompt is being chunked, its next chunk: ``Scheduler.stretch_plan``); returns (the last
+    one's end, its host-done time: serial loop; its device start: async loop; the timeouts that reach that end
+    exactly: ``hops``), or None when none follows. Rows, block growth and token times are all recorded.
 
     ``decided_at``: the async loop (``sim.serving.async_loop``), where the next step was decided at this time (the
     device start of ``batch``) and each step's host time overlaps the previous step; a stretch then stops before a
     step decided at or after ``horizon`` (a request reaching the scheduler). The serial loop decides as a step
-    starts and stops before a step that ends at or after the next arrival."""
+    starts and stops before a step decided at or after the next arrival."""
     sched = replica.scheduler
-    blind = not sched.bm.caching and (type(sched) in WAITING_BLIND or sched.waiting_head_blocked())
-    limit = sched.decode_stretch_steps(batch, blind)
+    caching = sched.bm.caching
+    # arrivals cannot change the next batches: FasterTransformer admits only into an empty batch; a first waiting
+    # request that cannot be admitted keeps the rest behind it (with caching its hits could change); a chunk that
+    # fills the budget leaves none to admit with. Unless a router reads the cache as a request arrives.
+    blind = not replica.arrival_reads_cache and (type(sched) in WAITING_BLIND or (
+        not caching and sched.waiting_head_blocked()))
+    limit, partial, chunk = sched.stretch_plan(batch, blind, chunk_stretch=not caching)
     if limit <= 0:
         return None
-    if blind:
+    if blind or (not replica.arrival_reads_cache
+                 and sched.budget_full(len(sched.running) - (partial is not None), chunk)):
         horizon = math.inf
     elif horizon is None:
         horizon = replica.next_arrival()
     serial = decided_at is None
     if horizon <= (now if serial else decided_at):
         return None
-    reqs = sched.running
+    # serial loop: a step decided before the next arrival cannot see it, so the stretch may run through the step
+    # during which it arrives, unless the router reads the KV cache on arrival (it would see the stretch's end)
+    strict = serial and replica.arrival_reads_cache
+    reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     bm, bs = sched.bm, sched.bm.block_size
-    caching = bm.caching
     base = [r.num_computed for r in reqs]
+    context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
     crossing: dict[int, list] = {}  # step -> (position, request, tokens to hold) of decodes needing a block
     filled: dict[int, list] = {}    # step -> (position, request) whose block fills (prefix caching shares it)
     for i, (r, c) in enumerate(zip(reqs, base)):  # (a step per request beyond the limit is never pushed)
@@ -115,43 +136,54 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
                 filled.setdefault(step, []).append((i, r))
     cost, rows, micro, index = replica.cost, replica.recorder.stage_rows, replica.recorder.microbatch_rows, replica.index
     n = len(reqs)
-    light = Batch.__new__(Batch)  # one decode batch re-priced per step: only its aggregates change
-    light.entries, light._items, light.prefill_items = batch.entries, None, []
-    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, batch.decode_context
+    light = Batch.__new__(Batch)  # one batch re-priced per step: only its aggregates (and the chunk's context) change
+    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
+    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, context
+    size, prefills, chunked = n, 0, 0
+    if partial is not None:
+        size, prefills, chunked, done_before = n + 1, 1, partial.num_computed, partial.num_computed
+        light.entries.append((partial, chunk, chunked))
+        light.num_prefill_tokens = chunk
+        prices = _priced_per_step(cost, light, context, n, limit, partial, chunk)
+    else:
+        prices = _prices(cost, light, context, n, limit)
     times: list[float] = []
+    delays: list[float] = []
     t = now
     host_done = now
-    for step, (host, (ctime, flops, nbytes)) in enumerate(_prices(cost, light, batch.decode_context, n, limit), 1):
+    for step, (host, (ctime, flops, nbytes)) in enumerate(prices, 1):
         if serial:  # serial: decided as it starts, the host time first, then the device's
+            if t >= horizon:
+                break
             decided, start = t, t + host
-            end = t + (host + ctime)
-            if end >= horizon:
+            delay = host + ctime
+            end = t + delay
+            if strict and end >= horizon:
                 break
         else:  # async: decided as the previous step started; on the device after it and after its host work
             decided = decided_at
             if decided >= horizon:
                 break
             start = max(t, decided + host)  # the async loop's own expression
-            end = t + ((start - t) + ctime)
+            delay = (start - t) + ctime
+            end = t + delay
         due = crossing.pop(step, None)
+        grows = [(r, base[i] + step) for i, r in sorted(due, key=_first)] if due else []
+        if partial is not None:  # the chunk's blocks after the decodes' (a policy that allocates per chunk)
+            grows.append((partial, done_before + step * chunk))
+        ids = sched.decode_step(grows)
+        if ids is None:
+            break
         if due:
-            if len(due) > 1:
-                due.sort(key=_first)
-            ids = sched.decode_step([(r, base[i] + step) for i, r in due])
-            if ids is None:
-                break
             nxt = step + bs
             if nxt <= limit:
                 crossing.setdefault(nxt, []).extend(due)
-        else:
-            ids = sched.decode_step(())
-            if ids is None:  # pragma: no cover - nothing to grow: never short of blocks
-                break
         batch_id, used = ids
         host_done = decided_at = start
-        rows.extend((index, 0, batch_id, start, end, 0, n, n, 0, used, flops, nbytes))
+        rows.extend((index, 0, batch_id, start, end, chunk, n, size, prefills, used, flops, nbytes))
         micro.extend((index, batch_id, decided, host, end))
         times.append(end)
+        delays.append(delay)
         if caching:
             done = filled.pop(step, None)
             if done:
@@ -170,8 +202,10 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
         r.num_computed = c + k
         r.num_generated += k
         r.token_times.extend(times)
+    if partial is not None:
+        partial.num_computed = done_before + k * chunk
     replica.last_done = t
-    return t, host_done
+    return t, host_done, hops(now, times, delays)
 
 
 def _prices(cost: Any, light: Batch, context: int, n: int, limit: int) -> Iterator[tuple[float, tuple]]:
@@ -182,10 +216,16 @@ def _prices(cost: Any, light: Batch, context: int, n: int, limit: int) -> Iterat
     return _priced_per_step(cost, light, context, n, limit)
 
 
-def _priced_per_step(cost: Any, light: Batch, ctx: int, n: int, limit: int) -> Iterator[tuple[float, tuple]]:
-    for _ in range(limit):
+def _priced_per_step(cost: Any, light: Batch, ctx: int, n: int, limit: int, partial: Any = None, chunk: int = 0
+                     ) -> Iterator[tuple[float, tuple]]:
+    """Per step, lazily: each step's decodes read n more keys; a chunk (``partial``) starts ``chunk`` tokens further."""
+    item = None
+    for step in range(limit):
         ctx += n
         light.decode_context = ctx
+        if partial is not None:
+            item = BatchItem(partial, chunk, partial.num_computed + step * chunk)
+            light.prefill_items = [item]
         host = cost.host_time(light)
         yield host, cost.stage_cost(light, 0)
 

@@ -30,7 +30,7 @@ def _run(monkeypatch, spec, policy, *, stretches=True, blocks=1000, block_size=1
     def spy(*a):
         done = real(*a)
         if done is not None:
-            seen.append(done)
+            seen.append(done[:2])  # (its end, its last step's host-done time or device start)
         return done
     with monkeypatch.context() as m:
         m.setattr(Replica, "decode_stretches", stretches)
@@ -65,11 +65,40 @@ def test_a_stretch_stops_before_the_step_that_produces_a_last_token(monkeypatch,
 
 @pytest.mark.parametrize("policy", [p for p in POLICIES if p != "faster_transformer"])  # FT: below
 @pytest.mark.parametrize("arrival", [4.5, 5.0])
-def test_a_stretch_stops_before_the_step_during_or_at_whose_end_a_request_arrives(monkeypatch, policy, arrival):
-    # A decodes from t=1; B arrives at 4.5 (or exactly as the step [4,5] ends): the stretch ends at 4
+def test_a_stretch_runs_through_the_step_during_which_a_request_arrives(monkeypatch, policy, arrival):
+    # A decodes from t=1; B arrives at 4.5 (or exactly as the step [4,5] ends). The step [4,5] was decided at 4,
+    # before B arrived, so the stretch runs through it and ends at 5, where the next decision sees B
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 10, 10), (arrival, 10, 3)], policy)
-    assert seen[0] == (4.0, 3.0)
-    assert times["A"][:4] == [1.0, 2.0, 3.0, 4.0]
+    assert seen[0] == (5.0, 4.0)
+    assert times["A"][:5] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_router_that_reads_the_cache_on_arrival_stops_a_stretch_before_the_step_of_the_arrival(monkeypatch,
+                                                                                                 policy):
+    # cache_aware routing looks the arriving request up in the cache: the stretch must not have registered the
+    # blocks of the step during which it arrives, so it ends at 4, before the step [4,5]
+    def run(stretches: bool) -> tuple[list, list]:
+        seen: list = []
+        real = stretch.run_stretch
+        with monkeypatch.context() as m:
+            m.setattr(Replica, "decode_stretches", stretches)
+            m.setattr(stretch, "run_stretch", lambda *a: seen.append(real(*a)) or seen[-1])
+            reqs = make_requests([(0.0, 10, 10), (4.5, 10, 3)])
+            scheds = [make_scheduler(policy, SchedulerConfig(64, None), CachingBlockManager(1000, 16, 0.0))]
+            rec = run_cluster(reqs, scheds, ConstantCostModel(1.0), 1, router_policy="cache_aware")
+        return [r.token_times for r in reqs] + [rec.stage_rows.tolist()], [d[:2] for d in seen if d is not None]
+    (fast, seen), (ref, none) = run(True), run(False)
+    assert fast == ref and none == [] and seen[0] == (4.0, 3.0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_stretch_starts_right_after_a_prefill_and_right_after_a_finish(monkeypatch, policy):
+    # A and B prefill together [0,1]; the stretch [1,2] (the step before A's last token); A's last token [2,3]
+    # through the scheduler; then B alone: the stretch [3,4] .. [6,7] starts at once; B's last token [7,8]
+    times, _, _, _, seen = _same_as_reference(monkeypatch, [(0.0, 10, 3), (0.0, 10, 8)], policy)
+    assert times == {"A": [1.0, 2.0, 3.0], "B": [float(t) for t in range(1, 9)]}
+    assert seen == [(2.0, 1.0), (7.0, 6.0)]
 
 
 @pytest.mark.parametrize("policy", PAGED)
@@ -96,10 +125,16 @@ def test_a_stretch_goes_on_while_the_first_waiting_request_cannot_be_admitted(mo
     assert seen[0] == (11.0, 10.0) and times["A"][-1] == 12.0
 
 
-def test_no_stretch_while_a_waiting_request_could_be_admitted(monkeypatch):
-    # Sarathi, budget 2: A and B's decodes fill it, so C (KV to spare) waits, admissible: each step is decided anew
+def test_chunks_and_decodes_that_fill_the_budget_stretch_past_a_waiting_request(monkeypatch):
+    # Sarathi, budget 2: A's prompt in two chunks [0,1], [1,2]; then A's decode and B's first chunk of 1 [2,3]; B's
+    # next chunks fill the budget beside A's decode, so C (arrived at 0.5) cannot be admitted: a stretch [3,4],
+    # [4,5]; B's last chunk [5,6]. Then A and B's decodes fill the budget: a stretch [6,7] .. [9,10], A's last token
+    # [10,11]. C then chunks beside B's decode: [11,12], a stretch [12,13], [13,14], its last chunk [14,15] with B's
+    # last token; C alone: a stretch [15,16], its last token [16,17]
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 10), (0.0, 4, 10), (0.5, 4, 3)], "sarathi", budget=2)
-    assert all(end > times["C"][0] for end, _ in seen)
+    assert seen == [(5.0, 4.0), (10.0, 9.0), (14.0, 13.0), (16.0, 15.0)]
+    assert times == {"A": [float(t) for t in range(2, 12)], "B": [float(t) for t in range(6, 16)],
+                     "C": [15.0, 16.0, 17.0]}
 
 
 def test_faster_transformer_stretches_past_arrivals_and_a_waiting_queue(monkeypatch):
@@ -109,16 +144,25 @@ def test_faster_transformer_stretches_past_arrivals_and_a_waiting_queue(monkeypa
                                          "faster_transformer")
     assert seen[0] == (11.0, 10.0)
     assert times["A"][-1] == 12.0 and times["B"][0] == 13.0  # B's prefill [12,13] after A's last step
-    # with prefix caching (a router may read the cache as a request arrives) arrivals stop it as for the others
+    # with prefix caching too (only a cache-aware router, tested above, reads the cache as a request arrives)
     *_, seen = _same_as_reference(monkeypatch, [(0.0, 8, 12), (1.5, 8, 4)], "faster_transformer", caching=True)
-    assert all(end > 12.0 for end, _ in seen)  # only B, alone after A
+    assert seen[0] == (11.0, 10.0)
 
 
-def test_no_stretch_where_the_budget_cuts_the_decodes(monkeypatch):
-    # Sarathi with a budget of one token decodes one request of two per iteration: a stretch only once one is done
+def test_a_budget_the_decodes_fill_lets_a_stretch_go_on_while_a_request_waits(monkeypatch):
+    # Sarathi with a budget of one token: A's prompt a token a step ([0,1] as usual, a chunk stretch [1,2], [2,3], its
+    # last chunk [3,4]); then A's decode fills the budget, so B cannot be admitted: a stretch [4,5] .. [9,10]; A's last
+    # token [10,11]; then B likewise from 11
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 8), (0.0, 4, 8)], "sarathi", budget=1)
-    first_done = min(t[-1] for t in times.values())
-    assert seen and all(end > first_done for end, _ in seen)
+    assert seen == [(3.0, 2.0), (10.0, 9.0), (14.0, 13.0), (21.0, 20.0)]
+    assert times == {"A": [float(t) for t in range(4, 12)], "B": [float(t) for t in range(15, 23)]}
+
+
+def test_vllm_v0_decodes_never_fill_a_budget_for_prompts(monkeypatch):
+    # vLLM v0 schedules an admissible prompt first, alone: a waiting request it could admit stops its stretches
+    times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 8), (2.5, 4, 8)], "vllm", budget=4)
+    assert seen[0] == (3.0, 2.0)  # [1,2], [2,3]: the step decided at 3 admits B's prompt
+    assert times["B"][0] == 4.0
 
 
 def test_several_replicas_run_iteration_by_iteration(monkeypatch):
@@ -162,3 +206,55 @@ def test_the_roofline_prices_a_stretch_with_the_floats_of_a_batch_per_step(model
         steps = [Batch([(None, 1, c + j) for c in cached], num_decodes=n) for j in range(40)]
         assert cost.decode_run(n, steps[0].decode_context, 40) == [tuple(cost.stage_cost(b, 0)) for b in steps]
     assert cost.decode_run(3, 30, 0) == []
+
+
+def test_the_clock_lands_exactly_on_a_stretch_end_that_one_sum_cannot_reach():
+    # a run's stretch began at this now; when now's bits below an end's ulp sit exactly half-way, now + d rounds
+    # to even and misses that end for every d. Here the last two step ends are such: the hops land on the first,
+    # then add each later step's own delay (the loop's expression, exact by design)
+    now = 0.08422108070870166
+    delays = [0.2508767703708228, 0.30084246022314015, 0.20068349838548374]
+    ends, t = [], now
+    for d in delays:
+        t += d
+        ends.append(t)
+    assert [now + stretch.exact_delay(now, e) == e for e in ends] == [True, False, False]
+    out = stretch.hops(now, ends, delays)
+    assert out == [stretch.exact_delay(now, ends[0]), *delays[1:]]
+    t = now
+    for d in out:
+        t += d
+    assert t == ends[-1]
+    assert stretch.hops(0.5, [1.5, 2.5], [1.0, 1.0]) == [2.0]  # where one delay lands on the end, one timeout
+
+
+@pytest.mark.parametrize("loop", [None, AsyncReplica])
+@pytest.mark.parametrize("policy", ["sarathi", "vllm_v1"])
+def test_a_long_prompt_chunks_in_a_stretch_beside_decodes_and_its_blocks_run_short(monkeypatch, policy, loop):
+    # budget 8: B's 60-token prompt takes 7 tokens a step beside A's decode. With 4-token blocks and 24 of them,
+    # vllm_v1 allocates per chunk and runs short mid-prompt (A then B preempted in turn); Sarathi allocated B's
+    # prompt at admission. Each run equals its iteration-by-iteration reference, and chunk stretches happen
+    spec = [(0.0, 6, 40), (1.5, 60, 6), (2.5, 9, 5)]
+    chunked: list[bool] = []  # per stretch: whether a prompt was still under way after it
+    real = stretch.run_stretch
+
+    def spy(replica, *a):
+        done = real(replica, *a)
+        if done is not None:
+            chunked.append(any(not r.is_decoding for r in replica.scheduler.running))
+        return done
+    for blocks, preempted in ((1000, 0), (24, 1)):
+        chunked.clear()
+        monkeypatch.setattr(stretch, "run_stretch", spy)
+        *_, preemptions, seen = _same_as_reference(monkeypatch, spec, policy, budget=8, blocks=blocks, block_size=4,
+                                                   host=0.25, loop=loop)
+        assert preemptions == preempted and any(chunked) and seen
+
+
+def test_a_chunk_stretch_prices_each_step_with_the_chunk_over_its_growing_context(monkeypatch):
+    # one request alone, prompt 20 in chunks of 4 (budget 4): [0,1] as usual, then a stretch of 3 chunks over 4, 8,
+    # 12 cached tokens, the last chunk [4,5] as usual (its token at 5); batches.csv has a row per chunk
+    times, rows, *_ = _same_as_reference(monkeypatch, [(0.0, 20, 2)], "sarathi", budget=4)
+    assert times == {"A": [5.0, 6.0]}
+    prefill_tokens = [rows[i + 5] for i in range(0, len(rows), 12)]
+    assert prefill_tokens == [4, 4, 4, 4, 4, 0]
