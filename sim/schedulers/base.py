@@ -463,20 +463,23 @@ class Scheduler(ABC):
         stretch may go on past them (without prefix caching, whose hits can change)."""
         return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
 
-    def decode_step(self, grows: list[tuple[Request, int]]) -> tuple[int, int] | None:
-        """One more batch of a stretch, as ``schedule`` forms it: each (request, tokens) of ``grows`` (running order,
-        a chunk's last) grows its blocks; (batch id, blocks in use), or None, changing nothing, if blocks run short."""
+    def stretch_grow(self, grows: list[tuple[Request, int]]) -> bool:
+        """Blocks for one step of a stretch, as ``schedule`` allocates them: each (request, tokens) of ``grows``
+        (running order, a chunk's last) grows; False, changing nothing, if blocks run short."""
         bm = self.bm
-        if grows:
-            need = 0
-            for r, tokens in grows:
-                need += bm.blocks_for(tokens) - len(r.block_table)
-            if need > bm.num_free:
-                return None
-            for r, tokens in grows:
-                bm.grow(r, tokens)
-        if bm.caching:
-            self.cached_free_log.append(bm.num_cached_free)
-        batch_id = self._next_batch_id
-        self._next_batch_id += 1
-        return batch_id, bm.num_used
+        need = 0
+        for r, tokens in grows:
+            need += bm.blocks_for(tokens) - len(r.block_table)
+        if need > bm.num_free:
+            return False
+        for r, tokens in grows:
+            bm.grow(r, tokens)
+        return True
+
+    def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
+        """The first of ``k`` batch ids a stretch's steps take (with prefix caching: each step's cached free blocks)."""
+        if cached_free is not None:
+            self.cached_free_log.extend(cached_free)
+        first = self._next_batch_id
+        self._next_batch_id += k
+        return first

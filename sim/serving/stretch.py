@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any
 
 from sim.batch import Batch, BatchItem
@@ -123,40 +123,23 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     bm, bs = sched.bm, sched.bm.block_size
     base = [r.num_computed for r in reqs]
-    context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
-    crossing: dict[int, list] = {}  # step -> (position, request, tokens to hold) of decodes needing a block
-    filled: dict[int, list] = {}    # step -> (position, request) whose block fills (prefix caching shares it)
-    for i, (r, c) in enumerate(zip(reqs, base)):  # (a step per request beyond the limit is never pushed)
-        step = len(r.block_table) * bs - c + 1
-        if step <= limit:
-            crossing.setdefault(step, []).append((i, r))
-        if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
-            step = bs - c % bs
-            if step <= limit:
-                filled.setdefault(step, []).append((i, r))
-    cost, rows, micro, index = replica.cost, replica.recorder.stage_rows, replica.recorder.microbatch_rows, replica.index
     n = len(reqs)
-    light = Batch.__new__(Batch)  # one batch re-priced per step: only its aggregates (and the chunk's context) change
-    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
-    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, context
-    size, prefills, chunked = n, 0, 0
-    if partial is not None:
-        size, prefills, chunked, done_before = n + 1, 1, partial.num_computed, partial.num_computed
-        light.entries.append((partial, chunk, chunked))
-        light.num_prefill_tokens = chunk
-        prices = _priced_per_step(cost, light, context, n, limit, partial, chunk)
-    else:
-        prices = _prices(cost, light, context, n, limit)
-    times: list[float] = []
-    delays: list[float] = []
+    context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
+    size, prefills = (n + 1, 1) if partial is not None else (n, 0)
+    # 1. each step's times as the engine loop computes them, up to the horizon
+    decided_l: list[float] = []
+    start_l: list[float] = []
+    end_l: list[float] = []
+    delay_l: list[float] = []
+    price_l: list[tuple] = []
+    host_l: list[float] = []
     t = now
-    host_done = now
-    for step, (host, (ctime, flops, nbytes)) in enumerate(prices, 1):
+    for host, price in _prices(replica.cost, reqs, base, context, limit, partial, chunk):
         if serial:  # serial: decided as it starts, the host time first, then the device's
             if t >= horizon:
                 break
             decided, start = t, t + host
-            delay = host + ctime
+            delay = host + price[0]
             end = t + delay
             if strict and end >= horizon:
                 break
@@ -165,69 +148,110 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
             if decided >= horizon:
                 break
             start = max(t, decided + host)  # the async loop's own expression
-            delay = (start - t) + ctime
+            delay = (start - t) + price[0]
             end = t + delay
+            decided_at = start
+        decided_l.append(decided)
+        start_l.append(start)
+        end_l.append(end)
+        delay_l.append(delay)
+        price_l.append(price)
+        host_l.append(host)
+        t = end
+    # 2. blocks, step by step: decodes crossing a block boundary (and a chunk) grow, in running order; stop before a
+    # step short of blocks; with prefix caching, each block that fills is shared as its step ends
+    crossing: dict[int, list] = {}  # step -> (position, request) of decodes needing a block
+    filled: dict[int, list] = {}    # step -> (position, request) whose block fills
+    k = len(end_l)
+    caching = bm.caching
+    for i, (r, c) in enumerate(zip(reqs, base)):  # (a step per request beyond the stretch is never pushed)
+        step = len(r.block_table) * bs - c + 1
+        if step <= k:
+            crossing.setdefault(step, []).append((i, r))
+        if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
+            step = bs - c % bs
+            if step <= k:
+                filled.setdefault(step, []).append((i, r))
+    used_l: list[int] = []
+    cached_l: list[int] = []
+    used = bm.num_used
+    chunk_from = partial.num_computed if partial is not None else 0
+    for step in range(1, k + 1):
         due = crossing.pop(step, None)
-        grows = [(r, base[i] + step) for i, r in sorted(due, key=_first)] if due else []
-        if partial is not None:  # the chunk's blocks after the decodes' (a policy that allocates per chunk)
-            grows.append((partial, done_before + step * chunk))
-        ids = sched.decode_step(grows)
-        if ids is None:
-            break
-        if due:
-            nxt = step + bs
-            if nxt <= limit:
-                crossing.setdefault(nxt, []).extend(due)
-        batch_id, used = ids
-        host_done = decided_at = start
-        rows.extend((index, 0, batch_id, start, end, chunk, n, size, prefills, used, flops, nbytes))
-        micro.extend((index, batch_id, decided, host, end))
-        times.append(end)
-        delays.append(delay)
+        if due or partial is not None:
+            if due and len(due) > 1:
+                due.sort(key=_first)
+            grows = [(r, base[i] + step) for i, r in due] if due else []
+            if partial is not None:  # the chunk's blocks after the decodes' (a policy that allocates per chunk)
+                grows.append((partial, chunk_from + step * chunk))
+            if not sched.stretch_grow(grows):
+                k = step - 1
+                break
+            used = bm.num_used
+            if due and step + bs <= k:
+                crossing.setdefault(step + bs, []).extend(due)
+        used_l.append(used)
         if caching:
+            cached_l.append(bm.num_cached_free)
             done = filled.pop(step, None)
             if done:
                 done.sort(key=_first)
                 for i, r in done:
                     r.num_computed = base[i] + step
                     bm.on_computed(r)
-                nxt = step + bs
-                if nxt <= limit:
-                    filled.setdefault(nxt, []).extend(done)
-        t = end
-    k = len(times)
+                if step + bs <= k:
+                    filled.setdefault(step + bs, []).extend(done)
     if not k:
         return None
+    # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
+    first = sched.take_batch_ids(k, cached_l if caching else None)
+    index = replica.index
+    times = end_l[:k] if k < len(end_l) else end_l
+    replica.recorder.stage_rows.extend(chain.from_iterable(
+        (index, 0, bid, start, end, chunk, n, size, prefills, used, price[1], price[2])
+        for bid, start, end, used, price in zip(range(first, first + k), start_l, times, used_l, price_l)))
+    replica.recorder.microbatch_rows.extend(chain.from_iterable(
+        (index, bid, decided, host, end)
+        for bid, decided, host, end in zip(range(first, first + k), decided_l, host_l, times)))
     for r, c in zip(reqs, base):
         r.num_computed = c + k
         r.num_generated += k
         r.token_times.extend(times)
     if partial is not None:
-        partial.num_computed = done_before + k * chunk
+        partial.num_computed = chunk_from + k * chunk
+    t = times[-1]
     replica.last_done = t
-    return t, host_done, hops(now, times, delays)
+    return t, start_l[k - 1], hops(now, times, delay_l[:k])
 
 
-def _prices(cost: Any, light: Batch, context: int, n: int, limit: int) -> Iterator[tuple[float, tuple]]:
-    """Each step's host time and (device time, FLOPs, bytes): the roofline prices the whole stretch in one call
-    (``RooflineCostModel.decode_run``, the same floats); other models per step, lazily, as the loop needs them."""
-    if type(cost) is RooflineCostModel:
-        return zip(repeat(cost.host_time(light)), cost.decode_run(n, context + n, limit))
-    return _priced_per_step(cost, light, context, n, limit)
-
-
-def _priced_per_step(cost: Any, light: Batch, ctx: int, n: int, limit: int, partial: Any = None, chunk: int = 0
-                     ) -> Iterator[tuple[float, tuple]]:
-    """Per step, lazily: each step's decodes read n more keys; a chunk (``partial``) starts ``chunk`` tokens further."""
-    item = None
-    for step in range(limit):
+def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int
+            ) -> Iterator[tuple[float, tuple]]:
+    """Each step's host time and (device time, FLOPs, bytes), lazily: the roofline prices decode-only steps a window
+    at a time in one call (``RooflineCostModel.decode_run``, the same floats); other models and chunks per step."""
+    n = len(reqs)
+    light = Batch.__new__(Batch)  # one batch re-priced per step: only its aggregates (and the chunk's context) change
+    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
+    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, context
+    if partial is not None:
+        light.entries.append((partial, chunk, partial.num_computed))
+        light.num_prefill_tokens = chunk
+    elif type(cost) is RooflineCostModel:
+        host = cost.host_time(light)
+        done, window = 0, 16
+        while done < limit:
+            m = min(window, limit - done)
+            yield from zip(repeat(host), cost.decode_run(n, context + n * (done + 1), m))
+            done += m
+            window *= 2
+        return
+    ctx, cached = context, partial.num_computed if partial is not None else 0
+    for _ in range(limit):
         ctx += n
         light.decode_context = ctx
         if partial is not None:
-            item = BatchItem(partial, chunk, partial.num_computed + step * chunk)
-            light.prefill_items = [item]
-        host = cost.host_time(light)
-        yield host, cost.stage_cost(light, 0)
+            light.prefill_items = [BatchItem(partial, chunk, cached)]
+            cached += chunk
+        yield cost.host_time(light), cost.stage_cost(light, 0)
 
 
 def _first(entry: tuple) -> int:
