@@ -88,8 +88,11 @@ class BlockManager:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {free} free")
         table, recycled = request.block_table, self._recycled
         reuse = min(need, len(recycled))
-        if reuse:
-            table.extend(recycled.pop() for _ in range(reuse))
+        if reuse == 1:
+            table.append(recycled.pop())
+        elif reuse:  # the last returned first, as pop() one at a time
+            table.extend(reversed(recycled[-reuse:]))
+            del recycled[-reuse:]
         if need > reuse:
             fresh = self._next
             table.extend(range(fresh, fresh + need - reuse))

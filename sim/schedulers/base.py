@@ -179,28 +179,31 @@ class Scheduler(ABC):
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
         caching, bs = self.bm.caching, self.bm.block_size
-        spec = self.spec
+        spec, bm = self.spec, self.bm
         for req, new, _cached in batch.entries:
             if spec is not None and req in spec.proposed:
                 accepted = spec.verify(req, batch.batch_id)
                 req.num_computed += 1 + accepted
                 if caching:
-                    self.bm.on_computed(req)
+                    bm.on_computed(req)
                 req.num_generated += 1 + accepted
                 req.token_times.extend([now] * (1 + accepted))
                 if req.num_generated >= req.output_tokens:
                     spec.finished(req)
                     self._finish(req, now, finished)
                 continue
-            req.num_computed += new
-            if caching and (new > 1 or not req.num_computed % bs):  # a block filled: share it
-                self.bm.on_computed(req)
-            if req.num_computed == req.prompt_tokens + req.num_generated:
-                req.num_generated += 1
+            c = req.num_computed + new
+            req.num_computed = c
+            if caching and (new > 1 or not c % bs):  # a block filled: share it
+                bm.on_computed(req)
+            g = req.num_generated
+            if c == req.prompt_tokens + g:
+                g += 1
+                req.num_generated = g
                 req.token_times.append(now)
-                if req.num_generated == 1:
+                if g == 1:
                     req.first_token_time = now
-                if req.num_generated >= req.output_tokens:
+                if g >= req.output_tokens:
                     if spec is not None:
                         spec.finished(req)
                     self._finish(req, now, finished)

@@ -62,6 +62,7 @@ class VLLMV1Scheduler(Scheduler):
         else:
             queue = deque(self.running)
         waits = False  # a request in flight could not grow (it is never preempted mid-pipeline)
+        bs = self.bm.block_size
         if self.spec is not None:  # speculative decoding (sim.spec): decodes verify 1 + k tokens
             budget_left = self._running_speculative(queue, budget_left, decodes, items)
         while queue and budget_left > 0:
@@ -69,7 +70,7 @@ class VLLMV1Scheduler(Scheduler):
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
             pending = r.prompt_tokens + r.num_generated - cached
             n = pending if pending < budget_left else budget_left
-            if self._grow_or_preempt(r, cached + n, queue, ahead):
+            if len(r.block_table) * bs >= cached + n or self._grow_or_preempt(r, cached + n, queue, ahead):
                 if pending == 1 and r.num_generated:
                     decodes.append((r, 1, cached))  # plain tuple on the hot path (see Batch)
                 else:
