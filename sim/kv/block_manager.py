@@ -98,6 +98,24 @@ class BlockManager:
             table.extend(range(fresh, fresh + need - reuse))
             self._next = fresh + need - reuse
 
+    def add_block_each(self, requests: list[Request]) -> None:
+        """One more block for each of ``requests``, in order: what ``grow`` to one block more each hands out (a
+        manager that grows otherwise, a cache's, grows each)."""
+        if type(self).grow is not BlockManager.grow:
+            bs = self.block_size
+            for r in requests:
+                self.grow(r, (len(r.block_table) + 1) * bs)
+            return
+        if len(requests) > self.num_free:
+            raise KVCacheError(f"{len(requests)} requests need a block each, only {self.num_free} free")
+        recycled = self._recycled
+        for r in requests:
+            if recycled:
+                r.block_table.append(recycled.pop())
+            else:
+                r.block_table.append(self._next)
+                self._next += 1
+
     def free(self, request: Request) -> None:
         """Return all of ``request``'s blocks."""
         if request.block_table:

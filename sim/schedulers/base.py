@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 
@@ -239,7 +240,7 @@ class Scheduler(ABC):
         if not reqs:
             return
         lens = np.fromiter((len(r.token_times) for r in reqs), dtype=np.int64, count=len(reqs))
-        times = np.fromiter((t for r in reqs for t in r.token_times), dtype=float, count=int(lens.sum()))
+        times = np.fromiter(chain.from_iterable([r.token_times for r in reqs]), dtype=float, count=int(lens.sum()))
         gaps = np.diff(times)
         starts = np.concatenate([[0], np.cumsum(lens)[:-1]])  # first token of each request
         keep = np.ones(gaps.size, dtype=bool)
@@ -475,8 +476,11 @@ class Scheduler(ABC):
             need += bm.blocks_for(tokens) - len(r.block_table)
         if need > bm.num_free:
             return False
-        for r, tokens in grows:
-            bm.grow(r, tokens)
+        if need == len(grows):  # one block each (decodes crossing a boundary): handed out in one pass
+            bm.add_block_each([r for r, _tokens in grows])
+        else:
+            for r, tokens in grows:
+                bm.grow(r, tokens)
         return True
 
     def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
