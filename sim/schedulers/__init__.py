@@ -35,4 +35,4 @@ def make_scheduler(name: str, config: SchedulerConfig, block_manager: BlockManag
     return scheduler_class(name)(config, block_manager)
 
 
-__all__ = ["Scheduler", "SchedulerConfig", "SCHEDULERS", "make_scheduler", "scheduler_class"]
+__all__ = ["SCHEDULERS", "Scheduler", "SchedulerConfig", "make_scheduler", "scheduler_class"]

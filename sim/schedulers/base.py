@@ -12,14 +12,12 @@ from abc import ABC, abstractmethod
 from array import array
 from collections import deque
 from dataclasses import dataclass
-from itertools import chain
-
-import numpy as np
 
 from sim.batch import Batch, BatchItem
 from sim.gap_log import GapLog
 from sim.kv.block_manager import BlockManager
 from sim.request import Request, Status
+from sim.schedulers.stretching import StretchSteps
 
 #: token times of finished requests folded into the gap log together (32 bytes each while they wait)
 FOLD_EVERY_TOKENS = 1 << 20
@@ -52,7 +50,7 @@ class SchedulerConfig:
             raise ValueError(f"chunk_align must be >= 0, got {self.chunk_align}")
 
 
-class Scheduler(ABC):
+class Scheduler(StretchSteps, ABC):
     """Iteration-level scheduler: ``add_request``, ``schedule(now)``, ``on_batch_done(batch, now)``."""
 
     name: str = "abstract"
@@ -161,7 +159,7 @@ class Scheduler(ABC):
             self.cached_free_log.append(self.bm.num_cached_free)
         for r, _new, _cached in batch.prefill_items:  # a decode was necessarily scheduled before
             if r.first_scheduled_time is None:  # never before arrival (float rounding of the arrival wait)
-                r.first_scheduled_time = now if now > r.arrival_time else r.arrival_time
+                r.first_scheduled_time = max(r.arrival_time, now)
         self._next_batch_id += 1
         self._in_flight[batch.batch_id] = batch
         return batch
@@ -239,17 +237,8 @@ class Scheduler(ABC):
         reqs, self._to_fold, self._to_fold_tokens = self._to_fold, [], 0
         if not reqs:
             return
-        lens = np.fromiter((len(r.token_times) for r in reqs), dtype=np.int64, count=len(reqs))
-        times = np.fromiter(chain.from_iterable([r.token_times for r in reqs]), dtype=float, count=int(lens.sum()))
-        gaps = np.diff(times)
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])  # first token of each request
-        keep = np.ones(gaps.size, dtype=bool)
-        keep[starts[1:] - 1] = False  # the diffs that straddle two requests
-        gaps = gaps[keep]
-        gap_starts = starts - np.arange(len(reqs))  # each request's first gap in the kept array
-        tops = np.maximum.reduceat(gaps, gap_starts)
-        self.gap_log.add(gaps)
-        for r, top in zip(reqs, tops.tolist()):
+        tops = self.gap_log.add_token_times([r.token_times for r in reqs])
+        for r, top in zip(reqs, tops):
             r.tbt_max = top
             if not self.keep_token_times:
                 r.token_times = None
@@ -416,77 +405,3 @@ class Scheduler(ABC):
         if self.chunks_prefills:
             return None
         return request.max_tokens - 1
-
-    # ---- decode stretches (sim.serving.stretch): repeated decode-only batches advanced in one go ----------------
-    def stretch_plan(self, batch: Batch, waiting_blind: bool = False, chunk_stretch: bool = True
-                     ) -> tuple[int, Request | None, int]:
-        """(steps, partial, chunk): the batches after ``batch`` that would each again be every running request's
-        decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one prompt under way,
-        ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight, no speculation,
-        the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind a chunk that
-        fills the budget); up to the step before a last token. Blocks are ``decode_step``'s."""
-        run = self.running
-        n = len(run)
-        budget = self.token_budget
-        if (not n or self._in_flight or self.num_incoming or self.spec is not None or self.speculative
-                or (budget is not None and budget < n)):
-            return 0, None, 0
-        partial = None
-        if batch.prefill_items or batch.num_decode_tokens != n:  # after a prefill or a finish: all decoding now?
-            for r in run:
-                g = r.num_generated
-                if not g or r.num_computed + 1 != r.prompt_tokens + g:
-                    if partial is not None or not chunk_stretch or not self.chunks_prefills or budget is None:
-                        return 0, None, 0
-                    partial = r
-        if partial is None:
-            if self.waiting and not (waiting_blind or self.budget_full(n)):
-                return 0, None, 0
-            return min([r.output_tokens - r.num_generated for r in run]) - 1, None, 0
-        chunk = self._stretch_chunk(partial, n - 1)
-        if not chunk or (self.waiting and not (waiting_blind or self.budget_full(n - 1, chunk))):
-            return 0, None, 0
-        steps = -(-partial.num_pending // chunk) - 1  # the chunks before its last (which samples a token)
-        if n > 1:
-            steps = min(steps, min([r.output_tokens - r.num_generated for r in run if r is not partial]) - 1)
-        return steps, partial, chunk
-
-    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
-        """The chunk ``partial`` gets next to ``num_decodes`` decodes while more than a chunk of it remains (0: this
-        policy's batches do not repeat so; chunking policies say)."""
-        return 0
-
-    def budget_full(self, num_decodes: int, chunk: int = 0) -> bool:
-        """Whether decodes plus a chunk use the whole token budget of a policy that admits from what they leave
-        (then no waiting request can be admitted, whatever arrives)."""
-        return self.admits_after_decodes and self.token_budget is not None and num_decodes + chunk >= self.token_budget
-
-    def waiting_head_blocked(self) -> bool:
-        """Whether the first waiting request cannot be admitted, even for one token where prompts are chunked (batch
-        cap or KV): it stays so while decodes only grow, and later arrivals queue behind it (FCFS), so a decode
-        stretch may go on past them (without prefix caching, whose hits can change)."""
-        return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
-
-    def stretch_grow(self, grows: list[tuple[Request, int]]) -> bool:
-        """Blocks for one step of a stretch, as ``schedule`` allocates them: each (request, tokens) of ``grows``
-        (running order, a chunk's last) grows; False, changing nothing, if blocks run short."""
-        bm = self.bm
-        need = 0
-        for r, tokens in grows:
-            need += bm.blocks_for(tokens) - len(r.block_table)
-        if need > bm.num_free:
-            return False
-        if need == len(grows):  # one block each (decodes crossing a boundary): handed out in one pass
-            bm.add_block_each([r for r, _tokens in grows])
-        else:
-            for r, tokens in grows:
-                bm.grow(r, tokens)
-        return True
-
-    def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
-        """The first of ``k`` batch ids a stretch's steps take (with prefix caching: each step's cached free blocks)."""
-        if cached_free is not None:
-            self.cached_free_log.extend(cached_free)
-        first = self._next_batch_id
-        self._next_batch_id += k
-        return first

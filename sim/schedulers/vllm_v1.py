@@ -69,7 +69,7 @@ class VLLMV1Scheduler(Scheduler):
             r = queue.popleft()
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
             pending = r.prompt_tokens + r.num_generated - cached
-            n = pending if pending < budget_left else budget_left
+            n = min(budget_left, pending)
             if len(r.block_table) * bs >= cached + n or self._grow_or_preempt(r, cached + n, queue, ahead):
                 if pending == 1 and r.num_generated:
                     decodes.append((r, 1, cached))  # plain tuple on the hot path (see Batch)

@@ -1,35 +1,39 @@
-"""Decode-only stretches: the iterations that repeat one decode batch, advanced in one simpy step.
+"""Stretches: the iterations that repeat one batch shape, advanced in one simpy step.
 
-Between events that change what a replica runs, consecutive decode-only iterations carry the same
-requests, each one token further. After such a batch finishes, ``run_stretch`` works out the iterations
-that follow exactly as the serial engine loop would run them (each one's host and device time from the
-cost model, in the same floating-point order), grows KV blocks where a decode crosses a block boundary,
-records every iteration's batches.csv row and every token's time, and returns when the last one ends: the
+Between events that change what a replica runs, consecutive iterations carry the same requests: every running
+decode, each one token further, and (policies that chunk prompts) the next chunk of the one prompt under way. After
+any batch finishes, ``run_stretch`` works out the iterations that follow exactly as the engine loop would run them
+(each one's host and device time from the cost model, in the same floating-point order), grows KV blocks where a
+decode crosses a block boundary (and a chunk's, where the policy allocates per chunk), records every iteration's
+batches.csv row and every token's time, and lands the clock exactly on the last one's end (``hops``): the
 replica waits once instead of once per iteration. Same batches, same times, same outputs (tests compare).
 
-A stretch stops before the iteration in which (the step then runs through the scheduler as usual):
+A stretch stops before the iteration (the step then runs through the scheduler as usual):
 
-- a request would produce its last token (its blocks are freed, the batch changes);
-- a request arrives at or before that iteration's end (the next decision may admit it); not for FasterTransformer,
-  which admits only into an empty batch (``WAITING_BLIND``), nor, without prefix caching, while the first waiting
-  request cannot be admitted (``Scheduler.waiting_head_blocked``: the batch cap or the KV cache holds it back, and
-  stays so as decodes only take blocks; arrivals queue behind it);
-- the decodes crossing a block boundary need more blocks than are free (the policy would preempt).
+- in which a request would produce its last token (its blocks are freed, the batch changes), or a chunked prompt
+  its last chunk (it samples a token; the budget it leaves may admit a waiting request);
+- that is decided at or after a request reaches the scheduler (serial loop: an arrival; it may admit it; with a
+  router that reads the cache on arrival, ``cache_aware``, one ending at or after it); except where nothing that
+  arrives can change the batch: FasterTransformer admits only into an empty batch (``WAITING_BLIND``); decodes and
+  a chunk that fill the token budget of a policy that admits from what they leave (``Scheduler.budget_full``);
+  without prefix caching, a first waiting request that cannot be admitted (``Scheduler.waiting_head_blocked``:
+  the batch cap or the KV cache holds it back and stays so; arrivals queue behind it);
+- whose blocks (decodes crossing a block boundary, a chunk's) are more than are free (the policy would preempt).
 
-It never starts unless the batch just done decoded every running request and nothing else, nothing waits (but
-as above), nothing is in flight and there is no speculative decoding
-(``Scheduler.decode_stretch_steps``), and only on
-a single-stage, single-replica deployment whose arrivals are known in advance (``Replica.next_arrival``;
-several replicas would interleave their batches.csv rows differently), priced by a cost model that reads
-only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the five policies whose next decode batch is the
-same requests' (``STRETCH_POLICIES``): every one of them forms "all running decodes" when nothing waits.
+It never starts unless every running request is decoding (or, without prefix caching, one prompt is being chunked
+last in the queue), nothing waits (but as above), nothing is in flight and there is no speculative decoding
+(``Scheduler.stretch_plan``), and only on a single-stage, single-replica deployment whose arrivals are known in
+advance (``Replica.next_arrival``; several replicas would interleave their batches.csv rows differently), priced by
+a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the five policies whose next
+batch is then the same requests' (``STRETCH_POLICIES``).
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 from sim.batch import Batch, BatchItem
@@ -121,21 +125,75 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     # during which it arrives, unless the router reads the KV cache on arrival (it would see the stretch's end)
     strict = serial and replica.arrival_reads_cache
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
-    bm, bs = sched.bm, sched.bm.block_size
     base = [r.num_computed for r in reqs]
     n = len(reqs)
     context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
     size, prefills = (n + 1, 1) if partial is not None else (n, 0)
     # 1. each step's times as the engine loop computes them, up to the horizon
+    steps = _times(replica.cost, reqs, base, context, limit, partial, chunk, now, decided_at, horizon, strict)
+    decided_l, start_l, end_l, delay_l, host_l, price_l = steps
+    # 2. blocks at the steps where some decode crosses a block boundary (and each chunk's); the stretch stops
+    # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends
+    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk)
+    if not k:
+        return None
+    # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
+    first = sched.take_batch_ids(k, cached_l)
+    index = replica.index
+    times = end_l[:k] if k < len(end_l) else end_l
+    replica.recorder.stage_rows.extend(chain.from_iterable(
+        (index, 0, bid, start, end, chunk, n, size, prefills, used, price[1], price[2])
+        for bid, start, end, used, price in zip(range(first, first + k), start_l, times, used_l, price_l)))
+    replica.recorder.microbatch_rows.extend(chain.from_iterable(
+        (index, bid, decided, host, end)
+        for bid, decided, host, end in zip(range(first, first + k), decided_l, host_l, times)))
+    for r, c in zip(reqs, base):
+        r.num_computed = c + k
+        r.num_generated += k
+        r.token_times.extend(times)
+    if partial is not None:
+        partial.num_computed += k * chunk
+    t = times[-1]
+    replica.last_done = t
+    return t, start_l[k - 1], hops(now, times, delay_l[:k])
+
+
+def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int, now: float,
+           decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
+    """Each step's (decided, start, end, delay, host time, (device time, FLOPs, bytes)) lists, in the engine loop's
+    float expressions, up to the horizon: serial (``decided_at`` None), a step is decided as it starts and the
+    stretch stops before one decided at or after ``horizon`` (``strict``: one ending at or after it); async, a step
+    is decided as the previous one starts and overlaps its host time with it."""
     decided_l: list[float] = []
     start_l: list[float] = []
     end_l: list[float] = []
     delay_l: list[float] = []
-    price_l: list[tuple] = []
     host_l: list[float] = []
+    price_l: list[tuple] = []
     t = now
-    for host, price in _prices(replica.cost, reqs, base, context, limit, partial, chunk):
-        if serial:  # serial: decided as it starts, the host time first, then the device's
+    if decided_at is None and partial is None and type(cost) is RooflineCostModel:  # a window at a time
+        host = cost.host_time(_light(reqs, base, context))
+        n, done, window = len(reqs), 0, 16
+        while done < limit:
+            m = min(window, limit - done)
+            prices = cost.decode_run(n, context + n * (done + 1), m)
+            delays = [host + p[0] for p in prices]
+            ends = list(accumulate(delays, initial=t))  # ends[j]: step j's decision (j < m), step j's end (j > 0)
+            cut = bisect_left(ends, horizon, 1, m + 1) - 1 if strict else bisect_left(ends, horizon, 0, m)
+            decided_l += ends[:cut]
+            start_l += [x + host for x in ends[:cut]]
+            end_l += ends[1:cut + 1]
+            delay_l += delays[:cut]
+            price_l += prices[:cut]
+            if cut < m:
+                break
+            t = ends[m]
+            done += m
+            window *= 2
+        host_l += [host] * len(end_l)
+        return decided_l, start_l, end_l, delay_l, host_l, price_l
+    for host, price in _prices(cost, reqs, base, context, limit, partial, chunk):
+        if decided_at is None:  # serial: decided as it starts, the host time first, then the device's
             if t >= horizon:
                 break
             decided, start = t, t + host
@@ -155,73 +213,69 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
         start_l.append(start)
         end_l.append(end)
         delay_l.append(delay)
-        price_l.append(price)
         host_l.append(host)
+        price_l.append(price)
         t = end
-    # 2. blocks, step by step: decodes crossing a block boundary (and a chunk) grow, in running order; stop before a
-    # step short of blocks; with prefix caching, each block that fills is shared as its step ends
-    crossing: dict[int, list] = {}  # step -> (position, request) of decodes needing a block
-    filled: dict[int, list] = {}    # step -> (position, request) whose block fills
-    k = len(end_l)
-    caching = bm.caching
-    for i, (r, c) in enumerate(zip(reqs, base)):  # (a step per request beyond the stretch is never pushed)
-        step = len(r.block_table) * bs - c + 1
-        if step <= k:
-            crossing.setdefault(step, []).append((i, r))
+    return decided_l, start_l, end_l, delay_l, host_l, price_l
+
+
+def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int
+            ) -> tuple[int, list[int], list[int] | None]:
+    """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
+    then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
+    one's cached free blocks, else None). Only the steps where something changes are visited."""
+    bm = sched.bm
+    bs, caching = bm.block_size, bm.caching
+    grows_at: dict[int, list[int]] = {}  # step -> positions of decodes needing a block then, in running order
+    fills_at: dict[int, list[int]] = {}  # step -> positions whose block fills then (prefix caching shares it)
+    for i, (r, c) in enumerate(zip(reqs, base)):
+        for step in range(len(r.block_table) * bs - c + 1, k + 1, bs):
+            grows_at.setdefault(step, []).append(i)
         if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
-            step = bs - c % bs
-            if step <= k:
-                filled.setdefault(step, []).append((i, r))
+            for step in range(bs - c % bs, k + 1, bs):
+                fills_at.setdefault(step, []).append(i)
+    events = range(1, k + 1) if partial is not None else sorted(grows_at.keys() | fills_at.keys())
     used_l: list[int] = []
-    cached_l: list[int] = []
+    cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
-    chunk_from = partial.num_computed if partial is not None else 0
-    for step in range(1, k + 1):
-        due = crossing.pop(step, None)
+    cached = bm.num_cached_free if caching else 0
+    done_before = partial.num_computed if partial is not None else 0
+    last = 0
+    for step in events:
+        if step > last + 1:  # nothing changed in between
+            used_l += [used] * (step - last - 1)
+            if caching:
+                cached_l += [cached] * (step - last - 1)
+        due = grows_at.get(step)
         if due or partial is not None:
-            if due and len(due) > 1:
-                due.sort(key=_first)
-            grows = [(r, base[i] + step) for i, r in due] if due else []
+            grows = [(reqs[i], base[i] + step) for i in due] if due else []
             if partial is not None:  # the chunk's blocks after the decodes' (a policy that allocates per chunk)
-                grows.append((partial, chunk_from + step * chunk))
+                grows.append((partial, done_before + step * chunk))
             if not sched.stretch_grow(grows):
-                k = step - 1
-                break
+                return step - 1, used_l, cached_l
             used = bm.num_used
-            if due and step + bs <= k:
-                crossing.setdefault(step + bs, []).extend(due)
         used_l.append(used)
         if caching:
             cached_l.append(bm.num_cached_free)
-            done = filled.pop(step, None)
-            if done:
-                done.sort(key=_first)
-                for i, r in done:
-                    r.num_computed = base[i] + step
-                    bm.on_computed(r)
-                if step + bs <= k:
-                    filled.setdefault(step + bs, []).extend(done)
-    if not k:
-        return None
-    # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
-    first = sched.take_batch_ids(k, cached_l if caching else None)
-    index = replica.index
-    times = end_l[:k] if k < len(end_l) else end_l
-    replica.recorder.stage_rows.extend(chain.from_iterable(
-        (index, 0, bid, start, end, chunk, n, size, prefills, used, price[1], price[2])
-        for bid, start, end, used, price in zip(range(first, first + k), start_l, times, used_l, price_l)))
-    replica.recorder.microbatch_rows.extend(chain.from_iterable(
-        (index, bid, decided, host, end)
-        for bid, decided, host, end in zip(range(first, first + k), decided_l, host_l, times)))
-    for r, c in zip(reqs, base):
-        r.num_computed = c + k
-        r.num_generated += k
-        r.token_times.extend(times)
-    if partial is not None:
-        partial.num_computed = chunk_from + k * chunk
-    t = times[-1]
-    replica.last_done = t
-    return t, start_l[k - 1], hops(now, times, delay_l[:k])
+            for i in fills_at.get(step, ()):
+                r = reqs[i]
+                r.num_computed = base[i] + step
+                bm.on_computed(r)
+            cached = bm.num_cached_free
+        last = step
+    if k > last:
+        used_l += [used] * (k - last)
+        if caching:
+            cached_l += [cached] * (k - last)
+    return k, used_l, cached_l
+
+
+def _light(reqs: list, base: list[int], context: int) -> Batch:
+    """A decode batch of ``reqs`` over ``base`` computed tokens, for pricing (only its aggregates are read)."""
+    light = Batch.__new__(Batch)
+    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
+    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, len(reqs), context
+    return light
 
 
 def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int
@@ -229,9 +283,7 @@ def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, pa
     """Each step's host time and (device time, FLOPs, bytes), lazily: the roofline prices decode-only steps a window
     at a time in one call (``RooflineCostModel.decode_run``, the same floats); other models and chunks per step."""
     n = len(reqs)
-    light = Batch.__new__(Batch)  # one batch re-priced per step: only its aggregates (and the chunk's context) change
-    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
-    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, n, context
+    light = _light(reqs, base, context)  # re-priced per step: only its aggregates (and the chunk's context) change
     if partial is not None:
         light.entries.append((partial, chunk, partial.num_computed))
         light.num_prefill_tokens = chunk
