@@ -11,7 +11,8 @@ of the exact ones. Histograms of replicas merge by adding counts.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from itertools import chain
 
 import numpy as np
 
@@ -24,6 +25,9 @@ _LOG_GAMMA = math.log(_GAMMA)
 #: bucket range: 1 ns to 1e6 s (smaller gaps count as zero, larger ones in the last bucket; max stays exact)
 _MIN_LOG = math.floor(math.log(1e-9) / _LOG_GAMMA)
 _NUM_BUCKETS = math.ceil(math.log(1e6) / _LOG_GAMMA) - _MIN_LOG + 1
+#: values bucketed per numpy pass: temporaries of 512 KiB stay in cache, where one pass over a run's 4M gaps made
+#: eight 32 MiB arrays and took 0.05-0.8 s on the 2-core VM against 0.02-0.04 s in chunks (measured, issue 34)
+_CHUNK = 1 << 16
 
 
 class GapLog:
@@ -55,18 +59,39 @@ class GapLog:
         if self._exact is not None:
             self._exact.append(gaps)
             if self.count > self.exact_limit:  # give the exact values up: into the histogram at once
-                self._bucket(np.concatenate(self._exact))
+                for chunk in self._exact:
+                    self._bucket(chunk)
                 self._exact = None
         else:
             self._bucket(gaps)
 
+    def add_token_times(self, runs: Sequence[Sequence[float]]) -> list[float]:
+        """Record the gaps within each run of token times (a finished request's, two times or more each, in order)
+        and return each run's largest gap. The runs are flattened in C (itertools.chain): a generator over 4M
+        token times took 0.16 s against 0.07 s (measured, issue 34)."""
+        if not runs:
+            return []
+        lens = np.fromiter(map(len, runs), dtype=np.int64, count=len(runs))
+        times = np.fromiter(chain.from_iterable(runs), dtype=float, count=int(lens.sum()))
+        gaps = np.diff(times)
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])  # each run's first time
+        keep = np.ones(gaps.size, dtype=bool)
+        keep[starts[1:] - 1] = False  # the differences that straddle two runs
+        gaps = gaps[keep]
+        tops = np.maximum.reduceat(gaps, starts - np.arange(len(runs)))  # each run's first gap in the kept ones
+        self.add(gaps)
+        return tops.tolist()
+
     def _bucket(self, gaps: np.ndarray) -> None:
-        pos = gaps[gaps >= 1e-9]
-        self.zeros += int(gaps.size - pos.size)
-        if pos.size:
-            k = np.ceil(np.log(pos) / _LOG_GAMMA).astype(np.int64) - _MIN_LOG
-            np.clip(k, 0, _NUM_BUCKETS - 1, out=k)
-            self.counts += np.bincount(k, minlength=_NUM_BUCKETS)
+        """Count ``gaps`` into the histogram, ``_CHUNK`` values at a time (the same counts as in one pass)."""
+        for start in range(0, gaps.size, _CHUNK):
+            part = gaps[start:start + _CHUNK]
+            pos = part[part >= 1e-9]
+            self.zeros += int(part.size - pos.size)
+            if pos.size:
+                k = np.ceil(np.log(pos) / _LOG_GAMMA).astype(np.int64) - _MIN_LOG
+                np.clip(k, 0, _NUM_BUCKETS - 1, out=k)
+                self.counts += np.bincount(k, minlength=_NUM_BUCKETS)
 
     def _histogram(self) -> tuple[int, np.ndarray]:
         """(zeros, bucket counts) of every gap, built from the exact values while they are held."""

@@ -1,7 +1,5 @@
 """``python -m sim.cli``: the ``servesim`` command."""
 
-import sys
+from sim.cli.main import run
 
-from sim.cli.main import main
-
-sys.exit(main())
+run()

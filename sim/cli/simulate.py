@@ -146,13 +146,14 @@ def costs_from_args(args: argparse.Namespace, config: SimConfig | DisaggConfig) 
 def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, source: str, bar: Any,
                    closed_loop: Any = None, goodput_slo: dict[str, float] | None = None) -> SimResult:
     """simulate() or simulate_disaggregated(), as the deployment is; describe(config) added as "deployment", the
-    saturation verdict and goodput (under ``goodput_slo``, default the default bounds) in every summary."""
+    saturation verdict and goodput (under ``goodput_slo``, default the default bounds) in every summary. ``bar``:
+    a progress bar counting finished requests, or None."""
     from sim.serving.deployment import describe
     from sim.serving.load_verdict import add_load_verdict
     from sim.serving.simulator import SimConfig, simulate
     if isinstance(config, SimConfig):
-        result = simulate(trace, config, cost_model=costs, source=source, on_finish=lambda r: bar.update(),
-                          closed_loop=closed_loop)
+        result = simulate(trace, config, cost_model=costs, source=source,
+                          on_finish=(lambda r: bar.update()) if bar is not None else None, closed_loop=closed_loop)
         if goodput_slo is not None:
             add_load_verdict(result.summary, result.requests, result.batches, goodput_slo)
     else:
@@ -161,7 +162,8 @@ def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, so
         from sim.serving.disagg import simulate_disaggregated
         result = simulate_disaggregated(trace, config, costs=costs, source=source)
         add_load_verdict(result.summary, result.requests, None, goodput_slo)
-        bar.update(len(trace))
+        if bar is not None:
+            bar.update(len(trace))
     result.summary["deployment"] = describe(config)
     return result
 
@@ -226,8 +228,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     synthetic-workload flags make the requests. --deployment FILE reads the deployment from a YAML or TOML file;
     --disaggregated runs separate prefill and decode pools with a KV transfer between them.
     """
-    from tqdm import tqdm
-
     from sim.outputs.run_folder import clean_json, format_summary
 
     check_run_folder_args(args)
@@ -237,11 +237,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     trace, note = fit_to_context(trace, args, context_model(config))
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
-    show = not args.quiet and sys.stderr.isatty()
-    bar = tqdm(total=len(trace), unit="req", desc="simulating", disable=not show, mininterval=0.5)
+    bar = None
+    if not args.quiet and sys.stderr.isatty():  # tqdm imported only to be shown (0.03 s of start-up)
+        from tqdm import tqdm
+        bar = tqdm(total=len(trace), unit="req", desc="simulating", mininterval=0.5)
     t0 = time.perf_counter()
     result = run_simulation(trace, config, costs, source, bar, closed_loop, goodput_slo)
-    bar.close()
+    if bar is not None:
+        bar.close()
     add_trace_reuse(result.summary, trace)
     result.summary["requests"]["clipped_to_context"] = note  # the default clip, said once (None: none clipped)
     wall = time.perf_counter() - t0

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sim.kv.prefix_keys import check_prefix_fields
 from sim.request import TraceRequest
@@ -282,6 +281,7 @@ def read_azure(path: str | os.PathLike[str], *, zero_lengths: str = "skip", on_u
     cols = _CSV_SIGNATURES["azure"]
     header, raw = _csv_rows(path, cols)
     it, ip, io_ = (header.index(c) for c in cols)
+    import pandas as pd  # here only: the CLI's parser imports this module, and pandas costs 0.3 s of start-up
     try:
         stamps = pd.to_datetime(pd.Series([cells[it].strip() for _, cells in raw], dtype=object),
                                 format="ISO8601", errors="coerce", utc=True)

@@ -105,3 +105,46 @@ def test_the_exact_limit_is_for_the_run_not_per_replica():
     for log in logs:
         log.add(np.full(EXACT_LIMIT // 64 + 1, 0.01))
     assert not any(log.exact for log in logs) and not GapLog.merged(logs).exact
+
+
+def test_bucketing_in_chunks_counts_as_one_pass_over_every_value():
+    """The histogram is counted a chunk at a time (issue 34: speed): the same zeros and bucket counts as the
+    definition applied to all values at once, whether the values come in one array or in adds that give up
+    exactness part-way."""
+    from sim.gap_log import _CHUNK, _LOG_GAMMA, _MIN_LOG, _NUM_BUCKETS
+    rng = np.random.default_rng(1)
+    gaps = np.concatenate([rng.lognormal(-4, 2, 3 * _CHUNK + 123), [0.0, 1e-12, 5e-10] * 7, [2e6]])
+    rng.shuffle(gaps)
+    pos = gaps[gaps >= 1e-9]
+    k = np.clip(np.ceil(np.log(pos) / _LOG_GAMMA).astype(np.int64) - _MIN_LOG, 0, _NUM_BUCKETS - 1)
+    want = np.bincount(k, minlength=_NUM_BUCKETS)
+    whole = GapLog(exact_limit=0)
+    whole.add(gaps)
+    given_up = GapLog(exact_limit=2 * _CHUNK)  # exact for the first two adds, then every value bucketed
+    for part in np.array_split(gaps, 5):
+        given_up.add(part)
+    for log in (whole, given_up):
+        assert not log.exact and log.zeros == 21 and log.count == gaps.size
+        assert np.array_equal(log.counts, want)
+    assert np.array_equal(whole.percentiles(PCTS), given_up.percentiles(PCTS))
+
+
+def test_token_times_give_each_runs_gaps_and_largest_gap():
+    """add_token_times (what a scheduler folds finished requests' token times through) records exactly each run's
+    own differences, none across two runs, and returns each run's largest gap."""
+    runs = [[0.0, 0.5, 0.75], [10.0, 10.25], [3.0, 3.125, 3.25, 4.25]]
+    log = GapLog()
+    assert log.add_token_times(runs) == [0.5, 0.25, 1.0]
+    assert log.values().tolist() == [0.5, 0.25, 0.25, 0.125, 0.125, 1.0]
+    assert log.count == 6 and log.max == 1.0 and log.total == 2.25
+    assert log.add_token_times([]) == [] and log.count == 6
+    rng = np.random.default_rng(2)
+    many = [np.cumsum(rng.exponential(0.03, rng.integers(2, 400))).tolist() for _ in range(500)]
+    ref, got = GapLog(exact_limit=10_000), GapLog(exact_limit=10_000)  # exact at first, then histogram
+    for r in many:
+        ref.add(np.diff(np.asarray(r)))
+    tops = got.add_token_times(many)
+    assert tops == [max(np.diff(r)) for r in many]
+    assert not got.exact and not ref.exact
+    assert got.zeros == ref.zeros and np.array_equal(got.counts, ref.counts)
+    assert (got.count, got.total, got.max) == (ref.count, pytest.approx(ref.total, rel=1e-12), ref.max)

@@ -221,7 +221,7 @@ def test_an_interrupted_rerun_leaves_the_folder_incomplete(tmp_path, capsys, mon
 def test_ctrl_c_while_the_parser_is_built_is_one_line(capsys, monkeypatch):
     import sim.cli.main
 
-    def interrupted():
+    def interrupted(*_command):
         raise KeyboardInterrupt
     monkeypatch.setattr(sim.cli.main, "build_parser", interrupted)
     assert main(["simulate"]) == errors.INTERRUPTED
