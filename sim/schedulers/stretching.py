@@ -65,20 +65,18 @@ class StretchSteps:
         stretch may go on past them (without prefix caching, whose hits can change)."""
         return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
 
-    def stretch_grow(self, grows: list[tuple[Request, int]]) -> bool:
-        """Blocks for one step of a stretch, as ``schedule`` allocates them: each (request, tokens) of ``grows``
-        (running order, a chunk's last) grows; False, changing nothing, if blocks run short."""
+    def stretch_grow(self, decodes: list[Request], chunk: tuple[Request, int] | None = None) -> bool:
+        """Blocks for one step of a stretch, as ``schedule`` allocates them: one more for each of ``decodes`` (each
+        crossing a block boundary, in running order), then the chunk's (request, tokens to hold); False, changing
+        nothing, if blocks run short."""
         bm = self.bm
-        need = 0
-        for r, tokens in grows:
-            need += bm.blocks_for(tokens) - len(r.block_table)
+        need = len(decodes) + (bm.blocks_for(chunk[1]) - len(chunk[0].block_table) if chunk else 0)
         if need > bm.num_free:
             return False
-        if need == len(grows):  # one block each (decodes crossing a boundary): handed out in one pass
-            bm.add_block_each([r for r, _tokens in grows])
-        else:
-            for r, tokens in grows:
-                bm.grow(r, tokens)
+        if decodes:
+            bm.add_block_each(decodes)
+        if chunk:
+            bm.grow(*chunk)
         return True
 
     def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:

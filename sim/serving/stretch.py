@@ -234,12 +234,19 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
         if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
             for step in range(bs - c % bs, k + 1, bs):
                 fills_at.setdefault(step, []).append(i)
-    events = range(1, k + 1) if partial is not None else sorted(grows_at.keys() | fills_at.keys())
+    chunk_at: dict[int, int] = {}  # step -> the chunked prompt's tokens then, where it needs more blocks
+    if partial is not None:
+        held = len(partial.block_table) * bs
+        for step in range(1, k + 1):
+            tokens = partial.num_computed + step * chunk
+            if tokens > held:
+                chunk_at[step] = tokens
+                held = -(-tokens // bs) * bs
+    events = sorted(grows_at.keys() | fills_at.keys() | chunk_at.keys())
     used_l: list[int] = []
     cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
     cached = bm.num_cached_free if caching else 0
-    done_before = partial.num_computed if partial is not None else 0
     last = 0
     for step in events:
         if step > last + 1:  # nothing changed in between
@@ -247,11 +254,9 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
             if caching:
                 cached_l += [cached] * (step - last - 1)
         due = grows_at.get(step)
-        if due or partial is not None:
-            grows = [(reqs[i], base[i] + step) for i in due] if due else []
-            if partial is not None:  # the chunk's blocks after the decodes' (a policy that allocates per chunk)
-                grows.append((partial, done_before + step * chunk))
-            if not sched.stretch_grow(grows):
+        tokens = chunk_at.get(step)
+        if due or tokens:
+            if not sched.stretch_grow([reqs[i] for i in due] if due else [], (partial, tokens) if tokens else None):
                 return step - 1, used_l, cached_l
             used = bm.num_used
         used_l.append(used)
