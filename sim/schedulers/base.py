@@ -177,11 +177,19 @@ class Scheduler(StretchSteps, ABC):
         positions are not computed (their slots are overwritten next step; vLLM keeps the blocks with the request)."""
         del self._in_flight[batch.batch_id]
         finished: list[Request] = []
+        self._advance(batch.entries, now, finished, batch.batch_id)
+        if finished:
+            self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        return finished
+
+    def _advance(self, entries: list, now: float, finished: list[Request], batch_id: int = -1) -> None:
+        """``on_batch_done``'s work on each (request, new, cached) of ``entries``, in order (a decode stretch's last
+        step too): the tokens computed, a block that fills shared, a token sampled, a request that is done finished."""
         caching, bs = self.bm.caching, self.bm.block_size
         spec, bm = self.spec, self.bm
-        for req, new, _cached in batch.entries:
+        for req, new, _cached in entries:
             if spec is not None and req in spec.proposed:
-                accepted = spec.verify(req, batch.batch_id)
+                accepted = spec.verify(req, batch_id)
                 req.num_computed += 1 + accepted
                 if caching:
                     bm.on_computed(req)
@@ -206,9 +214,6 @@ class Scheduler(StretchSteps, ABC):
                     if spec is not None:
                         spec.finished(req)
                     self._finish(req, now, finished)
-        if finished:
-            self.running = [r for r in self.running if r.status is not Status.FINISHED]
-        return finished
 
     def _finish(self, req: Request, now: float, finished: list[Request]) -> None:
         """``req`` produced its last token at ``now``: its blocks go (unless held for a KV transfer)."""

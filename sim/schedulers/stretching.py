@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sim.request import Status
+
 if TYPE_CHECKING:
     from sim.batch import Batch
     from sim.request import Request
@@ -16,13 +18,14 @@ if TYPE_CHECKING:
 class StretchSteps:
     """Decode stretches' view of a policy (mixed into ``sim.schedulers.base.Scheduler``, whose state it reads)."""
 
-    def stretch_plan(self, batch: Batch, waiting_blind: bool = False, chunk_stretch: bool = True
-                     ) -> tuple[int, Request | None, int]:
+    def stretch_plan(self, batch: Batch, waiting_blind: bool = False, chunk_stretch: bool = True,
+                     last_token: bool = False) -> tuple[int, Request | None, int]:
         """(steps, partial, chunk): the batches after ``batch`` that would each again be every running request's
         decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one prompt under way,
         ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight, no speculation,
         the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind a chunk that
-        fills the budget); up to the step before a last token. Blocks are ``stretch_grow``'s."""
+        fills the budget); up to the step before a last token (``last_token``: through it, ``stretch_finish``
+        finishing the requests it completes). Blocks are ``stretch_grow``'s."""
         run = self.running
         n = len(run)
         budget = self.token_budget
@@ -40,13 +43,14 @@ class StretchSteps:
         if partial is None:
             if self.waiting and not (waiting_blind or self.budget_full(n)):
                 return 0, None, 0
-            return min([r.output_tokens - r.num_generated for r in run]) - 1, None, 0
+            return min([r.output_tokens - r.num_generated for r in run]) - (not last_token), None, 0
         chunk = self._stretch_chunk(partial, n - 1)
         if not chunk or (self.waiting and not (waiting_blind or self.budget_full(n - 1, chunk))):
             return 0, None, 0
         steps = -(-partial.num_pending // chunk) - 1  # the chunks before its last (which samples a token)
         if n > 1:
-            steps = min(steps, min([r.output_tokens - r.num_generated for r in run if r is not partial]) - 1)
+            steps = min(steps, min([r.output_tokens - r.num_generated for r in run if r is not partial])
+                        - (not last_token))
         return steps, partial, chunk
 
     def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
@@ -78,6 +82,16 @@ class StretchSteps:
         if chunk:
             bm.grow(*chunk)
         return True
+
+    def stretch_finish(self, reqs: list[Request], now: float) -> list[Request]:
+        """The last step of a stretch, ending at ``now``, produced some of ``reqs``' last tokens: each one decoding
+        advanced as ``on_batch_done`` does (in running order: a later one's block is shared after an earlier one
+        is freed); returns the finished."""
+        finished: list[Request] = []
+        self._advance([(r, 1, r.num_computed) for r in reqs], now, finished)
+        if finished:
+            self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        return finished
 
     def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
         """The first of ``k`` batch ids a stretch's steps take (with prefix caching: each step's cached free blocks)."""

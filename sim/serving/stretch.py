@@ -110,7 +110,8 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     # fills the budget leaves none to admit with. Unless a router reads the cache as a request arrives.
     blind = not replica.arrival_reads_cache and (type(sched) in WAITING_BLIND or (
         not caching and sched.waiting_head_blocked()))
-    limit, partial, chunk = sched.stretch_plan(batch, blind, chunk_stretch=not caching)
+    through = not sched.hold_finished  # through a step with last tokens (not when a KV transfer waits for them)
+    limit, partial, chunk = sched.stretch_plan(batch, blind, chunk_stretch=not caching, last_token=through)
     if limit <= 0:
         return None
     if blind or (not replica.arrival_reads_cache
@@ -134,7 +135,8 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     decided_l, start_l, end_l, delay_l, host_l, price_l = steps
     # 2. blocks at the steps where some decode crosses a block boundary (and each chunk's); the stretch stops
     # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends
-    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk)
+    last = min([r.output_tokens - r.num_generated for r in reqs]) if through and reqs else 0  # first last token
+    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
@@ -147,14 +149,20 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     replica.recorder.microbatch_rows.extend(chain.from_iterable(
         (index, bid, decided, host, end)
         for bid, decided, host, end in zip(range(first, first + k), decided_l, host_l, times)))
+    t = times[-1]
+    ending = k == last  # its last step ends some requests: that step is advanced as on_batch_done would
+    advanced, known = (k - 1, times[:-1]) if ending else (k, times)
     for r, c in zip(reqs, base):
-        r.num_computed = c + k
-        r.num_generated += k
-        r.token_times.extend(times)
+        r.num_computed = c + advanced
+        r.num_generated += advanced
+        r.token_times.extend(known)
     if partial is not None:
         partial.num_computed += k * chunk
-    t = times[-1]
     replica.last_done = t
+    if ending:
+        finished = sched.stretch_finish(reqs, t)
+        replica.outstanding -= len(finished)
+        replica.on_done(replica, finished)
     return t, start_l[k - 1], hops(now, times, delay_l[:k])
 
 
@@ -219,11 +227,12 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
     return decided_l, start_l, end_l, delay_l, host_l, price_l
 
 
-def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int
+def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int
             ) -> tuple[int, list[int], list[int] | None]:
     """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
     then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
-    one's cached free blocks, else None). Only the steps where something changes are visited."""
+    one's cached free blocks, else None; blocks that fill at step ``last_token`` are left to ``stretch_finish``).
+    Only the steps where something changes are visited."""
     bm = sched.bm
     bs, caching = bm.block_size, bm.caching
     grows_at: dict[int, list[int]] = {}  # step -> positions of decodes needing a block then, in running order
@@ -247,12 +256,12 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
     cached = bm.num_cached_free if caching else 0
-    last = 0
+    prev = 0
     for step in events:
-        if step > last + 1:  # nothing changed in between
-            used_l += [used] * (step - last - 1)
+        if step > prev + 1:  # nothing changed in between
+            used_l += [used] * (step - prev - 1)
             if caching:
-                cached_l += [cached] * (step - last - 1)
+                cached_l += [cached] * (step - prev - 1)
         due = grows_at.get(step)
         tokens = chunk_at.get(step)
         if due or tokens:
@@ -262,16 +271,16 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
         used_l.append(used)
         if caching:
             cached_l.append(bm.num_cached_free)
-            for i in fills_at.get(step, ()):
+            for i in fills_at.get(step, ()) if step != last_token else ():  # (at a last token: with the finishing)
                 r = reqs[i]
                 r.num_computed = base[i] + step
                 bm.on_computed(r)
             cached = bm.num_cached_free
-        last = step
-    if k > last:
-        used_l += [used] * (k - last)
+        prev = step
+    if k > prev:
+        used_l += [used] * (k - prev)
         if caching:
-            cached_l += [cached] * (k - last)
+            cached_l += [cached] * (k - prev)
     return k, used_l, cached_l
 
 

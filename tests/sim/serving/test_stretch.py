@@ -54,11 +54,11 @@ def _same_as_reference(monkeypatch, spec, policy, **kw):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_a_stretch_stops_before_the_step_that_produces_a_last_token(monkeypatch, policy):
-    # prefill [0,1] -> token at 1; decode [1,2] -> 2; a stretch of [2,3] and [3,4]; the last token's step [4,5] as usual
+def test_a_stretch_runs_through_the_step_that_produces_a_last_token(monkeypatch, policy):
+    # prefill [0,1] -> token at 1; a stretch [1,2] .. [4,5], the last one producing A's last token and finishing it
     times, rows, micro, _, seen = _same_as_reference(monkeypatch, [(0.0, 10, 5)], policy)
     assert times == {"A": [1.0, 2.0, 3.0, 4.0, 5.0]}
-    assert seen == [(4.0, 3.0)]  # (the stretch's end, its last step's host-done time: no host time here)
+    assert seen == [(5.0, 4.0)]  # (the stretch's end, its last step's host-done time: no host time here)
     assert [rows[i + 2] for i in range(0, len(rows), 12)] == [0, 1, 2, 3, 4]  # one batches.csv row per iteration
     assert [micro[i + 2] for i in range(0, len(micro), 5)] == [0.0, 1.0, 2.0, 3.0, 4.0]
 
@@ -94,11 +94,11 @@ def test_a_router_that_reads_the_cache_on_arrival_stops_a_stretch_before_the_ste
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_a_stretch_starts_right_after_a_prefill_and_right_after_a_finish(monkeypatch, policy):
-    # A and B prefill together [0,1]; the stretch [1,2] (the step before A's last token); A's last token [2,3]
-    # through the scheduler; then B alone: the stretch [3,4] .. [6,7] starts at once; B's last token [7,8]
+    # A and B prefill together [0,1]; the stretch [1,2], [2,3] ends with A's last token; then B alone: the
+    # stretch [3,4] .. [7,8] starts at once and ends with B's
     times, _, _, _, seen = _same_as_reference(monkeypatch, [(0.0, 10, 3), (0.0, 10, 8)], policy)
     assert times == {"A": [1.0, 2.0, 3.0], "B": [float(t) for t in range(1, 9)]}
-    assert seen == [(2.0, 1.0), (7.0, 6.0)]
+    assert seen == [(3.0, 2.0), (8.0, 7.0)]
 
 
 @pytest.mark.parametrize("policy", PAGED)
@@ -120,41 +120,41 @@ def test_stretches_with_prefix_caching_share_the_same_blocks(monkeypatch, policy
 @pytest.mark.parametrize("policy", POLICIES)
 def test_a_stretch_goes_on_while_the_first_waiting_request_cannot_be_admitted(monkeypatch, policy):
     # one request at a time: B arrives at 0.5 and waits (the batch cap holds it) until A is done, so A's stretch
-    # runs from 2 to the step before A's last token, past B's arrival
+    # runs from 1 through A's last token at 12, past B's arrival
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 8, 12), (0.5, 8, 4)], policy, max_batch=1)
-    assert seen[0] == (11.0, 10.0) and times["A"][-1] == 12.0
+    assert seen[0] == (12.0, 11.0) and times["A"][-1] == 12.0
 
 
 def test_chunks_and_decodes_that_fill_the_budget_stretch_past_a_waiting_request(monkeypatch):
     # Sarathi, budget 2: A's prompt in two chunks [0,1], [1,2]; then A's decode and B's first chunk of 1 [2,3]; B's
     # next chunks fill the budget beside A's decode, so C (arrived at 0.5) cannot be admitted: a stretch [3,4],
-    # [4,5]; B's last chunk [5,6]. Then A and B's decodes fill the budget: a stretch [6,7] .. [9,10], A's last token
-    # [10,11]. C then chunks beside B's decode: [11,12], a stretch [12,13], [13,14], its last chunk [14,15] with B's
-    # last token; C alone: a stretch [15,16], its last token [16,17]
+    # [4,5]; B's last chunk [5,6]. Then A and B's decodes fill the budget: a stretch [6,7] .. [10,11] through A's
+    # last token. C then chunks beside B's decode: [11,12], a stretch [12,13], [13,14], its last chunk [14,15] with
+    # B's last token; C alone: a stretch [15,16], [16,17] through its last token
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 10), (0.0, 4, 10), (0.5, 4, 3)], "sarathi", budget=2)
-    assert seen == [(5.0, 4.0), (10.0, 9.0), (14.0, 13.0), (16.0, 15.0)]
+    assert seen == [(5.0, 4.0), (11.0, 10.0), (14.0, 13.0), (17.0, 16.0)]
     assert times == {"A": [float(t) for t in range(2, 12)], "B": [float(t) for t in range(6, 16)],
                      "C": [15.0, 16.0, 17.0]}
 
 
 def test_faster_transformer_stretches_past_arrivals_and_a_waiting_queue(monkeypatch):
     # FT admits only into an empty batch: A's decodes [1,2] .. [10,11] go on while B arrives (1.5) and waits; the
-    # stretch after A's first decode runs to the step before A's last token: it ends at 11
+    # stretch after A's prefill runs through A's last token: it ends at 12
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 8, 12), (1.5, 8, 4), (6.0, 8, 4)],
                                          "faster_transformer")
-    assert seen[0] == (11.0, 10.0)
+    assert seen[0] == (12.0, 11.0)
     assert times["A"][-1] == 12.0 and times["B"][0] == 13.0  # B's prefill [12,13] after A's last step
     # with prefix caching too (only a cache-aware router, tested above, reads the cache as a request arrives)
     *_, seen = _same_as_reference(monkeypatch, [(0.0, 8, 12), (1.5, 8, 4)], "faster_transformer", caching=True)
-    assert seen[0] == (11.0, 10.0)
+    assert seen[0] == (12.0, 11.0)
 
 
 def test_a_budget_the_decodes_fill_lets_a_stretch_go_on_while_a_request_waits(monkeypatch):
     # Sarathi with a budget of one token: A's prompt a token a step ([0,1] as usual, a chunk stretch [1,2], [2,3], its
-    # last chunk [3,4]); then A's decode fills the budget, so B cannot be admitted: a stretch [4,5] .. [9,10]; A's last
-    # token [10,11]; then B likewise from 11
+    # last chunk [3,4]); then A's decode fills the budget, so B cannot be admitted: a stretch [4,5] .. [10,11] through
+    # A's last token; then B likewise from 11
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 8), (0.0, 4, 8)], "sarathi", budget=1)
-    assert seen == [(3.0, 2.0), (10.0, 9.0), (14.0, 13.0), (21.0, 20.0)]
+    assert seen == [(3.0, 2.0), (11.0, 10.0), (14.0, 13.0), (22.0, 21.0)]
     assert times == {"A": [float(t) for t in range(4, 12)], "B": [float(t) for t in range(15, 23)]}
 
 
@@ -258,3 +258,23 @@ def test_a_chunk_stretch_prices_each_step_with_the_chunk_over_its_growing_contex
     assert times == {"A": [5.0, 6.0]}
     prefill_tokens = [rows[i + 5] for i in range(0, len(rows), 12)]
     assert prefill_tokens == [4, 4, 4, 4, 4, 0]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_requests_finished_by_a_stretch_reach_the_callback_in_the_same_order_and_state(monkeypatch, policy):
+    # a stretch ends with the step that finishes requests: on_finish sees each with all its tokens, in the order
+    # (and with the completion times) of the iteration-by-iteration run
+    from sim.serving import SimConfig, simulate
+    from sim.workload.generator import generate_trace
+
+    trace = generate_trace(40, arrival="poisson", qps=8.0, seed=5, max_total_tokens=600)
+
+    def finished(stretches: bool) -> list:
+        seen: list = []
+        with monkeypatch.context() as m:
+            m.setattr(Replica, "decode_stretches", stretches)
+            simulate(trace, SimConfig(scheduler=policy, kv_blocks=300),
+                     on_finish=lambda r: seen.append((r.request_id, r.completion_time, list(r.token_times))))
+        return seen
+    fast = finished(True)
+    assert fast == finished(False) and len(fast) == 40
