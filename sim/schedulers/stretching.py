@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 class StretchSteps:
     """Decode stretches' view of a policy (mixed into ``sim.schedulers.base.Scheduler``, whose state it reads)."""
 
-    def stretch_plan(self, batch: Batch, waiting_blind: bool = False, chunk_stretch: bool = True,
+    def stretch_plan(self, batch: Batch | None, waiting_blind: bool = False, chunk_stretch: bool = True,
                      last_token: bool = False) -> tuple[int, Request | None, int]:
-        """(steps, partial, chunk): the batches after ``batch`` that would each again be every running request's
+        """(steps, partial, chunk): the batches after ``batch`` (None: after a stretch) that would each be every running request's
         decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one prompt under way,
         ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight, no speculation,
         the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind a chunk that
@@ -33,7 +33,7 @@ class StretchSteps:
                 or (budget is not None and budget < n)):
             return 0, None, 0
         partial = None
-        if batch.prefill_items or batch.num_decode_tokens != n:  # after a prefill or a finish: all decoding now?
+        if batch is None or batch.prefill_items or batch.num_decode_tokens != n:  # after a prefill, a finish: all decoding?
             for r in run:
                 g = r.num_generated
                 if not g or r.num_computed + 1 != r.prompt_tokens + g:

@@ -102,7 +102,34 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     ``decided_at``: the async loop (``sim.serving.async_loop``), where the next step was decided at this time (the
     device start of ``batch``) and each step's host time overlaps the previous step; a stretch then stops before a
     step decided at or after ``horizon`` (a request reaching the scheduler). The serial loop decides as a step
-    starts and stops before a step decided at or after the next arrival."""
+    starts and stops before a step decided at or after the next arrival.
+
+    A stretch that ends with finished requests is followed by the next one at once (the batch after a finish is
+    again every remaining decode) where no request arrives before that next decision."""
+    serial, origin = decided_at is None, now
+    ends: list[float] = []
+    delays: list[float] = []
+    last = None
+    while True:
+        done = _stretch(replica, batch, now, decided_at, horizon)
+        if done is None:
+            break
+        now, last_start, times, steps, ending = done
+        ends += times
+        delays += steps
+        last = now, last_start
+        if not ending or replica.next_arrival() <= (now if serial else last_start):
+            break  # (a request that arrived by the next decision is not in the queue yet: the loop's turn)
+        batch, decided_at = None, (None if serial else last_start)
+    if last is None:
+        return None
+    return last[0], last[1], hops(origin, ends, delays)
+
+
+def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: float | None, horizon: float | None
+             ) -> tuple[float, float, list[float], list[float], bool] | None:
+    """One stretch (``run_stretch``): (its end, its last step's host-done time or device start, each step's end and
+    delay, whether its last step finished requests), or None."""
     sched = replica.scheduler
     caching = sched.bm.caching
     # arrivals cannot change the next batches: FasterTransformer admits only into an empty batch; a first waiting
@@ -163,7 +190,7 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
         finished = sched.stretch_finish(reqs, t)
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
-    return t, start_l[k - 1], hops(now, times, delay_l[:k])
+    return t, start_l[k - 1], times, delay_l[:k], ending
 
 
 def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int, now: float,
