@@ -83,12 +83,16 @@ class StretchSteps:
             bm.grow(*chunk)
         return True
 
-    def stretch_finish(self, reqs: list[Request], now: float) -> list[Request]:
+    def stretch_finish(self, reqs: list[Request], now: float, partial: Request | None = None, chunk: int = 0
+                       ) -> list[Request]:
         """The last step of a stretch, ending at ``now``, produced some of ``reqs``' last tokens: each one decoding
-        advanced as ``on_batch_done`` does (in running order: a later one's block is shared after an earlier one
-        is freed); returns the finished."""
+        (then ``partial``'s ``chunk``) advanced as ``on_batch_done`` does, in batch order (a later one's block is
+        shared after an earlier one is freed); returns the finished."""
         finished: list[Request] = []
-        self._advance([(r, 1, r.num_computed) for r in reqs], now, finished)
+        entries = [(r, 1, r.num_computed) for r in reqs]
+        if partial is not None:
+            entries.append((partial, chunk, partial.num_computed))
+        self._advance(entries, now, finished)
         if finished:
             self.running = [r for r in self.running if r.status is not Status.FINISHED]
         return finished

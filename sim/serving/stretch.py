@@ -138,7 +138,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     blind = not replica.arrival_reads_cache and (type(sched) in WAITING_BLIND or (
         not caching and sched.waiting_head_blocked()))
     through = not sched.hold_finished  # through a step with last tokens (not when a KV transfer waits for them)
-    limit, partial, chunk = sched.stretch_plan(batch, blind, chunk_stretch=not caching, last_token=through)
+    limit, partial, chunk = sched.stretch_plan(batch, blind, last_token=through)
     if limit <= 0:
         return None
     if blind or (not replica.arrival_reads_cache
@@ -163,6 +163,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # 2. blocks at the steps where some decode crosses a block boundary (and each chunk's); the stretch stops
     # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends
     last = min([r.output_tokens - r.num_generated for r in reqs]) if through and reqs else 0  # first last token
+    chunk_from = partial.num_computed if partial is not None else 0
     k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last)
     if not k:
         return None
@@ -184,10 +185,10 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
         r.num_generated += advanced
         r.token_times.extend(known)
     if partial is not None:
-        partial.num_computed += k * chunk
+        partial.num_computed = chunk_from + advanced * chunk
     replica.last_done = t
     if ending:
-        finished = sched.stretch_finish(reqs, t)
+        finished = sched.stretch_finish(reqs, t, partial, chunk)
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
     return t, start_l[k - 1], times, delay_l[:k], ending
@@ -278,7 +279,11 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
             if tokens > held:
                 chunk_at[step] = tokens
                 held = -(-tokens // bs) * bs
-    events = sorted(grows_at.keys() | fills_at.keys() | chunk_at.keys())
+    if partial is not None and caching:  # its chunk's blocks are noted as each step ends (``on_computed``)
+        events = range(1, k + 1)
+    else:
+        events = sorted(grows_at.keys() | fills_at.keys() | chunk_at.keys())
+    chunk_from = partial.num_computed if partial is not None else 0
     used_l: list[int] = []
     cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
@@ -298,10 +303,14 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
         used_l.append(used)
         if caching:
             cached_l.append(bm.num_cached_free)
-            for i in fills_at.get(step, ()) if step != last_token else ():  # (at a last token: with the finishing)
-                r = reqs[i]
-                r.num_computed = base[i] + step
-                bm.on_computed(r)
+            if step != last_token:  # (at a last token they are noted with the finishing, ``stretch_finish``)
+                for i in fills_at.get(step, ()):
+                    r = reqs[i]
+                    r.num_computed = base[i] + step
+                    bm.on_computed(r)
+                if partial is not None:  # last in the batch: after the decodes
+                    partial.num_computed = chunk_from + step * chunk
+                    bm.on_computed(partial)
             cached = bm.num_cached_free
         prev = step
     if k > prev:
