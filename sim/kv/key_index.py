@@ -23,7 +23,7 @@ class KeyRuns:
     """A request's shared keys cut into the index's runs, once per request: its lookups and registrations slice
     these instead of finding the runs again each time."""
 
-    __slots__ = ("keys", "pos", "starts", "heads", "aligned")
+    __slots__ = ("aligned", "heads", "keys", "pos", "starts")
 
     def __init__(self, keys: np.ndarray, per_id: int | None = None) -> None:
         """``per_id``: how many keys each trace hash id covers (``sim.kv.prefix_keys.blocks_per_hash_id``); when that is
@@ -166,9 +166,21 @@ class KeyIndex:
         self._row = dict(zip(runs.tolist(), range(len(runs))))
 
 
+_NONE = np.zeros(0, dtype=np.int64)
+
+
 class LRUList:
     """Blocks in the order they became cached-free. A block taken off by a hit leaves a dead entry behind,
-    marked and skipped; while no entry ahead is dead (the usual case), pops take the next entries unchecked."""
+    marked and skipped; while no entry ahead is dead (the usual case), pops take the next entries unchecked,
+    single pops from a short list read ahead (a decode's block: no numpy call per pop).
+
+    Blocks pushed ``anonymous`` (holding no key, so never hit) are listed as ``~block`` (negative): pops return them
+    so, and the caller skips forgetting a key they do not hold (``decode`` gives the block ids). While nothing else
+    is listed they go on a plain list in front instead (``_front``: older than every other entry, no numpy call to
+    push or pop them; without reuse, every cached free block is there).
+    """
+
+    AHEAD = 64  # entries a single pop reads ahead into ``_ahead``
 
     def __init__(self, num_blocks: int) -> None:
         size = max(1024, num_blocks // 8)
@@ -177,38 +189,86 @@ class LRUList:
         self._num_dead = 0  # dead entries at or past the head
         self._pos = np.zeros(num_blocks, dtype=np.int64)  # each listed block's position (others: stale)
         self._head = self._tail = 0  # the caller counts the live entries (its cached free blocks)
+        self._ahead: list[int] = []  # entries [_head - len, _head), live, next last: taken, not yet popped
+        self._front: list[int] = []  # anonymous blocks older than all the above, from ``_fh`` on
+        self._fh = 0
 
-    def push(self, blocks: np.ndarray) -> None:
-        """Append ``blocks`` as the most recently freed."""
+    def push(self, blocks: np.ndarray | list[int], anonymous: bool = False) -> None:
+        """Append ``blocks`` as the most recently freed (``anonymous``: listed as ``~block``, see the class)."""
         n = len(blocks)
         if not n:
             return
+        if anonymous and self._tail - self._head + len(self._ahead) == self._num_dead:  # nothing else listed
+            front = self._front
+            if self._fh > 4096 and 2 * self._fh > len(front):
+                del front[:self._fh]
+                self._fh = 0
+            front.extend(blocks if type(blocks) is list else blocks.tolist())
+            return
+        blocks = np.asarray(blocks, dtype=np.int64)
         if self._tail + n > len(self._order):
             self._compact(n)
-        self._order[self._tail:self._tail + n] = blocks
+        self._order[self._tail:self._tail + n] = ~blocks if anonymous else blocks
         self._pos[blocks] = np.arange(self._tail, self._tail + n)
         self._tail += n
 
     def remove(self, blocks: np.ndarray) -> None:
         """Take ``blocks`` (on the list) off it: a request hit them (their entries die)."""
+        if self._ahead:
+            self._settle()
         self._dead[self._pos[blocks]] = True
         self._num_dead += len(blocks)
 
     def pop_one(self) -> int:
-        """Remove and return the least recently freed live block."""
+        """Remove and return the least recently freed live block (``~block`` if anonymous)."""
+        front = self._front
+        if front:
+            b = front[self._fh]
+            self._fh += 1
+            if self._fh == len(front):
+                front.clear()
+                self._fh = 0
+            return ~b
+        ahead = self._ahead
+        if ahead:
+            return ahead.pop()
         head = self._head
         if self._num_dead:
             dead = self._dead
             while dead[head]:
                 head += 1
                 self._num_dead -= 1
-        self._head = head + 1
-        return int(self._order[head])
+            end = min(self._tail, head + self.AHEAD)
+            if self._num_dead and np.count_nonzero(dead[head:end]):  # a dead entry close: one at a time
+                self._head = head + 1
+                return int(self._order[head])
+        else:
+            end = min(self._tail, head + self.AHEAD)
+        self._head = end
+        self._ahead = ahead = self._order[end - 1:head - 1 if head else None:-1].tolist()
+        return ahead.pop()
+
+    def take(self, n: int) -> tuple[list[int], np.ndarray]:
+        """``pop(n)`` in two parts: the anonymous blocks of the front (ids, a list), then the rest (``pop``'s)."""
+        front, fh = self._front, self._fh
+        k = min(n, len(front) - fh)
+        got = front[fh:fh + k]
+        if fh + k == len(front):
+            front.clear()
+            self._fh = 0
+        else:
+            self._fh = fh + k
+        return got, self.pop(n - k) if n > k else _NONE
 
     def pop(self, n: int) -> np.ndarray:
-        """Remove and return the ``n`` least recently freed live blocks."""
+        """Remove and return the ``n`` least recently freed live blocks (``~block`` for anonymous ones)."""
+        if self._front:
+            got, rest = self.take(n)
+            return np.concatenate((~np.array(got, dtype=np.int64), rest))
         if n <= 8:  # a few blocks: element by element beats numpy's per-call cost
             return np.array([self.pop_one() for _ in range(n)], dtype=np.int64)
+        if self._ahead:
+            self._settle()
         head, end = self._head, self._head + n
         if not self._num_dead or not np.count_nonzero(self._dead[head:end]):  # all live
             self._head = end
@@ -225,14 +285,32 @@ class LRUList:
             self._head = last
         return out[0] if len(out) == 1 else np.concatenate(out)
 
+    def listed(self) -> np.ndarray:
+        """The live blocks, least recently freed first (for checks; not on any fast path)."""
+        head = self._head - len(self._ahead)
+        return np.concatenate((np.array(self._front[self._fh:], dtype=np.int64),
+                               decode(self._order[head:self._tail][~self._dead[head:self._tail]])))
+
+    def _settle(self) -> None:
+        """Give the entries read ahead back to the list (they are still in place, live, just before the head)."""
+        self._head -= len(self._ahead)
+        self._ahead = []
+
     def _compact(self, extra: int) -> None:
         """Drop the consumed head and the dead entries (and grow the buffer if it must) before appending
         ``extra`` entries."""
+        if self._ahead:
+            self._settle()
         live = self._order[self._head:self._tail][~self._dead[self._head:self._tail]]
         size = max(len(self._order), 2 * (len(live) + extra))
         self._order = np.empty(size, dtype=np.int64)
         self._order[:len(live)] = live
         self._dead = np.zeros(size, dtype=bool)
         self._num_dead = 0
-        self._pos[live] = np.arange(len(live))
+        self._pos[decode(live)] = np.arange(len(live))
         self._head, self._tail = 0, len(live)
+
+
+def decode(listed: np.ndarray) -> np.ndarray:
+    """Block ids of ``LRUList`` entries (``~block`` for anonymous ones: ``x ^ (x >> 63)`` flips negatives only)."""
+    return listed ^ (listed >> 63)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sim.kv.block_manager import BlockManager, KVCacheError
-from sim.kv.key_index import KeyIndex, KeyRuns, LRUList
+from sim.kv.key_index import KeyIndex, KeyRuns, LRUList, decode
 from sim.kv.prefix_keys import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 
@@ -54,12 +54,15 @@ class CachingBlockManager(BlockManager):
     Per-block state lives in numpy arrays (references, key; the LRU list's and the key index's in
     ``sim.kv.key_index``), so that a request's hundreds of blocks are freed, registered and evicted a
     request at a time; a request's block table is a view of its block-id array (``block_ids``), not a
-    list (a list of a long prompt's block ids cost more to build and free than all the rest).
+    list (a list of a long prompt's block ids cost more to build and free than all the rest), except for
+    requests that share nothing (``skip_no_reuse``): their tables are lists beside the array, so that a
+    decode's new block is appended rather than a new view made.
     """
 
     caching = True
-    #: lookups of requests that share nothing and were never preempted return at once (False: the full lookup,
-    #: the reference the tests compare against; the answer is the same, no block)
+    #: requests that share nothing skip key work: their lookups return at once unless they were preempted, and when
+    #: they finish their blocks stay cached without keys (``_anonymous``). False: full lookups and keys for every
+    #: block, the reference the tests compare against (the same hits, evictions and counts)
     skip_no_reuse = True
 
     def __init__(self, num_blocks: int, block_size: int = 16, watermark: float = 0.01) -> None:
@@ -69,12 +72,24 @@ class CachingBlockManager(BlockManager):
         self._index = KeyIndex(self._key)                           # shared key -> the block holding it
         self._lru = LRUList(num_blocks)                             # cached, unreferenced: least recent first
         self.num_cached_free = 0  # blocks on the LRU list: unreferenced, still holding a prefix (part of num_free)
-        self._evict_version = 0  # bumped by evictions: a request's last lookup is extended, not redone, until then
+        # blocks ever put on the LRU list and taken off it by hits: the rest of those not on it were evicted
+        # (counted so, not per eviction: a decode's block evicts one at a time)
+        self._listed = self._hit_off = 0
         self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
         self._twinned: set[Request] = set()  # running requests some of whose full blocks a twin keeps (uncached)
-        self.stats = PrefixCacheStats()
+        self._stats = PrefixCacheStats()
 
     # ---- counts --------------------------------------------------------------------------------------------
+    @property
+    def stats(self) -> PrefixCacheStats:
+        """The counters, evictions brought up to date."""
+        self._stats.evictions = self._evictions()
+        return self._stats
+
+    def _evictions(self) -> int:
+        """Cached blocks given to another use so far (a lookup's answer stands until this changes)."""
+        return self._listed - self._hit_off - self.num_cached_free
+
     @property
     def num_free(self) -> int:
         return self.num_blocks - self._next + len(self._recycled) + self.num_cached_free
@@ -89,7 +104,8 @@ class CachingBlockManager(BlockManager):
 
     def is_cached(self, block: int) -> bool:
         """Whether ``block`` holds a registered key (referenced or on the LRU list; a running request's own
-        blocks are registered when it is released)."""
+        blocks are registered when it is released; a finished request that shared nothing leaves its blocks on the
+        LRU list without keys, ``_anonymous``)."""
         self._flush()
         return bool(self._key[block] != NO_KEY)
 
@@ -121,7 +137,8 @@ class CachingBlockManager(BlockManager):
         if self.skip_no_reuse and not request.num_shared_blocks and request.last_blocks is None:
             return NO_BLOCKS  # nothing to share and never preempted: no block anywhere holds one of its keys
         memo = request.prefix_lookup  # (manager, its eviction count, hit): a router asks every replica's manager
-        hit = memo[2] if memo is not None and memo[0] is self and memo[1] == self._evict_version else NO_BLOCKS
+        version = self._evictions()
+        hit = memo[2] if memo is not None and memo[0] is self and memo[1] == version else NO_BLOCKS
         limit = min(request.num_key_blocks, (request.num_known - 1) // self.block_size)  # a token left to compute
         shared = min(limit, request.num_shared_blocks)
         while len(hit) < shared:  # the index's blocks, then the unregistered ones of any request holding the next
@@ -140,7 +157,7 @@ class CachingBlockManager(BlockManager):
             mine = np.asarray(own[i:end], dtype=np.int64)
             ok = self._key[mine] == own_keys(request.index, i, end)
             hit = np.concatenate((hit, mine if np.count_nonzero(ok) == len(ok) else mine[:int(np.argmin(ok))]))
-        request.prefix_lookup = (self, self._evict_version, hit)
+        request.prefix_lookup = (self, version, hit)
         return hit
 
     def _holder(self, k: int, i: int) -> Request | None:
@@ -169,7 +186,7 @@ class CachingBlockManager(BlockManager):
         """Reuse the cached prefix (its tokens count as computed), then fresh blocks up to ``num_tokens``."""
         hit = self.cached_prefix(request)
         request.prefix_lookup = None
-        st, bs = self.stats, self.block_size
+        st, bs = self._stats, self.block_size
         if request.num_preemptions == 0:  # the hit rate is of prompts as they arrive
             st.queried_tokens += request.prompt_tokens
             st.queried_blocks += request.prompt_tokens // bs
@@ -181,9 +198,13 @@ class CachingBlockManager(BlockManager):
             cached_free = hit[self._refs[hit] == 0]  # they leave the LRU list
             self._lru.remove(cached_free)
             self.num_cached_free -= len(cached_free)
+            self._hit_off += len(cached_free)
             self._refs[hit] += 1
-        request.block_ids = hit  # its buffer, holding the hit blocks (grown below)
-        request.block_table = hit
+        if self.skip_no_reuse and not request.num_shared_blocks:  # a list, no buffer (the class docstring)
+            request.block_ids, request.block_table = None, hit.tolist()
+        else:
+            request.block_ids = hit  # its buffer, holding the hit blocks (grown below)
+            request.block_table = hit
         request.num_computed = len(hit) * self.block_size
         request.num_hashed_blocks = len(hit)
         if request.num_preemptions == 0:
@@ -193,7 +214,8 @@ class CachingBlockManager(BlockManager):
     # ---- growth, registration, release ---------------------------------------------------------------------
     def grow(self, request: Request, num_tokens: int) -> None:
         """Extend the table with never-cached free blocks first, then the least recently freed cached ones."""
-        recycled, start = self._recycled, len(request.block_table)
+        table, recycled = request.block_table, self._recycled
+        start = len(table)
         need = -(-num_tokens // self.block_size) - start
         if need <= 0:
             return
@@ -203,16 +225,44 @@ class CachingBlockManager(BlockManager):
             elif self._next < self.num_blocks:
                 b = self._next
                 self._next += 1
-            else:
-                b = self._evict_one()
-            ids = self._ids(request, start + 1)
+            else:  # ``_evict`` for one, inline (a decode's block: the hot path)
+                b = self._lru.pop_one()
+                self.num_cached_free -= 1
+                if b < 0:  # listed without a key (``_anonymous``)
+                    b = ~b
+                else:
+                    self._key[b] = NO_KEY  # its index entry goes stale
+            self._refs[b] = 1
+            ids = request.block_ids
+            if ids is None and self.skip_no_reuse:  # a list (``admit``)
+                table.append(b)
+                return
+            if ids is None or len(ids) <= start:
+                ids = self._ids(request, start + 1)
             ids[start] = b
             request.block_table = ids[:start + 1]
-            self._refs[b] = 1
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
         refs = self._refs
+        if request.block_ids is None and self.skip_no_reuse:  # a list: the blocks in the order a buffer takes them
+            take = min(need, len(recycled))
+            new = recycled[-1:-take - 1:-1]
+            del recycled[len(recycled) - take:]
+            fresh = min(need - take, self.num_blocks - self._next)
+            new += range(self._next, self._next + fresh)
+            self._next += fresh
+            if need - take - fresh:
+                front, rest = self._lru.take(need - take - fresh)
+                self.num_cached_free -= need - take - fresh
+                new += front
+                if len(rest):
+                    rest = decode(rest)
+                    self._key[rest] = NO_KEY
+                    new += rest.tolist()
+            refs[np.fromiter(new, np.int64, need)] = 1
+            table.extend(new)
+            return
         ids = self._ids(request, start + need)
         take = min(need, len(recycled))
         if take:
@@ -241,23 +291,19 @@ class CachingBlockManager(BlockManager):
             ids = request.block_ids = grown
         return ids
 
-    def _evict_one(self) -> int:
-        """The least recently freed cached block, its key forgotten (``_evict`` for one, without numpy calls)."""
-        b = self._lru.pop_one()
-        self.num_cached_free -= 1
-        self._key[b] = NO_KEY  # its index entry goes stale
-        self.stats.evictions += 1
-        self._evict_version += 1
-        return b
+    @staticmethod
+    def _ids_of(request: Request) -> np.ndarray:
+        """The request's block ids as an array: its buffer (its table's first entries), or its list's copy."""
+        ids = request.block_ids
+        return ids if ids is not None else np.array(request.block_table, dtype=np.int64)
 
     def _evict(self, n: int) -> np.ndarray:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
-        blocks = self._lru.pop(n)
+        front, rest = self._lru.take(n)
         self.num_cached_free -= n
+        blocks = decode(rest)
         self._key[blocks] = NO_KEY  # their index entries go stale
-        self.stats.evictions += n
-        self._evict_version += 1
-        return blocks
+        return np.concatenate((np.array(front, dtype=np.int64), blocks)) if front else blocks
 
     def notes_computed(self, request: Request) -> bool:
         """Whether ``on_computed`` would note ``request`` (it has shared blocks not yet registered): for requests
@@ -306,7 +352,7 @@ class CachingBlockManager(BlockManager):
                 self._twinned.add(request)
         else:
             if cut > first:
-                blocks = request.block_ids[first:cut]
+                blocks = self._ids_of(request)[first:cut]
                 added = self._index.add(runs, first, cut, blocks)
                 if added is None:
                     self._key[blocks] = runs.keys[first:cut]
@@ -314,18 +360,37 @@ class CachingBlockManager(BlockManager):
                     self._key[blocks[added]] = runs.keys[first:cut][added]
                     self._twinned.add(request)
             if done > cut:
-                self._key[request.block_ids[cut:done]] = own_keys(request.index, cut, done)
+                self._key[self._ids_of(request)[cut:done]] = own_keys(request.index, cut, done)
         request.num_hashed_blocks = done
+
+    @staticmethod
+    def _anonymous(request: Request) -> bool:
+        """Whether ``request`` is finished, was looked up here, and shares no key: only it could ever hit its blocks
+        (by its own keys, after a preemption), so ``free`` keeps them cached (counted, evicted in LRU order among
+        the others) without keys (``LRUList``'s anonymous blocks), and since nobody else can hold them, their
+        references all drop to 0."""
+        return request.status is Status.FINISHED and not request.num_shared_blocks and request.prefix_keys is not None
 
     def free(self, request: Request) -> None:
         """Drop ``request``'s references, tail first: cached blocks join the LRU list, the rest are recycled."""
         table = request.block_table
         if request in self._dirty:  # the requests noted before it first, in the order they were noted (twins)
             self._flush(request)
-        if request.prefix_keys is not None:  # its own blocks too
+        anonymous = self.skip_no_reuse and type(table) is list and self._anonymous(request)
+        if request.prefix_keys is not None and not anonymous:  # its own blocks too
             self._register(request)
-        if len(table):
-            idx, refs = request.block_ids[len(table) - 1::-1], self._refs
+        if len(table) and anonymous:  # it alone held them (``_anonymous``): its full computed ones stay cached, keyless
+            self._refs[np.fromiter(table, np.int64, len(table))] = 0  # (3x faster than indexing by the list)
+            if request.num_hashed_blocks:  # own blocks it hit again after a preemption: their keys go too
+                self._key[table[:request.num_hashed_blocks]] = NO_KEY
+            done = max(request.num_hashed_blocks, min(request.num_key_blocks, request.num_computed // self.block_size))
+            rev = table[::-1]  # tail first (a list: its table is one, ``admit``)
+            self._lru.push(rev[len(table) - done:], anonymous=True)
+            self._recycled.extend(rev[:len(table) - done])
+            self.num_cached_free += done
+            self._listed += done
+        elif len(table):
+            idx, refs = self._ids_of(request)[len(table) - 1::-1], self._refs
             refs[idx] = left = refs[idx] - 1
             if np.count_nonzero(left) or request in self._twinned:  # others hold some, or twins left some uncached
                 self._twinned.discard(request)
@@ -339,6 +404,7 @@ class CachingBlockManager(BlockManager):
             if len(unkeyed):
                 self._recycled.extend(unkeyed.tolist())
             self.num_cached_free += len(keyed)
+            self._listed += len(keyed)
         # a preempted request finds its own blocks again where this table put them (its keys are in no dictionary)
         request.last_blocks = table if request.status is not Status.FINISHED else None
         request.block_table = []

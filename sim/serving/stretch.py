@@ -37,7 +37,6 @@ from itertools import accumulate, chain, repeat
 from typing import Any
 
 from sim.batch import Batch, BatchItem
-from sim.cost.roofline import RooflineCostModel
 from sim.schedulers import SCHEDULERS, Scheduler
 
 Replica = Any  # sim.serving.cluster.Replica (which imports this module)
@@ -154,6 +153,10 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     strict = serial and replica.arrival_reads_cache
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     base = [r.num_computed for r in reqs]
+    if partial is not None:
+        limit = _steps_with_blocks(sched.bm, reqs, base, limit, partial, chunk)
+        if limit <= 0:
+            return None
     n = len(reqs)
     context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
     size, prefills = (n + 1, 1) if partial is not None else (n, 0)
@@ -207,7 +210,7 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
     host_l: list[float] = []
     price_l: list[tuple] = []
     t = now
-    if decided_at is None and partial is None and type(cost) is RooflineCostModel:  # a window at a time
+    if decided_at is None and partial is None and hasattr(cost, "decode_run"):  # a window at a time
         host = cost.host_time(_light(reqs, base, context))
         n, done, window = len(reqs), 0, 16
         while done < limit:
@@ -228,10 +231,12 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
             window *= 2
         host_l += [host] * len(end_l)
         return decided_l, start_l, end_l, delay_l, host_l, price_l
-    for host, price in _prices(cost, reqs, base, context, limit, partial, chunk):
+    prices = _prices(cost, reqs, base, context, limit, partial, chunk)
+    for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
+        if (t if decided_at is None else decided_at) >= horizon:
+            break
+        host, price = next(prices)
         if decided_at is None:  # serial: decided as it starts, the host time first, then the device's
-            if t >= horizon:
-                break
             decided, start = t, t + host
             delay = host + price[0]
             end = t + delay
@@ -239,8 +244,6 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
                 break
         else:  # async: decided as the previous step started; on the device after it and after its host work
             decided = decided_at
-            if decided >= horizon:
-                break
             start = max(t, decided + host)  # the async loop's own expression
             delay = (start - t) + price[0]
             end = t + delay
@@ -262,23 +265,8 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     one's cached free blocks, else None; blocks that fill at step ``last_token`` are left to ``stretch_finish``).
     Only the steps where something changes are visited."""
     bm = sched.bm
-    bs, caching = bm.block_size, bm.caching
-    grows_at: dict[int, list[int]] = {}  # step -> positions of decodes needing a block then, in running order
-    fills_at: dict[int, list[int]] = {}  # step -> positions whose block fills then (prefix caching shares it)
-    for i, (r, c) in enumerate(zip(reqs, base)):
-        for step in range(len(r.block_table) * bs - c + 1, k + 1, bs):
-            grows_at.setdefault(step, []).append(i)
-        if caching and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
-            for step in range(bs - c % bs, k + 1, bs):
-                fills_at.setdefault(step, []).append(i)
-    chunk_at: dict[int, int] = {}  # step -> the chunked prompt's tokens then, where it needs more blocks
-    if partial is not None:
-        held = len(partial.block_table) * bs
-        for step in range(1, k + 1):
-            tokens = partial.num_computed + step * chunk
-            if tokens > held:
-                chunk_at[step] = tokens
-                held = -(-tokens // bs) * bs
+    caching = bm.caching
+    grows_at, fills_at, chunk_at = _events(bm, reqs, base, k, partial, chunk, caching)
     if partial is not None and caching:  # its chunk's blocks are noted as each step ends (``on_computed``)
         events = range(1, k + 1)
     else:
@@ -320,6 +308,49 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     return k, used_l, cached_l
 
 
+def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int, fills: bool
+            ) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, int]]:
+    """Over steps 1..k: (step -> positions of decodes needing a block then, in running order; step -> positions
+    whose block fills then, with ``fills`` (prefix caching shares it); step -> the chunked prompt's tokens then,
+    where it needs more blocks)."""
+    bs = bm.block_size
+    grows_at: dict[int, list[int]] = {}
+    fills_at: dict[int, list[int]] = {}
+    for i, (r, c) in enumerate(zip(reqs, base)):
+        for step in range(len(r.block_table) * bs - c + 1, k + 1, bs):
+            grows_at.setdefault(step, []).append(i)
+        if fills and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
+            for step in range(bs - c % bs, k + 1, bs):
+                fills_at.setdefault(step, []).append(i)
+    chunk_at: dict[int, int] = {}
+    if partial is not None:
+        held = len(partial.block_table) * bs
+        for step in range(1, k + 1):
+            tokens = partial.num_computed + step * chunk
+            if tokens > held:
+                chunk_at[step] = tokens
+                held = -(-tokens // bs) * bs
+    return grows_at, fills_at, chunk_at
+
+
+def _steps_with_blocks(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int) -> int:
+    """How many of the next k steps ``_blocks`` will find blocks for (``stretch_grow``'s test; each step's
+    allocation takes exactly what it needs from ``num_free``, and nothing frees blocks during a stretch): a chunk
+    stretch is priced only that far, since the kernels model counts each chunk's price as it first prices it."""
+    grows_at, _, chunk_at = _events(bm, reqs, base, k, partial, chunk, False)
+    free, bs, held = bm.num_free, bm.block_size, len(partial.block_table)
+    for step in sorted(grows_at.keys() | chunk_at.keys()):
+        need = len(grows_at.get(step, ()))
+        tokens = chunk_at.get(step)
+        if tokens:
+            need += -(-tokens // bs) - held
+            held = -(-tokens // bs)
+        if need > free:
+            return step - 1
+        free -= need
+    return k
+
+
 def _light(reqs: list, base: list[int], context: int) -> Batch:
     """A decode batch of ``reqs`` over ``base`` computed tokens, for pricing (only its aggregates are read)."""
     light = Batch.__new__(Batch)
@@ -331,13 +362,14 @@ def _light(reqs: list, base: list[int], context: int) -> Batch:
 def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int
             ) -> Iterator[tuple[float, tuple]]:
     """Each step's host time and (device time, FLOPs, bytes), lazily: the roofline prices decode-only steps a window
-    at a time in one call (``RooflineCostModel.decode_run``, the same floats); other models and chunks per step."""
+    at a time in one call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per
+    step); other models and chunks per step."""
     n = len(reqs)
     light = _light(reqs, base, context)  # re-priced per step: only its aggregates (and the chunk's context) change
     if partial is not None:
         light.entries.append((partial, chunk, partial.num_computed))
         light.num_prefill_tokens = chunk
-    elif type(cost) is RooflineCostModel:
+    elif hasattr(cost, "decode_run"):
         host = cost.host_time(light)
         done, window = 0, 16
         while done < limit:

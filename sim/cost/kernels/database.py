@@ -140,5 +140,5 @@ def read_table(path: Path) -> pd.DataFrame:
 def pick_kernel(rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The rows of the kernel measured most often among ``rows`` (ties: by name), and its name."""
     counts = rows["kernel_source"].value_counts()
-    best = sorted(counts.index[counts == counts.max()])[0]
+    best = min(counts.index[counts == counts.max()])
     return rows[rows["kernel_source"] == best], str(best)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,8 @@ from sim.cost.kernels.database import TableRef, pick_kernel
 from sim.cost.tables import Grid2D, Table1D
 
 MS = 1e-3  # the tables' latency unit
+PLAN_LIMIT = 4096  # decode batch sizes whose pricing is kept (bounded memory; a run sees a few hundred at most)
+CURVE_MEMO = 65_536  # prices a curve keeps (token counts, message sizes); a few MiB per curve at most
 EDGE = "+edge"
 
 
@@ -57,9 +60,20 @@ class Curve:
         lo, hi = self.table.lo, self.table.hi
         self._scale_lo = self.table(lo) / roofline(lo)
         self._scale_hi = self.table(hi) / roofline(hi)
+        self._memo: dict[float, tuple[float, str]] = {}  # x -> price: token counts recur (bounded, CURVE_MEMO)
 
     def __call__(self, x: float) -> tuple[float, str]:
-        """(seconds, source) at ``x``."""
+        """(seconds, source) at ``x``, memoised."""
+        hit = self._memo.get(x)
+        if hit is None:
+            hit = self.price(x)
+            if len(self._memo) >= CURVE_MEMO:
+                self._memo.clear()
+            self._memo[x] = hit
+        return hit
+
+    def price(self, x: float) -> tuple[float, str]:
+        """(seconds, source) at ``x``, computed."""
         tab = self.table
         if tab.lo <= x <= tab.hi:
             return tab(x), self.source
@@ -136,17 +150,20 @@ class PrefillAttention:
 class DecodeAttention:
     """One layer's decode attention of a batch, from the generation-attention table (see the module docstring)."""
 
-    def __init__(self, rows: pd.DataFrame, fold: int, ref: TableRef, shape: Callable[[float, float], float]) -> None:
+    def __init__(self, rows: pd.DataFrame, fold: int, ref: TableRef, roofline: Any) -> None:
+        """``roofline``: the ``RooflineCostModel`` whose decode attention shapes the grid (``decode_shape``)."""
         rows, kernel = pick_kernel(rows)
         rows = rows[rows["isl"] == 1] if "isl" in rows.columns else rows
         self.fold = fold
+        shape = decode_shape(roofline, fold)
         # the table's step is the keys already cached; our context counts the new token's key too
         self.grid = Grid2D(rows["batch_size"].to_numpy(dtype=float), rows["step"].to_numpy(dtype=float) + 1.0,
                            rows["latency"].to_numpy(dtype=float) * MS, shape, enforce_monotone=False)
         folded = f", {fold} KV groups folded into the batch" if fold > 1 else ""
         self.source = f"kernels:{ref.describe()} [{kernel}, mean context{folded}]"
-
         self._rows: dict[int, tuple] = {}  # num_decodes -> its rows in the grid (a few dozen batch sizes recur)
+        self._plans: dict[int, Callable] = {}  # num_decodes -> its prices at mean contexts (``_plan``)
+        self._arrays: dict[int, tuple] = {}  # row -> its arrays for ``run_array`` (``_row_arrays``)
 
     def _rows_of(self, num_decodes: int) -> tuple:
         """(kind, i, j, u) of a batch size: on row i (kind 0), beyond the grid's edge row i (1), between rows i and
@@ -163,27 +180,149 @@ class DecodeAttention:
         self._rows[num_decodes] = hit
         return hit
 
-    def __call__(self, num_decodes: int, total_context: int) -> tuple[float, str]:
-        """(seconds, source): ``Grid2D.__call__``'s arithmetic step for step (the same floats), its row search
-        memoised per batch size."""
+    def seconds(self, num_decodes: int, total_context: int) -> float:
+        """Seconds of ``num_decodes`` decodes reading ``total_context`` keys in all (at the mean context)."""
+        return (self._plans.get(num_decodes) or self._plan(num_decodes))((total_context / num_decodes,))[0]
+
+    def run(self, num_decodes: int, contexts: range) -> list[float]:
+        """``seconds(num_decodes, c)`` for each total context ``c`` of ``contexts`` (a decode stretch's steps)."""
+        return (self._plans.get(num_decodes) or self._plan(num_decodes))([c / num_decodes for c in contexts])
+
+    def run_array(self, num_decodes: int, contexts: np.ndarray) -> np.ndarray:
+        """``run`` over an integer array in NumPy: the same operations element by element (IEEE arithmetic rounds
+        each alike; tests compare), for long stretches where one call per step would cost more."""
         kind, i, j, u = self._rows.get(num_decodes) or self._rows_of(num_decodes)
-        v = total_context / num_decodes
-        grid = self.grid
-        rows, shape = grid.rows, grid.shape
+        v = contexts / num_decodes
+        ru = self.grid.rows_u
         if kind == 0:
-            return grid._row(i, v), self.source if rows[i].contains(v) else self.source + EDGE
+            return self._row_array(i, v, None)
         if kind == 1:
-            return grid._row(i, v) * shape(u, v) / shape(grid.rows_u[i], v), self.source + EDGE
-        u0, u1 = grid.rows_u[i], grid.rows_u[j]
-        s0, s1 = shape(u0, v), shape(u1, v)
-        if abs(s1 - s0) > 1e-9 * max(abs(s0), abs(s1)):
-            w = (shape(u, v) - s0) / (s1 - s0)
-            w = 0.0 if w < 0.0 else min(w, 1.0)
-        else:
-            w = (u - u0) / (u1 - u0)
-        a, b = grid._row(i, v), grid._row(j, v)
-        inside = rows[i].contains(v) and rows[j].contains(v)
-        return a + w * (b - a), self.source if inside else self.source + EDGE
+            s_u, s_i = self._shapes((u, ru[i]), v)
+            return self._row_array(i, v, s_i) * s_u / s_i
+        u0, u1 = ru[i], ru[j]
+        s0, s1, s_u = self._shapes((u0, u1, u), v)
+        d = s1 - s0
+        w = np.divide(s_u - s0, d, out=np.zeros_like(d), where=d != 0.0)
+        w = np.where(w < 0.0, 0.0, np.minimum(w, 1.0))
+        w = np.where(np.abs(d) > 1e-9 * np.maximum(np.abs(s0), np.abs(s1)), w, (u - u0) / (u1 - u0))
+        a = self._row_array(i, v, s0)
+        return a + w * (self._row_array(j, v, s1) - a)
+
+    def _shapes(self, bs: tuple[float, ...], v: np.ndarray) -> np.ndarray:
+        """``decode_shape(b, v)`` for each b of ``bs`` (batch sizes, > 0) over an array of mean contexts: one row per
+        b, its arithmetic element by element."""
+        fold, pf, bn, bk, fr, br, kl = self.grid.shape.constants
+        nd = (np.array(bs) / fold)[:, None]
+        tc = nd * v
+        return np.maximum((bn * nd + bk * (tc - nd)) / br, pf * tc / fr) + kl
+
+    def _row_array(self, i: int, v: np.ndarray, s_i: np.ndarray | None) -> np.ndarray:
+        """``Grid2D._row(i, v)`` over an array: ``Table1D``'s interpolation inside the row, the edge's measured time
+        scaled by the shape outside it (``s_i``: the shape at this row's batch size over v, None: computed here)."""
+        x, y, dx, dy, lo, hi, s_lo, s_hi = self._arrays.get(i) or self._row_arrays(i)
+        k = np.minimum(np.searchsorted(x, v), len(x) - 1)
+        km = np.maximum(k - 1, 0)  # (k = 0 only at the first measured point, or below the row)
+        out = np.where(x[k] == v, y[k], y[km] + (v - x[km]) / dx[km] * dy[km])
+        below, above = v < lo, v > hi
+        if below.any() or above.any():
+            if s_i is None:
+                s_i = self._shapes((self.grid.rows_u[i],), v)[0]
+            out = np.where(below, y[0] * s_i / s_lo, np.where(above, y[-1] * s_i / s_hi, out))
+        return out
+
+    def _row_arrays(self, i: int) -> tuple:
+        """Row i's measured points, their steps (x[k+1] - x[k], y[k+1] - y[k]: the floats ``Table1D`` computes),
+        range and edge shapes, once."""
+        tab, shape, ui = self.grid.rows[i], self.grid.shape, self.grid.rows_u[i]
+        dx, dy = (np.diff(tab.x), np.diff(tab.y)) if len(tab.x) > 1 else (np.ones(1), np.zeros(1))
+        self._arrays[i] = hit = (tab.x, tab.y, dx, dy, tab.lo, tab.hi, shape(ui, tab.lo), shape(ui, tab.hi))
+        return hit
+
+    def _plan(self, num_decodes: int) -> Callable[[Iterable[float]], list[float]]:
+        """The grid's values at mean contexts for one batch size: ``Grid2D.__call__``'s arithmetic step for step (the
+        same floats; tests compare), its row search, rows and blend constants bound once per batch size."""
+        kind, i, j, u = self._rows.get(num_decodes) or self._rows_of(num_decodes)
+        grid = self.grid
+        shape, ru, row_i = grid.shape, grid.rows_u, self._row(i)
+        if kind == 0:
+            def plan(vs: Iterable[float]) -> list[float]:
+                return [row_i(v) for v in vs]
+        elif kind == 1:
+            ui = ru[i]
+
+            def plan(vs: Iterable[float]) -> list[float]:
+                return [row_i(v) * shape(u, v) / shape(ui, v) for v in vs]
+        else:  # between rows: the three roofline shapes inline (``decode_shape``'s arithmetic), b / fold bound once
+            row_j, u0, u1 = self._row(j), ru[i], ru[j]
+            fold, pf, bn, bk, fr, br, kl = shape.constants
+            n0, n1, nu = u0 / fold, u1 / fold, u / fold
+            c0, c1, cu = bn * n0, bn * n1, bn * nu
+
+            def plan(vs: Iterable[float]) -> list[float]:
+                out = []
+                for v in vs:
+                    t = n0 * v
+                    s0 = max((c0 + bk * (t - n0)) / br, pf * t / fr) + kl
+                    t = n1 * v
+                    s1 = max((c1 + bk * (t - n1)) / br, pf * t / fr) + kl
+                    if abs(s1 - s0) > 1e-9 * max(abs(s0), abs(s1)):
+                        t = nu * v
+                        w = (max((cu + bk * (t - nu)) / br, pf * t / fr) + kl - s0) / (s1 - s0)
+                        w = 0.0 if w < 0.0 else min(w, 1.0)
+                    else:
+                        w = (u - u0) / (u1 - u0)
+                    a = row_i(v)
+                    out.append(a + w * (row_j(v) - a))
+                return out
+        if len(self._plans) >= PLAN_LIMIT:
+            self._plans.clear()
+        self._plans[num_decodes] = plan
+        return plan
+
+    def _row(self, i: int) -> Callable[[float], float]:
+        """``Grid2D._row(i, v)`` against v (the same floats): ``Table1D``'s interpolation inline inside the row's
+        measured range; outside it the edge's measured time scaled by the shape, the edge's shape computed once."""
+        tab, shape, ui = self.grid.rows[i], self.grid.shape, self.grid.rows_u[i]
+        xl, yl, lo, hi = tab._xl, tab._yl, tab.lo, tab.hi
+        y_lo, y_hi, s_lo, s_hi = yl[0], yl[-1], shape(ui, lo), shape(ui, hi)  # tab(lo), tab(hi): measured points
+
+        def row(v: float) -> float:
+            if lo <= v <= hi:
+                k = bisect.bisect_left(xl, v)  # lo <= v <= hi: 0 < k < len(xl) unless v is a measured point
+                x1 = xl[k]
+                if x1 == v:
+                    return yl[k]
+                x0, y0 = xl[k - 1], yl[k - 1]
+                return y0 + (v - x0) / (x1 - x0) * (yl[k] - y0)
+            return y_lo * shape(ui, v) / s_lo if v < lo else y_hi * shape(ui, v) / s_hi
+        return row
+
+    def __call__(self, num_decodes: int, total_context: int) -> tuple[float, str]:
+        """(seconds, source): ``seconds`` and whether the point lies inside the measured rows."""
+        kind, i, j, _ = self._rows.get(num_decodes) or self._rows_of(num_decodes)
+        v = total_context / num_decodes
+        rows = self.grid.rows  # (beyond the first or last row, kind 1, is outside)
+        inside = kind != 1 and rows[i].contains(v) and rows[j].contains(v)
+        t = (self._plans.get(num_decodes) or self._plan(num_decodes))((v,))[0]
+        return t, self.source if inside else self.source + EDGE
+
+
+def decode_shape(rl: Any, fold: int) -> Callable[[float, float], float]:
+    """``rl.attn_decode_cost(b / fold, b / fold * v)[0]`` as one function: the roofline of ``b`` decodes with ``v``
+    keys each (b / fold requests when KV groups are folded into the batch), with the roofline's arithmetic in its
+    order (the same floats; tests compare), without its three calls: a decode price between two measured rows
+    evaluates it three times. ``rl``: a ``RooflineCostModel``."""
+    pf, bn, bk = rl._attn_flops_per_pair, rl._attn_bytes_per_new, rl._attn_bytes_per_key
+    fr, br, kl = rl._flop_rate, rl._byte_rate, rl.kernel_launch_overhead
+
+    def shape(b: float, v: float) -> float:
+        nd = b / fold
+        if nd <= 0:
+            return 0.0
+        tc = nd * v
+        return max((bn * nd + bk * (tc - nd)) / br, pf * tc / fr) + kl
+    shape.constants = (fold, pf, bn, bk, fr, br, kl)  # (DecodeAttention inlines it)
+    return shape
 
 
 def all_reduce_curve(table: pd.DataFrame, ref: TableRef, gpus: int, graphs: bool,

@@ -47,6 +47,9 @@ DEVICE_OPS: tuple[str, ...] = LAYER_OPS + MOE_OPS + FIRST_STAGE_OPS + LAST_STAGE
 GEMM_OPS: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALL_REDUCE_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp")
 _CACHE_LIMIT = 200_000
+# from this many steps a stretch is priced in NumPy arrays: measured here, 45-80 us a call against ~1.6 us a step
+# in Python calls, so arrays pay from about 30-50 steps on
+VECTOR_STEPS = 40
 _OpTime = tuple[float, str]
 US = 1e-6  # the moe_a2a table's latency unit (its transmit_us column)
 LOW_LATENCY_TOKENS = 256  # DeepEP's low-latency kernels take at most this many tokens a rank (the table's range)
@@ -77,6 +80,7 @@ class KernelCostModel(CostModel):
         self.refs = db.resolve(g.kernel_db, framework, version)
         self.framework, self.version = framework, self.refs["gemm"].version
         self.source_counts: Counter[str] = Counter()
+        self._count_keys: dict[str, str] = {}
         self._build_gemms()
         self._build_attention()
         self._build_all_reduce()
@@ -88,7 +92,7 @@ class KernelCostModel(CostModel):
     # ---- tables -----------------------------------------------------------------------------
 
     def _gemm_roofline(self, m: float, n: float, k: float) -> float:
-        return self.rl._linear(max(1, int(round(m))), int(k), int(n))[0]
+        return self.rl._linear(max(1, round(m)), int(k), int(n))[0]
 
     def _build_gemms(self) -> None:
         ref = self.refs["gemm"]
@@ -118,8 +122,7 @@ class KernelCostModel(CostModel):
         if ref is not None:
             rows, fold = head_rows(db.read_table(ref.path), qh, kvh, hd)
             if len(rows):
-                self._decode = DecodeAttention(
-                    rows, fold, ref, lambda b, ctx: rl.attn_decode_cost(b / fold, b / fold * ctx)[0])
+                self._decode = DecodeAttention(rows, fold, ref, rl)
             else:
                 self.attention_notes.append(f"{ref.path.name} has no {qh}/{kvh} heads x {hd} rows: roofline")
 
@@ -154,7 +157,7 @@ class KernelCostModel(CostModel):
         rows, kernel = _fastest_kernel(rows)
         rows = rows.sort_values("num_tokens")
         self._moe = Curve(rows["num_tokens"].to_numpy(dtype=float), rows["latency"].to_numpy(dtype=float) * MS,
-                          lambda x: rl._moe_op_costs(max(1, int(round(x))))["moe_experts"][0],
+                          lambda x: rl._moe_op_costs(max(1, round(x)))["moe_experts"][0],
                           f"kernels:{ref.describe()} [{kernel}, {rows['moe_dtype'].iloc[0]}, {dist}]")
 
     def _build_a2a(self) -> None:
@@ -212,7 +215,10 @@ class KernelCostModel(CostModel):
     # ---- token-count ops --------------------------------------------------------------------
 
     def _count(self, source: str) -> None:
-        self.source_counts[source.split(" [")[0] if source != ROOFLINE else ROOFLINE] += 1
+        key = self._count_keys.get(source)  # (a few dozen distinct sources)
+        if key is None:
+            key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
+        self.source_counts[key] += 1
 
     def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False) -> dict[str, _OpTime]:
         """(seconds, source) of one call of every device op except attention (layer ops: per layer)."""
@@ -289,6 +295,17 @@ class KernelCostModel(CostModel):
             source = src if not source or src.endswith("+edge") else source
         return t + floor, source
 
+    def _prefill_seconds(self, batch: Batch, sums: tuple[int, int, int]) -> float:
+        """``attn_prefill(batch)``'s seconds (the same floats) without its source; ``sums``: the roofline's
+        ``_prefill_sums(batch)``."""
+        if self._prefill is None:
+            return self.rl.attn_prefill_cost(*sums)[0]
+        floor, chunk = self._prefill.floor, self._chunk
+        t = 0.0
+        for it in batch.prefill_items:
+            t += chunk(it.num_new_tokens, it.num_cached_tokens)[0] - floor
+        return t + floor
+
     def attn_decode(self, num_decodes: int, total_context: int) -> _OpTime:
         """One layer's decode attention of ``num_decodes`` requests reading ``total_context`` keys in all."""
         if num_decodes <= 0:
@@ -296,6 +313,25 @@ class KernelCostModel(CostModel):
         if self._decode is None:
             return self.rl.attn_decode_cost(num_decodes, total_context)[0], ROOFLINE
         return self._decode(num_decodes, total_context)
+
+    def decode_run(self, n: int, context: int, steps: int) -> list[tuple[float, float, float]]:
+        """Stage 0's ``stage_cost`` of ``steps`` batches of ``n`` decodes reading ``context`` keys, then n more a step
+        (a decode stretch, ``sim.serving.stretch``), the same floats without a batch each: the token part priced
+        once, the attention rows of batch size n found once, FLOPs and bytes with ``RooflineCostModel``'s
+        ``attn_decode_cost`` arithmetic; from ``VECTOR_STEPS`` steps on in NumPy arrays (the same operations element
+        by element, IEEE rounding each alike)."""
+        if n <= 0:
+            return [(0.0, 0.0, 0.0)] * steps
+        t, f, b = self._token_part(n, n, 0, True)
+        L, dec, rl = self.layers[0], self._decode, self.rl
+        pf, bn, bk = rl._attn_flops_per_pair, rl._attn_bytes_per_new * n, rl._attn_bytes_per_key
+        if dec is not None and steps >= VECTOR_STEPS:
+            ctx = np.arange(context, context + n * steps, n, dtype=np.int64)
+            times = t + L * dec.run_array(n, ctx)
+            return list(zip(times.tolist(), (f + L * (pf * ctx)).tolist(), (b + L * (bn + bk * (ctx - n))).tolist()))
+        contexts = range(context, context + n * steps, n)
+        attn = dec.run(n, contexts) if dec is not None else [rl.attn_decode_cost(n, c)[0] for c in contexts]
+        return [(t + L * a, f + L * (pf * c), b + L * (bn + bk * (c - n))) for a, c in zip(attn, contexts)]
 
     # ---- CostModel interface ----------------------------------------------------------------
 
@@ -307,13 +343,15 @@ class KernelCostModel(CostModel):
         t, f, b = self._token_part(num_tokens, batch.size, stage, not batch.prefill_items)
         L = self.layers[stage]
         if batch.prefill_items:
-            t += L * self.attn_prefill(batch)[0]
-            _, af, ab = self.rl.attn_prefill_cost(*self.rl._prefill_sums(batch))
+            sums = self.rl._prefill_sums(batch)
+            t += L * self._prefill_seconds(batch, sums)
+            _, af, ab = self.rl.attn_prefill_cost(*sums)
             f += L * af
             b += L * ab
         nd = batch.num_decode_tokens
         if nd:
-            t += L * self.attn_decode(nd, batch.decode_context)[0]
+            t += L * (self._decode.seconds(nd, batch.decode_context) if self._decode is not None
+                      else self.rl.attn_decode_cost(nd, batch.decode_context)[0])
             _, af, ab = self.rl.attn_decode_cost(nd, batch.decode_context)
             f += L * af
             b += L * ab

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.kv.key_index import KeyIndex, KeyRuns, LRUList, W
+from sim.kv.key_index import KeyIndex, KeyRuns, LRUList, W, decode
 from sim.kv.prefix_keys import NO_KEY
 
 NUM_BLOCKS = 64
@@ -56,28 +56,45 @@ def test_key_index_answers_like_a_dictionary_through_rebuilds(steps, rnd):
         assert index.match(KeyRuns(np.concatenate((keys[:1], keys))), 1, len(keys) + 1).tolist() == expect  # a slice
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["push", "pop", "remove"]), st.integers(1, 20)), max_size=60),
-       st.randoms(use_true_random=False))
-def test_lru_list_pops_least_recently_pushed_first(ops, rnd):
-    lru, model = LRUList(256), []  # model: live blocks, least recent first
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["push", "push_anonymous", "pop", "pop_one", "take", "remove"]),
+                          st.integers(1, 20)), max_size=80),
+       st.sampled_from([1, 4, 64]), st.randoms(use_true_random=False))
+def test_lru_list_pops_least_recently_pushed_first(ops, ahead, rnd):
+    """Bulk pops, single pops (read ahead ``ahead`` entries at a time), hits' removals and pushes (compacting the
+    buffer now and then), of keyed and anonymous blocks (a plain list in front while nothing else is listed), always
+    leave the live blocks of a plain list, in its order; anonymous ones come back as ``~block``."""
+    lru, model, anonymous = LRUList(256), [], set()  # model: live blocks, least recent first
+    lru.AHEAD = ahead
     outside = list(range(256))
     for op, n in ops:
-        if op == "push":
+        if op.startswith("push"):
             blocks = [outside.pop() for _ in range(min(n, len(outside)))]
-            lru.push(np.array(blocks, dtype=np.int64))
+            anon = op == "push_anonymous"
+            lru.push(blocks if anon and n % 2 else np.array(blocks, dtype=np.int64), anon)  # a list or an array
             model += blocks
-        elif op == "pop" and model:
+            anonymous |= set(blocks) if anon else set()
+        elif op in ("pop", "pop_one", "take") and model:
             n = min(n, len(model))
-            got = lru.pop(n).tolist() if n > 1 else [lru.pop_one()]
+            if op == "take":
+                front, rest = lru.take(n)
+                got = front + decode(rest).tolist()
+                assert all(b in anonymous for b in front)
+            else:
+                raw = [lru.pop_one() for _ in range(n)] if op == "pop_one" else lru.pop(n).tolist()
+                assert [b < 0 for b in raw] == [b in anonymous for b in model[:n]]
+                got = decode(np.array(raw, dtype=np.int64)).tolist()
             assert got == model[:n]
             del model[:n]
             outside += got
+            anonymous -= set(got)
         elif op == "remove" and model:
-            taken = rnd.sample(model, min(n, len(model)))
+            keyed = [b for b in model if b not in anonymous]  # hits find keyed blocks only
+            taken = rnd.sample(keyed, min(n, len(keyed)))
             lru.remove(np.array(taken, dtype=np.int64))
             model = [b for b in model if b not in taken]
             outside += taken
+        assert lru.listed().tolist() == model
 
 
 def test_a_rebuild_makes_room_for_every_run_it_drops():

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim.kv.prefix_cache import CachingBlockManager
-from sim.kv.prefix_keys import NO_KEY, block_hashes, prefix_spec, shared_blocks
+from sim.kv.prefix_keys import block_hashes, prefix_spec, shared_blocks
 from sim.request import Request, Status
 from sim.schedulers import SchedulerConfig, make_scheduler
 from tests.helpers import run_constant
@@ -178,7 +178,8 @@ def reuse_scenarios(draw):
 
 def _check_manager(bm: CachingBlockManager, running: list[Request]) -> bool:
     """No block both free and referenced; references = holders; free count = unreferenced blocks; every
-    unreferenced block ever used is either recycled (no key) or cached (a key), as many as counted."""
+    unreferenced block ever used is either recycled (no key) or cached (on the LRU list, as many as counted: with a
+    key, or without one when a finished request that shared nothing left it, ``CachingBlockManager._anonymous``)."""
     refs = np.zeros(bm.num_blocks, dtype=np.int64)
     for r in running:
         np.add.at(refs, r.block_table, 1)
@@ -186,7 +187,7 @@ def _check_manager(bm: CachingBlockManager, running: list[Request]) -> bool:
     cached = [b for b in range(bm._next) if refs[b] == 0 and b not in free]
     return (np.array_equal(refs, bm._refs) and all(refs[b] == 0 and not bm.is_cached(b) for b in bm._recycled)
             and bm.num_free == int((refs == 0).sum()) and len(free) == len(bm._recycled) + bm.num_blocks - bm._next
-            and all(bm._key[b] != NO_KEY for b in cached) and len(cached) == bm.num_cached_free)
+            and sorted(cached) == sorted(bm._lru.listed().tolist()) and len(cached) == bm.num_cached_free)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -34,9 +34,13 @@ CASES: dict[str, list[str]] = {
                                "--max-model-len", "700"],
     "serial_loop": ["--no-async-scheduling"],  # vllm_v1's default engine loop is async (no stretches there)
     "disaggregated": ["--disaggregated", "--prefill-replicas", "1", "--decode-replicas", "2"],
+    # the kernel-database model prices decode stretches in one call and counts each distinct price it looks up
+    "kernels_starved": ["--cost-model", "kernels", "--kv-blocks", "70", "--max-model-len", "700",
+                        "--token-budget", "64"],
 }
+NEEDS_KERNELS = ("kernels_starved",)
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
-STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "serial_loop")
+STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "serial_loop", "kernels_starved")
 ENGINE = ["--model", "tiny", "--device", "cpu", "--offline", "--warmup", "0", "-n", "10", "--seed", "3",
           "--prompt-len", "uniform:8:40", "--output-len", "uniform:2:12", "--kv-blocks", "12", "--max-batch", "6",
           "--max-model-len", "64",
@@ -45,7 +49,6 @@ CHUNKING = ("sarathi", "vllm_v1")  # given a token budget smaller than the promp
 ENGINE_REQUEST_COLUMNS = ("request_id", "prompt_tokens", "output_tokens", "generated_tokens", "num_preemptions")
 ENGINE_BATCH_COLUMNS = ("batch_id", "num_prefill_tokens", "num_decode_tokens", "batch_size", "num_prefill_items",
                         "kv_blocks_used")
-
 
 
 def _digest(text: str) -> str:
@@ -91,6 +94,16 @@ def _same_as_pandas(out: Path) -> None:
                                                              lineterminator="\n")
 
 
+def _kernels_or_skip() -> None:
+    pytest.importorskip("pyarrow")
+    from sim.cost.kernels import database as db
+
+    try:
+        db.data_dir()
+    except db.KernelDatabaseError:
+        pytest.skip("aiconfigurator-core is not installed (pip install -e '.[kernels]')")
+
+
 @pytest.fixture
 def reference_paths(monkeypatch):
     """Switch issue 34's shortcuts off: the slow paths every fast one must agree with."""
@@ -116,6 +129,8 @@ def test_simulation_outputs_are_the_same_with_and_without_the_shortcuts(case, sc
                                                                         monkeypatch):
     from sim.serving import stretch
 
+    if case in NEEDS_KERNELS:
+        _kernels_or_skip()
     stretched = []
     real = stretch.run_stretch
 
