@@ -64,10 +64,22 @@ class StretchSteps:
         return self.admits_after_decodes and self.token_budget is not None and num_decodes + chunk >= self.token_budget
 
     def waiting_head_blocked(self) -> bool:
-        """Whether the first waiting request cannot be admitted, even for one token where prompts are chunked (batch
-        cap or KV): it stays so while decodes only grow, and later arrivals queue behind it (FCFS), so a decode
-        stretch may go on past them (without prefix caching, whose hits can change)."""
-        return bool(self.waiting) and not self._can_admit(self.waiting[0], 1 if self.chunks_prefills else None)
+        """Whether the first waiting request cannot be admitted next to the running decodes (batch cap or KV): it
+        stays so while decodes only grow, and later arrivals queue behind it (FCFS), so a decode stretch may go on
+        past them. With prefix caching only for a request declaring no reuse and never preempted: its hit is none
+        and stays none (and asking looks nothing up), where another's could grow as running requests register
+        blocks, and looking it up registers blocks computed so far (the order in which they register matters)."""
+        if not self.waiting:
+            return False
+        head = self.waiting[0]
+        if self.bm.caching and (head.prefix is not None or head.last_blocks is not None):
+            return False
+        return not self._can_admit(head, self._head_tokens(head))
+
+    def _head_tokens(self, head: Request) -> int | None:
+        """Tokens the first waiting request must find blocks for to be admitted next to the running decodes (None:
+        the policy's ``_admit_tokens``, its whole known sequence or reservation; chunking policies say)."""
+        return None
 
     def stretch_grow(self, decodes: list[Request], chunk: tuple[Request, int] | None = None) -> bool:
         """Blocks for one step of a stretch, as ``schedule`` allocates them: one more for each of ``decodes`` (each

@@ -48,6 +48,11 @@ class VLLMV1Scheduler(Scheduler):
         running request comes after it: that one would get no budget)."""
         return self.token_budget - num_decodes if self.running[-1] is partial else 0
 
+    def _head_tokens(self, head: Request) -> int | None:
+        """The first waiting request is admitted for the tokens the budget leaves after the decodes (its first
+        chunk), less a cached prefix (none where ``waiting_head_blocked`` asks)."""
+        return min(head.num_pending, self.token_budget - len(self.running))
+
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []
         items: list[BatchItem] = []

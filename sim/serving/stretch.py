@@ -132,10 +132,9 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     sched = replica.scheduler
     caching = sched.bm.caching
     # arrivals cannot change the next batches: FasterTransformer admits only into an empty batch; a first waiting
-    # request that cannot be admitted keeps the rest behind it (with caching its hits could change); a chunk that
-    # fills the budget leaves none to admit with. Unless a router reads the cache as a request arrives.
-    blind = not replica.arrival_reads_cache and (type(sched) in WAITING_BLIND or (
-        not caching and sched.waiting_head_blocked()))
+    # request that cannot be admitted keeps the rest behind it; a chunk that fills the budget leaves none to admit
+    # with. Unless a router reads the cache as a request arrives.
+    blind = not replica.arrival_reads_cache and (type(sched) in WAITING_BLIND or sched.waiting_head_blocked())
     through = not sched.hold_finished  # through a step with last tokens (not when a KV transfer waits for them)
     limit, partial, chunk = sched.stretch_plan(batch, blind, last_token=through)
     if limit <= 0:
@@ -153,8 +152,10 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     strict = serial and replica.arrival_reads_cache
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     base = [r.num_computed for r in reqs]
+    events = None  # a chunk stretch's block events, found once over every step it may take
     if partial is not None:
-        limit = _steps_with_blocks(sched.bm, reqs, base, limit, partial, chunk)
+        events = _events(sched.bm, reqs, base, limit, partial, chunk, caching)
+        limit = _steps_with_blocks(sched.bm, limit, partial, events)
         if limit <= 0:
             return None
     n = len(reqs)
@@ -167,7 +168,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends
     last = min([r.output_tokens - r.num_generated for r in reqs]) if through and reqs else 0  # first last token
     chunk_from = partial.num_computed if partial is not None else 0
-    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last)
+    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
@@ -258,26 +259,26 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
     return decided_l, start_l, end_l, delay_l, host_l, price_l
 
 
-def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int
-            ) -> tuple[int, list[int], list[int] | None]:
+def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,
+            events: tuple | None = None) -> tuple[int, list[int], list[int] | None]:
     """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
     then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
     one's cached free blocks, else None; blocks that fill at step ``last_token`` are left to ``stretch_finish``).
-    Only the steps where something changes are visited."""
+    Only the steps where something changes are visited (``events``: ``_events`` over k steps or more, if found)."""
     bm = sched.bm
     caching = bm.caching
-    grows_at, fills_at, chunk_at = _events(bm, reqs, base, k, partial, chunk, caching)
+    grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching)
     if partial is not None and caching:  # its chunk's blocks are noted as each step ends (``on_computed``)
-        events = range(1, k + 1)
-    else:
-        events = sorted(grows_at.keys() | fills_at.keys() | chunk_at.keys())
+        steps = range(1, k + 1)
+    else:  # (``events`` may run past k)
+        steps = sorted(s for s in grows_at.keys() | fills_at.keys() | chunk_at.keys() if s <= k)
     chunk_from = partial.num_computed if partial is not None else 0
     used_l: list[int] = []
     cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
     cached = bm.num_cached_free if caching else 0
     prev = 0
-    for step in events:
+    for step in steps:
         if step > prev + 1:  # nothing changed in between
             used_l += [used] * (step - prev - 1)
             if caching:
@@ -333,11 +334,12 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
     return grows_at, fills_at, chunk_at
 
 
-def _steps_with_blocks(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int) -> int:
+def _steps_with_blocks(bm: Any, k: int, partial: Any, events: tuple) -> int:
     """How many of the next k steps ``_blocks`` will find blocks for (``stretch_grow``'s test; each step's
-    allocation takes exactly what it needs from ``num_free``, and nothing frees blocks during a stretch): a chunk
-    stretch is priced only that far, since the kernels model counts each chunk's price as it first prices it."""
-    grows_at, _, chunk_at = _events(bm, reqs, base, k, partial, chunk, False)
+    allocation takes exactly what it needs from ``num_free``, and nothing frees blocks during a stretch), given
+    ``_events`` over them: a chunk stretch is priced only that far, since the kernels model counts each chunk's
+    price as it first prices it."""
+    grows_at, _, chunk_at = events
     free, bs, held = bm.num_free, bm.block_size, len(partial.block_table)
     for step in sorted(grows_at.keys() | chunk_at.keys()):
         need = len(grows_at.get(step, ()))

@@ -32,6 +32,11 @@ CASES: dict[str, list[str]] = {
     "prefix_caching": ["--enable-prefix-caching", "--sessions", "3", "--system-prompt", "160"],
     "prefix_caching_starved": ["--enable-prefix-caching", "--system-prompt", "160:0.5", "--kv-blocks", "70",
                                "--max-model-len", "700"],
+    # reuse from sessions beside requests that share nothing, ShareGPT lengths, a cache that evicts: a waiting
+    # request that shares nothing may hold a stretch's queue (``Scheduler.waiting_head_blocked``)
+    "prefix_caching_sessions": ["-n", "200", "--prompt-len", "sharegpt", "--output-len", "sharegpt",
+                                "--enable-prefix-caching", "--sessions", "10", "--system-prompt", "400:0.7",
+                                "--kv-blocks", "300"],
     "serial_loop": ["--no-async-scheduling"],  # vllm_v1's default engine loop is async (no stretches there)
     "disaggregated": ["--disaggregated", "--prefill-replicas", "1", "--decode-replicas", "2"],
     # the kernel-database model prices decode stretches in one call and counts each distinct price it looks up
@@ -40,7 +45,8 @@ CASES: dict[str, list[str]] = {
 }
 NEEDS_KERNELS = ("kernels_starved",)
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
-STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "serial_loop", "kernels_starved")
+STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
+             "serial_loop", "kernels_starved")
 ENGINE = ["--model", "tiny", "--device", "cpu", "--offline", "--warmup", "0", "-n", "10", "--seed", "3",
           "--prompt-len", "uniform:8:40", "--output-len", "uniform:2:12", "--kv-blocks", "12", "--max-batch", "6",
           "--max-model-len", "64",

@@ -292,3 +292,32 @@ def test_a_stretch_goes_on_after_a_finish_only_where_nothing_arrived_before_the_
         assert seen[0] == ((3.0, 2.0) if loop is None else (8.0, 7.0))  # serial: C reaches the queue at 3 first
     else:
         assert seen[0] == ((3.0, 2.0) if loop is None else (4.0, 3.0))
+
+
+def test_a_waiting_request_blocks_a_stretch_queue_exactly_as_the_policy_would_admit_it():
+    """vLLM V1 admits the first waiting request for the chunk the budget leaves after the decodes; Sarathi for its
+    whole prompt. With prefix caching only a request declaring no reuse counts as blocked (another's hit could grow,
+    and looking it up registers blocks)."""
+    from sim.kv.prefix_keys import prefix_spec
+    from sim.request import Request, Status
+
+    # (decoding requests of 4 blocks each out of 20, prompt, blocked for V1, for Sarathi); a budget of 100 tokens
+    cases = [(3, 1000, False, True),  # V1: 97 tokens, 7 blocks of 8 free; Sarathi: 63 blocks
+             (3, 120, False, False),  # 8 blocks either way
+             (4, 1000, True, True)]   # V1: 96 tokens, 6 blocks of 4 free
+    for policy, caching in [("vllm_v1", False), ("vllm_v1", True), ("sarathi", False), ("sarathi", True)]:
+        for decoding, prompt, v1_blocked, sarathi_blocked in cases:
+            bm = (CachingBlockManager if caching else BlockManager)(20, 16, 0.0)
+            sched = make_scheduler(policy, SchedulerConfig(64, 100), bm)
+            for i in range(decoding):
+                r = Request(f"r{i}", 0.0, 64, 50)
+                bm.admit(r, 64)
+                r.status, r.num_computed = Status.RUNNING, 64
+                sched.running.append(r)
+            head = Request("h", 0.0, prompt, 5)
+            sched.add_request(head)
+            expect = v1_blocked if policy == "vllm_v1" else sarathi_blocked
+            assert sched.waiting_head_blocked() == expect, (policy, caching, decoding, prompt)
+            if caching:
+                head.prefix = prefix_spec({"prefix_group": "g", "prefix_len": 16})
+                assert not sched.waiting_head_blocked()  # its hit could change
