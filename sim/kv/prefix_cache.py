@@ -220,19 +220,7 @@ class CachingBlockManager(BlockManager):
         if need <= 0:
             return
         if need == 1 and (recycled or self.num_cached_free or self._next < self.num_blocks):  # a decode's next block
-            if recycled:
-                b = recycled.pop()
-            elif self._next < self.num_blocks:
-                b = self._next
-                self._next += 1
-            else:  # ``_evict`` for one, inline (a decode's block: the hot path)
-                b = self._lru.pop_one()
-                self.num_cached_free -= 1
-                if b < 0:  # listed without a key (``_anonymous``)
-                    b = ~b
-                else:
-                    self._key[b] = NO_KEY  # its index entry goes stale
-            self._refs[b] = 1
+            b = self._one_block()
             ids = request.block_ids
             if ids is None and self.skip_no_reuse:  # a list (``admit``)
                 table.append(b)
@@ -296,25 +284,30 @@ class CachingBlockManager(BlockManager):
         for tables that are lists (``admit``)."""
         if len(requests) > self.num_free:
             raise KVCacheError(f"{len(requests)} requests need a block each, only {self.num_free} free")
-        recycled, refs, bs, lists = self._recycled, self._refs, self.block_size, self.skip_no_reuse
+        bs, lists, one = self.block_size, self.skip_no_reuse, self._one_block
         for r in requests:
             if r.block_ids is not None or not lists:
                 self.grow(r, (len(r.block_table) + 1) * bs)
-                continue
-            if recycled:  # ``grow``'s order for one block
-                b = recycled.pop()
-            elif self._next < self.num_blocks:
-                b = self._next
-                self._next += 1
             else:
-                b = self._lru.pop_one()
-                self.num_cached_free -= 1
-                if b < 0:
-                    b = ~b
-                else:
-                    self._key[b] = NO_KEY
-            refs[b] = 1
-            r.block_table.append(b)
+                r.block_table.append(one())
+
+    def _one_block(self) -> int:
+        """A free block, referenced once: never-cached first, else the least recently freed cached one (``_evict``
+        for one, without numpy calls: a decode's block, the hot path)."""
+        if self._recycled:
+            b = self._recycled.pop()
+        elif self._next < self.num_blocks:
+            b = self._next
+            self._next += 1
+        else:
+            b = self._lru.pop_one()
+            self.num_cached_free -= 1
+            if b < 0:  # listed without a key (``_anonymous``)
+                b = ~b
+            else:
+                self._key[b] = NO_KEY  # its index entry goes stale
+        self._refs[b] = 1
+        return b
 
     @staticmethod
     def _ids_of(request: Request) -> np.ndarray:

@@ -26,7 +26,8 @@ def scheduler_class(name: str) -> type[Scheduler]:
     key = name.strip().lower().replace("-", "_")
     key = ALIASES.get(name.strip().lower(), ALIASES.get(key, key))
     if key not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)} (aliases: {', '.join(ALIASES)})")
+        raise ValueError(f"unknown scheduler {name!r}; choose one of: {', '.join(SCHEDULERS)} "
+                         f"(aliases: {', '.join(ALIASES)})")
     return SCHEDULERS[key]
 
 

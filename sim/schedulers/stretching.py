@@ -20,12 +20,12 @@ class StretchSteps:
 
     def stretch_plan(self, batch: Batch | None, waiting_blind: bool = False, chunk_stretch: bool = True,
                      last_token: bool = False) -> tuple[int, Request | None, int]:
-        """(steps, partial, chunk): the batches after ``batch`` (None: after a stretch) that would each be every running request's
-        decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one prompt under way,
-        ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight, no speculation,
-        the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind a chunk that
-        fills the budget); up to the step before a last token (``last_token``: through it, ``stretch_finish``
-        finishing the requests it completes). Blocks are ``stretch_grow``'s."""
+        """(steps, partial, chunk): the batches after ``batch`` (None: after a stretch) that would each be every
+        running request's decode, plus (``chunk_stretch``, a chunking policy) the next ``chunk`` tokens of the one
+        prompt under way, ``partial``, while more than a chunk of it remains; 0 steps unless nothing is in flight,
+        no speculation, the budget covers the decodes, nothing waits (but for a ``waiting_blind`` queue, or behind
+        a chunk that fills the budget); up to the step before a last token (``last_token``: through it,
+        ``stretch_finish`` finishing the requests it completes). Blocks are ``stretch_grow``'s."""
         run = self.running
         n = len(run)
         budget = self.token_budget
@@ -33,7 +33,8 @@ class StretchSteps:
                 or (budget is not None and budget < n)):
             return 0, None, 0
         partial = None
-        if batch is None or batch.prefill_items or batch.num_decode_tokens != n:  # after a prefill, a finish: all decoding?
+        # after a prefill or a finish: is every running request decoding?
+        if batch is None or batch.prefill_items or batch.num_decode_tokens != n:
             for r in run:
                 g = r.num_generated
                 if not g or r.num_computed + 1 != r.prompt_tokens + g:

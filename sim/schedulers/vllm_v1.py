@@ -37,7 +37,8 @@ class VLLMV1Scheduler(Scheduler):
     def batch_defaults(cls, max_model_len: int, gpu_memory_bytes: float | None = None, gpu_name: str = "",
                        usage_context: str = "api-server") -> tuple[int | None, int]:
         """vLLM V1's defaults by GPU memory class and usage context, with its caps: the budget at most
-        max_num_seqs x max_model_len, max_num_seqs at most the budget (_set_default_max_num_seqs_and_batched_tokens_args)."""
+        max_num_seqs x max_model_len, max_num_seqs at most the budget
+        (_set_default_max_num_seqs_and_batched_tokens_args)."""
         large = gpu_memory_bytes is not None and gpu_memory_bytes >= LARGE_GPU_BYTES and "a100" not in gpu_name.lower()
         tokens, seqs = (LARGE_GPU_DEFAULTS if large else OTHER_GPU_DEFAULTS)[usage_context]
         tokens = min(tokens, seqs * max_model_len)
