@@ -17,6 +17,7 @@ import math
 from array import array
 from collections import deque
 from collections.abc import Callable
+from itertools import chain, islice
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -44,11 +45,28 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
                "num_prefill_items", "kv_blocks_used"}
 
 
-def _frame(values: array, fields: tuple[str, ...]) -> pd.DataFrame:
-    """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64)."""
+def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None
+           ) -> pd.DataFrame:
+    """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
+    (a column per field, the row of ``values`` each of their rows goes before) of stretches recorded apart
+    (``Recorder.add_stretch``; several rows before one row keep their order)."""
     a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
-    return pd.DataFrame({f: a[:, i].astype(np.int64) if f in _INT_FIELDS else a[:, i].copy()
-                         for i, f in enumerate(fields)})
+    if runs is None:
+        cols = [a[:, i] for i in range(len(fields))]
+    else:
+        extra, before = runs
+        total = len(a) + len(before)
+        placed = before + np.arange(len(before))  # their rows in the table
+        rest = np.ones(total, dtype=bool)
+        rest[placed] = False
+        cols = []
+        for i in range(len(fields)):
+            col = np.empty(total)
+            col[placed] = extra[i]
+            col[rest] = a[:, i]
+            cols.append(col)
+    return pd.DataFrame({f: c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
+                         for f, c in zip(fields, cols)})
 
 
 class Recorder:
@@ -56,26 +74,66 @@ class Recorder:
 
     Rows are appended to flat float64 arrays (8 bytes a value; a list of tuples took ~300 bytes a stage
     row, the largest memory of a million-request run); every field is a number that float64 holds exactly.
+    A decode stretch's rows are kept as the lists it computed (``add_stretch``) and put in their place, in
+    row order, when the tables are built: one call a stretch rather than a Python tuple a row.
     """
 
     def __init__(self) -> None:
         self.stage_rows = array("d")
         self.microbatch_rows = array("d")
+        self._stretches: list[tuple] = []
+
+    def add_stretch(self, replica: int, first_batch: int, k: int, chunk: int, num_decodes: int, size: int,
+                    prefills: int, decided: list[float], starts: list[float], ends: list[float], hosts: list[float],
+                    used: list[int], prices: list[tuple]) -> None:
+        """The rows of a stretch's first ``k`` steps (batch ids from ``first_batch``; the lists may run longer), as
+        if each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
+        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, k, chunk,
+                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices))
+
+    def _runs(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None:
+        """The stretches' stage rows and micro-batch rows as ``_frame`` takes them, or None."""
+        runs = self._stretches
+        if not runs:
+            return None
+        counts = np.array([r[4] for r in runs], dtype=np.int64)
+        total = int(counts.sum())
+
+        def column(i: int) -> np.ndarray:  # a list per stretch, its first k values each
+            return np.fromiter(chain.from_iterable(islice(r[i], r[4]) for r in runs), float, total)
+
+        def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
+            return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
+        replica = each(2)
+        batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[4]) for r in runs)), float,
+                             3 * total).reshape(total, 3)
+        ends = column(11)
+        stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),
+                 column(13), prices[:, 1], prices[:, 2]]
+        micro = [replica, batch_ids, column(9), column(12), ends]
+        before = np.repeat(np.array([r[0] for r in runs], dtype=np.int64) // len(STAGE_FIELDS), counts)
+        before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
+        return (stage, before), (micro, before_micro)
 
     def stage_frame(self) -> pd.DataFrame:
         """batches.csv: one row per stage execution."""
-        return _frame(self.stage_rows, STAGE_FIELDS)
+        runs = self._runs()
+        return _frame(self.stage_rows, STAGE_FIELDS, runs and runs[0])
 
     def microbatch_frame(self) -> pd.DataFrame:
         """One row per micro-batch: scheduling start, host time, completion."""
-        return _frame(self.microbatch_rows, MICROBATCH_FIELDS)
+        runs = self._runs()
+        return _frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1])
 
     def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
-        stages = self.stage_frame()
+        runs = self._runs()
+        stages = _frame(self.stage_rows, STAGE_FIELDS, runs and runs[0])
         self.stage_rows = array("d")
-        micro = self.microbatch_frame()
+        micro = _frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1])
         self.microbatch_rows = array("d")
+        self._stretches = []
         return stages, micro
 
 
@@ -196,7 +254,8 @@ class Replica:
             yield env.timeout(start - env.now + c.time)
             self._stage_done(stage, batch, start, c)
 
-    def _stage_done(self, stage: int, batch: Batch, start: float, c, scheduled: tuple[float, float] | None = None) -> None:
+    def _stage_done(self, stage: int, batch: Batch, start: float, c,
+                    scheduled: tuple[float, float] | None = None) -> None:
         """Record a stage execution; pass the batch on, or after the last stage hand results to the scheduler.
 
         ``scheduled``: (scheduling start, host time) of a single-stage micro-batch; else kept in ``_scheduled``.

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, repeat
 from typing import Any
 
 from sim.batch import Batch, BatchItem
@@ -175,12 +175,8 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     first = sched.take_batch_ids(k, cached_l)
     index = replica.index
     times = end_l[:k] if k < len(end_l) else end_l
-    replica.recorder.stage_rows.extend(chain.from_iterable(
-        (index, 0, bid, start, end, chunk, n, size, prefills, used, price[1], price[2])
-        for bid, start, end, used, price in zip(range(first, first + k), start_l, times, used_l, price_l)))
-    replica.recorder.microbatch_rows.extend(chain.from_iterable(
-        (index, bid, decided, host, end)
-        for bid, decided, host, end in zip(range(first, first + k), decided_l, host_l, times)))
+    replica.recorder.add_stretch(index, first, k, chunk, n, size, prefills, decided_l, start_l, times, host_l,
+                                 used_l, price_l)
     t = times[-1]
     ending = k == last  # its last step ends some requests: that step is advanced as on_batch_done would
     advanced, known = (k - 1, times[:-1]) if ending else (k, times)

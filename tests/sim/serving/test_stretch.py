@@ -41,7 +41,8 @@ def _run(monkeypatch, spec, policy, *, stretches=True, blocks=1000, block_size=1
                   for _ in range(replicas)]
         rec = run_cluster(reqs, scheds, ConstantCostModel(1.0, host=host), 1, replica_cls=loop)
     times = {r.request_id: list(r.token_times) for r in reqs}
-    return (times, rec.stage_rows.tolist(), rec.microbatch_rows.tolist(), sum(s.num_preemptions for s in scheds),
+    return (times, rec.stage_frame().to_numpy().ravel().tolist(), rec.microbatch_frame().to_numpy().ravel().tolist(),
+            sum(s.num_preemptions for s in scheds),
             seen)
 
 
@@ -87,7 +88,8 @@ def test_a_router_that_reads_the_cache_on_arrival_stops_a_stretch_before_the_ste
             reqs = make_requests([(0.0, 10, 10), (4.5, 10, 3)])
             scheds = [make_scheduler(policy, SchedulerConfig(64, None), CachingBlockManager(1000, 16, 0.0))]
             rec = run_cluster(reqs, scheds, ConstantCostModel(1.0), 1, router_policy="cache_aware")
-        return [r.token_times for r in reqs] + [rec.stage_rows.tolist()], [d[:2] for d in seen if d is not None]
+        rows = rec.stage_frame().to_numpy().ravel().tolist()
+        return [r.token_times for r in reqs] + [rows], [d[:2] for d in seen if d is not None]
     (fast, seen), (ref, none) = run(True), run(False)
     assert fast == ref and none == [] and seen[0] == (4.0, 3.0)
 
