@@ -209,7 +209,7 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
     t = now
     if decided_at is None and partial is None and hasattr(cost, "decode_run"):  # a window at a time
         host = cost.host_time(_light(reqs, base, context))
-        n, done, window = len(reqs), 0, 16
+        n, done, window = len(reqs), 0, (16 if horizon < math.inf else limit)  # (no horizon: every step runs)
         while done < limit:
             m = min(window, limit - done)
             prices = cost.decode_run(n, context + n * (done + 1), m)
@@ -228,7 +228,7 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
             window *= 2
         host_l += [host] * len(end_l)
         return decided_l, start_l, end_l, delay_l, host_l, price_l
-    prices = _prices(cost, reqs, base, context, limit, partial, chunk)
+    prices = _prices(cost, reqs, base, context, limit, partial, chunk, 16 if horizon < math.inf else limit)
     for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
         if (t if decided_at is None else decided_at) >= horizon:
             break
@@ -357,11 +357,11 @@ def _light(reqs: list, base: list[int], context: int) -> Batch:
     return light
 
 
-def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int
-            ) -> Iterator[tuple[float, tuple]]:
-    """Each step's host time and (device time, FLOPs, bytes), lazily: the roofline prices decode-only steps a window
-    at a time in one call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per
-    step); other models and chunks per step."""
+def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int,
+            window: int = 16) -> Iterator[tuple[float, tuple]]:
+    """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
+    call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
+    ``window`` steps, doubling: every step at once where no arrival can stop the stretch); chunks per step."""
     n = len(reqs)
     light = _light(reqs, base, context)  # re-priced per step: only its aggregates (and the chunk's context) change
     if partial is not None:
@@ -369,7 +369,7 @@ def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, pa
         light.num_prefill_tokens = chunk
     elif hasattr(cost, "decode_run"):
         host = cost.host_time(light)
-        done, window = 0, 16
+        done = 0
         while done < limit:
             m = min(window, limit - done)
             yield from zip(repeat(host), cost.decode_run(n, context + n * (done + 1), m))
