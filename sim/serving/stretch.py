@@ -8,24 +8,30 @@ decode crosses a block boundary (and a chunk's, where the policy allocates per c
 batches.csv row and every token's time, and lands the clock exactly on the last one's end (``hops``): the
 replica waits once instead of once per iteration. Same batches, same times, same outputs (tests compare).
 
-A stretch stops before the iteration (the step then runs through the scheduler as usual):
+A stretch runs through the step that produces a request's last token (that step is advanced by the scheduler's
+own ``_advance``, so frees and shared blocks interleave as ``on_batch_done`` would) and, where no request arrives
+before the next decision, the next stretch follows in the same call. It stops before the step:
 
-- in which a request would produce its last token (its blocks are freed, the batch changes), or a chunked prompt
-  its last chunk (it samples a token; the budget it leaves may admit a waiting request);
-- that is decided at or after a request reaches the scheduler (serial loop: an arrival; it may admit it; with a
-  router that reads the cache on arrival, ``cache_aware``, one ending at or after it); except where nothing that
-  arrives can change the batch: FasterTransformer admits only into an empty batch (``WAITING_BLIND``); decodes and
-  a chunk that fill the token budget of a policy that admits from what they leave (``Scheduler.budget_full``);
-  without prefix caching, a first waiting request that cannot be admitted (``Scheduler.waiting_head_blocked``:
-  the batch cap or the KV cache holds it back and stays so; arrivals queue behind it);
+- with a chunked prompt's last chunk (it samples a token; the budget it leaves may admit a waiting request);
+- decided at or after a request reaches the scheduler (serial loop: its arrival, so a step decided before it runs
+  through it; the async loop: the step decided as the one before starts; with a router that reads the cache on
+  arrival, ``cache_aware``, a serial step ending at or after it), except where nothing that arrives can change
+  the batch: FasterTransformer admits only into an empty batch (``WAITING_BLIND``); decodes and a chunk that fill
+  the token budget of a policy that admits from what they leave (``Scheduler.budget_full``; not vLLM v0, whose
+  prompts go first); a first waiting request that cannot be admitted next to the decodes
+  (``Scheduler.waiting_head_blocked``: the batch cap or the KV cache holds it back and stays so while decodes only
+  grow, later arrivals queue behind it; with prefix caching only for a request declaring no reuse, never
+  preempted);
 - whose blocks (decodes crossing a block boundary, a chunk's) are more than are free (the policy would preempt).
 
-It never starts unless every running request is decoding (or, without prefix caching, one prompt is being chunked
-last in the queue), nothing waits (but as above), nothing is in flight and there is no speculative decoding
-(``Scheduler.stretch_plan``), and only on a single-stage, single-replica deployment whose arrivals are known in
-advance (``Replica.next_arrival``; several replicas would interleave their batches.csv rows differently), priced by
-a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the five policies whose next
-batch is then the same requests' (``STRETCH_POLICIES``).
+It never starts unless every running request is decoding (or one prompt is being chunked: Sarathi-Serve's under
+way anywhere, vLLM V1's last in the queue), nothing waits (but as above), nothing is in flight, and there is no
+speculative decoding (``Scheduler.stretch_plan``), and only on a single-stage, single-replica deployment whose
+arrivals are known in advance (``Replica.next_arrival``; several replicas would interleave their batches.csv rows
+differently), priced by a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the
+five policies whose next batch is then the same requests' (``STRETCH_POLICIES``). Where a finished request's KV
+is held for a transfer (``hold_finished``: a disaggregated deployment's prefill pool) it stops before a last token
+rather than running through it.
 """
 
 from __future__ import annotations
