@@ -65,8 +65,9 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray],
             col[placed] = extra[i]
             col[rest] = a[:, i]
             cols.append(col)
+    # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
     return pd.DataFrame({f: c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
-                         for f, c in zip(fields, cols)})
+                         for f, c in zip(fields, cols)}, copy=False)
 
 
 class Recorder:
