@@ -319,12 +319,18 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
     bs = bm.block_size
     grows_at: dict[int, list[int]] = {}
     fills_at: dict[int, list[int]] = {}
-    for i, (r, c) in enumerate(zip(reqs, base)):
-        for step in range(len(r.block_table) * bs - c + 1, k + 1, bs):
-            grows_at.setdefault(step, []).append(i)
-        if fills and bm.notes_computed(r):  # (unchanged during a stretch: nothing registers or frees blocks)
-            for step in range(bs - c % bs, k + 1, bs):
-                fills_at.setdefault(step, []).append(i)
+    firsts = [len(r.block_table) * bs - c + 1 for r, c in zip(reqs, base)]  # each one's first step needing a block
+    if min(firsts, default=k + 1) <= k:
+        for i, first in enumerate(firsts):
+            if first <= k:
+                for step in range(first, k + 1, bs):
+                    grows_at.setdefault(step, []).append(i)
+    if fills:
+        notes = bm.notes_computed
+        for i, (r, c) in enumerate(zip(reqs, base)):
+            if notes(r):  # (unchanged during a stretch: nothing registers or frees blocks)
+                for step in range(bs - c % bs, k + 1, bs):
+                    fills_at.setdefault(step, []).append(i)
     chunk_at: dict[int, int] = {}
     if partial is not None:
         held = len(partial.block_table) * bs
