@@ -110,6 +110,17 @@ class StretchSteps:
             self.running = [r for r in self.running if r.status is not Status.FINISHED]
         return finished
 
+    def stretch_finished(self, reqs: list[Request], now: float) -> list[Request]:
+        """The last step of a stretch, ending at ``now`` and already advanced, produced some of ``reqs``' last
+        tokens, and none of its blocks is noted for a prefix cache: finish those requests in batch order, as
+        ``_advance`` would; returns them."""
+        finished: list[Request] = []
+        for r in reqs:
+            if r.num_generated >= r.output_tokens:
+                self._finish(r, now, finished)
+        self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        return finished
+
     def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
         """The first of ``k`` batch ids a stretch's steps take (with prefix caching: each step's cached free blocks)."""
         if cached_free is not None:

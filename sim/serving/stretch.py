@@ -184,8 +184,11 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     replica.recorder.add_stretch(index, first, k, chunk, n, size, prefills, decided_l, start_l, times, host_l,
                                  used_l, price_l)
     t = times[-1]
-    ending = k == last  # its last step ends some requests: that step is advanced as on_batch_done would
-    advanced, known = (k - 1, times[:-1]) if ending else (k, times)
+    ending = k == last  # its last step ends some requests: that step is advanced as on_batch_done would, unless
+    # no block of that step is noted for the prefix cache (then only the finishing needs the scheduler, in order)
+    noted = ending and caching and (any(map(sched.bm.notes_computed, reqs))
+                                    or (partial is not None and sched.bm.notes_computed(partial)))
+    advanced, known = (k - 1, times[:-1]) if noted else (k, times)
     for r, c in zip(reqs, base):
         r.num_computed = c + advanced
         r.num_generated += advanced
@@ -194,7 +197,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
         partial.num_computed = chunk_from + advanced * chunk
     replica.last_done = t
     if ending:
-        finished = sched.stretch_finish(reqs, t, partial, chunk)
+        finished = sched.stretch_finish(reqs, t, partial, chunk) if noted else sched.stretch_finished(reqs, t)
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
     return t, start_l[k - 1], times, delay_l[:k], ending
