@@ -8,9 +8,10 @@ decode crosses a block boundary (and a chunk's, where the policy allocates per c
 batches.csv row and every token's time, and lands the clock exactly on the last one's end (``hops``): the
 replica waits once instead of once per iteration. Same batches, same times, same outputs (tests compare).
 
-A stretch runs through the step that produces a request's last token (that step is advanced by the scheduler's
-own ``_advance``, so frees and shared blocks interleave as ``on_batch_done`` would) and, where no request arrives
-before the next decision, the next stretch follows in the same call. It stops before the step:
+A stretch runs through the step that produces a request's last token (the scheduler finishes those requests in
+batch order; where the prefix cache notes that step's blocks, the whole step goes through its ``_advance``, so
+frees and shared blocks interleave as in ``on_batch_done``) and, where no request arrives before the next
+decision, the next stretch follows in the same call. It stops before the step:
 
 - with a chunked prompt's last chunk (it samples a token; the budget it leaves may admit a waiting request);
 - decided at or after a request reaches the scheduler (serial loop: its arrival, so a step decided before it runs
