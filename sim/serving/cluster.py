@@ -79,10 +79,15 @@ class Recorder:
     row order, when the tables are built: one call a stretch rather than a Python tuple a row.
     """
 
+    #: stretch rows kept as Python lists before they are packed into arrays (bounded memory in long runs)
+    PACK_ROWS = 1 << 16
+
     def __init__(self) -> None:
         self.stage_rows = array("d")
         self.microbatch_rows = array("d")
         self._stretches: list[tuple] = []
+        self._stretch_rows = 0
+        self._packed: list[tuple] = []  # ``_runs`` of earlier stretches, in order
 
     def add_stretch(self, replica: int, first_batch: int, k: int, chunk: int, num_decodes: int, size: int,
                     prefills: int, decided: list[float], starts: list[float], ends: list[float], hosts: list[float],
@@ -91,12 +96,23 @@ class Recorder:
         if each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
         self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, k, chunk,
                                 num_decodes, size, prefills, decided, starts, ends, hosts, used, prices))
+        self._stretch_rows += k
+        if self._stretch_rows >= self.PACK_ROWS:
+            self._packed.append(self._pack())
+            self._stretches, self._stretch_rows = [], 0
 
     def _runs(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None:
-        """The stretches' stage rows and micro-batch rows as ``_frame`` takes them, or None."""
+        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them, or None."""
+        parts = self._packed + ([self._pack()] if self._stretches else [])
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        return tuple((  # type: ignore[return-value]
+            [np.concatenate([p[j][0][i] for p in parts]) for i in range(len(parts[0][j][0]))],
+            np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
+
+    def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
+        """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
         runs = self._stretches
-        if not runs:
-            return None
         counts = np.array([r[4] for r in runs], dtype=np.int64)
         total = int(counts.sum())
 
@@ -134,7 +150,7 @@ class Recorder:
         self.stage_rows = array("d")
         micro = _frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1])
         self.microbatch_rows = array("d")
-        self._stretches = []
+        self._stretches, self._stretch_rows, self._packed = [], 0, []
         return stages, micro
 
 
