@@ -73,6 +73,10 @@ def run(n: int, qps: float, scheduler: str, replicas: int = 1, seed: int = 0, ke
 ROOT = Path(__file__).resolve().parents[1]
 
 
+AB_TARGET = 0.4  # issue 34: whole processes at most 0.4x of commit 2f6ebbd's time
+CACHING_TARGET = 1.1  # issue 34: vllm_v1 with caching on and no reuse at most 1.1x without
+
+
 def cli_seconds(tree: Path, trace: Path, scheduler: str, out: Path) -> float:
     """Wall time of one whole ``servesim simulate`` process of the checkout ``tree`` (its ``sim`` imported)."""
     env = dict(os.environ, PYTHONPATH=str(tree))
@@ -94,6 +98,7 @@ def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int) -> No
         print(f"A/B: this tree ({ROOT}) against {old}: {n} requests, whole `servesim simulate` processes with --out, "
               f"interleaved, {repeats} of each; medians")
         print(f"{'scheduler':<20}{'in-process s':>14}{'CLI s (this)':>14}{'CLI s (old)':>13}{'this/old':>10}")
+        ratios = []
         for sched in schedulers:
             new_t, old_t = [], []
             for i in range(repeats):
@@ -103,6 +108,10 @@ def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int) -> No
             wall, _ = run(n, qps, sched)
             a, b = statistics.median(new_t), statistics.median(old_t)
             print(f"{sched:<20}{wall:>14.2f}{a:>14.2f}{b:>13.2f}{a / b:>10.2f}", flush=True)
+            ratios.append(a / b)
+        met = sum(r <= AB_TARGET for r in ratios)
+        print(f"target (issue 34, against 2f6ebbd): this/old at most {AB_TARGET} for every scheduler: met by {met} "
+              f"of {len(ratios)}")
 
 
 def caching_overhead(n: int, qps: float, repeats: int) -> None:
@@ -110,16 +119,19 @@ def caching_overhead(n: int, qps: float, repeats: int) -> None:
     caching run's extra time is its bookkeeping: the same batches when nothing is preempted)."""
     trace = generate_trace(n, arrival="poisson", qps=qps, lengths_from=LENGTHS, max_total_tokens=4096, seed=0)
     walls: dict[bool, list[float]] = {True: [], False: []}
+    work: dict[bool, tuple[int, int]] = {}
     for i in range(repeats):
         for on in ((True, False) if i % 2 == 0 else (False, True)):
             cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="vllm_v1", enable_prefix_caching=on)
             t0 = time.perf_counter()
             s = simulate(trace, cfg).summary
             walls[on].append(time.perf_counter() - t0)
-            iters, pre = s["batches"]["iterations"], s["kv_cache"]["preemptions"]
+            work[on] = s["batches"]["iterations"], s["kv_cache"]["preemptions"]
     on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    same = "the same work" if work[True] == work[False] else "NOT the same work: preemptions differ with caching"
     print(f"vllm_v1, {n} req at {qps} req/s, no reuse: caching on {on:.2f} s, off {off:.2f} s (medians of {repeats}, "
-          f"interleaved): {on / off:.2f}x; last run {iters} iterations, {pre} preemptions")
+          f"interleaved): {on / off:.2f}x (target: at most {CACHING_TARGET}x); iterations and preemptions on "
+          f"{work[True]}, off {work[False]}: {same}")
 
 
 def main() -> None:
