@@ -163,6 +163,8 @@ class Replica:
     #: when the next request reaches the deployment (set by ``run_cluster`` when it replays a trace; None: unknown,
     #: and no stretches)
     next_arrival: Callable[[], float] | None = None
+    #: the arrival times up to a time of the requests not yet handed over (set with ``next_arrival``)
+    arrivals_until: Callable[[float], list[float]] | None = None
     #: replicas in the deployment (stretches run on a single replica only; see ``sim.serving.stretch``)
     num_replicas = 1
     #: the router reads this replica's KV cache when a request arrives (``cache_aware``): a serial-loop stretch
@@ -352,7 +354,8 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
     if arrivals is None:  # a replayed trace: the next arrival is known (decode stretches stop before it)
         arrivals = ReplayArrivals()
         for rep in replicas:
-            rep.next_arrival, rep.num_replicas = arrivals.next_time, len(replicas)
+            rep.next_arrival, rep.arrivals_until, rep.num_replicas = arrivals.next_time, arrivals.times_until, \
+                len(replicas)
             rep.arrival_reads_cache = router_policy == "cache_aware"
 
     (arrivals or replay_arrivals)(env, requests, lambda r: router.route(r).submit(r))
@@ -369,6 +372,14 @@ class ReplayArrivals:
     def next_time(self) -> float:
         i = self.submitted
         return self.requests[i].arrival_time if i < len(self.requests) else math.inf
+
+    def times_until(self, t: float) -> list[float]:
+        """The arrival times, up to ``t``, of the requests not yet handed over."""
+        reqs, i, out = self.requests, self.submitted, []
+        while i < len(reqs) and reqs[i].arrival_time <= t:
+            out.append(reqs[i].arrival_time)
+            i += 1
+        return out
 
     def __call__(self, env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None]) -> None:
         self.requests = requests

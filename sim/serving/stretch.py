@@ -129,7 +129,20 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
         batch, decided_at = None, (None if serial else last_start)
     if last is None:
         return None
+    if serial and _meets_an_arrival(replica, ends):  # a timeout per step, as the loop's own
+        return last[0], last[1], delays
     return last[0], last[1], hops(origin, ends, delays)
+
+
+def _meets_an_arrival(replica: Replica, ends: list[float]) -> bool:
+    """Whether a request arrives exactly as one of the stretch's steps ends (serial loop): which of the two the
+    simulation handles first, and so whether the next decision sees the request, is simpy's order of their
+    timeouts, which the loop's timeout per step sets; a stretch then takes a timeout per step too."""
+    upto = replica.arrivals_until
+    if upto is None:
+        return True
+    times = upto(ends[-1])
+    return bool(times) and not set(ends).isdisjoint(times)
 
 
 def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: float | None, horizon: float | None
