@@ -241,13 +241,7 @@ class CachingBlockManager(BlockManager):
             new += range(self._next, self._next + fresh)
             self._next += fresh
             if need - take - fresh:
-                front, rest = self._lru.take(need - take - fresh)
-                self.num_cached_free -= need - take - fresh
-                new += front
-                if len(rest):
-                    rest = decode(rest)
-                    self._key[rest] = NO_KEY
-                    new += rest.tolist()
+                new += self._evict(need - take - fresh).tolist()
             refs[np.fromiter(new, np.int64, need)] = 1
             table.extend(new)
             return
