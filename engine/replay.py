@@ -43,7 +43,7 @@ from sim.kv.block_manager import blocks_for
 from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
 from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
-from sim.serving.cluster import STAGE_FIELDS
+from sim.serving.recorder import STAGE_FIELDS
 from sim.serving.frontend import PRESETS
 from sim.serving.load_verdict import add_load_verdict
 from sim.serving.simulator import ServingConfig, SimConfig, _versions, _with_cache_columns

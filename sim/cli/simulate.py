@@ -153,7 +153,7 @@ def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, so
     from sim.serving.simulator import SimConfig, simulate
     if isinstance(config, SimConfig):
         result = simulate(trace, config, cost_model=costs, source=source,
-                          on_finish=(lambda r: bar.update()) if bar is not None else None, closed_loop=closed_loop)
+                          progress=bar.update if bar is not None else None, closed_loop=closed_loop)
         if goodput_slo is not None:
             add_load_verdict(result.summary, result.requests, result.batches, goodput_slo)
     else:

@@ -241,7 +241,7 @@ class CachingBlockManager(BlockManager):
             new += range(self._next, self._next + fresh)
             self._next += fresh
             if need - take - fresh:
-                new += self._evict(need - take - fresh).tolist()
+                new += self._evict_list(need - take - fresh)
             refs[np.fromiter(new, np.int64, need)] = 1
             table.extend(new)
             return
@@ -306,8 +306,17 @@ class CachingBlockManager(BlockManager):
     @staticmethod
     def _ids_of(request: Request) -> np.ndarray:
         """The request's block ids as an array: its buffer (its table's first entries), or its list's copy."""
-        ids = request.block_ids
-        return ids if ids is not None else np.array(request.block_table, dtype=np.int64)
+        return request.block_ids if request.block_ids is not None else np.array(request.block_table, dtype=np.int64)
+
+    def _evict_list(self, n: int) -> list[int]:
+        """``_evict(n)`` as a list: the front's anonymous blocks (no key to forget) without a numpy round trip."""
+        front, rest = self._lru.take(n)
+        self.num_cached_free -= n
+        if len(rest):
+            blocks = decode(rest)
+            self._key[blocks] = NO_KEY
+            front += blocks.tolist()
+        return front
 
     def _evict(self, n: int) -> np.ndarray:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""

@@ -24,7 +24,8 @@ from sim.kv.block_manager import BlockManager
 from sim.request import Request, Status, TraceRequest
 from sim.schedulers import scheduler_class
 from sim.serving.async_loop import AsyncReplica
-from sim.serving.cluster import Recorder, Replica, Router
+from sim.serving.cluster import Replica, Router
+from sim.serving.recorder import Recorder
 from sim.serving.frontend import Frontend
 from sim.serving.simulator import SimConfig
 from sim.workload.servable import prepare_requests

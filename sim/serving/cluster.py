@@ -14,145 +14,21 @@ from __future__ import annotations
 
 import gc
 import math
-from array import array
 from collections import deque
 from collections.abc import Callable
-from itertools import chain, islice
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 
 from sim.batch import Batch
 from sim.cost.interface import CostModel
 from sim.request import Request
 from sim.schedulers.base import Scheduler
 from sim.serving import stretch
+from sim.serving.recorder import Recorder
 
 if TYPE_CHECKING:  # simpy is imported when a simulation runs: tables and CLIs work without it
     import simpy
-
-# one row per stage execution (batches.csv)
-STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tokens", "num_decode_tokens",
-                "batch_size", "num_prefill_items", "kv_blocks_used", "flops", "bytes")
-# one row per micro-batch: when scheduling began and when the last stage finished
-MICROBATCH_FIELDS = ("replica", "batch_id", "scheduled", "host_time", "completed")
-
-
-# columns holding whole numbers (all row fields are numbers; the others are floats)
-_INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode_tokens", "batch_size",
-               "num_prefill_items", "kv_blocks_used"}
-
-
-def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None
-           ) -> pd.DataFrame:
-    """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
-    (a column per field, the row of ``values`` each of their rows goes before) of stretches recorded apart
-    (``Recorder.add_stretch``; several rows before one row keep their order)."""
-    a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
-    if runs is None:
-        cols = [a[:, i] for i in range(len(fields))]
-    else:
-        extra, before = runs
-        total = len(a) + len(before)
-        placed = before + np.arange(len(before))  # their rows in the table
-        rest = np.ones(total, dtype=bool)
-        rest[placed] = False
-        cols = []
-        for i in range(len(fields)):
-            col = np.empty(total)
-            col[placed] = extra[i]
-            col[rest] = a[:, i]
-            cols.append(col)
-    # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
-    return pd.DataFrame({f: c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
-                         for f, c in zip(fields, cols)}, copy=False)
-
-
-class Recorder:
-    """Append-only logs of what happened, turned into tables by ``sim.metrics``.
-
-    Rows are appended to flat float64 arrays (8 bytes a value; a list of tuples took ~300 bytes a stage
-    row, the largest memory of a million-request run); every field is a number that float64 holds exactly.
-    A decode stretch's rows are kept as the lists it computed (``add_stretch``) and put in their place, in
-    row order, when the tables are built: one call a stretch rather than a Python tuple a row.
-    """
-
-    #: stretch rows kept as Python lists before they are packed into arrays (bounded memory in long runs)
-    PACK_ROWS = 1 << 16
-
-    def __init__(self) -> None:
-        self.stage_rows = array("d")
-        self.microbatch_rows = array("d")
-        self._stretches: list[tuple] = []
-        self._stretch_rows = 0
-        self._packed: list[tuple] = []  # ``_runs`` of earlier stretches, in order
-
-    def add_stretch(self, replica: int, first_batch: int, k: int, chunk: int, num_decodes: int, size: int,
-                    prefills: int, decided: list[float], starts: list[float], ends: list[float], hosts: list[float],
-                    used: list[int], prices: list[tuple]) -> None:
-        """The rows of a stretch's first ``k`` steps (batch ids from ``first_batch``; the lists may run longer), as
-        if each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
-        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, k, chunk,
-                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices))
-        self._stretch_rows += k
-        if self._stretch_rows >= self.PACK_ROWS:
-            self._packed.append(self._pack())
-            self._stretches, self._stretch_rows = [], 0
-
-    def _runs(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None:
-        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them, or None."""
-        parts = self._packed + ([self._pack()] if self._stretches else [])
-        if len(parts) <= 1:
-            return parts[0] if parts else None
-        return tuple((  # type: ignore[return-value]
-            [np.concatenate([p[j][0][i] for p in parts]) for i in range(len(parts[0][j][0]))],
-            np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
-
-    def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
-        """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
-        runs = self._stretches
-        counts = np.array([r[4] for r in runs], dtype=np.int64)
-        total = int(counts.sum())
-
-        def column(i: int) -> np.ndarray:  # a list per stretch, its first k values each
-            return np.fromiter(chain.from_iterable(islice(r[i], r[4]) for r in runs), float, total)
-
-        def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
-            return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
-        replica = each(2)
-        batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[4]) for r in runs)), float,
-                             3 * total).reshape(total, 3)
-        ends = column(11)
-        stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),
-                 column(13), prices[:, 1], prices[:, 2]]
-        micro = [replica, batch_ids, column(9), column(12), ends]
-        before = np.repeat(np.array([r[0] for r in runs], dtype=np.int64) // len(STAGE_FIELDS), counts)
-        before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
-        return (stage, before), (micro, before_micro)
-
-    def stage_frame(self) -> pd.DataFrame:
-        """batches.csv: one row per stage execution."""
-        runs = self._runs()
-        return _frame(self.stage_rows, STAGE_FIELDS, runs and runs[0])
-
-    def microbatch_frame(self) -> pd.DataFrame:
-        """One row per micro-batch: scheduling start, host time, completion."""
-        runs = self._runs()
-        return _frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1])
-
-    def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
-        runs = self._runs()
-        stages = _frame(self.stage_rows, STAGE_FIELDS, runs and runs[0])
-        self.stage_rows = array("d")
-        micro = _frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1])
-        self.microbatch_rows = array("d")
-        self._stretches, self._stretch_rows, self._packed = [], 0, []
-        return stages, micro
-
 
 class Replica:
     """One model instance (TP x PP GPUs) with its own scheduler and KV cache."""
@@ -165,8 +41,12 @@ class Replica:
     next_arrival: Callable[[], float] | None = None
     #: the arrival times up to a time of the requests not yet handed over (set with ``next_arrival``)
     arrivals_until: Callable[[float], list[float]] | None = None
-    #: replicas in the deployment (stretches run on a single replica only; see ``sim.serving.stretch``)
+    #: replicas in the deployment (stretches run on a single replica, or on ``independent`` ones)
     num_replicas = 1
+    #: this replica's arrivals are fixed in advance (a replayed trace, round-robin) and nothing reads its state
+    #: during the run (no per-request callback, no router that looks): its stretches may run while other replicas
+    #: run, their rows put in time order when the tables are built (``Recorder.time_order``)
+    independent = False
     #: the router reads this replica's KV cache when a request arrives (``cache_aware``): a serial-loop stretch
     #: then stops before the step during which a request arrives, not after it
     arrival_reads_cache = False
@@ -333,12 +213,16 @@ class Router:
 def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: CostModel, pp: int,
                 router_policy: str = "round_robin",
                 on_finish: Callable[[Request], None] | None = None, cache_weight: float = 1024.0,
-                replica_cls: type[Replica] | None = None, arrivals: Callable | None = None) -> Recorder:
+                replica_cls: type[Replica] | None = None, arrivals: Callable | None = None,
+                progress: Callable[[int], None] | None = None, independent_replicas: bool = True) -> Recorder:
     """Replay ``requests`` (sorted by arrival) through one replica per scheduler; returns the logs.
 
     ``replica_cls``: the engine loop (``Replica``'s serial one by default; ``sim.serving.async_loop``'s).
     ``arrivals(env, requests, submit)``: the arrival process, which runs the simulation (default
-    :func:`replay_arrivals`; ``sim.serving.closed_loop``'s sends as clients free up)."""
+    :func:`replay_arrivals`; ``sim.serving.closed_loop``'s sends as clients free up). ``on_finish``: called
+    with each finished request as it finishes; ``progress``: with how many finished (in no particular order,
+    so several round-robin replicas may still advance stretches apart: ``Replica.independent``, unless
+    ``independent_replicas`` is False; then check ``Recorder.ambiguous`` once the tables are built)."""
     import simpy
 
     env = simpy.Environment()
@@ -348,14 +232,24 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
         if on_finish is not None:
             for r in finished:
                 on_finish(r)
+        if progress is not None:
+            progress(len(finished))
 
     replicas = [(replica_cls or Replica)(env, i, s, cost, pp, rec, done) for i, s in enumerate(schedulers)]
     router = Router(replicas, router_policy, cache_weight)
     if arrivals is None:  # a replayed trace: the next arrival is known (decode stretches stop before it)
         arrivals = ReplayArrivals()
+        # round-robin fixes each replica's arrivals in advance; a callback per finished request would see them
+        # out of time order (several replicas' stretches advance apart), a router that looks would see it early.
+        # Requests arriving together start replicas' steps together: rows that end together would follow in
+        # simpy's event order, which stretches do not keep (``Recorder.ambiguous``), so then none runs apart
+        independent = (len(replicas) > 1 and independent_replicas and router_policy == "round_robin"
+                       and on_finish is None and all(a.arrival_time < b.arrival_time
+                                                     for a, b in zip(requests, requests[1:])))
+        rec.time_order = independent
         for rep in replicas:
-            rep.next_arrival, rep.arrivals_until, rep.num_replicas = arrivals.next_time, arrivals.times_until, \
-                len(replicas)
+            rep.num_replicas, rep.independent = len(replicas), independent
+            rep.next_arrival, rep.arrivals_until = arrivals.view(rep.index, len(replicas) if independent else 1)
             rep.arrival_reads_cache = router_policy == "cache_aware"
 
     (arrivals or replay_arrivals)(env, requests, lambda r: router.route(r).submit(r))
@@ -380,6 +274,30 @@ class ReplayArrivals:
             out.append(reqs[i].arrival_time)
             i += 1
         return out
+
+    def view(self, index: int, every: int) -> tuple[Callable[[], float], Callable[[float], list[float]]]:
+        """``next_time`` and ``times_until`` of the requests a replica gets when every ``every``-th one from
+        ``index`` goes to it (round-robin over ``every`` replicas; 1: every request)."""
+        if every == 1:
+            return self.next_time, self.times_until
+        own: list[float] = []
+
+        def first() -> int:  # its first request not yet handed over (``own`` built once the run has begun)
+            if not own:
+                own.extend(r.arrival_time for r in self.requests[index::every])
+                own.append(math.inf)
+            return (self.submitted - index + every - 1) // every
+
+        def next_time() -> float:
+            return own[first()]
+
+        def times_until(t: float) -> list[float]:
+            j, out = first(), []
+            while own[j] <= t:
+                out.append(own[j])
+                j += 1
+            return out
+        return next_time, times_until
 
     def __call__(self, env: simpy.Environment, requests: list[Request], submit: Callable[[Request], None]) -> None:
         self.requests = requests

@@ -35,7 +35,8 @@ from sim.cost.roofline import NVLINK_COMM_LATENCY_S
 from sim.gap_log import GapLog
 from sim.request import Request, TraceRequest
 from sim.schedulers import scheduler_class
-from sim.serving.cluster import Recorder, Replica, Router, replay_arrivals
+from sim.serving.cluster import Replica, Router, replay_arrivals
+from sim.serving.recorder import Recorder
 from sim.serving.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
 from sim.workload.servable import rebase_arrivals
 

@@ -322,14 +322,17 @@ def _versions() -> dict[str, str]:
 def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost_model: CostModel | None = None,
              model: ModelSpec | None = None, source: str = "<trace>",
              on_finish: Callable[[Request], None] | None = None, closed_loop: ClosedLoop | None = None,
-             spec_proposer: Callable[[Request, int], int] | None = None, **overrides: Any) -> SimResult:
+             spec_proposer: Callable[[Request, int], int] | None = None,
+             progress: Callable[[int], None] | None = None, **overrides: Any) -> SimResult:
     """Replay ``trace`` through the configured deployment and return metrics.
 
     ``cost_model`` defaults to the roofline model of ``config.gpu``; ``model``
     overrides the catalogue lookup (e.g. a Hugging Face config); keyword
     ``overrides`` patch ``config`` fields. ``closed_loop``: send requests as its clients free up
     (``--max-concurrency``) instead of at their arrival times. ``spec_proposer``: drafts found per step
-    (``SpecDecoding.proposer``; validate replays the engine's n-gram lookups), else k every step.
+    (``SpecDecoding.proposer``; validate replays the engine's n-gram lookups), else k every step. ``progress``:
+    called with counts of finished requests (a progress bar; unlike ``on_finish`` it leaves several round-robin
+    replicas free to advance decode stretches apart, ``sim.serving.stretch``).
     """
     config = dataclasses.replace(config or SimConfig(), **overrides)
     model = model or config.model_spec()
@@ -343,23 +346,37 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         num_blocks = blocks_with_drafter(num_blocks, memory, spec, model, config.tp,
                                          check_weight_dtype(config.weight_dtype(model)))
         cost_model = spec_cost(cost_model, spec, config, model)
-    requests, skipped = config.servable(trace, model, num_blocks, source)
-    origin = rebase_arrivals(requests)
     frontend = config.effective_frontend()
-    to_engine(requests, frontend)  # the engine sees a request once the frontend has handled it
-    schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
-    bound_memory(schedulers, requests)
-    if spec is not None:
-        enable_speculation(schedulers, spec, config.seed, model.max_context)
-        for s in schedulers:
-            s.spec.proposer = spec_proposer
-    config.check_router()
     replica_cls = AsyncReplica if config.engine_loop == "async" else None
-    rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router,
-                      closed_loop.chain(on_finish) if closed_loop else on_finish, config.router_cache_weight,
-                      replica_cls, closed_loop.arrivals if closed_loop else None)
+    finished = 0
 
-    batches, micro = rec.take_frames()
+    def count(n: int) -> None:
+        nonlocal finished
+        finished += n
+        if progress is not None:
+            progress(n)
+
+    def run(independent: bool) -> tuple:
+        requests, skipped = config.servable(trace, model, num_blocks, source)
+        origin = rebase_arrivals(requests)
+        to_engine(requests, frontend)  # the engine sees a request once the frontend has handled it
+        schedulers = [config.make_scheduler(num_blocks) for _ in range(config.replicas)]
+        bound_memory(schedulers, requests)
+        if spec is not None:
+            enable_speculation(schedulers, spec, config.seed, model.max_context)
+            for s in schedulers:
+                s.spec.proposer = spec_proposer
+        config.check_router()
+        rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router,
+                          closed_loop.chain(on_finish) if closed_loop else on_finish, config.router_cache_weight,
+                          replica_cls, closed_loop.arrivals if closed_loop else None, count, independent)
+        return requests, skipped, origin, schedulers, rec, rec.take_frames()
+
+    requests, skipped, origin, schedulers, rec, (batches, micro) = run(True)
+    if rec.ambiguous:  # two replicas' rows end at the same time after stretches: the run again, without them
+        if progress is not None:
+            progress(-finished)
+        requests, skipped, origin, schedulers, rec, (batches, micro) = run(False)
     for s in schedulers:
         s.flush_tokens()
     req_df = metrics.requests_frame(requests)

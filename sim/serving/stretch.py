@@ -70,7 +70,8 @@ def _name(cls: type) -> str:
 def stretch_capable(replica: Replica, replicas: int) -> bool:
     """Whether this replica may run stretches at all (see the module docstring); checked once per run."""
     sched = replica.scheduler
-    return (replica.decode_stretches and replica.pp == 1 and replicas == 1 and replica.next_arrival is not None
+    return (replica.decode_stretches and replica.pp == 1 and (replicas == 1 or replica.independent)
+            and replica.next_arrival is not None
             and _name(type(replica.cost)) in PRICED_BY_AGGREGATES and type(sched) in STRETCH_POLICIES
             and "schedule" not in vars(sched) and "on_batch_done" not in vars(sched)  # nobody listens per batch
             and type(sched).schedule is _SCHEDULE and type(sched).on_batch_done is _ON_BATCH_DONE

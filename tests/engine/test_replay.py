@@ -19,7 +19,7 @@ from sim.catalog.hardware import gpu_for_device_name as gpu_from_device_name  # 
 from sim.cost.constant import ConstantCostModel  # noqa: E402
 from sim.outputs.run_folder import read_run, write_run  # noqa: E402
 from sim.request import TraceRequest  # noqa: E402
-from sim.serving.cluster import STAGE_FIELDS  # noqa: E402
+from sim.serving.recorder import STAGE_FIELDS  # noqa: E402
 from sim.serving.simulator import simulate  # noqa: E402
 from sim.workload.trace import read_trace, write_trace  # noqa: E402
 from tests.helpers import sim_compositions  # noqa: E402

@@ -28,6 +28,10 @@ COMMON = ["--model", "llama-2-7b", "--gpu", "a100-80gb", "-n", "30", "--qps", "2
 CASES: dict[str, list[str]] = {
     "one_replica": [],
     "pp2_x2": ["--pp", "2", "--replicas", "2"],
+    # round-robin replicas advance stretches apart (``Replica.independent``); rows are put in time order after
+    "round_robin_x3": ["-n", "60", "--qps", "30", "--replicas", "3"],
+    "round_robin_caching_x2": ["--replicas", "2", "--enable-prefix-caching", "--system-prompt", "160:0.5"],
+    "least_outstanding_x2": ["--replicas", "2", "--router", "least_outstanding"],  # a router that looks: no stretches
     "kv_starved": ["--kv-blocks", "70", "--max-model-len", "700"],
     "prefix_caching": ["--enable-prefix-caching", "--sessions", "3", "--system-prompt", "160"],
     "prefix_caching_starved": ["--enable-prefix-caching", "--system-prompt", "160:0.5", "--kv-blocks", "70",
@@ -46,7 +50,9 @@ CASES: dict[str, list[str]] = {
 NEEDS_KERNELS = ("kernels_starved",)
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
 STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
-             "serial_loop", "kernels_starved")
+             "serial_loop", "kernels_starved", "round_robin_x3", "round_robin_caching_x2")
+#: cases where no stretch may run (several replicas that a router reads)
+UNSTRETCHED = ("least_outstanding_x2",)
 ENGINE = ["--model", "tiny", "--device", "cpu", "--offline", "--warmup", "0", "-n", "10", "--seed", "3",
           "--prompt-len", "uniform:8:40", "--output-len", "uniform:2:12", "--kv-blocks", "12", "--max-batch", "6",
           "--max-model-len", "64",
@@ -145,13 +151,24 @@ def test_simulation_outputs_are_the_same_with_and_without_the_shortcuts(case, sc
         stretched.append(done is not None)
         return done
     monkeypatch.setattr(stretch, "run_stretch", counted)
+    from sim.serving.recorder import Recorder
+    ties, take = [], Recorder.take_frames
+
+    def taken(self):
+        frames = take(self)
+        ties.append(self.ambiguous)
+        return frames
+    monkeypatch.setattr(Recorder, "take_frames", taken)
     run_case(case, scheduler, tmp_path / "fast")
+    assert not any(ties), "no rows should tie here (a tie reruns without stretches: nothing compared)"
     _same_as_pandas(tmp_path / "fast")
     reference_paths()
     run_case(case, scheduler, tmp_path / "reference")
     assert _folder_bytes(tmp_path / "fast") == _folder_bytes(tmp_path / "reference")
     if case in STRETCHED:
         assert any(stretched), "this case should advance decode stretches"
+    if case in UNSTRETCHED:
+        assert not any(stretched), "no stretch may run here"
 
 
 @pytest.mark.parametrize("scheduler", ["vllm_v1"])  # the engine has its own loop: only the caching shortcut acts there

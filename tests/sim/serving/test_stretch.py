@@ -329,7 +329,7 @@ def test_stretch_rows_packed_into_arrays_part_by_part_give_the_same_tables(monke
     """The recorder packs kept stretch rows into arrays every ``PACK_ROWS`` rows (bounded memory): the tables
     are the same, row for row, however often it packs."""
     from sim.cli.main import main
-    from sim.serving.cluster import Recorder
+    from sim.serving.recorder import Recorder
 
     args = ["simulate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "-n", "60", "--qps", "20", "--seed", "3",
             "--output-len", "uniform:20:200", "-q", "--scheduler", "sarathi"]
@@ -342,3 +342,35 @@ def test_stretch_rows_packed_into_arrays_part_by_part_give_the_same_tables(monke
     assert len(packs) > 10
     for name in ("batches.csv", "requests.csv"):
         assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "often" / name).read_bytes()
+
+
+def test_a_run_whose_replicas_tie_after_stretches_is_run_again_without_them(monkeypatch):
+    """Two round-robin replicas whose steps end together (dyadic costs and arrivals, exact in binary): the tables
+    built after stretches leave those rows' order open, so ``simulate`` runs again iteration by iteration; the
+    result is the reference's and the progress callback nets one count per request."""
+    import json
+
+    from sim.serving import SimConfig, simulate
+    from sim.serving.recorder import Recorder
+    from sim.workload.trace import TraceRequest
+
+    trace = [TraceRequest("0", 0.0, 64, 12), TraceRequest("1", 5 / 256, 64, 12)]
+    cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="orca", replicas=2)
+    cost = ConstantCostModel(1 / 64, host=1 / 256)  # 5/256 a step: replica 1 runs one step behind replica 0
+    flags: list[bool] = []
+    real = Recorder.take_frames
+
+    def spy(self):
+        frames = real(self)
+        flags.append(self.ambiguous)
+        return frames
+    monkeypatch.setattr(Recorder, "take_frames", spy)
+    counts: list[int] = []
+    fast = simulate(trace, cfg, cost_model=cost, progress=counts.append)
+    assert flags == [True, False] and sum(counts) == 2 and min(counts) < 0
+    monkeypatch.setattr(Replica, "decode_stretches", False)
+    ref = simulate(trace, cfg, cost_model=cost)
+    assert fast.batches.equals(ref.batches) and fast.requests.equals(ref.requests)
+    a, b = (json.dumps({k: v for k, v in r.summary.items() if k != "versions"}, sort_keys=True, default=str)
+            for r in (fast, ref))
+    assert a == b

@@ -1,0 +1,159 @@
+"""What a simulation records as it runs: a row per stage execution and per micro-batch, as flat float arrays.
+
+``Recorder`` is appended to by the replicas (``sim.serving.cluster``) and by decode stretches (``add_stretch``, a
+call per stretch), and turns its logs into the tables ``sim.metrics`` reads (batches.csv and the micro-batch table).
+"""
+
+from __future__ import annotations
+
+from array import array
+from itertools import chain, islice
+
+import numpy as np
+import pandas as pd
+
+# one row per stage execution (batches.csv)
+STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tokens", "num_decode_tokens",
+                "batch_size", "num_prefill_items", "kv_blocks_used", "flops", "bytes")
+# one row per micro-batch: when scheduling began and when the last stage finished
+MICROBATCH_FIELDS = ("replica", "batch_id", "scheduled", "host_time", "completed")
+
+
+# columns holding whole numbers (all row fields are numbers; the others are floats)
+_INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode_tokens", "batch_size",
+               "num_prefill_items", "kv_blocks_used"}
+
+
+def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None
+           ) -> pd.DataFrame:
+    """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
+    (a column per field, the row of ``values`` each of their rows goes before) of stretches recorded apart
+    (``Recorder.add_stretch``; several rows before one row keep their order)."""
+    a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
+    if runs is None:
+        cols = [a[:, i] for i in range(len(fields))]
+    else:
+        extra, before = runs
+        total = len(a) + len(before)
+        placed = before + np.arange(len(before))  # their rows in the table
+        rest = np.ones(total, dtype=bool)
+        rest[placed] = False
+        cols = []
+        for i in range(len(fields)):
+            col = np.empty(total)
+            col[placed] = extra[i]
+            col[rest] = a[:, i]
+            cols.append(col)
+    # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
+    return pd.DataFrame({f: c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
+                         for f, c in zip(fields, cols)}, copy=False)
+
+
+class Recorder:
+    """Append-only logs of what happened, turned into tables by ``sim.metrics``.
+
+    Rows are appended to flat float64 arrays (8 bytes a value; a list of tuples took ~300 bytes a stage
+    row, the largest memory of a million-request run); every field is a number that float64 holds exactly.
+    A decode stretch's rows are kept as the lists it computed (``add_stretch``) and put in their place, in
+    row order, when the tables are built: one call a stretch rather than a Python tuple a row.
+    """
+
+    #: stretch rows kept as Python lists before they are packed into arrays (bounded memory in long runs)
+    PACK_ROWS = 1 << 16
+
+    def __init__(self) -> None:
+        self.stage_rows = array("d")
+        self.microbatch_rows = array("d")
+        self._stretches: list[tuple] = []
+        self._stretch_rows = 0
+        self._packed: list[tuple] = []  # ``_runs`` of earlier stretches, in order
+        #: several replicas' stretches were recorded as each began, not as its steps ended: tables are put in time
+        #: order when built (set by ``run_cluster``)
+        self.time_order = False
+        #: building the tables found two replicas' rows ending at the same time after a stretch: their order in an
+        #: iteration-by-iteration run is simpy's event order, which the stretches did not keep (rerun without)
+        self.ambiguous = False
+
+    def add_stretch(self, replica: int, first_batch: int, k: int, chunk: int, num_decodes: int, size: int,
+                    prefills: int, decided: list[float], starts: list[float], ends: list[float], hosts: list[float],
+                    used: list[int], prices: list[tuple]) -> None:
+        """The rows of a stretch's first ``k`` steps (batch ids from ``first_batch``; the lists may run longer), as
+        if each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
+        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, k, chunk,
+                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices))
+        self._stretch_rows += k
+        if self._stretch_rows >= self.PACK_ROWS:
+            self._packed.append(self._pack())
+            self._stretches, self._stretch_rows = [], 0
+
+    def _runs(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None:
+        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them, or None."""
+        parts = self._packed + ([self._pack()] if self._stretches else [])
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        return tuple((  # type: ignore[return-value]
+            [np.concatenate([p[j][0][i] for p in parts]) for i in range(len(parts[0][j][0]))],
+            np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
+
+    def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
+        """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
+        runs = self._stretches
+        counts = np.array([r[4] for r in runs], dtype=np.int64)
+        total = int(counts.sum())
+
+        def column(i: int) -> np.ndarray:  # a list per stretch, its first k values each
+            return np.fromiter(chain.from_iterable(islice(r[i], r[4]) for r in runs), float, total)
+
+        def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
+            return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
+        replica = each(2)
+        batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
+        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[4]) for r in runs)), float,
+                             3 * total).reshape(total, 3)
+        ends = column(11)
+        stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),
+                 column(13), prices[:, 1], prices[:, 2]]
+        micro = [replica, batch_ids, column(9), column(12), ends]
+        before = np.repeat(np.array([r[0] for r in runs], dtype=np.int64) // len(STAGE_FIELDS), counts)
+        before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
+        return (stage, before), (micro, before_micro)
+
+    def _by_time(self, runs: tuple | None) -> str | None:
+        """The column that orders the rows in time, where several replicas' stretches were recorded (else None)."""
+        return "end" if runs is not None and self.time_order else None
+
+    def stage_frame(self) -> pd.DataFrame:
+        """batches.csv: one row per stage execution."""
+        runs = self._runs()
+        return self._ordered(_frame(self.stage_rows, STAGE_FIELDS, runs and runs[0]), self._by_time(runs))
+
+    def microbatch_frame(self) -> pd.DataFrame:
+        """One row per micro-batch: scheduling start, host time, completion."""
+        runs = self._runs()
+        return self._ordered(_frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1]),
+                             self._by_time(runs) and "completed")
+
+    def _ordered(self, frame: pd.DataFrame, by: str | None) -> pd.DataFrame:
+        """``frame`` in the order an iteration-by-iteration run appends it: by ``by`` (each row's end; a replica's
+        own rows are in order already), flagging ``ambiguous`` where two replicas' rows end at the same time."""
+        if by is None:
+            return frame
+        t = frame[by].to_numpy()
+        order = np.argsort(t, kind="stable")
+        ts, reps = t[order], frame["replica"].to_numpy()[order]
+        if np.any((ts[1:] == ts[:-1]) & (reps[1:] != reps[:-1])):
+            self.ambiguous = True
+        if not np.any(order != np.arange(len(order))):
+            return frame
+        return pd.DataFrame({c: frame[c].to_numpy()[order] for c in frame.columns}, copy=False)
+
+    def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
+        runs = self._runs()
+        by = self._by_time(runs)
+        stages = self._ordered(_frame(self.stage_rows, STAGE_FIELDS, runs and runs[0]), by)
+        self.stage_rows = array("d")
+        micro = self._ordered(_frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1]), by and "completed")
+        self.microbatch_rows = array("d")
+        self._stretches, self._stretch_rows, self._packed = [], 0, []
+        return stages, micro
