@@ -27,9 +27,11 @@ decision, the next stretch follows in the same call. It stops before the step:
 
 It never starts unless every running request is decoding (or one prompt is being chunked: Sarathi-Serve's under
 way anywhere, vLLM V1's last in the queue), nothing waits (but as above), nothing is in flight, and there is no
-speculative decoding (``Scheduler.stretch_plan``), and only on a single-stage, single-replica deployment whose
-arrivals are known in advance (``Replica.next_arrival``; several replicas would interleave their batches.csv rows
-differently), priced by a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the
+speculative decoding (``Scheduler.stretch_plan``), and only on a single-stage replica whose arrivals are known in
+advance (``Replica.next_arrival``): a single replica, or round-robin replicas that nothing reads across during the
+run (``Replica.independent``: each stretches apart, on its own arrivals; the tables are put in time order when
+built, and a run where two replicas' rows end at the same time, whose order simpy's events decide, runs again
+without stretches), priced by a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the
 five policies whose next batch is then the same requests' (``STRETCH_POLICIES``). Where a finished request's KV
 is held for a transfer (``hold_finished``: a disaggregated deployment's prefill pool) it stops before a last token
 rather than running through it.
