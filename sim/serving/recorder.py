@@ -24,29 +24,41 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
                "num_prefill_items", "kv_blocks_used"}
 
 
-def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None
-           ) -> pd.DataFrame:
+def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None,
+           by: str | None = None) -> tuple[pd.DataFrame, bool]:
     """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
     (a column per field, the row of ``values`` each of their rows goes before) of stretches recorded apart
-    (``Recorder.add_stretch``; several rows before one row keep their order)."""
+    (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: rows put in the order of
+    that column (stable: a replica's own rows are in order already), each column as it is built (a million-request
+    run's table is gigabytes); also returns whether two replicas' rows tie in it (``Recorder.ambiguous``)."""
     a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
     if runs is None:
-        cols = [a[:, i] for i in range(len(fields))]
+        def column(i: int) -> np.ndarray:
+            return a[:, i]
     else:
         extra, before = runs
         total = len(a) + len(before)
         placed = before + np.arange(len(before))  # their rows in the table
         rest = np.ones(total, dtype=bool)
         rest[placed] = False
-        cols = []
-        for i in range(len(fields)):
+
+        def column(i: int) -> np.ndarray:
             col = np.empty(total)
             col[placed] = extra[i]
             col[rest] = a[:, i]
-            cols.append(col)
+            return col
+    order, tied = None, False
+    if by is not None:
+        t = column(fields.index(by))
+        order = np.argsort(t, kind="stable")
+        t, reps = t[order], column(fields.index("replica"))[order]
+        tied = bool(np.any((t[1:] == t[:-1]) & (reps[1:] != reps[:-1])))
+    built = {}
+    for i, f in enumerate(fields):
+        c = column(i) if order is None else column(i)[order]
+        built[f] = c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
     # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
-    return pd.DataFrame({f: c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
-                         for f, c in zip(fields, cols)}, copy=False)
+    return pd.DataFrame(built, copy=False), tied
 
 
 class Recorder:
@@ -118,42 +130,31 @@ class Recorder:
         before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
         return (stage, before), (micro, before_micro)
 
-    def _by_time(self, runs: tuple | None) -> str | None:
-        """The column that orders the rows in time, where several replicas' stretches were recorded (else None)."""
-        return "end" if runs is not None and self.time_order else None
+    def _by_time(self, runs: tuple | None) -> bool:
+        """Whether rows go in time order: several replicas' stretches were recorded (``time_order``)."""
+        return runs is not None and self.time_order
+
+    def _table(self, values: array, fields: tuple[str, ...], runs: tuple | None, end: str) -> pd.DataFrame:
+        frame, tied = _frame(values, fields, runs, end if self._by_time(runs) else None)
+        self.ambiguous |= tied
+        return frame
 
     def stage_frame(self) -> pd.DataFrame:
         """batches.csv: one row per stage execution."""
         runs = self._runs()
-        return self._ordered(_frame(self.stage_rows, STAGE_FIELDS, runs and runs[0]), self._by_time(runs))
+        return self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
 
     def microbatch_frame(self) -> pd.DataFrame:
         """One row per micro-batch: scheduling start, host time, completion."""
         runs = self._runs()
-        return self._ordered(_frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1]),
-                             self._by_time(runs) and "completed")
-
-    def _ordered(self, frame: pd.DataFrame, by: str | None) -> pd.DataFrame:
-        """``frame`` in the order an iteration-by-iteration run appends it: by ``by`` (each row's end; a replica's
-        own rows are in order already), flagging ``ambiguous`` where two replicas' rows end at the same time."""
-        if by is None:
-            return frame
-        t = frame[by].to_numpy()
-        order = np.argsort(t, kind="stable")
-        ts, reps = t[order], frame["replica"].to_numpy()[order]
-        if np.any((ts[1:] == ts[:-1]) & (reps[1:] != reps[:-1])):
-            self.ambiguous = True
-        if not np.any(order != np.arange(len(order))):
-            return frame
-        return pd.DataFrame({c: frame[c].to_numpy()[order] for c in frame.columns}, copy=False)
+        return self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")
 
     def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
         runs = self._runs()
-        by = self._by_time(runs)
-        stages = self._ordered(_frame(self.stage_rows, STAGE_FIELDS, runs and runs[0]), by)
+        stages = self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
         self.stage_rows = array("d")
-        micro = self._ordered(_frame(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1]), by and "completed")
+        micro = self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")
         self.microbatch_rows = array("d")
         self._stretches, self._stretch_rows, self._packed = [], 0, []
         return stages, micro
