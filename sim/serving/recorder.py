@@ -24,10 +24,11 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
                "num_prefill_items", "kv_blocks_used"}
 
 
-def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray], np.ndarray] | None = None,
+def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndarray]], np.ndarray] | None = None,
            by: str | None = None) -> tuple[pd.DataFrame, bool]:
     """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
-    (a column per field, the row of ``values`` each of their rows goes before) of stretches recorded apart
+    (per field, arrays that make its column, the row of ``values`` each of their rows goes before) of stretches
+    recorded apart
     (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: rows put in the order of
     that column (stable: a replica's own rows are in order already), each column as it is built (a million-request
     run's table is gigabytes); also returns whether two replicas' rows tie in it (``Recorder.ambiguous``)."""
@@ -43,8 +44,10 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray],
         rest[placed] = False
 
         def column(i: int) -> np.ndarray:
-            col = np.empty(total)
-            col[placed] = extra[i]
+            col, at = np.empty(total), 0
+            for part in extra[i]:
+                col[placed[at:at + len(part)]] = part
+                at += len(part)
             col[rest] = a[:, i]
             return col
     order, tied = None, False
@@ -56,6 +59,8 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[np.ndarray],
     built = {}
     for i, f in enumerate(fields):
         c = column(i) if order is None else column(i)[order]
+        if runs is not None:
+            runs[0][i] = []  # (its parts: freed here where the caller holds no other reference, ``take_frames``)
         built[f] = c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
     # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
     return pd.DataFrame(built, copy=False), tied
@@ -98,14 +103,15 @@ class Recorder:
             self._packed.append(self._pack())
             self._stretches, self._stretch_rows = [], 0
 
-    def _runs(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]] | None:
-        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them, or None."""
+    def _runs(self) -> tuple[tuple[list[list[np.ndarray]], np.ndarray], tuple[list[list[np.ndarray]], np.ndarray]
+                             ] | None:
+        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the packed parts'
+        arrays in order, not joined: each column is built once, in its table), or None."""
         parts = self._packed + ([self._pack()] if self._stretches else [])
-        if len(parts) <= 1:
-            return parts[0] if parts else None
-        return tuple((  # type: ignore[return-value]
-            [np.concatenate([p[j][0][i] for p in parts]) for i in range(len(parts[0][j][0]))],
-            np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
+        if not parts:
+            return None
+        return tuple(([[p[j][0][i] for p in parts] for i in range(len(parts[0][j][0]))],  # type: ignore[return-value]
+                      np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
 
     def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
         """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
@@ -152,9 +158,9 @@ class Recorder:
     def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
         runs = self._runs()
+        self._stretches, self._stretch_rows, self._packed = [], 0, []
         stages = self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
         self.stage_rows = array("d")
         micro = self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")
         self.microbatch_rows = array("d")
-        self._stretches, self._stretch_rows, self._packed = [], 0, []
         return stages, micro
