@@ -15,6 +15,9 @@ its wall time over the roofline's (target: within 1.5x); building the model
     python benchmarks/sim_speed.py --kernels --schedulers sarathi,vllm
     python benchmarks/sim_speed.py --prefix-caching   # also: caching on over off, 10,000 Mooncake requests
 
+``--replica-stretches 64 --requests 100000`` times 64 round-robin replicas with decode stretches on and off
+(several replicas stretch apart, each on its own arrivals), interleaved, and checks that the tables agree.
+
 ``--prefix-caching`` runs ``benchmarks/prefix_caching.py``'s speed comparison (target: within 1.3x; needs
 ../shared/traces/mooncake).
 
@@ -137,6 +140,30 @@ def caching_overhead(n: int, qps: float, repeats: int) -> None:
           f"{work[True]}, off {work[False]}: {same}")
 
 
+def replica_stretches(n: int, qps: float, replicas: int, scheduler: str, repeats: int) -> None:
+    """``replicas`` round-robin replicas (Poisson at ``qps`` per replica) with decode stretches on and off,
+    in-process, interleaved: what advancing replicas apart buys (``Replica.independent``); same outputs checked."""
+    from sim.serving.cluster import Replica
+    trace = generate_trace(n, arrival="poisson", qps=qps * replicas, lengths_from=LENGTHS, max_total_tokens=4096,
+                           seed=0)
+    cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler=scheduler, replicas=replicas)
+    walls: dict[bool, list[float]] = {True: [], False: []}
+    tables: dict[bool, tuple] = {}
+    for i in range(repeats):
+        for on in ((True, False) if i % 2 == 0 else (False, True)):
+            Replica.decode_stretches = on
+            t0 = time.perf_counter()
+            res = simulate(trace, cfg)
+            walls[on].append(time.perf_counter() - t0)
+            tables[on] = res.requests, res.batches
+    Replica.decode_stretches = True
+    same = all(a.equals(b) for a, b in zip(tables[True], tables[False]))
+    on, off = statistics.median(walls[True]), statistics.median(walls[False])
+    print(f"{scheduler}, {n} req on {replicas} round-robin replicas at {qps} req/s each: stretches on {on:.2f} s, "
+          f"off {off:.2f} s (medians of {repeats}, interleaved): {on / off:.2f}x; requests and batches tables "
+          f"{'identical' if same else 'DIFFER'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=10_000)
@@ -152,8 +179,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="--ab, --caching-overhead: runs of each side")
     ap.add_argument("--caching-overhead", action="store_true",
                     help="vllm_v1 with prefix caching on over off on requests sharing nothing (and stop)")
+    ap.add_argument("--replica-stretches", type=int, default=0, metavar="R",
+                    help="R round-robin replicas (Sarathi-Serve unless --schedulers names one), decode stretches "
+                         "on over off, interleaved (and stop)")
     args = ap.parse_args()
     n = 2000 if args.quick else args.requests
+    if args.replica_stretches:
+        sched = args.schedulers if "," not in args.schedulers else "sarathi"
+        replica_stretches(n, args.qps, args.replica_stretches, sched, args.repeats)
+        return
     if args.caching_overhead:
         caching_overhead(n, args.qps, args.repeats)
         return

@@ -27,41 +27,45 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
 def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndarray]], np.ndarray] | None = None,
            by: str | None = None) -> tuple[pd.DataFrame, bool]:
     """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
-    (per field, arrays that make its column, the row of ``values`` each of their rows goes before) of stretches
-    recorded apart
-    (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: rows put in the order of
-    that column (stable: a replica's own rows are in order already), each column as it is built (a million-request
-    run's table is gigabytes); also returns whether two replicas' rows tie in it (``Recorder.ambiguous``)."""
+    (per field, the arrays that make its column; the row of ``values`` each of their rows goes before) of
+    stretches recorded apart (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: the
+    rows in the order of that column (stable: a replica's own rows are in order already), each column built in
+    place (a million-request run's table is gigabytes); also returns whether two replicas' rows tie in it."""
     a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
     if runs is None:
-        def column(i: int) -> np.ndarray:
-            return a[:, i]
-    else:
-        extra, before = runs
-        total = len(a) + len(before)
-        placed = before + np.arange(len(before))  # their rows in the table
-        rest = np.ones(total, dtype=bool)
-        rest[placed] = False
+        cols = {f: a[:, i].astype(np.int64) if f in _INT_FIELDS else a[:, i].copy() for i, f in enumerate(fields)}
+        return pd.DataFrame(cols, copy=False), False
+    extra, before = runs
+    total = len(a) + len(before)
+    placed = before + np.arange(len(before))  # their rows in the table
+    rest = np.ones(total, dtype=bool)
+    rest[placed] = False
+    rest = rest.nonzero()[0]  # the rows of ``values``
 
-        def column(i: int) -> np.ndarray:
-            col, at = np.empty(total), 0
-            for part in extra[i]:
-                col[placed[at:at + len(part)]] = part
-                at += len(part)
-            col[rest] = a[:, i]
-            return col
-    order, tied = None, False
+    def column(i: int) -> np.ndarray:
+        col, at = np.empty(total), 0
+        for part in extra[i]:
+            col[placed[at:at + len(part)]] = part
+            at += len(part)
+        col[rest] = a[:, i]
+        return col
+    tied = False
     if by is not None:
         t = column(fields.index(by))
         order = np.argsort(t, kind="stable")
         t, reps = t[order], column(fields.index("replica"))[order]
         tied = bool(np.any((t[1:] == t[:-1]) & (reps[1:] != reps[:-1])))
+        del t, reps
+        where = np.empty(total, dtype=np.int64)
+        where[order] = np.arange(total)  # each row's place in time order
+        del order
+        placed, rest = where[placed], where[rest]
     built = {}
     for i, f in enumerate(fields):
-        c = column(i) if order is None else column(i)[order]
-        if runs is not None:
-            runs[0][i] = []  # (its parts: freed here where the caller holds no other reference, ``take_frames``)
-        built[f] = c.astype(np.int64) if f in _INT_FIELDS else (c if runs is not None else c.copy())
+        c = column(i)
+        extra[i] = []  # (its parts, freed here where the caller holds no other reference: ``take_frames``)
+        built[f] = c.astype(np.int64) if f in _INT_FIELDS else c
+        del c  # (before the next column is built)
     # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
     return pd.DataFrame(built, copy=False), tied
 
