@@ -53,9 +53,12 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndar
     if by is not None:
         t = column(fields.index(by))
         order = np.argsort(t, kind="stable")
-        t, reps = t[order], column(fields.index("replica"))[order]
-        tied = bool(np.any((t[1:] == t[:-1]) & (reps[1:] != reps[:-1])))
-        del t, reps
+        t = t[order]
+        same = (t[1:] == t[:-1]).nonzero()[0]  # (rare: the replica column is looked at only there)
+        del t
+        if len(same):
+            reps = column(fields.index("replica"))[order]
+            tied = bool(np.any(reps[same + 1] != reps[same]))
         where = np.empty(total, dtype=np.int64)
         where[order] = np.arange(total)  # each row's place in time order
         del order
