@@ -25,8 +25,8 @@ from sim.request import Request, Status, TraceRequest
 from sim.schedulers import scheduler_class
 from sim.serving.async_loop import AsyncReplica
 from sim.serving.cluster import Replica, Router
-from sim.serving.recorder import Recorder
 from sim.serving.frontend import Frontend
+from sim.serving.recorder import Recorder
 from sim.serving.simulator import SimConfig
 from sim.workload.servable import prepare_requests
 

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-
 from sim.batch import Batch
 from sim.cost.interface import CostModel
 from sim.request import Request

@@ -373,7 +373,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         return requests, skipped, origin, schedulers, rec, rec.take_frames()
 
     requests, skipped, origin, schedulers, rec, (batches, micro) = run(True)
-    if rec.ambiguous:  # two replicas' rows end at the same time after stretches: the run again, without them
+    if rec.ambiguous:  # two replicas' rows end at the same time after stretches: run it again without them
         if progress is not None:
             progress(-finished)
         requests, skipped, origin, schedulers, rec, (batches, micro) = run(False)

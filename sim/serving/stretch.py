@@ -31,10 +31,11 @@ speculative decoding (``Scheduler.stretch_plan``), and only on a single-stage re
 advance (``Replica.next_arrival``): a single replica, or round-robin replicas that nothing reads across during the
 run (``Replica.independent``: each stretches apart, on its own arrivals; the tables are put in time order when
 built, and a run where two replicas' rows end at the same time, whose order simpy's events decide, runs again
-without stretches, as does at once a trace over 1% of whose requests arrive together), priced by a cost model that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the
-five policies whose next batch is then the same requests' (``STRETCH_POLICIES``). Where a finished request's KV
-is held for a transfer (``hold_finished``: a disaggregated deployment's prefill pool) it stops before a last token
-rather than running through it.
+without stretches, as does at once a trace over 1% of whose requests arrive together), priced by a cost model
+that reads only a batch's aggregates (``PRICED_BY_AGGREGATES``), for the five policies whose next batch is then
+the same requests' (``STRETCH_POLICIES``). Where a finished request's KV is held for a transfer
+(``hold_finished``: a disaggregated deployment's prefill pool) it stops before a last token rather than running
+through it.
 """
 
 from __future__ import annotations
