@@ -24,8 +24,8 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
                "num_prefill_items", "kv_blocks_used"}
 
 
-def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndarray]], np.ndarray] | None = None,
-           by: str | None = None) -> tuple[pd.DataFrame, bool]:
+def _frame(values: array, fields: tuple[str, ...], runs: list | None = None, by: str | None = None
+           ) -> tuple[pd.DataFrame, bool]:
     """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
     (per field, the arrays that make its column; the row of ``values`` each of their rows goes before) of
     stretches recorded apart (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: the
@@ -38,6 +38,7 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndar
     extra, before = runs
     total = len(a) + len(before)
     placed = before + np.arange(len(before))  # their rows in the table
+    runs[1] = before = None  # (freed here where the caller holds no other reference: ``take_frames``)
     rest = np.ones(total, dtype=bool)
     rest[placed] = False
     rest = rest.nonzero()[0]  # the rows of ``values``
@@ -63,6 +64,7 @@ def _frame(values: array, fields: tuple[str, ...], runs: tuple[list[list[np.ndar
         where[order] = np.arange(total)  # each row's place in time order
         del order
         placed, rest = where[placed], where[rest]
+        del where
     built = {}
     for i, f in enumerate(fields):
         c = column(i)
@@ -110,15 +112,14 @@ class Recorder:
             self._packed.append(self._pack())
             self._stretches, self._stretch_rows = [], 0
 
-    def _runs(self) -> tuple[tuple[list[list[np.ndarray]], np.ndarray], tuple[list[list[np.ndarray]], np.ndarray]
-                             ] | None:
+    def _runs(self) -> tuple[list, list] | None:
         """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the packed parts'
         arrays in order, not joined: each column is built once, in its table), or None."""
         parts = self._packed + ([self._pack()] if self._stretches else [])
         if not parts:
             return None
-        return tuple(([[p[j][0][i] for p in parts] for i in range(len(parts[0][j][0]))],  # type: ignore[return-value]
-                      np.concatenate([p[j][1] for p in parts])) for j in (0, 1))
+        return tuple([[[p[j][0][i] for p in parts] for i in range(len(parts[0][j][0]))],  # type: ignore[misc]
+                      np.concatenate([p[j][1] for p in parts])] for j in (0, 1))
 
     def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
         """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
