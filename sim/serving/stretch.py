@@ -255,7 +255,11 @@ def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, par
             window *= 2
         host_l += [host] * len(end_l)
         return decided_l, start_l, end_l, delay_l, host_l, price_l
-    prices = _prices(cost, reqs, base, context, limit, partial, chunk, 16 if horizon < math.inf else limit)
+    window = limit  # steps priced in one call (no horizon: every step runs)
+    if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
+        window = 16 if decided_at is None or now <= decided_at else \
+            max(1, min(limit, int((horizon - decided_at) / (now - decided_at)) + 2))
+    prices = _prices(cost, reqs, base, context, limit, partial, chunk, window)
     for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
         if (t if decided_at is None else decided_at) >= horizon:
             break
