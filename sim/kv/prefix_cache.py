@@ -241,7 +241,8 @@ class CachingBlockManager(BlockManager):
             new += range(self._next, self._next + fresh)
             self._next += fresh
             if need - take - fresh:
-                new += self._evict_list(need - take - fresh)
+                front, keyed = self._take(need - take - fresh)
+                new += front + keyed.tolist()
             refs[np.fromiter(new, np.int64, need)] = 1
             table.extend(new)
             return
@@ -306,24 +307,22 @@ class CachingBlockManager(BlockManager):
     @staticmethod
     def _ids_of(request: Request) -> np.ndarray:
         """The request's block ids as an array: its buffer (its table's first entries), or its list's copy."""
-        return request.block_ids if request.block_ids is not None else np.array(request.block_table, dtype=np.int64)
+        ids = request.block_ids
+        return ids if ids is not None else np.array(request.block_table, dtype=np.int64)
 
-    def _evict_list(self, n: int) -> list[int]:
-        """``_evict(n)`` as a list: the front's anonymous blocks (no key to forget) without a numpy round trip."""
+    def _take(self, n: int) -> tuple[list[int], np.ndarray]:
+        """The ``n`` least recently freed cached blocks, keys forgotten: (the LRU list's anonymous front, a list, with
+        no key to forget and no numpy round trip; the rest)."""
         front, rest = self._lru.take(n)
         self.num_cached_free -= n
         if len(rest):
-            blocks = decode(rest)
-            self._key[blocks] = NO_KEY
-            front += blocks.tolist()
-        return front
+            rest = decode(rest)
+            self._key[rest] = NO_KEY  # their index entries go stale
+        return front, rest
 
     def _evict(self, n: int) -> np.ndarray:
         """The ``n`` least recently freed cached blocks, their keys forgotten."""
-        front, rest = self._lru.take(n)
-        self.num_cached_free -= n
-        blocks = decode(rest)
-        self._key[blocks] = NO_KEY  # their index entries go stale
+        front, blocks = self._take(n)
         return np.concatenate((np.array(front, dtype=np.int64), blocks)) if front else blocks
 
     def notes_computed(self, request: Request) -> bool:

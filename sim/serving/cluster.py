@@ -243,9 +243,10 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
         # Requests arriving together (a burst) start idle replicas' steps together: rows that end together follow
         # in simpy's event order, which stretches do not keep (``Recorder.ambiguous``: the run is done again), so
         # where over 1% of arrivals coincide (not a trace's clock resolution), none runs apart
-        together = sum(a.arrival_time == b.arrival_time for a, b in zip(requests, requests[1:]))
         independent = (len(replicas) > 1 and independent_replicas and router_policy == "round_robin"
-                       and on_finish is None and together <= len(requests) // 100)
+                       and on_finish is None
+                       and sum(a.arrival_time == b.arrival_time for a, b in zip(requests, requests[1:]))
+                       <= len(requests) // 100)
         rec.time_order = independent
         for rep in replicas:
             rep.num_replicas, rep.independent = len(replicas), independent
@@ -257,29 +258,16 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
 
 
 class ReplayArrivals:
-    """``replay_arrivals`` that can say when the next request arrives (``next_time``; infinity after the last)."""
+    """``replay_arrivals`` that can tell a replica when its next request arrives (``view``)."""
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
         self.submitted = 0
 
-    def next_time(self) -> float:
-        i = self.submitted
-        return self.requests[i].arrival_time if i < len(self.requests) else math.inf
-
-    def times_until(self, t: float) -> list[float]:
-        """The arrival times, up to ``t``, of the requests not yet handed over."""
-        reqs, i, out = self.requests, self.submitted, []
-        while i < len(reqs) and reqs[i].arrival_time <= t:
-            out.append(reqs[i].arrival_time)
-            i += 1
-        return out
-
     def view(self, index: int, every: int) -> tuple[Callable[[], float], Callable[[float], list[float]]]:
-        """``next_time`` and ``times_until`` of the requests a replica gets when every ``every``-th one from
-        ``index`` goes to it (round-robin over ``every`` replicas; 1: every request)."""
-        if every == 1:
-            return self.next_time, self.times_until
+        """(the next arrival time, infinity after the last; the arrival times up to a time) of the requests not yet
+        handed over that a replica gets when every ``every``-th one from ``index`` goes to it (round-robin over
+        ``every`` replicas; 1: every request)."""
         own: list[float] = []
 
         def first() -> int:  # its first request not yet handed over (``own`` built once the run has begun)

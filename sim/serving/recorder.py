@@ -144,12 +144,9 @@ class Recorder:
         before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
         return (stage, before), (micro, before_micro)
 
-    def _by_time(self, runs: tuple | None) -> bool:
-        """Whether rows go in time order: several replicas' stretches were recorded (``time_order``)."""
-        return runs is not None and self.time_order
-
-    def _table(self, values: array, fields: tuple[str, ...], runs: tuple | None, end: str) -> pd.DataFrame:
-        frame, tied = _frame(values, fields, runs, end if self._by_time(runs) else None)
+    def _table(self, values: array, fields: tuple[str, ...], runs: list | None, end: str) -> pd.DataFrame:
+        """One table; in the order of its ``end`` column where several replicas' stretches were recorded."""
+        frame, tied = _frame(values, fields, runs, end if runs is not None and self.time_order else None)
         self.ambiguous |= tied
         return frame
 
