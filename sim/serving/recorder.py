@@ -100,14 +100,14 @@ class Recorder:
         #: iteration-by-iteration run is simpy's event order, which the stretches did not keep (rerun without)
         self.ambiguous = False
 
-    def add_stretch(self, replica: int, first_batch: int, k: int, chunk: int, num_decodes: int, size: int,
-                    prefills: int, decided: list[float], starts: list[float], ends: list[float], hosts: list[float],
-                    used: list[int], prices: list[tuple]) -> None:
-        """The rows of a stretch's first ``k`` steps (batch ids from ``first_batch``; the lists may run longer), as
-        if each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
-        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, k, chunk,
-                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices))
-        self._stretch_rows += k
+    def add_stretch(self, replica: int, first_batch: int, lo: int, hi: int, chunk: int, num_decodes: int,
+                    size: int, prefills: int, decided: list[float], starts: list[float], ends: list[float],
+                    hosts: list[float], used: list[int], prices: list[tuple]) -> None:
+        """The rows of a stretch's steps ``lo`` to ``hi - 1`` of the lists (batch ids from ``first_batch``), as if
+        each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
+        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, hi - lo, chunk,
+                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices, lo))
+        self._stretch_rows += hi - lo
         if self._stretch_rows >= self.PACK_ROWS:
             self._packed.append(self._pack())
             self._stretches, self._stretch_rows = [], 0
@@ -127,14 +127,14 @@ class Recorder:
         counts = np.array([r[4] for r in runs], dtype=np.int64)
         total = int(counts.sum())
 
-        def column(i: int) -> np.ndarray:  # a list per stretch, its first k values each
-            return np.fromiter(chain.from_iterable(islice(r[i], r[4]) for r in runs), float, total)
+        def column(i: int) -> np.ndarray:  # a list per stretch, its k values from lo each
+            return np.fromiter(chain.from_iterable(islice(r[i], r[15], r[15] + r[4]) for r in runs), float, total)
 
         def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
             return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
         replica = each(2)
         batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[4]) for r in runs)), float,
+        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[15], r[15] + r[4]) for r in runs)), float,
                              3 * total).reshape(total, 3)
         ends = column(11)
         stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),

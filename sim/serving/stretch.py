@@ -10,8 +10,11 @@ replica waits once instead of once per iteration. Same batches, same times, same
 
 A stretch runs through the step that produces a request's last token (the scheduler finishes those requests in
 batch order; where the prefix cache notes that step's blocks, the whole step goes through its ``_advance``, so
-frees and shared blocks interleave as in ``on_batch_done``) and, where no request arrives before the next
-decision, the next stretch follows in the same call. It stops before the step:
+frees and shared blocks interleave as in ``on_batch_done``). Where nothing waits (FasterTransformer: whatever waits,
+until its batch is empty) and no decode's blocks are noted for the prefix cache, it goes on past such steps with
+the remaining decodes (``stretch_times.pieces``: each run of steps priced with its own batch; the finished
+requests' blocks freed as their step ends, before the next step's grow); otherwise, where no request arrives
+before the next decision, the next stretch follows in the same call. It stops before the step:
 
 - with a chunked prompt's last chunk (it samples a token; the budget it leaves may admit a waiting request);
 - decided at or after a request reaches the scheduler (serial loop: its arrival, so a step decided before it runs
@@ -41,13 +44,13 @@ through it.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
-from collections.abc import Iterator
-from itertools import accumulate, repeat
 from typing import Any
 
-from sim.batch import Batch, BatchItem
+from sim.batch import Batch
+from sim.request import Request, Status
 from sim.schedulers import SCHEDULERS, Scheduler
+from sim.serving.stretch_times import pieces as _pieces
+from sim.serving.stretch_times import step_times
 
 Replica = Any  # sim.serving.cluster.Replica (which imports this module)
 
@@ -163,9 +166,10 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     limit, partial, chunk = sched.stretch_plan(batch, blind, last_token=through)
     if limit <= 0:
         return None
+    full = False  # decodes fill the budget: arrivals cannot change the batch until a request finishes
     if blind or (not replica.arrival_reads_cache
                  and sched.budget_full(len(sched.running) - (partial is not None), chunk)):
-        horizon = math.inf
+        full, horizon = not blind, math.inf
     elif horizon is None:
         horizon = replica.next_arrival()
     serial = decided_at is None
@@ -176,129 +180,93 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     strict = serial and replica.arrival_reads_cache
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     base = [r.num_computed for r in reqs]
+    left = [r.output_tokens - r.num_generated for r in reqs]
+    # on through finishes: after a step that finishes requests the batch is again every remaining decode while
+    # nothing waits (FasterTransformer: until its batch is empty), nothing arrives (the horizon) and no finishing
+    # request's blocks are noted for the prefix cache
+    onward = (through and partial is None and (type(sched) in WAITING_BLIND and blind or not (sched.waiting or full))
+              and not (caching and any(map(sched.bm.notes_computed, reqs))))
+    finish_at: dict[int, list[int]] = {}
+    if onward:
+        for i, d in enumerate(left):
+            finish_at.setdefault(d, []).append(i)
+        limit = max(left)
     events = None  # a chunk stretch's block events, found once over every step it may take
     if partial is not None:
         events = _events(sched.bm, reqs, base, limit, partial, chunk, caching)
         limit = _steps_with_blocks(sched.bm, limit, partial, events)
         if limit <= 0:
             return None
-    n = len(reqs)
-    context = sum(base)  # the keys the last batch's decodes read (as its ``decode_context``): each one's computed
-    size, prefills = (n + 1, 1) if partial is not None else (n, 0)
+    pieces: list[tuple] = []  # those reached
+    runs = _pieces(reqs, base, left, sorted(finish_at) if onward else [limit], pieces)
+    prefills = int(partial is not None)
     # 1. each step's times as the engine loop computes them, up to the horizon
-    steps = _times(replica.cost, reqs, base, context, limit, partial, chunk, now, decided_at, horizon, strict)
+    steps = step_times(replica.cost, runs, limit, partial, chunk, now, decided_at, horizon, strict)
     decided_l, start_l, end_l, delay_l, host_l, price_l = steps
     # 2. blocks at the steps where some decode crosses a block boundary (and each chunk's); the stretch stops
-    # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends
-    last = min([r.output_tokens - r.num_generated for r in reqs]) if through and reqs else 0  # first last token
+    # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends; requests
+    # finish (their blocks freed) as their last step ends
+    last = min(left) if through and reqs and not onward else 0  # the last token a single stretch runs to
     chunk_from = partial.num_computed if partial is not None else 0
-    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events)
+    finished: list[Request] = []
+    k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events,
+                                  finish_at, onward and left, end_l, finished)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
     first = sched.take_batch_ids(k, cached_l)
-    index = replica.index
+    index, lo = replica.index, 0
+    for stop, alive, _, _ in pieces:
+        hi = min(stop, k)
+        replica.recorder.add_stretch(index, first + lo, lo, hi, chunk, len(alive), len(alive) + prefills, prefills,
+                                     decided_l, start_l, end_l, host_l, used_l, price_l)
+        if hi == k:
+            break
+        lo = hi
     times = end_l[:k] if k < len(end_l) else end_l
-    replica.recorder.add_stretch(index, first, k, chunk, n, size, prefills, decided_l, start_l, times, host_l,
-                                 used_l, price_l)
     t = times[-1]
-    ending = k == last  # its last step ends some requests: that step is advanced as on_batch_done would, unless
-    # no block of that step is noted for the prefix cache (then only the finishing needs the scheduler, in order)
-    noted = ending and caching and (any(map(sched.bm.notes_computed, reqs))
-                                    or (partial is not None and sched.bm.notes_computed(partial)))
+    ending = k == last or k in finish_at  # its last step ends some requests: that step is advanced as
+    # on_batch_done would, unless no block of that step is noted for the prefix cache (then only the finishing
+    # needs the scheduler, in order)
+    noted = ending and not onward and caching and (any(map(sched.bm.notes_computed, reqs))
+                                                   or (partial is not None and sched.bm.notes_computed(partial)))
     advanced, known = (k - 1, times[:-1]) if noted else (k, times)
     for r, c in zip(reqs, base):
-        r.num_computed = c + advanced
-        r.num_generated += advanced
-        r.token_times.extend(known)
+        if r.status is not Status.FINISHED:
+            r.num_computed = c + advanced
+            r.num_generated += advanced
+            r.token_times.extend(known)
     if partial is not None:
         partial.num_computed = chunk_from + advanced * chunk
     replica.last_done = t
-    if ending:
+    if ending and not onward:
         finished = sched.stretch_finish(reqs, t, partial, chunk) if noted else sched.stretch_finished(reqs, t)
+    elif finished:
+        sched.running = [r for r in sched.running if r.status is not Status.FINISHED]
+    if finished:
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
     return t, start_l[k - 1], times, delay_l[:k], ending
 
 
-def _times(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int, now: float,
-           decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
-    """Each step's (decided, start, end, delay, host time, (device time, FLOPs, bytes)) lists, in the engine loop's
-    float expressions, up to the horizon: serial (``decided_at`` None), a step is decided as it starts and the
-    stretch stops before one decided at or after ``horizon`` (``strict``: one ending at or after it); async, a step
-    is decided as the previous one starts and overlaps its host time with it."""
-    decided_l: list[float] = []
-    start_l: list[float] = []
-    end_l: list[float] = []
-    delay_l: list[float] = []
-    host_l: list[float] = []
-    price_l: list[tuple] = []
-    t = now
-    if decided_at is None and partial is None and hasattr(cost, "decode_run"):  # a window at a time
-        host = cost.host_time(_light(reqs, base, context))
-        n, done, window = len(reqs), 0, (16 if horizon < math.inf else limit)  # (no horizon: every step runs)
-        while done < limit:
-            m = min(window, limit - done)
-            prices = cost.decode_run(n, context + n * (done + 1), m)
-            delays = [host + p[0] for p in prices]
-            ends = list(accumulate(delays, initial=t))  # ends[j]: step j's decision (j < m), step j's end (j > 0)
-            cut = bisect_left(ends, horizon, 1, m + 1) - 1 if strict else bisect_left(ends, horizon, 0, m)
-            decided_l += ends[:cut]
-            start_l += [x + host for x in ends[:cut]]
-            end_l += ends[1:cut + 1]
-            delay_l += delays[:cut]
-            price_l += prices[:cut]
-            if cut < m:
-                break
-            t = ends[m]
-            done += m
-            window *= 2
-        host_l += [host] * len(end_l)
-        return decided_l, start_l, end_l, delay_l, host_l, price_l
-    window = limit  # steps priced in one call (no horizon: every step runs)
-    if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
-        window = 16 if decided_at is None or now <= decided_at else \
-            max(1, min(limit, int((horizon - decided_at) / (now - decided_at)) + 2))
-    prices = _prices(cost, reqs, base, context, limit, partial, chunk, window)
-    for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
-        if (t if decided_at is None else decided_at) >= horizon:
-            break
-        host, price = next(prices)
-        if decided_at is None:  # serial: decided as it starts, the host time first, then the device's
-            decided, start = t, t + host
-            delay = host + price[0]
-            end = t + delay
-            if strict and end >= horizon:
-                break
-        else:  # async: decided as the previous step started; on the device after it and after its host work
-            decided = decided_at
-            start = max(t, decided + host)  # the async loop's own expression
-            delay = (start - t) + price[0]
-            end = t + delay
-            decided_at = start
-        decided_l.append(decided)
-        start_l.append(start)
-        end_l.append(end)
-        delay_l.append(delay)
-        host_l.append(host)
-        price_l.append(price)
-        t = end
-    return decided_l, start_l, end_l, delay_l, host_l, price_l
-
-
 def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,
-            events: tuple | None = None) -> tuple[int, list[int], list[int] | None]:
+            events: tuple | None = None, finish_at: dict[int, list[int]] | None = None, left: list[int] | None = None,
+            ends: list[float] = (), finished: list[Request] | None = None) -> tuple[int, list[int], list[int] | None]:
     """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
     then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
     one's cached free blocks, else None; blocks that fill at step ``last_token`` are left to ``stretch_finish``).
+    ``finish_at``: step -> positions of the decodes whose last token it makes (``left``: each one's steps to it),
+    finished (onto ``finished``, their blocks freed) as it ends at ``ends[step - 1]``, in batch order, before the
+    next step's blocks.
     Only the steps where something changes are visited (``events``: ``_events`` over k steps or more, if found)."""
     bm = sched.bm
     caching = bm.caching
-    grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching)
+    finish_at = finish_at or {}
+    grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching, left)
     if partial is not None and caching:  # its chunk's blocks are noted as each step ends (``on_computed``)
         steps = range(1, k + 1)
     else:  # (``events`` may run past k)
-        steps = sorted(s for s in grows_at.keys() | fills_at.keys() | chunk_at.keys() if s <= k)
+        steps = sorted(s for s in grows_at.keys() | fills_at.keys() | chunk_at.keys() | finish_at.keys() if s <= k)
     chunk_from = partial.num_computed if partial is not None else 0
     used_l: list[int] = []
     cached_l: list[int] | None = [] if caching else None
@@ -327,6 +295,17 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                 if partial is not None:  # last in the batch: after the decodes
                     partial.num_computed = chunk_from + step * chunk
                     bm.on_computed(partial)
+        done = finish_at.get(step)
+        if done:
+            t = ends[step - 1]
+            for i in done:
+                r = reqs[i]
+                r.num_computed = base[i] + step
+                r.num_generated += step
+                r.token_times.extend(ends[:step])
+                sched._finish(r, t, finished)
+            used = bm.num_used
+        if caching:
             cached = bm.num_cached_free
         prev = step
     if k > prev:
@@ -336,11 +315,11 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     return k, used_l, cached_l
 
 
-def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int, fills: bool
-            ) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, int]]:
+def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int, fills: bool,
+            left: list[int] | None = None) -> tuple[dict[int, list[int]], dict[int, list[int]], dict[int, int]]:
     """Over steps 1..k: (step -> positions of decodes needing a block then, in running order; step -> positions
     whose block fills then, with ``fills`` (prefix caching shares it); step -> the chunked prompt's tokens then,
-    where it needs more blocks)."""
+    where it needs more blocks). ``left``: each decode's steps to its last token (none after it)."""
     bs = bm.block_size
     grows_at: dict[int, list[int]] = {}
     fills_at: dict[int, list[int]] = {}
@@ -348,7 +327,7 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
     if min(firsts, default=k + 1) <= k:
         for i, first in enumerate(firsts):
             if first <= k:
-                for step in range(first, k + 1, bs):
+                for step in range(first, (min(k, left[i]) if left else k) + 1, bs):
                     grows_at.setdefault(step, []).append(i)
     if fills:
         notes = bm.notes_computed
@@ -384,44 +363,3 @@ def _steps_with_blocks(bm: Any, k: int, partial: Any, events: tuple) -> int:
             return step - 1
         free -= need
     return k
-
-
-def _light(reqs: list, base: list[int], context: int) -> Batch:
-    """A decode batch of ``reqs`` over ``base`` computed tokens, for pricing (only its aggregates are read)."""
-    light = Batch.__new__(Batch)
-    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
-    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, len(reqs), context
-    return light
-
-
-def _prices(cost: Any, reqs: list, base: list[int], context: int, limit: int, partial: Any, chunk: int,
-            window: int = 16) -> Iterator[tuple[float, tuple]]:
-    """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
-    call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
-    ``window`` steps, doubling: every step at once where no arrival can stop the stretch); chunks per step."""
-    n = len(reqs)
-    light = _light(reqs, base, context)  # re-priced per step: only its aggregates (and the chunk's context) change
-    if partial is not None:
-        light.entries.append((partial, chunk, partial.num_computed))
-        light.num_prefill_tokens = chunk
-    elif hasattr(cost, "decode_run"):
-        host = cost.host_time(light)
-        done = 0
-        while done < limit:
-            m = min(window, limit - done)
-            yield from zip(repeat(host), cost.decode_run(n, context + n * (done + 1), m))
-            done += m
-            window *= 2
-        return
-    ctx, cached = context, partial.num_computed if partial is not None else 0
-    for _ in range(limit):
-        ctx += n
-        light.decode_context = ctx
-        if partial is not None:
-            light.prefill_items = [BatchItem(partial, chunk, cached)]
-            cached += chunk
-        yield cost.host_time(light), cost.stage_cost(light, 0)
-
-
-def _first(entry: tuple) -> int:
-    return entry[0]

@@ -1,0 +1,140 @@
+"""A decode stretch's step times (``sim.serving.stretch``): each step priced and timed as the engine loop would.
+
+A stretch's steps come in runs with the same requests (``pieces``: requests drop out as they finish); each run is
+priced a window at a time (``decode_run`` of the roofline and kernels models) or per step, and its steps are timed
+in the serial or the async loop's float expressions, up to the step that an arrival would change.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from collections.abc import Iterator
+from itertools import accumulate, repeat
+from typing import Any
+
+from sim.batch import Batch, BatchItem
+
+
+def pieces(reqs: list, base: list[int], left: list[int], stops: list[int], seen: list[tuple]) -> Iterator[tuple]:
+    """The stretch's runs of steps with the same requests, lazily (a stretch seldom reaches its last), each also
+    appended to ``seen``: (the last step of each, its requests, their computed tokens before the stretch, the sum
+    of those), each run's requests those with steps ``left`` past the one before."""
+    alive, prev = range(len(reqs)), 0
+    for stop in stops:
+        if prev:
+            alive = [i for i in alive if left[i] > prev]
+            b = [base[i] for i in alive]
+            piece = (stop, [reqs[i] for i in alive], b, sum(b))
+        else:
+            piece = (stop, reqs, base, sum(base))
+        seen.append(piece)
+        yield piece
+        prev = stop
+
+
+def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chunk: int, now: float,
+           decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
+    """Each step's (decided, start, end, delay, host time, (device time, FLOPs, bytes)) lists, in the engine loop's
+    float expressions, up to the horizon: serial (``decided_at`` None), a step is decided as it starts and the
+    stretch stops before one decided at or after ``horizon`` (``strict``: one ending at or after it); async, a step
+    is decided as the previous one starts and overlaps its host time with it. ``pieces``: ``pieces``."""
+    decided_l: list[float] = []
+    start_l: list[float] = []
+    end_l: list[float] = []
+    delay_l: list[float] = []
+    host_l: list[float] = []
+    price_l: list[tuple] = []
+    t = now
+    if decided_at is None and partial is None and hasattr(cost, "decode_run"):  # a window at a time
+        done, window = 0, (16 if horizon < math.inf else limit)  # (no horizon: every step runs)
+        for stop, alive, abase, total in pieces:
+            n = len(alive)
+            host = cost.host_time(light_batch(alive, abase, total + n * done))
+            while done < stop:
+                m = min(window, stop - done)
+                prices = cost.decode_run(n, total + n * (done + 1), m)
+                delays = [host + p[0] for p in prices]
+                ends = list(accumulate(delays, initial=t))  # ends[j]: step j's decision (j < m), step j's end (j > 0)
+                cut = bisect_left(ends, horizon, 1, m + 1) - 1 if strict else bisect_left(ends, horizon, 0, m)
+                decided_l += ends[:cut]
+                start_l += [x + host for x in ends[:cut]]
+                end_l += ends[1:cut + 1]
+                delay_l += delays[:cut]
+                price_l += prices[:cut]
+                host_l += [host] * cut
+                if cut < m:
+                    return decided_l, start_l, end_l, delay_l, host_l, price_l
+                t = ends[m]
+                done += m
+                window *= 2
+        return decided_l, start_l, end_l, delay_l, host_l, price_l
+    window = limit  # steps priced in one call (no horizon: every step runs)
+    if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
+        window = 16 if decided_at is None or now <= decided_at else \
+            max(1, min(limit, int((horizon - decided_at) / (now - decided_at)) + 2))
+    prices = _prices(cost, pieces, partial, chunk, window)
+    for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
+        if (t if decided_at is None else decided_at) >= horizon:
+            break
+        host, price = next(prices)
+        if decided_at is None:  # serial: decided as it starts, the host time first, then the device's
+            decided, start = t, t + host
+            delay = host + price[0]
+            end = t + delay
+            if strict and end >= horizon:
+                break
+        else:  # async: decided as the previous step started; on the device after it and after its host work
+            decided = decided_at
+            start = max(t, decided + host)  # the async loop's own expression
+            delay = (start - t) + price[0]
+            end = t + delay
+            decided_at = start
+        decided_l.append(decided)
+        start_l.append(start)
+        end_l.append(end)
+        delay_l.append(delay)
+        host_l.append(host)
+        price_l.append(price)
+        t = end
+    return decided_l, start_l, end_l, delay_l, host_l, price_l
+
+
+def light_batch(reqs: list, base: list[int], context: int) -> Batch:
+    """A decode batch of ``reqs`` over ``base`` computed tokens, for pricing (only its aggregates are read)."""
+    light = Batch.__new__(Batch)
+    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
+    light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, len(reqs), context
+    return light
+
+
+def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16
+            ) -> Iterator[tuple[float, tuple]]:
+    """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
+    call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
+    ``window`` steps, doubling: every step at once where no arrival can stop the stretch); chunks per step.
+    ``pieces``: ``pieces`` (a chunk stretch has one)."""
+    done = 0
+    for stop, alive, abase, total in pieces:
+        n = len(alive)
+        light = light_batch(alive, abase, total + n * done)  # re-priced per step: only its aggregates change
+        if partial is not None:
+            light.entries.append((partial, chunk, partial.num_computed))
+            light.num_prefill_tokens = chunk
+        elif hasattr(cost, "decode_run"):
+            host = cost.host_time(light)
+            while done < stop:
+                m = min(window, stop - done)
+                yield from zip(repeat(host), cost.decode_run(n, total + n * (done + 1), m))
+                done += m
+                window *= 2
+            continue
+        ctx, cached = total + n * done, partial.num_computed if partial is not None else 0
+        for _ in range(stop - done):
+            ctx += n
+            light.decode_context = ctx
+            if partial is not None:
+                light.prefill_items = [BatchItem(partial, chunk, cached)]
+                cached += chunk
+            yield cost.host_time(light), cost.stage_cost(light, 0)
+        done = stop
