@@ -64,16 +64,24 @@ class StretchSteps:
         (then no waiting request can be admitted, whatever arrives)."""
         return self.admits_after_decodes and self.token_budget is not None and num_decodes + chunk >= self.token_budget
 
+    #: whether ``_head_tokens`` counts a preempted first waiting request's own cached blocks as ``_form_batch`` does
+    #: (then a decode stretch may run while such a request is held back: ``waiting_head_blocked``)
+    head_tokens_count_hit = False
+
     def waiting_head_blocked(self) -> bool:
         """Whether the first waiting request cannot be admitted next to the running decodes (batch cap or KV): it
         stays so while decodes only grow, and later arrivals queue behind it (FCFS), so a decode stretch may go on
-        past them. With prefix caching only for a request declaring no reuse and never preempted: its hit is none
-        and stays none (and asking looks nothing up), where another's could grow as running requests register
-        blocks, and looking it up registers blocks computed so far (the order in which they register matters)."""
+        past them. With prefix caching only for a request declaring no reuse: never preempted, its hit is none and
+        stays none (and asking looks nothing up), where another's could grow as running requests register blocks,
+        and looking it up registers blocks computed so far (the order in which they register matters). Preempted
+        (``head_tokens_count_hit``), it finds only its own blocks, listed together, tail first, when it was
+        preempted: a stretch's decodes take a free block each and evict those (tail first) only as they take
+        them, so what it needs falls by at most what is free falls by, and it stays held back."""
         if not self.waiting:
             return False
         head = self.waiting[0]
-        if self.bm.caching and (head.prefix is not None or head.last_blocks is not None):
+        if self.bm.caching and (head.prefix is not None
+                                or (head.last_blocks is not None and not self.head_tokens_count_hit)):
             return False
         return not self._can_admit(head, self._head_tokens(head))
 

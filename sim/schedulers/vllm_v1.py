@@ -49,10 +49,14 @@ class VLLMV1Scheduler(Scheduler):
         running request comes after it: that one would get no budget)."""
         return self.token_budget - num_decodes if self.running[-1] is partial else 0
 
+    head_tokens_count_hit = True
+
     def _head_tokens(self, head: Request) -> int | None:
-        """The first waiting request is admitted for the tokens the budget leaves after the decodes (its first
-        chunk), less a cached prefix (none where ``waiting_head_blocked`` asks)."""
-        return min(head.num_pending, self.token_budget - len(self.running))
+        """The first waiting request is admitted for its cached prefix (``waiting_head_blocked`` asks only where
+        that is a preempted request's own blocks, or none) and the tokens the budget leaves after the decodes (its
+        first chunk), as ``_form_batch`` admits it."""
+        hit = self.bm.prefix_hit(head)
+        return hit + min(head.num_pending - hit, self.token_budget - len(self.running))
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes: list[BatchItem] = []

@@ -375,3 +375,27 @@ def test_a_run_whose_replicas_tie_after_stretches_is_run_again_without_them(monk
     a, b = (json.dumps({k: v for k, v in r.summary.items() if k != "versions"}, sort_keys=True, default=str)
             for r in (fast, ref))
     assert a == b
+
+
+@pytest.mark.parametrize("loop", [None, AsyncReplica])
+def test_a_stretch_runs_while_a_preempted_request_that_shares_nothing_is_held_back(monkeypatch, loop):
+    # vLLM V1 with prefix caching, 14 blocks of 4 tokens: C is preempted and waits with its own cached blocks; it
+    # cannot be admitted next to A's and B's decodes (its hit counts against the free blocks), and stays so while
+    # they decode (they take a free block each, evicting C's tail first), so a stretch runs while C waits
+    held: list[bool] = []
+    real = stretch.run_stretch
+
+    def spy(replica, *a):
+        waiting = replica.scheduler.waiting
+        head_preempted = bool(waiting) and waiting[0].num_preemptions > 0
+        done = real(replica, *a)
+        if done is not None:
+            held.append(head_preempted)
+        return done
+    spec = [(0.0, 8, 20), (0.0, 8, 12), (0.0, 8, 20)]
+    ref = _run(monkeypatch, spec, "vllm_v1", stretches=False, blocks=14, block_size=4, caching=True, budget=64,
+               loop=loop)
+    monkeypatch.setattr(stretch, "run_stretch", spy)
+    fast = _run(monkeypatch, spec, "vllm_v1", blocks=14, block_size=4, caching=True, budget=64, loop=loop)
+    assert fast[:4] == ref[:4] and ref[3] == 1
+    assert any(held)
