@@ -25,7 +25,10 @@ its wall time over the roofline's (target: within 1.5x); building the model
 included: what a user waits for) of this tree and of another checkout of the project (a git worktree of an
 older commit), interleaved (this, old, old, this, ...) on one trace file written here, beside this tree's
 in-process time; it prints each side's median and the ratio. Only the interleaved ratio means anything on a
-loaded machine. Issue 34 measured against commit 2f6ebbd (the code timed beside Vidur):
+loaded machine. Both trees' packages are byte-compiled first, as ``pip install`` leaves them and as Python caches
+them on a first run; ``--from-source`` removes their caches instead, so that every process compiles every module
+(as a checkout runs where PYTHONDONTWRITEBYTECODE is set, as on the project's VM: some 0.15-0.2 s a process).
+Issue 34 measured against commit 2f6ebbd (the code timed beside Vidur):
 
     git worktree add /tmp/servesim-2f6ebbd 2f6ebbd
     python benchmarks/sim_speed.py --ab /tmp/servesim-2f6ebbd --repeats 3
@@ -41,7 +44,9 @@ timed with ``/usr/bin/time -v`` for wall time and peak memory, interleaved with 
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -90,16 +95,32 @@ def cli_seconds(tree: Path, trace: Path, scheduler: str, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int) -> None:
-    """Whole-process time of this tree against ``old``, interleaved, beside this tree's in-process time."""
+def bytecode(tree: Path, compiled: bool) -> None:
+    """Byte-compile ``tree``'s ``sim`` package, as ``pip install`` does (and as Python caches it on a first run
+    unless PYTHONDONTWRITEBYTECODE is set, as on this VM), or remove its caches, so that every process compiles
+    every module from source."""
+    pkg = tree / "sim"
+    if compiled:
+        compileall.compile_dir(pkg, quiet=1)
+    else:
+        for cache in list(pkg.rglob("__pycache__")):
+            shutil.rmtree(cache)
+
+
+def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int, compiled: bool = True) -> None:
+    """Whole-process time of this tree against ``old``, interleaved, beside this tree's in-process time; both trees
+    byte-compiled first, or both run from source (``compiled`` False)."""
     from sim.workload.trace import write_trace
 
+    for tree in (ROOT, old):
+        bytecode(tree, compiled)
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.jsonl"
         write_trace(trace, generate_trace(n, arrival="poisson", qps=qps, lengths_from=LENGTHS,
                                           max_total_tokens=4096, seed=0))
         print(f"A/B: this tree ({ROOT}) against {old}: {n} requests, whole `servesim simulate` processes with --out, "
-              f"interleaved, {repeats} of each; medians")
+              f"interleaved, {repeats} of each; medians; both trees "
+              + ("byte-compiled first (as installed)" if compiled else "run from source (every process compiles)"))
         print(f"{'scheduler':<20}{'in-process s':>14}{'CLI s (this)':>14}{'CLI s (old)':>13}{'this/old':>10}")
         ratios = []
         for sched in schedulers:
@@ -177,6 +198,9 @@ def main() -> None:
     ap.add_argument("--ab", type=Path, default=None, metavar="OLD_TREE",
                     help="time whole CLI processes of this tree against another checkout, interleaved (and stop)")
     ap.add_argument("--repeats", type=int, default=3, help="--ab, --caching-overhead: runs of each side")
+    ap.add_argument("--from-source", action="store_true",
+                    help="--ab: remove both trees' bytecode caches first, so every process compiles every module (as "
+                         "a checkout runs with PYTHONDONTWRITEBYTECODE=1); default: byte-compile both first")
     ap.add_argument("--caching-overhead", action="store_true",
                     help="vllm_v1 with prefix caching on over off on requests sharing nothing (and stop)")
     ap.add_argument("--replica-stretches", type=int, default=0, metavar="R",
@@ -192,7 +216,7 @@ def main() -> None:
         caching_overhead(n, args.qps, args.repeats)
         return
     if args.ab is not None:
-        ab(args.ab.resolve(), n, args.qps, args.schedulers.split(","), args.repeats)
+        ab(args.ab.resolve(), n, args.qps, args.schedulers.split(","), args.repeats, not args.from_source)
         return
     print(f"lengths: {LENGTHS or 'generator sharegpt preset'}; arrivals: Poisson at {args.qps} req/s per replica")
     print(f"{'case':<34}{'wall s':>8}{'iterations':>12}{'sim out tok':>13}{'tok/wall s':>12}{'P99 TBT ms':>12}")
