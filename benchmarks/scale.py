@@ -83,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(trace {r['trace_s']} s), peak memory {gib:.2f} GiB{per}; TBT P99 {r['tbt_p99_s']:.4f} s "
               f"({r['tbt_from']})")
         if case == "million" and r["requests"] >= 1_000_000:
-            ok = r["wall_s"] <= MILLION_TARGET[0] and gib <= MILLION_TARGET[1]
-            print(f"  target (issue 34): at most {MILLION_TARGET[0]} s and {MILLION_TARGET[1]} GiB: "
-                  f"{'met' if ok else 'not met'}")
+            fast, small = r["wall_s"] <= MILLION_TARGET[0], gib <= MILLION_TARGET[1]
+            print(f"  target (issue 34): at most {MILLION_TARGET[0]} s: {'met' if fast else 'not met'}; at most "
+                  f"{MILLION_TARGET[1]} GiB ({MILLION_TARGET[1] * 1024:.0f} MiB; peak {r['peak_bytes'] / 2**20:,.0f} "
+                  f"MiB): {'met' if small else 'not met'}")
     return 0
 
 
