@@ -34,6 +34,7 @@ def deployments(draw):
     # several replicas: gaps that rarely line two replicas' step ends up (a tie leaves their rows' order open), none
     # zero (requests arriving together keep replicas from advancing apart, ``run_cluster``)
     gaps = [0.0, 0.0, 0.5, 1.0, 2.5, 4.0] if replicas == 1 else [0.3, 0.55, 1.1, 2.35, 4.05]
+    blocks = draw(st.integers(12, 60))
     t, reqs = 0.0, []
     for i in range(draw(st.integers(1, 14 * replicas))):
         t += draw(st.sampled_from(gaps))
@@ -41,9 +42,11 @@ def deployments(draw):
         shared = caching and draw(st.booleans())
         prefix = {"prefix_group": draw(st.integers(0, 1)), "prefix_len": draw(st.integers(1, prompt))} if shared \
             else None
-        reqs.append((i, t, prompt, draw(st.integers(1, 24)), prefix))
+        # servable: its whole sequence fits the cache (``simulate`` skips the others; alone, such a request is
+        # preempted and readmitted forever, stretches or not)
+        reqs.append((i, t, prompt, draw(st.integers(1, min(24, 4 * blocks - prompt))), prefix))
     return {"policy": policy, "caching": caching, "reqs": reqs,
-            "blocks": draw(st.integers(12, 60)), "max_batch": draw(st.integers(2, 16)),
+            "blocks": blocks, "max_batch": draw(st.integers(2, 16)),
             "budget": draw(st.integers(8, 48)) if policy in CHUNKING else None,
             "host": draw(st.sampled_from([0.0, 0.25])),
             "loop": AsyncReplica if policy in CHUNKING and draw(st.booleans()) else None,
@@ -70,7 +73,7 @@ def _outcome(d: dict, stretches: bool) -> tuple:
             [list(s.cached_free_log) for s in scheds], rec.ambiguous)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(d=deployments())
 def test_stretches_change_nothing_on_random_small_deployments(d):
     fast = _outcome(d, True)
