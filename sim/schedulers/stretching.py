@@ -123,11 +123,19 @@ class StretchSteps:
         tokens, and none of its blocks is noted for a prefix cache: finish those requests in batch order, as
         ``_advance`` would; returns them."""
         finished: list[Request] = []
-        for r in reqs:
-            if r.num_generated >= r.output_tokens:
-                self._finish(r, now, finished)
-        self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        self.stretch_finish_each([r for r in reqs if r.num_generated >= r.output_tokens], now, finished)
+        self.drop_finished()
         return finished
+
+    def stretch_finish_each(self, reqs: list[Request], now: float, finished: list[Request]) -> None:
+        """Finish ``reqs``, each advanced through its last token, which a stretch's step ending at ``now`` produced,
+        in batch order, as ``_advance`` would (onto ``finished``; ``running`` is left to ``drop_finished``)."""
+        for r in reqs:
+            self._finish(r, now, finished)
+
+    def drop_finished(self) -> None:
+        """Take the finished requests out of ``running`` (once, after a stretch that finished several)."""
+        self.running = [r for r in self.running if r.status is not Status.FINISHED]
 
     def take_batch_ids(self, k: int, cached_free: list[int] | None = None) -> int:
         """The first of ``k`` batch ids a stretch's steps take (with prefix caching: each step's cached free blocks)."""

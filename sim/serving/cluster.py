@@ -16,6 +16,7 @@ import gc
 import math
 from collections import deque
 from collections.abc import Callable
+from itertools import pairwise
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -245,7 +246,7 @@ def run_cluster(requests: list[Request], schedulers: list[Scheduler], cost: Cost
         # where over 1% of arrivals coincide (not a trace's clock resolution), none runs apart
         independent = (len(replicas) > 1 and independent_replicas and router_policy == "round_robin"
                        and on_finish is None
-                       and sum(a.arrival_time == b.arrival_time for a, b in zip(requests, requests[1:]))
+                       and sum(a.arrival_time == b.arrival_time for a, b in pairwise(requests))
                        <= len(requests) // 100)
         rec.time_order = independent
         for rep in replicas:

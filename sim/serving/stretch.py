@@ -181,7 +181,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     reqs = [r for r in sched.running if r is not partial] if partial is not None else sched.running
     base = [r.num_computed for r in reqs]
     left = [r.output_tokens - r.num_generated for r in reqs]
-    # on through finishes: after a step that finishes requests the batch is again every remaining decode while
+    # onward through finishes: after a step that finishes requests the batch is again every remaining decode while
     # nothing waits (FasterTransformer: until its batch is empty), nothing arrives (the horizon) and no finishing
     # request's blocks are noted for the prefix cache
     onward = (through and partial is None and (type(sched) in WAITING_BLIND and blind or not (sched.waiting or full))
@@ -242,7 +242,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     if ending and not onward:
         finished = sched.stretch_finish(reqs, t, partial, chunk) if noted else sched.stretch_finished(reqs, t)
     elif finished:
-        sched.running = [r for r in sched.running if r.status is not Status.FINISHED]
+        sched.drop_finished()
     if finished:
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
@@ -251,7 +251,8 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
 
 def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,
             events: tuple | None = None, finish_at: dict[int, list[int]] | None = None, left: list[int] | None = None,
-            ends: list[float] = (), finished: list[Request] | None = None) -> tuple[int, list[int], list[int] | None]:
+            ends: list[float] | None = None, finished: list[Request] | None = None
+            ) -> tuple[int, list[int], list[int] | None]:
     """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
     then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
     one's cached free blocks, else None; blocks that fill at step ``last_token`` are left to ``stretch_finish``).
@@ -297,13 +298,13 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                     bm.on_computed(partial)
         done = finish_at.get(step)
         if done:
-            t = ends[step - 1]
+            known = ends[:step]
             for i in done:
                 r = reqs[i]
                 r.num_computed = base[i] + step
                 r.num_generated += step
-                r.token_times.extend(ends[:step])
-                sched._finish(r, t, finished)
+                r.token_times.extend(known)
+            sched.stretch_finish_each([reqs[i] for i in done], ends[step - 1], finished)
             used = bm.num_used
         if caching:
             cached = bm.num_cached_free

@@ -34,11 +34,12 @@ def pieces(reqs: list, base: list[int], left: list[int], stops: list[int], seen:
 
 
 def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chunk: int, now: float,
-           decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
+               decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
     """Each step's (decided, start, end, delay, host time, (device time, FLOPs, bytes)) lists, in the engine loop's
     float expressions, up to the horizon: serial (``decided_at`` None), a step is decided as it starts and the
     stretch stops before one decided at or after ``horizon`` (``strict``: one ending at or after it); async, a step
-    is decided as the previous one starts and overlaps its host time with it. ``pieces``: ``pieces``."""
+    is decided as the previous one starts and overlaps its host time with it. ``pieces``: what ``pieces``
+    yields, up to step ``limit``."""
     decided_l: list[float] = []
     start_l: list[float] = []
     end_l: list[float] = []
