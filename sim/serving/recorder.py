@@ -127,14 +127,17 @@ class Recorder:
         counts = np.array([r[4] for r in runs], dtype=np.int64)
         total = int(counts.sum())
 
-        def column(i: int) -> np.ndarray:  # a list per stretch, its k values from lo each
-            return np.fromiter(chain.from_iterable(islice(r[i], r[15], r[15] + r[4]) for r in runs), float, total)
+        def steps(r: tuple, i: int) -> islice:  # a stretch's list i, its k values from lo
+            return islice(r[i], r[15], r[15] + r[4])
+
+        def column(i: int) -> np.ndarray:
+            return np.fromiter(chain.from_iterable(steps(r, i) for r in runs), float, total)
 
         def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
             return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
         replica = each(2)
         batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        prices = np.fromiter(chain.from_iterable(chain.from_iterable(islice(r[14], r[15], r[15] + r[4]) for r in runs)), float,
+        prices = np.fromiter(chain.from_iterable(chain.from_iterable(steps(r, 14) for r in runs)), float,
                              3 * total).reshape(total, 3)
         ends = column(11)
         stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),
