@@ -210,7 +210,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     chunk_from = partial.num_computed if partial is not None else 0
     finished: list[Request] = []
     k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events,
-                                  finish_at, onward and left, end_l, finished)
+                                  finish_at, left if onward else None, end_l, finished)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
