@@ -40,8 +40,8 @@ from sim import metrics
 from sim.batch import Batch
 from sim.catalog.models import ModelSpec
 from sim.kv.block_manager import blocks_for
+from sim.kv.cache_stats import cache_summary
 from sim.kv.memory import DEFAULT_MAX_BATCHED_TOKENS
-from sim.kv.prefix_cache import cache_summary
 from sim.request import Request, TraceRequest
 from sim.serving.recorder import STAGE_FIELDS
 from sim.serving.frontend import PRESETS

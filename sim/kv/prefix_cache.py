@@ -16,36 +16,16 @@ blocks are freed (and stay cached until evicted).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
 from sim.kv.block_manager import BlockManager, KVCacheError
+from sim.kv.cache_stats import PrefixCacheStats
 from sim.kv.key_index import KeyIndex, KeyRuns, LRUList, decode
 from sim.kv.prefix_keys import NO_KEY, blocks_per_hash_id, own_key, own_keys, shared_keys
 from sim.request import Request, Status
 
 NO_BLOCKS = np.zeros(0, dtype=np.int64)  # a lookup that found nothing
 NO_RUNS = KeyRuns(np.zeros(0, dtype=np.int64))  # the shared keys of a request that shares nothing (never written)
-
-
-@dataclass
-class PrefixCacheStats:
-    """Counters for the summary: what admissions asked for, what they found, what was evicted."""
-
-    queried_tokens: int = 0   # prompt tokens of every first admission
-    hit_tokens: int = 0       # of which found in the cache
-    queried_blocks: int = 0   # full prompt blocks of every first admission
-    hit_blocks: int = 0
-    recompute_hit_tokens: int = 0  # tokens a preempted request found again when re-admitted (its own, mostly)
-    evictions: int = 0        # cached blocks given to another use
-
-    def as_dict(self) -> dict:
-        """The counters with hit rates (None before any lookup)."""
-        d = asdict(self)
-        d["hit_rate_tokens"] = self.hit_tokens / self.queried_tokens if self.queried_tokens else None
-        d["hit_rate_blocks"] = self.hit_blocks / self.queried_blocks if self.queried_blocks else None
-        return d
 
 
 class CachingBlockManager(BlockManager):
@@ -56,7 +36,9 @@ class CachingBlockManager(BlockManager):
     request at a time; a request's block table is a view of its block-id array (``block_ids``), not a
     list (a list of a long prompt's block ids cost more to build and free than all the rest), except for
     requests that share nothing (``skip_no_reuse``): their tables are lists beside the array, so that a
-    decode's new block is appended rather than a new view made.
+    decode's new block is appended rather than a new view made. Nobody else can hold such a request's blocks (they
+    hold no shared key), so their references are not counted: 0 in ``_refs`` while it holds them, 1 in truth
+    (``references``). Writing and clearing a count per block cost more than all the rest of its bookkeeping.
     """
 
     caching = True
@@ -99,8 +81,12 @@ class CachingBlockManager(BlockManager):
         return self._next - len(self._recycled) - self.num_cached_free
 
     def references(self, block: int) -> int:
-        """How many running requests hold ``block`` (0: free)."""
-        return int(self._refs[block])
+        """How many running requests hold ``block`` (0: free). For checks (a free block is searched for): a block
+        held by a table that is a list is not counted in ``_refs`` (the class docstring)."""
+        n = int(self._refs[block])
+        if n or block >= self._next or block in self._recycled or block in self._lru.listed():
+            return n
+        return 1
 
     def is_cached(self, block: int) -> bool:
         """Whether ``block`` holds a registered key (referenced or on the LRU list; a running request's own
@@ -194,13 +180,15 @@ class CachingBlockManager(BlockManager):
             st.hit_blocks += min(len(hit), request.prompt_tokens // bs)
         else:  # a re-admission may find its prompt and the answer computed so far
             st.recompute_hit_tokens += len(hit) * bs
+        listed = self.skip_no_reuse and not request.num_shared_blocks  # its table a list (the class docstring)
         if len(hit):
             cached_free = hit[self._refs[hit] == 0]  # they leave the LRU list
             self._lru.remove(cached_free)
             self.num_cached_free -= len(cached_free)
             self._hit_off += len(cached_free)
-            self._refs[hit] += 1
-        if self.skip_no_reuse and not request.num_shared_blocks:  # a list, no buffer (the class docstring)
+            if not listed:  # (a list's blocks are not counted)
+                self._refs[hit] += 1
+        if listed:  # a list, no buffer
             request.block_ids, request.block_table = None, hit.tolist()
         else:
             request.block_ids = hit  # its buffer, holding the hit blocks (grown below)
@@ -222,9 +210,10 @@ class CachingBlockManager(BlockManager):
         if need == 1 and (recycled or self.num_cached_free or self._next < self.num_blocks):  # a decode's next block
             b = self._one_block()
             ids = request.block_ids
-            if ids is None and self.skip_no_reuse:  # a list (``admit``)
+            if ids is None and self.skip_no_reuse:  # a list (``admit``): not counted
                 table.append(b)
                 return
+            self._refs[b] = 1
             if ids is None or len(ids) <= start:
                 ids = self._ids(request, start + 1)
             ids[start] = b
@@ -243,8 +232,7 @@ class CachingBlockManager(BlockManager):
             if need - take - fresh:
                 front, keyed = self._take(need - take - fresh)
                 new += front + keyed.tolist()
-            refs[np.fromiter(new, np.int64, need)] = 1
-            table.extend(new)
+            table.extend(new)  # (not counted)
             return
         ids = self._ids(request, start + need)
         take = min(need, len(recycled))
@@ -287,8 +275,8 @@ class CachingBlockManager(BlockManager):
                 r.block_table.append(one())
 
     def _one_block(self) -> int:
-        """A free block, referenced once: never-cached first, else the least recently freed cached one (``_evict``
-        for one, without numpy calls: a decode's block, the hot path)."""
+        """A free block, never-cached first, else the least recently freed cached one (``_evict`` for one, without
+        numpy calls: a decode's block, the hot path); the caller counts its reference where it does."""
         if self._recycled:
             b = self._recycled.pop()
         elif self._next < self.num_blocks:
@@ -301,7 +289,6 @@ class CachingBlockManager(BlockManager):
                 b = ~b
             else:
                 self._key[b] = NO_KEY  # its index entry goes stale
-        self._refs[b] = 1
         return b
 
     @staticmethod
@@ -400,7 +387,6 @@ class CachingBlockManager(BlockManager):
         if request.prefix_keys is not None and not anonymous:  # its own blocks too
             self._register(request)
         if len(table) and anonymous:  # it alone held them (``_anonymous``): its full computed ones stay cached, keyless
-            self._refs[np.fromiter(table, np.int64, len(table))] = 0  # (3x faster than indexing by the list)
             if request.num_hashed_blocks:  # own blocks it hit again after a preemption: their keys go too
                 self._key[table[:request.num_hashed_blocks]] = NO_KEY
             done = max(request.num_hashed_blocks, min(request.num_key_blocks, request.num_computed // self.block_size))
@@ -410,9 +396,13 @@ class CachingBlockManager(BlockManager):
             self.num_cached_free += done
             self._listed += done
         elif len(table):
-            idx, refs = self._ids_of(request)[len(table) - 1::-1], self._refs
-            refs[idx] = left = refs[idx] - 1
-            if np.count_nonzero(left) or request in self._twinned:  # others hold some, or twins left some uncached
+            uncounted = type(table) is list and self.skip_no_reuse  # it alone holds them (the class docstring)
+            idx = np.array(table[::-1], dtype=np.int64) if uncounted else self._ids_of(request)[len(table) - 1::-1]
+            shared = False  # others hold some, or twins left some uncached
+            if not uncounted:
+                self._refs[idx] = left = self._refs[idx] - 1
+                shared = bool(np.count_nonzero(left)) or request in self._twinned
+            if shared:
                 self._twinned.discard(request)
                 released = idx[left == 0]  # blocks another request holds stay put
                 cached = self._key[released] != NO_KEY
@@ -433,17 +423,3 @@ class CachingBlockManager(BlockManager):
         request.prefix_lookup = None
         if request.status is Status.FINISHED:
             request.prefix_keys = None  # its keys are needed only while it runs
-
-
-def cache_summary(managers: list[CachingBlockManager], occupancy: list[list[int]]) -> dict:
-    """summary.json's ``prefix_cache``: totals over replicas, each replica's hit rate and evictions, occupancy."""
-    total = PrefixCacheStats()
-    for m in managers:
-        for k, v in asdict(m.stats).items():
-            setattr(total, k, getattr(total, k) + v)
-    occ = np.concatenate([np.asarray(log, dtype=np.int64) for log in occupancy] or [np.zeros(0, np.int64)])
-    return {"enabled": True, **total.as_dict(),
-            "cached_free_blocks_mean": float(occ.mean()) if len(occ) else 0.0,
-            "cached_free_blocks_max": int(occ.max()) if len(occ) else 0,
-            "replicas": [{"hit_rate_tokens": m.stats.as_dict()["hit_rate_tokens"], "evictions": m.stats.evictions}
-                         for m in managers]}

@@ -19,7 +19,8 @@ from sim.cost.interface import CostModel
 from sim.gap_log import EXACT_LIMIT, GapLog
 from sim.kv.block_manager import BlockManager
 from sim.kv.memory import InfeasibleConfigError, MemoryPlan, plan_memory
-from sim.kv.prefix_cache import CachingBlockManager, cache_summary
+from sim.kv.cache_stats import cache_summary
+from sim.kv.prefix_cache import CachingBlockManager
 from sim.request import Request, TraceRequest
 from sim.schedulers import Scheduler, SchedulerConfig, make_scheduler, scheduler_class
 from sim.schedulers.base import FOLD_EVERY_TOKENS, KV_RESERVATIONS

@@ -264,7 +264,8 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     caching = bm.caching
     finish_at = finish_at or {}
     grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching, left)
-    if partial is not None and caching:  # its chunk's blocks are noted as each step ends (``on_computed``)
+    notes_partial = partial is not None and caching and bm.notes_computed(partial)
+    if notes_partial:  # its chunk's blocks are noted as each step ends (``on_computed``)
         steps = range(1, k + 1)
     else:  # (``events`` may run past k)
         steps = sorted(s for s in grows_at.keys() | fills_at.keys() | chunk_at.keys() | finish_at.keys() if s <= k)
@@ -293,7 +294,7 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                     r = reqs[i]
                     r.num_computed = base[i] + step
                     bm.on_computed(r)
-                if partial is not None:  # last in the batch: after the decodes
+                if partial is not None and notes_partial:  # last in the batch: after the decodes
                     partial.num_computed = chunk_from + step * chunk
                     bm.on_computed(partial)
         done = finish_at.get(step)

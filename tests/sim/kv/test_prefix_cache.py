@@ -179,13 +179,21 @@ def reuse_scenarios(draw):
 def _check_manager(bm: CachingBlockManager, running: list[Request]) -> bool:
     """No block both free and referenced; references = holders; free count = unreferenced blocks; every
     unreferenced block ever used is either recycled (no key) or cached (on the LRU list, as many as counted: with a
-    key, or without one when a finished request that shared nothing left it, ``CachingBlockManager._anonymous``)."""
+    key, or without one when a finished request that shared nothing left it, ``CachingBlockManager._anonymous``).
+    ``_refs`` counts the holders whose tables are arrays (a list's blocks are its own, uncounted)."""
     refs = np.zeros(bm.num_blocks, dtype=np.int64)
+    counted = np.zeros(bm.num_blocks, dtype=np.int64)
     for r in running:
         np.add.at(refs, r.block_table, 1)
+        if type(r.block_table) is not list:
+            np.add.at(counted, r.block_table, 1)
+        elif len(r.block_table) and refs[r.block_table].max() > 1:  # a list's blocks are held by it alone
+            return False
     free = set(bm._recycled) | set(range(bm._next, bm.num_blocks))
     cached = [b for b in range(bm._next) if refs[b] == 0 and b not in free]
-    return (np.array_equal(refs, bm._refs) and all(refs[b] == 0 and not bm.is_cached(b) for b in bm._recycled)
+    held = np.flatnonzero(refs)
+    return (np.array_equal(counted, bm._refs) and all(bm.references(int(b)) == refs[b] for b in held)
+            and all(refs[b] == 0 and not bm.is_cached(b) for b in bm._recycled)
             and bm.num_free == int((refs == 0).sum()) and len(free) == len(bm._recycled) + bm.num_blocks - bm._next
             and sorted(cached) == sorted(bm._lru.listed().tolist()) and len(cached) == bm.num_cached_free)
 
