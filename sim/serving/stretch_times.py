@@ -48,6 +48,11 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
     price_l: list[tuple] = []
     t = now
     if decided_at is None and partial is None and hasattr(cost, "decode_run"):  # a window at a time
+        if horizon == math.inf:  # every step runs: every run priced in one call
+            host_l, price_l = _every_step(cost, pieces)
+            delay_l = [h + p[0] for h, p in zip(host_l, price_l)]
+            ends = list(accumulate(delay_l, initial=t))
+            return ends[:-1], [x + h for x, h in zip(ends, host_l)], ends[1:], delay_l, host_l, price_l
         done, window = 0, (16 if horizon < math.inf else limit)  # (no horizon: every step runs)
         for stop, alive, abase, total in pieces:
             n = len(alive)
@@ -74,7 +79,7 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
     if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
         window = 16 if decided_at is None or now <= decided_at else \
             max(1, min(limit, int((horizon - decided_at) / (now - decided_at)) + 2))
-    prices = _prices(cost, pieces, partial, chunk, window)
+    prices = _prices(cost, pieces, partial, chunk, window, horizon == math.inf)
     for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
         if (t if decided_at is None else decided_at) >= horizon:
             break
@@ -109,12 +114,30 @@ def light_batch(reqs: list, base: list[int], context: int) -> Batch:
     return light
 
 
-def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16
+def _every_step(cost: Any, pieces: Iterator[tuple]) -> tuple[list[float], list[tuple]]:
+    """Every step's host time and (device time, FLOPs, bytes) of a decode-only stretch that runs them all: every
+    run's steps priced in one call (``decode_runs`` where the model has it, else ``decode_run`` per run)."""
+    hosts: list[float] = []
+    runs: list[tuple[int, int, int]] = []
+    done = 0
+    for stop, alive, abase, total in pieces:
+        n = len(alive)
+        hosts += [cost.host_time(light_batch(alive, abase, total + n * done))] * (stop - done)
+        runs.append((n, total + n * (done + 1), stop - done))
+        done = stop
+    many = getattr(cost, "decode_runs", None)
+    return hosts, many(runs) if many is not None else [p for run in runs for p in cost.decode_run(*run)]
+
+
+def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16, every: bool = False
             ) -> Iterator[tuple[float, tuple]]:
     """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
     call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
-    ``window`` steps, doubling: every step at once where no arrival can stop the stretch); chunks per step.
-    ``pieces``: ``pieces`` (a chunk stretch has one)."""
+    ``window`` steps, doubling; ``every``: all steps run, every run priced at once, ``_every_step``); chunks per
+    step. ``pieces``: ``pieces`` (a chunk stretch has one)."""
+    if every and partial is None and hasattr(cost, "decode_run"):
+        yield from zip(*_every_step(cost, pieces))
+        return
     done = 0
     for stop, alive, abase, total in pieces:
         n = len(alive)

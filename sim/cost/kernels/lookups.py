@@ -208,6 +208,53 @@ class DecodeAttention:
         a = self._row_array(i, v, s0)
         return a + w * (self._row_array(j, v, s1) - a)
 
+    def run_many(self, ns: list[int], contexts: np.ndarray, counts: list[int]) -> np.ndarray:
+        """``run_array`` of several runs in one pass: ``counts[r]`` total contexts of ``contexts`` with ``ns[r]``
+        decodes each, run after run (a stretch's runs of steps, one per set of requests; the same operations element
+        by element, each run's rows and blend picked per element)."""
+        rows = [self._rows.get(n) or self._rows_of(n) for n in ns]
+        ru = np.asarray(self.grid.rows_u, dtype=float)
+        kind = np.repeat(np.array([r[0] for r in rows], dtype=np.int64), counts)
+        i = np.repeat(np.array([r[1] for r in rows], dtype=np.int64), counts)
+        j = np.repeat(np.array([r[2] if r[0] == 2 else r[1] for r in rows], dtype=np.int64), counts)
+        u = np.repeat(np.array([r[3] for r in rows], dtype=float), counts)
+        v = contexts / np.repeat(np.array(ns, dtype=np.int64), counts)
+        s_i, s_u = self._shape_each(ru[i], v), self._shape_each(u, v)
+        out = self._rows_each(i, v, s_i)  # kind 0: row i's price
+        one = (kind == 1).nonzero()[0]  # beyond the grid's edge row: scaled by the shape
+        if len(one):
+            out[one] = out[one] * s_u[one] / s_i[one]
+        two = (kind == 2).nonzero()[0]  # between rows i and j: blended by the shape
+        if len(two):
+            jj, vv, s0, su = j[two], v[two], s_i[two], s_u[two]
+            u0, u1 = ru[i[two]], ru[jj]
+            s1 = self._shape_each(u1, vv)
+            d = s1 - s0
+            w = np.divide(su - s0, d, out=np.zeros_like(d), where=d != 0.0)
+            w = np.where(w < 0.0, 0.0, np.minimum(w, 1.0))
+            w = np.where(np.abs(d) > 1e-9 * np.maximum(np.abs(s0), np.abs(s1)), w, (u[two] - u0) / (u1 - u0))
+            a = out[two]
+            out[two] = a + w * (self._rows_each(jj, vv, s1) - a)
+        return out
+
+    def _shape_each(self, b: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """``_shapes`` with a batch size per element (``decode_shape(b[k], v[k])``, the same arithmetic)."""
+        fold, pf, bn, bk, fr, br, kl = self.grid.shape.constants
+        nd = b / fold
+        tc = nd * v
+        return np.maximum((bn * nd + bk * (tc - nd)) / br, pf * tc / fr) + kl
+
+    def _rows_each(self, rows: np.ndarray, v: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """``_row_array`` with a grid row per element (``s``: each element's shape at its row's batch size)."""
+        first = int(rows[0])
+        if not (rows != first).any():
+            return self._row_array(first, v, s)
+        out = np.empty_like(v)
+        for r in np.unique(rows).tolist():
+            at = (rows == r).nonzero()[0]
+            out[at] = self._row_array(r, v[at], s[at])
+        return out
+
     def _shapes(self, bs: tuple[float, ...], v: np.ndarray) -> np.ndarray:
         """``decode_shape(b, v)`` for each b of ``bs`` (batch sizes, > 0) over an array of mean contexts: one row per
         b, its arithmetic element by element."""
@@ -252,32 +299,62 @@ class DecodeAttention:
 
             def plan(vs: Iterable[float]) -> list[float]:
                 return [row_i(v) * shape(u, v) / shape(ui, v) for v in vs]
-        else:  # between rows: the three roofline shapes inline (``decode_shape``'s arithmetic), b / fold bound once
-            row_j, u0, u1 = self._row(j), ru[i], ru[j]
+        else:  # between rows: the three roofline shapes and both rows inline (``decode_shape``'s and ``_row``'s
+            # arithmetic, a row's edge scaled by the shape at its batch size, s0 or s1), b / fold bound once
+            u0, u1 = ru[i], ru[j]
             fold, pf, bn, bk, fr, br, kl = shape.constants
             n0, n1, nu = u0 / fold, u1 / fold, u / fold
             c0, c1, cu = bn * n0, bn * n1, bn * nu
+            xi, yi, dxi, dyi, loi, hii, yloi, slo_i, yhii, shi_i = self._row_steps(i)
+            xj, yj, dxj, dyj, loj, hij, yloj, slo_j, yhij, shi_j = self._row_steps(j)
+            left = bisect.bisect_left
 
             def plan(vs: Iterable[float]) -> list[float]:
                 out = []
                 for v in vs:
                     t = n0 * v
-                    s0 = max((c0 + bk * (t - n0)) / br, pf * t / fr) + kl
+                    s0 = (c0 + bk * (t - n0)) / br
+                    t = pf * t / fr
+                    s0 = (t if t > s0 else s0) + kl
                     t = n1 * v
-                    s1 = max((c1 + bk * (t - n1)) / br, pf * t / fr) + kl
-                    if abs(s1 - s0) > 1e-9 * max(abs(s0), abs(s1)):
+                    s1 = (c1 + bk * (t - n1)) / br
+                    t = pf * t / fr
+                    s1 = (t if t > s1 else s1) + kl
+                    d = s1 - s0
+                    if (d if d >= 0.0 else -d) > 1e-9 * (s0 if s0 > s1 else s1):  # (shapes are positive)
                         t = nu * v
-                        w = (max((cu + bk * (t - nu)) / br, pf * t / fr) + kl - s0) / (s1 - s0)
-                        w = 0.0 if w < 0.0 else min(w, 1.0)
+                        w = (cu + bk * (t - nu)) / br
+                        t = pf * t / fr
+                        w = ((t if t > w else w) + kl - s0) / d
+                        w = 0.0 if w < 0.0 else (w if w < 1.0 else 1.0)
                     else:
                         w = (u - u0) / (u1 - u0)
-                    a = row_i(v)
-                    out.append(a + w * (row_j(v) - a))
+                    if loi <= v <= hii:
+                        k = left(xi, v)
+                        a = yi[k] if xi[k] == v else yi[k - 1] + (v - xi[k - 1]) / dxi[k] * dyi[k]
+                    else:
+                        a = yloi * s0 / slo_i if v < loi else yhii * s0 / shi_i
+                    if loj <= v <= hij:
+                        k = left(xj, v)
+                        b = yj[k] if xj[k] == v else yj[k - 1] + (v - xj[k - 1]) / dxj[k] * dyj[k]
+                    else:
+                        b = yloj * s1 / slo_j if v < loj else yhij * s1 / shi_j
+                    out.append(a + w * (b - a))
                 return out
         if len(self._plans) >= PLAN_LIMIT:
             self._plans.clear()
         self._plans[num_decodes] = plan
         return plan
+
+    def _row_steps(self, i: int) -> tuple:
+        """Row i's constants for ``_row``'s arithmetic inline: its points (lists), each point's step from the one
+        before (x[k] - x[k-1], y[k] - y[k-1]: the floats ``_row`` computes), its range, and its edges' times and
+        shapes."""
+        tab, shape, ui = self.grid.rows[i], self.grid.shape, self.grid.rows_u[i]
+        xl, yl = tab._xl, tab._yl
+        dx = [1.0] + [xl[k] - xl[k - 1] for k in range(1, len(xl))]
+        dy = [0.0] + [yl[k] - yl[k - 1] for k in range(1, len(yl))]
+        return xl, yl, dx, dy, tab.lo, tab.hi, yl[0], shape(ui, tab.lo), yl[-1], shape(ui, tab.hi)
 
     def _row(self, i: int) -> Callable[[float], float]:
         """``Grid2D._row(i, v)`` against v (the same floats): ``Table1D``'s interpolation inline inside the row's

@@ -130,6 +130,29 @@ def test_a_stretch_priced_in_one_call_is_stage_cost_per_step(cost, cached):
     assert cost.decode_run(n, batches[0].decode_context, 0) == []
 
 
+def test_a_stretch_of_runs_priced_in_one_pass_is_decode_run_per_run(cost):
+    """``KernelCostModel.decode_runs`` (a stretch whose requests finish run by run, in one NumPy pass) is
+    ``decode_run`` of each run in turn bit for bit, batch sizes on, between, below and beyond the measured rows and
+    contexts inside and outside them, and leaves the same per-source counts (cold caches both times)."""
+    rng = np.random.default_rng(2)
+    cases = [[(n, n * c, int(rng.integers(1, 50))) for n, c in zip(SIZES, CONTEXTS * 2)],
+             [(n, n * 300 + 7, 3) for n in range(40, 20, -1)],  # a batch emptying a request a run
+             [(13, 13 * 40000, 30), (5, 5 * 131072, 30)], [(8, 8 * 17, 45)]]
+    for runs in cases:
+        _cold(cost)
+        cost.source_counts.clear()
+        got = cost.decode_runs(runs)
+        counted = dict(cost.source_counts)
+        _cold(cost)
+        cost.source_counts.clear()
+        want = [p for n, c, m in runs for p in cost.decode_run(n, c, m)]
+        assert got == want and dict(cost.source_counts) == counted
+        dec = cost._decode
+        ns, counts = [r[0] for r in runs], [r[2] for r in runs]
+        ctx = np.concatenate([np.arange(c, c + n * m, n) for n, c, m in runs])
+        assert dec.run_many(ns, ctx, counts).tolist() == [x for n, c, m in runs for x in dec.run(n, range(c, c + n * m, n))]
+
+
 def test_warm_caches_price_as_cold_ones(cost):
     """Mixed, prefill-only and decode-only batches priced twice over with caches kept give the prices of a model
     whose caches are emptied before each batch; ``attn_prefill`` (with its source) agrees with the fast path."""

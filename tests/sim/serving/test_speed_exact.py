@@ -46,11 +46,13 @@ CASES: dict[str, list[str]] = {
     # the kernel-database model prices decode stretches in one call and counts each distinct price it looks up
     "kernels_starved": ["--cost-model", "kernels", "--kv-blocks", "70", "--max-model-len", "700",
                         "--token-budget", "64"],
+    # every request arrived at once: stretches with no arrival ahead price all their runs of steps in one pass
+    "kernels_burst": ["--cost-model", "kernels", "--qps", "5000"],
 }
-NEEDS_KERNELS = ("kernels_starved",)
+NEEDS_KERNELS = ("kernels_starved", "kernels_burst")
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
 STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
-             "serial_loop", "kernels_starved", "round_robin_x3", "round_robin_caching_x2")
+             "serial_loop", "kernels_starved", "kernels_burst", "round_robin_x3", "round_robin_caching_x2")
 #: cases where no stretch may run (several replicas that a router reads)
 UNSTRETCHED = ("least_outstanding_x2",)
 ENGINE = ["--model", "tiny", "--device", "cpu", "--offline", "--warmup", "0", "-n", "10", "--seed", "3",
