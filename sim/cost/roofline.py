@@ -9,9 +9,8 @@ processes whole tiles, so 257 tokens cost like 320 when compute-bound). Where th
 holds parameters fitted to published measurements (``RooflineFit``: GEMM efficiency rising with
 the rows, weight-read efficiency, per-kernel floors, the GPU's tile; per elementwise kind a
 bandwidth fraction and floor), they replace the uniform defaults for GEMMs and elementwise ops;
-``fitted=False`` prices with the defaults alone. Attention is priced from
-the exact causal query-key pair counts (prefill, where fitted, at an efficiency rising with the keys
-per query: ``sim.cost.attention_fit``). Communication (TP all-reduce, PP send/recv) is priced from
+``fitted=False`` prices with the defaults alone. Attention is priced from the exact causal query-key pair counts
+(prefill, where fitted, at an efficiency rising with the keys per query: ``sim.cost.attention_fit``). Communication (TP all-reduce, PP send/recv) is priced from
 the interconnect. Needs only the model shape and the GPU datasheet numbers, so it works for any
 entry of the catalogues.
 
@@ -304,9 +303,10 @@ class RooflineCostModel(CostModel):
             return 0.0
         return (self.tp - 1) / self.tp * nbytes / self._tp_rate + self.comm_latency
 
-    def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int) -> dict[str, _OpCost]:
-        """Stage totals (layer ops times the stage's layer count) of the token-dependent ops; all op names present."""
-        costs = self.token_op_costs(num_tokens, num_items)
+    def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int, costs: dict | None = None) -> dict:
+        """Stage totals (layer ops times the stage's layers) of the token-dependent ops, all op names present
+        (``costs``: ``token_op_costs(num_tokens, num_items)`` if the caller has it)."""
+        costs = costs or self.token_op_costs(num_tokens, num_items)
         L, moe = self.layers[stage], self.moe_layers[stage]
         out: dict[str, _OpCost] = {}
         for op in LAYER_OPS + MOE_OPS:

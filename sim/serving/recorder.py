@@ -92,7 +92,10 @@ class Recorder:
         self.microbatch_rows = array("d")
         self._stretches: list[tuple] = []
         self._stretch_rows = 0
-        self._packed: list[tuple] = []  # ``_runs`` of earlier stretches, in order
+        # earlier stretches' packed rows, a growing array per column (and the row each goes before), stage rows then
+        # micro-batch rows: one buffer per column, large enough that the allocator maps it apart and gives it back
+        # to the system when the tables are built (a million-request run's peak; many small parts it kept)
+        self._packed: tuple[list[array], list[array]] = self._no_packed()
         #: several replicas' stretches were recorded as each began, not as its steps ended: tables are put in time
         #: order when built (set by ``run_cluster``)
         self.time_order = False
@@ -109,17 +112,34 @@ class Recorder:
                                 num_decodes, size, prefills, decided, starts, ends, hosts, used, prices, lo))
         self._stretch_rows += hi - lo
         if self._stretch_rows >= self.PACK_ROWS:
-            self._packed.append(self._pack())
+            for store, (cols, before) in zip(self._packed, self._pack()):
+                for buf, col in zip(store, [*cols, before]):
+                    buf.frombytes(memoryview(np.ascontiguousarray(col)).cast("B"))  # (prices' columns: strided)
             self._stretches, self._stretch_rows = [], 0
 
+    @staticmethod
+    def _no_packed() -> tuple[list[array], list[array]]:
+        """Empty packed stores: a float64 buffer per field, then an int64 one for the rows they go before."""
+        return tuple([array("d") for _ in fields] + [array("q")]  # type: ignore[return-value]
+                     for fields in (STAGE_FIELDS, MICROBATCH_FIELDS))
+
     def _runs(self) -> tuple[list, list] | None:
-        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the packed parts'
-        arrays in order, not joined: each column is built once, in its table), or None."""
-        parts = self._packed + ([self._pack()] if self._stretches else [])
-        if not parts:
+        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the packed arrays in
+        order, not joined: each column is built once, in its table), or None."""
+        fresh = self._pack() if self._stretches else None
+        if fresh is None and not len(self._packed[0][-1]):
             return None
-        return tuple([[[p[j][0][i] for p in parts] for i in range(len(parts[0][j][0]))],  # type: ignore[misc]
-                      np.concatenate([p[j][1] for p in parts])] for j in (0, 1))
+        out = []
+        for j, store in enumerate(self._packed):
+            parts = [[np.frombuffer(buf, dtype=float)] if len(buf) else [] for buf in store[:-1]]
+            before = np.frombuffer(store[-1], dtype=np.int64)
+            if fresh is not None:
+                cols, more = fresh[j]
+                for part, col in zip(parts, cols):
+                    part.append(col)
+                before = np.concatenate((before, more)) if len(before) else more
+            out.append([parts, before])
+        return tuple(out)  # type: ignore[return-value]
 
     def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
         """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
@@ -166,7 +186,7 @@ class Recorder:
     def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
         runs = self._runs()
-        self._stretches, self._stretch_rows, self._packed = [], 0, []
+        self._stretches, self._stretch_rows, self._packed = [], 0, self._no_packed()
         stages = self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
         self.stage_rows = array("d")
         micro = self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")

@@ -8,9 +8,8 @@ Op mapping, on the deployment's shard shapes (TP divides heads, MLP width and vo
   number of causal query-key pairs; several chunks in one batch cost the sum of their prices less
   the table's smallest (one call's fixed cost, counted once);
 - ``attn_decode``: the generation-attention table at the batch's mean keys per request;
-- ``tp_all_reduce`` (both of a layer): the framework's custom all-reduce table for the TP degree,
-  its CUDA-graph variant for decode-only iterations (vLLM captures those by default) and the eager
-  one for iterations with a prefill;
+- ``tp_all_reduce`` (both of a layer): the framework's custom all-reduce table for the TP degree, its CUDA-graph
+  variant for decode-only iterations (vLLM captures those by default) and the eager one for those with a prefill;
 - ``pp_send_recv``, norms, rotary, activation, residual adds, embedding, sampling and the host
   overhead: the roofline (the database has no p2p transfers or elementwise kernels).
 
@@ -220,10 +219,12 @@ class KernelCostModel(CostModel):
             key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
         self.source_counts[key] += 1
 
-    def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False) -> dict[str, _OpTime]:
-        """(seconds, source) of one call of every device op except attention (layer ops: per layer)."""
+    def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False, costs: dict | None = None
+                       ) -> dict[str, _OpTime]:
+        """(seconds, source) of one call of every device op except attention (layer ops: per layer; ``costs``: the
+        roofline's ``token_op_costs(num_tokens, num_seqs)`` if the caller has it)."""
         rl, T, N = self.rl, num_tokens, num_seqs
-        costs = rl.token_op_costs(T, N)
+        costs = costs or rl.token_op_costs(T, N)
         out: dict[str, _OpTime] = {op: (costs[op][0], ROOFLINE) for op in DEVICE_OPS if op in costs}
         for op in GEMM_OPS:
             if op in self._gemms:  # MLA's latent projections are several GEMMs: roofline
@@ -247,10 +248,10 @@ class KernelCostModel(CostModel):
         """Seconds of the GEMM of ``op`` (a projection or ``lm_head``, local work only) with ``m`` rows."""
         return self._gemms[op](m)[0]
 
-    def _stage_token_times(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
-                           ) -> dict[str, _OpTime]:
+    def _stage_token_times(self, num_tokens: int, num_items: int, stage: int, decode_only: bool,
+                           costs: dict | None = None) -> dict[str, _OpTime]:
         """Stage totals of the token-count ops (layer ops times the stage's layers); zero where one does not run."""
-        ops = self.token_op_times(num_tokens, num_items, decode_only)
+        ops = self.token_op_times(num_tokens, num_items, decode_only, costs)
         return stage_totals(ops, self.layers[stage], stage == 0, stage == self.pp - 1, self.rl.moe_layers[stage],
                             self.rl.ep)
 
@@ -260,11 +261,12 @@ class KernelCostModel(CostModel):
         hit = self._token_cache.get(key)
         if hit is not None:
             return hit
-        ops = self._stage_token_times(num_tokens, num_items, stage, decode_only)
+        costs = self.rl.token_op_costs(num_tokens, num_items)  # (read once for both sums)
+        ops = self._stage_token_times(num_tokens, num_items, stage, decode_only, costs)
         for _, src in ops.values():
             self._count(src)
-        _, f, b = self.rl._token_part(num_tokens, num_items, stage)  # useful FLOPs and bytes, for MFU
-        res = (sum(v[0] for v in ops.values()), f, b)
+        useful = self.rl._stage_token_ops(num_tokens, num_items, stage, costs).values()  # FLOPs, bytes: for MFU
+        res = (sum(v[0] for v in ops.values()), sum(v[1] for v in useful), sum(v[2] for v in useful))
         if len(self._token_cache) >= _CACHE_LIMIT:
             self._token_cache.clear()
         self._token_cache[key] = res
