@@ -306,7 +306,7 @@ class RooflineCostModel(CostModel):
     def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int, costs: dict | None = None) -> dict:
         """Stage totals (layer ops times the stage's layers) of the token-dependent ops, all op names present
         (``costs``: ``token_op_costs(num_tokens, num_items)`` if the caller has it)."""
-        costs = costs or self.token_op_costs(num_tokens, num_items)
+        costs = costs if costs is not None else self.token_op_costs(num_tokens, num_items)
         L, moe = self.layers[stage], self.moe_layers[stage]
         out: dict[str, _OpCost] = {}
         for op in LAYER_OPS + MOE_OPS:

@@ -53,7 +53,7 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
             delay_l = [h + p[0] for h, p in zip(host_l, price_l)]
             ends = list(accumulate(delay_l, initial=t))
             return ends[:-1], [x + h for x, h in zip(ends, host_l)], ends[1:], delay_l, host_l, price_l
-        done, window = 0, (16 if horizon < math.inf else limit)  # (no horizon: every step runs)
+        done, window = 0, 16  # (doubling)
         for stop, alive, abase, total in pieces:
             n = len(alive)
             host = cost.host_time(light_batch(alive, abase, total + n * done))

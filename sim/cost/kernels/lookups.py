@@ -300,7 +300,8 @@ class DecodeAttention:
             def plan(vs: Iterable[float]) -> list[float]:
                 return [row_i(v) * shape(u, v) / shape(ui, v) for v in vs]
         else:  # between rows: the three roofline shapes and both rows inline (``decode_shape``'s and ``_row``'s
-            # arithmetic, a row's edge scaled by the shape at its batch size, s0 or s1), b / fold bound once
+            # arithmetic, a row's edge scaled by the shape at its batch size, s0 or s1), b / fold bound once;
+            # conditional expressions for max, min and abs (the same values here, without a call each)
             u0, u1 = ru[i], ru[j]
             fold, pf, bn, bk, fr, br, kl = shape.constants
             n0, n1, nu = u0 / fold, u1 / fold, u / fold

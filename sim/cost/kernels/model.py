@@ -224,7 +224,7 @@ class KernelCostModel(CostModel):
         """(seconds, source) of one call of every device op except attention (layer ops: per layer; ``costs``: the
         roofline's ``token_op_costs(num_tokens, num_seqs)`` if the caller has it)."""
         rl, T, N = self.rl, num_tokens, num_seqs
-        costs = costs or rl.token_op_costs(T, N)
+        costs = costs if costs is not None else rl.token_op_costs(T, N)
         out: dict[str, _OpTime] = {op: (costs[op][0], ROOFLINE) for op in DEVICE_OPS if op in costs}
         for op in GEMM_OPS:
             if op in self._gemms:  # MLA's latent projections are several GEMMs: roofline
