@@ -294,7 +294,7 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                     r = reqs[i]
                     r.num_computed = base[i] + step
                     bm.on_computed(r)
-                if partial is not None and notes_partial:  # last in the batch: after the decodes
+                if notes_partial:  # last in the batch: after the decodes
                     partial.num_computed = chunk_from + step * chunk
                     bm.on_computed(partial)
         done = finish_at.get(step)

@@ -150,7 +150,8 @@ def test_a_stretch_of_runs_priced_in_one_pass_is_decode_run_per_run(cost):
         dec = cost._decode
         ns, counts = [r[0] for r in runs], [r[2] for r in runs]
         ctx = np.concatenate([np.arange(c, c + n * m, n) for n, c, m in runs])
-        assert dec.run_many(ns, ctx, counts).tolist() == [x for n, c, m in runs for x in dec.run(n, range(c, c + n * m, n))]
+        each = [x for n, c, m in runs for x in dec.run(n, range(c, c + n * m, n))]
+        assert dec.run_many(ns, ctx, counts).tolist() == each
 
 
 def test_warm_caches_price_as_cold_ones(cost):

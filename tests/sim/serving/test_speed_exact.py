@@ -153,6 +153,15 @@ def test_simulation_outputs_are_the_same_with_and_without_the_shortcuts(case, sc
         stretched.append(done is not None)
         return done
     monkeypatch.setattr(stretch, "run_stretch", counted)
+    passes = []  # the kernels model's one-pass pricing of several runs of steps (``decode_runs``)
+    if case == "kernels_burst":
+        from sim.cost.kernels.model import VECTOR_STEPS, KernelCostModel
+        runs_of = KernelCostModel.decode_runs
+
+        def priced(self, runs):
+            passes.append(len(runs) > 1 and sum(r[2] for r in runs) >= VECTOR_STEPS)
+            return runs_of(self, runs)
+        monkeypatch.setattr(KernelCostModel, "decode_runs", priced)
     from sim.serving.recorder import Recorder
     ties, take = [], Recorder.take_frames
 
@@ -163,6 +172,8 @@ def test_simulation_outputs_are_the_same_with_and_without_the_shortcuts(case, sc
     monkeypatch.setattr(Recorder, "take_frames", taken)
     run_case(case, scheduler, tmp_path / "fast")
     assert not any(ties), "no rows should tie here (a tie reruns without stretches: nothing compared)"
+    if case == "kernels_burst":
+        assert any(passes), "this case should price several runs of steps in one pass"
     _same_as_pandas(tmp_path / "fast")
     reference_paths()
     run_case(case, scheduler, tmp_path / "reference")
