@@ -59,9 +59,6 @@ class CachingBlockManager(BlockManager):
         self._listed = self._hit_off = 0
         self._dirty: dict[Request, None] = {}  # requests with newly computed full blocks, registered on next need
         self._twinned: set[Request] = set()  # running requests some of whose full blocks a twin keeps (uncached)
-        #: whether a request that shares keys ever held blocks here (their tables are arrays): until then no running
-        #: request can be noted for registration (``notes_any``)
-        self.sharing = False
         self._stats = PrefixCacheStats()
 
     # ---- counts --------------------------------------------------------------------------------------------
@@ -194,7 +191,6 @@ class CachingBlockManager(BlockManager):
         if listed:  # a list, no buffer
             request.block_ids, request.block_table = None, hit.tolist()
         else:
-            self.sharing = True
             request.block_ids = hit  # its buffer, holding the hit blocks (grown below)
             request.block_table = hit
         request.num_computed = len(hit) * self.block_size
@@ -258,7 +254,6 @@ class CachingBlockManager(BlockManager):
 
     def _ids(self, request: Request, size: int) -> np.ndarray:
         """The request's block-id buffer (its table is a view of it), with room for ``size`` blocks."""
-        self.sharing = True
         ids = request.block_ids
         if ids is None or len(ids) < size:
             n = len(request.block_table)
@@ -322,11 +317,6 @@ class CachingBlockManager(BlockManager):
         """Whether ``on_computed`` would note ``request`` (it has shared blocks not yet registered): for requests
         that share nothing it does nothing, and a decode stretch need not call it."""
         return request.num_hashed_blocks < request.num_shared_blocks and request.prefix_keys is not None
-
-    def notes_any(self, requests: list[Request]) -> bool:
-        """Whether ``notes_computed`` holds for any of ``requests`` (running here): never before a request that
-        shares keys held blocks here (``sharing``), so a trace without reuse skips the walk."""
-        return self.sharing and any(map(self.notes_computed, requests))
 
     def on_computed(self, request: Request) -> None:
         """Note that ``request`` has newly full, computed blocks: shared ones are registered when a lookup could

@@ -185,7 +185,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # nothing waits (FasterTransformer: until its batch is empty), nothing arrives (the horizon) and no finishing
     # request's blocks are noted for the prefix cache
     onward = (through and partial is None and (type(sched) in WAITING_BLIND and blind or not (sched.waiting or full))
-              and not (caching and sched.bm.notes_any(reqs)))
+              and not (caching and any(map(sched.bm.notes_computed, reqs))))
     finish_at: dict[int, list[int]] = {}
     if onward:
         for i, d in enumerate(left):
@@ -228,7 +228,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     ending = k == last or k in finish_at  # its last step ends some requests: that step is advanced as
     # on_batch_done would, unless no block of that step is noted for the prefix cache (then only the finishing
     # needs the scheduler, in order)
-    noted = ending and not onward and caching and (sched.bm.notes_any(reqs)
+    noted = ending and not onward and caching and (any(map(sched.bm.notes_computed, reqs))
                                                    or (partial is not None and sched.bm.notes_computed(partial)))
     advanced, known = (k - 1, times[:-1]) if noted else (k, times)
     for r, c in zip(reqs, base):
@@ -331,7 +331,7 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
             if first <= k:
                 for step in range(first, (min(k, left[i]) if left else k) + 1, bs):
                     grows_at.setdefault(step, []).append(i)
-    if fills and bm.sharing:  # (with prefix caching: none noted before a request that shares keys held blocks)
+    if fills:
         notes = bm.notes_computed
         for i, (r, c) in enumerate(zip(reqs, base)):
             if notes(r):  # (unchanged during a stretch: nothing registers or frees blocks)
