@@ -191,22 +191,7 @@ class DecodeAttention:
     def run_array(self, num_decodes: int, contexts: np.ndarray) -> np.ndarray:
         """``run`` over an integer array in NumPy: the same operations element by element (IEEE arithmetic rounds
         each alike; tests compare), for long stretches where one call per step would cost more."""
-        kind, i, j, u = self._rows.get(num_decodes) or self._rows_of(num_decodes)
-        v = contexts / num_decodes
-        ru = self.grid.rows_u
-        if kind == 0:
-            return self._row_array(i, v, None)
-        if kind == 1:
-            s_u, s_i = self._shapes((u, ru[i]), v)
-            return self._row_array(i, v, s_i) * s_u / s_i
-        u0, u1 = ru[i], ru[j]
-        s0, s1, s_u = self._shapes((u0, u1, u), v)
-        d = s1 - s0
-        w = np.divide(s_u - s0, d, out=np.zeros_like(d), where=d != 0.0)
-        w = np.where(w < 0.0, 0.0, np.minimum(w, 1.0))
-        w = np.where(np.abs(d) > 1e-9 * np.maximum(np.abs(s0), np.abs(s1)), w, (u - u0) / (u1 - u0))
-        a = self._row_array(i, v, s0)
-        return a + w * (self._row_array(j, v, s1) - a)
+        return self.run_many([num_decodes], contexts, [len(contexts)])
 
     def run_many(self, ns: list[int], contexts: np.ndarray, counts: list[int]) -> np.ndarray:
         """``run_array`` of several runs in one pass: ``counts[r]`` total contexts of ``contexts`` with ``ns[r]``
@@ -238,7 +223,8 @@ class DecodeAttention:
         return out
 
     def _shape_each(self, b: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """``_shapes`` with a batch size per element (``decode_shape(b[k], v[k])``, the same arithmetic)."""
+        """``decode_shape(b[k], v[k])`` over arrays of batch sizes (> 0) and mean contexts, its arithmetic element by
+        element."""
         fold, pf, bn, bk, fr, br, kl = self.grid.shape.constants
         nd = b / fold
         tc = nd * v
@@ -255,25 +241,15 @@ class DecodeAttention:
             out[at] = self._row_array(r, v[at], s[at])
         return out
 
-    def _shapes(self, bs: tuple[float, ...], v: np.ndarray) -> np.ndarray:
-        """``decode_shape(b, v)`` for each b of ``bs`` (batch sizes, > 0) over an array of mean contexts: one row per
-        b, its arithmetic element by element."""
-        fold, pf, bn, bk, fr, br, kl = self.grid.shape.constants
-        nd = (np.array(bs) / fold)[:, None]
-        tc = nd * v
-        return np.maximum((bn * nd + bk * (tc - nd)) / br, pf * tc / fr) + kl
-
-    def _row_array(self, i: int, v: np.ndarray, s_i: np.ndarray | None) -> np.ndarray:
+    def _row_array(self, i: int, v: np.ndarray, s_i: np.ndarray) -> np.ndarray:
         """``Grid2D._row(i, v)`` over an array: ``Table1D``'s interpolation inside the row, the edge's measured time
-        scaled by the shape outside it (``s_i``: the shape at this row's batch size over v, None: computed here)."""
+        scaled by the shape outside it (``s_i``: the shape at this row's batch size over v)."""
         x, y, dx, dy, lo, hi, s_lo, s_hi = self._arrays.get(i) or self._row_arrays(i)
         k = np.minimum(np.searchsorted(x, v), len(x) - 1)
         km = np.maximum(k - 1, 0)  # (k = 0 only at the first measured point, or below the row)
         out = np.where(x[k] == v, y[k], y[km] + (v - x[km]) / dx[km] * dy[km])
         below, above = v < lo, v > hi
         if below.any() or above.any():
-            if s_i is None:
-                s_i = self._shapes((self.grid.rows_u[i],), v)[0]
             out = np.where(below, y[0] * s_i / s_lo, np.where(above, y[-1] * s_i / s_hi, out))
         return out
 

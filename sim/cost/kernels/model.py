@@ -320,39 +320,39 @@ class KernelCostModel(CostModel):
         """Stage 0's ``stage_cost`` of ``steps`` batches of ``n`` decodes reading ``context`` keys, then n more a step
         (a decode stretch, ``sim.serving.stretch``), the same floats without a batch each: the token part priced
         once, the attention rows of batch size n found once, FLOPs and bytes with ``RooflineCostModel``'s
-        ``attn_decode_cost`` arithmetic; from ``VECTOR_STEPS`` steps on in NumPy arrays (the same operations element
-        by element, IEEE rounding each alike)."""
+        ``attn_decode_cost`` arithmetic; from ``VECTOR_STEPS`` steps on in NumPy arrays (``_runs_in_arrays``)."""
         if n <= 0:
             return [(0.0, 0.0, 0.0)] * steps
-        t, f, b = self._token_part(n, n, 0, True)
-        L, dec, rl = self.layers[0], self._decode, self.rl
-        pf, bn, bk = rl._attn_flops_per_pair, rl._attn_bytes_per_new * n, rl._attn_bytes_per_key
+        dec, rl = self._decode, self.rl
         if dec is not None and steps >= VECTOR_STEPS:
-            ctx = np.arange(context, context + n * steps, n, dtype=np.int64)
-            times = t + L * dec.run_array(n, ctx)
-            return list(zip(times.tolist(), (f + L * (pf * ctx)).tolist(), (b + L * (bn + bk * (ctx - n))).tolist()))
+            return self._runs_in_arrays([(n, context, steps)])
+        t, f, b = self._token_part(n, n, 0, True)
+        L, pf, bn, bk = self.layers[0], rl._attn_flops_per_pair, rl._attn_bytes_per_new * n, rl._attn_bytes_per_key
         contexts = range(context, context + n * steps, n)
         attn = dec.run(n, contexts) if dec is not None else [rl.attn_decode_cost(n, c)[0] for c in contexts]
         return [(t + L * a, f + L * (pf * c), b + L * (bn + bk * (c - n))) for a, c in zip(attn, contexts)]
 
     def decode_runs(self, runs: list[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
-        """``decode_run(n, context, steps)`` of each of ``runs`` in turn, concatenated: a stretch's runs of steps
-        (requests drop out as they finish, each run a few dozen steps) in one NumPy pass from ``VECTOR_STEPS`` steps
-        in all, the same floats (each run's token part found as ``decode_run`` finds it, in the same order)."""
-        dec = self._decode
-        if dec is None or len(runs) < 2 or sum(r[2] for r in runs) < VECTOR_STEPS or min(r[0] for r in runs) <= 0:
+        """``decode_run(n, context, steps)`` of each of ``runs`` in turn, concatenated (a stretch's runs of steps,
+        requests dropping out as they finish): one NumPy pass from ``VECTOR_STEPS`` steps in all, the same floats."""
+        if self._decode is None or sum(r[2] for r in runs) < VECTOR_STEPS or min(r[0] for r in runs) <= 0:
             return [p for n, context, steps in runs for p in self.decode_run(n, context, steps)]
+        return self._runs_in_arrays(runs)
+
+    def _runs_in_arrays(self, runs: list[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
+        """``decode_runs`` in NumPy arrays (``n`` > 0, a decode table): the same operations element by element (IEEE
+        rounding each alike), each run's token part found as ``decode_run`` finds it, in the same order."""
         ns, starts, counts = zip(*runs)
         parts = [self._token_part(n, n, 0, True) for n in ns]
         L, rl = self.layers[0], self.rl
-        pf, bk = rl._attn_flops_per_pair, rl._attn_bytes_per_key
         n_e = np.repeat(np.array(ns, dtype=np.int64), counts)
-        first = np.cumsum(counts) - counts  # each run's first element
-        ctx = np.repeat(np.array(starts, dtype=np.int64), counts) + n_e * (np.arange(len(n_e)) - np.repeat(first, counts))
+        first = np.repeat(np.cumsum(counts) - counts, counts)  # each element's run's first element
+        ctx = np.repeat(np.array(starts, dtype=np.int64), counts) + n_e * (np.arange(len(n_e)) - first)
         t, f, b = (np.repeat(np.array(col, dtype=float), counts) for col in zip(*parts))
         bn = np.repeat(np.array([rl._attn_bytes_per_new * n for n in ns], dtype=float), counts)
-        times = t + L * dec.run_many(list(ns), ctx, list(counts))
-        return list(zip(times.tolist(), (f + L * (pf * ctx)).tolist(), (b + L * (bn + bk * (ctx - n_e))).tolist()))
+        times = t + L * self._decode.run_many(list(ns), ctx, list(counts))
+        flops, nbytes = f + L * (rl._attn_flops_per_pair * ctx), b + L * (bn + rl._attn_bytes_per_key * (ctx - n_e))
+        return list(zip(times.tolist(), flops.tolist(), nbytes.tolist()))
 
     # ---- CostModel interface ----------------------------------------------------------------
 
