@@ -98,6 +98,22 @@ class BlockManager:
             table.extend(range(fresh, fresh + need - reuse))
             self._next = fresh + need - reuse
 
+    def appends_blocks(self, requests: list[Request]) -> bool:
+        """Whether ``add_block_each`` gives each of ``requests`` the next of ``take_blocks``' blocks by appending it
+        to its table (so a stretch may take a run of steps' blocks at once)."""
+        return type(self).grow is BlockManager.grow
+
+    def take_blocks(self, n: int) -> tuple[list[int], int]:
+        """The next ``n`` free blocks, in the order ``n`` one-block grows hand them out, and how many of them (the
+        first ones) were never cached: all of them here. The caller puts them in tables (``appends_blocks``)."""
+        recycled = self._recycled
+        reuse = min(n, len(recycled))
+        new = recycled[-1:-reuse - 1:-1]  # the last returned first, as pop() one at a time
+        del recycled[len(recycled) - reuse:]
+        new += range(self._next, self._next + n - reuse)
+        self._next += n - reuse
+        return new, n
+
     def add_block_each(self, requests: list[Request]) -> None:
         """One more block for each of ``requests``, in order: what ``grow`` to one block more each hands out (a
         manager that grows otherwise, a cache's, grows each)."""

@@ -221,20 +221,10 @@ class CachingBlockManager(BlockManager):
             return
         if need > self.num_free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {self.num_free} free")
-        refs = self._refs
         if request.block_ids is None and self.skip_no_reuse and not request.num_shared_blocks:  # a list: the blocks in
-            # the order a buffer takes them
-            take = min(need, len(recycled))
-            new = recycled[-1:-take - 1:-1]
-            del recycled[len(recycled) - take:]
-            fresh = min(need - take, self.num_blocks - self._next)
-            new += range(self._next, self._next + fresh)
-            self._next += fresh
-            if need - take - fresh:
-                front, keyed = self._take(need - take - fresh)
-                new += front + keyed.tolist()
-            table.extend(new)  # (not counted)
+            table.extend(self.take_blocks(need)[0])  # the order a buffer takes them (not counted)
             return
+        refs = self._refs
         ids = self._ids(request, start + need)
         take = min(need, len(recycled))
         if take:
@@ -262,6 +252,35 @@ class CachingBlockManager(BlockManager):
                 grown[:n] = ids[:n]
             ids = request.block_ids = grown
         return ids
+
+    def appends_blocks(self, requests: list[Request]) -> bool:
+        """Whether ``add_block_each`` appends ``take_blocks``' blocks to each of ``requests``' tables: all are lists
+        (they share nothing, ``skip_no_reuse``; uncounted)."""
+        if not self.skip_no_reuse:
+            return False
+        for r in requests:
+            if r.block_ids is not None:
+                return False
+        return True
+
+    def take_blocks(self, n: int) -> tuple[list[int], int]:
+        """The next ``n`` free blocks, in the order ``n`` one-block grows take them (``_one_block``: never-cached
+        first, then the least recently freed cached ones, keys forgotten), and how many were never cached (they
+        come first); unreferenced: for tables that are lists."""
+        recycled = self._recycled
+        take = min(n, len(recycled))
+        new = recycled[-1:-take - 1:-1]
+        del recycled[len(recycled) - take:]
+        fresh = min(n - take, self.num_blocks - self._next)
+        new += range(self._next, self._next + fresh)
+        self._next += fresh
+        rest = n - take - fresh
+        if rest > 8:
+            front, keyed = self._take(rest)
+            new += front + keyed.tolist()
+        else:  # a few: one at a time (numpy's per-call cost is more than theirs)
+            new += [self._one_block() for _ in range(rest)]
+        return new, take + fresh
 
     def add_block_each(self, requests: list[Request]) -> None:
         """``grow`` by one block for each of ``requests``, in order (a decode stretch's step), without a call each

@@ -274,6 +274,15 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     cached_l: list[int] | None = [] if caching else None
     used = bm.num_used
     cached = bm.num_cached_free if caching else 0
+    # decodes only, every table a list: the blocks up to the next finish are taken at once (``take_blocks``, in the
+    # order the steps would take them) and handed out step by step
+    bulk = not (notes_partial or chunk_at or fills_at) and bm.appends_blocks(reqs)
+    if bulk:
+        grow_steps = sorted(s for s in grows_at if s <= k)
+        fins = sorted(s for s in finish_at if s <= k)
+    taken: list[int] = []
+    at = fresh = gi = seg_cached = 0
+    short = k + 1  # the first step short of blocks
     prev = 0
     for step in steps:
         if step > prev + 1:  # nothing changed in between
@@ -282,13 +291,26 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                 cached_l += [cached] * (step - prev - 1)
         due = grows_at.get(step)
         tokens = chunk_at.get(step)
-        if due or tokens:
+        if bulk and due:
+            if at == len(taken) and step < short:  # a new run of steps, up to the next finish
+                seg_cached = cached
+                taken, fresh, short, gi = _take_run(bm, grows_at, grow_steps, gi, fins, k)
+                at = 0
+            if step == short:
+                return step - 1, used_l, cached_l
+            for i in due:
+                reqs[i].block_table.append(taken[at])
+                at += 1
+            used += len(due)
+            if caching and at > fresh:  # (the blocks that were cached come after the others)
+                cached = seg_cached - (at - fresh)
+        elif due or tokens:
             if not sched.stretch_grow([reqs[i] for i in due] if due else [], (partial, tokens) if tokens else None):
                 return step - 1, used_l, cached_l
             used = bm.num_used
         used_l.append(used)
         if caching:
-            cached_l.append(bm.num_cached_free)
+            cached_l.append(cached if bulk else bm.num_cached_free)
             if step != last_token:  # (at a last token they are noted with the finishing, ``stretch_finish``)
                 for i in fills_at.get(step, ()):
                     r = reqs[i]
@@ -307,7 +329,7 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
                 r.token_times.extend(known)
             sched.stretch_finish_each([reqs[i] for i in done], ends[step - 1], finished)
             used = bm.num_used
-        if caching:
+        if caching and (done or not bulk):
             cached = bm.num_cached_free
         prev = step
     if k > prev:
@@ -315,6 +337,29 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
         if caching:
             cached_l += [cached] * (k - prev)
     return k, used_l, cached_l
+
+
+def _take_run(bm: Any, grows_at: dict[int, list[int]], grow_steps: list[int], gi: int, fins: list[int], k: int
+              ) -> tuple[list[int], int, int, int]:
+    """The blocks of the decodes' growth from step ``grow_steps[gi]`` to the next finish (``fins``) or step k, taken
+    at once (nothing is freed before that finish): (the blocks in order, how many of them were never cached, the
+    first step short of blocks or k + 1, the index in ``grow_steps`` past the run)."""
+    first = grow_steps[gi]
+    end = next((f for f in fins if f >= first), k)
+    free, need, short, hi = bm.num_free, 0, k + 1, gi
+    for hi in range(gi, len(grow_steps)):
+        step = grow_steps[hi]
+        if step > end:
+            break
+        n = len(grows_at[step])
+        if need + n > free:
+            short = step
+            break
+        need += n
+    else:
+        hi = len(grow_steps)
+    taken, fresh = bm.take_blocks(need)
+    return taken, fresh, short, hi
 
 
 def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: int, fills: bool,

@@ -49,3 +49,30 @@ def test_a_huge_cache_costs_nothing_until_used():
     bm.grow(r, 100)
     assert r.block_table == list(range(7)) and bm.num_free == 10_000_000_000 - 7
     assert sys.getsizeof(bm._recycled) < 1000 and not hasattr(bm, "_free")
+
+
+def test_take_blocks_hands_out_what_one_block_grows_would():
+    """A stretch takes a run of steps' blocks at once (``take_blocks``): the same ids, in the same order, as one
+    block at a time for each request, from recycled and fresh ids alike."""
+    rng = random.Random(1)
+    for _ in range(40):
+        history = [(rng.randrange(6), rng.randint(1, 12), rng.random() < 0.3) for _ in range(rng.randint(0, 12))]
+        pair = [BlockManager(64, block_size=4, watermark=0.0) for _ in range(2)]
+        held = [[Request(f"r{i}", 0.0, 1, 1) for i in range(6)] for _ in pair]
+        for bm, reqs in zip(pair, held):  # the same grows and frees on both
+            for i, n, free in history:
+                if free:
+                    bm.free(reqs[i])
+                elif bm.num_free >= n:
+                    bm.grow(reqs[i], (len(reqs[i].block_table) + n) * 4)
+        one, bulk = pair
+        n = min(one.num_free, rng.randint(1, 20))
+        order = [rng.randrange(6) for _ in range(n)]
+        assert bulk.appends_blocks(held[1])
+        for i in order:
+            one.add_block_each([held[0][i]])
+        taken, fresh = bulk.take_blocks(n)
+        for i, b in zip(order, taken):
+            held[1][i].block_table.append(b)
+        assert fresh == n and [r.block_table for r in held[0]] == [r.block_table for r in held[1]]
+        assert (one.num_free, one.num_used) == (bulk.num_free, bulk.num_used)

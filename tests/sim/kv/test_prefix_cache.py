@@ -275,3 +275,49 @@ def test_reuse_flags_parse_and_refuse_by_form():
                              (system_prompt_arg, "x", "TOKENS[:FRACTION]"), (system_prompt_arg, "5:2", "(0, 1]")):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(says)):
             parse(bad)
+
+
+def test_take_blocks_hands_out_what_one_block_grows_would():
+    """A stretch takes a run of decode steps' blocks at once (``take_blocks``) for requests that share nothing: the
+    same ids in the same order as one block at a time each (never-cached ones, then cached ones evicted least
+    recently freed first, keyed or not), the same counts, the same keys forgotten."""
+    import random
+
+    rng = random.Random(3)
+    for trial in range(60):
+        # a history: requests with and without a shared prefix admitted, computed and finished
+        history = [(rng.randint(1, 60), rng.random() < 0.4, rng.random() < 0.7) for _ in range(rng.randint(0, 10))]
+        pair = [CachingBlockManager(40, 4, 0.0) for _ in range(2)]
+        running = []
+        for bm in pair:
+            mine = []
+            for j, (prompt, shared, done) in enumerate(history):
+                r = _group(j, prompt, prompt) if shared else _req(j, prompt)
+                if not bm.can_admit(prompt, use_watermark=False, request=r):
+                    continue
+                bm.admit(r, prompt)
+                r.num_computed = prompt
+                bm.on_computed(r)
+                if done:
+                    r.status = Status.FINISHED
+                    bm.free(r)
+                elif not shared:
+                    mine.append(r)
+            running.append(mine)
+        one, bulk = pair
+        if not running[0] or not one.num_free:
+            continue
+        n = min(one.num_free, rng.randint(1, 14))
+        order = [rng.randrange(len(running[0])) for _ in range(n)]
+        assert bulk.appends_blocks(running[1])
+        cached_before = bulk.num_cached_free
+        for i in order:
+            one.add_block_each([running[0][i]])
+        taken, fresh = bulk.take_blocks(n)
+        for i, b in zip(order, taken):
+            running[1][i].block_table.append(b)
+        assert [list(r.block_table) for r in running[0]] == [list(r.block_table) for r in running[1]], trial
+        assert bulk.num_cached_free == cached_before - max(0, n - fresh)
+        assert (one.num_free, one.num_cached_free, one.stats.evictions) == \
+            (bulk.num_free, bulk.num_cached_free, bulk.stats.evictions)
+        assert all(one.is_cached(b) == bulk.is_cached(b) for b in range(40))
