@@ -43,9 +43,9 @@ TIMED = {
     "sim.cli.workload_args": [("read trace", "load_workload"), ("fit to context", "fit_to_context")],
     "sim.cli.args": [("write run folder", "write_run_folder")],
     "sim.serving.simulator": [("simulate: set-up and rest", "simulate")],
-    "sim.serving.cluster": [("event loop (run_cluster)", "run_cluster"), ("take_frames", "Recorder.take_frames")],
+    "sim.serving.cluster": [("event loop (run_cluster)", "run_cluster"), ("take_tables", "Recorder.take_tables")],
     "sim.schedulers.base": [("flush_tokens", "Scheduler.flush_tokens")],
-    "sim.metrics": [("requests_frame", "requests_frame"), ("stage_bubbles", "stage_bubbles"),
+    "sim.metrics": [("requests_table", "requests_table"), ("stage_bubbles", "stage_bubbles"),
                     ("summarize", "summarize")],
     "sim.gap_log": [("GapLog.merged", "GapLog.merged")],
     "sim.serving.load_verdict": [("load verdict", "add_load_verdict")],
@@ -53,7 +53,7 @@ TIMED = {
     "sim.outputs.run_folder": [("console summary", "format_summary")],
 }
 ORDER = ["python start-up", "imports", "build parser", "cli: other", "read trace", "fit to context",
-         "simulate: set-up and rest", "event loop (run_cluster)", "take_frames", "flush_tokens", "requests_frame",
+         "simulate: set-up and rest", "event loop (run_cluster)", "take_tables", "flush_tokens", "requests_table",
          "GapLog.merged", "stage_bubbles", "summarize", "load verdict", "client view", "write run folder",
          "console summary", "exit"]
 

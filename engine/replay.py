@@ -231,7 +231,7 @@ def replay(trace: list[TraceRequest], config: EngineConfig | None = None, *, run
         frame["flops"] = [c.flops for c in costs]
         frame["bytes"] = [c.bytes for c in costs]
     micro_df = pd.DataFrame(micro, columns=["replica", "batch_id", "scheduled", "host_time", "completed"])
-    stages = metrics.stage_bubbles(frame, micro_df) if len(micro_df) else pd.DataFrame()
+    stages = metrics.stage_bubbles(frame, micro_df).to_pandas() if len(micro_df) else pd.DataFrame()
     sim_cfg = config.sim_config(gpu=gpu.name if gpu else device_name(device), kv_blocks=runner.num_blocks)
     summary = metrics.summarize(
         requests, skipped, trace_len=len(trace), batches=frame, stages=stages, num_blocks=runner.num_blocks,

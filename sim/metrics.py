@@ -10,13 +10,16 @@ drain included).
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from sim.gap_log import GapLog
 from sim.request import Request
+from sim.table import Table, column
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PERCENTILES = (50, 90, 99)
 
@@ -69,6 +72,11 @@ def gap_log_of(requests: Iterable[Request]) -> GapLog:
 
 
 def requests_frame(requests: list[Request]) -> pd.DataFrame:
+    """``requests_table`` as a DataFrame."""
+    return requests_table(requests).to_pandas()
+
+
+def requests_table(requests: list[Request]) -> Table:
     """One row per simulated request, in trace order (from per-request figures: memory per request, not token)."""
     reqs = sorted(requests, key=lambda r: r.index)
     nan = np.nan
@@ -81,7 +89,7 @@ def requests_frame(requests: list[Request]) -> pd.DataFrame:
     e2e = done - arrival
     with np.errstate(divide="ignore", invalid="ignore"):
         tpot = np.where(generated > 1, (e2e - ttft) / (generated - 1), nan)
-    return pd.DataFrame({
+    return Table({
         "request_id": [r.request_id for r in reqs], "replica": [r.replica for r in reqs], "arrival_time": arrival,
         "prompt_tokens": [r.prompt_tokens for r in reqs], "output_tokens": [r.output_tokens for r in reqs],
         "generated_tokens": generated, "first_scheduled_time": sched, "first_token_time": first,
@@ -102,13 +110,14 @@ def _merge_intervals(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, 
     return s[idx], run_end[last]
 
 
-def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataFrame:
-    """Busy and bubble time per (replica, stage): idle gaps while the replica has work in flight."""
+def stage_bubbles(batches: Any, microbatches: Any) -> Table:
+    """Busy and bubble time per (replica, stage): idle gaps while the replica has work in flight (from tables or
+    DataFrames)."""
     rows = []
     # the columns as arrays, a replica's rows picked by index: grouping the frames copied them (a million-request
     # run's tables are gigabytes; measured, issue 34)
-    m_rep, sched, done = (microbatches[c].to_numpy() for c in ("replica", "scheduled", "completed"))
-    b_rep, b_stage, b_start, b_end = (batches[c].to_numpy() for c in ("replica", "stage", "start", "end"))
+    m_rep, sched, done = (column(microbatches, c) for c in ("replica", "scheduled", "completed"))
+    b_rep, b_stage, b_start, b_end = (column(batches, c) for c in ("replica", "stage", "start", "end"))
     for replica in np.unique(m_rep):
         mine = m_rep == replica
         a_start, a_end = _merge_intervals(sched[mine].astype(float, copy=False),
@@ -137,18 +146,24 @@ def stage_bubbles(batches: pd.DataFrame, microbatches: pd.DataFrame) -> pd.DataF
             rows.append((int(replica), int(stage), busy, max(active - busy, 0.0),
                          (active - busy) / active if active > 0 else 0.0,
                          float(np.median(g)) if g.size else 0.0, int(g.size)))
-    return pd.DataFrame(rows, columns=["replica", "stage", "busy_s", "bubble_s", "bubble_fraction",
-                                       "median_bubble_s", "num_bubbles"])
+    names = ("replica", "stage", "busy_s", "bubble_s", "bubble_fraction", "median_bubble_s", "num_bubbles")
+    return Table(dict(zip(names, (np.array(c) for c in zip(*rows)))) if rows else {n: [] for n in names})
 
 
-def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches: pd.DataFrame,
-              stages: pd.DataFrame, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
+def _records(table: Any) -> list[dict[str, Any]]:
+    """A table's rows as dicts of Python numbers (``DataFrame.to_dict(orient="records")``)."""
+    names = list(table.columns)
+    return [dict(zip(names, row)) for row in zip(*(column(table, n).tolist() for n in names))]
+
+
+def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches: Any,
+              stages: Any, num_blocks: int, block_size: int, num_preemptions: int, num_gpus: int,
               peak_flops: float, mem_bandwidth: float, source: str, config: dict, cost: dict,
               versions: dict, gpus_per_stage: int = 1, memory: dict | None = None,
               gaps: GapLog | None = None) -> dict[str, Any]:
     """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
 
-    ``batches`` has the columns of ``sim.serving.recorder.STAGE_FIELDS``, whose flops and bytes are one GPU's
+    ``batches`` (a ``Table`` or a DataFrame, as ``stages``) has the columns of ``sim.serving.recorder.STAGE_FIELDS``, whose flops and bytes are one GPU's
     work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
     ``gaps``: the completed requests' token gaps (the schedulers' merged ``gap_log``; else from kept times).
     """
@@ -170,11 +185,13 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
     first_stage = batches[batches["stage"] == 0] if len(batches) else batches
     kinds = {"prefill": 0, "decode": 0, "mixed": 0}
     if len(first_stage):
-        pre = first_stage["num_prefill_tokens"].to_numpy() > 0
-        dec = first_stage["num_decode_tokens"].to_numpy() > 0
+        pre = column(first_stage, "num_prefill_tokens") > 0
+        dec = column(first_stage, "num_decode_tokens") > 0
         kinds = {"prefill": int((pre & ~dec).sum()), "decode": int((dec & ~pre).sum()), "mixed": int((pre & dec).sum())}
-    flops = float(batches["flops"].sum()) * gpus_per_stage if len(batches) else 0.0
-    nbytes = float(batches["bytes"].sum()) * gpus_per_stage if len(batches) else 0.0
+    flops = float(column(batches, "flops").sum()) * gpus_per_stage if len(batches) else 0.0
+    nbytes = float(column(batches, "bytes").sum()) * gpus_per_stage if len(batches) else 0.0
+    kv_used = column(first_stage, "kv_blocks_used") if len(first_stage) else None
+    bubbles = column(stages, "bubble_fraction") if len(stages) else None
     denom = makespan * num_gpus
     return {
         "source": source,
@@ -200,21 +217,21 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
         "memory": memory or {},
         "kv_cache": {
             "blocks_per_replica": num_blocks, "block_size": block_size,
-            "mean_utilization": float(first_stage["kv_blocks_used"].mean() / num_blocks) if len(first_stage) else 0.0,
-            "max_utilization": float(first_stage["kv_blocks_used"].max() / num_blocks) if len(first_stage) else 0.0,
+            "mean_utilization": float(kv_used.mean() / num_blocks) if kv_used is not None else 0.0,
+            "max_utilization": float(kv_used.max() / num_blocks) if kv_used is not None else 0.0,
             "preemptions": num_preemptions,
             "preempted_requests": sum(1 for r in requests if r.num_preemptions),
         },
         "batches": {
             "iterations": len(first_stage), **{f"{k}_only" if k != "mixed" else k: v for k, v in kinds.items()},
-            "mean_size": float(first_stage["batch_size"].mean()) if len(first_stage) else 0.0,
-            "mean_tokens": float((first_stage["num_prefill_tokens"] + first_stage["num_decode_tokens"]).mean())
-            if len(first_stage) else 0.0,
+            "mean_size": float(column(first_stage, "batch_size").mean()) if len(first_stage) else 0.0,
+            "mean_tokens": float((column(first_stage, "num_prefill_tokens")
+                                  + column(first_stage, "num_decode_tokens")).mean()) if len(first_stage) else 0.0,
         },
         "pipeline": {
-            "stages": stages.to_dict(orient="records") if len(stages) else [],
-            "mean_bubble_fraction": float(stages["bubble_fraction"].mean()) if len(stages) else 0.0,
-            "median_bubble_s": float(stages["median_bubble_s"].median()) if len(stages) else 0.0,
+            "stages": _records(stages) if len(stages) else [],
+            "mean_bubble_fraction": float(bubbles.mean()) if bubbles is not None else 0.0,
+            "median_bubble_s": float(np.median(column(stages, "median_bubble_s"))) if bubbles is not None else 0.0,
         },
         "utilization": {
             "num_gpus": num_gpus,

@@ -155,13 +155,13 @@ def run_simulation(trace: list, config: SimConfig | DisaggConfig, costs: Any, so
         result = simulate(trace, config, cost_model=costs, source=source,
                           progress=bar.update if bar is not None else None, closed_loop=closed_loop)
         if goodput_slo is not None:
-            add_load_verdict(result.summary, result.requests, result.batches, goodput_slo)
+            add_load_verdict(result.summary, result.table("requests"), result.table("batches"), goodput_slo)
     else:
         if closed_loop is not None:
             raise ValueError("--max-concurrency: closed-loop clients drive an aggregated deployment only")
         from sim.serving.disagg import simulate_disaggregated
         result = simulate_disaggregated(trace, config, costs=costs, source=source)
-        add_load_verdict(result.summary, result.requests, None, goodput_slo)
+        add_load_verdict(result.summary, result.table("requests"), None, goodput_slo)
         if bar is not None:
             bar.update(len(trace))
     result.summary["deployment"] = describe(config)

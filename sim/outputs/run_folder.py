@@ -16,11 +16,12 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from sim.outputs.tables import TABLE_FORMATS, read_table, write_table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FLOAT_FORMAT = "%.9g"
 
@@ -109,11 +110,11 @@ def run_files(fmt: str = "csv") -> tuple[str, str, str]:
     return ("summary.json", f"requests.{fmt}", f"batches.{fmt}")
 
 
-def write_run(out_dir: str | Path, summary: dict, requests: pd.DataFrame, batches: pd.DataFrame,
-              fmt: str = "csv") -> Path:
+def write_run(out_dir: str | Path, summary: dict, requests: Any, batches: Any, fmt: str = "csv") -> Path:
     """Write the three standard files into ``out_dir`` (created if needed), then the manifest that completes it.
 
-    ``fmt``: the tables as CSV (the bytes ``DataFrame.to_csv`` writes, by a faster writer) or Parquet.
+    ``requests``, ``batches``: DataFrames or ``sim.table.Table``s. ``fmt``: the tables as CSV (the bytes
+    ``DataFrame.to_csv`` writes, by a faster writer) or Parquet.
     """
     if fmt not in TABLE_FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; choose one of {', '.join(TABLE_FORMATS)}")

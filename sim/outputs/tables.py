@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
+
+from sim.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TABLE_FORMATS = ("csv", "parquet")
 _QUOTED = (",", '"', "\n", "\r")  # a field holding one of these is quoted by csv.QUOTE_MINIMAL
@@ -22,23 +27,31 @@ def _plain(s: str) -> bool:
     return not any(q in s for q in _QUOTED)
 
 
-def _column_text(col: pd.Series, float_format: str) -> list[str] | None:
+def _values(col: Any) -> np.ndarray:
+    """A column's values: a Table's array, or a Series' (``to_numpy``)."""
+    return col if isinstance(col, np.ndarray) else col.to_numpy()
+
+
+def _kind(col: Any) -> str:
+    """The NumPy kind of a column's dtype ("?" for pandas' own dtypes)."""
+    return col.dtype.kind if isinstance(col.dtype, np.dtype) else "?"
+
+
+def _column_text(col: Any, float_format: str) -> list[str] | None:
     """The column's CSV fields as pandas writes them, or None where this writer does not know (pandas will)."""
-    kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else "?"
-    if kind in "iu":
-        return list(map(str, col.to_numpy().tolist()))
+    kind = _kind(col)
+    if kind in "iub":
+        return list(map(str, _values(col).tolist()))
     if kind == "f":
-        return ["" if math.isnan(x) else float_format % x for x in col.to_numpy().tolist()]
-    if kind == "b":
-        return list(map(str, col.to_numpy().tolist()))
-    if kind == "O" or isinstance(col.dtype, pd.StringDtype):
+        return ["" if math.isnan(x) else float_format % x for x in _values(col).tolist()]
+    if kind == "O" or (kind == "?" and type(col.dtype).__name__ == "StringDtype"):
         out = []
-        for x in col.astype(object).tolist():
+        for x in (col if kind == "O" and isinstance(col, np.ndarray) else col.astype(object)).tolist():
             if isinstance(x, str):
                 if not _plain(x):
                     return None
                 out.append(x)
-            elif x is None or (isinstance(x, float) and math.isnan(x)) or x is pd.NA:
+            elif x is None or (isinstance(x, float) and math.isnan(x)) or type(x).__name__ == "NAType":
                 out.append("")
             else:
                 return None  # numbers in an object column: pandas' own rules
@@ -46,32 +59,34 @@ def _column_text(col: pd.Series, float_format: str) -> list[str] | None:
     return None
 
 
-def _row_format(frame: pd.DataFrame, float_format: str) -> str | None:
+def _row_format(frame: Any, float_format: str) -> str | None:
     """One %-format for a whole row when every column is an integer, a boolean or a float with no NaN (then each
     field is what pandas writes: str() of ints and bools, ``float_format`` of floats); else None."""
     parts = []
     for name in frame.columns:
         col = frame[name]
-        kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else "?"
+        kind = _kind(col)
         if kind in "iu":
             parts.append("%d")
         elif kind == "b":
             parts.append("%s")
-        elif kind == "f" and not np.isnan(col.to_numpy()).any():
+        elif kind == "f" and not np.isnan(_values(col)).any():
             parts.append(float_format)
         else:
             return None
     return ",".join(parts)
 
 
-def csv_text(frame: pd.DataFrame, float_format: str) -> str:
-    """``frame.to_csv(index=False, float_format=float_format, lineterminator="\\n")``, computed faster."""
+def csv_text(frame: Any, float_format: str) -> str:
+    """``frame.to_csv(index=False, float_format=float_format, lineterminator="\\n")``, computed faster (``frame``:
+    a DataFrame or a ``sim.table.Table``)."""
     names = [str(c) for c in frame.columns]
     cols = None
-    plain = len(names) > 1 and all(_plain(n) for n in names) and frame.columns.is_unique
+    unique = isinstance(frame, Table) or frame.columns.is_unique
+    plain = len(names) > 1 and all(_plain(n) for n in names) and unique
     fmt = _row_format(frame, float_format) if plain and len(frame) else None
     if fmt is not None:  # numbers only, no NaN: one formatting operation a row
-        rows = zip(*(frame[c].to_numpy().tolist() for c in frame.columns))
+        rows = zip(*(_values(frame[c]).tolist() for c in frame.columns))
         return "\n".join([",".join(names), *map(fmt.__mod__, rows)]) + "\n"
     if plain:
         cols = []
@@ -82,16 +97,19 @@ def csv_text(frame: pd.DataFrame, float_format: str) -> str:
                 break
             cols.append(text)
     if cols is None:
+        if isinstance(frame, Table):
+            frame = frame.to_pandas()
         return frame.to_csv(index=False, float_format=float_format, lineterminator="\n")
     lines = [",".join(names)]
     lines.extend(map(",".join, zip(*cols)))
     return "\n".join(lines) + "\n"
 
 
-def write_table(frame: pd.DataFrame, path: str | os.PathLike[str], fmt: str, float_format: str) -> None:
-    """``frame`` at ``path`` as CSV (pandas' bytes) or Parquet (pyarrow; full float64 precision, no index)."""
+def write_table(frame: Any, path: str | os.PathLike[str], fmt: str, float_format: str) -> None:
+    """``frame`` (a DataFrame or a ``Table``) at ``path`` as CSV (pandas' bytes) or Parquet (pyarrow; full float64
+    precision, no index)."""
     if fmt == "parquet":
-        frame.to_parquet(path, index=False, engine="pyarrow")
+        (frame.to_pandas() if isinstance(frame, Table) else frame).to_parquet(path, index=False, engine="pyarrow")
         return
     with open(path, "w", encoding="utf-8", newline="") as f:  # pandas writes UTF-8, "\n" only
         f.write(csv_text(frame, float_format))
@@ -99,6 +117,8 @@ def write_table(frame: pd.DataFrame, path: str | os.PathLike[str], fmt: str, flo
 
 def read_table(path: str | os.PathLike[str], dtype: dict | None = None) -> pd.DataFrame:
     """A table written by :func:`write_table`, by its extension."""
+    import pandas as pd
+
     if str(path).endswith(".parquet"):
         frame = pd.read_parquet(path, engine="pyarrow")
         return frame.astype(dtype) if dtype else frame

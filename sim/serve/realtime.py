@@ -283,4 +283,4 @@ class RealtimeDeployment(ServedBackend):
         super()._emit()
         rec = self.recorder
         if len(rec.stage_rows) > RECORDER_LIMIT or len(rec.microbatch_rows) > RECORDER_LIMIT:
-            rec.take_frames()  # nothing reads them while serving: keep memory flat
+            rec.take_tables()  # nothing reads them while serving: keep memory flat

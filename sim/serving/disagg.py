@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
@@ -38,6 +37,7 @@ from sim.schedulers import scheduler_class
 from sim.serving.cluster import Replica, Router, replay_arrivals
 from sim.serving.recorder import Recorder
 from sim.serving.simulator import SimConfig, SimResult, _versions, add_cache_outputs, bound_memory
+from sim.table import Table, column
 from sim.workload.servable import rebase_arrivals
 
 LINK_KINDS = ("network", "nvlink")
@@ -248,12 +248,12 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
 
     replay_arrivals(env, requests, run.submit)
     finals = [run.final[r.index] for r in requests]
-    batches, micro = rec.take_frames()
+    batches, micro = rec.take_tables()
     schedulers = [r.scheduler for r in run.prefill + run.decode]
     for s in schedulers:
         s.flush_tokens()
     gaps = GapLog.merged(s.gap_log for s in schedulers)
-    stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
+    stages = metrics.stage_bubbles(batches, micro) if len(micro) else Table()
     gpu = get_gpu(config.decode.gpu)
     summary = metrics.summarize(
         finals, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=blocks[1],
@@ -265,8 +265,8 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
     summary["time_origin_s"] = origin
     _per_pool(summary, batches, config, blocks, model)
     summary["disaggregation"] = _transfer_summary(run, env.now, config)
-    req_df = _with_transfers(metrics.requests_frame(finals), run, requests)
-    batches = batches.assign(pool=np.where(batches["replica"].to_numpy() < config.prefill.replicas, "prefill",
+    req_df = _with_transfers(metrics.requests_table(finals), run, requests)
+    batches = batches.assign(pool=np.where(column(batches, "replica") < config.prefill.replicas, "prefill",
                                            "decode")) if len(batches) else batches
     if config.prefill.prefix_caching:  # the prefill pool's cache (decode replicas receive KV, they look up none)
         pre = [r.scheduler for r in run.prefill]
@@ -275,18 +275,18 @@ def simulate_disaggregated(trace: list[TraceRequest], config: DisaggConfig, *,
     return SimResult(summary, req_df, batches, micro, stages, skipped)
 
 
-def _per_pool(summary: dict, batches: pd.DataFrame, config: DisaggConfig, blocks: tuple[int, int], model) -> None:
+def _per_pool(summary: dict, batches: Table, config: DisaggConfig, blocks: tuple[int, int], model) -> None:
     """KV use and utilisation pool by pool: each pool's batches over its own capacity, FLOPs on its own GPUs."""
-    split = batches["replica"].to_numpy() < config.prefill.replicas if len(batches) else np.zeros(0, dtype=bool)
+    split = column(batches, "replica") < config.prefill.replicas if len(batches) else np.zeros(0, dtype=bool)
     kv, flops, nbytes = {}, 0.0, 0.0
     for name, pool, rows, cap in (("prefill", config.prefill, batches[split], blocks[0]),
                                   ("decode", config.decode, batches[~split], blocks[1])):
-        first = rows[rows["stage"] == 0]
+        used = column(rows, "kv_blocks_used")[column(rows, "stage") == 0]
         kv[name] = {"blocks_per_replica": int(cap),
-                    "mean_utilization": float(first["kv_blocks_used"].mean() / cap) if len(first) else 0.0,
-                    "max_utilization": float(first["kv_blocks_used"].max() / cap) if len(first) else 0.0}
-        flops += float(rows["flops"].sum()) * pool.tp
-        nbytes += float(rows["bytes"].sum()) * pool.tp
+                    "mean_utilization": float(used.mean() / cap) if len(used) else 0.0,
+                    "max_utilization": float(used.max() / cap) if len(used) else 0.0}
+        flops += float(column(rows, "flops").sum()) * pool.tp
+        nbytes += float(column(rows, "bytes").sum()) * pool.tp
     summary["kv_cache"].update(kv["decode"])  # the headline figures: the decode pool, whose KV holds requests
     summary["kv_cache"]["pools"] = kv
     denom = summary["throughput"]["makespan_s"] * config.num_gpus
@@ -317,7 +317,7 @@ def _transfer_summary(run: _Disaggregated, end: float, config: DisaggConfig) -> 
                      "decode": config.decode.replicas * config.decode.tp * config.decode.pp}}
 
 
-def _with_transfers(req_df: pd.DataFrame, run: _Disaggregated, requests: list[Request]) -> pd.DataFrame:
+def _with_transfers(req_df: Table, run: _Disaggregated, requests: list[Request]) -> Table:
     """requests.csv's disaggregation columns: prefill replica, decode replica, transfer start and end."""
     by = {x[0]: (x[3], x[4], x[5], x[6]) for x in run.transfers}
     order = sorted(r.index for r in requests)

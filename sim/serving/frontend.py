@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from sim.table import Table, column
 
 
 @dataclass(frozen=True)
@@ -81,25 +82,23 @@ def parse_frontend(spec: str) -> Frontend:
     return Frontend("custom", req_ms * 1e-3, prompt_us * 1e-6, out_us * 1e-6, done_ms * 1e-3)
 
 
-def client_view(frame: pd.DataFrame, frontend: Frontend, inbound: np.ndarray) -> pd.DataFrame:
+def client_view(frame: Table, frontend: Frontend, inbound: np.ndarray) -> Table:
     """requests.csv as the client sees it (arrival at the frontend; tokens after the way back), the engine's own
     times kept as ``engine_*`` columns. ``frame``'s times are the engine's; ``inbound`` per row, in its order."""
-    out = frame.copy()
-    engine_arrival = frame["arrival_time"].to_numpy()
+    engine_arrival = column(frame, "arrival_time")
     back = frontend.per_output_token_s
-    out.insert(out.columns.get_loc("arrival_time") + 1, "engine_arrival_time", engine_arrival)
-    out["arrival_time"] = engine_arrival - inbound
-    out["first_token_time"] = frame["first_token_time"] + back
-    out["completion_time"] = frame["completion_time"] + back + frontend.completion_s
-    for col in ("ttft", "e2e", "tpot", "scheduling_delay"):
-        out[f"engine_{col}"] = frame[col]
-    out["scheduling_delay"] = frame["scheduling_delay"] + inbound
-    out["ttft"] = out["first_token_time"] - out["arrival_time"]
-    out["e2e"] = out["completion_time"] - out["arrival_time"]
-    n = frame["generated_tokens"].to_numpy()
+    arrival = engine_arrival - inbound
+    first = column(frame, "first_token_time") + back
+    done = column(frame, "completion_time") + back + frontend.completion_s
+    ttft, e2e = first - arrival, done - arrival
+    n = column(frame, "generated_tokens")
     with np.errstate(divide="ignore", invalid="ignore"):
-        out["tpot"] = np.where(n > 1, (out["e2e"] - out["ttft"]) / (n - 1), np.nan)
-    return out
+        tpot = np.where(n > 1, (e2e - ttft) / (n - 1), np.nan)
+    out = frame.insert_after("arrival_time", "engine_arrival_time", engine_arrival)
+    return out.assign(  # (columns already there keep their place; the engine's own go at the end, in this order)
+        arrival_time=arrival, first_token_time=first, completion_time=done,
+        **{f"engine_{col}": column(frame, col) for col in ("ttft", "e2e", "tpot", "scheduling_delay")},
+        scheduling_delay=column(frame, "scheduling_delay") + inbound, ttft=ttft, e2e=e2e, tpot=tpot)
 
 
 def to_engine(requests: list, frontend: Frontend) -> None:
@@ -111,7 +110,7 @@ def to_engine(requests: list, frontend: Frontend) -> None:
     requests.sort(key=lambda r: r.arrival_time)  # stable: a shorter prompt tokenized sooner may overtake
 
 
-def client_latency(summary: dict[str, Any], client: pd.DataFrame, frontend: Frontend) -> None:
+def client_latency(summary: dict[str, Any], client: Any, frontend: Frontend) -> None:
     """``latency_s`` as the client sees it (from ``client``, requests.csv's client view); the engine's own figures
     move to ``latency_engine_s``; ``frontend`` records what priced the difference."""
     from sim.metrics import describe
@@ -121,7 +120,6 @@ def client_latency(summary: dict[str, Any], client: pd.DataFrame, frontend: Fron
         return
     engine = summary["latency_s"]
     summary["latency_engine_s"] = {k: engine[k] for k in ("ttft", "tpot", "e2e", "scheduling_delay")}
-    done = client[client["completion_time"].notna()]
-    summary["latency_s"] = {**engine, "ttft": describe(done["ttft"]), "e2e": describe(done["e2e"]),
-                            "tpot": describe(done["tpot"].dropna()),
-                            "scheduling_delay": describe(done["scheduling_delay"])}
+    done = client[~np.isnan(column(client, "completion_time", float))]
+    summary["latency_s"] = {**engine, **{k: describe(column(done, k)) for k in ("ttft", "e2e", "tpot",
+                                                                               "scheduling_delay")}}

@@ -18,7 +18,8 @@ import math
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from sim.table import column
 
 #: a queue growing faster than this fraction of the offered rate over the second half of the arrivals is
 #: saturation (a stable queue's slope is noise around zero; at 1.5x capacity it grows at a third of the rate).
@@ -55,13 +56,13 @@ def _queue_slope(arrivals: np.ndarray, scheduled: np.ndarray, since: float) -> f
     return float(np.polyfit(t - t[0], q.astype(float), 1)[0])
 
 
-def saturation(req: pd.DataFrame) -> dict[str, Any]:
+def saturation(req: Any) -> dict[str, Any]:
     """The saturation verdict of a run from requests.csv's columns (arrival, first scheduled, completion times).
 
     ``saturated`` is True (the queue grows: the offered rate is above what the deployment sustains), False,
     or None (no verdict: a closed batch or too few requests); ``verdict`` says it in one line.
     """
-    arrivals = np.sort(req["arrival_time"].to_numpy(float))
+    arrivals = np.sort(column(req, "arrival_time", float))
     n = arrivals.size
     out: dict[str, Any] = {"saturated": None, "offered_rps": None, "served_rps": None, "queue_at_end": None,
                            "queue_growth_rps": None}
@@ -71,8 +72,8 @@ def saturation(req: pd.DataFrame) -> dict[str, Any]:
                           if n >= MIN_REQUESTS else f"no verdict: {n} requests are too few to tell (at least "
                                                     f"{MIN_REQUESTS})")
         return out
-    sched = np.sort(np.nan_to_num(req["first_scheduled_time"].to_numpy(float), nan=math.inf))
-    done = req["completion_time"].to_numpy(float)
+    sched = np.sort(np.nan_to_num(column(req, "first_scheduled_time", float), nan=math.inf))
+    done = column(req, "completion_time", float)
     t0, t1 = float(arrivals[0]), float(arrivals[-1])
     mid = t0 + span / 2
     offered = (n - 1) / span
@@ -92,7 +93,7 @@ def saturation(req: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def limits(batches: pd.DataFrame, token_budget: int | None, max_num_seqs: int | None,
+def limits(batches: Any, token_budget: int | None, max_num_seqs: int | None,
            num_blocks: int) -> dict[str, Any]:
     """How often each knob was at its limit (fraction of iterations, first stage) and which one binds.
 
@@ -104,10 +105,10 @@ def limits(batches: pd.DataFrame, token_budget: int | None, max_num_seqs: int | 
     first = batches[batches["stage"] == 0] if len(batches) else batches
     if not len(first):
         return {"binding": None, "full_fraction": {}}
-    tokens = (first["num_prefill_tokens"] + first["num_decode_tokens"]).to_numpy()
+    tokens = column(first, "num_prefill_tokens") + column(first, "num_decode_tokens")
     full = {"token_budget": float(np.mean(tokens >= token_budget)) if token_budget else 0.0,
-            "max_num_seqs": float(np.mean(first["batch_size"].to_numpy() >= max_num_seqs)) if max_num_seqs else 0.0,
-            "kv_capacity": float(np.mean(first["kv_blocks_used"].to_numpy() >= KV_FULL * num_blocks))
+            "max_num_seqs": float(np.mean(column(first, "batch_size") >= max_num_seqs)) if max_num_seqs else 0.0,
+            "kv_capacity": float(np.mean(column(first, "kv_blocks_used") >= KV_FULL * num_blocks))
             if num_blocks else 0.0}
     return {"binding": binding_knob(full), "full_fraction": full}
 
@@ -131,16 +132,16 @@ def describe_limits(lim: dict[str, Any]) -> str:
     return f"{names[binding]} (full in {full[binding]:.0%} of iterations; {others})"
 
 
-def goodput(req: pd.DataFrame, makespan: float | None, bounds: dict[str, float] | None = None) -> dict[str, Any]:
+def goodput(req: Any, makespan: float | None, bounds: dict[str, float] | None = None) -> dict[str, Any]:
     """Completed requests meeting every bound of ``bounds`` (vLLM's keys ttft, tpot, e2el; seconds), per second.
 
     A request of one output token has no TPOT and meets a TPOT bound (vLLM counts its TPOT as 0).
     """
     bounds = DEFAULT_GOODPUT if bounds is None else bounds
-    done = req[req["completion_time"].notna()]
+    done = req[~np.isnan(column(req, "completion_time", float))]
     good = np.ones(len(done), dtype=bool)
     for key, bound in bounds.items():
-        values = done[GOODPUT_KEYS[key]].to_numpy(float)
+        values = column(done, GOODPUT_KEYS[key], float)
         good &= np.nan_to_num(values, nan=0.0) <= bound
     n_good = int(good.sum())
     return {"slo_s": dict(bounds), "good_requests": n_good, "completed": len(done),
@@ -156,7 +157,7 @@ def describe_goodput(g: dict[str, Any]) -> str:
     return f"goodput: {rate} ({g['good_requests']} of {g['completed']} completed requests, {frac}, meet {slo})"
 
 
-def add_load_verdict(summary: dict[str, Any], req: pd.DataFrame, batches: pd.DataFrame | None = None,
+def add_load_verdict(summary: dict[str, Any], req: Any, batches: Any | None = None,
                      goodput_slo: dict[str, float] | None = None) -> None:
     """summary.json's ``saturation``, ``goodput`` and (given the batches of an aggregated run) ``limits``."""
     summary["saturation"] = saturation(req)

@@ -9,8 +9,14 @@ from __future__ import annotations
 from array import array
 from itertools import chain, islice
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
+
+from sim.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # one row per stage execution (batches.csv)
 STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tokens", "num_decode_tokens",
@@ -25,8 +31,8 @@ _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode
 
 
 def _frame(values: array, fields: tuple[str, ...], runs: list | None = None, by: str | None = None
-           ) -> tuple[pd.DataFrame, bool]:
-    """Row-major float64 values to a DataFrame of ``fields`` (whole-number columns back to int64); ``runs``:
+           ) -> tuple[Table, bool]:
+    """Row-major float64 values to a table of ``fields`` (whole-number columns back to int64); ``runs``:
     (per field, the arrays that make its column; the row of ``values`` each of their rows goes before) of
     stretches recorded apart (``Recorder.add_stretch``; several rows before one row keep their order). ``by``: the
     rows in the order of that column (stable: a replica's own rows are in order already), each column built in
@@ -34,11 +40,11 @@ def _frame(values: array, fields: tuple[str, ...], runs: list | None = None, by:
     a = np.frombuffer(values, dtype=float).reshape(-1, len(fields)) if len(values) else np.empty((0, len(fields)))
     if runs is None:
         cols = {f: a[:, i].astype(np.int64) if f in _INT_FIELDS else a[:, i].copy() for i, f in enumerate(fields)}
-        return pd.DataFrame(cols, copy=False), False
+        return Table(cols, len(a)), False
     extra, before = runs
     total = len(a) + len(before)
     placed = before + np.arange(len(before))  # their rows in the table
-    runs[1] = before = None  # (freed here where the caller holds no other reference: ``take_frames``)
+    runs[1] = before = None  # (freed here where the caller holds no other reference: ``take_tables``)
     rest = np.ones(total, dtype=bool)
     rest[placed] = False
     rest = rest.nonzero()[0]  # the rows of ``values``
@@ -68,11 +74,10 @@ def _frame(values: array, fields: tuple[str, ...], runs: list | None = None, by:
     built = {}
     for i, f in enumerate(fields):
         c = column(i)
-        extra[i] = []  # (its parts, freed here where the caller holds no other reference: ``take_frames``)
+        extra[i] = []  # (its parts, freed here where the caller holds no other reference: ``take_tables``)
         built[f] = c.astype(np.int64) if f in _INT_FIELDS else c
         del c  # (before the next column is built)
-    # copy=False: a block per column, as built (pandas would otherwise stack them into one 2D block per dtype)
-    return pd.DataFrame(built, copy=False), tied
+    return Table(built, total), tied
 
 
 class Recorder:
@@ -167,7 +172,7 @@ class Recorder:
         before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
         return (stage, before), (micro, before_micro)
 
-    def _table(self, values: array, fields: tuple[str, ...], runs: list | None, end: str) -> pd.DataFrame:
+    def _table(self, values: array, fields: tuple[str, ...], runs: list | None, end: str) -> Table:
         """One table; in the order of its ``end`` column where several replicas' stretches were recorded."""
         frame, tied = _frame(values, fields, runs, end if runs is not None and self.time_order else None)
         self.ambiguous |= tied
@@ -176,14 +181,14 @@ class Recorder:
     def stage_frame(self) -> pd.DataFrame:
         """batches.csv: one row per stage execution."""
         runs = self._runs()
-        return self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
+        return self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end").to_pandas()
 
     def microbatch_frame(self) -> pd.DataFrame:
         """One row per micro-batch: scheduling start, host time, completion."""
         runs = self._runs()
-        return self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")
+        return self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed").to_pandas()
 
-    def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def take_tables(self) -> tuple[Table, Table]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
         runs = self._runs()
         self._stretches, self._stretch_rows, self._packed = [], 0, self._no_packed()
@@ -192,3 +197,8 @@ class Recorder:
         micro = self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")
         self.microbatch_rows = array("d")
         return stages, micro
+
+    def take_frames(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``take_tables`` as DataFrames."""
+        stages, micro = self.take_tables()
+        return stages.to_pandas(), micro.to_pandas()

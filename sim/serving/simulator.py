@@ -6,11 +6,10 @@ import dataclasses
 import math
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from sim import metrics
 from sim.catalog.hardware import get_gpu
@@ -33,7 +32,11 @@ from sim.serving.frontend import PRESETS, Frontend, client_latency, client_view,
 from sim.serving.load_verdict import add_load_verdict
 from sim.spec.run import add_spec_outputs, blocks_with_drafter, spec_cost, spec_of
 from sim.spec.run import enable as enable_speculation
+from sim.table import Table, column
 from sim.workload.servable import SkippedRequest, prepare_requests, rebase_arrivals
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass
@@ -260,16 +263,33 @@ class SimConfig(ServingConfig):
         self.make_scheduler(self.memory(model)[1])  # weights and KV fit (or kv_blocks given); Orca's reservation too
 
 
-@dataclass
 class SimResult:
-    """What a run produced: the summary dict and the per-request / per-batch tables."""
+    """What a run produced: the summary dict and the per-request / per-batch tables (DataFrames, built on first use
+    from the ``Table``s the run made: ``servesim simulate`` writes those without importing pandas)."""
 
-    summary: dict[str, Any]
-    requests: pd.DataFrame
-    batches: pd.DataFrame
-    microbatches: pd.DataFrame
-    stages: pd.DataFrame
-    skipped: list[SkippedRequest] = field(default_factory=list)
+    _NAMES = ("requests", "batches", "microbatches", "stages")
+
+    def __init__(self, summary: dict[str, Any], requests: Any, batches: Any, microbatches: Any, stages: Any,
+                 skipped: list[SkippedRequest] | None = None) -> None:
+        self.summary = summary
+        self._tables = dict(zip(self._NAMES, (requests, batches, microbatches, stages)))
+        self.skipped = skipped if skipped is not None else []
+
+    def table(self, name: str) -> Any:
+        """The table ``name`` as the run made it (a ``Table`` or a DataFrame), not converted."""
+        return self._tables[name]
+
+    def _frame(self, name: str) -> pd.DataFrame:
+        t = self._tables[name]
+        if isinstance(t, Table):
+            t = self._tables[name] = t.to_pandas()
+        return t
+
+    requests = property(lambda self: self._frame("requests"), lambda self, v: self._tables.update(requests=v))
+    batches = property(lambda self: self._frame("batches"), lambda self, v: self._tables.update(batches=v))
+    microbatches = property(lambda self: self._frame("microbatches"),
+                            lambda self, v: self._tables.update(microbatches=v))
+    stages = property(lambda self: self._frame("stages"), lambda self, v: self._tables.update(stages=v))
 
 
 #: output tokens up to which finished requests keep every token time (32 bytes each in a Python list)
@@ -286,19 +306,17 @@ def bound_memory(schedulers: list[Scheduler], requests: list[Request]) -> None:
         s.fold_every_tokens = max(16384, FOLD_EVERY_TOKENS // len(schedulers))  # (a fold's NumPy calls cost ~30 us)
 
 
-def add_cache_outputs(summary: dict, batches: pd.DataFrame, req_df: pd.DataFrame, requests: list[Request],
-                      schedulers: list[Scheduler], replicas: range | None = None
-                      ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def add_cache_outputs(summary: dict, batches: Any, req_df: Any, requests: list[Request],
+                      schedulers: list[Scheduler], replicas: range | None = None) -> tuple[Any, Any]:
     """With prefix caching: summary.json's ``prefix_cache`` and the cache columns (``replicas``: the schedulers'
-    replica indices in ``batches``, default 0..n-1)."""
+    replica indices in ``batches``, default 0..n-1); ``Table``s or DataFrames, returned as they came."""
     batches, req_df = _with_cache_columns(batches, req_df, requests, schedulers, replicas)
     summary["prefix_cache"] = cache_summary([s.bm for s in schedulers], [s.cached_free_log for s in schedulers])
     return batches, req_df
 
 
-def _with_cache_columns(batches: pd.DataFrame, req_df: pd.DataFrame, requests: list[Request],
-                        schedulers: list[Scheduler], replicas: range | None = None
-                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _with_cache_columns(batches: Any, req_df: Any, requests: list[Request], schedulers: list[Scheduler],
+                        replicas: range | None = None) -> tuple[Any, Any]:
     """Prefix caching's columns: each request's cached prompt tokens, each batch's cached free blocks."""
     by_index = {r.index: r.cached_tokens for r in requests}
     req_df = req_df.assign(cached_tokens=[by_index[i] for i in sorted(by_index)])
@@ -306,18 +324,21 @@ def _with_cache_columns(batches: pd.DataFrame, req_df: pd.DataFrame, requests: l
         occ = np.zeros(len(batches), dtype=np.int64)
         for i, s in zip(replicas or range(len(schedulers)), schedulers):
             log = np.asarray(s.cached_free_log, dtype=np.int64)
-            rows = (batches["replica"].to_numpy() == i)
-            occ[rows] = log[batches["batch_id"].to_numpy()[rows]]
+            rows = column(batches, "replica") == i
+            occ[rows] = log[column(batches, "batch_id")[rows]]
         batches = batches.assign(kv_cached_free_blocks=occ)
     return batches, req_df
 
 
 def _versions() -> dict[str, str]:
+    """The versions a run's summary records (pandas' from its installed metadata: a run need not import it)."""
+    from importlib.metadata import version
+
     import simpy
 
     from sim.version import __version__
     return {"servesim": __version__, "python": platform.python_version(), "simpy": simpy.__version__,
-            "numpy": np.__version__, "pandas": pd.__version__}
+            "numpy": np.__version__, "pandas": version("pandas")}
 
 
 def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost_model: CostModel | None = None,
@@ -371,7 +392,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         rec = run_cluster(requests, schedulers, cost_model, config.pp, config.router,
                           closed_loop.chain(on_finish) if closed_loop else on_finish, config.router_cache_weight,
                           replica_cls, closed_loop.arrivals if closed_loop else None, count, independent)
-        return requests, skipped, origin, schedulers, rec, rec.take_frames()
+        return requests, skipped, origin, schedulers, rec, rec.take_tables()
 
     requests, skipped, origin, schedulers, rec, (batches, micro) = run(True)
     if rec.ambiguous:  # two replicas' rows end at the same time after stretches: run it again without them
@@ -380,9 +401,9 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
         requests, skipped, origin, schedulers, rec, (batches, micro) = run(False)
     for s in schedulers:
         s.flush_tokens()
-    req_df = metrics.requests_frame(requests)
+    req_df = metrics.requests_table(requests)
     gaps = GapLog.merged(s.gap_log for s in schedulers)  # finished requests' gaps, every replica
-    stages = metrics.stage_bubbles(batches, micro) if len(micro) else pd.DataFrame()
+    stages = metrics.stage_bubbles(batches, micro) if len(micro) else Table()
     summary = metrics.summarize(
         requests, skipped, trace_len=len(trace), batches=batches, stages=stages, num_blocks=num_blocks,
         block_size=config.block_size, num_preemptions=sum(s.num_preemptions for s in schedulers),
@@ -395,7 +416,7 @@ def simulate(trace: list[TraceRequest], config: SimConfig | None = None, *, cost
     if spec is not None:
         batches, req_df = add_spec_outputs(summary, batches, req_df, requests, schedulers, gaps)
     if frontend.active:  # requests.csv and latency_s as the client sees them; the engine's own kept beside
-        req_df = client_view(req_df, frontend, frontend.inbound(req_df["prompt_tokens"].to_numpy()))
+        req_df = client_view(req_df, frontend, frontend.inbound(column(req_df, "prompt_tokens")))
     client_latency(summary, req_df, frontend)
     if config.replicas > 1:  # how the router spread the load
         per = [sum(1 for r in requests if r.replica == i) for i in range(config.replicas)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.interface import CostModel
@@ -14,6 +13,7 @@ from sim.metrics import PERCENTILES, describe
 from sim.spec.config import HEAD_METHODS, SpecConfig, parse_speculative_config
 from sim.spec.cost import EAGLE3_DRAFT_VOCAB, SpecCost
 from sim.spec.state import SpecDecoding
+from sim.table import column
 
 
 def spec_of(config: Any) -> SpecConfig | None:
@@ -106,9 +106,10 @@ def chunk_gaps(gaps: GapLog) -> GapLog:
     return out
 
 
-def add_spec_outputs(summary: dict, batches: pd.DataFrame, req_df: pd.DataFrame, requests: list, schedulers: list,
-                     gaps: GapLog, replicas: range | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """summary.json's ``speculative`` section; requests.csv's and batches.csv's speculation columns."""
+def add_spec_outputs(summary: dict, batches: Any, req_df: Any, requests: list, schedulers: list,
+                     gaps: GapLog, replicas: range | None = None) -> tuple[Any, Any]:
+    """summary.json's ``speculative`` section; requests.csv's and batches.csv's speculation columns (``Table``s or
+    DataFrames, returned as they came)."""
     per: dict[int, list[int]] = {}
     for s in schedulers:
         per.update(s.spec.per_request)
@@ -125,8 +126,8 @@ def add_spec_outputs(summary: dict, batches: pd.DataFrame, req_df: pd.DataFrame,
         cols = {name: np.zeros(len(batches), dtype=np.int64) for name in ("spec_proposed", "spec_accepted",
                                                                            "kv_spec_blocks")}
         for i, s in zip(replicas or range(len(schedulers)), schedulers):
-            rows = batches["replica"].to_numpy() == i
-            ids = batches["batch_id"].to_numpy()[rows]
+            rows = column(batches, "replica") == i
+            ids = column(batches, "batch_id")[rows]
             for name, log in (("spec_proposed", s.spec.batch_proposed), ("spec_accepted", s.spec.batch_accepted),
                               ("kv_spec_blocks", s.spec.batch_spec_blocks)):
                 a = np.zeros(max(len(log), int(ids.max()) + 1 if ids.size else 0), dtype=np.int64)
@@ -152,7 +153,7 @@ def add_spec_outputs(summary: dict, batches: pd.DataFrame, req_df: pd.DataFrame,
         "output_tokens_per_iteration": out_tokens / iterations if iterations else None,
         "itl_per_token_s": gaps.describe(PERCENTILES),
         "itl_per_chunk_s": chunk_gaps(gaps).describe(PERCENTILES),
-        "kv_spec_blocks": {"mean": float(first["kv_spec_blocks"].mean()) if iterations else 0.0,
-                           "max": int(first["kv_spec_blocks"].max()) if iterations else 0},
+        "kv_spec_blocks": {"mean": float(column(first, "kv_spec_blocks").mean()) if iterations else 0.0,
+                           "max": int(column(first, "kv_spec_blocks").max()) if iterations else 0},
     }
     return batches, req_df

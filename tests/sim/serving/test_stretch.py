@@ -359,13 +359,13 @@ def test_a_run_whose_replicas_tie_after_stretches_is_run_again_without_them(monk
     cfg = SimConfig(model="llama-2-7b", gpu="a100-80gb", scheduler="orca", replicas=2)
     cost = ConstantCostModel(1 / 64, host=1 / 256)  # 5/256 a step: replica 1 runs one step behind replica 0
     flags: list[bool] = []
-    real = Recorder.take_frames
+    real = Recorder.take_tables
 
     def spy(self):
         frames = real(self)
         flags.append(self.ambiguous)
         return frames
-    monkeypatch.setattr(Recorder, "take_frames", spy)
+    monkeypatch.setattr(Recorder, "take_tables", spy)
     counts: list[int] = []
     fast = simulate(trace, cfg, cost_model=cost, progress=counts.append)
     assert flags == [True, False] and sum(counts) == 2 and min(counts) < 0
