@@ -163,8 +163,9 @@ def summarize(requests: list[Request], skipped: list, *, trace_len: int, batches
               gaps: GapLog | None = None) -> dict[str, Any]:
     """The summary.json dictionary (every metric, the config, versions); shared by simulator and engine.
 
-    ``batches`` (a ``Table`` or a DataFrame, as ``stages``) has the columns of ``sim.serving.recorder.STAGE_FIELDS``, whose flops and bytes are one GPU's
-    work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds ``SkippedRequest``s.
+    ``batches`` (a ``Table`` or a DataFrame, as ``stages``) has the columns of ``sim.serving.recorder.STAGE_FIELDS``,
+    whose flops and bytes are one GPU's work (each stage runs on ``gpus_per_stage`` = TP GPUs); ``skipped`` holds
+    ``SkippedRequest``s.
     ``gaps``: the completed requests' token gaps (the schedulers' merged ``gap_log``; else from kept times).
     """
     done = [r for r in requests if r.completion_time is not None]

@@ -263,6 +263,12 @@ class SimConfig(ServingConfig):
         self.make_scheduler(self.memory(model)[1])  # weights and KV fit (or kv_blocks given); Orca's reservation too
 
 
+def _frame_property(name: str, doc: str) -> property:
+    """A ``SimResult`` table read as a DataFrame (built once, on first read) and set as one."""
+    return property(lambda self: self._frame(name), lambda self, value: self._tables.__setitem__(name, value),
+                    doc=doc)
+
+
 class SimResult:
     """What a run produced: the summary dict and the per-request / per-batch tables (DataFrames, built on first use
     from the ``Table``s the run made: ``servesim simulate`` writes those without importing pandas)."""
@@ -285,11 +291,10 @@ class SimResult:
             t = self._tables[name] = t.to_pandas()
         return t
 
-    requests = property(lambda self: self._frame("requests"), lambda self, v: self._tables.update(requests=v))
-    batches = property(lambda self: self._frame("batches"), lambda self, v: self._tables.update(batches=v))
-    microbatches = property(lambda self: self._frame("microbatches"),
-                            lambda self, v: self._tables.update(microbatches=v))
-    stages = property(lambda self: self._frame("stages"), lambda self, v: self._tables.update(stages=v))
+    requests = _frame_property("requests", "one row per simulated request (requests.csv)")
+    batches = _frame_property("batches", "one row per stage execution (batches.csv)")
+    microbatches = _frame_property("microbatches", "one row per micro-batch: scheduled, host time, completed")
+    stages = _frame_property("stages", "busy and bubble time per (replica, stage)")
 
 
 #: output tokens up to which finished requests keep every token time (32 bytes each in a Python list)
