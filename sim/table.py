@@ -37,7 +37,10 @@ class Table:
         if isinstance(key, str):
             return self._cols[key]
         mask = np.asarray(key)
-        return Table({name: col[mask] for name, col in self._cols.items()}, int(mask.sum()))
+        n = int(mask.sum())
+        if n == self._rows:  # every row: the same columns, no copy (as pandas gives; a table is never changed in place)
+            return self
+        return Table({name: col[mask] for name, col in self._cols.items()}, n)
 
     @property
     def columns(self) -> list[str]:
@@ -63,9 +66,13 @@ class Table:
 
 
 def _array(col: Any) -> np.ndarray:
-    """A column as an array: strings as objects, as pandas holds them (NumPy would make fixed-width unicode)."""
-    a = col if isinstance(col, np.ndarray) else np.asarray(col)
-    return a.astype(object) if a.dtype.kind == "U" else a
+    """A column as an array: strings as objects, as pandas holds them (the same ``str`` objects: NumPy would make a
+    fixed-width unicode copy of a list of them, and new objects from that)."""
+    if isinstance(col, np.ndarray):
+        return col.astype(object) if col.dtype.kind == "U" else col
+    if isinstance(col, list) and col and isinstance(col[0], str):
+        return np.array(col, dtype=object)
+    return np.asarray(col)
 
 
 def column(table: Any, name: str, dtype: Any = None) -> np.ndarray:
