@@ -103,6 +103,10 @@ class EngineResult:
     token_ids: dict[str, list[int]] = field(default_factory=dict)
     speculation: Any = None  # engine.speculative.EngineSpeculation of a speculative run: its lookups
 
+    def table(self, name: str) -> pd.DataFrame:
+        """A table by name, as ``SimResult.table`` gives it (the run-folder writer reads either result)."""
+        return getattr(self, name)
+
 
 def cap_prefill_tokens(config: EngineConfig, device: torch.device) -> EngineConfig:
     """``config`` with a per-iteration token limit on CUDA for a policy that has none (Orca, FasterTransformer;

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
 
 class Table:
-    """Named columns of equal length, in order (NumPy arrays; strings as object arrays or lists)."""
+    """Named columns of equal length, in order (NumPy arrays; strings as object arrays)."""
 
     __slots__ = ("_cols", "_rows")
 

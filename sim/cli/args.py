@@ -341,8 +341,8 @@ def write_run_folder(args: argparse.Namespace, result: Any) -> None:
     if not args.out:
         return
     from sim.outputs.run_folder import write_run
-    table = getattr(result, "table", None) or result.__getattribute__  # a SimResult's tables as made (no pandas)
-    write_run(args.out, result.summary, table("requests"), table("batches"), getattr(args, "table_format", "csv"))
+    write_run(args.out, result.summary, result.table("requests"), result.table("batches"),  # as made: no pandas
+              getattr(args, "table_format", "csv"))
     if args.plots:
         from sim.outputs.plots import write_plots
         write_plots(args.out)

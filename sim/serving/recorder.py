@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from array import array
 from itertools import chain, islice
-
 from typing import TYPE_CHECKING
 
 import numpy as np
