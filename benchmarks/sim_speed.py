@@ -24,8 +24,9 @@ its wall time over the roofline's (target: within 1.5x); building the model
 ``--ab OLD_TREE`` times whole ``servesim simulate`` processes (start-up, trace reading and writing the run folder
 included: what a user waits for) of this tree and of another checkout of the project (a git worktree of an
 older commit), interleaved (this, old, old, this, ...) on one trace file written here, beside this tree's
-in-process time; it prints each side's median and the ratio. Only the interleaved ratio means anything on a
-loaded machine. Both trees' packages are byte-compiled first, as ``pip install`` leaves them and as Python caches
+in-process time; it prints each side's median and the ratio, of wall times (the target's) and of the processes'
+CPU times (user + system: without the waits for a CPU that other work holds). Only the interleaved ratio means
+anything on a loaded machine. Both trees' packages are byte-compiled first, as ``pip install`` leaves them and as Python caches
 them on a first run; ``--from-source`` removes their caches instead, so that every process compiles every module
 (as a checkout runs where PYTHONDONTWRITEBYTECODE is set, as on the project's VM: some 0.15-0.2 s a process).
 Issue 34 measured against commit 2f6ebbd (the code timed beside Vidur):
@@ -46,6 +47,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -85,14 +87,18 @@ AB_TARGET = 0.4  # issue 34: whole processes at most 0.4x of commit 2f6ebbd's ti
 CACHING_TARGET = 1.1  # issue 34: vllm_v1 with caching on and no reuse at most 1.1x without
 
 
-def cli_seconds(tree: Path, trace: Path, scheduler: str, out: Path) -> float:
-    """Wall time of one whole ``servesim simulate`` process of the checkout ``tree`` (its ``sim`` imported)."""
+def cli_seconds(tree: Path, trace: Path, scheduler: str, out: Path) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one whole ``servesim simulate`` process of the checkout ``tree``
+    (its ``sim`` imported). The CPU time leaves out waiting for a CPU that other work holds."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, "-m", "sim.cli", "simulate", "--trace", str(trace), "--model", "llama-2-7b", "--gpu",
            "a100-80gb", "--scheduler", scheduler, "--out", str(out), "-q"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def bytecode(tree: Path, compiled: bool) -> None:
@@ -121,17 +127,21 @@ def ab(old: Path, n: int, qps: float, schedulers: list[str], repeats: int, compi
         print(f"A/B: this tree ({ROOT}) against {old}: {n} requests, whole `servesim simulate` processes with --out, "
               f"interleaved, {repeats} of each; medians; both trees "
               + ("byte-compiled first (as installed)" if compiled else "run from source (every process compiles)"))
-        print(f"{'scheduler':<20}{'in-process s':>14}{'CLI s (this)':>14}{'CLI s (old)':>13}{'this/old':>10}")
+        print(f"{'scheduler':<20}{'in-process s':>14}{'CLI s (this)':>14}{'CLI s (old)':>13}{'this/old':>10}"
+              f"{'CPU s (this)':>14}{'CPU s (old)':>13}{'CPU this/old':>14}")
         ratios = []
         for sched in schedulers:
-            new_t, old_t = [], []
+            new_t: list[tuple[float, float]] = []
+            old_t: list[tuple[float, float]] = []
             for i in range(repeats):
                 order = ((ROOT, new_t), (old, old_t)) if i % 2 == 0 else ((old, old_t), (ROOT, new_t))
                 for tree, times in order:
                     times.append(cli_seconds(tree, trace, sched, Path(tmp) / "out"))
             wall, _ = run(n, qps, sched)
-            a, b = statistics.median(new_t), statistics.median(old_t)
-            print(f"{sched:<20}{wall:>14.2f}{a:>14.2f}{b:>13.2f}{a / b:>10.2f}", flush=True)
+            a, ca = (statistics.median(t[j] for t in new_t) for j in (0, 1))
+            b, cb = (statistics.median(t[j] for t in old_t) for j in (0, 1))
+            print(f"{sched:<20}{wall:>14.2f}{a:>14.2f}{b:>13.2f}{a / b:>10.2f}{ca:>14.2f}{cb:>13.2f}{ca / cb:>14.2f}",
+                  flush=True)
             ratios.append(a / b)
         met = sum(r <= AB_TARGET for r in ratios)
         base = subprocess.run(["git", "-C", str(old), "rev-parse", "--short=7", "HEAD"], capture_output=True,
