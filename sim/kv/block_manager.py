@@ -86,17 +86,7 @@ class BlockManager:
         free = self.num_free
         if need > free:
             raise KVCacheError(f"request {request.request_id} needs {need} blocks, only {free} free")
-        table, recycled = request.block_table, self._recycled
-        reuse = min(need, len(recycled))
-        if reuse == 1:
-            table.append(recycled.pop())
-        elif reuse:  # the last returned first, as pop() one at a time
-            table.extend(reversed(recycled[-reuse:]))
-            del recycled[-reuse:]
-        if need > reuse:
-            fresh = self._next
-            table.extend(range(fresh, fresh + need - reuse))
-            self._next = fresh + need - reuse
+        request.block_table.extend(self.take_blocks(need)[0])
 
     def appends_blocks(self, requests: list[Request]) -> bool:
         """Whether ``add_block_each`` gives each of ``requests`` the next of ``take_blocks``' blocks by appending it
@@ -124,13 +114,8 @@ class BlockManager:
             return
         if len(requests) > self.num_free:
             raise KVCacheError(f"{len(requests)} requests need a block each, only {self.num_free} free")
-        recycled = self._recycled
-        for r in requests:
-            if recycled:
-                r.block_table.append(recycled.pop())
-            else:
-                r.block_table.append(self._next)
-                self._next += 1
+        for r, b in zip(requests, self.take_blocks(len(requests))[0]):
+            r.block_table.append(b)
 
     def free(self, request: Request) -> None:
         """Return all of ``request``'s blocks."""

@@ -267,20 +267,15 @@ class CachingBlockManager(BlockManager):
         """The next ``n`` free blocks, in the order ``n`` one-block grows take them (``_one_block``: never-cached
         first, then the least recently freed cached ones, keys forgotten), and how many were never cached (they
         come first); unreferenced: for tables that are lists."""
-        recycled = self._recycled
-        take = min(n, len(recycled))
-        new = recycled[-1:-take - 1:-1]
-        del recycled[len(recycled) - take:]
-        fresh = min(n - take, self.num_blocks - self._next)
-        new += range(self._next, self._next + fresh)
-        self._next += fresh
-        rest = n - take - fresh
+        plain = min(n, len(self._recycled) + self.num_blocks - self._next)  # never cached: the base class's order
+        new = super().take_blocks(plain)[0]
+        rest = n - plain
         if rest > 8:
             front, keyed = self._take(rest)
             new += front + keyed.tolist()
         else:  # a few: one at a time (numpy's per-call cost is more than theirs)
             new += [self._one_block() for _ in range(rest)]
-        return new, take + fresh
+        return new, plain
 
     def add_block_each(self, requests: list[Request]) -> None:
         """``grow`` by one block for each of ``requests``, in order (a decode stretch's step), without a call each
