@@ -177,7 +177,10 @@ class LRUList:
     Blocks pushed ``anonymous`` (holding no key, so never hit) are listed as ``~block`` (negative): pops return them
     so, and the caller skips forgetting a key they do not hold (``decode`` gives the block ids). While nothing else
     is listed they go on a plain list in front instead (``_front``: older than every other entry, no numpy call to
-    push or pop them; without reuse, every cached free block is there).
+    push or pop them; without reuse, every cached free block is there); while keyed blocks are listed, on a plain
+    list behind them (``_back``: newer than every other entry; into the array only when a keyed block follows
+    them, in front once the array's entries are gone), so that a few keyed blocks (a preempted request's own)
+    do not send every later push and pop through numpy.
     """
 
     AHEAD = 64  # entries a single pop reads ahead into ``_ahead``
@@ -192,24 +195,38 @@ class LRUList:
         self._ahead: list[int] = []  # entries [_head - len, _head), live, next last: taken, not yet popped
         self._front: list[int] = []  # anonymous blocks older than all the above, from ``_fh`` on
         self._fh = 0
+        self._back: list[int] = []  # anonymous blocks newer than all the above
 
     def push(self, blocks: np.ndarray | list[int], anonymous: bool = False) -> None:
         """Append ``blocks`` as the most recently freed (``anonymous``: listed as ``~block``, see the class)."""
-        n = len(blocks)
-        if not n:
+        if not len(blocks):
             return
-        if anonymous and self._tail - self._head + len(self._ahead) == self._num_dead:  # nothing else listed
-            front = self._front
-            if self._fh > 4096 and 2 * self._fh > len(front):
-                del front[:self._fh]
-                self._fh = 0
-            front.extend(blocks if type(blocks) is list else blocks.tolist())
+        if anonymous:
+            if self._tail - self._head + len(self._ahead) == self._num_dead:  # the array holds none: in front
+                front = self._front
+                if self._fh > 4096 and 2 * self._fh > len(front):
+                    del front[:self._fh]
+                    self._fh = 0
+                if self._back:
+                    front += self._back
+                    self._back = []
+                front.extend(blocks if type(blocks) is list else blocks.tolist())
+            else:
+                self._back.extend(blocks if type(blocks) is list else blocks.tolist())
             return
+        if self._back:  # they were freed before these: into the array first
+            back, self._back = self._back, []
+            self._append(~np.array(back, dtype=np.int64))  # (anonymous: never removed, no position needed)
         blocks = np.asarray(blocks, dtype=np.int64)
+        self._append(blocks)
+        self._pos[blocks] = np.arange(self._tail - len(blocks), self._tail)
+
+    def _append(self, entries: np.ndarray) -> None:
+        """Append entries (blocks, or ``~block`` for anonymous ones) to the array."""
+        n = len(entries)
         if self._tail + n > len(self._order):
             self._compact(n)
-        self._order[self._tail:self._tail + n] = ~blocks if anonymous else blocks
-        self._pos[blocks] = np.arange(self._tail, self._tail + n)
+        self._order[self._tail:self._tail + n] = entries
         self._tail += n
 
     def remove(self, blocks: np.ndarray) -> None:
@@ -233,6 +250,11 @@ class LRUList:
         if ahead:
             return ahead.pop()
         head = self._head
+        if self._tail - head == self._num_dead:  # the array holds none: the ones behind it come to the front
+            if not self._back:
+                raise IndexError("pop from an empty LRU list")
+            self._drain()
+            return self.pop_one()
         if self._num_dead:
             dead = self._dead
             while dead[head]:
@@ -269,6 +291,14 @@ class LRUList:
             return np.array([self.pop_one() for _ in range(n)], dtype=np.int64)
         if self._ahead:
             self._settle()
+        live = self._tail - self._head - self._num_dead
+        if live < n:  # all of the array's, then from behind it
+            got = self.pop(live) if live else _NONE
+            back, k = self._back, n - live
+            rest = ~np.array(back[:k], dtype=np.int64)
+            del back[:k]
+            self._drain()
+            return np.concatenate((got, rest)) if live else rest
         head, end = self._head, self._head + n
         if not self._num_dead or not np.count_nonzero(self._dead[head:end]):  # all live
             self._head = end
@@ -289,7 +319,19 @@ class LRUList:
         """The live blocks, least recently freed first (for checks; not on any fast path)."""
         head = self._head - len(self._ahead)
         return np.concatenate((np.array(self._front[self._fh:], dtype=np.int64),
-                               decode(self._order[head:self._tail][~self._dead[head:self._tail]])))
+                               decode(self._order[head:self._tail][~self._dead[head:self._tail]]),
+                               np.array(self._back, dtype=np.int64)))
+
+    def _drain(self) -> None:
+        """The array holds no live entry (none read ahead): its consumed entries go, and the blocks behind it move
+        to the front (the oldest listed now)."""
+        self._head, self._num_dead = self._tail, 0
+        if self._back:
+            if self._fh:
+                del self._front[:self._fh]
+                self._fh = 0
+            self._front += self._back
+            self._back = []
 
     def _settle(self) -> None:
         """Give the entries read ahead back to the list (they are still in place, live, just before the head)."""

@@ -109,3 +109,19 @@ def test_a_rebuild_makes_room_for_every_run_it_drops():
     assert index.add(KeyRuns(keys), 0, len(keys), np.arange(30, 39)) is None
     key_of[30:39] = keys
     assert [index.get(k) for k in keys.tolist()] == list(range(30, 39))
+
+
+def test_anonymous_blocks_behind_keyed_ones_keep_their_place():
+    """Anonymous blocks freed after keyed ones wait behind them (``_back``): a bulk pop across the two returns the
+    keyed ones first; once hits have removed every keyed one, a later anonymous push still goes after them."""
+    lru = LRUList(64)
+    lru.push(np.array([1, 2, 3], dtype=np.int64))
+    lru.push(list(range(4, 14)), anonymous=True)
+    assert lru.pop(12).tolist() == [1, 2, 3, *(~b for b in range(4, 13))]
+    assert lru.pop_one() == ~13
+    lru.push(np.array([20, 21], dtype=np.int64))
+    lru.push([22, 23], anonymous=True)
+    lru.remove(np.array([20, 21], dtype=np.int64))  # hits take every keyed block: the array holds none
+    lru.push([24], anonymous=True)
+    assert lru.listed().tolist() == [22, 23, 24]
+    assert [lru.pop_one() for _ in range(3)] == [~22, ~23, ~24]
