@@ -11,6 +11,7 @@ import math
 from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate, repeat
+from operator import le
 from typing import Any
 
 from sim.batch import Batch, BatchItem
@@ -79,6 +80,27 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
     if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
         window = 16 if decided_at is None or now <= decided_at else \
             max(1, min(limit, int((horizon - decided_at) / (now - decided_at)) + 2))
+    out = decided_l, start_l, end_l, delay_l, host_l, price_l
+    if decided_at is not None and partial is None and hasattr(cost, "decode_run"):  # async decodes: in blocks
+        if horizon == math.inf:  # every step runs: priced at once
+            hosts, prices_l = _every_step(cost, pieces)
+            _async_steps(hosts, prices_l, t, decided_at, horizon, out)
+            return out
+        done = 0
+        if decided_at >= horizon:
+            return out
+        for stop, alive, abase, total in pieces:  # the windows ``_prices`` prices, each once a step in it runs
+            n = len(alive)
+            host = cost.host_time(light_batch(alive, abase, total + n * done))
+            while done < stop:
+                m = min(window, stop - done)
+                t, decided_at = _async_steps([host] * m, cost.decode_run(n, total + n * (done + 1), m), t, decided_at,
+                                             horizon, out)
+                if t is None or decided_at >= horizon:
+                    return out
+                done += m
+                window *= 2
+        return out
     prices = _prices(cost, pieces, partial, chunk, window, horizon == math.inf)
     for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
         if (t if decided_at is None else decided_at) >= horizon:
@@ -104,6 +126,55 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
         price_l.append(price)
         t = end
     return decided_l, start_l, end_l, delay_l, host_l, price_l
+
+
+def _async_steps(hosts: list[float], prices: list[tuple], t: float, decided: float, horizon: float,
+                 out: tuple[list, ...]) -> tuple[float | None, float]:
+    """The async loop's steps of one priced window (each step's host time and price) from ``t`` (the device free;
+    ``decided``: when the first was decided), appended to ``out`` (``step_times``' lists) with the loop's float
+    expressions; (the last one's end, its start), or (None, _) where a step decided at or after ``horizon`` ends
+    them. A step whose host work ends by the time the device is free starts then (``start == t``, delay ``0.0 +``
+    its device time); the steps after it do too while each host time is at most the device time before it, so such
+    a block's ends are one running sum."""
+    decided_l, start_l, end_l, delay_l, host_l, price_l = out
+    dev = [p[0] for p in prices]
+    bound = list(map(le, hosts[1:], dev))  # bound[i]: step i + 1 starts when step i ends, if step i started so
+    m, j = len(dev), 0
+    while j < m:
+        if decided >= horizon:
+            return None, decided
+        start = max(t, decided + hosts[j])
+        if start != t:  # its host work is exposed
+            delay = (start - t) + dev[j]
+            end = t + delay
+            decided_l.append(decided)
+            start_l.append(start)
+            end_l.append(end)
+            delay_l.append(delay)
+            host_l.append(hosts[j])
+            price_l.append(prices[j])
+            decided, t = start, end
+            j += 1
+            continue
+        try:
+            e = bound.index(False, j) + 1
+        except ValueError:
+            e = m
+        span = e - j
+        ends = list(accumulate(dev[j:e], initial=t))  # ends[q]: step j + q's start (and step j + q - 1's end)
+        count = bisect_left(ends, horizon, 0, span - 1) + 1  # step j + q is decided as step j + q - 1 starts
+        decided_l.append(decided)
+        decided_l += ends[:count - 1]
+        start_l += ends[:count]
+        end_l += ends[1:count + 1]
+        delay_l += dev[j:j + count]  # (0.0 + the device time: itself)
+        host_l += hosts[j:j + count]
+        price_l += prices[j:j + count]
+        if count < span:
+            return None, decided
+        decided, t = ends[span - 1], ends[span]
+        j = e
+    return t, decided
 
 
 def light_batch(reqs: list, base: list[int], context: int) -> Batch:
