@@ -42,6 +42,8 @@ CASES: dict[str, list[str]] = {
                                 "--enable-prefix-caching", "--sessions", "10", "--system-prompt", "400:0.7",
                                 "--kv-blocks", "300"],
     "serial_loop": ["--no-async-scheduling"],  # vllm_v1's default engine loop is async (no stretches there)
+    # a model whose steps are shorter than their host work: the async loop's steps start as that work ends
+    "host_exposed": ["--model", "tiny", "--gpu", "h100"],
     "disaggregated": ["--disaggregated", "--prefill-replicas", "1", "--decode-replicas", "2"],
     # the kernel-database model prices decode stretches in one call and counts each distinct price it looks up
     "kernels_starved": ["--cost-model", "kernels", "--kv-blocks", "70", "--max-model-len", "700",
@@ -51,7 +53,7 @@ CASES: dict[str, list[str]] = {
 }
 NEEDS_KERNELS = ("kernels_starved", "kernels_burst")
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
-STRETCHED = ("one_replica", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
+STRETCHED = ("one_replica", "host_exposed", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
              "serial_loop", "kernels_starved", "kernels_burst", "round_robin_x3", "round_robin_caching_x2")
 #: cases where no stretch may run (several replicas that a router reads)
 UNSTRETCHED = ("least_outstanding_x2",)
