@@ -184,21 +184,20 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # onward through finishes: after a step that finishes requests the batch is again every remaining decode while
     # nothing waits (FasterTransformer: until its batch is empty), nothing arrives (the horizon) and no finishing
     # request's blocks are noted for the prefix cache
+    noted = caching and any(map(sched.bm.notes_computed, reqs))  # (unchanged until requests finish)
     onward = (through and partial is None and (type(sched) in WAITING_BLIND and blind or not (sched.waiting or full))
-              and not (caching and any(map(sched.bm.notes_computed, reqs))))
-    finish_at: dict[int, list[int]] = {}
+              and not noted)
     if onward:
-        for i, d in enumerate(left):
-            finish_at.setdefault(d, []).append(i)
-        limit = max(left)
+        stops = sorted(set(left))
+        limit = stops[-1]
     events = None  # a chunk stretch's block events, found once over every step it may take
     if partial is not None:
-        events = _events(sched.bm, reqs, base, limit, partial, chunk, caching)
+        events = _events(sched.bm, reqs, base, limit, partial, chunk, noted)
         limit = _steps_with_blocks(sched.bm, limit, partial, events)
         if limit <= 0:
             return None
     pieces: list[tuple] = []  # those reached
-    runs = _pieces(reqs, base, left, sorted(finish_at) if onward else [limit], pieces)
+    runs = _pieces(reqs, base, left, stops if onward else [limit], pieces)
     prefills = int(partial is not None)
     # 1. each step's times as the engine loop computes them, up to the horizon
     steps = step_times(replica.cost, runs, limit, partial, chunk, now, decided_at, horizon, strict)
@@ -209,8 +208,13 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     last = min(left) if through and reqs and not onward else 0  # the last token a single stretch runs to
     chunk_from = partial.num_computed if partial is not None else 0
     finished: list[Request] = []
+    finish_at: dict[int, list[int]] = {}  # (the steps priced)
+    if onward:
+        priced = len(end_l)
+        for i in [i for i, d in enumerate(left) if d <= priced]:
+            finish_at.setdefault(left[i], []).append(i)
     k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events,
-                                  finish_at, left if onward else None, end_l, finished)
+                                  finish_at, left if onward else None, end_l, finished, noted)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
@@ -228,8 +232,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     ending = k == last or k in finish_at  # its last step ends some requests: that step is advanced as
     # on_batch_done would, unless no block of that step is noted for the prefix cache (then only the finishing
     # needs the scheduler, in order)
-    noted = ending and not onward and caching and (any(map(sched.bm.notes_computed, reqs))
-                                                   or (partial is not None and sched.bm.notes_computed(partial)))
+    noted = ending and not onward and caching and (noted or (partial is not None and sched.bm.notes_computed(partial)))
     advanced, known = (k - 1, times[:-1]) if noted else (k, times)
     for r, c in zip(reqs, base):
         if r.status is not Status.FINISHED:
@@ -251,7 +254,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
 
 def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,
             events: tuple | None = None, finish_at: dict[int, list[int]] | None = None, left: list[int] | None = None,
-            ends: list[float] | None = None, finished: list[Request] | None = None
+            ends: list[float] | None = None, finished: list[Request] | None = None, fills: bool = True
             ) -> tuple[int, list[int], list[int] | None]:
     """Grow blocks for up to ``k`` steps as the policy would (decodes crossing a block boundary in running order,
     then a chunk's); (steps that got their blocks, blocks in use after each one's growth, with prefix caching each
@@ -259,11 +262,12 @@ def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any,
     ``finish_at``: step -> positions of the decodes whose last token it makes (``left``: each one's steps to it),
     finished (onto ``finished``, their blocks freed) as it ends at ``ends[step - 1]``, in batch order, before the
     next step's blocks.
-    Only the steps where something changes are visited (``events``: ``_events`` over k steps or more, if found)."""
+    Only the steps where something changes are visited (``events``: ``_events`` over k steps or more, if found;
+    ``fills``: whether any of ``reqs`` may have blocks noted for the prefix cache)."""
     bm = sched.bm
     caching = bm.caching
     finish_at = finish_at or {}
-    grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching, left)
+    grows_at, fills_at, chunk_at = events or _events(bm, reqs, base, k, partial, chunk, caching and fills, left)
     notes_partial = partial is not None and caching and bm.notes_computed(partial)
     if notes_partial:  # its chunk's blocks are noted as each step ends (``on_computed``)
         steps = range(1, k + 1)
@@ -371,11 +375,9 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
     grows_at: dict[int, list[int]] = {}
     fills_at: dict[int, list[int]] = {}
     firsts = [len(r.block_table) * bs - c + 1 for r, c in zip(reqs, base)]  # each one's first step needing a block
-    if min(firsts, default=k + 1) <= k:
-        for i, first in enumerate(firsts):
-            if first <= k:
-                for step in range(first, (min(k, left[i]) if left else k) + 1, bs):
-                    grows_at.setdefault(step, []).append(i)
+    for i in [i for i, first in enumerate(firsts) if first <= k]:
+        for step in range(firsts[i], (min(k, left[i]) if left else k) + 1, bs):
+            grows_at.setdefault(step, []).append(i)
     if fills:
         notes = bm.notes_computed
         for i, (r, c) in enumerate(zip(reqs, base)):

@@ -180,7 +180,7 @@ def _async_steps(hosts: list[float], prices: list[tuple], t: float, decided: flo
 def light_batch(reqs: list, base: list[int], context: int) -> Batch:
     """A decode batch of ``reqs`` over ``base`` computed tokens, for pricing (only its aggregates are read)."""
     light = Batch.__new__(Batch)
-    light.entries, light._items, light.prefill_items = [(r, 1, c) for r, c in zip(reqs, base)], None, []
+    light.entries, light._items, light.prefill_items = list(zip(reqs, repeat(1), base)), None, []
     light.num_prefill_tokens, light.num_decode_tokens, light.decode_context = 0, len(reqs), context
     return light
 
