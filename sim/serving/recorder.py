@@ -7,7 +7,7 @@ call per stretch), and turns its logs into the tables ``sim.metrics`` reads (bat
 from __future__ import annotations
 
 from array import array
-from itertools import chain, islice
+from itertools import chain
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +23,12 @@ STAGE_FIELDS = ("replica", "stage", "batch_id", "start", "end", "num_prefill_tok
 # one row per micro-batch: when scheduling began and when the last stage finished
 MICROBATCH_FIELDS = ("replica", "batch_id", "scheduled", "host_time", "completed")
 
+
+#: a stretch's whole numbers (``Recorder.add_stretch``): the stage and micro-batch rows its rows go before, replica,
+#: first batch id, steps, prefill tokens, decodes, batch size, prefill items
+_RUN = 9
+#: the columns that vary along a stretch, a value per step: start, end, kv_blocks_used, scheduled, host_time
+_STEP_COLUMNS = ("start", "end", "kv_blocks_used", "scheduled", "host_time")
 
 # columns holding whole numbers (all row fields are numbers; the others are floats)
 _INT_FIELDS = {"replica", "stage", "batch_id", "num_prefill_tokens", "num_decode_tokens", "batch_size",
@@ -84,22 +90,15 @@ class Recorder:
 
     Rows are appended to flat float64 arrays (8 bytes a value; a list of tuples took ~300 bytes a stage
     row, the largest memory of a million-request run); every field is a number that float64 holds exactly.
-    A decode stretch's rows are kept as the lists it computed (``add_stretch``) and put in their place, in
-    row order, when the tables are built: one call a stretch rather than a Python tuple a row.
+    A decode stretch's rows are kept apart (``add_stretch``: its per-step values copied into a float64 array per
+    column, what its steps share once) and put in their place, in row order, when the tables are built: one call a
+    stretch rather than a Python tuple a row.
     """
-
-    #: stretch rows kept as Python lists before they are packed into arrays (bounded memory in long runs)
-    PACK_ROWS = 1 << 16
 
     def __init__(self) -> None:
         self.stage_rows = array("d")
         self.microbatch_rows = array("d")
-        self._stretches: list[tuple] = []
-        self._stretch_rows = 0
-        # earlier stretches' packed rows, a growing array per column (and the row each goes before), stage rows then
-        # micro-batch rows: one buffer per column, large enough that the allocator maps it apart and gives it back
-        # to the system when the tables are built (a million-request run's peak; many small parts it kept)
-        self._packed: tuple[list[array], list[array]] = self._no_packed()
+        self._stretch_store()
         #: several replicas' stretches were recorded as each began, not as its steps ended: tables are put in time
         #: order when built (set by ``run_cluster``)
         self.time_order = False
@@ -107,69 +106,46 @@ class Recorder:
         #: iteration-by-iteration run is simpy's event order, which the stretches did not keep (rerun without)
         self.ambiguous = False
 
+    def _stretch_store(self) -> None:
+        """Empty stretch logs: per stretch, ``_RUN`` whole numbers (``_runs``); per step, a float64 array per
+        column that varies along a stretch, and its (device time, FLOPs, bytes)."""
+        self._stretch_runs = array("q")
+        self._stretch_steps = [array("d") for _ in _STEP_COLUMNS]
+        self._stretch_prices = array("d")
+
     def add_stretch(self, replica: int, first_batch: int, lo: int, hi: int, chunk: int, num_decodes: int,
                     size: int, prefills: int, decided: list[float], starts: list[float], ends: list[float],
                     hosts: list[float], used: list[int], prices: list[tuple]) -> None:
         """The rows of a stretch's steps ``lo`` to ``hi - 1`` of the lists (batch ids from ``first_batch``), as if
-        each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``)."""
-        self._stretches.append((len(self.stage_rows), len(self.microbatch_rows), replica, first_batch, hi - lo, chunk,
-                                num_decodes, size, prefills, decided, starts, ends, hosts, used, prices, lo))
-        self._stretch_rows += hi - lo
-        if self._stretch_rows >= self.PACK_ROWS:
-            for store, (cols, before) in zip(self._packed, self._pack()):
-                for buf, col in zip(store, [*cols, before]):
-                    buf.frombytes(memoryview(np.ascontiguousarray(col)).cast("B"))  # (prices' columns: strided)
-            self._stretches, self._stretch_rows = [], 0
-
-    @staticmethod
-    def _no_packed() -> tuple[list[array], list[array]]:
-        """Empty packed stores: a float64 buffer per field, then an int64 one for the rows they go before."""
-        return tuple([array("d") for _ in fields] + [array("q")]  # type: ignore[return-value]
-                     for fields in (STAGE_FIELDS, MICROBATCH_FIELDS))
+        each had been appended now (stage rows: ``STAGE_FIELDS``; micro-batch rows: ``MICROBATCH_FIELDS``): its
+        values per step copied into the step columns, those it shares as one entry (expanded when the tables are
+        built, ``_runs``)."""
+        self._stretch_runs.extend((len(self.stage_rows) // len(STAGE_FIELDS),
+                                   len(self.microbatch_rows) // len(MICROBATCH_FIELDS), replica, first_batch, hi - lo,
+                                   chunk, num_decodes, size, prefills))
+        for col, values in zip(self._stretch_steps, (starts, ends, used, decided, hosts)):
+            col.extend(values[lo:hi])
+        self._stretch_prices.extend(chain.from_iterable(prices[lo:hi]))
 
     def _runs(self) -> tuple[list, list] | None:
-        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the packed arrays in
-        order, not joined: each column is built once, in its table), or None."""
-        fresh = self._pack() if self._stretches else None
-        if fresh is None and not len(self._packed[0][-1]):
+        """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the arrays that make
+        its column; the row each of their rows goes before), or None."""
+        if not len(self._stretch_runs):
             return None
-        out = []
-        for j, store in enumerate(self._packed):
-            parts = [[np.frombuffer(buf, dtype=float)] if len(buf) else [] for buf in store[:-1]]
-            before = np.frombuffer(store[-1], dtype=np.int64)
-            if fresh is not None:
-                cols, more = fresh[j]
-                for part, col in zip(parts, cols):
-                    part.append(col)
-                before = np.concatenate((before, more)) if len(before) else more
-            out.append([parts, before])
-        return tuple(out)  # type: ignore[return-value]
-
-    def _pack(self) -> tuple[tuple[list[np.ndarray], np.ndarray], tuple[list[np.ndarray], np.ndarray]]:
-        """The kept stretches' stage rows and micro-batch rows as arrays: (columns, the row each goes before)."""
-        runs = self._stretches
-        counts = np.array([r[4] for r in runs], dtype=np.int64)
+        runs = np.frombuffer(self._stretch_runs, dtype=np.int64).reshape(-1, _RUN)
+        counts = runs[:, 4]
         total = int(counts.sum())
 
-        def steps(r: tuple, i: int) -> islice:  # a stretch's list i, its k values from lo
-            return islice(r[i], r[15], r[15] + r[4])
-
-        def column(i: int) -> np.ndarray:
-            return np.fromiter(chain.from_iterable(steps(r, i) for r in runs), float, total)
-
         def each(i: int) -> np.ndarray:  # a value per stretch, repeated over its steps
-            return np.repeat(np.array([r[i] for r in runs], dtype=float), counts)
+            return np.repeat(runs[:, i].astype(float), counts)
         replica = each(2)
         batch_ids = each(3) + (np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts))
-        prices = np.fromiter(chain.from_iterable(chain.from_iterable(steps(r, 14) for r in runs)), float,
-                             3 * total).reshape(total, 3)
-        ends = column(11)
-        stage = [replica, np.zeros(total), batch_ids, column(10), ends, each(5), each(6), each(7), each(8),
-                 column(13), prices[:, 1], prices[:, 2]]
-        micro = [replica, batch_ids, column(9), column(12), ends]
-        before = np.repeat(np.array([r[0] for r in runs], dtype=np.int64) // len(STAGE_FIELDS), counts)
-        before_micro = np.repeat(np.array([r[1] for r in runs], dtype=np.int64) // len(MICROBATCH_FIELDS), counts)
-        return (stage, before), (micro, before_micro)
+        start, end, used, decided, host = (np.frombuffer(c, dtype=float) for c in self._stretch_steps)
+        prices = np.frombuffer(self._stretch_prices, dtype=float).reshape(total, 3)
+        stage = [replica, np.zeros(total), batch_ids, start, end, each(5), each(6), each(7), each(8), used,
+                 prices[:, 1], prices[:, 2]]
+        micro = [replica, batch_ids, decided, host, end]
+        return [[[c] for c in stage], np.repeat(runs[:, 0], counts)], [[[c] for c in micro], np.repeat(runs[:, 1], counts)]
 
     def _table(self, values: array, fields: tuple[str, ...], runs: list | None, end: str) -> Table:
         """One table; in the order of its ``end`` column where several replicas' stretches were recorded."""
@@ -190,7 +166,7 @@ class Recorder:
     def take_tables(self) -> tuple[Table, Table]:
         """Both tables, the logs emptied as each is built (a large run's peak memory holds one copy, not two)."""
         runs = self._runs()
-        self._stretches, self._stretch_rows, self._packed = [], 0, self._no_packed()
+        self._stretch_store()
         stages = self._table(self.stage_rows, STAGE_FIELDS, runs and runs[0], "end")
         self.stage_rows = array("d")
         micro = self._table(self.microbatch_rows, MICROBATCH_FIELDS, runs and runs[1], "completed")

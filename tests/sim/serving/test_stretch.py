@@ -326,25 +326,6 @@ def test_a_waiting_request_blocks_a_stretch_queue_exactly_as_the_policy_would_ad
                 assert not sched.waiting_head_blocked()  # its hit could change
 
 
-def test_stretch_rows_packed_into_arrays_part_by_part_give_the_same_tables(monkeypatch, tmp_path):
-    """The recorder packs kept stretch rows into arrays every ``PACK_ROWS`` rows (bounded memory): the tables
-    are the same, row for row, however often it packs."""
-    from sim.cli.main import main
-    from sim.serving.recorder import Recorder
-
-    args = ["simulate", "--model", "llama-2-7b", "--gpu", "a100-80gb", "-n", "60", "--qps", "20", "--seed", "3",
-            "--output-len", "uniform:20:200", "-q", "--scheduler", "sarathi"]
-    assert main([*args, "--out", str(tmp_path / "once")]) == 0
-    packs = []
-    real = Recorder._pack
-    monkeypatch.setattr(Recorder, "PACK_ROWS", 5)
-    monkeypatch.setattr(Recorder, "_pack", lambda self: packs.append(1) or real(self))
-    assert main([*args, "--out", str(tmp_path / "often")]) == 0
-    assert len(packs) > 10
-    for name in ("batches.csv", "requests.csv"):
-        assert (tmp_path / "once" / name).read_bytes() == (tmp_path / "often" / name).read_bytes()
-
-
 def test_a_run_whose_replicas_tie_after_stretches_is_run_again_without_them(monkeypatch):
     """Two round-robin replicas whose steps end together (dyadic costs and arrivals, exact in binary): the tables
     built after stretches leave those rows' order open, so ``simulate`` runs again iteration by iteration; the
