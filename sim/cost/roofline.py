@@ -37,6 +37,7 @@ from sim.catalog.models import ModelSpec, check_weight_dtype, get_model, kv_dtyp
 from sim.cost.attention_fit import attention_fit
 from sim.cost.interface import CostModel, StageCost, deployment_fields, op_layers
 from sim.cost.moe_routing import busiest_gpu_load
+from sim.cost.run_pricing import RunPricing
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 # ---- defaults (all rough, all overridable) ------------------------------------------------------
@@ -73,7 +74,7 @@ _ZERO: _OpCost = (0.0, 0.0, 0.0)
 _CACHE_LIMIT = 500_000
 
 
-class RooflineCostModel(CostModel):
+class RooflineCostModel(RunPricing, CostModel):
     """Analytical per-op roofline for one replica (tp x pp GPUs); the embedded default cost model."""
 
     name = "roofline"
@@ -357,15 +358,6 @@ class RooflineCostModel(CostModel):
         # total_context includes each decode's own key, already counted in the per-new-token bytes
         b = self._attn_bytes_per_new * num_decodes + self._attn_bytes_per_key * (total_context - num_decodes)
         return (self._roof(f, b), f, b)
-
-    def decode_run(self, n: int, context: int, steps: int) -> list[_OpCost]:
-        """Stage 0's ``stage_cost`` of ``steps`` batches of ``n`` decodes reading ``context`` keys, then n more a step
-        (decode stretches): ``attn_decode_cost``'s arithmetic in its order (the same floats), without a batch each."""
-        (t, f, b), L, kl = self._token_part(n, n, 0), self.layers[0], self.kernel_launch_overhead
-        pf, pk, bn = self._attn_flops_per_pair, self._attn_bytes_per_key, self._attn_bytes_per_new * n
-        fr, br = self._flop_rate, self._byte_rate
-        return [(t + L * (max((bn + pk * d) / br, pf * (d + n) / fr) + kl), f + L * (pf * (d + n)),
-                 b + L * (bn + pk * d)) for d in range(context - n, context - n + n * steps, n)]
 
     @staticmethod
     def _prefill_sums(batch: Batch) -> tuple[int, int, int]:

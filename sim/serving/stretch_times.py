@@ -204,8 +204,9 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
             ) -> Iterator[tuple[float, tuple]]:
     """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
     call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
-    ``window`` steps, doubling; ``every``: all steps run, every run priced at once, ``_every_step``); chunks per
-    step. ``pieces``: ``pieces`` (a chunk stretch has one)."""
+    ``window`` steps, doubling; ``every``: all steps run, every run priced at once, ``_every_step``); chunk steps
+    so too where the model prices them in one call (the roofline's ``chunk_run``), else per step. ``pieces``:
+    ``pieces`` (a chunk stretch has one)."""
     if every and partial is None and hasattr(cost, "decode_run"):
         yield from zip(*_every_step(cost, pieces))
         return
@@ -216,6 +217,16 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
         if partial is not None:
             light.entries.append((partial, chunk, partial.num_computed))
             light.num_prefill_tokens = chunk
+            if hasattr(cost, "chunk_run"):  # the roofline: a window at a time too (its host time reads the size)
+                light.prefill_items = [BatchItem(partial, chunk, partial.num_computed)]
+                host = cost.host_time(light)
+                while done < stop:
+                    m = min(window, stop - done)
+                    yield from zip(repeat(host), cost.chunk_run(n, total + n * (done + 1), chunk,
+                                                                partial.num_computed + done * chunk, m))
+                    done += m
+                    window *= 2
+                continue
         elif hasattr(cost, "decode_run"):
             host = cost.host_time(light)
             while done < stop:

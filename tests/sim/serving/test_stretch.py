@@ -197,9 +197,9 @@ def test_async_loop_stretches_under_kv_pressure_and_caching(monkeypatch, policy)
     ("mixtral-8x7b", "h100-sxm", {"tp": 2, "ep": 2, "router_skew": 0.5}), ("deepseek-v3", "h200", {"tp": 8}),
 ])
 def test_the_roofline_prices_a_stretch_with_the_floats_of_a_batch_per_step(model, gpu, kw):
-    """``RooflineCostModel.decode_run`` (a stretch priced in one call) is ``stage_cost`` of each step's batch, bit
-    for bit: stretches would otherwise change batches.csv and every token time."""
-    from sim.batch import Batch
+    """``RooflineCostModel.decode_run`` and ``chunk_run`` (a stretch priced in one call) are ``stage_cost`` of each
+    step's batch, bit for bit: stretches would otherwise change batches.csv and every token time."""
+    from sim.batch import Batch, BatchItem
     from sim.cost.roofline import RooflineCostModel
 
     cost = RooflineCostModel(model, gpu, **kw)
@@ -208,6 +208,12 @@ def test_the_roofline_prices_a_stretch_with_the_floats_of_a_batch_per_step(model
         steps = [Batch([(None, 1, c + j) for c in cached], num_decodes=n) for j in range(40)]
         assert cost.decode_run(n, steps[0].decode_context, 40) == [tuple(cost.stage_cost(b, 0)) for b in steps]
     assert cost.decode_run(3, 30, 0) == []
+    for cached, chunk, done in (([], 64, 0), ([7], 1, 5), ([0, 15, 16, 4095], 500, 0), (list(range(3, 300, 7)), 37, 4096)):
+        n = len(cached)  # a chunk stretch: the decodes beside the next chunk of a prompt, ``done`` tokens of it computed
+        steps = [Batch([*((None, 1, c + j) for c in cached), BatchItem(None, chunk, done + j * chunk)], num_decodes=n)
+                 for j in range(30)]
+        assert cost.chunk_run(n, steps[0].decode_context, chunk, done, 30) == [tuple(cost.stage_cost(b, 0))
+                                                                                 for b in steps]
 
 
 def test_the_clock_lands_exactly_on_a_stretch_end_that_one_sum_cannot_reach():
