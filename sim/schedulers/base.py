@@ -115,6 +115,7 @@ class Scheduler(StretchSteps, ABC):
         #: (``release``); a decode replica takes requests whose KV arrives from elsewhere (``reserve``, ``receive``)
         self.hold_finished = False
         self.num_incoming = 0
+        self.last_batch_done = (-1, 0)  # (the batch ``on_batch_done`` advanced last, how many requests it finished)
 
     # ---- interface used by the simulator and the engine -------------------------------------
     def add_request(self, request: Request) -> None:
@@ -182,6 +183,7 @@ class Scheduler(StretchSteps, ABC):
         self._advance(batch.entries, now, finished, batch.batch_id)
         if finished:
             self.running = [r for r in self.running if r.status is not Status.FINISHED]
+        self.last_batch_done = (batch.batch_id, len(finished))
         return finished
 
     def _advance(self, entries: list, now: float, finished: list[Request], batch_id: int = -1) -> None:

@@ -35,7 +35,9 @@ class StretchSteps:
         partial = None
         # after a prefill or a finish: is every running request decoding?
         if batch is None or batch.prefill_items or batch.num_decode_tokens != n:
-            for r in run:
+            # after a batch of every running request that finished none, only its prompts may not be decoding
+            whole = batch is not None and batch.size == n and self.last_batch_done == (batch.batch_id, 0)
+            for r in ([it[0] for it in batch.prefill_items] if whole else run):
                 g = r.num_generated
                 if not g or r.num_computed + 1 != r.prompt_tokens + g:
                     if partial is not None or not chunk_stretch or not self.chunks_prefills or budget is None:

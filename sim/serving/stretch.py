@@ -234,11 +234,15 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # needs the scheduler, in order)
     noted = ending and not onward and caching and (noted or (partial is not None and sched.bm.notes_computed(partial)))
     advanced, known = (k - 1, times[:-1]) if noted else (k, times)
-    for r, c in zip(reqs, base):
+    for r, c in zip(reqs, base) if finished else ():  # (those that finished are done)
         if r.status is not Status.FINISHED:
             r.num_computed = c + advanced
             r.num_generated += advanced
             r.token_times.extend(known)
+    for r, c in () if finished else zip(reqs, base):
+        r.num_computed = c + advanced
+        r.num_generated += advanced
+        r.token_times.extend(known)
     if partial is not None:
         partial.num_computed = chunk_from + advanced * chunk
     replica.last_done = t
