@@ -160,6 +160,7 @@ class RooflineCostModel(RunPricing, CostModel):
         self._attn_bytes_per_new = q_and_out + kv_row + 2.0 * kv_row  # + its own k,v read, cache write (read+write)
         self._attn_bytes_per_key = kv_row                          # cached keys/values read
         self._cache: dict[tuple[int, int, int], _OpCost] = {}
+        self._layer_plans: dict[int, list[tuple[str, int]]] = {}
 
     # ---- primitive pricing ----------------------------------------------------------------------
 
@@ -308,12 +309,15 @@ class RooflineCostModel(RunPricing, CostModel):
         """Stage totals (layer ops times the stage's layers) of the token-dependent ops, all op names present
         (``costs``: ``token_op_costs(num_tokens, num_items)`` if the caller has it)."""
         costs = costs if costs is not None else self.token_op_costs(num_tokens, num_items)
-        L, moe = self.layers[stage], self.moe_layers[stage]
+        plan = self._layer_plans.get(stage)
+        if plan is None:  # each layer op with the stage's layers that run it
+            L, moe = self.layers[stage], self.moe_layers[stage]
+            plan = self._layer_plans[stage] = [(op, op_layers(op, L, moe, self.ep)) for op in LAYER_OPS + MOE_OPS]
         out: dict[str, _OpCost] = {}
-        for op in LAYER_OPS + MOE_OPS:
-            if op in costs:
-                n = op_layers(op, L, moe, self.ep)
-                t, f, b = costs[op]
+        for op, n in plan:
+            c = costs.get(op)
+            if c is not None:
+                t, f, b = c
                 out[op] = (n * t, n * f, n * b)
         first, last = stage == 0, stage == self.pp - 1
         for op in FIRST_STAGE_OPS:
@@ -329,8 +333,8 @@ class RooflineCostModel(RunPricing, CostModel):
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        ops = self._stage_token_ops(num_tokens, num_items, stage)
-        res = (sum(v[0] for v in ops.values()), sum(v[1] for v in ops.values()), sum(v[2] for v in ops.values()))
+        ops = list(self._stage_token_ops(num_tokens, num_items, stage).values())
+        res = (sum([v[0] for v in ops]), sum([v[1] for v in ops]), sum([v[2] for v in ops]))
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = res
