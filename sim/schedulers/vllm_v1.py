@@ -75,6 +75,8 @@ class VLLMV1Scheduler(Scheduler):
         bs = self.bm.block_size
         if self.spec is not None:  # speculative decoding (sim.spec): decodes verify 1 + k tokens
             budget_left = self._running_speculative(queue, budget_left, decodes, items)
+        elif not ahead:
+            budget_left = self._leading_decodes(queue, budget_left, decodes)
         while queue and budget_left > 0:
             r = queue.popleft()
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
@@ -100,6 +102,34 @@ class VLLMV1Scheduler(Scheduler):
             items.append(BatchItem(r, n, hit))
             budget_left -= n
         return decodes, items
+
+    def _leading_decodes(self, queue: deque, budget_left: int, decodes: list) -> int:
+        """The running pass over the leading decodes of ``queue`` (all running, none in flight) in one tight loop:
+        each takes one token, and those crossing a block boundary take a block each, in order, when there are
+        blocks for all of them (as the pass below would give them, preempting nothing); else nothing is taken and
+        the pass below goes from the start. Fills ``decodes``, consumes those taken from ``queue``; returns the
+        budget left."""
+        bs, run = self.bm.block_size, self.running
+        crossing: list[Request] = []
+        i, m = 0, min(len(run), budget_left)
+        while i < m:
+            r = run[i]
+            c, g = r.num_computed, r.num_generated
+            if not g or c + 1 != r.prompt_tokens + g:
+                break
+            decodes.append((r, 1, c))  # plain tuple on the hot path (see Batch)
+            if len(r.block_table) * bs <= c:
+                crossing.append(r)
+            i += 1
+        if len(crossing) > self.bm.num_free:  # someone is preempted: the pass below decides who
+            decodes.clear()
+            return budget_left
+        grow = self.bm.grow
+        for r in crossing:
+            grow(r, r.num_computed + 1)
+        for _ in range(i):
+            queue.popleft()
+        return budget_left - i
 
     def _running_speculative(self, queue: deque, budget_left: int, decodes: list, items: list) -> int:
         """The running requests' pass with speculative decoding (one pipeline stage), as vLLM V1's scheduler runs
