@@ -124,8 +124,8 @@ class Recorder:
                                    len(self.microbatch_rows) // len(MICROBATCH_FIELDS), replica, first_batch, hi - lo,
                                    chunk, num_decodes, size, prefills))
         for col, values in zip(self._stretch_steps, (starts, ends, used, decided, hosts)):
-            col.extend(values[lo:hi])
-        self._stretch_prices.extend(chain.from_iterable(prices[lo:hi]))
+            col.extend(values if lo == 0 and hi == len(values) else values[lo:hi])
+        self._stretch_prices.extend(chain.from_iterable(prices if lo == 0 and hi == len(prices) else prices[lo:hi]))
 
     def _runs(self) -> tuple[list, list] | None:
         """Every stretch's stage rows and micro-batch rows as ``_frame`` takes them (per field, the arrays that make
