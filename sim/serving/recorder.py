@@ -145,7 +145,8 @@ class Recorder:
         stage = [replica, np.zeros(total), batch_ids, start, end, each(5), each(6), each(7), each(8), used,
                  prices[:, 1], prices[:, 2]]
         micro = [replica, batch_ids, decided, host, end]
-        return [[[c] for c in stage], np.repeat(runs[:, 0], counts)], [[[c] for c in micro], np.repeat(runs[:, 1], counts)]
+        return ([[[c] for c in stage], np.repeat(runs[:, 0], counts)],  # (lists: ``_frame`` lets go of their parts)
+                [[[c] for c in micro], np.repeat(runs[:, 1], counts)])
 
     def _table(self, values: array, fields: tuple[str, ...], runs: list | None, end: str) -> Table:
         """One table; in the order of its ``end`` column where several replicas' stretches were recorded."""

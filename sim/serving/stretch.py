@@ -184,15 +184,15 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # onward through finishes: after a step that finishes requests the batch is again every remaining decode while
     # nothing waits (FasterTransformer: until its batch is empty), nothing arrives (the horizon) and no finishing
     # request's blocks are noted for the prefix cache
-    noted = caching and any(map(sched.bm.notes_computed, reqs))  # (unchanged until requests finish)
+    any_noted = caching and any(map(sched.bm.notes_computed, reqs))  # (unchanged until requests finish)
     onward = (through and partial is None and (type(sched) in WAITING_BLIND and blind or not (sched.waiting or full))
-              and not noted)
+              and not any_noted)
     if onward:
         stops = sorted(set(left))
         limit = stops[-1]
     events = None  # a chunk stretch's block events, found once over every step it may take
     if partial is not None:
-        events = _events(sched.bm, reqs, base, limit, partial, chunk, noted)
+        events = _events(sched.bm, reqs, base, limit, partial, chunk, any_noted)
         limit = _steps_with_blocks(sched.bm, limit, partial, events)
         if limit <= 0:
             return None
@@ -214,7 +214,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
         for i in [i for i, d in enumerate(left) if d <= priced]:
             finish_at.setdefault(left[i], []).append(i)
     k, used_l, cached_l = _blocks(sched, reqs, base, len(end_l), partial, chunk, last, events,
-                                  finish_at, left if onward else None, end_l, finished, noted)
+                                  finish_at, left if onward else None, end_l, finished, any_noted)
     if not k:
         return None
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
@@ -232,14 +232,11 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     ending = k == last or k in finish_at  # its last step ends some requests: that step is advanced as
     # on_batch_done would, unless no block of that step is noted for the prefix cache (then only the finishing
     # needs the scheduler, in order)
-    noted = ending and not onward and caching and (noted or (partial is not None and sched.bm.notes_computed(partial)))
+    noted = ending and not onward and caching and (any_noted or (partial is not None
+                                                                 and sched.bm.notes_computed(partial)))
     advanced, known = (k - 1, times[:-1]) if noted else (k, times)
-    for r, c in zip(reqs, base) if finished else ():  # (those that finished are done)
-        if r.status is not Status.FINISHED:
-            r.num_computed = c + advanced
-            r.num_generated += advanced
-            r.token_times.extend(known)
-    for r, c in () if finished else zip(reqs, base):
+    going = zip(reqs, base) if not finished else [(r, c) for r, c in zip(reqs, base) if r.status is not Status.FINISHED]
+    for r, c in going:
         r.num_computed = c + advanced
         r.num_generated += advanced
         r.token_times.extend(known)

@@ -208,10 +208,12 @@ def test_the_roofline_prices_a_stretch_with_the_floats_of_a_batch_per_step(model
         steps = [Batch([(None, 1, c + j) for c in cached], num_decodes=n) for j in range(40)]
         assert cost.decode_run(n, steps[0].decode_context, 40) == [tuple(cost.stage_cost(b, 0)) for b in steps]
     assert cost.decode_run(3, 30, 0) == []
-    for cached, chunk, done in (([], 64, 0), ([7], 1, 5), ([0, 15, 16, 4095], 500, 0), (list(range(3, 300, 7)), 37, 4096)):
-        n = len(cached)  # a chunk stretch: the decodes beside the next chunk of a prompt, ``done`` tokens of it computed
-        steps = [Batch([*((None, 1, c + j) for c in cached), BatchItem(None, chunk, done + j * chunk)], num_decodes=n)
-                 for j in range(30)]
+    # a chunk stretch: the decodes beside the next chunk of a prompt, ``done`` tokens of it computed
+    for cached, chunk, done in (([], 64, 0), ([7], 1, 5), ([0, 15, 16, 4095], 500, 0),
+                                (list(range(3, 300, 7)), 37, 4096)):
+        n = len(cached)
+        steps = [Batch([*((None, 1, c + j) for c in cached), BatchItem(None, chunk, done + j * chunk)],
+                       num_decodes=n) for j in range(30)]
         assert cost.chunk_run(n, steps[0].decode_context, chunk, done, 30) == [tuple(cost.stage_cost(b, 0))
                                                                                  for b in steps]
 
