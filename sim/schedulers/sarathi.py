@@ -24,6 +24,10 @@ class SarathiScheduler(Scheduler):
         """The prompt under way takes the budget the decodes leave (its blocks were allocated at admission)."""
         return self._chunk(partial.num_pending, self.token_budget - num_decodes, num_decodes)
 
+    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
+        """The budget the decodes leave, as ``_form_batch`` chunks it."""
+        return self._chunk(rest, self.token_budget - num_decodes, num_decodes)
+
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes, partial = self._decode_pass(self._schedulable_running(), self.token_budget)
         items: list[BatchItem] = []

@@ -61,6 +61,11 @@ class StretchSteps:
         policy's batches do not repeat so; chunking policies say)."""
         return 0
 
+    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
+        """The chunk ``partial`` gets next to ``num_decodes`` decodes when ``rest`` of its tokens remain and nothing
+        waits (0: this policy's stretches stop before a prompt's last chunk; chunking policies say)."""
+        return 0
+
     def budget_full(self, num_decodes: int, chunk: int = 0) -> bool:
         """Whether decodes plus a chunk use the whole token budget of a policy that admits from what they leave
         (then no waiting request can be admitted, whatever arrives)."""

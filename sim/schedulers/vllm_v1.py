@@ -49,6 +49,10 @@ class VLLMV1Scheduler(Scheduler):
         running request comes after it: that one would get no budget)."""
         return self.token_budget - num_decodes if self.running[-1] is partial else 0
 
+    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
+        """The prompt under way, last in running order, takes what the budget leaves after the decodes."""
+        return min(rest, self.token_budget - num_decodes) if self.running[-1] is partial else 0
+
     head_tokens_count_hit = True
 
     def _head_tokens(self, head: Request) -> int | None:

@@ -16,7 +16,8 @@ the remaining decodes (``stretch_times.pieces``: each run of steps priced with i
 requests' blocks freed as their step ends, before the next step's grow); otherwise, where no request arrives
 before the next decision, the next stretch follows in the same call. It stops before the step:
 
-- with a chunked prompt's last chunk (it samples a token; the budget it leaves may admit a waiting request);
+- with a chunked prompt's last chunk where a request waits or reaches the scheduler by its decision (the budget it
+  leaves may admit one), or in the other cases of ``_last_chunk``; else that step runs (it samples a token);
 - decided at or after a request reaches the scheduler (serial loop: its arrival, so a step decided before it runs
   through it; the async loop: the step decided as the one before starts; with a router that reads the cache on
   arrival, ``cache_aware``, a serial step ending at or after it), except where nothing that arrives can change
@@ -166,6 +167,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     limit, partial, chunk = sched.stretch_plan(batch, blind, last_token=through)
     if limit <= 0:
         return None
+    arrivals = horizon  # (async: when the next request reaches the scheduler)
     full = False  # decodes fill the budget: arrivals cannot change the batch until a request finishes
     if blind or (not replica.arrival_reads_cache
                  and sched.budget_full(len(sched.running) - (partial is not None), chunk)):
@@ -191,16 +193,23 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
         stops = sorted(set(left))
         limit = stops[-1]
     events = None  # a chunk stretch's block events, found once over every step it may take
+    tail = 0  # the prompt's last chunk, as the stretch's last step (``_last_chunk``)
     if partial is not None:
+        tail = _last_chunk(sched, partial, limit, chunk, left, through, strict)
+        limit += tail > 0
         events = _events(sched.bm, reqs, base, limit, partial, chunk, any_noted)
         limit = _steps_with_blocks(sched.bm, limit, partial, events)
         if limit <= 0:
             return None
+        if tail and limit < -(-partial.num_pending // chunk):  # blocks run short before it
+            tail = 0
     pieces: list[tuple] = []  # those reached
     runs = _pieces(reqs, base, left, stops if onward else [limit], pieces)
     prefills = int(partial is not None)
     # 1. each step's times as the engine loop computes them, up to the horizon
-    steps = step_times(replica.cost, runs, limit, partial, chunk, now, decided_at, horizon, strict)
+    # (the last chunk runs only if decided before the next request reaches the scheduler: it leaves budget)
+    seen = min(horizon, arrivals if arrivals is not None else replica.next_arrival()) if tail else horizon
+    steps = step_times(replica.cost, runs, limit, partial, chunk, now, decided_at, horizon, strict, tail, seen)
     decided_l, start_l, end_l, delay_l, host_l, price_l = steps
     # 2. blocks at the steps where some decode crosses a block boundary (and each chunk's); the stretch stops
     # before a step short of blocks; with prefix caching, blocks that fill are shared as their step ends; requests
@@ -220,11 +229,16 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     # 3. the records: a batches.csv row and a micro-batch row per step, every decode's token
     first = sched.take_batch_ids(k, cached_l)
     index, lo = replica.index, 0
+    sampled = tail and k == limit  # its last step is the prompt's last chunk
     for stop, alive, _, _ in pieces:
-        hi = min(stop, k)
-        replica.recorder.add_stretch(index, first + lo, lo, hi, chunk, len(alive), len(alive) + prefills, prefills,
-                                     decided_l, start_l, end_l, host_l, used_l, price_l)
-        if hi == k:
+        hi = min(stop, k - sampled)
+        if hi > lo:
+            replica.recorder.add_stretch(index, first + lo, lo, hi, chunk, len(alive), len(alive) + prefills,
+                                         prefills, decided_l, start_l, end_l, host_l, used_l, price_l)
+        if sampled:  # (a chunk stretch has one run of steps)
+            replica.recorder.add_stretch(index, first + k - 1, k - 1, k, tail, len(alive), len(alive) + prefills,
+                                         prefills, decided_l, start_l, end_l, host_l, used_l, price_l)
+        if hi >= k - sampled:
             break
         lo = hi
     times = end_l[:k] if k < len(end_l) else end_l
@@ -242,6 +256,12 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
         r.token_times.extend(known)
     if partial is not None:
         partial.num_computed = chunk_from + advanced * chunk
+        if sampled:  # its last chunk: a token sampled as on_batch_done samples it (the request goes on)
+            partial.num_computed = partial.num_known
+            partial.num_generated += 1
+            partial.token_times.append(t)
+            if partial.num_generated == 1:
+                partial.first_token_time = t
     replica.last_done = t
     if ending and not onward:
         finished = sched.stretch_finish(reqs, t, partial, chunk) if noted else sched.stretch_finished(reqs, t)
@@ -250,7 +270,22 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
     if finished:
         replica.outstanding -= len(finished)
         replica.on_done(replica, finished)
-    return t, start_l[k - 1], times, delay_l[:k], ending
+    return t, start_l[k - 1], times, delay_l[:k], ending or sampled
+
+
+def _last_chunk(sched: Scheduler, partial: Request, steps: int, chunk: int, left: list[int], through: bool,
+                strict: bool) -> int:
+    """The tokens of the prompt's last chunk where a chunk stretch of ``steps`` steps may run it as one more step
+    (0 where not): the policy takes the whole rest in one step next to the decodes (``_last_chunk_size``), none of
+    them makes its last token then or before, nothing waits for the budget it leaves, its token is not its last,
+    and its blocks are not noted for the prefix cache (whose order ``on_batch_done`` sets); not where the router
+    reads the cache as a request arrives (``strict``). The step runs if it is decided before the next request
+    reaches the scheduler (``step_times``' ``tail_horizon``) and its blocks are there (``_blocks``)."""
+    rest, bm = partial.num_pending - steps * chunk, sched.bm
+    if (not through or sched.waiting or strict or not 0 < rest <= chunk or (left and min(left) <= steps + 1)
+            or partial.num_generated + 1 >= partial.output_tokens or bm.caching and bm.notes_computed(partial)):
+        return 0
+    return rest if sched.last_chunk_size(partial, len(left), rest) == rest else 0
 
 
 def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,
@@ -389,7 +424,7 @@ def _events(bm: Any, reqs: list, base: list[int], k: int, partial: Any, chunk: i
     if partial is not None:
         held = len(partial.block_table) * bs
         for step in range(1, k + 1):
-            tokens = partial.num_computed + step * chunk
+            tokens = min(partial.num_computed + step * chunk, partial.num_known)  # (the last chunk: the rest)
             if tokens > held:
                 chunk_at[step] = tokens
                 held = -(-tokens // bs) * bs

@@ -35,12 +35,14 @@ def pieces(reqs: list, base: list[int], left: list[int], stops: list[int], seen:
 
 
 def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chunk: int, now: float,
-               decided_at: float | None, horizon: float, strict: bool) -> tuple[list, ...]:
+               decided_at: float | None, horizon: float, strict: bool, tail: int = 0,
+               tail_horizon: float = math.inf) -> tuple[list, ...]:
     """Each step's (decided, start, end, delay, host time, (device time, FLOPs, bytes)) lists, in the engine loop's
     float expressions, up to the horizon: serial (``decided_at`` None), a step is decided as it starts and the
     stretch stops before one decided at or after ``horizon`` (``strict``: one ending at or after it); async, a step
     is decided as the previous one starts and overlaps its host time with it. ``pieces``: what ``pieces``
-    yields, up to step ``limit``."""
+    yields, up to step ``limit``; ``tail``: the chunk of a chunk stretch's last step, if not ``chunk`` (that step
+    is decided before ``tail_horizon`` or not run, nor priced)."""
     decided_l: list[float] = []
     start_l: list[float] = []
     end_l: list[float] = []
@@ -101,9 +103,9 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
                 done += m
                 window *= 2
         return out
-    prices = _prices(cost, pieces, partial, chunk, window, horizon == math.inf)
-    for _ in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
-        if (t if decided_at is None else decided_at) >= horizon:
+    prices = _prices(cost, pieces, partial, chunk, window, horizon == math.inf, tail)
+    for j in range(limit):  # a step is priced only once it is decided before the horizon (as the loop prices it)
+        if (t if decided_at is None else decided_at) >= (tail_horizon if tail and j == limit - 1 else horizon):
             break
         host, price = next(prices)
         if decided_at is None:  # serial: decided as it starts, the host time first, then the device's
@@ -200,13 +202,13 @@ def _every_step(cost: Any, pieces: Iterator[tuple]) -> tuple[list[float], list[t
     return hosts, many(runs) if many is not None else [p for run in runs for p in cost.decode_run(*run)]
 
 
-def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16, every: bool = False
-            ) -> Iterator[tuple[float, tuple]]:
+def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16, every: bool = False,
+            tail: int = 0) -> Iterator[tuple[float, tuple]]:
     """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
     call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
     ``window`` steps, doubling; ``every``: all steps run, every run priced at once, ``_every_step``); chunk steps
-    so too where the model prices them in one call (the roofline's ``chunk_run``), else per step. ``pieces``:
-    ``pieces`` (a chunk stretch has one)."""
+    so too where the model prices them in one call (the roofline's ``chunk_run``), else per step; the last one
+    with ``tail`` tokens where given (the prompt's last chunk). ``pieces``: ``pieces`` (a chunk stretch has one)."""
     if every and partial is None and hasattr(cost, "decode_run"):
         yield from zip(*_every_step(cost, pieces))
         return
@@ -220,12 +222,15 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
             if hasattr(cost, "chunk_run"):  # the roofline: a window at a time too (its host time reads the size)
                 light.prefill_items = [BatchItem(partial, chunk, partial.num_computed)]
                 host = cost.host_time(light)
-                while done < stop:
-                    m = min(window, stop - done)
+                last = stop - (tail > 0)
+                while done < last:
+                    m = min(window, last - done)
                     yield from zip(repeat(host), cost.chunk_run(n, total + n * (done + 1), chunk,
                                                                 partial.num_computed + done * chunk, m))
                     done += m
                     window *= 2
+                if tail:
+                    yield host, cost.chunk_run(n, total + n * stop, tail, partial.num_computed + done * chunk, 1)[0]
                 continue
         elif hasattr(cost, "decode_run"):
             host = cost.host_time(light)
@@ -236,11 +241,14 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
                 window *= 2
             continue
         ctx, cached = total + n * done, partial.num_computed if partial is not None else 0
-        for _ in range(stop - done):
+        for step in range(done + 1, stop + 1):
             ctx += n
             light.decode_context = ctx
             if partial is not None:
-                light.prefill_items = [BatchItem(partial, chunk, cached)]
+                if tail and step == stop:  # the prompt's last chunk
+                    light.entries[-1] = (partial, tail, cached)
+                    light.num_prefill_tokens = tail
+                light.prefill_items = [BatchItem(partial, light.num_prefill_tokens, cached)]
                 cached += chunk
             yield cost.host_time(light), cost.stage_cost(light, 0)
         done = stop

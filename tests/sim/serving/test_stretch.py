@@ -153,11 +153,38 @@ def test_faster_transformer_stretches_past_arrivals_and_a_waiting_queue(monkeypa
 
 def test_a_budget_the_decodes_fill_lets_a_stretch_go_on_while_a_request_waits(monkeypatch):
     # Sarathi with a budget of one token: A's prompt a token a step ([0,1] as usual, a chunk stretch [1,2], [2,3], its
-    # last chunk [3,4]); then A's decode fills the budget, so B cannot be admitted: a stretch [4,5] .. [10,11] through
-    # A's last token; then B likewise from 11
+    # last chunk [3,4], left to the loop: B waits for the budget it would leave); then A's decode fills the budget,
+    # so B cannot be admitted: a stretch [4,5] .. [10,11] through A's last token; then B from 11: its chunk stretch
+    # [12,13], [13,14] runs its last chunk [14,15] too (nothing waits) and goes on with its decodes to 22
     times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 4, 8), (0.0, 4, 8)], "sarathi", budget=1)
-    assert seen == [(3.0, 2.0), (11.0, 10.0), (14.0, 13.0), (22.0, 21.0)]
+    assert seen == [(3.0, 2.0), (11.0, 10.0), (22.0, 21.0)]
     assert times == {"A": [float(t) for t in range(4, 12)], "B": [float(t) for t in range(15, 23)]}
+
+
+def test_a_chunk_stretch_runs_the_prompts_last_chunk_and_goes_on_with_its_decodes(monkeypatch):
+    # Sarathi, budget 4: A's 10-token prompt in chunks of 4, 4 and 2: [0,1] as usual, then one stretch runs [1,2],
+    # the last chunk [2,3] (its first token at 3: nothing waits, nobody arrives) and A's decodes to its last token
+    times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 10, 6), (100.0, 4, 2)], "sarathi", budget=4)
+    assert times["A"] == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
+    assert seen[0] == (8.0, 7.0)
+
+
+def test_a_request_arriving_before_the_last_chunk_is_decided_stops_the_stretch_before_it(monkeypatch):
+    # as above, B arriving at 1.5: the last chunk, decided at 2, would leave B 2 tokens of budget, so the stretch
+    # stops after [1,2] and the loop runs [2,3] with B's first chunk beside A's last
+    times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 10, 6), (1.5, 4, 2)], "sarathi", budget=4)
+    assert seen[0] == (2.0, 1.0)
+    assert times["A"][0] == 3.0 and times["B"][0] == 4.0
+
+
+def test_an_async_chunk_stretch_runs_the_last_chunk_as_its_host_work_overlaps(monkeypatch):
+    # vLLM V1's async loop, budget 4, host 0.25 s under each 1 s step: [0.25,1.25] as usual; then one stretch runs
+    # the middle chunk [1.25,2.25], the last [2.25,3.25] (A's first token) and A's decodes, each decided as the
+    # one before it starts
+    times, *_, seen = _same_as_reference(monkeypatch, [(0.0, 10, 6)], "vllm_v1", budget=4, host=0.25,
+                                         loop=AsyncReplica)
+    assert times["A"] == [3.25, 4.25, 5.25, 6.25, 7.25, 8.25]
+    assert seen == [(8.25, 7.25)]
 
 
 def test_vllm_v0_decodes_never_fill_a_budget_for_prompts(monkeypatch):
