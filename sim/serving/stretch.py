@@ -118,8 +118,8 @@ def run_stretch(replica: Replica, batch: Batch, now: float, decided_at: float | 
     step decided at or after ``horizon`` (a request reaching the scheduler). The serial loop decides as a step
     starts and stops before a step decided at or after the next arrival.
 
-    A stretch that ends with finished requests is followed by the next one at once (the batch after a finish is
-    again every remaining decode) where no request arrives before that next decision."""
+    A stretch that ends with finished requests or a prompt's last chunk is followed by the next one at once (the
+    batch after it is again every running decode) where no request arrives before that next decision."""
     serial, origin = decided_at is None, now
     ends: list[float] = []
     delays: list[float] = []
@@ -156,7 +156,7 @@ def _meets_an_arrival(replica: Replica, ends: list[float]) -> bool:
 def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: float | None, horizon: float | None
              ) -> tuple[float, float, list[float], list[float], bool] | None:
     """One stretch (``run_stretch``): (its end, its last step's host-done time or device start, each step's end and
-    delay, whether its last step finished requests), or None."""
+    delay, whether its last step finished requests or a prompt: another may follow), or None."""
     sched = replica.scheduler
     caching = sched.bm.caching
     # arrivals cannot change the next batches: FasterTransformer admits only into an empty batch; a first waiting
@@ -276,7 +276,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
 def _last_chunk(sched: Scheduler, partial: Request, steps: int, chunk: int, left: list[int], through: bool,
                 strict: bool) -> int:
     """The tokens of the prompt's last chunk where a chunk stretch of ``steps`` steps may run it as one more step
-    (0 where not): the policy takes the whole rest in one step next to the decodes (``_last_chunk_size``), none of
+    (0 where not): the policy takes the whole rest in one step next to the decodes (``last_chunk_size``), none of
     them makes its last token then or before, nothing waits for the budget it leaves, its token is not its last,
     and its blocks are not noted for the prefix cache (whose order ``on_batch_done`` sets); not where the router
     reads the cache as a request arrives (``strict``). The step runs if it is decided before the next request
