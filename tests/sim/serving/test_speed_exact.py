@@ -53,8 +53,9 @@ CASES: dict[str, list[str]] = {
 }
 NEEDS_KERNELS = ("kernels_starved", "kernels_burst")
 #: cases that must advance at least one stretch, with every scheduler (one replica, one stage)
-STRETCHED = ("one_replica", "host_exposed", "kv_starved", "prefix_caching", "prefix_caching_starved", "prefix_caching_sessions",
-             "serial_loop", "kernels_starved", "kernels_burst", "round_robin_x3", "round_robin_caching_x2")
+STRETCHED = ("one_replica", "host_exposed", "kv_starved", "prefix_caching", "prefix_caching_starved",
+             "prefix_caching_sessions", "serial_loop", "kernels_starved", "kernels_burst", "round_robin_x3",
+             "round_robin_caching_x2")
 #: cases where no stretch may run (several replicas that a router reads)
 UNSTRETCHED = ("least_outstanding_x2",)
 ENGINE = ["--model", "tiny", "--device", "cpu", "--offline", "--warmup", "0", "-n", "10", "--seed", "3",
