@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from array import array
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sim.batch import Batch, BatchItem
@@ -347,6 +348,34 @@ class Scheduler(StretchSteps, ABC):
                 return r
         return None
 
+    def _plain_decodes(self, run: Iterable[Request], stop: bool = False) -> tuple[list, list[Request]] | None:
+        """A running pass's fast path: a one-token item (a plain ``(request, 1, cached)`` tuple: see ``Batch``) for
+        each decoding request of ``run``, in order, then a block for each of them crossing a block boundary, in
+        order, where there are enough for all (so no preemption happens); (the items, the requests of ``run`` not
+        decoding), or None, taking nothing, where blocks run short. ``stop``: end at the first one not decoding."""
+        bs = self.bm.block_size
+        items: list = []
+        others: list[Request] = []
+        crossing: list[Request] = []
+        add = items.append
+        for r in run:
+            c = r.num_computed
+            g = r.num_generated
+            if g and c + 1 == r.prompt_tokens + g:
+                add((r, 1, c))
+                if len(r.block_table) * bs <= c:
+                    crossing.append(r)
+            elif stop:
+                break
+            else:
+                others.append(r)
+        if len(crossing) > self.bm.num_free:
+            return None
+        grow = self.bm.grow
+        for r in crossing:
+            grow(r, r.num_computed + 1)
+        return items, others
+
     def _decode_pass(self, queue: deque[Request], budget: int | None) -> tuple[list, list[Request]]:
         """One-token decode items for the decoding requests of ``queue`` (at most ``budget``), in order.
 
@@ -355,29 +384,12 @@ class Scheduler(StretchSteps, ABC):
         ``(request, 1, cached)`` tuples on the fast path: see ``Batch``) and the requests of ``queue``
         that are not decoding (prefills under way), in order. ``queue`` is consumed.
         """
-        bs = self.bm.block_size
         if budget is None or budget >= len(queue):
-            # fast path: if the decodes crossing a block boundary all get a free block, no preemption happens
-            items: list = []
-            others: list[Request] = []
-            crossing: list[Request] = []
-            add = items.append
-            for r in queue:
-                c = r.num_computed
-                g = r.num_generated
-                if g and c + 1 == r.prompt_tokens + g:
-                    add((r, 1, c))
-                    if len(r.block_table) * bs <= c:
-                        crossing.append(r)
-                else:
-                    others.append(r)
-            if not crossing or len(crossing) <= self.bm.num_free:
-                grow = self.bm.grow
-                for r in crossing:
-                    grow(r, r.num_computed + 1)
+            fast = self._plain_decodes(queue)
+            if fast is not None:
                 queue.clear()
-                return items, others
-        items = []
+                return fast
+        items: list = []
         others = []
         left = len(queue) if budget is None else budget
         while queue and left > 0:

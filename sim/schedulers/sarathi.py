@@ -20,13 +20,10 @@ class SarathiScheduler(Scheduler):
     #: max_batch_size 128 in the osdi-sarathi-serve branch's sarathi/benchmark/config/default.yml)
     default_max_num_seqs = 128
 
-    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
-        """The prompt under way takes the budget the decodes leave (its blocks were allocated at admission)."""
-        return self._chunk(partial.num_pending, self.token_budget - num_decodes, num_decodes)
-
-    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
-        """The budget the decodes leave, as ``_form_batch`` chunks it."""
-        return self._chunk(rest, self.token_budget - num_decodes, num_decodes)
+    def stretch_chunk(self, partial: Request, num_decodes: int, pending: int) -> int:
+        """The prompt under way takes the budget the decodes leave, as ``_form_batch`` chunks it (its blocks were
+        allocated at admission)."""
+        return self._chunk(pending, self.token_budget - num_decodes, num_decodes)
 
     def _form_batch(self) -> tuple[list[BatchItem], list[BatchItem]]:
         decodes, partial = self._decode_pass(self._schedulable_running(), self.token_budget)

@@ -47,7 +47,7 @@ class StretchSteps:
             if self.waiting and not (waiting_blind or self.budget_full(n)):
                 return 0, None, 0
             return min([r.output_tokens - r.num_generated for r in run]) - (not last_token), None, 0
-        chunk = self._stretch_chunk(partial, n - 1)
+        chunk = self.stretch_chunk(partial, n - 1, partial.num_pending)
         if not chunk or (self.waiting and not (waiting_blind or self.budget_full(n - 1, chunk))):
             return 0, None, 0
         steps = -(-partial.num_pending // chunk) - 1  # the chunks before its last (which samples a token)
@@ -56,14 +56,9 @@ class StretchSteps:
                         - (not last_token))
         return steps, partial, chunk
 
-    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
-        """The chunk ``partial`` gets next to ``num_decodes`` decodes while more than a chunk of it remains (0: this
-        policy's batches do not repeat so; chunking policies say)."""
-        return 0
-
-    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
-        """The chunk ``partial`` gets next to ``num_decodes`` decodes when ``rest`` of its tokens remain and nothing
-        waits (0: this policy's stretches stop before a prompt's last chunk; chunking policies say)."""
+    def stretch_chunk(self, partial: Request, num_decodes: int, pending: int) -> int:
+        """The chunk ``partial`` gets next to ``num_decodes`` decodes when ``pending`` of its tokens remain and
+        nothing waits (0: this policy's batches do not repeat so; chunking policies say)."""
         return 0
 
     def budget_full(self, num_decodes: int, chunk: int = 0) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from itertools import islice
 
 from sim.batch import BatchItem
 from sim.request import Request, Status
@@ -44,14 +45,10 @@ class VLLMV1Scheduler(Scheduler):
         tokens = min(tokens, seqs * max_model_len)
         return tokens, min(seqs, tokens)
 
-    def _stretch_chunk(self, partial: Request, num_decodes: int) -> int:
-        """The prompt under way, last in running order, takes the budget the decodes before it leave (0 if some
-        running request comes after it: that one would get no budget)."""
-        return self.token_budget - num_decodes if self.running[-1] is partial else 0
-
-    def last_chunk_size(self, partial: Request, num_decodes: int, rest: int) -> int:
-        """The prompt under way, last in running order, takes what the budget leaves after the decodes."""
-        return min(rest, self.token_budget - num_decodes) if self.running[-1] is partial else 0
+    def stretch_chunk(self, partial: Request, num_decodes: int, pending: int) -> int:
+        """The prompt under way, last in running order, takes what the budget leaves after the decodes before it (0 if
+        some running request comes after it: that one would get no budget)."""
+        return min(pending, self.token_budget - num_decodes) if self.running[-1] is partial else 0
 
     head_tokens_count_hit = True
 
@@ -79,8 +76,13 @@ class VLLMV1Scheduler(Scheduler):
         bs = self.bm.block_size
         if self.spec is not None:  # speculative decoding (sim.spec): decodes verify 1 + k tokens
             budget_left = self._running_speculative(queue, budget_left, decodes, items)
-        elif not ahead:
-            budget_left = self._leading_decodes(queue, budget_left, decodes)
+        elif not ahead:  # the leading decodes at once where that preempts nothing (the pass below goes on after)
+            fast = self._plain_decodes(islice(self.running, budget_left), stop=True)
+            if fast is not None:
+                decodes += fast[0]
+                for _ in decodes:
+                    queue.popleft()
+                budget_left -= len(decodes)
         while queue and budget_left > 0:
             r = queue.popleft()
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
@@ -106,34 +108,6 @@ class VLLMV1Scheduler(Scheduler):
             items.append(BatchItem(r, n, hit))
             budget_left -= n
         return decodes, items
-
-    def _leading_decodes(self, queue: deque, budget_left: int, decodes: list) -> int:
-        """The running pass over the leading decodes of ``queue`` (all running, none in flight) in one tight loop:
-        each takes one token, and those crossing a block boundary take a block each, in order, when there are
-        blocks for all of them (as the pass below would give them, preempting nothing); else nothing is taken and
-        the pass below goes from the start. Fills ``decodes``, consumes those taken from ``queue``; returns the
-        budget left."""
-        bs, run = self.bm.block_size, self.running
-        crossing: list[Request] = []
-        i, m = 0, min(len(run), budget_left)
-        while i < m:
-            r = run[i]
-            c, g = r.num_computed, r.num_generated
-            if not g or c + 1 != r.prompt_tokens + g:
-                break
-            decodes.append((r, 1, c))  # plain tuple on the hot path (see Batch)
-            if len(r.block_table) * bs <= c:
-                crossing.append(r)
-            i += 1
-        if len(crossing) > self.bm.num_free:  # someone is preempted: the pass below decides who
-            decodes.clear()
-            return budget_left
-        grow = self.bm.grow
-        for r in crossing:
-            grow(r, r.num_computed + 1)
-        for _ in range(i):
-            queue.popleft()
-        return budget_left - i
 
     def _running_speculative(self, queue: deque, budget_left: int, decodes: list, items: list) -> int:
         """The running requests' pass with speculative decoding (one pipeline stage), as vLLM V1's scheduler runs

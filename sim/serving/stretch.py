@@ -276,7 +276,7 @@ def _stretch(replica: Replica, batch: Batch | None, now: float, decided_at: floa
 def _last_chunk(sched: Scheduler, partial: Request, steps: int, chunk: int, left: list[int], through: bool,
                 strict: bool) -> int:
     """The tokens of the prompt's last chunk where a chunk stretch of ``steps`` steps may run it as one more step
-    (0 where not): the policy takes the whole rest in one step next to the decodes (``last_chunk_size``), none of
+    (0 where not): the policy takes the whole rest in one step next to the decodes (``stretch_chunk``), none of
     them makes its last token then or before, nothing waits for the budget it leaves, its token is not its last,
     and its blocks are not noted for the prefix cache (whose order ``on_batch_done`` sets); not where the router
     reads the cache as a request arrives (``strict``). The step runs if it is decided before the next request
@@ -285,7 +285,7 @@ def _last_chunk(sched: Scheduler, partial: Request, steps: int, chunk: int, left
     if (not through or sched.waiting or strict or not 0 < rest <= chunk or (left and min(left) <= steps + 1)
             or partial.num_generated + 1 >= partial.output_tokens or bm.caching and bm.notes_computed(partial)):
         return 0
-    return rest if sched.last_chunk_size(partial, len(left), rest) == rest else 0
+    return rest if sched.stretch_chunk(partial, len(left), rest) == rest else 0
 
 
 def _blocks(sched: Scheduler, reqs: list, base: list[int], k: int, partial: Any, chunk: int, last_token: int,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from itertools import accumulate, repeat
 from operator import le
 from typing import Any
@@ -202,6 +202,17 @@ def _every_step(cost: Any, pieces: Iterator[tuple]) -> tuple[list[float], list[t
     return hosts, many(runs) if many is not None else [p for run in runs for p in cost.decode_run(*run)]
 
 
+def _windows(host: float, price: Any, done: int, stop: int, window: int) -> Generator[tuple[float, tuple], None, int]:
+    """(host, price) of steps ``done + 1`` to ``stop``, ``window`` steps a call and doubling (``price(d, m)``: the
+    ``m`` steps after step ``d``); returns the next window."""
+    while done < stop:
+        m = min(window, stop - done)
+        yield from zip(repeat(host), price(done, m))
+        done += m
+        window *= 2
+    return window
+
+
 def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window: int = 16, every: bool = False,
             tail: int = 0) -> Iterator[tuple[float, tuple]]:
     """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
@@ -223,22 +234,17 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
                 light.prefill_items = [BatchItem(partial, chunk, partial.num_computed)]
                 host = cost.host_time(light)
                 last = stop - (tail > 0)
-                while done < last:
-                    m = min(window, last - done)
-                    yield from zip(repeat(host), cost.chunk_run(n, total + n * (done + 1), chunk,
-                                                                partial.num_computed + done * chunk, m))
-                    done += m
-                    window *= 2
+                window = yield from _windows(host, lambda d, m: cost.chunk_run(
+                    n, total + n * (d + 1), chunk, partial.num_computed + d * chunk, m), done, last, window)
+                done = last
                 if tail:
                     yield host, cost.chunk_run(n, total + n * stop, tail, partial.num_computed + done * chunk, 1)[0]
                 continue
         elif hasattr(cost, "decode_run"):
             host = cost.host_time(light)
-            while done < stop:
-                m = min(window, stop - done)
-                yield from zip(repeat(host), cost.decode_run(n, total + n * (done + 1), m))
-                done += m
-                window *= 2
+            window = yield from _windows(host, lambda d, m: cost.decode_run(n, total + n * (d + 1), m), done, stop,
+                                         window)
+            done = stop
             continue
         ctx, cached = total + n * done, partial.num_computed if partial is not None else 0
         for step in range(done + 1, stop + 1):
