@@ -14,6 +14,8 @@ from sim.batch import Batch
 from sim.ops import DENSE_MLP_OPS, FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
 PricedOps = dict[str, tuple[float, str]]  # op -> (seconds, where the price comes from)
+OpCost = tuple[float, float, float]  # one op's (seconds, flops, bytes)
+ZERO_COST: OpCost = (0.0, 0.0, 0.0)
 
 
 class StageCost(NamedTuple):

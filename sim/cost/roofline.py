@@ -35,8 +35,10 @@ from sim.batch import Batch
 from sim.catalog.hardware import GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, check_weight_dtype, get_model, kv_dtype_bytes, layers_per_stage
 from sim.cost.attention_fit import attention_fit
+from sim.cost.interface import ZERO_COST as _ZERO
 from sim.cost.interface import CostModel, StageCost, deployment_fields, op_layers
-from sim.cost.moe_routing import busiest_gpu_load
+from sim.cost.interface import OpCost as _OpCost
+from sim.cost.moe_pricing import MoEPricing
 from sim.cost.run_pricing import RunPricing
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
 
@@ -69,12 +71,10 @@ SAMPLING_KERNELS = 6
 #: elementwise op kinds with their own fitted bandwidth fraction and floor
 ELEMENTWISE_KINDS: tuple[str, ...] = ("norm", "rotary", "act", "residual", "embedding")
 
-_OpCost = tuple[float, float, float]  # (seconds, flops, bytes)
-_ZERO: _OpCost = (0.0, 0.0, 0.0)
 _CACHE_LIMIT = 500_000
 
 
-class RooflineCostModel(RunPricing, CostModel):
+class RooflineCostModel(RunPricing, MoEPricing, CostModel):
     """Analytical per-op roofline for one replica (tp x pp GPUs); the embedded default cost model."""
 
     name = "roofline"
@@ -160,6 +160,8 @@ class RooflineCostModel(RunPricing, CostModel):
         self._attn_bytes_per_new = q_and_out + kv_row + 2.0 * kv_row  # + its own k,v read, cache write (read+write)
         self._attn_bytes_per_key = kv_row                          # cached keys/values read
         self._cache: dict[tuple[int, int, int], _OpCost] = {}
+        self._token_heads: dict[tuple[int, int], tuple[_OpCost, _OpCost]] = {}  # ``_token_part``'s per token count
+        self._sampling: dict[int, tuple[_OpCost, _OpCost]] = {}  # ``_sampling_ops`` per sampled row count
         self._layer_plans: dict[int, list[tuple[str, int]]] = {}
 
     # ---- primitive pricing ----------------------------------------------------------------------
@@ -243,24 +245,27 @@ class RooflineCostModel(RunPricing, CostModel):
         emb_t, emb_f, emb_b = self._elementwise(0.0, 2.0 * act_hidden + 8.0 * T, "embedding")
         costs["embedding"] = (emb_t + ar, emb_f, emb_b)
         costs["final_norm"] = norm
+        costs["lm_head"], costs["sampling"] = self._sampling_ops(N)
+        # hidden states and the residual go to the next stage (as vLLM's IntermediateTensors)
+        pp_t = 2.0 * act_hidden / self._pp_rate + self.comm_latency if self.pp > 1 else 0.0
+        costs["pp_send_recv"] = (pp_t, 0.0, 0.0)
+        return costs
+
+    def _sampling_ops(self, num_items: int) -> tuple[_OpCost, _OpCost]:
+        """(lm_head, sampling) of one stage execution: the only ops that depend on the rows that sample."""
+        N, h, d = num_items, self._h, self.dtype_bytes
         # lm head only for the rows that sample; with TP the logit shards are gathered on one rank
         lm_t, lm_f, lm_b = self._linear(N, h, self._vocab_shard)
         if self.tp > 1 and N > 0:
             V = self.model.vocab_size
             lm_t += (self.tp - 1) / self.tp * N * V * d / self._tp_rate + self.comm_latency
-        costs["lm_head"] = (lm_t, lm_f, lm_b)
         logits = float(N) * self.model.vocab_size
         if N > 0:
             samp_b = SAMPLING_PASSES * 4.0 * logits
             samp_f = SAMPLING_FLOPS_PER_LOGIT * logits
             t = max(samp_f / self._flop_rate, samp_b / self._byte_rate) + SAMPLING_KERNELS * self.kernel_launch_overhead
-            costs["sampling"] = (t, samp_f, samp_b)
-        else:
-            costs["sampling"] = _ZERO
-        # hidden states and the residual go to the next stage (as vLLM's IntermediateTensors)
-        pp_t = 2.0 * act_hidden / self._pp_rate + self.comm_latency if self.pp > 1 else 0.0
-        costs["pp_send_recv"] = (pp_t, 0.0, 0.0)
-        return costs
+            return (lm_t, lm_f, lm_b), (t, samp_f, samp_b)
+        return (lm_t, lm_f, lm_b), _ZERO
 
     @staticmethod
     def _sum(costs) -> _OpCost:
@@ -268,42 +273,6 @@ class RooflineCostModel(RunPricing, CostModel):
         for ct, cf, cb in costs:
             t, f, b = t + ct, f + cf, b + cb
         return (t, f, b)
-
-    def _mlp(self, rows: float, width: int, groups: float = 1.0) -> _OpCost:
-        """A gated MLP of ``width`` (one GPU's share) over ``rows`` tokens, ``groups`` of them (experts) in one pass."""
-        h, d = self._h, self.dtype_bytes
-        act = self._elementwise(5.0 * groups * rows * width, 3.0 * groups * rows * width * d, "act")
-        return self._sum((self._linear(rows, h, 2 * width, groups), act, self._linear(rows, width, h, groups)))
-
-    def _moe_op_costs(self, T: int) -> dict[str, _OpCost]:
-        """Per MoE layer: router, routed experts on the busiest GPU, shared experts, EP all-to-alls."""
-        moe, h, d, tp, ep = self.model.moe, self._h, self.dtype_bytes, self.tp, self.ep
-        assert moe is not None
-        E, k = moe.num_experts, moe.top_k
-        width = moe.expert_intermediate_size if ep > 1 else -(-moe.expert_intermediate_size // tp)
-        tokens = T / ep  # with EP each GPU routes its share of the (TP-replicated) tokens
-        load = busiest_gpu_load(T, E, k, ep, self.router_skew)
-        experts = (self._mlp(load.pairs / load.experts, width, load.experts) if load.experts > 0 else _ZERO)
-        combine_sum = self._elementwise(2.0 * load.pairs * h, 2.0 * load.pairs * h * d, "residual")
-        router = self._linear(T, h, E, weight_bytes=d)  # routers stay in the activation dtype in fp8 checkpoints
-        topk = self._elementwise(4.0 * T * E, 2.0 * T * E * 4, "act")  # float32 softmax and top-k over the logits
-        shared = (self._mlp(T, -(-moe.shared_intermediate_size // tp)) if moe.shared_intermediate_size else _ZERO)
-        a2a = self._all_to_all(tokens * k * h * d) if ep > 1 else 0.0
-        # the combine returns each GPU its tokens' outputs; an all-gather then gives every TP rank all of them
-        gather = self._all_gather(T * h * d) if ep > 1 else 0.0
-        return {"moe_router": self._sum((router, topk)), "ep_dispatch": (a2a, 0.0, 0.0),
-                "moe_experts": self._sum((experts, combine_sum)), "ep_combine": (a2a + gather, 0.0, 0.0),
-                "moe_shared": shared}
-
-    def _all_to_all(self, nbytes: float) -> float:
-        """All-to-all across the EP group: each GPU sends ``nbytes`` of which (ep - 1)/ep leave it."""
-        return (self.ep - 1) / self.ep * nbytes / self._tp_rate + self.comm_latency
-
-    def _all_gather(self, nbytes: float) -> float:
-        """Ring all-gather of ``nbytes`` (the whole result) across the TP group (zero when tp = 1)."""
-        if self.tp == 1:
-            return 0.0
-        return (self.tp - 1) / self.tp * nbytes / self._tp_rate + self.comm_latency
 
     def _stage_token_ops(self, num_tokens: int, num_items: int, stage: int, costs: dict | None = None) -> dict:
         """Stage totals (layer ops times the stage's layers) of the token-dependent ops, all op names present
@@ -329,12 +298,32 @@ class RooflineCostModel(RunPricing, CostModel):
         return out
 
     def _token_part(self, num_tokens: int, num_items: int, stage: int) -> _OpCost:
+        """The sum of ``_stage_token_ops``' values, in their order. Only lm_head and sampling, summed after every op
+        but pp_send_recv, depend on the items: the sum before them is kept per token count (``_token_heads``), so
+        that a new item count costs three additions (the same floats: the same additions in the same order)."""
         key = (num_tokens, num_items, stage)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        ops = list(self._stage_token_ops(num_tokens, num_items, stage).values())
-        res = (sum([v[0] for v in ops]), sum([v[1] for v in ops]), sum([v[2] for v in ops]))
+        head = self._token_heads.get((num_tokens, stage))
+        if head is None:
+            ops = self._stage_token_ops(num_tokens, num_items, stage)
+            t = f = b = 0
+            for op, (ot, of, ob) in ops.items():
+                if op == "lm_head":
+                    break
+                t, f, b = t + ot, f + of, b + ob
+            head = self._token_heads[num_tokens, stage] = (t, f, b), ops["pp_send_recv"]
+            if len(self._token_heads) >= _CACHE_LIMIT:
+                self._token_heads.clear()
+        (t, f, b), (pt, pf, pb) = head
+        if stage == self.pp - 1:  # (elsewhere they are zeros, which add nothing)
+            tail = self._sampling.get(num_items)
+            if tail is None:
+                tail = self._sampling[num_items] = self._sampling_ops(num_items)
+            (lt, lf, lb), (st, sf, sb) = tail
+            t, f, b = t + lt + st, f + lf + sf, b + lb + sb
+        res = (t + pt, f + pf, b + pb)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
         self._cache[key] = res

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -237,3 +238,19 @@ def test_falcon_replicated_kv_heads_and_tiny() -> None:
         RooflineCostModel("llama-2-7b", "a100-80gb", tp=3)
     with pytest.raises(ValueError):
         RooflineCostModel("llama-2-7b", "a100-80gb", compute_efficiency=0)
+
+
+@pytest.mark.parametrize("model, gpu, kw", [
+    ("llama-2-7b", "a100-80gb", {}), ("llama-2-70b", "h100-sxm", {"tp": 4, "pp": 2}),
+    ("mixtral-8x7b", "h100-sxm", {"tp": 2, "ep": 2}), ("deepseek-v3", "h200", {"tp": 8}),
+])
+def test_the_token_part_is_the_sum_of_the_stage_ops_whatever_was_priced_before(model, gpu, kw):
+    """``_token_part`` keeps the sum before lm_head per token count and adds the item-dependent ops: each answer,
+    first or later, is bit for bit the sum of ``_stage_token_ops``' values in their order (the batch's price)."""
+    cost, rng = RooflineCostModel(model, gpu, **kw), random.Random(5)
+    shapes = [(rng.randint(1, 9000), rng.randint(0, 300), rng.randrange(cost.pp)) for _ in range(300)]
+    shapes += [(t, n + 1, s) for t, n, s in shapes[:100]]  # token counts seen before, new item counts
+    for t, n, s in shapes:
+        ops = list(cost._stage_token_ops(t, min(n, t), s).values())
+        want = (sum([v[0] for v in ops]), sum([v[1] for v in ops]), sum([v[2] for v in ops]))
+        assert cost._token_part(t, min(n, t), s) == want
