@@ -227,6 +227,8 @@ def test_the_direct_csv_writer_writes_pandas_bytes_on_awkward_values():
         pd.DataFrame({"f": np.float32([1.1, 2.2]), "n": [1, 2]}),
         pd.DataFrame({"a": [], "b": []}),
         pd.DataFrame({"only": [1.5, float("nan")]}),  # one column: pandas quotes an empty field
+        pd.DataFrame({"i": np.arange(20001) - 7, "f": np.linspace(-3.3, 1e9, 20001),  # numbers only: several
+                      "b": np.arange(20001) % 3 == 0, "g": np.float32(np.linspace(0, 1, 20001))}),  # %-blocks
     ]
     for frame in frames:
         assert csv_text(frame, "%.9g") == frame.to_csv(index=False, float_format="%.9g", lineterminator="\n")
