@@ -70,19 +70,18 @@ class VLLMV1Scheduler(Scheduler):
         ahead = self._tokens_in_flight() if self._in_flight else None
         if ahead:
             queue = deque(r for r in self.running if r.num_known - r.num_computed > ahead.get(r, 0))
+        elif self.spec is None:  # the leading decodes at once where that preempts nothing (the pass below goes on)
+            fast = self._plain_decodes(islice(self.running, budget_left), stop=True)
+            if fast is not None:
+                decodes += fast[0]
+                budget_left -= len(decodes)
+            queue = deque(self.running[len(decodes):])
         else:
             queue = deque(self.running)
         waits = False  # a request in flight could not grow (it is never preempted mid-pipeline)
         bs = self.bm.block_size
         if self.spec is not None:  # speculative decoding (sim.spec): decodes verify 1 + k tokens
             budget_left = self._running_speculative(queue, budget_left, decodes, items)
-        elif not ahead:  # the leading decodes at once where that preempts nothing (the pass below goes on after)
-            fast = self._plain_decodes(islice(self.running, budget_left), stop=True)
-            if fast is not None:
-                decodes += fast[0]
-                for _ in decodes:
-                    queue.popleft()
-                budget_left -= len(decodes)
         while queue and budget_left > 0:
             r = queue.popleft()
             cached = r.num_computed + ahead.get(r, 0) if ahead else r.num_computed
