@@ -218,8 +218,9 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
     """Each step's host time and (device time, FLOPs, bytes), lazily: decode-only steps a window at a time in one
     call (``decode_run`` of the roofline and kernels models, the same floats as ``stage_cost`` per step; windows of
     ``window`` steps, doubling; ``every``: all steps run, every run priced at once, ``_every_step``); chunk steps
-    so too where the model prices them in one call (the roofline's ``chunk_run``), else per step; the last one
-    with ``tail`` tokens where given (the prompt's last chunk). ``pieces``: ``pieces`` (a chunk stretch has one)."""
+    so too where the model prices them in one call (``chunk_run``: the roofline's; the kernels model's, lazily),
+    else per step; the last one with ``tail`` tokens where given (the prompt's last chunk). ``pieces``: ``pieces``
+    (a chunk stretch has one)."""
     if every and partial is None and hasattr(cost, "decode_run"):
         yield from zip(*_every_step(cost, pieces))
         return
@@ -230,7 +231,7 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
         if partial is not None:
             light.entries.append((partial, chunk, partial.num_computed))
             light.num_prefill_tokens = chunk
-            if hasattr(cost, "chunk_run"):  # the roofline: a window at a time too (its host time reads the size)
+            if hasattr(cost, "chunk_run"):  # a window at a time too (the host time reads the batch's size)
                 light.prefill_items = [BatchItem(partial, chunk, partial.num_computed)]
                 host = cost.host_time(light)
                 last = stop - (tail > 0)
@@ -238,7 +239,8 @@ def _prices(cost: Any, pieces: Iterator[tuple], partial: Any, chunk: int, window
                     n, total + n * (d + 1), chunk, partial.num_computed + d * chunk, m), done, last, window)
                 done = last
                 if tail:
-                    yield host, cost.chunk_run(n, total + n * stop, tail, partial.num_computed + done * chunk, 1)[0]
+                    yield host, next(iter(cost.chunk_run(n, total + n * stop, tail,
+                                                         partial.num_computed + done * chunk, 1)))
                 continue
         elif hasattr(cost, "decode_run"):
             host = cost.host_time(light)

@@ -20,6 +20,7 @@ Every price names its source (table file, kernel, framework version, or ``roofli
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -331,6 +332,35 @@ class KernelCostModel(CostModel):
         contexts = range(context, context + n * steps, n)
         attn = dec.run(n, contexts) if dec is not None else [rl.attn_decode_cost(n, c)[0] for c in contexts]
         return [(t + L * a, f + L * (pf * c), b + L * (bn + bk * (c - n))) for a, c in zip(attn, contexts)]
+
+    def chunk_run(self, n: int, context: int, chunk: int, cached: int, steps: int
+                  ) -> Iterator[tuple[float, float, float]]:
+        """Stage 0's ``stage_cost`` of ``steps`` batches of ``n`` decodes reading ``context`` keys (then n more a
+        step) beside a chunk of ``chunk`` prompt tokens over ``cached`` computed ones (then a chunk more a step), the
+        same floats in ``stage_cost``'s order, lazily: a step's chunk is priced (and its table's source counted,
+        ``describe``) only when the stretch takes that step, as the loop would price it."""
+        rl, dec, L = self.rl, self._decode, self.layers[0]
+        t0, f0, b0 = self._token_part(n + chunk, n + 1, 0, False)
+        contexts = range(context, context + n * steps, n or 1)  # (no decodes: none read)
+        decode = (dec.run(n, contexts) if dec is not None else [rl.attn_decode_cost(n, c)[0] for c in contexts]
+                  ) if n else None
+        for s in range(steps):
+            p = cached + s * chunk
+            sums = (chunk, p, chunk * p + chunk * (chunk + 1) // 2)  # the roofline's ``_prefill_sums``
+            if self._prefill is None:
+                t = t0 + L * rl.attn_prefill_cost(*sums)[0]
+            else:  # ``_prefill_seconds`` of one chunk
+                floor, seconds = self._prefill.floor, 0.0
+                seconds += self._chunk(chunk, p)[0] - floor
+                t = t0 + L * (seconds + floor)
+            _, af, ab = rl.attn_prefill_cost(*sums)
+            f, b = f0 + L * af, b0 + L * ab
+            if n:
+                t += L * decode[s]
+                _, af, ab = rl.attn_decode_cost(n, contexts[s])
+                f += L * af
+                b += L * ab
+            yield t, f, b
 
     def decode_runs(self, runs: list[tuple[int, int, int]]) -> list[tuple[float, float, float]]:
         """``decode_run(n, context, steps)`` of each of ``runs`` in turn, concatenated (a stretch's runs of steps,

@@ -232,3 +232,27 @@ def test_the_decode_plans_stay_bounded(monkeypatch):
         dec.seconds(n, n * 300)
         assert len(dec._plans) <= 8
     assert dec.seconds(3, 900) == dec.seconds(3, 900)
+
+
+@pytest.mark.parametrize("cached, chunk, done", [([], 64, 0), ([7], 1, 5), ([0, 15, 16, 4095], 500, 0),
+                                                 (list(range(3, 300, 7)), 37, 4096)])
+def test_a_chunk_stretch_priced_lazily_is_stage_cost_per_step(cost, cached, chunk, done):
+    """``KernelCostModel.chunk_run`` (a chunk stretch's steps: decodes beside a prompt's next chunk) is ``stage_cost``
+    of each step's batch bit for bit, and counts a chunk's source only for the steps taken from it: a stretch that
+    stops early leaves the counts the loop would (``describe``'s distinct prices by source)."""
+    from sim.batch import BatchItem
+
+    n, steps = len(cached), 30
+    batches = [Batch([*((None, 1, c + j) for c in cached), BatchItem(None, chunk, done + j * chunk)], num_decodes=n)
+               for j in range(steps)]
+    for taken in (steps, 3):
+        _cold(cost)
+        before = dict(cost.source_counts)
+        run = cost.chunk_run(n, batches[0].decode_context, chunk, done, steps)
+        got = [next(run) for _ in range(taken)]
+        counted = dict(cost.source_counts)
+        _cold(cost)
+        cost.source_counts.clear()
+        cost.source_counts.update(before)
+        assert got == [tuple(cost.stage_cost(b, 0)) for b in batches[:taken]]
+        assert dict(cost.source_counts) == counted
