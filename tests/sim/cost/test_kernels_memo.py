@@ -20,7 +20,8 @@ except db.KernelDatabaseError:
 from sim.batch import Batch
 from sim.cost.kernels import lookups
 from sim.cost.kernels.lookups import EDGE, decode_shape
-from sim.cost.kernels.model import VECTOR_STEPS, KernelCostModel
+from sim.cost.kernels.model import KernelCostModel
+from sim.cost.kernels.run_pricing import VECTOR_STEPS
 from sim.cost.roofline import RooflineCostModel
 from sim.cost.tables import Grid2D
 

@@ -158,7 +158,8 @@ def test_simulation_outputs_are_the_same_with_and_without_the_shortcuts(case, sc
     monkeypatch.setattr(stretch, "run_stretch", counted)
     passes = []  # the kernels model's one-pass pricing of several runs of steps (``decode_runs``)
     if case == "kernels_burst":
-        from sim.cost.kernels.model import VECTOR_STEPS, KernelCostModel
+        from sim.cost.kernels.model import KernelCostModel
+        from sim.cost.kernels.run_pricing import VECTOR_STEPS
         runs_of = KernelCostModel.decode_runs
 
         def priced(self, runs):
