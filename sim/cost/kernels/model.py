@@ -22,22 +22,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-import numpy as np
-
 from sim.batch import Batch
 from sim.catalog.hardware import GPUS, GPUSpec, get_gpu
 from sim.catalog.models import ModelSpec, get_model
 from sim.cost.interface import CostModel, StageCost, deployment_fields, stage_totals
 from sim.cost.kernels import database as db
 from sim.cost.kernels.lookups import (
-    MS,
-    Curve,
     DecodeAttention,
     PrefillAttention,
     all_reduce_curve,
     gemm_curve,
     head_rows,
 )
+from sim.cost.kernels.moe_tables import MoETables
 from sim.cost.kernels.run_pricing import KernelRunPricing
 from sim.cost.roofline import RooflineCostModel
 from sim.ops import FIRST_STAGE_OPS, LAST_STAGE_OPS, LAYER_OPS, MOE_OPS, STAGE_OPS
@@ -48,8 +45,6 @@ GEMM_OPS: tuple[str, ...] = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 ALL_REDUCE_OPS: tuple[str, ...] = ("tp_all_reduce", "tp_all_reduce_mlp")
 _CACHE_LIMIT = 200_000
 _OpTime = tuple[float, str]
-US = 1e-6  # the moe_a2a table's latency unit (its transmit_us column)
-LOW_LATENCY_TOKENS = 256  # DeepEP's low-latency kernels take at most this many tokens a rank (the table's range)
 
 
 def gpus_with_database() -> list[str]:
@@ -57,7 +52,7 @@ def gpus_with_database() -> list[str]:
     return [name for name, g in GPUS.items() if g.kernel_db]
 
 
-class KernelCostModel(KernelRunPricing, CostModel):
+class KernelCostModel(KernelRunPricing, MoETables, CostModel):
     """Prices batches from measured kernel tables; see the module docstring."""
 
     name = "kernels"
@@ -84,6 +79,8 @@ class KernelCostModel(KernelRunPricing, CostModel):
         self._build_moe()
         self._build_a2a()
         self._token_cache: dict[tuple[int, int, int, bool], tuple[float, float, float]] = {}
+        self._token_heads: dict[tuple[int, int, bool], tuple] = {}  # ``_token_head`` per token count
+        self._sampling: dict[tuple[int, int], tuple] = {}  # ``_sampling_part`` per item count and stage
         self._prefill_cache: dict[tuple[int, int], _OpTime] = {}
 
     # ---- tables -----------------------------------------------------------------------------
@@ -123,79 +120,6 @@ class KernelCostModel(KernelRunPricing, CostModel):
             else:
                 self.attention_notes.append(f"{ref.path.name} has no {qh}/{kvh} heads x {hd} rows: roofline")
 
-    def _build_moe(self) -> None:
-        """The routed experts' time against tokens from the ``moe`` table, for this exact expert shape, dtype,
-        TP or EP split and routing (balanced; power-law tables for a router skew); else the roofline, noted."""
-        self._moe = None
-        moe, ref = self.model.moe, self.refs.get("moe")
-        if moe is None:
-            return
-        if ref is None:
-            self.attention_notes.append("no moe table for this GPU and framework: moe_experts from the roofline")
-            return
-        rl = self.rl
-        t = db.read_table(ref.path)
-        skew = rl.router_skew  # the tables' power-law exponents, if the skew is one of them (within 0.05)
-        dist = "balanced" if skew == 0 else next(
-            (d for d in ("power_law_1.01", "power_law_1.2") if abs(float(d.split("_")[-1]) - skew) <= 0.05), None)
-        if dist is None:
-            self.attention_notes.append(f"router skew {skew:g} is none of the moe table's distributions (balanced, "
-                                        "power law 1.01 or 1.2): moe_experts from the roofline")
-            return
-        want = {"hidden_size": self.model.hidden_size,
-                "inter_size": moe.expert_intermediate_size, "topk": moe.top_k, "num_experts": moe.num_experts,
-                "moe_tp_size": 1 if rl.ep > 1 else self.tp, "moe_ep_size": rl.ep, "distribution": dist}
-        dtypes = ("fp8", "fp8_block") if rl.fp8_compute else ("bfloat16",)  # per-tensor or block-scaled FP8
-        rows = t[np.logical_and.reduce([t[k] == v for k, v in want.items()]) & t["moe_dtype"].isin(dtypes)]
-        if rows.empty:
-            self.attention_notes.append(f"{ref.path.name} has no {'/'.join(dtypes)} rows for {want}: moe_experts "
-                                        "from the roofline")
-            return
-        rows, kernel = _fastest_kernel(rows)
-        rows = rows.sort_values("num_tokens")
-        self._moe = Curve(rows["num_tokens"].to_numpy(dtype=float), rows["latency"].to_numpy(dtype=float) * MS,
-                          lambda x: rl._moe_op_costs(max(1, round(x)))["moe_experts"][0],
-                          f"kernels:{ref.describe()} [{kernel}, {rows['moe_dtype'].iloc[0]}, {dist}]")
-
-    def _build_a2a(self) -> None:
-        """EP dispatch and combine from the ``moe_a2a`` table (DeepEP on one node: its low-latency kernels up to
-        256 tokens a rank, its high-throughput ones above), for this EP degree and expert shape; else roofline."""
-        self._a2a: dict[str, tuple[Curve, Curve]] = {}
-        moe, ref, rl = self.model.moe, self.refs.get("moe_a2a"), self.rl
-        if moe is None or rl.ep == 1 or ref is None:
-            return
-        t = db.read_table(ref.path)
-        rows = t[(t["ep_size"] == rl.ep) & (t["node_num"] == 1) & (t["hidden_size"] == self.model.hidden_size)
-                 & (t["topk"] == moe.top_k) & (t["num_experts"] == moe.num_experts) & (t["comm_dtype"] == "default")]
-        h, d, k = self.model.hidden_size, rl.dtype_bytes, moe.top_k
-        curves = {}
-        for phase in ("dispatch", "combine"):
-            pair = []
-            for backend in ("deepep_ll", "deepep_ht"):
-                r = rows[(rows["phase"] == phase) & (rows["comm_backend"] == backend)].sort_values("num_tokens")
-                if r.empty:
-                    break
-                pair.append(Curve(r["num_tokens"].to_numpy(dtype=float), r["latency"].to_numpy(dtype=float) * US,
-                                  lambda x: rl._all_to_all(x * k * h * d), f"kernels:{ref.describe()} [{backend}]"))
-            if len(pair) == 2:
-                curves[phase] = tuple(pair)
-        if len(curves) == 2:
-            self._a2a = curves
-        else:
-            self.attention_notes.append(f"{ref.path.name} has no EP{rl.ep} rows for this expert shape: EP "
-                                        "dispatch/combine from the roofline")
-
-    def _a2a_times(self, T: int) -> dict[str, _OpTime]:
-        """Measured dispatch and combine of T tokens (T/ep a rank); the combine adds the roofline's all-gather."""
-        per_rank = T / self.rl.ep
-        out = {}
-        for op, phase in (("ep_dispatch", "dispatch"), ("ep_combine", "combine")):
-            low, high = self._a2a[phase]
-            out[op] = (low if per_rank <= LOW_LATENCY_TOKENS else high)(per_rank)
-        gather = self.rl._all_gather(T * self.model.hidden_size * self.rl.dtype_bytes)
-        out["ep_combine"] = (out["ep_combine"][0] + gather, out["ep_combine"][1] + "+roofline-gather")
-        return out
-
     def _build_all_reduce(self) -> None:
         self._all_reduce = {}
         ref = self.refs.get("all_reduce")
@@ -212,10 +136,12 @@ class KernelCostModel(KernelRunPricing, CostModel):
     # ---- token-count ops --------------------------------------------------------------------
 
     def _count(self, source: str) -> None:
-        key = self._count_keys.get(source)  # (a few dozen distinct sources)
-        if key is None:
-            key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
-        self.source_counts[key] += 1
+        self.source_counts[self._count_keys.get(source) or self._count_key(source)] += 1
+
+    def _count_key(self, source: str) -> str:
+        """What ``source_counts`` counts ``source`` under: its table, without the kernel in brackets (a few dozen)."""
+        key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
+        return key
 
     def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False, costs: dict | None = None
                        ) -> dict[str, _OpTime]:
@@ -232,15 +158,20 @@ class KernelCostModel(KernelRunPricing, CostModel):
         if self._a2a and T:
             out.update(self._a2a_times(T))
         if N > 0:
-            t, src = self._gemms["lm_head"](N)
-            gather = costs["lm_head"][0] - rl._linear(N, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]
-            out["lm_head"] = (t + gather, src + ("+roofline-gather" if self.tp > 1 else ""))
+            out["lm_head"] = self._lm_head_time(N, costs["lm_head"][0])
         curve = self._all_reduce.get(decode_only and self.cuda_graphs)
         if curve is not None:
             ar = curve(float(T * self.model.hidden_size * rl.dtype_bytes))
             for op in ALL_REDUCE_OPS:
                 out[op] = ar
         return out
+
+    def _lm_head_time(self, num_seqs: int, roofline_time: float) -> _OpTime:
+        """lm_head over ``num_seqs`` (> 0) sampled rows: the GEMM table's time plus the roofline's gather of the
+        logit shards (its ``roofline_time`` less its GEMM)."""
+        t, src = self._gemms["lm_head"](num_seqs)
+        gemm = self.rl._linear(num_seqs, self.model.hidden_size, self.model.vocab_per_gpu(self.tp))[0]
+        return t + (roofline_time - gemm), src + ("+roofline-gather" if self.tp > 1 else "")
 
     def gemm_time(self, op: str, m: int) -> float:
         """Seconds of the GEMM of ``op`` (a projection or ``lm_head``, local work only) with ``m`` rows."""
@@ -255,20 +186,62 @@ class KernelCostModel(KernelRunPricing, CostModel):
 
     def _token_part(self, num_tokens: int, num_items: int, stage: int, decode_only: bool
                     ) -> tuple[float, float, float]:
+        """The sums of ``_stage_token_times``' seconds and of the roofline's ``_stage_token_ops``' FLOPs and bytes,
+        each in its order, every op's source counted at each new shape. Only lm_head and sampling, summed after
+        every op but pp_send_recv, depend on the items: the sums before them and the other ops' sources are kept
+        per token count (``_token_heads``), so a new item count adds three terms (the same floats)."""
         key = (num_tokens, num_items, stage, decode_only)
         hit = self._token_cache.get(key)
         if hit is not None:
             return hit
-        costs = self.rl.token_op_costs(num_tokens, num_items)  # (read once for both sums)
-        ops = self._stage_token_times(num_tokens, num_items, stage, decode_only, costs)
-        for _, src in ops.values():
-            self._count(src)
-        useful = self.rl._stage_token_ops(num_tokens, num_items, stage, costs).values()  # FLOPs, bytes: for MFU
-        res = (sum(v[0] for v in ops.values()), sum(v[1] for v in useful), sum(v[2] for v in useful))
+        head = self._token_heads.get((num_tokens, stage, decode_only))
+        if head is None:
+            head = self._token_head(num_tokens, num_items, stage, decode_only)
+        (t, f, b), sources, (pt, pf, pb) = head
+        self.source_counts.update(sources)
+        tail = self._sampling.get((num_items, stage))
+        if tail is None:
+            tail = self._sampling[num_items, stage] = self._sampling_part(num_items, stage)
+        (lt, lf, lb, lsrc), (st, sf, sb, ssrc) = tail
+        self._count(lsrc)
+        self._count(ssrc)
+        res = (t + lt + st + pt, f + lf + sf + pf, b + lb + sb + pb)
         if len(self._token_cache) >= _CACHE_LIMIT:
             self._token_cache.clear()
         self._token_cache[key] = res
         return res
+
+    def _token_head(self, num_tokens: int, num_items: int, stage: int, decode_only: bool) -> tuple:
+        """``_token_part``'s sums before lm_head (seconds, FLOPs, bytes), the other ops' count keys, and
+        pp_send_recv's terms, for this token count (``num_items``: any; the parts it sets are left out)."""
+        costs = self.rl.token_op_costs(num_tokens, num_items)  # (read once for both sums)
+        ops = self._stage_token_times(num_tokens, num_items, stage, decode_only, costs)
+        useful = self.rl._stage_token_ops(num_tokens, num_items, stage, costs)  # FLOPs, bytes: for MFU
+        t = f = b = 0
+        for op, (ot, _) in ops.items():
+            if op == "lm_head":
+                break
+            t += ot
+        for op, (_, of, ob) in useful.items():
+            if op == "lm_head":
+                break
+            f, b = f + of, b + ob
+        sources = [self._count_keys.get(src) or self._count_key(src) for op, (_, src) in ops.items()
+                   if op not in ("lm_head", "sampling")]
+        _, pf, pb = useful["pp_send_recv"]
+        head = self._token_heads[num_tokens, stage, decode_only] = (t, f, b), sources, (ops["pp_send_recv"][0], pf, pb)
+        if len(self._token_heads) >= _CACHE_LIMIT:
+            self._token_heads.clear()
+        return head
+
+    def _sampling_part(self, num_items: int, stage: int) -> tuple:
+        """(seconds, FLOPs, bytes, source) of lm_head and of sampling over ``num_items`` rows on ``stage`` (zeros,
+        sources kept, where they do not run), as ``_stage_token_times`` and ``_stage_token_ops`` price them."""
+        lm, samp = self.rl._sampling_ops(num_items)
+        lm_time = self._lm_head_time(num_items, lm[0]) if num_items > 0 else (lm[0], ROOFLINE)
+        if stage != self.pp - 1:
+            return (0.0, 0.0, 0.0, lm_time[1]), (0.0, 0.0, 0.0, ROOFLINE)
+        return (lm_time[0], lm[1], lm[2], lm_time[1]), (samp[0], samp[1], samp[2], ROOFLINE)
 
     # ---- attention --------------------------------------------------------------------------
 
@@ -392,15 +365,6 @@ class KernelCostModel(KernelRunPricing, CostModel):
             "distinct_prices_by_source": dict(sorted(self.source_counts.items())),
             "roofline": self.rl.describe(),
         }
-
-
-def _fastest_kernel(rows: Any) -> tuple[Any, str]:
-    """The rows of the kernel with the least total time over the token counts every kernel measured (vLLM's MoE
-    tables hold several backends for one shape, some several times slower at small batches)."""
-    common = set.intersection(*(set(g["num_tokens"]) for _, g in rows.groupby("kernel_source")))
-    totals = {k: g[g["num_tokens"].isin(common)]["latency"].sum() for k, g in rows.groupby("kernel_source")}
-    best = min(sorted(totals), key=totals.get)
-    return rows[rows["kernel_source"] == best], str(best)
 
 
 def for_simulation(config: Any, kernel_db: str | None) -> KernelCostModel:

@@ -257,3 +257,27 @@ def test_a_chunk_stretch_priced_lazily_is_stage_cost_per_step(cost, cached, chun
         cost.source_counts.update(before)
         assert got == [tuple(cost.stage_cost(b, 0)) for b in batches[:taken]]
         assert dict(cost.source_counts) == counted
+
+
+def test_the_token_part_is_the_sum_of_the_stage_ops_and_counts_each_new_shapes_sources(cost):
+    """``_token_part`` keeps the sums before lm_head per token count and adds the item-dependent ops: each new
+    shape's answer is bit for bit the sums of ``_stage_token_times``' seconds and the roofline's FLOPs and bytes, in
+    their order, and it counts every op's source once (``describe``'s distinct prices), as pricing it whole does."""
+    import random
+    from collections import Counter
+
+    rng, rl = random.Random(7), cost.rl
+    shapes = [(rng.randint(1, 9000), rng.randint(0, 300), rng.randrange(cost.pp), rng.random() < 0.5)
+              for _ in range(200)]
+    shapes += [(t, min(t, n + 1), s, d) for t, n, s, d in shapes[:80]]  # token counts seen, new item counts
+    for t, n, s, d in shapes:
+        n = min(n, t)
+        if (t, n, s, d) in cost._token_cache:
+            continue
+        ops = cost._stage_token_times(t, n, s, d)
+        useful = list(rl._stage_token_ops(t, n, s).values())
+        want = (sum(v[0] for v in ops.values()), sum(v[1] for v in useful), sum(v[2] for v in useful))
+        before = Counter(cost.source_counts)
+        assert cost._token_part(t, n, s, d) == want
+        assert cost.source_counts - before == Counter(cost._count_keys.get(src) or cost._count_key(src)
+                                                      for _, src in ops.values())
