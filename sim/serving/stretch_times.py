@@ -56,7 +56,7 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
             delay_l = [h + p[0] for h, p in zip(host_l, price_l)]
             ends = list(accumulate(delay_l, initial=t))
             return ends[:-1], [x + h for x, h in zip(ends, host_l)], ends[1:], delay_l, host_l, price_l
-        done, window = 0, 16  # (doubling)
+        done, window = 0, 2  # two steps, then about as many as their time says reach the horizon, then doubling
         for stop, alive, abase, total in pieces:
             n = len(alive)
             host = cost.host_time(light_batch(alive, abase, total + n * done))
@@ -76,7 +76,7 @@ def step_times(cost: Any, pieces: Iterator[tuple], limit: int, partial: Any, chu
                     return decided_l, start_l, end_l, delay_l, host_l, price_l
                 t = ends[m]
                 done += m
-                window *= 2
+                window = window * 2 if done > 2 else max(1, int((horizon - t) / delays[-1]) + 2)
         return decided_l, start_l, end_l, delay_l, host_l, price_l
     window = limit  # steps priced in one call (no horizon: every step runs)
     if horizon < math.inf:  # async: the step just done took about now - decided_at, so about this many fit
