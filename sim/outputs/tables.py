@@ -2,8 +2,9 @@
 
 pandas formats a CSV value by value through its generic writer (2.7 s for a 10,000-request run's batches.csv);
 the tables here hold only numbers, booleans and plain strings: this writer formats a block of 8,192 rows of
-numbers with one %-operation, or joins other columns' fields in a few list comprehensions. A frame holding anything else (a column of another dtype, a string needing quotes) goes
-through pandas unchanged, so the bytes are always what ``to_csv`` writes.
+numbers with one %-operation, or joins other columns' fields in a few list comprehensions. A frame holding anything
+else (a column of another dtype, a string needing quotes) goes through pandas unchanged, so the bytes are always
+what ``to_csv`` writes.
 """
 
 from __future__ import annotations
