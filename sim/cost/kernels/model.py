@@ -136,11 +136,13 @@ class KernelCostModel(KernelRunPricing, MoETables, CostModel):
     # ---- token-count ops --------------------------------------------------------------------
 
     def _count(self, source: str) -> None:
-        self.source_counts[self._count_keys.get(source) or self._count_key(source)] += 1
+        self.source_counts[self._count_key(source)] += 1
 
     def _count_key(self, source: str) -> str:
         """What ``source_counts`` counts ``source`` under: its table, without the kernel in brackets (a few dozen)."""
-        key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
+        key = self._count_keys.get(source)
+        if key is None:
+            key = self._count_keys[source] = source.split(" [")[0] if source != ROOFLINE else ROOFLINE
         return key
 
     def token_op_times(self, num_tokens: int, num_seqs: int, decode_only: bool = False, costs: dict | None = None
@@ -226,8 +228,7 @@ class KernelCostModel(KernelRunPricing, MoETables, CostModel):
             if op == "lm_head":
                 break
             f, b = f + of, b + ob
-        sources = [self._count_keys.get(src) or self._count_key(src) for op, (_, src) in ops.items()
-                   if op not in ("lm_head", "sampling")]
+        sources = [self._count_key(src) for op, (_, src) in ops.items() if op not in ("lm_head", "sampling")]
         _, pf, pb = useful["pp_send_recv"]
         head = self._token_heads[num_tokens, stage, decode_only] = (t, f, b), sources, (ops["pp_send_recv"][0], pf, pb)
         if len(self._token_heads) >= _CACHE_LIMIT:

@@ -279,5 +279,4 @@ def test_the_token_part_is_the_sum_of_the_stage_ops_and_counts_each_new_shapes_s
         want = (sum(v[0] for v in ops.values()), sum(v[1] for v in useful), sum(v[2] for v in useful))
         before = Counter(cost.source_counts)
         assert cost._token_part(t, n, s, d) == want
-        assert cost.source_counts - before == Counter(cost._count_keys.get(src) or cost._count_key(src)
-                                                      for _, src in ops.values())
+        assert cost.source_counts - before == Counter(cost._count_key(src) for _, src in ops.values())
